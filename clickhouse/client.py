@@ -1,0 +1,75 @@
+"""DSN -> clickhouse-connect client: the embedded engine (chdb) or a ClickHouse server.
+
+There is no storage abstraction of our own: both engines are reached through the same
+clickhouse-connect ``Client``, so every query and insert is written once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from spanhouse.errors import ConfigError, StoreUnavailable
+
+DSN_ENV = "SPANHOUSE_CLICKHOUSE_DSN"
+"""Environment variable holding the store's DSN (used when no DSN is passed)."""
+
+DEFAULT_DSN = "chdb://./spanhouse-data"
+"""The embedded store in ``./spanhouse-data``: the default, no server needed."""
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    """The DSN to use: the argument, else ``$SPANHOUSE_CLICKHOUSE_DSN``, else the default."""
+    return dsn or os.environ.get(DSN_ENV) or DEFAULT_DSN
+
+
+def embedded_path(dsn: str) -> Path | None:
+    """The data directory of a ``chdb://`` DSN as an absolute path, or None for a server.
+
+    ``chdb:///abs/path`` is absolute; ``chdb://./rel`` and ``chdb://rel`` are relative to
+    the current directory, resolved once here so that later ``chdir``s change nothing.
+    """
+    parts = urlsplit(dsn)
+    if parts.scheme != "chdb":
+        return None
+    raw = (parts.netloc + parts.path) if parts.netloc else parts.path
+    if not raw:
+        raise ConfigError(f"DSN {dsn!r} names no data directory; use chdb:///abs/path or chdb://./relative")
+    return Path(raw).expanduser().resolve()
+
+
+def connect(dsn: str | None = None) -> Client:
+    """Open a clickhouse-connect client for ``dsn`` (see ``resolve_dsn``).
+
+    ``chdb://path`` opens the embedded engine on that data directory (created if missing);
+    only one process may hold it open. ``http(s)://user:pass@host:port/db`` connects to a
+    server. Raises ``ConfigError`` for an unknown scheme and ``StoreUnavailable`` when
+    the store cannot be opened or reached.
+    """
+    dsn = resolve_dsn(dsn)
+    scheme = urlsplit(dsn).scheme
+    path = embedded_path(dsn)
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        target = f"chdb://{path}"
+    elif scheme in ("http", "https", "clickhouse", "clickhouses"):
+        target = dsn
+    else:
+        raise ConfigError(
+            f"unsupported DSN scheme {scheme!r} in {dsn!r}: use chdb:///path for the embedded "
+            "store or http(s)://user:pass@host:8123/db for a ClickHouse server"
+        )
+    try:
+        return clickhouse_connect.get_client(dsn=target)
+    except Exception as exc:  # clickhouse-connect and chdb raise several unrelated types
+        hint = (
+            "is another process (a running `spanhouse serve`?) holding this data directory? "
+            "Only one process can open an embedded store; talk to that process instead"
+            if path is not None
+            else "is the server running and the DSN's host, port and credentials right?"
+        )
+        raise StoreUnavailable(f"cannot open ClickHouse store {dsn!r}: {exc}; {hint}") from exc

@@ -1,0 +1,172 @@
+"""Schema migrations: numbered ``schema/NNNN_name.sql`` files applied once, in order.
+
+Every start of the collector runs ``migrate``: files already recorded in
+``spanhouse_migrations`` are skipped (so it is safe to run at every start), new ones
+run statement by statement and are then recorded with their checksum, and a recorded
+file whose text has changed since is refused (a schema edit must be a new file).
+
+The same files render for a cluster (``render(sql, cluster=...)``): ``ON CLUSTER``,
+``Replicated*`` engines, ``<table>_local`` storage behind a ``Distributed`` table of
+the original name, and materialized views wired to the local tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+from spanhouse.clickhouse import sqlfiles
+from spanhouse.errors import ConfigError, MigrationError
+
+_SCHEMA = "schema"
+_FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# Type macros used by schema files as {{NAME}}: the column type of an OTLP AnyValue,
+# mirroring otlp_ingest.proto (AnyValue0 holds scalars or an array of AnyValue1).
+_SCALARS = (
+    "string_value Nullable(String), bool_value Nullable(Bool), int_value Nullable(Int64), "
+    "double_value Nullable(Float64), bytes_value Nullable(String)"
+)
+_AV1 = f"Tuple({_SCALARS}, array_value Nullable(String), kvlist_value Nullable(String))"
+_AV0 = f"Tuple({_SCALARS}, array_value Tuple(values Array({_AV1})), kvlist_value Nullable(String))"
+MACROS = {"ANYVALUE0": _AV0}
+
+# Distributed sharding keys; tables not listed shard by rand(). A trace stays on one
+# shard so that per-trace rollups are complete where they are computed.
+_SHARDING = {"otel_traces": "cityHash64(TraceId)"}
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self, cluster: str | None = None) -> list[str]:
+        """The file's statements, rendered for a single node or for ``cluster``."""
+        return render(self.sql, cluster)
+
+
+def migrations() -> list[Migration]:
+    """Every packaged schema file, in version order."""
+    found = []
+    for name in sqlfiles.list_dir(_SCHEMA):
+        m = _FILE_RE.match(name)
+        if m:
+            found.append(Migration(int(m.group(1)), name, sqlfiles.read_text(f"{_SCHEMA}/{name}")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two schema files share a version number: {[m.name for m in found]}")
+    return found
+
+
+def render(sql: str, cluster: str | None = None) -> list[str]:
+    """Expand type macros and split into statements; for ``cluster``, rewrite as above."""
+    expanded = re.sub(r"\{\{(\w+)\}\}", lambda m: MACROS[m.group(1)], sql)
+    statements = sqlfiles.split_statements(expanded)
+    if cluster is None:
+        return statements
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cluster):
+        raise ConfigError(f"cluster name {cluster!r} must be a plain identifier")
+    local_tables = {
+        m.group(1)
+        for s in statements
+        if (m := re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\b.*ENGINE\s*=\s*\w*MergeTree", s, re.S))
+    }
+    out: list[str] = []
+    for s in statements:
+        out.extend(_render_cluster(s, cluster, local_tables))
+    return out
+
+
+def _render_cluster(stmt: str, cluster: str, local_tables: set[str]) -> list[str]:
+    on = f"ON CLUSTER {cluster}"
+    head = re.search(r"CREATE (TABLE|MATERIALIZED VIEW|VIEW|FUNCTION) IF NOT EXISTS (\w+)", stmt)
+    if head is None:
+        alter = re.sub(r"\bALTER TABLE (\w+)", lambda m: f"ALTER TABLE {m.group(1)}_local {on}"
+                       if m.group(1) in local_tables else f"ALTER TABLE {m.group(1)} {on}", stmt)
+        return [alter]
+    kind, name = head.groups()
+    if kind == "TABLE" and name in local_tables:
+        body = stmt.replace(head.group(0), f"CREATE TABLE IF NOT EXISTS {name}_local {on}", 1)
+        body = re.sub(
+            r"ENGINE\s*=\s*(\w*)MergeTree(?:\(([^)]*)\))?",
+            lambda m: "ENGINE = Replicated{}MergeTree('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', "
+            "'{{replica}}'{})".format(m.group(1), f", {m.group(2)}" if m.group(2) else ""),
+            body,
+            count=1,
+        )
+        dist = (
+            f"CREATE TABLE IF NOT EXISTS {name} {on} AS {name}_local\n"
+            f"ENGINE = Distributed({cluster}, currentDatabase(), {name}_local, {_SHARDING.get(name, 'rand()')})"
+        )
+        return [body, dist]
+    renamed = stmt.replace(head.group(0), f"{head.group(0)} {on}", 1)
+    if kind == "MATERIALIZED VIEW":
+        source = re.search(r"\bFROM (\w+)", stmt)
+        if source and source.group(1) in local_tables:
+            # Fed by a local table: read and write the shard's local tables.
+            for table in local_tables:
+                renamed = re.sub(rf"\b(FROM|TO) {table}\b", rf"\1 {table}_local", renamed)
+        # Fed by a Null (ingest) table: keep writing to the Distributed table, which shards.
+    return [renamed]
+
+
+def applied(client: Client) -> dict[int, tuple[str, str]]:
+    """Recorded migrations: version -> (file name, checksum)."""
+    rows = client.query(sqlfiles.query("migrations_applied")).result_rows
+    return {int(v): (name, checksum) for v, name, checksum in rows}
+
+
+def migrate(client: Client, cluster: str | None = None) -> list[str]:
+    """Bring the schema up to date; return the names of the files applied now.
+
+    Raises ``MigrationError`` if an applied file was changed, or a statement fails (the
+    message names the file and statement; fix it and run again: statements are
+    idempotent, and a file is recorded only once all of it ran).
+    """
+    known = migrations()
+    _run(client, known[0], cluster)  # the bookkeeping table itself (idempotent DDL)
+    done = applied(client)
+    ran: list[str] = []
+    for m in known:
+        if m.version in done:
+            name, checksum = done[m.version]
+            if checksum != m.checksum:
+                raise MigrationError(
+                    f"schema file {m.name} was changed after it was applied (as {name}); "
+                    "schema changes must go into a new numbered file. Restore the file's "
+                    "original text and add the change as the next NNNN_*.sql"
+                )
+            continue
+        _run(client, m, cluster)
+        client.insert("spanhouse_migrations", [[m.version, m.name, m.checksum]],
+                      column_names=["version", "name", "checksum"])
+        ran.append(m.name)
+    return ran
+
+
+def apply_retention(client: Client, days: int, cluster: str | None = None) -> None:
+    """Set every table's TTL to ``days`` (``schema/retention.sql``); parts older are dropped."""
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise ConfigError(f"retention must be a whole number of days >= 1, not {days!r}")
+    sql = sqlfiles.read_text(f"{_SCHEMA}/retention.sql").replace("{days}", str(days))
+    _run(client, Migration(0, "retention.sql", sql), cluster)
+
+
+def _run(client: Client, m: Migration, cluster: str | None) -> None:
+    for stmt in m.statements(cluster):
+        try:
+            client.command(stmt)
+        except Exception as exc:
+            code = [line for line in stmt.splitlines() if line.strip() and not line.strip().startswith("--")]
+            raise MigrationError(f"schema file {m.name} failed at `{code[0][:120]}…`: {exc}") from exc

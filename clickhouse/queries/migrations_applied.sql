@@ -1,0 +1,1 @@
+SELECT version, name, checksum FROM spanhouse_migrations FINAL ORDER BY version

@@ -1,0 +1,55 @@
+"""Opening a store: connect, bring the schema up to date, apply retention, get a writer.
+
+This is what every process that owns a store does at start (the collector, the SDK's
+ClickHouse exporter, benchmarks, tests), so it lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+from spanhouse.clickhouse.client import connect, embedded_path, resolve_dsn
+from spanhouse.clickhouse.migrate import apply_retention, migrate
+from spanhouse.clickhouse.writer import Writer
+from spanhouse.errors import ConfigError
+
+RETENTION_ENV = "SPANHOUSE_RETENTION_DAYS"
+"""Whole days to keep data for (every table gets a TTL); unset keeps everything."""
+
+
+@dataclass(frozen=True)
+class Store:
+    """An open, migrated store: the client for queries and the writer for spans."""
+
+    dsn: str
+    client: Client
+    writer: Writer
+
+    def close(self) -> None:
+        """Release the connection (for the embedded engine: the data directory)."""
+        self.client.close()
+
+
+def retention_from_env() -> int | None:
+    """``$SPANHOUSE_RETENTION_DAYS`` as an int, or None when unset or empty."""
+    raw = os.environ.get(RETENTION_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{RETENTION_ENV}={raw!r} is not a whole number of days") from None
+
+
+def open_store(dsn: str | None = None, *, retention_days: int | None = None,
+               cluster: str | None = None) -> Store:
+    """Connect to ``dsn`` (see ``resolve_dsn``), migrate, and apply ``retention_days``."""
+    dsn = resolve_dsn(dsn)
+    client = connect(dsn)
+    migrate(client, cluster=cluster)
+    if retention_days is not None:
+        apply_retention(client, retention_days, cluster=cluster)
+    return Store(dsn, client, Writer(client, embedded_path(dsn)))

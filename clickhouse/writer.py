@@ -1,0 +1,153 @@
+"""The write path: batches of OTLP trace requests -> ``otel_traces``, one insert per batch.
+
+Fast path: ClickHouse parses the protobuf itself (format ``Protobuf`` with
+``otlp_ingest.proto``) into the Null table ``otlp_ingest``, whose materialized view
+flattens and renders every span in SQL: no Python runs per span. Each request is
+framed as one length-delimited ``SpanhouseIngestItem``: the request's bytes followed by
+the tenant as field 536870911, which protobuf's concatenation rule merges into the
+same message, so one insert can carry requests of many tenants.
+
+Exact path: when the SQL cannot render a batch exactly (see 0002_otlp_ingest.sql) the
+view raises ``SPANHOUSE_EXACT_PATH`` before anything is written, and the batch is
+decoded in Python (``otlp_rows``) and inserted as exporter-format rows instead.
+
+Both paths pass the same ``insert_deduplication_token``, so retrying a batch after a
+crash or a timeout never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from spanhouse.clickhouse import otlp_rows
+from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
+
+log = logging.getLogger(__name__)
+
+_PROTO = "otlp_ingest.proto"
+_MESSAGE = "SpanhouseIngestItem"
+_TENANT_FIELD = 536870911
+_EXACT_MARKER = "SPANHOUSE_EXACT_PATH"
+# Server errors that mean the data itself is bad: retrying the same bytes cannot help.
+_DATA_ERROR_MARKERS = ("CANNOT_PARSE", "PROTOBUF", "INCORRECT_DATA", "TOO_LARGE_STRING_SIZE")
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One OTLP ``ExportTraceServiceRequest`` (serialized) and the tenant it belongs to."""
+
+    tenant: str
+    payload: bytes
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_TENANT_TAG = _varint((_TENANT_FIELD << 3) | 2)
+
+
+def frame(items: Sequence[IngestItem]) -> bytes:
+    """The ``Protobuf``-format input for ``items``: length-delimited ingest messages."""
+    parts: list[bytes] = []
+    for item in items:
+        tenant = item.tenant.encode()
+        suffix = _TENANT_TAG + _varint(len(tenant)) + tenant
+        parts += (_varint(len(item.payload) + len(suffix)), item.payload, suffix)
+    return b"".join(parts)
+
+
+class Writer:
+    """Lands batches of OTLP requests in ``otel_traces`` (and so in every view).
+
+    Thread-safe: concurrent ``write`` calls share the client, which both engines allow.
+    ``embedded_dir`` is the data directory of an embedded (chdb) store; the engine then
+    reads the protobuf schema from a file kept there, so nothing is written to the
+    process's working directory. For a server the schema travels as text with the query.
+    """
+
+    def __init__(self, client: Client, embedded_dir: Path | None = None) -> None:
+        self._client = client
+        self._exact_batches = 0
+        self._lock = threading.Lock()
+        source = resources.files("spanhouse.clickhouse").joinpath(_PROTO)
+        if embedded_dir is not None:
+            target = embedded_dir / "format_schemas" / _PROTO
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with resources.as_file(source) as src:
+                shutil.copyfile(src, target)
+            self._schema_settings = {"format_schema": f"{target}:{_MESSAGE}"}
+        else:
+            self._schema_settings = {
+                "format_schema_source": "string",
+                "format_schema": source.read_text(encoding="utf-8"),
+                "format_schema_message_name": _MESSAGE,
+            }
+
+    @property
+    def exact_batches(self) -> int:
+        """How many batches took the exact (Python) path so far."""
+        return self._exact_batches
+
+    def write(self, items: Sequence[IngestItem], token: str | None = None) -> None:
+        """Insert ``items`` as one batch; ``token`` makes a retry of the same batch a no-op.
+
+        Raises ``InvalidData`` if a request cannot be decoded, ``StoreUnavailable`` if
+        the store is unreachable or fails in a way a retry may fix, ``WriteError`` if
+        the store rejects the data itself.
+        """
+        if not items:
+            return
+        settings: dict[str, object] = {"insert_deduplication_token": token} if token else {}
+        try:
+            self._client.raw_insert(
+                "otlp_ingest", insert_block=frame(items), fmt="Protobuf",
+                settings={**self._schema_settings, **settings},
+            )
+        except ClickHouseError as exc:
+            if _EXACT_MARKER not in str(exc):
+                raise _translate(exc) from exc
+            log.debug("batch takes the exact path: %s", str(exc).split(_EXACT_MARKER, 1)[1][:120])
+            self._write_exact(items, settings)
+
+    def _write_exact(self, items: Sequence[IngestItem], settings: dict[str, object]) -> None:
+        rows: list[list[object]] = []
+        for item in items:
+            try:
+                request = ExportTraceServiceRequest.FromString(item.payload)
+            except DecodeError as exc:
+                raise InvalidData(f"an OTLP request of tenant {item.tenant!r} cannot be decoded: {exc}") from exc
+            rows += [[*r, item.tenant] for r in otlp_rows.rows(request)]
+        try:
+            self._client.insert("otel_traces", rows, column_names=[*otlp_rows.COLUMNS, "Tenant"],
+                                settings=settings)
+        except ClickHouseError as exc:
+            raise _translate(exc) from exc
+        with self._lock:
+            self._exact_batches += 1
+
+
+def _translate(exc: ClickHouseError) -> Exception:
+    text = str(exc)
+    if not isinstance(exc, OperationalError) and any(m in text for m in _DATA_ERROR_MARKERS):
+        return WriteError(f"ClickHouse rejected the batch's data: {text[:500]}")
+    return StoreUnavailable(f"ClickHouse insert failed; it will be retried: {text[:500]}")
