@@ -67,8 +67,9 @@ def connect(dsn: str | None = None) -> Client:
         return clickhouse_connect.get_client(dsn=target)
     except Exception as exc:  # clickhouse-connect and chdb raise several unrelated types
         hint = (
-            "is another process (a running `spanhouse serve`?) holding this data directory? "
-            "Only one process can open an embedded store; talk to that process instead"
+            "an embedded store can be open in one process only, and a process can hold one "
+            "embedded store at a time: is a running `spanhouse serve` holding this data "
+            "directory (then talk to it instead), or is another store open in this process?"
             if path is not None
             else "is the server running and the DSN's host, port and credentials right?"
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from clickhouse_connect.driver.client import Client
 
 from spanhouse.clickhouse.client import connect, embedded_path, resolve_dsn
-from spanhouse.clickhouse.migrate import apply_retention, migrate
+from spanhouse.clickhouse.migrations import apply_retention, migrate
 from spanhouse.clickhouse.writer import Writer
 from spanhouse.errors import ConfigError
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, RETENTION_ENV, open_store, retention_from_env
-from spanhouse.clickhouse.migrate import migrations
+from spanhouse.clickhouse.migrations import schema_files
 from spanhouse.errors import SpanhouseError
 
 
@@ -26,7 +26,7 @@ def _dsn_arg(parser: argparse.ArgumentParser) -> None:
 
 def _migrate(args: argparse.Namespace) -> int:
     if args.print:
-        for m in migrations():
+        for m in schema_files():
             print(f"-- {m.name}")
             for stmt in m.statements(args.cluster):
                 print(stmt.rstrip() + ";\n")

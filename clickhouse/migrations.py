@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cache
 
 from clickhouse_connect.driver.client import Client
 
@@ -56,7 +57,7 @@ class Migration:
         return render(self.sql, cluster)
 
 
-def migrations() -> list[Migration]:
+def schema_files() -> list[Migration]:
     """Every packaged schema file, in version order."""
     found = []
     for name in sqlfiles.list_dir(_SCHEMA):
@@ -77,15 +78,23 @@ def render(sql: str, cluster: str | None = None) -> list[str]:
         return statements
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cluster):
         raise ConfigError(f"cluster name {cluster!r} must be a plain identifier")
-    local_tables = {
-        m.group(1)
-        for s in statements
-        if (m := re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\b.*ENGINE\s*=\s*\w*MergeTree", s, re.S))
-    }
+    local_tables = _merge_tree_tables()
     out: list[str] = []
     for s in statements:
         out.extend(_render_cluster(s, cluster, local_tables))
     return out
+
+
+@cache
+def _merge_tree_tables() -> frozenset[str]:
+    """Every table any schema file creates with a *MergeTree engine: on a cluster these
+    become ``<name>_local`` behind a Distributed table, wherever they are referenced."""
+    return frozenset(
+        m.group(1)
+        for f in schema_files()
+        for stmt in sqlfiles.split_statements(f.sql)
+        if (m := re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\b.*ENGINE\s*=\s*\w*MergeTree", stmt, re.S))
+    )
 
 
 def _render_cluster(stmt: str, cluster: str, local_tables: set[str]) -> list[str]:
@@ -134,7 +143,7 @@ def migrate(client: Client, cluster: str | None = None) -> list[str]:
     message names the file and statement; fix it and run again: statements are
     idempotent, and a file is recorded only once all of it ran).
     """
-    known = migrations()
+    known = schema_files()
     _run(client, known[0], cluster)  # the bookkeeping table itself (idempotent DDL)
     done = applied(client)
     ran: list[str] = []

@@ -1,0 +1,142 @@
+"""Connecting, migrating (single node and cluster rendering), retention, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spanhouse.clickhouse import Store, connect, embedded_path, migrate, resolve_dsn
+from spanhouse.clickhouse import migrations as migrate_module
+from spanhouse.clickhouse.sqlfiles import split_statements
+from spanhouse.collector import cli
+from spanhouse.errors import ConfigError, MigrationError, StoreUnavailable
+
+
+def test_embedded_paths_resolve_absolute_and_relative(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert embedded_path("chdb:///var/data") == Path("/var/data")
+    assert embedded_path("chdb://./rel/dir") == tmp_path / "rel" / "dir"
+    assert embedded_path("chdb://rel") == tmp_path / "rel"
+    assert embedded_path("http://localhost:8123/db") is None
+    with pytest.raises(ConfigError, match="names no data directory"):
+        embedded_path("chdb://")
+
+
+def test_dsn_comes_from_argument_then_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPANHOUSE_CLICKHOUSE_DSN", raising=False)
+    assert resolve_dsn() == "chdb://./spanhouse-data"
+    monkeypatch.setenv("SPANHOUSE_CLICKHOUSE_DSN", "http://h:8123/x")
+    assert resolve_dsn() == "http://h:8123/x"
+    assert resolve_dsn("chdb:///a") == "chdb:///a"
+
+
+def test_unknown_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unsupported DSN scheme 'postgres'"):
+        connect("postgres://x")
+
+
+def test_unreachable_server_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailable, match="is the server running"):
+        connect("http://127.0.0.1:1/default")
+
+
+def test_second_embedded_store_in_one_process_is_refused_with_advice(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="one embedded store at a time"):
+        connect(f"chdb://{tmp_path}")
+
+
+def test_migrations_are_idempotent(store: Store) -> None:
+    assert migrate(store.client) == []
+    applied = migrate_module.applied(store.client)
+    assert sorted(applied) == [m.version for m in migrate_module.schema_files()]
+
+
+def test_an_applied_file_that_changed_is_refused(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = migrate_module.schema_files()
+    edited = [dataclasses.replace(m, sql=m.sql + "\n-- edited") if m.version == 1 else m for m in real]
+    monkeypatch.setattr(migrate_module, "schema_files", lambda: edited)
+    with pytest.raises(MigrationError, match="0001_otel_traces.sql was changed after it was applied"):
+        migrate(store.client)
+
+
+def test_migration_files_are_numbered_and_unique() -> None:
+    names = [m.name for m in migrate_module.schema_files()]
+    assert names == sorted(names) and names[0] == "0000_migrations.sql"
+    assert len({m.version for m in migrate_module.schema_files()}) == len(names)
+
+
+def _cluster_statements() -> list[str]:
+    return [s for m in migrate_module.schema_files() for s in m.statements("prod")]
+
+
+def test_cluster_rendering_parses_and_is_cluster_shaped(store: Store) -> None:
+    statements = _cluster_statements()
+    for stmt in statements:
+        formatted = store.client.command("SELECT formatQuery({q:String})", parameters={"q": stmt})
+        assert formatted, stmt
+        if re.match(r"\s*(--.*\n\s*)*CREATE", stmt):
+            assert "ON CLUSTER prod" in stmt, stmt
+    ddl = "\n".join(statements)
+    assert "CREATE TABLE IF NOT EXISTS otel_traces_local ON CLUSTER prod" in ddl
+    assert "ENGINE = Distributed(prod, currentDatabase(), otel_traces_local, cityHash64(TraceId))" in ddl
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', Version)" in ddl
+    assert not re.search(r"ENGINE = (?!Replicated|Distributed|Null)\w*MergeTree", ddl)
+    # views fed by a local table stay on the shard; the ingest view writes through Distributed
+    assert re.search(r"tool_calls_mv ON CLUSTER prod TO tool_calls_local AS.*FROM otel_traces_local", ddl, re.S)
+    assert re.search(r"otlp_ingest_mv ON CLUSTER prod TO otel_traces AS", ddl)
+
+
+def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
+    # In a child process: the session store's test data is older than any retention.
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import open_store, apply_retention\n"
+        "from spanhouse.errors import ConfigError\n"
+        "s = open_store(sys.argv[1], retention_days=45)\n"
+        "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'executions', 'error_patterns'):\n"
+        "    print(t, 'toIntervalDay(45)' in s.client.command('SHOW CREATE TABLE ' + t))\n"
+        "try:\n"
+        "    apply_retention(s.client, 0)\n"
+        "except ConfigError as e:\n"
+        "    print('refused', e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:6] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
+                                               "tool_stats_1m", "executions", "error_patterns")]
+    assert lines[6].startswith("refused retention must be a whole number of days >= 1")
+
+
+def test_statement_splitter_respects_quotes_and_comments() -> None:
+    sql = "-- a; comment\nSELECT 'x;y';\nSELECT \"a;b\" -- c;\n;\n\n"
+    assert split_statements(sql) == ["-- a; comment\nSELECT 'x;y'", 'SELECT "a;b" -- c;']
+
+
+def test_cli_migrate_prints_cluster_ddl(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["migrate", "--print", "--cluster", "prod"]) == 0
+    out = capsys.readouterr().out
+    assert "-- 0001_otel_traces.sql" in out and "ON CLUSTER prod" in out
+
+
+def test_cli_migrate_creates_a_store_in_another_process(tmp_path: Path) -> None:
+    dsn = f"chdb://{tmp_path / 'data'}"
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "spanhouse.collector.cli", "migrate", "--dsn", dsn],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "is up to date" in done.stdout
+    assert (tmp_path / "data" / "store").exists() or any((tmp_path / "data").iterdir())
+
+
+def test_cli_reports_errors_without_traceback(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "spanhouse.collector.cli", "migrate", "--dsn", "ftp://x"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("spanhouse: error: unsupported DSN scheme") and "Traceback" not in done.stderr

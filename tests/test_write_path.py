@@ -1,0 +1,308 @@
+"""The write path lands spans exactly as the OpenTelemetry Collector's ClickHouse
+exporter would, through the SQL fast path and the Python exact path alike."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spanhouse.clickhouse import IngestItem, Store, otlp_rows
+from spanhouse.clickhouse.writer import frame
+from spanhouse.errors import InvalidData
+from tests.conftest import write
+from tests.otlp import AnyValue, KeyValue, KeyValueList, attrs, request, span, span_id, trace_id, value
+
+# (value sent, what the official exporter stores): Go's pdata Value.AsString().
+GOLDEN: list[tuple[Any, str]] = [
+    ("hello", "hello"),
+    ("", ""),
+    (True, "true"),
+    (False, "false"),
+    (42, "42"),
+    (-9223372036854775808, "-9223372036854775808"),
+    (0.1, "0.1"),
+    (100.0, "100"),
+    (1e20, "100000000000000000000"),
+    (1e21, "1e+21"),
+    (1.5e300, "1.5e+300"),
+    (1e-6, "0.000001"),
+    (1e-7, "1e-7"),
+    (1e-10, "1e-10"),
+    (-0.0, "-0"),
+    (5e-324, "5e-324"),
+    (0.1 + 0.2, "0.30000000000000004"),
+    (float("nan"), "json: unsupported value: NaN"),
+    (float("inf"), "json: unsupported value: +Inf"),
+    (float("-inf"), "json: unsupported value: -Inf"),
+    (b"\x00\x01hi", "AAFoaQ=="),
+    (["a", 1, True, 1.5, None], '["a",1,true,1.5,null]'),
+    (["<&>", 'q"\\', "\n\t\r\b\f", "\u2028\u2029", "é☃"],
+     '["\\u003c\\u0026\\u003e","q\\"\\\\","\\n\\t\\r\\b\\f","\\u2028\\u2029","é☃"]'),
+    ([1e21, 1e-7, -0.0], "[1e+21,1e-7,-0]"),
+    ([b"\xff"], '["/w=="]'),
+    # below: values only the exact path renders
+    (["\x01\x1f"], '["\\u0001\\u001f"]'),
+    ([float("nan")], ""),
+    ([], "[]"),
+    ({}, "{}"),
+    (None, ""),
+    ({"b": 1, "a": [1, {"c": None}]}, '{"a":[1,{"c":null}],"b":1}'),
+    ([[1, 2], ["x"]], '[[1,2],["x"]]'),
+    ([{"k": "v"}], '[{"k":"v"}]'),
+    ([[[[1]]]], "[[[[1]]]]"),
+    (AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key="a", value=value(1)),
+                                                KeyValue(key="a", value=value(2))])), '{"a":2}'),
+]
+FAST = GOLDEN[:25]
+EXACT = GOLDEN[25:]
+
+
+def _stored_attributes(store: Store, tenant: str) -> dict[str, str]:
+    rows = store.client.query("SELECT SpanAttributes FROM otel_traces WHERE Tenant = {t:String}",
+                              parameters={"t": tenant}).result_rows
+    assert len(rows) == 1
+    return rows[0][0]
+
+
+@pytest.mark.parametrize("sent,expected", GOLDEN, ids=[repr(v)[:40] for v, _ in GOLDEN])
+def test_python_renderer_matches_pdata(sent: Any, expected: str) -> None:
+    assert otlp_rows.as_string(value(sent)) == expected
+
+
+def test_fast_path_renders_every_scalar_and_array_like_pdata(store: Store, tenant: str) -> None:
+    before = store.writer.exact_batches
+    t = trace_id()
+    sent = [(f"k{i}", v) for i, (v, _) in enumerate(FAST)]
+    write(store, tenant, request([span("s", t, attributes=dict(sent))]))
+    assert store.writer.exact_batches == before, "these values must not need the exact path"
+    assert _stored_attributes(store, tenant) == {f"k{i}": e for i, (_, e) in enumerate(FAST)}
+
+
+@pytest.mark.parametrize("sent,expected", EXACT, ids=[repr(v)[:40] for v, _ in EXACT])
+def test_exact_path_takes_what_sql_cannot_render(store: Store, tenant: str, sent: Any, expected: str) -> None:
+    before = store.writer.exact_batches
+    other = trace_id()
+    # a plain span in the same batch must land as well, identically rendered
+    write(store, tenant, request([span("s", trace_id(), attributes={"v": sent})]),
+          request([span("plain", other, attributes={"n": 1})]))
+    assert store.writer.exact_batches == before + 1
+    rows = store.client.query("SELECT SpanName, SpanAttributes FROM otel_traces WHERE Tenant = {t:String} ORDER BY SpanName",
+                              parameters={"t": tenant}).result_rows
+    assert rows == [("plain", {"n": "1"}), ("s", {"v": expected})]
+
+
+def _random_double(rng: random.Random) -> float:
+    choice = rng.random()
+    if choice < 0.3:
+        return struct.unpack("<d", rng.randbytes(8))[0]  # any bit pattern: subnormals, huge, NaN
+    if choice < 0.6:
+        return rng.uniform(-1e6, 1e6)
+    return rng.choice([1e-6, 9.999999999999999e-7, 1e21, 9.999999999999999e20, 0.5, 1 / 3, 2.0 ** 60])
+
+
+def _random_string(rng: random.Random, in_array: bool) -> str:
+    alphabet = ['a', 'Z', '0', ' ', '"', '\\', '<', '>', '&', '\n', '\t', '\r', '\b', '\f', '\u2028',
+                '\u2029', 'é', '☃', '😀', '/', "'", '\x7f']
+    if not in_array:
+        alphabet += ['\x00', '\x01', '\x1f']
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+
+def _random_fast_value(rng: random.Random, in_array: bool = False) -> Any:
+    kind = rng.randint(0, 5 if in_array else 6)
+    if kind == 0:
+        return _random_string(rng, in_array)
+    if kind == 1:
+        return rng.random() < 0.5
+    if kind == 2:
+        return rng.randint(-(2 ** 63), 2 ** 63 - 1)
+    if kind == 3:
+        d = _random_double(rng)
+        return d if (not in_array or math.isfinite(d)) else 0.25
+    if kind == 4:
+        return rng.randbytes(rng.randint(0, 6))
+    if kind == 5:
+        return _random_string(rng, in_array)
+    return [_random_fast_value(rng, in_array=True) for _ in range(rng.randint(1, 5))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_path_agrees_with_python_renderer_on_random_values(store: Store, tenant: str, seed: int) -> None:
+    rng = random.Random(seed)
+    req = request([span(f"s{i}", trace_id(), attributes={f"a{j}": _random_fast_value(rng) for j in range(10)})
+                   for i in range(300)])
+    before = store.writer.exact_batches
+    write(store, tenant, req)
+    assert store.writer.exact_batches == before
+    expected = {s.name: otlp_rows.attributes(s.attributes) for s in req.resource_spans[0].scope_spans[0].spans}
+    got = dict(store.client.query("SELECT SpanName, SpanAttributes FROM otel_traces WHERE Tenant = {t:String}",
+                                  parameters={"t": tenant}).result_rows)
+    assert got == expected
+
+
+def sample_requests() -> list[Any]:
+    """Spans of every shape the exporter columns record."""
+    t1, t2 = trace_id(), trace_id()
+    root = span_id()
+    base = 1_760_000_000_123_456_789
+    return [
+        request([
+            span("invoke_agent planner", t1, sid=root, start=base, duration_ns=9_000_000, kind=2,
+                 attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner",
+                             "input.value": "plan a trip", "session.id": "s1", "user.id": "u1"},
+                 trace_state="vendor=1"),
+            span("execute_tool search", t1, parent=root, start=base + 10, duration_ns=2_000_000,
+                 attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search",
+                             "gen_ai.tool.call.arguments": '{"q": "x"}', "gen_ai.usage.input_tokens": 12},
+                 events=[(base + 20, "log", {"n": 1, "f": 0.5})], status_code=1),
+            span("execute_tool fetch", t1, parent=root, start=base + 30, duration_ns=3_000_000,
+                 attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "fetch",
+                             "error.type": "TimeoutError"}, error="timed out after 30s",
+                 events=[(base + 40, "exception", {"exception.type": "TimeoutError",
+                                                   "exception.message": "timed out"})]),
+        ], service="agents", resource={"host.name": "h1", "pid": 42, "tags": ["a", "b"]}),
+        request([
+            span("lookup", t2, kind=3, attributes={"openinference.span.kind": "TOOL", "tool.name": "lookup"},
+                 links=[(t1, root, "k=v", {"rel": "follows"})]),
+            span("weather.task", t2, parent=span_id(), kind=9, status_code=7,
+                 attributes={"traceloop.span.kind": "tool", "traceloop.entity.name": "weather"}),
+            span("zero-parent", t2, parent=b"\0" * 8, kind=0, attributes={"x": [1.5, 2]}),
+            span("spanhouse.feedback", trace_id(), links=[(t1, root, "", {})],
+                 attributes={"spanhouse.feedback.name": "user_rating", "spanhouse.feedback.value": 4,
+                             "spanhouse.feedback.comment": "good"}),
+        ], service="tools", scope=("openinference", "")),
+    ]
+
+
+# Columns compared as ns integers: the driver returns DateTime64(9) as microsecond datetimes.
+_TRACE_COLUMNS = ("SELECT * EXCEPT (Tenant, Timestamp, `Events.Timestamp`), toUnixTimestamp64Nano(Timestamp), "
+                  "arrayMap(t -> toUnixTimestamp64Nano(t), `Events.Timestamp`) FROM {table} "
+                  "WHERE Tenant = {{t:String}} ORDER BY SpanId")
+_DERIVED = {
+    "otel_traces": _TRACE_COLUMNS,
+    "otel_traces_trace_id_ts": "SELECT TraceId, min(Start), max(End) FROM {table} WHERE Tenant = {{t:String}} GROUP BY TraceId ORDER BY TraceId",
+    "tool_calls": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY SpanId",
+    "v_tool_stats_1m": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
+    "v_tool_latency_histogram": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
+    "v_executions": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY TraceId",
+    "v_error_patterns": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
+    "feedback": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
+}
+
+
+def test_exporter_insert_without_our_columns_lands_in_default_tenant(store: Store) -> None:
+    """The official exporter's INSERT names only its 22 columns; ours take defaults."""
+    count = "SELECT count() FROM otel_traces WHERE Tenant = 'default' AND SpanName = 'exporter-only'"
+    before = store.client.command(count)
+    rows = otlp_rows.rows(request([span("exporter-only", trace_id())]))
+    store.client.insert("otel_traces", rows, column_names=list(otlp_rows.COLUMNS))
+    assert store.client.command(count) == before + 1
+
+
+def test_exporter_insert_lands_in_every_view(store: Store) -> None:
+    """An INSERT in the exporter's column format (no spanhouse involved) fills every view
+    exactly as our writer does: the views read otel_traces, whoever wrote it."""
+    reqs = sample_requests()
+    ours = "views-writer"
+    before = store.writer.exact_batches
+    write(store, ours, *reqs)
+    assert store.writer.exact_batches == before, "the writer's side must take the SQL fast path"
+    theirs = "views-exporter"
+    rows = [[*r, theirs] for req in reqs for r in otlp_rows.rows(req)]
+    store.client.insert("otel_traces", rows, column_names=[*otlp_rows.COLUMNS, "Tenant"])
+    for table, sql in _DERIVED.items():
+        a = store.client.query(sql.format(table=table), parameters={"t": ours}).result_rows
+        b = store.client.query(sql.format(table=table), parameters={"t": theirs}).result_rows
+        assert a, f"{table} is empty"
+        assert a == b, table
+    assert len(store.client.query(_TRACE_COLUMNS.format(table="otel_traces"), parameters={"t": ours}).result_rows) == 7
+
+
+def test_exporter_encoding_of_ids_kinds_and_statuses(store: Store, tenant: str) -> None:
+    t = bytes.fromhex("5B8EFFF798038103D269B633813FC60C")
+    write(store, tenant, request([
+        span("a", t, sid=bytes.fromhex("EEE19B7EC3C1B174"), parent=b"\0" * 8, kind=2, status_code=1),
+        span("b", t, sid=bytes.fromhex("00000000000000AA"), parent=bytes.fromhex("EEE19B7EC3C1B174"), kind=5,
+             error="bad"),
+        span("c", t, sid=bytes.fromhex("00000000000000BB"), kind=0, duration_ns=0),
+    ]))
+    rows = store.client.query(
+        "SELECT SpanName, TraceId, SpanId, ParentSpanId, SpanKind, StatusCode, StatusMessage, ServiceName, ScopeName, "
+        "ScopeVersion FROM otel_traces WHERE Tenant = {t:String} ORDER BY SpanName", parameters={"t": tenant}).result_rows
+    tid = "5b8efff798038103d269b633813fc60c"
+    assert rows == [
+        ("a", tid, "eee19b7ec3c1b174", "", "Server", "Ok", "", "svc", "tests", "1.0"),
+        ("b", tid, "00000000000000aa", "eee19b7ec3c1b174", "Consumer", "Error", "bad", "svc", "tests", "1.0"),
+        ("c", tid, "00000000000000bb", "", "Unspecified", "Unset", "", "svc", "tests", "1.0"),
+    ]
+
+
+def test_duration_wraps_like_uint64_when_end_precedes_start(store: Store, tenant: str) -> None:
+    s = span("backwards", trace_id(), start=2_000, duration_ns=0)
+    s.end_time_unix_nano = 1_000
+    write(store, tenant, request([s]))
+    assert store.client.command("SELECT Duration FROM otel_traces WHERE Tenant = {t:String}",
+                                parameters={"t": tenant}) == (1_000 - 2_000) % (1 << 64)
+    assert otlp_rows.rows(request([s]))[0][12] == (1_000 - 2_000) % (1 << 64)
+
+
+def test_retried_batch_with_same_token_is_stored_once(store: Store, tenant: str) -> None:
+    reqs = [request([span(f"s{i}", trace_id()) for i in range(5)]) for _ in range(3)]
+    for _ in range(3):
+        write(store, tenant, *reqs, token=f"{tenant}-batch-1")
+    write(store, tenant, request([span("x", trace_id(), attributes={"v": {}})]), token=f"{tenant}-batch-2")
+    write(store, tenant, request([span("x", trace_id(), attributes={"v": {}})]), token=f"{tenant}-batch-2")
+    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String}",
+                                parameters={"t": tenant}) == 16
+
+
+def test_one_batch_carries_many_tenants(store: Store, tenant: str) -> None:
+    a, b = f"{tenant}-a", f"{tenant}-b"
+    store.writer.write([IngestItem(a, request([span("one", trace_id())]).SerializeToString()),
+                        IngestItem(b, request([span("two", trace_id()), span("three", trace_id())]).SerializeToString())])
+    got = dict(store.client.query("SELECT Tenant, count() FROM otel_traces WHERE Tenant IN ({a:String}, {b:String}) "
+                                  "GROUP BY Tenant", parameters={"a": a, "b": b}).result_rows)
+    assert got == {a: 1, b: 2}
+
+
+def test_framing_is_length_delimited_protobuf() -> None:
+    payload = request([span("s", trace_id())]).SerializeToString()
+    framed = frame([IngestItem("tenant-x", payload)])
+    assert framed[1:].startswith(payload) or framed[2:].startswith(payload)
+    assert framed.endswith(b"tenant-x")
+
+
+def test_undecodable_request_in_exact_path_is_invalid_data(store: Store) -> None:
+    with pytest.raises(InvalidData, match="cannot be decoded"):
+        store.writer._write_exact([IngestItem("x", b"\xff\xff\xff")], {})
+
+
+def test_embedded_engine_writes_nothing_into_the_working_directory(store: Store, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, tenant: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(store, tenant, request([span("s", trace_id(), attributes={"a": [1]})]))
+    write(store, tenant, request([span("s", trace_id(), attributes={"a": {}})]))
+    assert os.listdir(tmp_path) == []
+
+
+def test_attributes_keep_wire_order(store: Store, tenant: str) -> None:
+    write(store, tenant, request([span("s", trace_id(), attributes={"z": 1, "a": 2, "m": 3})]))
+    assert list(_stored_attributes(store, tenant)) == ["z", "a", "m"]
+
+
+def test_resource_attributes_of_every_kind(store: Store, tenant: str) -> None:
+    write(store, tenant, request([span("s", trace_id())], service="svc-x",
+                                 resource={"i": 7, "b": True, "d": 2.5, "arr": ["x", 1]}))
+    got = store.client.query("SELECT ServiceName, ResourceAttributes FROM otel_traces WHERE Tenant = {t:String}",
+                             parameters={"t": tenant}).result_rows
+    assert got == [("svc-x", {"service.name": "svc-x", "i": "7", "b": "true", "d": "2.5", "arr": '["x",1]'})]
+
+
+def test_attrs_helper_allows_duplicate_keys() -> None:
+    assert [kv.key for kv in attrs([("a", 1), ("a", 2)])] == ["a", "a"]
