@@ -117,7 +117,11 @@ class Writer:
         """
         if not items:
             return
-        settings: dict[str, object] = {"insert_deduplication_token": token} if token else {}
+        settings: dict[str, object] = {}
+        if token:
+            # Every table below carries a deduplication window; the token reaches the
+            # views' inserts too, so a replayed batch changes no count anywhere.
+            settings = {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
         try:
             self._client.raw_insert(
                 "otlp_ingest", insert_block=frame(items), fmt="Protobuf",

@@ -262,6 +262,23 @@ def test_retried_batch_with_same_token_is_stored_once(store: Store, tenant: str)
                                 parameters={"t": tenant}) == 16
 
 
+def test_retried_batch_changes_no_derived_count(store: Store, tenant: str) -> None:
+    t = trace_id()
+    reqs = [request([span("execute_tool x", t, attributes={"gen_ai.operation.name": "execute_tool"}, error="e 1"),
+                     span("root", t, error="boom")])]
+    for _ in range(3):
+        write(store, tenant, *reqs, token=f"{tenant}-replayed")
+    counts = store.client.query(
+        "SELECT (SELECT count() FROM otel_traces WHERE Tenant = {t:String}), "
+        "(SELECT count() FROM tool_calls WHERE Tenant = {t:String}), "
+        "(SELECT sum(Calls) FROM tool_stats_1m WHERE Tenant = {t:String}), "
+        "(SELECT count() FROM executions WHERE Tenant = {t:String}), "
+        "(SELECT sum(Spans) FROM execution_rollup WHERE Tenant = {t:String}), "
+        "(SELECT sum(Count) FROM error_patterns WHERE Tenant = {t:String}), "
+        "(SELECT count() FROM otel_traces_trace_id_ts WHERE Tenant = {t:String})", parameters={"t": tenant}).result_rows
+    assert counts == [(2, 1, 1, 1, 2, 2, 1)]
+
+
 def test_one_batch_carries_many_tenants(store: Store, tenant: str) -> None:
     a, b = f"{tenant}-a", f"{tenant}-b"
     store.writer.write([IngestItem(a, request([span("one", trace_id())]).SerializeToString()),

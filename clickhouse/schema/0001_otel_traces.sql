@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS otel_traces_trace_id_ts
 ENGINE = AggregatingMergeTree
 PARTITION BY toStartOfWeek(Start)
 ORDER BY (TraceId, Tenant)
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_traces_trace_id_ts_mv
 TO otel_traces_trace_id_ts

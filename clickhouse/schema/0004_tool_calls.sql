@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS tool_stats_1m
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(Minute)
 ORDER BY (Tenant, ServiceName, ToolName, Minute)
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
 
 -- Bucket bounds in ns, shared by the view below and the histogram views in 0008.
 CREATE FUNCTION IF NOT EXISTS spanhouse_latency_bounds_ns AS () ->

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS error_patterns
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(Day)
 ORDER BY (Tenant, Day, ServiceName, ToolName, IsTool, Pattern)
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS error_patterns_mv TO error_patterns AS
 SELECT
