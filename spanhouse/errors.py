@@ -12,7 +12,13 @@ translated at the boundary that calls them.
     │   ├── StoreUnavailable   cannot reach or open it; retrying later may succeed
     │   ├── MigrationError     the schema cannot be brought up to date
     │   └── WriteError         an insert failed for a reason retrying will not fix
-    └── InvalidData            input that can never be stored as sent (bad OTLP)
+    ├── InvalidData            input that can never be stored as sent (bad OTLP)
+    │   └── PayloadTooLarge    a request over the size limit
+    ├── UnsupportedMediaType   a body in an encoding we do not read
+    ├── AuthError              no or an unknown API key
+    │   └── Forbidden          a known key without the scope the call needs
+    └── Backpressure           we cannot take more right now; retry after a delay
+        └── SpoolFull          the durable spool reached its byte bound
 """
 
 from __future__ import annotations
@@ -46,12 +52,46 @@ class InvalidData(SpanhouseError):
     """Input that can never be stored as sent."""
 
 
+class PayloadTooLarge(InvalidData):
+    """A request over the configured size limit (after decompression)."""
+
+
+class UnsupportedMediaType(SpanhouseError):
+    """A request body in a content type or encoding we do not read."""
+
+
+class AuthError(SpanhouseError):
+    """No API key, or one we do not know."""
+
+
+class Forbidden(AuthError):
+    """A known API key without the scope this call needs."""
+
+
+class Backpressure(SpanhouseError):
+    """We cannot take more data right now; the client should retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SpoolFull(Backpressure):
+    """The durable spool reached its byte bound: acknowledging more could lose data."""
+
+
 __all__ = [
+    "AuthError",
+    "Backpressure",
     "ConfigError",
+    "Forbidden",
     "InvalidData",
     "MigrationError",
+    "PayloadTooLarge",
     "SpanhouseError",
+    "SpoolFull",
     "StoreError",
     "StoreUnavailable",
+    "UnsupportedMediaType",
     "WriteError",
 ]
