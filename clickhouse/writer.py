@@ -128,9 +128,15 @@ class Writer:
                 settings={**self._schema_settings, **settings},
             )
         except ClickHouseError as exc:
-            if _EXACT_MARKER not in str(exc):
+            text = str(exc)
+            if _EXACT_MARKER in text:
+                log.debug("batch takes the exact path: %s", text.split(_EXACT_MARKER, 1)[1][:120])
+            elif "PROTOBUF" in text and not isinstance(exc, OperationalError):
+                # The engine's protobuf reader is stricter than protobuf's own (e.g. a known
+                # field number with another wire type); the exact path decodes as OTLP does.
+                log.warning("ClickHouse could not parse a batch; taking the exact path: %s", text[:300])
+            else:
                 raise _translate(exc) from exc
-            log.debug("batch takes the exact path: %s", str(exc).split(_EXACT_MARKER, 1)[1][:120])
             self._write_exact(items, settings)
 
     def _write_exact(self, items: Sequence[IngestItem], settings: dict[str, object]) -> None:

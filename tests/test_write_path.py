@@ -323,3 +323,17 @@ def test_resource_attributes_of_every_kind(store: Store, tenant: str) -> None:
 
 def test_attrs_helper_allows_duplicate_keys() -> None:
     assert [kv.key for kv in attrs([("a", 1), ("a", 2)])] == ["a", "a"]
+
+
+def test_payload_the_engine_cannot_parse_takes_the_exact_path(store: Store, tenant: str) -> None:
+    """A bool encoded as varint 9: protobuf reads it as true, ClickHouse's reader refuses
+    the message; the batch still lands, through the exact path."""
+    payload = request([span("odd", trace_id(), attributes={"flag": True})]).SerializeToString()
+    encoded_true = b"\x0a\x04flag\x12\x02\x10\x01"  # KeyValue{key: "flag", value: {bool_value: 1}}
+    assert payload.count(encoded_true) == 1
+    odd = payload.replace(encoded_true, b"\x0a\x04flag\x12\x02\x10\x09")
+    before = store.writer.exact_batches
+    store.writer.write([IngestItem(tenant, odd)])
+    assert store.writer.exact_batches == before + 1
+    assert store.client.query("SELECT SpanName, SpanAttributes FROM otel_traces WHERE Tenant = {t:String}",
+                              parameters={"t": tenant}).result_rows == [("odd", {"flag": "true"})]
