@@ -1,18 +1,25 @@
 """The ``spanhouse`` command.
 
-Subcommands so far: ``migrate`` (bring a store's schema up to date, or print the DDL
-for a single node or a cluster).
+``serve`` runs the collector; ``migrate`` brings a store's schema up to date (or prints
+the DDL for a single node or a cluster); ``keys add`` creates an API key.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, RETENTION_ENV, open_store, retention_from_env
 from spanhouse.clickhouse.migrations import schema_files
+from spanhouse.collector import config
+from spanhouse.collector.auth import SCOPES, add_key
 from spanhouse.errors import SpanhouseError
 
 
@@ -38,6 +45,37 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from spanhouse.collector.server import Collector  # keeps `spanhouse migrate` light
+
+    logging.basicConfig(level=os.environ.get("SPANHOUSE_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = config.from_args(args)
+    collector = Collector(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    addresses = collector.start()
+    # The one machine-readable startup line (scripts and tests read the ports from it).
+    print(json.dumps({"spanhouse": "listening", "host": addresses.host, "grpc_port": addresses.grpc_port,
+                      "http_port": addresses.http_port, "api_port": addresses.api_port,
+                      "dsn": settings.dsn, "spool_dir": str(settings.resolved_spool_dir)}), flush=True)
+    stop.wait()
+    logging.getLogger("spanhouse").info("shutting down: draining the spool (up to %.0fs)", settings.shutdown_timeout)
+    drained = collector.stop()
+    if not drained:
+        logging.getLogger("spanhouse").warning("the spool did not drain completely; it is replayed at the next start")
+    return 0
+
+
+def _keys_add(args: argparse.Namespace) -> int:
+    key = add_key(Path(args.file), args.tenant, args.scopes.split(","))
+    print(key)
+    print(f"added a key for tenant {args.tenant!r} to {args.file}; this is the only time it is shown",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="spanhouse", description="Execution history for AI agents.")
@@ -49,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"drop data older than this many days (env {RETENTION_ENV}; default: keep all)")
     mig.add_argument("--print", action="store_true", help="print the DDL instead of running it")
     mig.set_defaults(run=_migrate)
+    serve = sub.add_parser("serve", help="run the collector: OTLP gRPC + HTTP receivers, spool, store, API")
+    config.add_arguments(serve)
+    serve.set_defaults(run=_serve)
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    add = keys.add_parser("add", help="create a key, store its hash in the keys file, print it once")
+    add.add_argument("--file", required=True, help="the API keys file (as given to serve --api-keys)")
+    add.add_argument("--tenant", required=True, help="the tenant this key writes and reads")
+    add.add_argument("--scopes", default="ingest,read", help=f"comma-separated, of {sorted(SCOPES)}")
+    add.set_defaults(run=_keys_add)
     return parser
 
 

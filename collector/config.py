@@ -1,0 +1,151 @@
+"""Collector settings: every one a ``--flag`` and a ``SPANHOUSE_*`` variable.
+
+Precedence is flag > environment > default, as in the OpenTelemetry SDKs; a bad value
+is a ``ConfigError`` naming the setting and what it accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, embedded_path
+from spanhouse.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"512MiB"``, ``"64m"``, ``"1G"`` or a plain number of bytes -> bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(f"{text!r} is not a size; use bytes or a number with K, M, G (e.g. 512MiB)")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "")[:1].lower()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``spanhouse serve`` runs with. Field docs are the ``--help`` texts."""
+
+    dsn: str = DEFAULT_DSN
+    host: str = "127.0.0.1"
+    grpc_port: int = 4317
+    http_port: int = 4318
+    api_port: int = 8080
+    api_keys: Path | None = None
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 1 << 30
+    max_request_bytes: int = 64 << 20
+    allow_unauthenticated: bool = False
+    retention_days: int | None = None
+    shutdown_timeout: float = 15.0
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for settings that cannot work together."""
+        for name in ("grpc_port", "http_port", "api_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"--{name.replace('_', '-')} {port} is not a TCP port (0-65535; 0 picks a free one)")
+        if self.spool_max_bytes < 1 << 20:
+            raise ConfigError("--spool-max-bytes must be at least 1MiB")
+        if self.max_request_bytes < 1024:
+            raise ConfigError("--max-request-bytes must be at least 1KiB")
+        if self.api_keys is None and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to listen on {self.host} without API keys: anyone who can reach it could write "
+                "and read every execution. Pass --api-keys FILE (see `spanhouse keys add`), or "
+                "--allow-unauthenticated if this network is trusted"
+            )
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        """The spool directory: as set, else ``spool/`` inside an embedded store's data
+        directory (one directory holds everything), else ``./spanhouse-spool`` for a server."""
+        if self.spool_dir is not None:
+            return self.spool_dir.resolve()
+        data = embedded_path(self.dsn)
+        return data / "spool" if data else Path("spanhouse-spool").resolve()
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_HELP = {
+    "dsn": f"store: chdb:///path (embedded, default {DEFAULT_DSN}) or http(s)://user:pass@host:8123/db",
+    "host": "address to listen on (non-loopback needs --api-keys or --allow-unauthenticated)",
+    "grpc_port": "OTLP/gRPC port (0 = pick a free port)",
+    "http_port": "OTLP/HTTP port (0 = pick a free port)",
+    "api_port": "query API, /healthz, /readyz and /metrics port (0 = pick a free port)",
+    "api_keys": "API keys file (see `spanhouse keys add`); without it every request is tenant 'default'",
+    "spool_dir": "durable spool directory (default: spool/ inside an embedded store's data directory)",
+    "spool_max_bytes": "spool bound; when full, clients are told to retry later (e.g. 1GiB)",
+    "max_request_bytes": "largest accepted request after decompression (e.g. 64MiB)",
+    "allow_unauthenticated": "allow a non-loopback --host without API keys",
+    "retention_days": "drop data older than this many days (default: keep everything)",
+    "shutdown_timeout": "seconds to drain the spool into the store on SIGTERM before exiting",
+}
+_ENV_OVERRIDES = {"dsn": DSN_ENV}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    return _ENV_OVERRIDES.get(field, f"SPANHOUSE_{field.upper()}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults stay None so that the environment can fill in."""
+    for f in fields(Settings):
+        flag = f"--{f.name.replace('_', '-')}"
+        help_text = f"{_HELP[f.name]} (env {env_name(f.name)})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+
+
+def _convert(name: str, kind: Any, raw: str | bool) -> Any:
+    kind = str(kind)
+    try:
+        if "bool" in kind:
+            return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if name.endswith("_bytes"):
+            return parse_size(str(raw))
+        if "Path" in kind:
+            return Path(str(raw)).expanduser()
+        if "float" in kind:
+            return float(raw)
+        if "int" in kind:
+            return int(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name(name)} / --{name.replace('_', '-')}: {raw!r} is not a valid value") from None
+    return raw
+
+
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from parsed flags, then ``environ`` (default ``os.environ``), then defaults."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name, None)
+        if raw is None and environ.get(env_name(f.name), "").strip():
+            raw = environ[env_name(f.name)].strip()
+        if raw is not None:
+            values[f.name] = _convert(f.name, f.type, raw)
+    settings = Settings(**values)
+    settings.validate()
+    return settings

@@ -1,0 +1,91 @@
+"""The ClickHouse exporter: drains sealed spool segments into the store.
+
+One thread, one segment per insert (so batches are large), the segment's unique name
+as the insert's deduplication token (so re-inserting a segment after a crash or a
+timeout changes nothing). A segment is deleted only after its insert succeeded. While
+the store is unavailable the same segment is retried with exponential backoff; the
+spool meanwhile keeps accepting until its bound. A segment the store rejects for its
+content is quarantined (kept on disk, logged, counted), never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from spanhouse.clickhouse import IngestItem, Writer
+from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.spool import Segment, Spool
+from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
+
+log = logging.getLogger(__name__)
+
+
+class ClickHouseExporter:
+    """Moves spool segments into ClickHouse on a background thread."""
+
+    def __init__(self, spool: Spool, writer: Writer, metrics: Metrics, *,
+                 backoff_initial: float = 0.2, backoff_max: float = 30.0) -> None:
+        self._spool = spool
+        self._writer = writer
+        self._metrics = metrics
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spanhouse-exporter", daemon=True)
+        self.healthy = True
+        """False while the store refuses inserts (for /readyz)."""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, drain_timeout: float) -> bool:
+        """Drain what is sealed for up to ``drain_timeout`` s, then stop; True if all drained."""
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline and self._spool.segment_count and self.healthy:
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
+        return self._spool.segment_count == 0
+
+    def _run(self) -> None:
+        backoff = self._backoff_initial
+        while not self._stop.is_set():
+            segment = self._spool.next_sealed(timeout=0.2)
+            self._metrics.spool_bytes.set(self._spool.bytes)
+            self._metrics.spool_segments.set(self._spool.segment_count)
+            if segment is None:
+                continue
+            if self._export(segment):
+                backoff = self._backoff_initial
+            else:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+
+    def _export(self, segment: Segment) -> bool:
+        """Insert one segment; False if it should be retried later."""
+        started = time.perf_counter()
+        exact_before = self._writer.exact_batches
+        try:
+            items = [IngestItem(r.tenant, r.payload) for r in segment.records()]
+            self._writer.write(items, token=f"spool-{segment.name}")
+        except StoreUnavailable as exc:
+            self._metrics.insert_errors.labels(kind="unavailable").inc()
+            if self.healthy:
+                log.warning("ClickHouse insert failed, will retry (data stays in the spool): %s", exc)
+            self.healthy = False
+            return False
+        except (WriteError, InvalidData) as exc:
+            self._metrics.insert_errors.labels(kind="rejected").inc()
+            kept = self._spool.quarantine(segment, str(exc))
+            log.error("ClickHouse rejected spool segment %s; kept as %s: %s", segment.name, kept, exc)
+            return True
+        self._metrics.insert_seconds.observe(time.perf_counter() - started)
+        self._metrics.insert_batches.inc()
+        self._metrics.exact_path_batches.inc(self._writer.exact_batches - exact_before)
+        self._spool.delete(segment)
+        if not self.healthy:
+            log.info("ClickHouse inserts work again")
+        self.healthy = True
+        return True

@@ -1,0 +1,53 @@
+"""The one export path both receivers call: validate, then make durable, then answer.
+
+A receiver decodes its transport's body into an ``ExportTraceServiceRequest``,
+authenticates the caller, and calls ``Ingest.export``. Invalid spans are dropped and
+reported as a partial success; the rest is appended to the spool, and only when the
+spool has fsync'd it does ``export`` return — that return is the acknowledgement.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from spanhouse.collector import encoding
+from spanhouse.collector.auth import Principal
+from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.spool import Spool
+from spanhouse.collector.validate import validate
+from spanhouse.errors import SpoolFull
+
+
+class Ingest:
+    """Validate -> spool -> acknowledge."""
+
+    def __init__(self, spool: Spool, metrics: Metrics) -> None:
+        self._spool = spool
+        self._metrics = metrics
+
+    def export(self, request: ExportTraceServiceRequest, principal: Principal) -> ExportTraceServiceResponse:
+        """Store the valid spans of ``request`` for ``principal``'s tenant.
+
+        Raises ``Forbidden`` without the ingest scope and ``SpoolFull`` under backpressure.
+        """
+        principal.require("ingest")
+        verdict = validate(request)
+        self._metrics.spans_received.inc(verdict.accepted + verdict.rejected_count)
+        for reason, n in verdict.rejected.items():
+            self._metrics.spans_rejected.labels(reason=reason).inc(n)
+        if verdict.accepted:
+            # Unknown fields are dropped before spooling: a field number we do not know may
+            # reuse one ClickHouse's schema knows with another wire type, which its parser
+            # would refuse long after the client was acknowledged.
+            request.DiscardUnknownFields()
+            payload = request.SerializeToString()
+            try:
+                self._spool.append(principal.tenant, payload)
+            except SpoolFull:
+                self._metrics.backpressure.inc()
+                raise
+            self._metrics.spans_accepted.inc(verdict.accepted)
+        return encoding.response(verdict.rejected_count, verdict.message())

@@ -1,0 +1,42 @@
+"""The collector's Prometheus metrics (``/metrics`` on the API port).
+
+One registry per collector instance, so several collectors in one process (tests)
+keep separate counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Counters and gauges named ``spanhouse_*``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("spanhouse_requests", "OTLP export requests by transport and outcome",
+                                ["transport", "outcome"], registry=r)
+        self.spans_received = Counter("spanhouse_spans_received", "Spans in decoded export requests", registry=r)
+        self.spans_accepted = Counter("spanhouse_spans_accepted", "Spans acknowledged (durable in the spool)",
+                                      registry=r)
+        self.spans_rejected = Counter("spanhouse_spans_rejected", "Spans rejected, by reason", ["reason"],
+                                      registry=r)
+        self.backpressure = Counter("spanhouse_backpressure_events", "Requests refused because the spool was full",
+                                    registry=r)
+        self.spool_bytes = Gauge("spanhouse_spool_bytes", "Bytes held in the spool", registry=r)
+        self.spool_segments = Gauge("spanhouse_spool_segments", "Segments held in the spool", registry=r)
+        self.insert_batches = Counter("spanhouse_insert_batches", "Spool segments inserted into ClickHouse",
+                                      registry=r)
+        self.insert_errors = Counter("spanhouse_insert_errors", "Failed inserts, by kind", ["kind"], registry=r)
+        self.insert_seconds = Histogram("spanhouse_insert_seconds", "Insert latency per spool segment",
+                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.exact_path_batches = Counter("spanhouse_exact_path_batches",
+                                          "Batches the SQL fast path could not render exactly", registry=r)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,78 @@
+"""OTLP/gRPC receiver: ``TraceService/Export`` as a thin adapter over ``Ingest.export``.
+
+Registered as a generic handler with no deserializer, so the request arrives as bytes
+and is decoded once, here. gzip is gRPC message compression, handled by grpcio; a
+message over the size limit is refused by grpcio itself with RESOURCE_EXHAUSTED.
+Errors are answered through ``collector.errors.outcome`` with a ``google.rpc.Status``
+in the ``grpc-status-details-bin`` trailer (RetryInfo when the client should retry).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from spanhouse.collector import encoding
+from spanhouse.collector.auth import KeyRing, key_from_headers
+from spanhouse.collector.errors import outcome
+from spanhouse.collector.ingest import Ingest
+from spanhouse.collector.metrics import Metrics
+from spanhouse.errors import InvalidData, SpanhouseError
+
+log = logging.getLogger(__name__)
+
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+
+class GrpcReceiver:
+    """The gRPC server on ``host:port`` (port 0 picks a free one; see ``port``)."""
+
+    def __init__(self, ingest: Ingest, keys: KeyRing, metrics: Metrics, host: str, port: int,
+                 max_request_bytes: int, workers: int = 16) -> None:
+        self._ingest = ingest
+        self._keys = keys
+        self._metrics = metrics
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spanhouse-grpc"),
+            options=[("grpc.max_receive_message_length", max_request_bytes),
+                     ("grpc.max_send_message_length", 4 << 20)],
+            maximum_concurrent_rpcs=workers * 8,
+        )
+        handler = grpc.unary_unary_rpc_method_handler(self._export)
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float) -> None:
+        """Stop taking calls; in-flight calls get ``grace`` seconds to finish."""
+        self._server.stop(grace).wait()
+
+    def _export(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            metadata = dict(context.invocation_metadata())
+            principal = self._keys.authenticate(key_from_headers(metadata.get))
+            try:
+                request = ExportTraceServiceRequest.FromString(body)
+            except DecodeError as exc:
+                raise InvalidData(f"the message is not a valid OTLP ExportTraceServiceRequest: {exc}") from exc
+            reply = self._ingest.export(request, principal)
+        except Exception as exc:  # every failure is answered through the one error map
+            self._abort(context, exc)
+        self._metrics.requests.labels(transport="grpc", outcome="ok").inc()
+        return reply.SerializeToString()
+
+    def _abort(self, context: grpc.ServicerContext, exc: Exception) -> None:
+        result = outcome(exc)
+        if not isinstance(exc, SpanhouseError):
+            log.exception("unexpected error in gRPC export; the client is told to retry")
+        self._metrics.requests.labels(transport="grpc", outcome=result.grpc_code.name.lower()).inc()
+        details = encoding.status(result.grpc_code.value[0], str(exc), result.retry_after,
+                                  bad_request=result.grpc_code is grpc.StatusCode.INVALID_ARGUMENT)
+        context.set_trailing_metadata((("grpc-status-details-bin", details.SerializeToString()),))
+        context.abort(result.grpc_code, str(exc))

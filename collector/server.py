@@ -1,0 +1,152 @@
+"""``spanhouse serve``: the collector process, wired the OpenTelemetry Collector way.
+
+    receivers (otlp_grpc, otlp_http) -> ingest (auth, validate, spool) -> exporter (ClickHouse)
+
+plus the API app. Start order: store (migrations), spool (recovery), exporter, then the
+listeners; the machine-readable startup line is printed only when all are listening.
+Shutdown (SIGTERM/SIGINT): stop listening and finish in-flight requests, seal the
+spool, drain it into the store within ``shutdown_timeout``, exit 0; what did not drain
+stays in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+
+from spanhouse.clickhouse import Store, open_store
+from spanhouse.collector.api import create_app
+from spanhouse.collector.auth import KeyRing
+from spanhouse.collector.config import Settings
+from spanhouse.collector.exporter import ClickHouseExporter
+from spanhouse.collector.ingest import Ingest
+from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.otlp_grpc import GrpcReceiver
+from spanhouse.collector.otlp_http import HttpReceiver
+from spanhouse.collector.spool import Spool
+from spanhouse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where a running collector listens."""
+
+    host: str
+    grpc_port: int
+    http_port: int
+    api_port: int
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}; pick another port (0 picks a free one)") from exc
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Collector:
+    """A collector that can be started, and stopped gracefully, in this process."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        """``store``: an already open store to use (and leave open) instead of ``settings.dsn``."""
+        settings.validate()
+        self.settings = settings
+        self.metrics = Metrics()
+        self._keys = KeyRing.load(settings.api_keys)
+        self._own_store = store is None
+        self._store: Store | None = store
+        self._spool: Spool | None = None
+        self._exporter: ClickHouseExporter | None = None
+        self._grpc: GrpcReceiver | None = None
+        self._servers: list[uvicorn.Server] = []
+        self._loop_thread: threading.Thread | None = None
+        self._stopping = False
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "start() first"
+        return self._store
+
+    def start(self) -> Addresses:
+        """Open everything and start listening; returns the bound ports."""
+        s = self.settings
+        if self._store is None:
+            self._store = open_store(s.dsn, retention_days=s.retention_days)
+        self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes)
+        report = self._spool.open()
+        if report.segments:
+            log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",
+                     report.segments, report.records, report.torn_bytes)
+        self._exporter = ClickHouseExporter(self._spool, self._store.writer, self.metrics)
+        self._exporter.start()
+        ingest = Ingest(self._spool, self.metrics)
+        self._grpc = GrpcReceiver(ingest, self._keys, self.metrics, s.host, s.grpc_port, s.max_request_bytes)
+        if not self._grpc.port:
+            raise ConfigError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}; pick another --grpc-port")
+        http_sock, api_sock = _bind(s.host, s.http_port), _bind(s.host, s.api_port)
+        http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
+        api = create_app(self.metrics, self._readiness)
+        self._grpc.start()
+        self._serve_asgi([(http.app, http_sock), (api, api_sock)])
+        return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1])
+
+    def _serve_asgi(self, apps: list[tuple[object, socket.socket]]) -> None:
+        """Run the ASGI apps on one event loop in a background thread; wait until they listen."""
+        self._servers = [
+            uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                          timeout_graceful_shutdown=self.settings.shutdown_timeout))
+            for app, _ in apps
+        ]
+
+        async def main() -> None:
+            await asyncio.gather(*(srv.serve(sockets=[sock]) for srv, (_, sock) in zip(self._servers, apps)))
+
+        self._loop_thread = threading.Thread(target=asyncio.run, args=(main(),), name="spanhouse-http", daemon=True)
+        self._loop_thread.start()
+        while not all(srv.started for srv in self._servers):
+            if not self._loop_thread.is_alive():
+                raise ConfigError("the HTTP listeners failed to start; see the log above")
+            threading.Event().wait(0.01)
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "shutting down"
+        if self._exporter is not None and not self._exporter.healthy:
+            return False, "ClickHouse is refusing inserts; data is kept in the spool"
+        if self._spool is not None and self._spool.bytes >= self.settings.spool_max_bytes * 0.95:
+            return False, "the spool is full"
+        return True, ""
+
+    def stop(self) -> bool:
+        """Graceful shutdown; True if the spool drained completely."""
+        self._stopping = True
+        if self._grpc is not None:
+            self._grpc.stop(grace=5.0)
+        for srv in self._servers:
+            srv.should_exit = True
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=self.settings.shutdown_timeout)
+        drained = True
+        if self._spool is not None:
+            self._spool.seal()  # nothing is appended any more: hand the active segment to the exporter
+        if self._exporter is not None:
+            drained = self._exporter.stop(self.settings.shutdown_timeout)
+        if self._spool is not None:
+            self._spool.close()
+        if self._store is not None and self._own_store:
+            self._store.close()
+        return drained

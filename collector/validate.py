@@ -1,0 +1,79 @@
+"""Span validation: the processor that decides which spans of a request are stored.
+
+OTLP lets a server reject individual spans and store the rest (partial success). A
+span is rejected when its trace id is not 16 bytes or all zero, its span id is not 8
+bytes or all zero, its parent id is neither empty nor 8 bytes, its name is empty, it
+ends before it starts, or a timestamp lies beyond what DateTime64(9) holds (year 2262).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+
+# reason code (a metrics label) -> the English the client reads
+REASONS = {
+    "invalid_trace_id": "with an invalid trace id (must be 16 bytes, not all zero)",
+    "invalid_span_id": "with an invalid span id (must be 8 bytes, not all zero)",
+    "invalid_parent_span_id": "with an invalid parent span id (must be empty or 8 bytes)",
+    "empty_name": "without a name",
+    "end_before_start": "ending before they start",
+    "timestamp_out_of_range": "with a timestamp after 2262 (beyond DateTime64(9))",
+}
+_MAX_NANOS = (1 << 63) - 1
+
+
+@dataclass
+class Verdict:
+    """What validation kept and dropped."""
+
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rejected_count(self) -> int:
+        return sum(self.rejected.values())
+
+    def message(self) -> str:
+        """An English summary for ``partial_success.error_message``."""
+        reasons = ", ".join(f"{n} {REASONS[code]}" for code, n in sorted(self.rejected.items()))
+        return f"{self.rejected_count} span(s) rejected: {reasons}" if self.rejected else ""
+
+
+def problem(span: Span) -> str | None:
+    """The reason code why ``span`` cannot be stored (see ``REASONS``), or None if it can."""
+    if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
+        return "invalid_trace_id"
+    if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
+        return "invalid_span_id"
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        return "invalid_parent_span_id"
+    if not span.name:
+        return "empty_name"
+    if span.end_time_unix_nano < span.start_time_unix_nano:
+        return "end_before_start"
+    if span.end_time_unix_nano > _MAX_NANOS or any(e.time_unix_nano > _MAX_NANOS for e in span.events):
+        return "timestamp_out_of_range"
+    return None
+
+
+def validate(request: ExportTraceServiceRequest) -> Verdict:
+    """Remove invalid spans from ``request`` in place and say what was removed."""
+    verdict = Verdict()
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            problems = [problem(s) for s in ss.spans]
+            bad = [p for p in problems if p is not None]
+            verdict.accepted += len(problems) - len(bad)
+            if bad:
+                verdict.rejected.update(bad)
+                kept = [s for s, p in zip(ss.spans, problems) if p is None]
+                del ss.spans[:]
+                ss.spans.extend(kept)
+    return verdict

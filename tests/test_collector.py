@@ -1,0 +1,290 @@
+"""The collector over real sockets on 127.0.0.1: the official OpenTelemetry exporters,
+OTLP/JSON, every error path with its status and body, auth, backpressure, recovery."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode
+
+from spanhouse.clickhouse import Store
+from spanhouse.collector.config import Settings
+from spanhouse.errors import ConfigError
+from tests.collector_harness import FaultyWriter, Running, grpc_export, running_collector
+from tests.otlp import request, span, trace_id
+
+
+def _count(store: Store, tenant: str, table: str = "otel_traces") -> int:
+    return int(store.client.command(f"SELECT count() FROM {table} WHERE Tenant = {{t:String}}",
+                                    parameters={"t": tenant}))
+
+
+def _send_with_sdk(exporter: object, service: str, n_tools: int) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("invoke_agent planner", attributes={"gen_ai.operation.name": "invoke_agent"}):
+        for i in range(n_tools):
+            with tracer.start_as_current_span(f"execute_tool t{i % 3}", attributes={
+                    "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": f"t{i % 3}",
+                    "tags": ["a", "b"], "n": i}) as s:
+                if i % 4 == 0:
+                    s.set_status(Status(StatusCode.ERROR, "nope"))
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_official_otel_exporters_land_spans_in_tables_and_views(store: Store, tmp_path: Path, tenant: str,
+                                                                 transport: str) -> None:
+    with running_collector(store, tmp_path, tenant) as c:
+        if transport == "grpc":
+            exporter = GrpcSpanExporter(endpoint=c.grpc_target, insecure=True, headers=c.headers())
+        else:
+            exporter = HttpSpanExporter(endpoint=c.http_url, headers=c.headers())
+        _send_with_sdk(exporter, f"svc-{transport}", n_tools=12)
+        c.wait_drained()
+        assert _count(store, tenant) == 13
+        stats = store.client.query("SELECT ToolName, calls, errors FROM v_tool_stats WHERE Tenant = {t:String} "
+                                   "ORDER BY ToolName", parameters={"t": tenant}).result_rows
+        expected = [(f"t{k}", sum(1 for i in range(12) if i % 3 == k), sum(1 for i in range(12) if i % 3 == k and i % 4 == 0))
+                    for k in range(3)]
+        assert stats == expected
+        assert store.client.query("SELECT Name, Status, tool_calls FROM v_executions WHERE Tenant = {t:String}",
+                                  parameters={"t": tenant}).result_rows == [("invoke_agent planner", "ok", 12)]
+        assert store.client.command("SELECT ServiceName FROM otel_traces WHERE Tenant = {t:String} LIMIT 1",
+                                    parameters={"t": tenant}) == f"svc-{transport}"
+
+
+SPEC_EXAMPLE = {  # the OTLP spec's example trace (opentelemetry-proto examples/trace.json), plus extras
+    "resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}],
+                     "schemaUrl": "https://js-puts-this-here.example"},
+        "scopeSpans": [{
+            "scope": {"name": "my.library", "version": "1.0.0",
+                      "attributes": [{"key": "my.scope.attribute", "value": {"stringValue": "some scope attribute"}}]},
+            "spans": [{
+                "traceId": "5B8EFFF798038103D269B633813FC60C",
+                "spanId": "EEE19B7EC3C1B174",
+                "parentSpanId": "EEE19B7EC3C1B173",
+                "name": "I'm a server span",
+                "startTimeUnixNano": "1544712660000000000",
+                "endTimeUnixNano": 1544712661000000000,
+                "kind": 2,
+                "attributes": [
+                    {"key": "my.span.attr", "value": {"stringValue": "some value"}},
+                    {"key": "count", "value": {"intValue": 7}},
+                    {"key": "count_str", "value": {"intValue": "9007199254740993"}},
+                    {"key": "ratio", "value": {"doubleValue": 0.5}},
+                    {"key": "blob", "value": {"bytesValue": "AAE="}},
+                ],
+                "futureField": {"ignored": True},
+            }],
+        }],
+    }],
+}
+
+
+def _json_post(c: Running, doc: object, *, gzip_it: bool = False, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = json.dumps(doc).encode()
+    hdrs = {"content-type": "application/json; charset=utf-8", **c.headers(), **(headers or {})}
+    if gzip_it:
+        body = gzip.compress(body)
+        hdrs["content-encoding"] = "gzip"
+    return httpx.post(c.http_url, content=body, headers=hdrs, timeout=30)
+
+
+@pytest.mark.parametrize("gzip_it", [False, True])
+def test_otlp_json_spec_example_with_gzip_and_string_int64s(store: Store, tmp_path: Path, tenant: str,
+                                                            gzip_it: bool) -> None:
+    with running_collector(store, tmp_path, tenant) as c:
+        r = _json_post(c, SPEC_EXAMPLE, gzip_it=gzip_it)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+        assert r.json() == {}
+        c.wait_drained()
+    rows = store.client.query(
+        "SELECT TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, ScopeName, Duration, SpanAttributes "
+        "FROM otel_traces WHERE Tenant = {t:String}", parameters={"t": tenant}).result_rows
+    assert rows == [("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", "eee19b7ec3c1b173", "I'm a server span",
+                     "Server", "my.service", "my.library", 1_000_000_000,
+                     {"my.span.attr": "some value", "count": "7", "count_str": "9007199254740993", "ratio": "0.5",
+                      "blob": "AAE="})]
+
+
+def test_chunked_request_body_is_accepted(store: Store, tmp_path: Path, tenant: str) -> None:
+    body = request([span("chunky", trace_id())]).SerializeToString()
+    with running_collector(store, tmp_path, tenant) as c:
+        r = httpx.post(c.http_url, content=iter([body[:7], body[7:]]),  # an iterator: Transfer-Encoding: chunked
+                       headers={"content-type": "application/x-protobuf", **c.headers()})
+        assert r.status_code == 200 and r.content == b""
+        c.wait_drained()
+    assert _count(store, tenant) == 1
+
+
+def test_partial_success_rejects_invalid_spans_and_stores_the_rest(store: Store, tmp_path: Path, tenant: str) -> None:
+    good = span("good", trace_id())
+    bad = [span("zero trace", bytes(16)), span("short span id", trace_id(), sid=b"\x01\x02"),
+           span("", trace_id()), span("backwards", trace_id(), duration_ns=0)]
+    bad[3].end_time_unix_nano = bad[3].start_time_unix_nano - 1
+    body = request([good, *bad]).SerializeToString()
+    with running_collector(store, tmp_path, tenant) as c:
+        code, reply, _ = grpc_export(c.grpc_target, body, c.key)
+        assert code is grpc.StatusCode.OK
+        partial = ExportTraceServiceResponse.FromString(reply).partial_success
+        assert partial.rejected_spans == 4
+        assert "1 with an invalid trace id" in partial.error_message and "1 without a name" in partial.error_message
+        r = httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
+        assert r.status_code == 200
+        assert ExportTraceServiceResponse.FromString(r.content).partial_success.rejected_spans == 4
+        c.wait_drained()
+        metrics = httpx.get(c.api_url + "/metrics").text
+    assert _count(store, tenant) == 2
+    assert 'spanhouse_spans_rejected_total{reason="empty_name"} 2.0' in metrics
+
+
+def _status(body: bytes, kind: str) -> status_pb2.Status:
+    if kind == "json":
+        doc = json.loads(body)
+        return status_pb2.Status(code=doc.get("code", 0), message=doc.get("message", ""))
+    return status_pb2.Status.FromString(body)
+
+
+@pytest.mark.parametrize("kind", ["protobuf", "json"])
+def test_undecodable_body_is_400_with_a_status_in_the_request_encoding(store: Store, tmp_path: Path,
+                                                                       tenant: str, kind: str) -> None:
+    with running_collector(store, tmp_path, tenant) as c:
+        body = b"\xff\x00garbage{" if kind == "protobuf" else b'{"resourceSpans": [{"scopeSpans": 5'
+        r = httpx.post(c.http_url, content=body, headers={"content-type": f"application/x-{kind}".replace(
+            "x-json", "json"), **c.headers()})
+        assert r.status_code == 400
+        assert r.headers["content-type"].startswith("application/json" if kind == "json" else "application/x-protobuf")
+        st = _status(r.content, kind)
+        assert st.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and st.message
+        code, _, err = grpc_export(c.grpc_target, b"\xff\x00garbage{", c.key)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        details = dict(err.trailing_metadata())["grpc-status-details-bin"]
+        assert status_pb2.Status.FromString(details).details[0].Is(error_details_pb2.BadRequest.DESCRIPTOR)
+
+
+def test_json_with_a_non_hex_id_is_400(store: Store, tmp_path: Path, tenant: str) -> None:
+    doc = json.loads(json.dumps(SPEC_EXAMPLE))
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"] = "not-hex"
+    with running_collector(store, tmp_path, tenant) as c:
+        r = _json_post(c, doc)
+    assert r.status_code == 400 and "traceId" in r.json()["message"]
+
+
+def test_oversize_requests_are_413_and_resource_exhausted_without_retry_info(store: Store, tmp_path: Path,
+                                                                              tenant: str) -> None:
+    big = request([span("s", trace_id(), attributes={"blob": "x" * 20_000})]).SerializeToString()
+    with running_collector(store, tmp_path, tenant, max_request_bytes=10_000) as c:
+        hdrs = {"content-type": "application/x-protobuf", **c.headers()}
+        assert httpx.post(c.http_url, content=big, headers=hdrs).status_code == 413
+        # small on the wire, too big once decompressed
+        r = httpx.post(c.http_url, content=gzip.compress(big), headers={**hdrs, "content-encoding": "gzip"})
+        assert r.status_code == 413 and "Retry-After" not in r.headers
+        code, _, err = grpc_export(c.grpc_target, big, c.key)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "grpc-status-details-bin" not in dict(err.trailing_metadata() or ())
+        small = request([span("fits", trace_id())]).SerializeToString()
+        assert httpx.post(c.http_url, content=small, headers=hdrs).status_code == 200
+        c.wait_drained()
+    assert _count(store, tenant) == 1
+
+
+def test_unknown_media_type_is_415_and_other_methods_405(store: Store, tmp_path: Path, tenant: str) -> None:
+    with running_collector(store, tmp_path, tenant) as c:
+        r = httpx.post(c.http_url, content=b"x", headers={"content-type": "text/plain", **c.headers()})
+        assert r.status_code == 415 and "unsupported media type" in r.text
+        r = httpx.get(c.http_url)
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        r = httpx.post(c.http_url, content=b"x", headers={"content-type": "application/x-protobuf",
+                                                          "content-encoding": "br", **c.headers()})
+        assert r.status_code == 415
+
+
+def test_missing_unknown_and_underprivileged_keys(store: Store, tmp_path: Path, tenant: str) -> None:
+    body = request([span("s", trace_id())]).SerializeToString()
+    with running_collector(store, tmp_path, tenant) as c:
+        hdrs = {"content-type": "application/x-protobuf"}
+        r = httpx.post(c.http_url, content=body, headers=hdrs)
+        assert r.status_code == 401 and "missing API key" in status_pb2.Status.FromString(r.content).message
+        r = httpx.post(c.http_url, content=body, headers={**hdrs, "x-api-key": "nope"})
+        assert r.status_code == 401
+        assert grpc_export(c.grpc_target, body, None)[0] is grpc.StatusCode.UNAUTHENTICATED
+        assert grpc_export(c.grpc_target, body, "nope")[0] is grpc.StatusCode.UNAUTHENTICATED
+        r = httpx.post(c.http_url, content=body, headers={**hdrs, "x-api-key": c.key})
+        assert r.status_code == 200
+    with running_collector(store, tmp_path / "ro", tenant, scopes="read") as c:
+        r = httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
+        assert r.status_code == 403
+        assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_non_loopback_without_keys_refuses_to_start() -> None:
+    with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0 without API keys"):
+        Settings(host="0.0.0.0").validate()
+    Settings(host="0.0.0.0", allow_unauthenticated=True).validate()
+    Settings(host="::1").validate()
+
+
+def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(store: Store, tmp_path: Path,
+                                                                             tenant: str) -> None:
+    body = request([span(f"s{i}", trace_id(), attributes={"pad": "p" * 3000}) for i in range(20)]).SerializeToString()
+    faulty = FaultyWriter(store.writer)
+    broken = Store(store.dsn, store.client, faulty)  # type: ignore[arg-type]
+    with running_collector(broken, tmp_path, tenant, spool_max_bytes=1 << 20) as c:
+        hdrs = {"content-type": "application/x-protobuf", **c.headers()}
+        acked = 0
+        for _ in range(200):
+            r = httpx.post(c.http_url, content=body, headers=hdrs, timeout=30)
+            if r.status_code != 200:
+                break
+            acked += 1
+        assert 0 < acked < 200
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        st = status_pb2.Status.FromString(r.content)
+        assert st.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+        code, _, err = grpc_export(c.grpc_target, body, c.key)
+        assert code is grpc.StatusCode.UNAVAILABLE
+        details = status_pb2.Status.FromString(dict(err.trailing_metadata())["grpc-status-details-bin"])
+        assert details.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+        ready = httpx.get(c.api_url + "/readyz")
+        assert ready.status_code == 503
+        assert faulty.attempts >= 1
+        faulty.heal()
+        c.wait_drained(timeout=60)
+        assert httpx.get(c.api_url + "/readyz").status_code == 200
+        assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200
+        c.wait_drained()
+        metrics = httpx.get(c.api_url + "/metrics").text
+    assert _count(store, tenant) == (acked + 1) * 20
+    assert "spanhouse_backpressure_events_total" in metrics and 'spanhouse_insert_errors_total{kind="unavailable"}' in metrics
+
+
+def test_health_endpoints(store: Store, tmp_path: Path, tenant: str) -> None:
+    with running_collector(store, tmp_path, tenant) as c:
+        assert httpx.get(c.api_url + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(c.api_url + "/readyz").json()["status"] == "ready"
+        assert "spanhouse_spool_bytes" in httpx.get(c.api_url + "/metrics").text
+
+
+def test_gzip_grpc_compression(store: Store, tmp_path: Path, tenant: str) -> None:
+    body = request([span("gz", trace_id(), attributes={"a": "b" * 100})]).SerializeToString()
+    with running_collector(store, tmp_path, tenant) as c:
+        code, reply, _ = grpc_export(c.grpc_target, body, c.key, compression=grpc.Compression.Gzip)
+        assert code is grpc.StatusCode.OK and reply == b""
+        c.wait_drained()
+    assert _count(store, tenant) == 1
+

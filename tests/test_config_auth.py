@@ -1,0 +1,93 @@
+"""Collector settings (flags > env > defaults) and API keys."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from spanhouse.collector import cli, config
+from spanhouse.collector.auth import ANONYMOUS, KeyRing, add_key, hash_key, key_from_headers
+from spanhouse.errors import AuthError, ConfigError, Forbidden
+
+
+def _settings(argv: list[str], env: dict[str, str]) -> config.Settings:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return config.from_args(parser.parse_args(argv), env)
+
+
+def test_flags_beat_environment_beats_defaults() -> None:
+    s = _settings(["--grpc-port", "0"], {"SPANHOUSE_GRPC_PORT": "5000", "SPANHOUSE_HTTP_PORT": "5001",
+                                         "SPANHOUSE_SPOOL_MAX_BYTES": "2GiB", "SPANHOUSE_CLICKHOUSE_DSN": "chdb:///x"})
+    assert (s.grpc_port, s.http_port, s.api_port) == (0, 5001, 8080)
+    assert s.spool_max_bytes == 2 << 30 and s.dsn == "chdb:///x"
+    assert s.resolved_spool_dir == Path("/x/spool")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--grpc-port", "70000"], "is not a TCP port"),
+    (["--spool-max-bytes", "lots"], "is not a size"),
+    (["--http-port", "x"], "is not a valid value"),
+    (["--host", "10.1.2.3"], "refusing to listen on 10.1.2.3 without API keys"),
+])
+def test_bad_settings_say_what_to_do(argv: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        _settings(argv, {})
+
+
+def test_sizes() -> None:
+    assert [config.parse_size(x) for x in ("10", "1k", "64MiB", "1G", "2gb")] == [10, 1024, 64 << 20, 1 << 30, 2 << 30]
+
+
+def test_keys_file_round_trip_stores_only_hashes(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    key = add_key(path, "acme", ["ingest"])
+    admin = add_key(path, "ops", ["admin"])
+    text = path.read_text()
+    assert key not in text and hash_key(key) in text
+    ring = KeyRing.load(path, environ={})
+    p = ring.authenticate(key)
+    assert p.tenant == "acme" and p.scopes == {"ingest"}
+    p.require("ingest")
+    with pytest.raises(Forbidden, match="lacks the 'read' scope"):
+        p.require("read")
+    ring.authenticate(admin).require("read")  # admin implies every scope
+    with pytest.raises(AuthError, match="unknown API key"):
+        ring.authenticate("sh_wrong")
+    with pytest.raises(AuthError, match="missing API key"):
+        ring.authenticate(None)
+
+
+def test_keys_from_environment_and_anonymous_without_keys() -> None:
+    ring = KeyRing.load(None, environ={"SPANHOUSE_API_KEYS": "k1=acme, k2=beta:read+ingest"})
+    assert ring.authenticate("k1").scopes == {"ingest", "read"}
+    assert ring.authenticate("k2").tenant == "beta"
+    assert KeyRing.load(None, environ={}).authenticate(None) is ANONYMOUS
+
+
+@pytest.mark.parametrize("line", ["sha256:abc tenant=x", "nonsense", f"sha256:{'0' * 64} scopes=read",
+                                  f"sha256:{'0' * 64} tenant=bad/name", f"sha256:{'0' * 64} tenant=x scopes=root"])
+def test_malformed_keys_file_lines_are_config_errors(tmp_path: Path, line: str) -> None:
+    (tmp_path / "k").write_text(line + "\n")
+    with pytest.raises(ConfigError):
+        KeyRing.load(tmp_path / "k", environ={})
+
+
+def test_key_headers() -> None:
+    assert key_from_headers({"authorization": "Bearer abc"}.get) == "abc"
+    assert key_from_headers({"authorization": "Basic abc", "x-api-key": "def"}.get) == "def"
+    assert key_from_headers({}.get) is None
+
+
+def test_cli_keys_add_prints_the_key_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["keys", "add", "--file", str(tmp_path / "k"), "--tenant", "acme", "--scopes", "ingest,read"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("sh_")
+    assert KeyRing.load(tmp_path / "k", environ={}).authenticate(key).tenant == "acme"
+
+
+def test_cli_serve_refuses_a_public_address_without_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "refusing to listen on 0.0.0.0 without API keys" in capsys.readouterr().err
