@@ -44,6 +44,8 @@ class Settings:
     spool_dir: Path | None = None
     spool_max_bytes: int = 1 << 30
     max_request_bytes: int = 64 << 20
+    batch_bytes: int = 32 << 20
+    batch_delay: float = 1.0
     allow_unauthenticated: bool = False
     retention_days: int | None = None
     shutdown_timeout: float = 15.0
@@ -56,6 +58,10 @@ class Settings:
                 raise ConfigError(f"--{name.replace('_', '-')} {port} is not a TCP port (0-65535; 0 picks a free one)")
         if self.spool_max_bytes < 1 << 20:
             raise ConfigError("--spool-max-bytes must be at least 1MiB")
+        if not 0 < self.batch_delay <= 60:
+            raise ConfigError("--batch-delay must be between 0 and 60 seconds")
+        if self.batch_bytes < 1 << 16:
+            raise ConfigError("--batch-bytes must be at least 64KiB")
         if self.max_request_bytes < 1024:
             raise ConfigError("--max-request-bytes must be at least 1KiB")
         if self.api_keys is None and not self.allow_unauthenticated and not is_loopback(self.host):
@@ -95,6 +101,8 @@ _HELP = {
     "spool_dir": "durable spool directory (default: spool/ inside an embedded store's data directory)",
     "spool_max_bytes": "spool bound; when full, clients are told to retry later (e.g. 1GiB)",
     "max_request_bytes": "largest accepted request after decompression (e.g. 64MiB)",
+    "batch_bytes": "insert into ClickHouse once this much is spooled (one insert per batch; e.g. 32MiB)",
+    "batch_delay": "or once the oldest spooled request is this many seconds old",
     "allow_unauthenticated": "allow a non-loopback --host without API keys",
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds to drain the spool into the store on SIGTERM before exiting",

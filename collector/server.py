@@ -86,7 +86,8 @@ class Collector:
         s = self.settings
         if self._store is None:
             self._store = open_store(s.dsn, retention_days=s.retention_days)
-        self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes)
+        self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes, segment_bytes=s.batch_bytes,
+                            seal_after=s.batch_delay)
         report = self._spool.open()
         if report.segments:
             log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",

@@ -92,7 +92,7 @@ def running_collector(store: Store, tmp_path: Path, tenant: str, *, scopes: str 
     keys = tmp_path / "keys"
     key = add_key(keys, tenant, scopes.split(","))
     settings = Settings(dsn=store.dsn, grpc_port=0, http_port=0, api_port=0, api_keys=keys,
-                        spool_dir=tmp_path / "spool", **overrides)
+                        spool_dir=tmp_path / "spool", **{"batch_delay": 0.2, **overrides})
     collector = Collector(settings, store=store)
     addresses = collector.start()
     try:

@@ -189,6 +189,7 @@ _DERIVED = {
     "otel_traces_trace_id_ts": "SELECT TraceId, min(Start), max(End) FROM {table} WHERE Tenant = {{t:String}} GROUP BY TraceId ORDER BY TraceId",
     "tool_calls": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY SpanId",
     "v_tool_stats_1m": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
+    "v_tool_stats_1h": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
     "v_tool_latency_histogram": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
     "v_executions": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY TraceId",
     "v_error_patterns": "SELECT * EXCEPT (Tenant) FROM {table} WHERE Tenant = {{t:String}} ORDER BY ALL",
@@ -272,11 +273,12 @@ def test_retried_batch_changes_no_derived_count(store: Store, tenant: str) -> No
         "SELECT (SELECT count() FROM otel_traces WHERE Tenant = {t:String}), "
         "(SELECT count() FROM tool_calls WHERE Tenant = {t:String}), "
         "(SELECT sum(Calls) FROM tool_stats_1m WHERE Tenant = {t:String}), "
+        "(SELECT sum(Calls) FROM tool_stats_1h WHERE Tenant = {t:String}), "
         "(SELECT count() FROM executions WHERE Tenant = {t:String}), "
         "(SELECT sum(Spans) FROM execution_rollup WHERE Tenant = {t:String}), "
         "(SELECT sum(Count) FROM error_patterns WHERE Tenant = {t:String}), "
         "(SELECT count() FROM otel_traces_trace_id_ts WHERE Tenant = {t:String})", parameters={"t": tenant}).result_rows
-    assert counts == [(2, 1, 1, 1, 2, 2, 1)]
+    assert counts == [(2, 1, 1, 1, 1, 2, 2, 1)]
 
 
 def test_one_batch_carries_many_tenants(store: Store, tenant: str) -> None:

@@ -94,3 +94,39 @@ SELECT
     sumForEachState(spanhouse_latency_bucket_row(DurationNs)) AS LatencyBuckets
 FROM tool_calls
 GROUP BY Tenant, ServiceName, ToolName, Minute;
+
+-- tool_stats_1h: the same numbers per hour, rolled up from tool_stats_1m. Merging
+-- quantile states is the cost of a percentile query, so windows longer than a few
+-- hours read this table (60x fewer states) and short windows read tool_stats_1m.
+CREATE TABLE IF NOT EXISTS tool_stats_1h
+(
+    Tenant LowCardinality(String),
+    ServiceName LowCardinality(String),
+    ToolName LowCardinality(String),
+    Hour DateTime CODEC(Delta, ZSTD(1)),
+    Calls SimpleAggregateFunction(sum, UInt64),
+    Errors SimpleAggregateFunction(sum, UInt64),
+    DurationSumNs SimpleAggregateFunction(sum, UInt64),
+    DurationMaxNs SimpleAggregateFunction(max, UInt64),
+    DurationQuantiles AggregateFunction(quantilesDD(0.01, 0.5, 0.9, 0.95, 0.99), UInt64),
+    LatencyBuckets AggregateFunction(sumForEach, Array(UInt64))
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(Hour)
+ORDER BY (Tenant, ServiceName, ToolName, Hour)
+SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS tool_stats_1h_mv TO tool_stats_1h AS
+SELECT
+    Tenant,
+    ServiceName,
+    ToolName,
+    toStartOfHour(Minute) AS Hour,
+    sum(Calls) AS Calls,
+    sum(Errors) AS Errors,
+    sum(DurationSumNs) AS DurationSumNs,
+    max(DurationMaxNs) AS DurationMaxNs,
+    quantilesDDMergeState(0.01, 0.5, 0.9, 0.95, 0.99)(DurationQuantiles) AS DurationQuantiles,
+    sumForEachMergeState(LatencyBuckets) AS LatencyBuckets
+FROM tool_stats_1m
+GROUP BY Tenant, ServiceName, ToolName, Hour;

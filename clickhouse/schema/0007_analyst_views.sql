@@ -22,7 +22,28 @@ SELECT
 FROM tool_stats_1m
 GROUP BY Tenant, ServiceName, ToolName, Minute;
 
--- Per tenant, service and tool, over everything stored.
+-- Per tenant, service, tool and hour.
+CREATE VIEW IF NOT EXISTS v_tool_stats_1h AS
+SELECT
+    Tenant,
+    ServiceName,
+    ToolName,
+    Hour,
+    sum(Calls) AS calls,
+    sum(Errors) AS errors,
+    calls - errors AS successes,
+    round(successes / calls, 6) AS success_rate,
+    round(sum(DurationSumNs) / calls / 1e6, 3) AS avg_ms,
+    round(max(DurationMaxNs) / 1e6, 3) AS max_ms,
+    arrayMap(q -> round(q / 1e6, 3), quantilesDDMerge(0.01, 0.5, 0.9, 0.95, 0.99)(DurationQuantiles)) AS qs,
+    qs[1] AS p50_ms,
+    qs[2] AS p90_ms,
+    qs[3] AS p95_ms,
+    qs[4] AS p99_ms
+FROM tool_stats_1h
+GROUP BY Tenant, ServiceName, ToolName, Hour;
+
+-- Per tenant, service and tool, over everything stored (from the hourly rollup).
 CREATE VIEW IF NOT EXISTS v_tool_stats AS
 SELECT
     Tenant,
@@ -39,9 +60,9 @@ SELECT
     qs[2] AS p90_ms,
     qs[3] AS p95_ms,
     qs[4] AS p99_ms,
-    min(Minute) AS first_seen,
-    max(Minute) AS last_seen
-FROM tool_stats_1m
+    min(Hour) AS first_seen,
+    max(Hour) AS last_seen
+FROM tool_stats_1h
 GROUP BY Tenant, ServiceName, ToolName;
 
 -- Latency histogram per tool and minute: one row per bucket, le_seconds = upper bound

@@ -4,5 +4,6 @@ ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + toIntervalDay({days})
 ALTER TABLE otel_traces_trace_id_ts MODIFY TTL Start + toIntervalDay({days});
 ALTER TABLE tool_calls MODIFY TTL toDateTime(Timestamp) + toIntervalDay({days});
 ALTER TABLE tool_stats_1m MODIFY TTL Minute + toIntervalDay({days});
+ALTER TABLE tool_stats_1h MODIFY TTL Hour + toIntervalDay({days});
 ALTER TABLE executions MODIFY TTL toDateTime(StartTime) + toIntervalDay({days});
 ALTER TABLE error_patterns MODIFY TTL Day + toIntervalDay({days});
