@@ -1,25 +1,215 @@
-"""The query API app (port 8080): health, readiness and metrics.
+"""The query API (port 8080): execution history and analytics over REST, plus health,
+readiness and metrics. OpenAPI at ``/openapi.json``, docs at ``/docs``.
 
-``/healthz`` answers while the process runs; ``/readyz`` only while it accepts data (the
-store is open, the exporter can insert, the spool has room); ``/metrics`` is Prometheus
-text. The execution-history endpoints join this app (see README: not finished yet).
+Every data endpoint is tenant-scoped by the caller's API key (``read`` scope; deleting
+needs ``admin``); a wrong scope is 403, bad parameters 422 with what and why, an
+execution of another tenant is 404 exactly like one that does not exist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, model_validator
 
 from spanhouse import __version__
+from spanhouse.clickhouse import Store, deletion, history
+from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
 from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
+from spanhouse.errors import AuthError, Forbidden
+
+TRACE_ID = r"^[0-9a-fA-F]{32}$"
 
 
-def create_app(metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> FastAPI:
+@dataclass
+class ApiContext:
+    """What the endpoints need from the running collector."""
+
+    store: Store
+    keys: KeyRing
+
+
+def _context(request: Request) -> ApiContext:
+    return request.app.state.context  # type: ignore[no-any-return]
+
+
+def caller(scope: str) -> Callable[..., Principal]:
+    """A dependency: the authenticated caller, who must hold ``scope``."""
+
+    def dependency(request: Request) -> Principal:
+        try:
+            principal = _context(request).keys.authenticate(key_from_headers(request.headers.get))
+            principal.require(scope)
+        except Forbidden as exc:
+            raise HTTPException(403, str(exc)) from exc
+        except AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+        return principal
+
+    return dependency
+
+
+Reader = Annotated[Principal, Depends(caller("read"))]
+Admin = Annotated[Principal, Depends(caller("admin"))]
+Context = Annotated[ApiContext, Depends(_context)]
+
+
+class ExecutionFilters(BaseModel):
+    """Filters shared by list, export and bulk delete."""
+
+    status: Literal["ok", "error", "running"] | None = None
+    service: str | None = Field(None, max_length=256)
+    name: str | None = Field(None, max_length=512)
+    type: str | None = Field(None, max_length=128)
+    user: str | None = Field(None, max_length=512)
+    session: str | None = Field(None, max_length=512)
+    since: datetime | None = Field(None, description="start time >= (ISO 8601)")
+    until: datetime | None = Field(None, description="start time < (ISO 8601)")
+    min_duration: float | None = Field(None, ge=0, description="milliseconds")
+    max_duration: float | None = Field(None, ge=0, description="milliseconds")
+    min_cost: float | None = Field(None, ge=0, description="USD")
+    tool: str | None = Field(None, max_length=256, description="called this tool")
+    has_errors: bool | None = Field(None, description="any failed span")
+    q: str | None = Field(None, min_length=1, max_length=512, description="text in input, output or error messages")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ExecutionFilters:
+        if self.since and self.until and self.since >= self.until:
+            raise ValueError("since must be before until")
+        if self.min_duration is not None and self.max_duration is not None and self.min_duration > self.max_duration:
+            raise ValueError("min_duration must not exceed max_duration")
+        return self
+
+    def values(self) -> dict[str, Any]:
+        out = self.model_dump(exclude_none=True)
+        for key in ("since", "until"):
+            if key in out:
+                out[key] = _utc(out[key])
+        return out
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive UTC, as DateTime64 parameters expect."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+
+
+Filters = Annotated[ExecutionFilters, Query()]
+
+
+class FeedbackIn(BaseModel):
+    """Feedback on one execution: a 1-5 rating, or any named numeric value."""
+
+    execution_id: str = Field(pattern=TRACE_ID)
+    rating: int | None = Field(None, ge=1, le=5)
+    value: float | None = None
+    name: str = Field("user_rating", min_length=1, max_length=128)
+    comment: str = Field("", max_length=10_000)
+    user_id: str = Field("", max_length=512)
+
+    @model_validator(mode="after")
+    def _one_value(self) -> FeedbackIn:
+        if (self.rating is None) == (self.value is None):
+            raise ValueError("give exactly one of rating (1-5) or value")
+        return self
+
+
+executions = APIRouter(prefix="/api/v1", tags=["executions"])
+
+
+@executions.get("/executions")
+def list_executions(who: Reader, ctx: Context, filters: Filters,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                    cursor: Annotated[str | None, Query(max_length=512)] = None) -> dict[str, Any]:
+    """Executions, newest first, with rollup numbers; ``next_cursor`` fetches the next page."""
+    try:
+        page = history.list_executions(ctx.store.client, who.tenant, filters.values(), limit, cursor)
+    except ValueError as exc:
+        raise HTTPException(422, f"cursor: not a cursor from this API ({exc})") from exc
+    return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
+
+
+@executions.get("/executions/stream")
+async def stream_executions(who: Reader, ctx: Context, request: Request,
+                            poll: Annotated[float, Query(ge=0.2, le=30)] = 1.0) -> StreamingResponse:
+    """Server-sent events: one ``execution`` event per execution stored from now on."""
+    after = datetime.now(timezone.utc).replace(tzinfo=None)
+
+    async def events() -> AsyncIterator[bytes]:
+        nonlocal after
+        yield b": connected\n\n"
+        while not await request.is_disconnected():
+            rows = await asyncio.to_thread(history.executions_after, ctx.store.client, who.tenant, after)
+            for row in rows:
+                after = max(after, row["stored_at"])
+                payload = json.dumps({k: history._iso(v) for k, v in row.items()})
+                yield f"event: execution\ndata: {payload}\n\n".encode()
+            await asyncio.sleep(poll)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@executions.get("/executions/{trace_id}", responses={404: {"description": "no such execution"}})
+def get_execution(who: Reader, ctx: Context, trace_id: Annotated[str, Path(pattern=TRACE_ID)]) -> dict[str, Any]:
+    """One execution: its span tree (tool calls with arguments and results, events, errors),
+    rollup numbers and feedback."""
+    found = history.get_execution(ctx.store.client, who.tenant, trace_id.lower())
+    if found is None:
+        raise HTTPException(404, f"no execution {trace_id}")
+    return found
+
+
+@executions.delete("/executions/{trace_id}", responses={404: {"description": "no such execution"}})
+def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pattern=TRACE_ID)]) -> dict[str, int]:
+    """Remove one execution from every table; says how many executions and spans went."""
+    trace_id = trace_id.lower()
+    if not history.execution_exists(ctx.store.client, who.tenant, trace_id):
+        raise HTTPException(404, f"no execution {trace_id}")
+    return deletion.delete_traces(ctx.store.client, who.tenant, [trace_id])
+
+
+@executions.delete("/executions")
+def delete_executions(who: Admin, ctx: Context, filters: Filters,
+                      before: Annotated[datetime, Query(description="delete executions started before this")]
+                      ) -> dict[str, int]:
+    """Remove every execution started before ``before`` that matches the filters."""
+    values = {**filters.values(), "until": min(_utc(before), filters.values().get("until", _utc(before)))}
+    ids = history.matching_ids(ctx.store.client, who.tenant, values)
+    return deletion.delete_traces(ctx.store.client, who.tenant, ids)
+
+
+@executions.post("/feedback", status_code=201, responses={404: {"description": "no such execution"}})
+def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]:
+    """Rate an execution (rating 1-5) or attach a named score; shows in detail and stats."""
+    trace_id = body.execution_id.lower()
+    if not history.execution_exists(ctx.store.client, who.tenant, trace_id):
+        raise HTTPException(404, f"no execution {body.execution_id}")
+    value = float(body.rating) if body.rating is not None else float(body.value)  # type: ignore[arg-type]
+    return history.add_feedback(ctx.store.client, who.tenant, trace_id, body.name, value, body.comment, body.user_id)
+
+
+@executions.get("/export", response_class=StreamingResponse)
+def export(who: Reader, ctx: Context, filters: Filters,
+           format: Annotated[Literal["csv", "json", "parquet"], Query()] = "json") -> StreamingResponse:
+    """Stream executions with rollup numbers as CSV, JSON lines or Parquet."""
+    media = {"csv": "text/csv", "json": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}[format]
+    body = history.export_executions(ctx.store.client, who.tenant, filters.values(), format)
+    return StreamingResponse(body, media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="executions.{format}"'})
+
+
+def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> FastAPI:
     """The API app; ``readiness`` returns (ready, why-not)."""
     app = FastAPI(title="spanhouse", version=__version__,
                   description="Execution history for AI agents and workflows.")
+    app.state.context = context
+    app.include_router(executions)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

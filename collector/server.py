@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from spanhouse.clickhouse import Store, open_store
-from spanhouse.collector.api import create_app
+from spanhouse.collector.api import ApiContext, create_app
 from spanhouse.collector.auth import KeyRing
 from spanhouse.collector.config import Settings
 from spanhouse.collector.exporter import ClickHouseExporter
@@ -100,7 +100,7 @@ class Collector:
             raise ConfigError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}; pick another --grpc-port")
         http_sock, api_sock = _bind(s.host, s.http_port), _bind(s.host, s.api_port)
         http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
-        api = create_app(self.metrics, self._readiness)
+        api = create_app(ApiContext(self._store, self._keys), self.metrics, self._readiness)
         self._grpc.start()
         self._serve_asgi([(http.app, http_sock), (api, api_sock)])
         return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1])

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS executions
     Input String CODEC(ZSTD(3)),
     Output String CODEC(ZSTD(3)),
     Version UInt8,
+    InsertedAt DateTime64(3) DEFAULT now64(3) CODEC(Delta, ZSTD(1)),
     INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_user UserId TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_session SessionId TYPE bloom_filter(0.01) GRANULARITY 1

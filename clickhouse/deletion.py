@@ -1,0 +1,81 @@
+"""Deleting executions from every table, including the aggregate rollups.
+
+Tables keyed by trace lose the trace's rows (``queries/delete_traces.sql``). Aggregate
+tables cannot subtract one trace, so the groups it contributed to are recomputed from
+what remains: the affected groups' rows are deleted and the rollup view's own SELECT
+(read back from the engine, so it is never written twice) is run again over the
+surviving source rows of those groups. ``tool_stats_1m`` is recomputed per hour, which
+its hourly rollup view then rebuilds in ``tool_stats_1h`` as on any insert.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+from spanhouse.clickhouse import queries, sqlfiles
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    """An aggregate table, the view feeding it, and how to name a group of it."""
+
+    view: str
+    target: str
+    source: str
+    source_key: str  # over the source's columns
+    target_key: str  # the same groups over the target's columns
+    key_type: str
+    also_clear: tuple[tuple[str, str], ...] = ()  # (table, key expression) fed from target
+
+
+_ROLLUPS = (
+    _Rollup("tool_stats_1m_mv", "tool_stats_1m", "tool_calls",
+            "(ServiceName, ToolName, toStartOfHour(Timestamp))", "(ServiceName, ToolName, toStartOfHour(Minute))",
+            "Array(Tuple(String, String, DateTime))", (("tool_stats_1h", "(ServiceName, ToolName, Hour)"),)),
+    _Rollup("error_patterns_mv", "error_patterns", "otel_traces",
+            "(toDate(Timestamp), ServiceName)", "(Day, ServiceName)", "Array(Tuple(Date, String))"),
+)
+
+_NO_DEDUP = {"insert_deduplicate": 0, "mutations_sync": 2, "lightweight_deletes_sync": 2}
+
+
+def delete_traces(client: Client, tenant: str, trace_ids: Sequence[str]) -> dict[str, int]:
+    """Remove ``trace_ids`` of ``tenant`` everywhere; returns executions and spans removed."""
+    ids = sorted(set(trace_ids))
+    if not ids:
+        return {"executions": 0, "spans": 0}
+    params = {"tenant": tenant, "trace_ids": ids}
+    spans = queries.rows(client, "trace_span_counts", params)[0]["spans"]
+    executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
+    affected = {r: _affected(client, r, params) for r in _ROLLUPS}
+    for stmt in sqlfiles.split_statements(sqlfiles.query("delete_traces")):
+        client.command(stmt, parameters=params, settings=_NO_DEDUP)
+    for rollup, groups in affected.items():
+        if groups:
+            _recompute(client, rollup, tenant, groups)
+    return {"executions": int(executions), "spans": int(spans)}
+
+
+def _affected(client: Client, r: _Rollup, params: dict[str, object]) -> list[tuple[object, ...]]:
+    sql = (f"SELECT DISTINCT {r.source_key} FROM {r.source} "
+           "WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}")
+    return [row[0] for row in client.query(sql, parameters=params).result_rows]
+
+
+def _recompute(client: Client, r: _Rollup, tenant: str, groups: list[tuple[object, ...]]) -> None:
+    params = {"tenant": tenant, "groups": groups}
+
+    def where(key: str) -> str:
+        return f"Tenant = {{tenant:String}} AND {key} IN {{groups:{r.key_type}}}"
+
+    for table, key in ((r.target, r.target_key), *r.also_clear):
+        client.command(f"DELETE FROM {table} WHERE {where(key)}", parameters=params, settings=_NO_DEDUP)
+    select = queries.rows(client, "view_select", {"view": r.view})[0]["as_select"]
+    filtered = f"(SELECT * FROM {r.source} WHERE {where(r.source_key)})"
+    select, n = re.subn(rf"\bFROM\s+(?:\w+\.)?{r.source}\b", lambda _: f"FROM {filtered}", select, count=1)
+    assert n == 1, f"view {r.view} does not read {r.source}"
+    client.command(f"INSERT INTO {r.target} {select}", parameters=params, settings=_NO_DEDUP)

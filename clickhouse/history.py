@@ -1,0 +1,174 @@
+"""Execution history: listing, detail with the span tree, feedback, export, the feed.
+
+Plain functions over a client and a tenant, returning JSON-ready dicts; the query API
+and (through it) the CLI are thin layers over them. Every query is tenant-scoped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from spanhouse.clickhouse import queries
+
+GROUP = "executions"
+FILTERS = frozenset(queries.filter_snippets(GROUP)) - {"trace_ids", "cursor"}
+"""The filter names a caller may set (see queries/filters/executions.sql)."""
+
+EXPORT_FORMATS = {"csv": "CSVWithNames", "json": "JSONEachRow", "parquet": "Parquet"}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of executions and how to get the next."""
+
+    items: list[dict[str, Any]]
+    total: int
+    next_cursor: str | None
+
+
+def _iso(value: Any) -> Any:
+    return value.replace(tzinfo=timezone.utc).isoformat() if isinstance(value, datetime) else value
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _iso(v) for k, v in row.items()}
+
+
+def encode_cursor(start_time: datetime, trace_id: str) -> str:
+    """An opaque cursor for the row after (start_time, trace_id) in newest-first order."""
+    raw = json.dumps([start_time.isoformat(), trace_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (start_time, trace_id) of a cursor; ValueError if it is not one of ours."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    when, trace_id = json.loads(raw)
+    if not isinstance(when, str) or not isinstance(trace_id, str):
+        raise ValueError("malformed cursor")
+    return datetime.fromisoformat(when), trace_id
+
+
+def _filters(tenant: str, filters: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Query parameters and active filter names for the given user filters."""
+    params: dict[str, Any] = {"tenant": tenant}
+    active: list[str] = []
+    renames = {"min_duration": "min_duration_ms", "max_duration": "max_duration_ms"}
+    for name, value in filters.items():
+        if value is None or value == "":
+            continue
+        if name not in FILTERS:
+            raise KeyError(name)
+        active.append(name)
+        params[renames.get(name, name)] = value
+    return params, active
+
+
+def list_executions(client: Client, tenant: str, filters: Mapping[str, Any], limit: int = 50,
+                    cursor: str | None = None) -> Page:
+    """Executions matching ``filters``, newest first, ``limit`` per page."""
+    params, active = _filters(tenant, filters)
+    total = queries.rows(client, "executions_count", params, GROUP, active)[0]["total"]
+    page_params, page_active = {**params, "limit": limit + 1}, list(active)
+    if cursor:
+        page_params["cursor_time"], page_params["cursor_id"] = decode_cursor(cursor)
+        page_active.append("cursor")
+    items = queries.rows(client, "executions_page", page_params, GROUP, page_active)
+    more = len(items) > limit
+    items = items[:limit]
+    rollups = _rollups(client, tenant, [i["trace_id"] for i in items])
+    out = [_jsonable({**i, **rollups.get(i["trace_id"], _EMPTY_ROLLUP)}) for i in items]
+    next_cursor = encode_cursor(items[-1]["start_time"], items[-1]["trace_id"]) if more and items else None
+    return Page(out, int(total), next_cursor)
+
+
+_EMPTY_ROLLUP = {"spans": 0, "error_spans": 0, "tool_calls": 0, "failed_tool_calls": 0, "input_tokens": 0,
+                 "output_tokens": 0, "cost_usd": 0.0, "tools": []}
+
+
+def _rollups(client: Client, tenant: str, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not trace_ids:
+        return {}
+    rows = queries.rows(client, "execution_rollups", {"tenant": tenant, "trace_ids": trace_ids})
+    return {r.pop("trace_id"): r for r in rows}
+
+
+def get_execution(client: Client, tenant: str, trace_id: str) -> dict[str, Any] | None:
+    """One execution with its span tree, rollup and feedback; None if the tenant has no such trace."""
+    params = {"tenant": tenant, "trace_id": trace_id}
+    spans = [s for s in queries.rows(client, "execution_spans", params) if not s["is_marker"]]
+    listed = queries.rows(client, "executions_page", {**params, "trace_ids": [trace_id], "limit": 1}, GROUP,
+                          ["trace_ids"])
+    if not spans and not listed:
+        return None
+    summary = _jsonable(listed[0]) if listed else {"trace_id": trace_id, "status": "unknown"}
+    summary.update(_rollups(client, tenant, [trace_id]).get(trace_id, _EMPTY_ROLLUP))
+    summary["spans_tree"] = span_tree(spans)
+    summary["feedback"] = [_jsonable(f) for f in queries.rows(client, "execution_feedback", params)]
+    return summary
+
+
+def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nest spans under their parents (orphans, whose parent is missing, become roots)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for s in spans:
+        attrs = s["attributes"]
+        node = {
+            "span_id": s["span_id"], "parent_span_id": s["parent_span_id"], "name": s["name"], "kind": s["kind"],
+            "service": s["service"], "start_time": _iso(s["start_time"]), "duration_ms": s["duration_ms"],
+            "status": "error" if s["is_error"] else "ok", "status_message": s["status_message"],
+            "attributes": attrs,
+            "events": [{"name": n, "time": _iso(t), "attributes": a} for n, t, a in s["events"]],
+            "children": [],
+        }
+        if s["is_tool"]:
+            node["tool"] = {"name": s["tool_name"], "arguments": attrs.get("gen_ai.tool.call.arguments",
+                                                                           attrs.get("input.value")),
+                            "result": attrs.get("gen_ai.tool.call.result", attrs.get("output.value")),
+                            "error_type": attrs.get("error.type")}
+        nodes[s["span_id"]] = node
+    roots = []
+    for node in nodes.values():
+        parent = nodes.get(node["parent_span_id"])
+        (parent["children"] if parent is not None and parent is not node else roots).append(node)
+    return roots
+
+
+def execution_exists(client: Client, tenant: str, trace_id: str) -> bool:
+    """Whether ``tenant`` has any span of ``trace_id``."""
+    return bool(queries.rows(client, "feedback_insert_check", {"tenant": tenant, "trace_id": trace_id})[0]["known"])
+
+
+def add_feedback(client: Client, tenant: str, trace_id: str, name: str, value: float,
+                 comment: str = "", user_id: str = "") -> dict[str, Any]:
+    """Store one feedback row (Source 'api'); the caller checks the execution exists."""
+    row = {"Tenant": tenant, "TraceId": trace_id, "FeedbackId": uuid.uuid4().hex, "Timestamp": datetime.now(timezone.utc),
+           "Name": name, "Value": float(value), "Comment": comment, "UserId": user_id, "Source": "api"}
+    client.insert("feedback", [list(row.values())], column_names=list(row))
+    return {"id": row["FeedbackId"], "execution_id": trace_id, "name": name, "value": float(value),
+            "comment": comment, "user_id": user_id, "source": "api"}
+
+
+def export_executions(client: Client, tenant: str, filters: Mapping[str, Any], fmt: str) -> Iterator[bytes]:
+    """Executions matching ``filters`` as csv, json (one object per line) or parquet bytes."""
+    params, active = _filters(tenant, filters)
+    return queries.stream(client, "executions_export", params, EXPORT_FORMATS[fmt], GROUP, active)
+
+
+def executions_after(client: Client, tenant: str, after: datetime) -> list[dict[str, Any]]:
+    """Executions stored after ``after`` (oldest first, at most 500): the feed."""
+    return queries.rows(client, "executions_new", {"tenant": tenant, "after": after})
+
+
+def matching_ids(client: Client, tenant: str, filters: Mapping[str, Any]) -> list[str]:
+    """Trace ids of the executions matching ``filters``."""
+    params, active = _filters(tenant, filters)
+    return [r["trace_id"] for r in queries.rows(client, "executions_ids", params, GROUP, active)]

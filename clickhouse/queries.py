@@ -1,0 +1,67 @@
+"""Named analytics queries: ``queries/<name>.sql``, shared by the API, CLI, benchmarks
+and (where they fit) dashboards.
+
+Values never enter SQL text: they are bound as ClickHouse query parameters
+(``{name:Type}``). Optional filters are fixed SQL snippets from
+``queries/filters/<group>.sql`` — blocks headed ``-- name`` — that the caller picks by
+name; ``{{filters}}`` in a query becomes ``AND (<snippet>) AND (…)`` of the chosen ones
+(or nothing), so a filter that is not asked for costs nothing at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from functools import cache
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from spanhouse.clickhouse import sqlfiles
+
+_MARKER = "{{filters}}"
+
+
+@cache
+def filter_snippets(group: str) -> dict[str, str]:
+    """The snippets of ``queries/filters/<group>.sql`` by name."""
+    text = sqlfiles.read_text(f"queries/filters/{group}.sql")
+    snippets: dict[str, str] = {}
+    for block in re.split(r"^-- (?=\w+\s*$)", text, flags=re.M)[1:]:
+        name, _, sql = block.partition("\n")
+        snippets[name.strip()] = sql.strip()
+    return snippets
+
+
+def render(name: str, group: str | None = None, active: Iterable[str] = ()) -> str:
+    """The SQL of query ``name`` with the ``active`` filters of ``group`` in place."""
+    sql = sqlfiles.query(name)
+    if group is None:
+        return sql
+    snippets = filter_snippets(group)
+    unknown = set(active) - snippets.keys()
+    if unknown:
+        raise KeyError(f"no filter {sorted(unknown)} in queries/filters/{group}.sql")
+    where = "".join(f"\n  AND ({snippets[f]})" for f in sorted(set(active)))
+    return sql.replace(_MARKER, where)
+
+
+def rows(client: Client, name: str, params: Mapping[str, Any], group: str | None = None,
+         active: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Run a named query and return its rows as dicts."""
+    result = client.query(render(name, group, active), parameters=dict(params))
+    return list(result.named_results())
+
+
+def stream(client: Client, name: str, params: Mapping[str, Any], fmt: str, group: str | None = None,
+           active: Iterable[str] = (), chunk: int = 1 << 16) -> Iterator[bytes]:
+    """Run a named query now and return its result in ClickHouse output format ``fmt`` as
+    chunks. The result is read before returning: the embedded engine materialises it
+    anyway, and its connection must not stay mid-stream while the chunks are sent from
+    other threads."""
+    source = client.raw_stream(render(name, group, active), parameters=dict(params), fmt=fmt)
+    try:
+        data = source.read()
+    finally:
+        source.close()
+    return (data[i:i + chunk] for i in range(0, len(data), chunk))

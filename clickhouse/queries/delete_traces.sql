@@ -1,0 +1,8 @@
+-- Removing traces: every table keyed by trace. Aggregate tables (tool_stats_*,
+-- error_patterns) are recomputed by clickhouse/deletion.py from what remains.
+DELETE FROM otel_traces WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
+DELETE FROM otel_traces_trace_id_ts WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
+DELETE FROM tool_calls WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
+DELETE FROM executions WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
+DELETE FROM execution_rollup WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
+DELETE FROM feedback WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};

@@ -1,0 +1,3 @@
+SELECT count() AS total
+FROM executions AS e FINAL
+WHERE e.Tenant = {tenant:String} {{filters}}

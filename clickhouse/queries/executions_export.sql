@@ -1,0 +1,31 @@
+-- Executions with their rollup numbers, for export (streamed in the requested format).
+SELECT
+    e.TraceId AS trace_id,
+    e.Name AS name,
+    e.Type AS type,
+    e.Status AS status,
+    e.ServiceName AS service,
+    e.StartTime AS start_time,
+    e.DurationNs / 1e6 AS duration_ms,
+    e.UserId AS user_id,
+    e.SessionId AS session_id,
+    e.StatusMessage AS error_message,
+    e.Input AS input,
+    e.Output AS output,
+    r.spans AS spans,
+    r.tool_calls AS tool_calls,
+    r.failed_tool_calls AS failed_tool_calls,
+    r.input_tokens AS input_tokens,
+    r.output_tokens AS output_tokens,
+    r.cost_usd AS cost_usd
+FROM executions AS e FINAL
+LEFT JOIN
+(
+    SELECT TraceId, sum(Spans) AS spans, sum(ToolCalls) AS tool_calls, sum(FailedToolCalls) AS failed_tool_calls,
+           sum(InputTokens) AS input_tokens, sum(OutputTokens) AS output_tokens, round(sum(CostUsd), 8) AS cost_usd
+    FROM execution_rollup
+    WHERE Tenant = {tenant:String}
+    GROUP BY TraceId
+) AS r ON r.TraceId = e.TraceId
+WHERE e.Tenant = {tenant:String} {{filters}}
+ORDER BY e.StartTime DESC, e.TraceId DESC

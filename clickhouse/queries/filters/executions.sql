@@ -1,0 +1,40 @@
+-- Optional filters of the execution queries (alias e = executions). Each block is one
+-- condition; the caller turns on the ones the user asked for (queries.render).
+-- status
+e.Status = {status:String}
+-- service
+e.ServiceName = {service:String}
+-- name
+e.Name = {name:String}
+-- type
+e.Type = {type:String}
+-- user
+e.UserId = {user:String}
+-- session
+e.SessionId = {session:String}
+-- since
+e.StartTime >= {since:DateTime64(9)}
+-- until
+e.StartTime < {until:DateTime64(9)}
+-- min_duration
+e.DurationNs >= {min_duration_ms:Float64} * 1000000
+-- max_duration
+e.DurationNs <= {max_duration_ms:Float64} * 1000000
+-- q
+positionCaseInsensitiveUTF8(e.Input, {q:String}) > 0
+    OR positionCaseInsensitiveUTF8(e.Output, {q:String}) > 0
+    OR positionCaseInsensitiveUTF8(e.StatusMessage, {q:String}) > 0
+    OR e.TraceId IN (SELECT TraceId FROM tool_calls
+                     WHERE Tenant = {tenant:String} AND positionCaseInsensitiveUTF8(ErrorMessage, {q:String}) > 0)
+-- min_cost
+e.TraceId IN (SELECT TraceId FROM execution_rollup WHERE Tenant = {tenant:String}
+              GROUP BY TraceId HAVING sum(CostUsd) >= {min_cost:Float64})
+-- tool
+e.TraceId IN (SELECT TraceId FROM tool_calls WHERE Tenant = {tenant:String} AND ToolName = {tool:String})
+-- has_errors
+(e.Status = 'error' OR e.TraceId IN (SELECT TraceId FROM execution_rollup WHERE Tenant = {tenant:String}
+                                     GROUP BY TraceId HAVING sum(ErrorSpans) > 0)) = {has_errors:Bool}
+-- trace_ids
+e.TraceId IN {trace_ids:Array(String)}
+-- cursor
+(e.StartTime, e.TraceId) < ({cursor_time:DateTime64(9)}, {cursor_id:String})

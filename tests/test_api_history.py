@@ -1,0 +1,297 @@
+"""The execution-history API over a running collector: list with every filter and
+cursor pages, detail with the span tree, delete (single and bulk) from every table,
+feedback, export, the live stream, scopes and tenant isolation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from spanhouse.clickhouse import Store
+from tests.collector_harness import Running, running_collector
+from tests.conftest import write
+from tests.otlp import request, span, span_id, trace_id
+
+T0 = 1_763_500_000_000_000_000  # 2025-11-18T21:06:40Z in ns
+
+
+def _execution(i: int, *, status: str = "ok", service: str = "svc-a", name: str = "triage", user: str = "u1",
+               session: str = "s1", duration_ms: int = 1000, tools: tuple[tuple[str, bool], ...] = (),
+               cost: float = 0.0, text: str = "") -> tuple[str, Any]:
+    """One execution as a request (its service is the resource's service.name)."""
+    t, root = trace_id(), span_id()
+    start = T0 + i * 60_000_000_000
+    attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name, "user.id": user,
+             "session.id": session, "input.value": f"question {i} {text}", "output.value": f"answer {i}"}
+    spans = [span(f"invoke_agent {name}", t, sid=root, start=start, duration_ns=duration_ms * 1_000_000,
+                  attributes=attrs, error="root failed badly" if status == "error" else None)]
+    for k, (tool, failed) in enumerate(tools):
+        spans.append(span(f"execute_tool {tool}", t, parent=root, start=start + k + 1, duration_ns=5_000_000,
+                          attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool,
+                                      "gen_ai.tool.call.arguments": json.dumps({"k": k}),
+                                      "gen_ai.tool.call.result": "ok"},
+                          error=f"{tool} exploded" if failed else None,
+                          events=[(start + k + 2, "exception", {"exception.type": "ToolError",
+                                                               "exception.message": f"{tool} exploded"})] if failed else ()))
+    if cost:
+        spans.append(span("chat model", t, parent=root, start=start + 50, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 20,
+            "spanhouse.cost_usd": cost}))
+    return t.hex(), request(spans, service=service)
+
+
+@pytest.fixture(scope="module")
+def dataset(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, dict[str, Any]]]:
+    tenant = "history-api"
+    specs = {
+        "a": _execution(0, tools=(("search", False),), cost=0.5),
+        "b": _execution(1, status="error", service="svc-b", name="billing", user="u2", session="s2",
+                        duration_ms=9000, tools=(("search", True), ("pay", False))),
+        "c": _execution(2, name="billing", duration_ms=200, text="needle in haystack", cost=2.0),
+        "d": _execution(3, user="u3", tools=(("lookup", False), ("lookup", False), ("lookup", False))),
+        "e": _execution(4, service="svc-b", session="s9", duration_ms=30000),
+    }
+    write(store, tenant, *(req for _, req in specs.values()))
+    # a running execution: only the SDK's start marker so far
+    running_t = trace_id()
+    write(store, tenant, request([span("invoke_agent longjob", running_t, start=T0 + 10 * 60_000_000_000,
+                                       duration_ns=0, attributes={"spanhouse.execution.state": "running",
+                                                                   "gen_ai.agent.name": "longjob"})]))
+    # another tenant with a lookalike execution, which must never show
+    write(store, "history-api-other", _execution(5, name="billing")[1])
+    ids = {k: v[0] for k, v in specs.items()} | {"running": running_t.hex()}
+    with running_collector(store, tmp_path_factory.mktemp("api"), tenant, scopes="ingest,read,admin") as c:
+        yield c, ids
+
+
+def _get(c: Running, path: str, **params: Any) -> httpx.Response:
+    return httpx.get(c.api_url + path, params=params, headers=c.headers(), timeout=30)
+
+
+def _names(resp: httpx.Response, ids: dict[str, str]) -> list[str]:
+    by_id = {v: k for k, v in ids.items()}
+    return [by_id[i["trace_id"]] for i in resp.json()["items"]]
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({}, ["running", "e", "d", "c", "b", "a"]),
+    ({"status": "error"}, ["b"]),
+    ({"status": "running"}, ["running"]),
+    ({"service": "svc-b"}, ["e", "b"]),
+    ({"name": "billing"}, ["c", "b"]),
+    ({"user": "u3"}, ["d"]),
+    ({"session": "s9"}, ["e"]),
+    ({"since": "2025-11-18T21:08:40Z"}, ["running", "e", "d", "c"]),
+    ({"until": "2025-11-18T21:08:40Z"}, ["b", "a"]),
+    ({"min_duration": 5000}, ["e", "b"]),
+    ({"max_duration": 500}, ["running", "c"]),
+    ({"min_cost": 1}, ["c"]),
+    ({"tool": "search"}, ["b", "a"]),
+    ({"has_errors": "true"}, ["b"]),
+    ({"q": "NEEDLE"}, ["c"]),
+    ({"q": "exploded"}, ["b"]),
+    ({"type": "invoke_agent", "service": "svc-a", "max_duration": 1000}, ["d", "c", "a"]),
+])
+def test_list_filters(dataset: tuple[Running, dict[str, str]], params: dict[str, Any], expected: list[str]) -> None:
+    c, ids = dataset
+    r = _get(c, "/api/v1/executions", **params)
+    assert r.status_code == 200, r.text
+    assert _names(r, ids) == expected
+    assert r.json()["total"] == len(expected)
+
+
+def test_list_items_carry_rollup_numbers(dataset: tuple[Running, dict[str, str]]) -> None:
+    c, ids = dataset
+    items = {i["trace_id"]: i for i in _get(c, "/api/v1/executions").json()["items"]}
+    b = items[ids["b"]]
+    assert (b["status"], b["spans"], b["tool_calls"], b["failed_tool_calls"], b["tools"]) == ("error", 3, 2, 1, ["pay", "search"])
+    assert b["error_message"] == "root failed badly" and b["duration_ms"] == 9000
+    a = items[ids["a"]]
+    assert (a["input_tokens"], a["output_tokens"], a["cost_usd"]) == (100, 20, 0.5)
+    assert items[ids["running"]]["status"] == "running"
+
+
+def test_cursor_pagination_walks_every_execution_once(dataset: tuple[Running, dict[str, str]]) -> None:
+    c, ids = dataset
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        body = _get(c, "/api/v1/executions", **params).json()
+        assert body["total"] == 6
+        seen += [i["trace_id"] for i in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [ids[k] for k in ["running", "e", "d", "c", "b", "a"]]
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"status": "weird"}, {"min_duration": -1},
+                                    {"since": "not a date"}, {"cursor": "garbage!!"}, {"has_errors": "maybe"},
+                                    {"since": "2025-11-19T00:00:00Z", "until": "2025-11-18T00:00:00Z"}])
+def test_bad_parameters_are_422_naming_the_problem(dataset: tuple[Running, dict[str, str]],
+                                                   params: dict[str, Any]) -> None:
+    c, _ = dataset
+    r = _get(c, "/api/v1/executions", **params)
+    assert r.status_code == 422, r.text
+    detail = json.dumps(r.json()["detail"])
+    assert any(k in detail for k in params) or "since must be before until" in detail
+
+
+@pytest.mark.parametrize("field", ["service", "name", "type", "user", "session", "tool", "q"])
+def test_sql_injection_in_string_filters_changes_nothing(dataset: tuple[Running, dict[str, str]], field: str) -> None:
+    c, _ = dataset
+    for attack in ["x' OR 1=1 --", "') OR ('1'='1", "x\\' OR 1=1", "{tenant:String}", "'; DROP TABLE otel_traces; --"]:
+        r = _get(c, "/api/v1/executions", **{field: attack})
+        assert r.status_code in (200, 422)
+        if r.status_code == 200:
+            assert r.json()["items"] == [] and r.json()["total"] == 0
+    assert _get(c, "/api/v1/executions").json()["total"] == 6
+
+
+def test_detail_has_span_tree_tool_calls_events_rollup_feedback(dataset: tuple[Running, dict[str, str]]) -> None:
+    c, ids = dataset
+    r = _get(c, f"/api/v1/executions/{ids['b']}")
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["name"], body["status"], body["failed_tool_calls"]) == ("billing", "error", 1)
+    [root] = body["spans_tree"]
+    assert root["name"] == "invoke_agent billing" and root["status"] == "error"
+    children = {ch["tool"]["name"]: ch for ch in root["children"]}
+    assert children["search"]["status"] == "error"
+    assert children["search"]["tool"]["arguments"] == '{"k": 0}' and children["pay"]["tool"]["result"] == "ok"
+    assert children["search"]["events"][0]["attributes"]["exception.message"] == "search exploded"
+
+
+def test_detail_of_unknown_and_foreign_executions_is_404(store: Store, dataset: tuple[Running, dict[str, str]]) -> None:
+    c, _ = dataset
+    foreign = store.client.command("SELECT any(TraceId) FROM otel_traces WHERE Tenant = 'history-api-other'")
+    assert _get(c, f"/api/v1/executions/{foreign}").status_code == 404
+    assert _get(c, f"/api/v1/executions/{'0' * 32}").status_code == 404
+    assert _get(c, "/api/v1/executions/not-an-id").status_code == 422
+
+
+def test_feedback_shows_in_detail(dataset: tuple[Running, dict[str, str]]) -> None:
+    c, ids = dataset
+    r = httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+                   json={"execution_id": ids["a"], "rating": 4, "comment": "useful"})
+    assert r.status_code == 201, r.text
+    r = httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+                   json={"execution_id": ids["a"], "name": "accuracy", "value": 0.9})
+    assert r.status_code == 201
+    fb = {f["name"]: f for f in _get(c, f"/api/v1/executions/{ids['a']}").json()["feedback"]}
+    assert fb["user_rating"]["value"] == 4 and fb["user_rating"]["comment"] == "useful"
+    assert fb["accuracy"]["value"] == 0.9
+    for bad in [{"execution_id": ids["a"], "rating": 6}, {"execution_id": ids["a"]},
+                {"execution_id": ids["a"], "rating": 3, "value": 1.0}, {"execution_id": "xyz", "rating": 3}]:
+        assert httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(), json=bad).status_code == 422
+    assert httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+                      json={"execution_id": "f" * 32, "rating": 3}).status_code == 404
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_export_streams_filtered_executions(dataset: tuple[Running, dict[str, str]], fmt: str) -> None:
+    c, ids = dataset
+    r = _get(c, "/api/v1/export", format=fmt, service="svc-b")
+    assert r.status_code == 200
+    if fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(r.text)))
+        assert [row["trace_id"] for row in rows] == [ids["e"], ids["b"]]
+        assert rows[1]["tool_calls"] == "2"
+    elif fmt == "json":
+        rows = [json.loads(line) for line in r.text.splitlines()]
+        assert [row["trace_id"] for row in rows] == [ids["e"], ids["b"]]
+    else:
+        assert r.content[:4] == b"PAR1" and r.content[-4:] == b"PAR1"
+
+
+def test_scopes(store: Store, tmp_path: Path, dataset: tuple[Running, dict[str, str]]) -> None:
+    _, ids = dataset
+    with running_collector(store, tmp_path, "history-api", scopes="ingest") as c:
+        assert _get(c, "/api/v1/executions").status_code == 403
+    with running_collector(store, tmp_path / "r", "history-api", scopes="read") as c:
+        assert _get(c, "/api/v1/executions").status_code == 200
+        r = httpx.delete(c.api_url + f"/api/v1/executions/{ids['a']}", headers=c.headers())
+        assert r.status_code == 403
+        assert httpx.get(c.api_url + "/api/v1/executions").status_code == 401
+
+
+def test_openapi_document_and_docs(dataset: tuple[Running, dict[str, str]]) -> None:
+    c, _ = dataset
+    doc = httpx.get(c.api_url + "/openapi.json").json()
+    assert "/api/v1/executions/{trace_id}" in doc["paths"] and "/api/v1/export" in doc["paths"]
+    assert httpx.get(c.api_url + "/docs").status_code == 200
+
+
+def _counts(store: Store, tenant: str, trace: str) -> dict[str, int]:
+    tables = ["otel_traces", "otel_traces_trace_id_ts", "tool_calls", "executions", "execution_rollup", "feedback"]
+    return {t: int(store.client.command(f"SELECT count() FROM {t} WHERE Tenant = {{a:String}} AND TraceId = {{b:String}}",
+                                        parameters={"a": tenant, "b": trace})) for t in tables}
+
+
+def test_delete_one_execution_removes_it_everywhere_and_fixes_rollups(store: Store, tmp_path: Path) -> None:
+    tenant = "delete-one"
+    keep_id, keep = _execution(0, tools=(("search", False), ("search", True)))
+    gone_id, gone = _execution(1, status="error", tools=(("search", True), ("fetch", False)))
+    write(store, tenant, keep, gone)
+    stats = "SELECT ToolName, calls, errors FROM v_tool_stats WHERE Tenant = {t:String} ORDER BY ToolName"
+    assert store.client.query(stats, parameters={"t": tenant}).result_rows == [("fetch", 1, 0), ("search", 3, 2)]
+    with running_collector(store, tmp_path, tenant, scopes="admin") as c:
+        httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(), json={"execution_id": gone_id, "rating": 1})
+        r = httpx.delete(c.api_url + f"/api/v1/executions/{gone_id}", headers=c.headers())
+        assert r.status_code == 200 and r.json() == {"executions": 1, "spans": 3}
+        assert httpx.delete(c.api_url + f"/api/v1/executions/{gone_id}", headers=c.headers()).status_code == 404
+        assert _get(c, f"/api/v1/executions/{gone_id}").status_code == 404
+    assert set(_counts(store, tenant, gone_id).values()) == {0}
+    assert _counts(store, tenant, keep_id)["otel_traces"] == 3
+    assert store.client.query(stats, parameters={"t": tenant}).result_rows == [("search", 2, 1)]
+    per_minute = "SELECT sum(calls) FROM v_tool_stats_1m WHERE Tenant = {t:String}"
+    assert store.client.query(per_minute, parameters={"t": tenant}).result_rows == [(2,)]
+    patterns = "SELECT ToolName, count FROM v_error_patterns WHERE Tenant = {t:String} ORDER BY ToolName"
+    assert store.client.query(patterns, parameters={"t": tenant}).result_rows == [("search", 1)]
+
+
+def test_bulk_delete_by_time_and_filters(store: Store, tmp_path: Path) -> None:
+    tenant = "delete-bulk"
+    made = [_execution(i, service="old" if i < 3 else "new") for i in range(5)]
+    write(store, tenant, *(req for _, req in made))
+    with running_collector(store, tmp_path, tenant, scopes="admin") as c:
+        assert httpx.delete(c.api_url + "/api/v1/executions", headers=c.headers()).status_code == 422  # before required
+        r = httpx.delete(c.api_url + "/api/v1/executions", headers=c.headers(),
+                         params={"before": "2025-11-18T21:10:00Z", "service": "old"})
+        assert r.json() == {"executions": 3, "spans": 3}
+        remaining = [i["trace_id"] for i in _get(c, "/api/v1/executions").json()["items"]]
+    assert remaining == [made[4][0], made[3][0]]
+
+
+def test_stream_sends_newly_stored_executions(store: Store, tmp_path: Path) -> None:
+    tenant = "stream-api"
+    with running_collector(store, tmp_path, tenant) as c:
+        events: list[dict[str, Any]] = []
+
+        def listen() -> None:
+            with httpx.stream("GET", c.api_url + "/api/v1/executions/stream", params={"poll": 0.2},
+                              headers=c.headers(), timeout=30) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+                        return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        time.sleep(0.5)
+        new_id, req = _execution(0, name="fresh")
+        body = req.SerializeToString()
+        httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
+        write(store, "stream-api-other", _execution(1, name="foreign")[1])
+        listener.join(20)
+    assert [(e["trace_id"], e["name"]) for e in events] == [(new_id, "fresh")]
