@@ -59,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     # The one machine-readable startup line (scripts and tests read the ports from it).
     print(json.dumps({"spanhouse": "listening", "host": addresses.host, "grpc_port": addresses.grpc_port,
                       "http_port": addresses.http_port, "api_port": addresses.api_port,
+                      "sql_port": addresses.sql_port,
                       "dsn": settings.dsn, "spool_dir": str(settings.resolved_spool_dir)}), flush=True)
     stop.wait()
     logging.getLogger("spanhouse").info("shutting down: draining the spool (up to %.0fs)", settings.shutdown_timeout)

@@ -40,6 +40,7 @@ class Settings:
     grpc_port: int = 4317
     http_port: int = 4318
     api_port: int = 8080
+    sql_port: int = 8124
     api_keys: Path | None = None
     spool_dir: Path | None = None
     spool_max_bytes: int = 1 << 30
@@ -52,7 +53,7 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for settings that cannot work together."""
-        for name in ("grpc_port", "http_port", "api_port"):
+        for name in ("grpc_port", "http_port", "api_port", "sql_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} {port} is not a TCP port (0-65535; 0 picks a free one)")
@@ -97,6 +98,7 @@ _HELP = {
     "grpc_port": "OTLP/gRPC port (0 = pick a free port)",
     "http_port": "OTLP/HTTP port (0 = pick a free port)",
     "api_port": "query API, /healthz, /readyz and /metrics port (0 = pick a free port)",
+    "sql_port": "read-only ClickHouse-HTTP-compatible SQL port for Grafana and ClickHouse clients (admin key)",
     "api_keys": "API keys file (see `spanhouse keys add`); without it every request is tenant 'default'",
     "spool_dir": "durable spool directory (default: spool/ inside an embedded store's data directory)",
     "spool_max_bytes": "spool bound; when full, clients are told to retry later (e.g. 1GiB)",

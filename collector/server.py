@@ -2,7 +2,7 @@
 
     receivers (otlp_grpc, otlp_http) -> ingest (auth, validate, spool) -> exporter (ClickHouse)
 
-plus the API app. Start order: store (migrations), spool (recovery), exporter, then the
+plus the query API and the read-only SQL endpoint. Start order: store (migrations), spool (recovery), exporter, then the
 listeners; the machine-readable startup line is printed only when all are listening.
 Shutdown (SIGTERM/SIGINT): stop listening and finish in-flight requests, seal the
 spool, drain it into the store within ``shutdown_timeout``, exit 0; what did not drain
@@ -29,6 +29,7 @@ from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import HttpReceiver
 from spanhouse.collector.spool import Spool
+from spanhouse.collector.sql_http import SqlEndpoint
 from spanhouse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Addresses:
     grpc_port: int
     http_port: int
     api_port: int
+    sql_port: int
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -98,12 +100,14 @@ class Collector:
         self._grpc = GrpcReceiver(ingest, self._keys, self.metrics, s.host, s.grpc_port, s.max_request_bytes)
         if not self._grpc.port:
             raise ConfigError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}; pick another --grpc-port")
-        http_sock, api_sock = _bind(s.host, s.http_port), _bind(s.host, s.api_port)
+        http_sock, api_sock, sql_sock = (_bind(s.host, p) for p in (s.http_port, s.api_port, s.sql_port))
         http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
         api = create_app(ApiContext(self._store, self._keys), self.metrics, self._readiness)
         self._grpc.start()
-        self._serve_asgi([(http.app, http_sock), (api, api_sock)])
-        return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1])
+        sql = SqlEndpoint(self._store.client, self._keys)
+        self._serve_asgi([(http.app, http_sock), (api, api_sock), (sql.app, sql_sock)])
+        return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1],
+                         sql_sock.getsockname()[1])
 
     def _serve_asgi(self, apps: list[tuple[object, socket.socket]]) -> None:
         """Run the ASGI apps on one event loop in a background thread; wait until they listen."""

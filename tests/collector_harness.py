@@ -43,6 +43,10 @@ class Running:
         return f"http://127.0.0.1:{self.addresses.api_port}"
 
     @property
+    def sql_url(self) -> str:
+        return f"http://127.0.0.1:{self.addresses.sql_port}"
+
+    @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.addresses.grpc_port}"
 
@@ -91,7 +95,7 @@ def running_collector(store: Store, tmp_path: Path, tenant: str, *, scopes: str 
     """A collector on free loopback ports, using ``store``, with one API key for ``tenant``."""
     keys = tmp_path / "keys"
     key = add_key(keys, tenant, scopes.split(","))
-    settings = Settings(dsn=store.dsn, grpc_port=0, http_port=0, api_port=0, api_keys=keys,
+    settings = Settings(dsn=store.dsn, grpc_port=0, http_port=0, api_port=0, sql_port=0, api_keys=keys,
                         spool_dir=tmp_path / "spool", **{"batch_delay": 0.2, **overrides})
     collector = Collector(settings, store=store)
     addresses = collector.start()
@@ -120,7 +124,7 @@ class ServeProcess:
     def __init__(self, data: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data = data
         self.args = [sys.executable, "-m", "spanhouse.collector.cli", "serve", "--dsn", f"chdb://{data}",
-                     "--grpc-port", "0", "--http-port", "0", "--api-port", "0", *extra]
+                     "--grpc-port", "0", "--http-port", "0", "--api-port", "0", "--sql-port", "0", *extra]
         self.env = {**os.environ, "SPANHOUSE_LOG_LEVEL": "WARNING", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.ports: dict[str, Any] = {}

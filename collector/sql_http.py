@@ -1,0 +1,108 @@
+"""A read-only, ClickHouse-HTTP-compatible SQL endpoint (``--sql-port``, default 8124).
+
+Only the collector process can open the embedded store, so this is how Grafana
+(ClickHouse data source, protocol ``http``), clickhouse-connect's HTTP client, curl and
+other ClickHouse tools query it. It speaks the subset of ClickHouse's HTTP interface
+those clients use: the query in the ``query`` URL parameter and/or the POST body,
+``param_<name>`` query parameters, ``default_format`` and a trailing ``FORMAT``, other
+URL parameters as settings, credentials as ``X-ClickHouse-User``/``X-ClickHouse-Key``
+headers, basic auth, ``user``/``password`` parameters or a bearer token (the password is
+an API key with the ``admin`` scope: SQL sees every tenant), ``GET /ping``, and the
+``X-ClickHouse-*`` response headers. Every query runs with ``readonly=2``, so writes,
+DDL and changing ``readonly`` are refused with ClickHouse's own errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+
+import anyio
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from spanhouse.collector.auth import KeyRing, key_from_headers
+from spanhouse.errors import AuthError
+
+# URL parameters that are part of the protocol, not settings.
+_PROTOCOL_PARAMS = {"query", "database", "default_format", "query_id", "session_id", "session_timeout",
+                    "session_check", "user", "password", "quota_key", "compress", "decompress", "buffer_size",
+                    "wait_end_of_query", "client_protocol_version", "role"}
+_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
+_CODE = re.compile(r"Code: (\d+)\.")
+_STATUS = {164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
+           27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404}
+_MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JSONCompact": "application/json",
+          "CSV": "text/csv", "CSVWithNames": "text/csv", "TabSeparated": "text/tab-separated-values"}
+
+
+def split_format(sql: str, default: str) -> tuple[str, str]:
+    """The query without a trailing ``FORMAT x`` clause, and the format to use."""
+    m = _FORMAT.search(sql)
+    return (sql[:m.start()].rstrip(), m.group(1)) if m else (sql.rstrip().rstrip(";"), default)
+
+
+def _credentials(request: Request) -> str | None:
+    headers = request.headers
+    if headers.get("x-clickhouse-key"):
+        return headers["x-clickhouse-key"]
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            return base64.b64decode(auth[6:]).decode().partition(":")[2] or None
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return request.query_params.get("password") or key_from_headers(headers.get)
+
+
+def _error(text: str, status: int | None = None) -> Response:
+    code = int(m.group(1)) if (m := _CODE.search(text)) else 0
+    body = text if text.startswith("Code:") else f"Code: {code}. DB::Exception: {text}"
+    return PlainTextResponse(body.rstrip() + "\n", status or _STATUS.get(code, 500),
+                             headers={"X-ClickHouse-Exception-Code": str(code)})
+
+
+class SqlEndpoint:
+    """The ASGI app of the SQL port."""
+
+    def __init__(self, client: Client, keys: KeyRing) -> None:
+        self._client = client
+        self._keys = keys
+        self.app = Starlette(routes=[Route("/", self._query, methods=["GET", "POST"]),
+                                     Route("/ping", lambda _: PlainTextResponse("Ok.\n"), methods=["GET", "HEAD"])])
+
+    async def _query(self, request: Request) -> Response:
+        try:
+            self._keys.authenticate(_credentials(request)).require("admin")
+        except AuthError as exc:
+            return _error(f"Code: 516. DB::Exception: {exc}. (AUTHENTICATION_FAILED)", 401)
+        params = request.query_params
+        body = (await request.body()).decode("utf-8", "replace") if request.method == "POST" else ""
+        sql = " ".join(part for part in (params.get("query", ""), body) if part.strip())
+        if not sql.strip():
+            return _error("Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", 400)
+        if params.get("database", "default") not in ("", "default"):
+            return _error(f"Code: 81. DB::Exception: Database {params['database']} does not exist. (UNKNOWN_DATABASE)")
+        sql, fmt = split_format(sql, params.get("default_format", "TabSeparated"))
+        query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        settings = {k: v for k, v in params.items()
+                    if k not in _PROTOCOL_PARAMS and not k.startswith("param_") and k != "readonly"}
+        settings["readonly"] = 2
+        query_id = params.get("query_id") or str(uuid.uuid4())
+        try:
+            data = await anyio.to_thread.run_sync(
+                lambda: self._client.raw_query(sql, parameters=query_params or None, settings=settings, fmt=fmt))
+        except ClickHouseError as exc:
+            return _error(str(exc))
+        headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC", "X-ClickHouse-Query-Id": query_id,
+                   "X-ClickHouse-Summary": json.dumps({"read_rows": "0", "read_bytes": "0", "written_rows": "0",
+                                                       "written_bytes": "0", "total_rows_to_read": "0",
+                                                       "result_rows": "0", "result_bytes": str(len(data))}),
+                   "X-ClickHouse-Server-Display-Name": "spanhouse"}
+        return Response(data, 200, headers=headers, media_type=_MEDIA.get(fmt, "application/octet-stream"))

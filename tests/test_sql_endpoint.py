@@ -1,0 +1,74 @@
+"""The read-only ClickHouse-HTTP-compatible SQL endpoint, driven by the real
+clickhouse-connect HTTP client and by plain HTTP as curl would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import clickhouse_connect
+import httpx
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from spanhouse.clickhouse import Store
+from tests.collector_harness import Running, running_collector
+from tests.conftest import write
+from tests.otlp import request, span, trace_id
+
+
+@pytest.fixture(scope="module")
+def admin(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tenant = "sql-endpoint"
+    write(store, tenant, request([span("execute_tool search", trace_id(), attributes={
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}) for _ in range(3)]))
+    with running_collector(store, tmp_path_factory.mktemp("sql"), tenant, scopes="admin") as c:
+        yield c
+
+
+def _client(c: Running, key: str | None = None) -> clickhouse_connect.driver.Client:
+    return clickhouse_connect.get_client(host="127.0.0.1", port=c.addresses.sql_port, username="default",
+                                         password=key or c.key, interface="http")
+
+
+def test_clickhouse_connect_http_client_queries_the_embedded_store(admin: Running) -> None:
+    client = _client(admin)
+    assert client.command("SELECT 1") == 1
+    rows = client.query("SELECT ToolName, calls FROM v_tool_stats WHERE Tenant = {t:String}",
+                        parameters={"t": "sql-endpoint"}).result_rows
+    assert rows == [("search", 3)]
+    df_like = client.query("SELECT number, toString(number) AS s FROM numbers(3)").result_columns
+    assert df_like == [[0, 1, 2], ["0", "1", "2"]]
+
+
+def test_writes_and_readonly_changes_are_refused_with_clickhouse_errors(admin: Running) -> None:
+    client = _client(admin)
+    for sql in ["INSERT INTO otel_traces (SpanName) VALUES ('x')", "DROP TABLE otel_traces",
+                "CREATE TABLE t (a UInt8) ENGINE = Memory", "ALTER TABLE otel_traces DELETE WHERE 1",
+                "SELECT 1 SETTINGS readonly = 0"]:
+        with pytest.raises(DatabaseError, match="READONLY|readonly"):
+            client.command(sql)
+    assert client.command("SELECT count() FROM otel_traces WHERE SpanName = 'x'") == 0
+
+
+def test_plain_http_as_curl_sends_it(admin: Running) -> None:
+    r = httpx.get(admin.sql_url, params={"query": "SELECT 1+{n:UInt8} AS x FORMAT JSONEachRow", "param_n": "2"},
+                  headers={"X-ClickHouse-User": "default", "X-ClickHouse-Key": admin.key})
+    assert r.status_code == 200 and json.loads(r.text) == {"x": 3}
+    assert r.headers["x-clickhouse-format"] == "JSONEachRow"
+    r = httpx.post(admin.sql_url, content="SELECT 'a' AS s", auth=("default", admin.key), params={"default_format": "CSV"})
+    assert r.text == '"a"\n'
+    r = httpx.post(admin.sql_url, content="SELEC nonsense", auth=("default", admin.key))
+    assert r.status_code == 400 and r.text.startswith("Code: 62.") and r.headers["x-clickhouse-exception-code"] == "62"
+    r = httpx.post(admin.sql_url, content="SELECT * FROM nope", auth=("default", admin.key))
+    assert r.status_code == 404 and "UNKNOWN_TABLE" in r.text
+    assert httpx.get(admin.sql_url + "/ping").text == "Ok.\n"
+
+
+def test_sql_needs_an_admin_key(store: Store, tmp_path: Path, admin: Running) -> None:
+    r = httpx.post(admin.sql_url, content="SELECT 1", auth=("default", "wrong"))
+    assert r.status_code == 401 and "AUTHENTICATION_FAILED" in r.text
+    with running_collector(store, tmp_path, "sql-endpoint", scopes="read") as c:
+        r = httpx.post(c.sql_url, content="SELECT 1", auth=("default", c.key))
+        assert r.status_code == 401
