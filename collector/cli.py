@@ -1,7 +1,9 @@
 """The ``spanhouse`` command.
 
 ``serve`` runs the collector; ``migrate`` brings a store's schema up to date (or prints
-the DDL for a single node or a cluster); ``keys add`` creates an API key.
+the DDL for a single node or a cluster); ``keys add`` creates an API key; the query
+commands (``executions``, ``tools``, ``stats``, ``export``, ``sql``, …) ask a running
+collector (see cli_query).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, RETENTION_ENV, open_store, retention_from_env
 from spanhouse.clickhouse.migrations import schema_files
-from spanhouse.collector import config
+from spanhouse.collector import cli_query, config
 from spanhouse.collector.auth import SCOPES, add_key
 from spanhouse.errors import SpanhouseError
 
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--tenant", required=True, help="the tenant this key writes and reads")
     add.add_argument("--scopes", default="ingest,read", help=f"comma-separated, of {sorted(SCOPES)}")
     add.set_defaults(run=_keys_add)
+    cli_query.add_commands(sub)
     return parser
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from spanhouse.clickhouse import Store, open_store
+from spanhouse.clickhouse import Store, connect, open_store
 from spanhouse.collector.api import ApiContext, create_app
 from spanhouse.collector.auth import KeyRing
 from spanhouse.collector.config import Settings
@@ -104,7 +104,8 @@ class Collector:
         http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
         api = create_app(ApiContext(self._store, self._keys), self.metrics, self._readiness)
         self._grpc.start()
-        sql = SqlEndpoint(self._store.client, self._keys)
+        # Its own connection: read-only settings must never reach the session that ingests.
+        sql = SqlEndpoint(connect(self._store.dsn), self._keys)
         self._serve_asgi([(http.app, http_sock), (api, api_sock), (sql.app, sql_sock)])
         return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1],
                          sql_sock.getsockname()[1])

@@ -72,6 +72,9 @@ class SqlEndpoint:
     """The ASGI app of the SQL port."""
 
     def __init__(self, client: Client, keys: KeyRing) -> None:
+        """``client`` must be a connection of its own: with the embedded engine, per-query
+        settings are applied to the connection's session, and ``readonly`` cannot be
+        switched back off once on."""
         self._client = client
         self._keys = keys
         self.app = Starlette(routes=[Route("/", self._query, methods=["GET", "POST"]),

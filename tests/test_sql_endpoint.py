@@ -52,6 +52,17 @@ def test_writes_and_readonly_changes_are_refused_with_clickhouse_errors(admin: R
     assert client.command("SELECT count() FROM otel_traces WHERE SpanName = 'x'") == 0
 
 
+def test_read_only_queries_never_make_ingest_read_only(store: Store, admin: Running) -> None:
+    _client(admin).command("SELECT 1")
+    write(store, "sql-endpoint-after", request([span("still writable", trace_id())]))
+    body = request([span("through the collector", trace_id())]).SerializeToString()
+    r = httpx.post(admin.http_url, content=body, headers={"content-type": "application/x-protobuf", **admin.headers()})
+    assert r.status_code == 200
+    admin.wait_drained()
+    assert store.client.command("SELECT count() FROM otel_traces WHERE SpanName IN "
+                                "('still writable', 'through the collector')") == 2
+
+
 def test_plain_http_as_curl_sends_it(admin: Running) -> None:
     r = httpx.get(admin.sql_url, params={"query": "SELECT 1+{n:UInt8} AS x FORMAT JSONEachRow", "param_n": "2"},
                   headers={"X-ClickHouse-User": "default", "X-ClickHouse-Key": admin.key})

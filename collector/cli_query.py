@@ -1,0 +1,236 @@
+"""The CLI's query commands: ``executions list|show|delete``, ``tools``, ``stats``,
+``performance``, ``anomalies``, ``export``, ``sql``.
+
+They talk to a running collector (``--url``, ``--api-key``; env ``SPANHOUSE_URL``,
+``SPANHOUSE_API_KEY``), since only the collector may open the embedded store. Output
+is a readable table, or the API's JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from spanhouse.collector.client import ApiClient
+
+_FILTERS = ("status", "service", "name", "type", "user", "session", "since", "until", "min_duration",
+            "max_duration", "min_cost", "tool", "has_errors", "q")
+# Piped output is not wrapped at 80 columns, so ids stay whole for grep and scripts.
+_console = Console() if sys.stdout.isatty() else Console(width=240)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("SPANHOUSE_URL", "http://127.0.0.1:8080"),
+                        help="the collector's API (env SPANHOUSE_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("SPANHOUSE_API_KEY"), help="env SPANHOUSE_API_KEY")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    for name in _FILTERS:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name)
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(args.url, args.api_key, getattr(args, "sql_url", None))
+
+
+def _filter_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in _FILTERS if getattr(args, name, None) is not None}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None) -> None:
+    """Print dict rows as a table (all keys of the first row unless ``columns`` is given)."""
+    if not rows:
+        _console.print(f"[dim]{title + ': ' if title else ''}nothing found[/dim]")
+        return
+    cols = columns or [k for k, v in rows[0].items() if not isinstance(v, (dict, list)) or k == "tools"]
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, overflow="fold", justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
+    for r in rows:
+        t.add_row(*(_cell(r.get(c)) for c in cols))
+    _console.print(t)
+
+
+def show(data: Any, title: str | None = None) -> None:
+    """Print any API answer: lists of rows as tables, scalars as key/value lines."""
+    if isinstance(data, list):
+        table([d for d in data if isinstance(d, dict)], title=title)
+        return
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    if scalars:
+        table([{"field": k, "value": _cell(v)} for k, v in scalars.items()], title=title)
+    for key, value in data.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            table(value, title=key)
+        elif isinstance(value, dict) and value:
+            show(value, title=key)
+
+
+def _emit(args: argparse.Namespace, data: Any, render: Any = show) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        render(data)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    page = _client(args).get("/api/v1/executions", limit=args.limit, cursor=args.cursor, **_filter_values(args))
+
+    def render(data: dict[str, Any]) -> None:
+        table(data["items"], ["trace_id", "start_time", "name", "status", "duration_ms", "tool_calls",
+                              "failed_tool_calls", "cost_usd"], title=f"{data['total']} executions")
+        if data["next_cursor"]:
+            _console.print(f"next page: --cursor {data['next_cursor']}")
+
+    return _emit(args, page, render)
+
+
+def _tree(node: dict[str, Any], into: Tree) -> None:
+    label = f"{node['name']}  [dim]{node['duration_ms']:.1f} ms[/dim]"
+    if node["status"] == "error":
+        label += f"  [red]error[/red] {node.get('status_message') or ''}"
+    branch = into.add(label)
+    if node.get("tool"):
+        branch.add(f"[dim]arguments[/dim] {node['tool'].get('arguments')}")
+        branch.add(f"[dim]result[/dim] {node['tool'].get('result')}")
+    for child in node["children"]:
+        _tree(child, branch)
+
+
+def _show(args: argparse.Namespace) -> int:
+    found = _client(args).get(f"/api/v1/executions/{args.trace_id}")
+
+    def render(data: dict[str, Any]) -> None:
+        show({k: v for k, v in data.items() if k not in ("spans_tree", "feedback")}, title=data["trace_id"])
+        root = Tree("spans")
+        for node in data["spans_tree"]:
+            _tree(node, root)
+        _console.print(root)
+        table(data["feedback"], title="feedback")
+
+    return _emit(args, found, render)
+
+
+def _delete(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.trace_id:
+        return _emit(args, client.delete(f"/api/v1/executions/{args.trace_id}"))
+    if not args.before:
+        raise SystemExit("spanhouse: error: give a trace id, or --before (and filters) for a bulk delete")
+    if not args.yes:
+        count = client.get("/api/v1/executions", limit=1, until=args.before, **_filter_values(args))["total"]
+        if input(f"delete {count} executions? [y/N] ").strip().lower() != "y":
+            return 1
+    return _emit(args, client.delete("/api/v1/executions", before=args.before, **_filter_values(args)))
+
+
+def _export(args: argparse.Namespace) -> int:
+    chunks = _client(args).stream("/api/v1/export", format=args.format, **_filter_values(args))
+    out = open(args.output, "wb") if args.output != "-" else sys.stdout.buffer
+    try:
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=Console(stderr=True), disable=args.output == "-") as bar:
+            task = bar.add_task(f"export {args.format}", total=None)
+            for chunk in chunks:
+                out.write(chunk)
+                bar.advance(task, len(chunk))
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0
+
+
+def _get_command(path: str, *params: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        values = {p: getattr(args, p) for p in params if getattr(args, p, None) is not None}
+        return _emit(args, _client(args).get(path.format(**vars(args)), **values))
+
+    return run
+
+
+def _sql(args: argparse.Namespace) -> int:
+    text = _client(args).sql(args.query, "JSONEachRow" if args.json else args.format)
+    sys.stdout.write(text)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the query commands on the ``spanhouse`` parser."""
+    ex = sub.add_parser("executions", help="list, show or delete executions").add_subparsers(
+        dest="executions_command", required=True)
+    ls = ex.add_parser("list", help="executions, newest first")
+    _common(ls)
+    _filters(ls)
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--cursor")
+    ls.set_defaults(run=_list)
+    sh = ex.add_parser("show", help="one execution with its span tree")
+    _common(sh)
+    sh.add_argument("trace_id")
+    sh.set_defaults(run=_show)
+    rm = ex.add_parser("delete", help="delete one execution, or all before a time matching filters")
+    _common(rm)
+    _filters(rm)
+    rm.add_argument("trace_id", nargs="?")
+    rm.add_argument("--before", help="bulk: executions started before this time (ISO 8601)")
+    rm.add_argument("--yes", action="store_true", help="do not ask")
+    rm.set_defaults(run=_delete)
+
+    for name, path, params, extra, help_text in (
+        ("tools", "/api/v1/tools", ("days", "sort", "order", "min_calls", "limit"),
+         (("--days", int), ("--sort", str), ("--order", str), ("--min-calls", int), ("--limit", int)),
+         "per tool: calls, success rate, latency percentiles, trend"),
+        ("stats", "/api/v1/stats", ("days", "name"), (("--days", int), ("--name", str)),
+         "execution totals, success rate, durations, tokens, cost"),
+        ("performance", "/api/v1/performance", ("days", "name", "thresholds"),
+         (("--days", int), ("--name", str), ("--thresholds", str)),
+         "duration buckets, top error patterns, optimization tips"),
+        ("anomalies", "/api/v1/anomalies", ("metric", "method", "threshold", "days", "bucket"),
+         (("--metric", str), ("--method", str), ("--threshold", float), ("--days", int), ("--bucket", str)),
+         "per-tool latency or error-rate anomalies"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        _common(p)
+        for flag, kind in extra:
+            p.add_argument(flag, type=kind)
+        p.set_defaults(run=_get_command(path, *params))
+    tool = sub.add_parser("tool", help="one tool: time series and recent errors")
+    _common(tool)
+    tool.add_argument("tool_name")
+    tool.add_argument("--days", type=int)
+    tool.add_argument("--bucket")
+    tool.set_defaults(run=_get_command("/api/v1/tools/{tool_name}", "days", "bucket"))
+
+    exp = sub.add_parser("export", help="stream executions to a file (csv, json lines, parquet)")
+    _common(exp)
+    _filters(exp)
+    exp.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
+    exp.add_argument("--output", "-o", default="-", help="file (default: stdout)")
+    exp.set_defaults(run=_export)
+
+    sql = sub.add_parser("sql", help="run a read-only SQL query on the collector's store (admin key)")
+    _common(sql)
+    sql.add_argument("query")
+    sql.add_argument("--sql-url", default=os.environ.get("SPANHOUSE_SQL_URL", "http://127.0.0.1:8124"),
+                     help="the collector's SQL endpoint (env SPANHOUSE_SQL_URL)")
+    sql.add_argument("--format", default="PrettyCompactMonoBlock", help="any ClickHouse output format")
+    sql.set_defaults(run=_sql)

@@ -1,0 +1,93 @@
+"""The query commands of the CLI against a running collector."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spanhouse.clickhouse import Store
+from spanhouse.collector import cli
+from tests.collector_harness import Running, running_collector
+from tests.conftest import write
+from tests.otlp import request, span, span_id, trace_id
+
+
+@pytest.fixture(scope="module")
+def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, str]]:
+    tenant = "cli-query"
+    t, root = trace_id(), span_id()
+    write(store, tenant, request([
+        span("invoke_agent helper", t, sid=root, attributes={"gen_ai.operation.name": "invoke_agent",
+                                                             "gen_ai.agent.name": "helper", "input.value": "hi"}),
+        span("execute_tool search", t, parent=root, attributes={"gen_ai.operation.name": "execute_tool",
+                                                                "gen_ai.tool.name": "search",
+                                                                "gen_ai.tool.call.arguments": "{\"q\": 1}"},
+             error="search down"),
+    ]))
+    with running_collector(store, tmp_path_factory.mktemp("cli"), tenant, scopes="ingest,read,admin") as c:
+        yield c, t.hex()
+
+
+def _run(c: Running, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    extra = ["--url", c.api_url, "--api-key", c.key]
+    if argv[0] == "sql":
+        extra += ["--sql-url", c.sql_url]
+    code = cli.main([*argv, *extra])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+def test_executions_list_table_and_json(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
+    c, tid = served
+    text = _run(c, capsys, "executions", "list")
+    assert "1 executions" in text and "helper" in text and tid[:12] in text
+    body = json.loads(_run(c, capsys, "executions", "list", "--json", "--status", "error"))
+    assert body["total"] == 0
+    body = json.loads(_run(c, capsys, "executions", "list", "--json", "--tool", "search"))
+    assert [i["trace_id"] for i in body["items"]] == [tid]
+
+
+def test_executions_show_prints_the_span_tree(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
+    c, tid = served
+    text = _run(c, capsys, "executions", "show", tid)
+    assert "invoke_agent helper" in text and "execute_tool search" in text and "search down" in text
+
+
+def test_export_writes_a_file(served: tuple[Running, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    c, tid = served
+    out = tmp_path / "x.csv"
+    _run(c, capsys, "export", "--format", "csv", "--output", str(out))
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith('"trace_id"') and tid in lines[1]
+
+
+def test_sql_runs_read_only_queries(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
+    c, _ = served
+    text = _run(c, capsys, "sql", "SELECT ToolName, calls, errors FROM v_tool_stats WHERE Tenant = 'cli-query'")
+    assert "search" in text
+    assert json.loads(_run(c, capsys, "sql", "--json", "SELECT 1 AS one")) == {"one": 1}
+    code = cli.main(["sql", "DROP TABLE otel_traces", "--url", c.api_url, "--api-key", c.key, "--sql-url", c.sql_url])
+    assert code == 2 and "READONLY" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
+    c, _ = served
+    assert cli.main(["executions", "show", "0" * 32, "--url", c.api_url, "--api-key", c.key]) == 2
+    assert "404: no execution" in capsys.readouterr().err
+    assert cli.main(["executions", "list", "--limit", "0", "--url", c.api_url, "--api-key", c.key]) == 2
+    assert "limit:" in capsys.readouterr().err
+    assert cli.main(["executions", "list", "--url", "http://127.0.0.1:1"]) == 2
+    assert "is `spanhouse serve` running" in capsys.readouterr().err
+
+
+def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture[str], store: Store) -> None:
+    c, _ = served
+    extra = request([span("invoke_agent doomed", trace_id())])
+    write(store, "cli-query", extra)
+    doomed = extra.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+    body = json.loads(_run(c, capsys, "executions", "delete", doomed, "--json"))
+    assert body == {"executions": 1, "spans": 1}
