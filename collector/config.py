@@ -49,6 +49,8 @@ class Settings:
     batch_delay: float = 1.0
     allow_unauthenticated: bool = False
     retention_days: int | None = None
+    forward_otlp: tuple[str, ...] = ()
+    forward_max_bytes: int = 256 << 20
     shutdown_timeout: float = 15.0
 
     def validate(self) -> None:
@@ -106,6 +108,9 @@ _HELP = {
     "batch_bytes": "insert into ClickHouse once this much is spooled (one insert per batch; e.g. 32MiB)",
     "batch_delay": "or once the oldest spooled request is this many seconds old",
     "allow_unauthenticated": "allow a non-loopback --host without API keys",
+    "forward_otlp": "also send every accepted request to this OTLP endpoint (repeatable): grpc://host:port or "
+                    "http(s)://host:port/v1/traces, optionally ;header=value",
+    "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds to drain the spool into the store on SIGTERM before exiting",
 }
@@ -124,13 +129,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{_HELP[f.name]} (env {env_name(f.name)})"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif "tuple" in str(f.type):
+            parser.add_argument(flag, action="append", default=None, help=help_text + ", comma-separated")
         else:
             parser.add_argument(flag, default=None, help=help_text)
 
 
-def _convert(name: str, kind: Any, raw: str | bool) -> Any:
+def _convert(name: str, kind: Any, raw: str | bool | list[str]) -> Any:
     kind = str(kind)
     try:
+        if "tuple" in kind:
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(i.strip() for i in items if i.strip())
         if "bool" in kind:
             return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
         if name.endswith("_bytes"):

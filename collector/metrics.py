@@ -34,6 +34,15 @@ class Metrics:
         self.insert_errors = Counter("spanhouse_insert_errors", "Failed inserts, by kind", ["kind"], registry=r)
         self.insert_seconds = Histogram("spanhouse_insert_seconds", "Insert latency per spool segment",
                                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.forward_sent = Counter("spanhouse_forward_sent", "Requests forwarded, by destination",
+                                    ["destination"], registry=r)
+        self.forward_rejected = Counter("spanhouse_forward_rejected",
+                                        "Forwarded requests a destination refused for good", ["destination"], registry=r)
+        self.forward_dropped_bytes = Counter("spanhouse_forward_dropped_bytes",
+                                             "Bytes not forwarded because a destination fell too far behind",
+                                             ["destination"], registry=r)
+        self.forward_backlog = Gauge("spanhouse_forward_backlog_bytes", "Bytes waiting to be forwarded",
+                                     ["destination"], registry=r)
         self.exact_path_batches = Counter("spanhouse_exact_path_batches",
                                           "Batches the SQL fast path could not render exactly", registry=r)
 

@@ -28,7 +28,8 @@ from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import HttpReceiver
-from spanhouse.collector.spool import Spool
+from spanhouse.collector.forward import Forwarder, forwarders
+from spanhouse.collector.spool import Segment, Spool
 from spanhouse.collector.sql_http import SqlEndpoint
 from spanhouse.errors import ConfigError
 
@@ -77,6 +78,7 @@ class Collector:
         self._servers: list[uvicorn.Server] = []
         self._loop_thread: threading.Thread | None = None
         self._stopping = False
+        self._forwarders: list[Forwarder] = []
 
     @property
     def store(self) -> Store:
@@ -88,14 +90,17 @@ class Collector:
         s = self.settings
         if self._store is None:
             self._store = open_store(s.dsn, retention_days=s.retention_days)
+        self._forwarders = forwarders(s.forward_otlp, s.resolved_spool_dir, s.forward_max_bytes, self.metrics)
         self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes, segment_bytes=s.batch_bytes,
-                            seal_after=s.batch_delay)
+                            seal_after=s.batch_delay, on_seal=self._forward)
         report = self._spool.open()
         if report.segments:
             log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",
                      report.segments, report.records, report.torn_bytes)
         self._exporter = ClickHouseExporter(self._spool, self._store.writer, self.metrics)
         self._exporter.start()
+        for forwarder in self._forwarders:
+            forwarder.start()
         ingest = Ingest(self._spool, self.metrics)
         self._grpc = GrpcReceiver(ingest, self._keys, self.metrics, s.host, s.grpc_port, s.max_request_bytes)
         if not self._grpc.port:
@@ -109,6 +114,10 @@ class Collector:
         self._serve_asgi([(http.app, http_sock), (api, api_sock), (sql.app, sql_sock)])
         return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1],
                          sql_sock.getsockname()[1])
+
+    def _forward(self, segment: Segment) -> None:
+        for forwarder in self._forwarders:
+            forwarder.adopt(segment)
 
     def _serve_asgi(self, apps: list[tuple[object, socket.socket]]) -> None:
         """Run the ASGI apps on one event loop in a background thread; wait until they listen."""
@@ -153,6 +162,8 @@ class Collector:
             drained = self._exporter.stop(self.settings.shutdown_timeout)
         if self._spool is not None:
             self._spool.close()
+        for forwarder in self._forwarders:
+            forwarder.stop()
         if self._store is not None and self._own_store:
             self._store.close()
         return drained

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,7 +171,10 @@ class Spool:
     """
 
     def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 16 << 20,
-                 seal_after: float = 0.25, fsync: bool = True) -> None:
+                 seal_after: float = 0.25, fsync: bool = True,
+                 on_seal: Callable[[Segment], None] | None = None) -> None:
+        """``on_seal`` is called with every segment once it is sealed (on the flusher
+        thread) and with every segment recovered by ``open``: cheap work only."""
         if max_bytes <= 0 or segment_bytes <= 0 or seal_after <= 0:
             raise ConfigError(f"spool bounds must be positive: max_bytes={max_bytes}, "
                               f"segment_bytes={segment_bytes}, seal_after={seal_after}")
@@ -195,6 +198,7 @@ class Spool:
         self._lock_fd: int | None = None
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
+        self._on_seal = on_seal
 
     def open(self) -> RecoveryReport:
         """Create or recover the directory and start the flusher.
@@ -399,9 +403,12 @@ class Spool:
         assert active is not None
         with contextlib.suppress(OSError):  # its records are synced: a failing close loses nothing
             os.close(active.fd)
+        segment = Segment(active.name, active.path, active.size)
+        if self._on_seal is not None:
+            self._on_seal(segment)
         with self._lock:
             self._active = None
-            self._sealed.append(Segment(active.name, active.path, active.size))
+            self._sealed.append(segment)
             self._ready.notify_all()
 
     # -- the directory ---------------------------------------------------------------
@@ -452,6 +459,8 @@ class Spool:
             sealed.append(Segment(name, path, end))
             records += count
         self._sealed = sealed
+        for segment in sealed if self._on_seal is not None else ():
+            self._on_seal(segment)  # type: ignore[misc]
         self._bytes = sum(s.size for s in sealed)
         self._seq = int(sealed[-1].name[:12]) + 1 if sealed else 0
         return RecoveryReport(len(sealed), records, torn, tuple(cut))

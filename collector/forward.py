@@ -1,0 +1,245 @@
+"""OTLP forwarding: every accepted request also goes to other OTLP backends.
+
+Each destination (``--forward-otlp URL``, repeatable; ``grpc://host:port`` or
+``http(s)://host:port/v1/traces``, optional ``;header=value`` parts) has its own
+directory under the spool, into which every sealed spool segment is hard-linked as it
+is sealed: no copy, no extra write on the acknowledgement path, and the segment
+survives the main spool deleting it after its ClickHouse insert. A thread per
+destination sends the segment's requests in order and records its progress durably
+(``<segment>.pos``), so a restart resumes where it stopped; a crash between the
+destination's acknowledgement and that record resends one request.
+
+A slow or dead destination never slows ingest: its backlog is bounded by
+``--forward-max-bytes``; past that its oldest segments are dropped, counted in
+``/metrics`` and logged, never silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+import httpx
+
+from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.spool import Segment
+from spanhouse.errors import ConfigError, InvalidData
+
+log = logging.getLogger(__name__)
+
+_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_PERMANENT_GRPC = {grpc.StatusCode.INVALID_ARGUMENT}
+_PERMANENT_HTTP = {400, 413}
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where to forward, and with which headers."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> Destination:
+        """``URL[;name=value...]``; ``ConfigError`` for anything else."""
+        url, *parts = [p.strip() for p in spec.split(";")]
+        scheme = urlsplit(url).scheme
+        if scheme not in ("grpc", "http", "https") or not urlsplit(url).netloc:
+            raise ConfigError(f"--forward-otlp {spec!r}: use grpc://host:port or http(s)://host:port/v1/traces, "
+                              "optionally followed by ;header=value")
+        headers = []
+        for part in parts:
+            name, sep, value = part.partition("=")
+            if not sep or not name:
+                raise ConfigError(f"--forward-otlp {spec!r}: header {part!r} must look like name=value")
+            headers.append((name.strip().lower(), value.strip()))
+        return cls(url, tuple(headers))
+
+    @property
+    def label(self) -> str:
+        """The URL without credentials or query, for metrics and logs."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+
+class _Sender:
+    """One OTLP client: True when the destination took the request (or refused it for
+    good, which is counted), False when it should be retried."""
+
+    def __init__(self, destination: Destination, metrics: Metrics) -> None:
+        self._d = destination
+        self._metrics = metrics
+        parts = urlsplit(destination.url)
+        if parts.scheme == "grpc":
+            self._channel: grpc.Channel | None = grpc.insecure_channel(parts.netloc)
+            self._call = self._channel.unary_unary(_EXPORT)
+            self._http: httpx.Client | None = None
+        else:
+            self._channel = None
+            path = parts.path if parts.path not in ("", "/") else "/v1/traces"
+            self._http = httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", timeout=10.0,
+                                      headers={"content-type": "application/x-protobuf", **dict(destination.headers)})
+            self._path = path
+
+    def send(self, payload: bytes) -> bool:
+        if self._http is not None:
+            try:
+                status = self._http.post(self._path, content=payload).status_code
+            except httpx.HTTPError:
+                return False
+            permanent = status in _PERMANENT_HTTP
+            ok = 200 <= status < 300
+        else:
+            try:
+                self._call(payload, metadata=self._d.headers, timeout=10.0)
+                ok, permanent = True, False
+            except grpc.RpcError as err:
+                ok, permanent = False, err.code() in _PERMANENT_GRPC  # type: ignore[attr-defined]
+        if permanent:
+            self._metrics.forward_rejected.labels(destination=self._d.label).inc()
+            log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, status
+                      if self._http is not None else "INVALID_ARGUMENT")
+        return ok or permanent
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        if self._http is not None:
+            self._http.close()
+
+
+class Forwarder:
+    """One destination: its directory of linked segments, its bound and its thread."""
+
+    def __init__(self, destination: Destination, directory: Path, max_bytes: int, metrics: Metrics) -> None:
+        self.destination = destination
+        self._dir = directory
+        self._max_bytes = max_bytes
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"spanhouse-forward-{destination.key}", daemon=True)
+        self._dir.mkdir(parents=True, exist_ok=True)
+
+    def adopt(self, segment: Segment) -> None:
+        """Take a sealed segment (a hard link, so idempotent and cheap), then keep the bound."""
+        target = self._dir / segment.path.name
+        with self._lock:
+            if not target.exists():
+                os.link(segment.path, target)
+                _sync_dir(self._dir)
+            self._keep_bound()
+        self._wake.set()
+
+    def _segments(self) -> list[Path]:
+        return sorted(self._dir.glob("*.seg"))
+
+    def _keep_bound(self) -> None:
+        segments = self._segments()
+        total = sum(p.stat().st_size for p in segments)
+        while total > self._max_bytes and len(segments) > 1:
+            oldest = segments.pop(0)
+            size = oldest.stat().st_size
+            _remove(oldest)
+            total -= size
+            self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(size)
+            log.warning("forwarding to %s is %d bytes behind (bound %d): dropped segment %s",
+                        self.destination.label, total + size, self._max_bytes, oldest.name)
+        self._report_backlog()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        sender = _Sender(self.destination, self._metrics)
+        backoff = 0.2
+        try:
+            while not self._stop.is_set():
+                segments = self._segments()
+                if not segments:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                if self._forward(segments[0], sender):
+                    backoff = 0.2
+                else:
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            sender.close()
+
+    def _forward(self, path: Path, sender: _Sender) -> bool:
+        """Send one segment from its recorded position; False to retry later."""
+        progress = path.with_suffix(".pos")
+        try:
+            records = Segment(path.stem, path, path.stat().st_size).records()
+        except FileNotFoundError:
+            return True  # dropped by the bound meanwhile
+        except InvalidData as exc:
+            log.error("forwarding to %s: segment %s is unreadable (%s); dropped", self.destination.label,
+                      path.name, exc)
+            records = []
+        start = int(progress.read_text()) if progress.exists() else 0
+        for i in range(start, len(records)):
+            if self._stop.is_set() or not sender.send(records[i].payload):
+                return False
+            self._metrics.forward_sent.labels(destination=self.destination.label).inc()
+            _write_atomic(progress, str(i + 1))
+        with self._lock:
+            _remove(path)
+            _remove(progress)
+        self._report_backlog()
+        return True
+
+    def _report_backlog(self) -> None:
+        total = sum(p.stat().st_size for p in self._segments())
+        self._metrics.forward_backlog.labels(destination=self.destination.label).set(total)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics: Metrics) -> list[Forwarder]:
+    """One forwarder per ``--forward-otlp`` value, each in ``<spool>/forward/<key>``."""
+    made = []
+    for spec in specs:
+        d = Destination.parse(spec)
+        made.append(Forwarder(d, spool_dir / "forward" / d.key, max_bytes, metrics))
+    return made
