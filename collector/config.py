@@ -10,11 +10,13 @@ import argparse
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, embedded_path
+from spanhouse.collector.auth import ENV as INLINE_KEYS_ENV
 from spanhouse.errors import ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.I)
@@ -53,8 +55,9 @@ class Settings:
     forward_max_bytes: int = 256 << 20
     shutdown_timeout: float = 15.0
 
-    def validate(self) -> None:
-        """Raise ``ConfigError`` for settings that cannot work together."""
+    def validate(self, environ: Mapping[str, str] | None = None) -> None:
+        """Raise ``ConfigError`` for settings that cannot work together (``environ``, default
+        ``os.environ``, may hold inline API keys)."""
         for name in ("grpc_port", "http_port", "api_port", "sql_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
@@ -67,7 +70,8 @@ class Settings:
             raise ConfigError("--batch-bytes must be at least 64KiB")
         if self.max_request_bytes < 1024:
             raise ConfigError("--max-request-bytes must be at least 1KiB")
-        if self.api_keys is None and not self.allow_unauthenticated and not is_loopback(self.host):
+        inline_keys = (os.environ if environ is None else environ).get(INLINE_KEYS_ENV, "").strip()
+        if self.api_keys is None and not inline_keys and not self.allow_unauthenticated and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host} without API keys: anyone who can reach it could write "
                 "and read every execution. Pass --api-keys FILE (see `spanhouse keys add`), or "
@@ -114,7 +118,8 @@ _HELP = {
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds to drain the spool into the store on SIGTERM before exiting",
 }
-_ENV_OVERRIDES = {"dsn": DSN_ENV}
+# The keys file is SPANHOUSE_API_KEYS_FILE: SPANHOUSE_API_KEYS holds inline keys (auth.ENV).
+_ENV_OVERRIDES = {"dsn": DSN_ENV, "api_keys": "SPANHOUSE_API_KEYS_FILE"}
 
 
 def env_name(field: str) -> str:
@@ -167,5 +172,5 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         if raw is not None:
             values[f.name] = _convert(f.name, f.type, raw)
     settings = Settings(**values)
-    settings.validate()
+    settings.validate(environ)
     return settings
