@@ -1,0 +1,94 @@
+"""``ClickHouseSpanExporter``: spans straight into a spanhouse store, no collector needed.
+
+This module is the one part of ``spanhouse.sdk`` that needs the storage layer (and its
+ClickHouse driver); the rest of the SDK depends on OpenTelemetry only.
+
+The SDK's finished spans are encoded with the OTLP encoder that
+opentelemetry-exporter-otlp ships (the same protobuf the collector receives) and
+landed through the storage layer's writer, so the rows, and every view, are exactly
+what the collector would have stored. ``chdb:///path`` (or ``chdb://./relative``) is an
+embedded store that belongs to this process while it runs; ``http(s)://`` a ClickHouse
+server.
+
+Each export is one insert, and an insert has a fixed cost (~0.1 s): use it under a
+``BatchSpanProcessor`` with large batches (``configure(dsn=...)`` sets one up). A store
+that fails is retried within ``retry_timeout`` seconds; then the export returns
+FAILURE and logs once what to do. It never raises into the application.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from spanhouse.clickhouse import IngestItem, Store, open_store
+from spanhouse.errors import SpanhouseError
+
+logger = logging.getLogger("spanhouse.sdk")
+
+
+class ClickHouseSpanExporter(SpanExporter):
+    """An OpenTelemetry ``SpanExporter`` writing into a spanhouse store."""
+
+    def __init__(self, dsn: str, tenant: str = "default", *, retry_timeout: float = 10.0,
+                 retention_days: int | None = None) -> None:
+        """The store is opened (and migrated) at the first export, so that an unreachable
+        store never breaks the application's start."""
+        self._dsn = dsn
+        self._retention_days = retention_days
+        self._store: Store | None = None
+        self._tenant = tenant
+        self._retry_timeout = retry_timeout
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._failing = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Insert ``spans`` as one batch; FAILURE (logged) if the store stays unavailable."""
+
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        if not spans:
+            return SpanExportResult.SUCCESS
+        item = IngestItem(self._tenant, encode_spans(spans).SerializeToString())
+        deadline = time.monotonic() + self._retry_timeout
+        delay = 0.1
+        while True:
+            try:
+                with self._lock:
+                    if self._store is None:
+                        self._store = open_store(self._dsn, retention_days=self._retention_days)
+                    self._store.writer.write([item])
+            except SpanhouseError as exc:
+                if time.monotonic() + delay > deadline:
+                    if not self._failing:
+                        logger.error("spanhouse could not store %d spans in %s and drops them: %s. Check that the "
+                                     "store is reachable (and, for an embedded store, that no other process holds "
+                                     "it open).", len(spans), self._dsn, exc)
+                    self._failing = True
+                    return SpanExportResult.FAILURE
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._failing:
+                logger.info("spanhouse stores spans in %s again", self._dsn)
+            self._failing = False
+            return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered here: every export is written before it returns."""
+        return True
+
+    def shutdown(self) -> None:
+        """Release the store (for an embedded store: the data directory)."""
+        with self._lock:
+            if not self._shutdown:
+                self._shutdown = True
+                if self._store is not None:
+                    self._store.close()

@@ -1,0 +1,71 @@
+"""ClickHouseSpanExporter: the SDK writing straight into the store gives exactly the
+rows and view results the collector gives for the same spans."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
+
+from spanhouse.clickhouse import Store
+from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
+from tests.collector_harness import running_collector
+from tests.test_write_path import _DERIVED
+
+
+def _agent_spans() -> tuple[ReadableSpan, ...]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "exporter-test"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests", "1.0")
+    with tracer.start_as_current_span("invoke_agent planner", attributes={
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner", "input.value": "plan"}):
+        for i in range(6):
+            with tracer.start_as_current_span(f"execute_tool t{i % 2}", attributes={
+                    "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": f"t{i % 2}", "n": i,
+                    "ratio": i / 3, "tags": ["a", "b"]}) as s:
+                s.add_event("progress", {"step": i})
+                if i == 3:
+                    s.set_status(Status(StatusCode.ERROR, "broken"))
+        with tracer.start_as_current_span("chat gpt", attributes={"gen_ai.usage.input_tokens": 10,
+                                                                 "gen_ai.usage.output_tokens": 3}):
+            pass
+    provider.shutdown()
+    return memory.get_finished_spans()
+
+
+def test_exporter_and_collector_store_identical_rows_and_views(store: Store, tmp_path: Path) -> None:
+    spans = _agent_spans()
+    direct = ClickHouseSpanExporter(store.dsn, tenant="via-exporter")
+    assert direct.export(spans) is SpanExportResult.SUCCESS
+    direct.shutdown()
+    with running_collector(store, tmp_path, "via-collector") as c:
+        otlp = OTLPSpanExporter(endpoint=c.grpc_target, insecure=True, headers=c.headers())
+        assert otlp.export(spans) is SpanExportResult.SUCCESS
+        otlp.shutdown()
+        c.wait_drained()
+    for table, sql in _DERIVED.items():
+        if table == "feedback":
+            continue  # no feedback spans here
+        a = store.client.query(sql.format(table=table), parameters={"t": "via-exporter"}).result_rows
+        b = store.client.query(sql.format(table=table), parameters={"t": "via-collector"}).result_rows
+        assert a and a == b, table
+    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = 'via-exporter'") == 8
+
+
+def test_unreachable_store_fails_the_export_within_its_bound_and_never_raises(caplog) -> None:  # type: ignore[no-untyped-def]
+    exporter = ClickHouseSpanExporter("http://127.0.0.1:1/default", retry_timeout=0.5)
+    started = time.monotonic()
+    assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
+    assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 5
+    errors = [r for r in caplog.records if "could not store" in r.getMessage()]
+    assert len(errors) == 1 and "reachable" in errors[0].getMessage()
+    exporter.shutdown()
+    assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
