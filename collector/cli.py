@@ -79,6 +79,15 @@ def _keys_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from spanhouse.collector import demo  # the SDK and OTLP exporter are only needed here
+
+    sent = demo.run(args.endpoint, args.api_key, args.executions, args.hours)
+    print(f"sent {sent} executions to {args.endpoint}; see `spanhouse executions list` or the Grafana dashboards",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="spanhouse", description="Execution history for AI agents.")
@@ -100,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--scopes", default="ingest,read", help=f"comma-separated, of {sorted(SCOPES)}")
     add.set_defaults(run=_keys_add)
     cli_query.add_commands(sub)
+    demo = sub.add_parser("demo", help="send realistic agent traffic to a running collector")
+    demo.add_argument("--endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                      help="the collector's OTLP/gRPC endpoint (env OTEL_EXPORTER_OTLP_ENDPOINT)")
+    demo.add_argument("--api-key", default=os.environ.get("SPANHOUSE_API_KEY"), help="env SPANHOUSE_API_KEY")
+    demo.add_argument("--executions", type=int, default=2000)
+    demo.add_argument("--hours", type=float, default=24.0, help="spread the executions over this many past hours")
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -1,0 +1,71 @@
+"""Query latency of the history and analytics API functions on a large store.
+
+Why: the API and CLI answer from these functions; people expect list and detail pages
+to feel instant. With ``--spans`` spans (default 10M, i.e. 1M executions of one root
+and nine tool calls; generated inside ClickHouse exactly as bench/mv_vs_raw.py does,
+every materialized view firing) this times each call ``--runs`` times after a warm-up
+and prints p50/p95 in ms against the targets (< 100 ms p50 each; detail < 30 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from _store import temporary_store
+from mv_vs_raw import TENANT, generate
+
+from spanhouse.clickhouse import analytics, history
+
+TARGET_MS = {"detail": 30.0}
+DEFAULT_TARGET_MS = 100.0
+
+
+def timings(call: Callable[[], Any], runs: int) -> tuple[float, float]:
+    """(p50, p95) in ms over ``runs`` calls after one warm-up."""
+    call()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", type=int, default=10_000_000)
+    parser.add_argument("--chunk", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    with temporary_store() as store:
+        client = store.client
+        end_s = (int(time.time()) // 3600 + 1) * 3600
+        gen_s = generate(client, args.spans, args.chunk, end_s)
+        client.command("OPTIMIZE TABLE executions FINAL")  # what background merges reach on a quiet store
+        some_trace = history.list_executions(client, TENANT, {}, 1).items[0]["trace_id"]
+        calls: dict[str, Callable[[], Any]] = {
+            "list (first page)": lambda: history.list_executions(client, TENANT, {}, 50),
+            "list (filtered)": lambda: history.list_executions(
+                client, TENANT, {"status": "ok", "service": "support-bot", "min_duration": 15000}, 50),
+            "detail": lambda: history.get_execution(client, TENANT, some_trace),
+            "stats": lambda: analytics.stats(client, TENANT, days=7),
+            "performance": lambda: analytics.performance(client, TENANT, days=7),
+            "tools": lambda: analytics.tools(client, TENANT, days=7),
+            "anomalies": lambda: analytics.anomalies(client, TENANT, days=7),
+        }
+        print(f"\n{args.spans:,} spans ({args.spans // 10:,} executions) generated in {gen_s:.0f} s; "
+              f"{args.runs} runs each after a warm-up")
+        print(f"{'call':<22} {'p50 ms':>8} {'p95 ms':>8} {'target p50':>11}  met")
+        for name, call in calls.items():
+            p50, p95 = timings(call, args.runs)
+            target = TARGET_MS.get(name.split(" ")[0], DEFAULT_TARGET_MS)
+            print(f"{name:<22} {p50:>8.1f} {p95:>8.1f} {target:>11.0f}  {'yes' if p50 < target else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""``spanhouse demo`` fills a running collector with realistic, varied traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spanhouse.clickhouse import Store
+from spanhouse.collector import cli
+from tests.collector_harness import running_collector
+
+
+def test_demo_traffic_fills_every_view(store: Store, tmp_path: Path) -> None:
+    tenant = "demo-traffic"
+    with running_collector(store, tmp_path, tenant) as c:
+        code = cli.main(["demo", "--endpoint", f"http://{c.grpc_target}", "--api-key", c.key,
+                         "--executions", "60", "--hours", "2"])
+        assert code == 0
+        c.wait_drained()
+
+    def one(sql: str) -> tuple:
+        return store.client.query(sql, parameters={"t": tenant}).result_rows[0]
+
+    executions, running, services, users = one(
+        "SELECT count(), countIf(Status = 'running'), uniqExact(ServiceName), uniqExact(UserId) "
+        "FROM executions FINAL WHERE Tenant = {t:String}")
+    assert executions == 60 and running == 3 and services == 3 and users > 5
+    tools, errors, tokens, cost = one(
+        "SELECT uniqExact(ToolName), sum(IsError), (SELECT sum(InputTokens) FROM execution_rollup WHERE "
+        "Tenant = {t:String}), (SELECT sum(CostUsd) FROM execution_rollup WHERE Tenant = {t:String}) "
+        "FROM tool_calls WHERE Tenant = {t:String}")
+    assert tools == 9 and errors > 0 and tokens > 0 and cost > 0
+    assert one("SELECT count() FROM feedback WHERE Tenant = {t:String}")[0] > 0
+    span_hours = one("SELECT dateDiff('minute', min(Timestamp), max(Timestamp)) FROM otel_traces "
+                     "WHERE Tenant = {t:String}")[0]
+    assert 60 <= span_hours <= 130  # spread over the simulated two hours
