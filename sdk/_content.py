@@ -1,0 +1,230 @@
+"""Captured content: JSON-safe serialisation, redaction of secrets, visible truncation.
+
+This runs at capture time, inside the decorators, not as a span processor (Logfire's
+choice). Three reasons:
+
+* A secret never reaches a span. With a processor, the raw value would sit on the span
+  for every other processor and exporter of the application's provider to see; here it
+  is replaced before the span gets it.
+* Redaction is structural. The decorator still holds the Python objects, so a secret is
+  found by its key at any depth (``{"db": {"password": …}}``, a ``password`` parameter, a
+  dataclass field) instead of by pattern-matching a JSON string afterwards.
+* It costs nothing on spans that carry no content: a processor would inspect every
+  attribute of every span, including the many that other instrumentations produce.
+
+What it does not cover: attributes that code sets itself with ``span.set_attribute``.
+Those are the caller's to scrub.
+
+A value becomes JSON: mappings, sequences and sets as objects and arrays, dataclasses and
+Pydantic models (anything with ``model_dump``) as objects of their fields, bytes as text
+(or base64 when not UTF-8), dates as ISO 8601, enums as their value, anything else as its
+``repr``. A value that becomes text at the top level (a string, bytes, a date, a repr) is
+recorded as that text, not as a quoted JSON string. Nothing is dropped silently: a string,
+container or the whole value over the limit is cut and ends with a ``…[truncated …]``
+marker saying how much was left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import datetime
+import enum
+import functools
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence, Set, ValuesView
+from typing import Any, Final
+
+logger = logging.getLogger("spanhouse.sdk")
+
+REDACTED: Final = "[REDACTED]"
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+RETURN_KEY: Final = "return"
+MAX_DEPTH: Final = 8
+
+RedactHook = Callable[[str, Any], Any]
+"""``hook(key, value) -> value``: called for each captured argument (key: the parameter
+name), return value (key: ``"return"``) and mapping entry inside them (key: the entry's
+key) whose key does not already look secret; what it returns is recorded instead of
+``value``. If it raises, the value is recorded as ``[REDACTED]``: failing closed."""
+
+SECRET_KEY_PATTERN: Final = re.compile(
+    r"passw(or)?d|pwd|secret|token(?!s|_?(count|limit|usage|type)|izer)|api[._ -]?key|auth(?!ors?\b)"
+    r"|credential|private[._ -]?key|access[._ -]?key|session[._ -]?key|cookie|jwt|bearer|signature",
+    re.IGNORECASE,
+)
+"""Keys whose values are replaced by ``[REDACTED]``: password, secret, token (but not the
+token *counts* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``, nor
+``tokenizer``), api_key, authorization, credentials, private/access/session keys,
+cookies, JWTs, signatures."""
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    """Whether ``key`` names a secret. Cached: the same parameter names come back on every call."""
+    return SECRET_KEY_PATTERN.search(key) is not None
+
+
+def truncated(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters plus a marker that says what was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[truncated {len(text) - limit} of {len(text)} chars]"
+
+
+class ContentPolicy:
+    """How captured values are turned into attribute strings."""
+
+    __slots__ = ("_max_items", "hook", "max_length")
+
+    def __init__(self, max_length: int, hook: RedactHook | None = None) -> None:
+        self.max_length = max_length
+        self.hook = hook
+        # Each item takes at least two characters of JSON, so more than this many could
+        # never fit: stop walking there instead of serialising what would be cut anyway.
+        self._max_items = max_length // 2 + 1
+
+    def arguments(self, names: Sequence[str], varargs: str | None, args: tuple[Any, ...],
+                  kwargs: Mapping[str, Any]) -> str:
+        """The call's arguments as a JSON object keyed by parameter name.
+
+        ``names`` are the positional parameter names (without ``self``/``cls`` when
+        ``args`` has had them removed); extra positional values are listed under
+        ``varargs`` (the ``*args`` name). Computed without ``inspect.Signature.bind``,
+        which costs several microseconds per call.
+        """
+        bound: dict[str, Any] = dict(zip(names, args, strict=False))  # extra args: below
+        if len(args) > len(names):
+            bound[varargs or "args"] = list(args[len(names):])
+        bound.update(kwargs)
+        return self.mapping(bound)
+
+    def mapping(self, items: Mapping[str, Any]) -> str:
+        """Named values (arguments given by name) as a JSON object."""
+        return self._dump(self._mapping(items, 0))
+
+    def value(self, value: Any, key: str = RETURN_KEY) -> str:
+        """One value (a return value, a result) as an attribute string."""
+        if is_secret_key(key):
+            return REDACTED
+        walked = self._walk(self._hooked(key, value), 0)
+        return walked if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
+
+    def _dump(self, obj: Any) -> str:
+        return truncated(_encode(obj), self.max_length)
+
+    def _hooked(self, key: str, value: Any) -> Any:
+        if self.hook is None:
+            return value
+        try:
+            return self.hook(key, value)
+        except Exception:  # a broken hook must neither break the call nor leak the value
+            logger.exception("spanhouse redact hook failed on %r; recording [REDACTED]", key)
+            return REDACTED
+
+    def _mapping(self, items: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        hook, limit = self.hook, self._max_items
+        for i, (k, v) in enumerate(items.items()):
+            if i == limit:
+                out["…"] = f"[truncated {len(items) - i} more entries]"
+                break
+            key = k if type(k) is str else str(k)
+            if is_secret_key(key):
+                out[key] = REDACTED
+            else:
+                out[key] = self._walk(v if hook is None else self._hooked(key, v), depth + 1)
+        return out
+
+    def _walk(self, v: Any, depth: int) -> Any:
+        """``v`` as JSON-compatible Python: the decision tree of the module docstring.
+
+        Exact-type checks for the common JSON types come first: ``isinstance`` against the
+        ``collections.abc`` classes is several times slower, and this runs for every value.
+        """
+        t = type(v)
+        if t is str:
+            return v if len(v) <= self.max_length else truncated(v, self.max_length)
+        if t is int or t is bool or v is None:
+            return v
+        if t is float:
+            return v if math.isfinite(v) else str(v)
+        if depth >= MAX_DEPTH:
+            return truncated(f"[nested deeper than {MAX_DEPTH}: {_repr(v)}]", self.max_length)
+        if t is dict:
+            return self._mapping(v, depth)
+        if t is list or t is tuple:
+            return self._sequence(v, depth)
+        if isinstance(v, enum.Enum):
+            return self._walk(v.value, depth + 1)
+        if isinstance(v, str):  # subclasses of the JSON scalars, as their plain values
+            return truncated(str(v), self.max_length)
+        if isinstance(v, int):
+            return int(v)
+        if isinstance(v, float):
+            return self._walk(float(v), depth)
+        if isinstance(v, Mapping):
+            return self._mapping(v, depth)
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            return _bytes_text(bytes(v), self.max_length)
+        if isinstance(v, (datetime.date, datetime.time)):
+            return v.isoformat()
+        if isinstance(v, (Sequence, Set, collections.deque, ValuesView)):
+            return self._sequence(v, depth)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return self._mapping({f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, depth)
+        dump = getattr(v, "model_dump", None)
+        if callable(dump) and not isinstance(v, type):
+            try:
+                return self._walk(dump(mode="json"), depth)
+            except Exception:  # a model that cannot dump itself is still recorded, as its repr
+                pass
+        return truncated(_repr(v), self.max_length)
+
+    def _sequence(self, items: Any, depth: int) -> list[Any]:
+        out: list[Any] = []
+        for i, item in enumerate(items):
+            if i == self._max_items:
+                out.append(f"[truncated {len(items) - i} more items]")
+                break
+            out.append(self._walk(item, depth + 1))
+        return out
+
+
+def _c_encoder() -> Callable[[Any], str]:
+    """A reusable compact JSON encoder for already JSON-safe values.
+
+    ``json.dumps`` (and ``JSONEncoder.encode``) build a new C encoder on every call, which
+    is most of the cost for the small values a tool call usually has; the C encoder itself
+    can be kept. No circular-reference tracking is needed: ``_walk`` has a depth limit.
+    Falls back to ``JSONEncoder.encode`` where the C accelerator does not exist.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:
+        return _ENCODER.encode
+    iterencode = make(None, None, basestring, None, ":", ",", False, False, True)
+    return lambda obj: "".join(iterencode(obj, 0))
+
+
+_encode: Final = _c_encoder()
+
+
+def _bytes_text(data: bytes, limit: int) -> str:
+    try:
+        return truncated(data.decode("utf-8"), limit)
+    except UnicodeDecodeError:
+        head = data[: limit * 3 // 4]  # base64 grows by 4/3: encode only what can be kept
+        text = "base64:" + base64.b64encode(head).decode("ascii")
+        return text if len(head) == len(data) else f"{text}…[truncated {len(data) - len(head)} of {len(data)} bytes]"
+
+
+def _repr(v: Any) -> str:
+    try:
+        return repr(v)
+    except Exception:
+        return f"<{type(v).__qualname__} (repr failed)>"

@@ -1,0 +1,624 @@
+"""The decorators and their context-manager forms, built by one factory.
+
+``_instrument(func, spec)`` wraps any callable according to what it is — a function, a
+coroutine function, a generator function or an async generator function — and keeps
+what callers can observe: ``functools.wraps`` metadata, coroutine-ness and
+generator-ness. ``staticmethod``/``classmethod`` objects are unwrapped, instrumented and
+rewrapped. All span work is in ``_Spec`` (what is known at decoration time) and
+``ActiveCall`` (one call in flight); the four wrappers only differ in how they call.
+
+Cost per call is kept close to a bare ``tracer.start_as_current_span``: the span name,
+the constant attributes, the parameter names used for argument capture and the kind of
+function are all worked out once, at decoration time; a call starts its span with
+``start_span`` and attaches the context directly (no generator-based context managers);
+arguments are serialised only when content capture is on and the span will record.
+
+Disabled SDK (``OTEL_SDK_DISABLED=true`` or ``configure(disabled=True)``): a function
+decorated while the SDK is disabled is returned as it is, so it costs nothing per call; one
+decorated before the SDK was disabled keeps a wrapper that calls straight through (one
+extra Python call).
+
+Generators: the span opens at the first ``next()`` and closes when the generator is
+exhausted, closed or raises, so it covers the whole iteration; the span is the current
+span only while the generator's own code runs, never in the consumer between items.
+
+Executions are roots. ``@execution`` always starts a new trace (an execution *is* a
+trace), linked to whatever span was current, so an execution started inside, say, an
+HTTP request handler is still listed as an execution of its own. ``record=False`` makes it
+start in an unsampled context instead: with the SDK's default parent-based sampler (and
+every ``parentbased_*`` choice of ``OTEL_TRACES_SAMPLER``) no span of that trace is even
+created, so nothing of it reaches any processor or exporter. A sampler that ignores the
+parent's decision would record its children anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Final, ParamSpec, TypeVar, overload
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from spanhouse.sdk import _runtime
+from spanhouse.sdk import _semconv as sc
+from spanhouse.sdk._content import RETURN_KEY
+from spanhouse.sdk._usage import record_response_usage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ROOT: Final = context_api.Context()  # a context with no span: start_span(context=_ROOT) makes a root
+_ids = RandomIdGenerator()
+_INPUT_KEY: Final = "input"
+_NOTHING: Any = object()  # "no input given", as distinct from an input of None
+
+
+class _Spec:
+    """Everything about a decorated function's spans that does not change between calls."""
+
+    __slots__ = (
+        "attributes",
+        "call_id_arg",
+        "call_id_index",
+        "capture",
+        "input_key",
+        "kind",
+        "name",
+        "output_key",
+        "params",
+        "reads_usage",
+        "record",
+        "root",
+        "skip_first",
+        "varargs",
+    )
+
+    def __init__(self, name: str, kind: SpanKind, attributes: dict[str, Any], *, input_key: str, output_key: str,
+                 capture: bool | None, root: bool = False, record: bool = True, reads_usage: bool = False,
+                 call_id_arg: str | None = None) -> None:
+        self.name = name
+        self.kind = kind
+        self.attributes = attributes
+        self.root = root
+        self.record = record
+        self.capture = capture
+        self.input_key = input_key
+        self.output_key = output_key
+        self.reads_usage = reads_usage
+        self.call_id_arg = call_id_arg
+        self.call_id_index: int | None = None
+        self.params: tuple[str, ...] = ()
+        self.varargs: str | None = None
+        self.skip_first = False
+
+    def bind_signature(self, func: Callable[..., Any]) -> None:
+        """Learn the positional parameter names once, for argument capture and ``call_id_arg``."""
+        try:
+            parameters = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError):  # builtins and some C callables have no signature
+            parameters = []
+        positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.skip_first = bool(positional) and positional[0] in ("self", "cls")
+        self.params = tuple(positional[1:] if self.skip_first else positional)
+        self.varargs = next((p.name for p in parameters if p.kind is p.VAR_POSITIONAL), None)
+        if self.call_id_arg is not None:
+            if self.call_id_arg not in {p.name for p in parameters}:
+                raise ValueError(f"call_id_arg {self.call_id_arg!r} is not a parameter of {func.__qualname__}")
+            if self.call_id_arg in self.params:
+                self.call_id_index = self.params.index(self.call_id_arg)
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, attach: bool) -> ActiveCall:
+        """Start the span of one call of the decorated function."""
+        rt = _runtime.current
+        if self.skip_first:
+            args = args[1:]
+        attributes = self.attributes
+        if self.call_id_arg is not None:
+            call_id = kwargs.get(self.call_id_arg)
+            if call_id is None and self.call_id_index is not None and self.call_id_index < len(args):
+                call_id = args[self.call_id_index]
+            if call_id is not None:
+                attributes = {**attributes, sc.TOOL_CALL_ID: str(call_id)}
+        capture = rt.capture_content if self.capture is None else self.capture
+        captured = rt.content.arguments(self.params, self.varargs, args, kwargs) \
+            if capture and self._will_record() else None
+        return ActiveCall(self, rt, attributes, captured, attach=attach, capture=capture)
+
+    def block(self, value: Any, *, as_arguments: bool) -> ActiveCall:
+        """Start the span of a ``with`` block; ``value`` is its input (``_NOTHING``: none)."""
+        rt = _runtime.current
+        if rt.disabled:
+            return ActiveCall.unrecorded(self)
+        capture = rt.capture_content if self.capture is None else self.capture
+        captured = None
+        if capture and value is not _NOTHING and self._will_record():
+            captured = rt.content.mapping(value) if as_arguments else rt.content.value(value, _INPUT_KEY)
+        return ActiveCall(self, rt, self.attributes, captured, attach=True, capture=capture)
+
+    def _will_record(self) -> bool:
+        """Whether the span about to start can record: not inside an unrecorded execution.
+
+        The input is serialised before the span starts (so that an execution's running
+        marker, built as it starts, carries it), hence this look-ahead; it is skipped where
+        the span would drop it anyway.
+        """
+        if self.root:
+            return self.record
+        parent = trace.get_current_span().get_span_context()
+        return not parent.is_valid or parent.trace_flags.sampled
+
+
+class ActiveCall:
+    """One span in flight, from a decorated call or a ``with tool_call(...)`` block.
+
+    Attributes:
+        span: the OpenTelemetry span, for anything the SDK does not wrap.
+    """
+
+    __slots__ = ("_content", "_context", "_item_count", "_items", "_spec", "_token", "span")
+
+    def __init__(self, spec: _Spec, rt: _runtime.Runtime, attributes: dict[str, Any], captured: str | None, *,
+                 attach: bool, capture: bool) -> None:
+        self._spec = spec
+        if captured is not None:
+            attributes = {**attributes, spec.input_key: captured}
+        if not spec.root:
+            self.span: trace.Span = rt.tracer.start_span(spec.name, None, spec.kind, attributes)
+        elif spec.record:
+            current = trace.get_current_span().get_span_context()
+            links = (Link(current),) if current.is_valid else ()
+            self.span = rt.tracer.start_span(spec.name, _ROOT, spec.kind, attributes, links)
+        else:
+            self.span = NonRecordingSpan(SpanContext(_ids.generate_trace_id(), _ids.generate_span_id(),
+                                                     is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT)))
+        self._content = rt.content if capture and self.span.is_recording() else None
+        self._context = trace.set_span_in_context(self.span)
+        self._token = context_api.attach(self._context) if attach else None
+        self._items: list[Any] | None = None
+        self._item_count = 0
+
+    @classmethod
+    def unrecorded(cls, spec: _Spec) -> ActiveCall:
+        """A call that records nothing (the SDK is disabled), for code that needs a call object."""
+        call = cls.__new__(cls)
+        call._spec = spec
+        call.span = trace.INVALID_SPAN
+        call._content = None
+        call._context = context_api.get_current()
+        call._token = None
+        call._items = None
+        call._item_count = 0
+        return call
+
+    def set_result(self, value: Any) -> None:
+        """Record ``value`` as the result/output (when content capture is on); for a model
+        call, also the usage it reports."""
+        if self._content is not None:
+            self.span.set_attribute(self._spec.output_key, self._content.value(value, RETURN_KEY))
+        if self._spec.reads_usage and value is not None:
+            record_response_usage(self.span, value)
+
+    def succeed(self, result: Any) -> None:
+        """End the span after a normal return of ``result``."""
+        self.set_result(result)
+        self.end()
+
+    def fail(self, exc: BaseException) -> None:
+        """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR."""
+        if isinstance(exc, GeneratorExit):  # the consumer stopped iterating: not a failure
+            self.end()
+            return
+        span = self.span
+        if span.is_recording():
+            error_type = qualified_name(type(exc))
+            span.record_exception(exc, escaped=True)
+            span.set_attribute(sc.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, str(exc) or error_type))
+        self.end()
+
+    def end(self) -> None:
+        """End the span (and make it no longer current)."""
+        self.span.end()
+        if self._token is not None:
+            context_api.detach(self._token)
+            self._token = None
+
+    # Generators: the span is current only while the generator's own code runs.
+
+    def enter(self) -> object:
+        return context_api.attach(self._context)
+
+    @staticmethod
+    def leave(token: object) -> None:
+        context_api.detach(token)  # type: ignore[arg-type]
+
+    def collect(self, item: Any) -> None:
+        """Keep a yielded item for the result, up to what could fit in the captured value."""
+        if self._content is None:
+            return
+        if self._items is None:
+            self._items = []
+        self._item_count += 1
+        if len(self._items) < self._content.max_length // 2 + 1:
+            self._items.append(item)
+
+    def yielded(self) -> list[Any] | None:
+        """The items kept by ``collect``, with a marker for those left out."""
+        if self._items is None:
+            return None if self._content is None else []
+        left_out = self._item_count - len(self._items)
+        return [*self._items, f"[truncated {left_out} more items]"] if left_out else self._items
+
+
+def qualified_name(cls: type) -> str:
+    """``module.QualName``, or just ``QualName`` for builtins (``ValueError``): what the SDK
+    writes as ``exception.type``, so the two always agree."""
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _instrument(func: Any, make_spec: Callable[[Callable[..., Any]], _Spec]) -> Any:
+    """Wrap ``func`` (any kind of function, or a static/class method object) with spans from ``make_spec``."""
+    if isinstance(func, (staticmethod, classmethod)):
+        return type(func)(_instrument(func.__func__, make_spec))
+    if not callable(func):
+        raise TypeError(f"cannot instrument {func!r}: not callable (use the decorator as @tool or @tool(name=...))")
+    spec = make_spec(func)
+    spec.bind_signature(func)
+    if _runtime.current.disabled:  # decided before decorating: no wrapper at all, zero cost per call
+        return func
+    if inspect.isasyncgenfunction(func):
+        return _async_generator_wrapper(func, spec)
+    if inspect.iscoroutinefunction(func):
+        return _coroutine_wrapper(func, spec)
+    if inspect.isgeneratorfunction(func):
+        return _generator_wrapper(func, spec)
+    return _function_wrapper(func, spec)
+
+
+def _function_wrapper(func: Callable[P, R], spec: _Spec) -> Callable[P, R]:
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if _runtime.current.disabled:
+            return func(*args, **kwargs)
+        call = spec.call(args, kwargs, attach=True)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.succeed(result)
+        return result
+
+    return wrapper
+
+
+def _coroutine_wrapper(func: Callable[P, Any], spec: _Spec) -> Callable[P, Any]:
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+        if _runtime.current.disabled:
+            return await func(*args, **kwargs)
+        call = spec.call(args, kwargs, attach=True)
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        call.succeed(result)
+        return result
+
+    return wrapper
+
+
+Gen = Generator[Any, Any, Any]
+AsyncGen = AsyncGenerator[Any, Any]
+
+
+def _generator_wrapper(func: Callable[P, Gen], spec: _Spec) -> Callable[P, Gen]:
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Gen:
+        if _runtime.current.disabled:
+            return (yield from func(*args, **kwargs))
+        gen = func(*args, **kwargs)
+        call = spec.call(args, kwargs, attach=False)
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                token = call.enter()
+                try:
+                    item = gen.send(sent) if thrown is None else gen.throw(thrown)
+                finally:
+                    call.leave(token)
+                sent = thrown = None
+                call.collect(item)
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    token = call.enter()
+                    try:
+                        gen.close()
+                    finally:
+                        call.leave(token)
+                    raise
+                except BaseException as exc:  # consumer's gen.throw(): pass it into the generator
+                    thrown = exc
+        except StopIteration as stop:
+            call.succeed(call.yielded())
+            return stop.value
+        except GeneratorExit:  # closed early by the consumer: a success, with what it got
+            call.succeed(call.yielded())
+            raise
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+
+    return wrapper
+
+
+def _async_generator_wrapper(func: Callable[P, AsyncGen], spec: _Spec) -> Callable[P, AsyncGen]:
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGen:
+        agen = func(*args, **kwargs)
+        # No ``yield from`` for async generators: when disabled, the same loop runs with a
+        # call that records nothing.
+        call = ActiveCall.unrecorded(spec) if _runtime.current.disabled else spec.call(args, kwargs, attach=False)
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                token = call.enter()
+                try:
+                    item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
+                finally:
+                    call.leave(token)
+                sent = thrown = None
+                call.collect(item)
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    token = call.enter()
+                    try:
+                        await agen.aclose()
+                    finally:
+                        call.leave(token)
+                    raise
+                except BaseException as exc:  # consumer's athrow(): pass it into the generator
+                    thrown = exc
+        except (StopAsyncIteration, GeneratorExit) as end:  # exhausted, or closed early by the consumer
+            call.succeed(call.yielded())
+            if isinstance(end, GeneratorExit):
+                raise
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+
+    return wrapper
+
+
+def _name_of(func: Callable[..., Any]) -> str:
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+def _docstring_line(func: Callable[..., Any]) -> str | None:
+    """The first line of a function's own docstring (not of a partial's or callable's class)."""
+    doc = func.__doc__ if inspect.isroutine(func) else None
+    return doc.strip().splitlines()[0].strip() if doc and doc.strip() else None
+
+
+def _check_name(label: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{label} must be a non-empty string, not {value!r}")
+
+
+def _check_capture(value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"capture_content must be True, False or None, not {value!r}")
+
+
+def _execution_spec(name: str, record: bool, capture: bool | None) -> _Spec:
+    _check_name("name", name)
+    _check_capture(capture)
+    if not isinstance(record, bool):
+        raise ValueError(f"record must be True or False, not {record!r}")
+    return _Spec(f"{sc.OP_INVOKE_WORKFLOW} {name}", SpanKind.INTERNAL,
+                 {sc.OPERATION_NAME: sc.OP_INVOKE_WORKFLOW, sc.WORKFLOW_NAME: name},
+                 input_key=sc.INPUT, output_key=sc.OUTPUT, capture=capture, root=True, record=record)
+
+
+def _agent_spec(name: str, description: str | None, capture: bool | None) -> _Spec:
+    _check_name("name", name)
+    _check_name("description", description)
+    _check_capture(capture)
+    attributes = {sc.OPERATION_NAME: sc.OP_INVOKE_AGENT, sc.AGENT_NAME: name}
+    if description:
+        attributes[sc.AGENT_DESCRIPTION] = description
+    return _Spec(f"{sc.OP_INVOKE_AGENT} {name}", SpanKind.INTERNAL, attributes,
+                 input_key=sc.INPUT, output_key=sc.OUTPUT, capture=capture)
+
+
+def _tool_spec(name: str, description: str | None, tool_type: str, call_id: str | None, call_id_arg: str | None,
+               capture: bool | None) -> _Spec:
+    for label, value in (("name", name), ("description", description), ("tool_type", tool_type),
+                         ("call_id", call_id), ("call_id_arg", call_id_arg)):
+        _check_name(label, value)
+    _check_capture(capture)
+    attributes = {sc.OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.TOOL_NAME: name, sc.TOOL_TYPE: tool_type}
+    if description:
+        attributes[sc.TOOL_DESCRIPTION] = description
+    if call_id:
+        attributes[sc.TOOL_CALL_ID] = call_id
+    return _Spec(f"{sc.OP_EXECUTE_TOOL} {name}", SpanKind.INTERNAL, attributes, input_key=sc.TOOL_CALL_ARGUMENTS,
+                 output_key=sc.TOOL_CALL_RESULT, capture=capture, call_id_arg=call_id_arg)
+
+
+def _llm_spec(model: str | None, fallback_name: str, provider: str | None, operation: str,
+              capture: bool | None) -> _Spec:
+    for label, value in (("model", model), ("provider", provider), ("operation", operation)):
+        _check_name(label, value)
+    _check_capture(capture)
+    attributes = {sc.OPERATION_NAME: operation}
+    if model:
+        attributes[sc.REQUEST_MODEL] = model
+    if provider:
+        attributes[sc.PROVIDER_NAME] = provider
+    return _Spec(f"{operation} {model or fallback_name}", SpanKind.CLIENT, attributes, input_key=sc.INPUT,
+                 output_key=sc.OUTPUT, capture=capture, reads_usage=True)
+
+
+@overload
+def execution(func: F, /) -> F: ...
+@overload
+def execution(*, name: str | None = None, record: bool = True,
+              capture_content: bool | None = None) -> Callable[[F], F]: ...
+def execution(func: Any = None, /, *, name: str | None = None, record: bool = True,
+              capture_content: bool | None = None) -> Any:
+    """Mark a function as an execution: the root of its own trace, ``invoke_workflow {name}``.
+
+    Args:
+        name: the execution's name (``gen_ai.workflow.name``); the function's name by default.
+        record: False drops every span of this execution (see the module docstring).
+        capture_content: record arguments and return value as ``spanhouse.input`` /
+            ``spanhouse.output``; None follows ``configure(capture_content=...)``.
+
+    While it runs, the execution is listed as running (the processor exports a start
+    marker). If a span is current when it starts, the execution links to it.
+    """
+    _check_name("name", name)
+
+    def decorate(f: Any) -> Any:
+        return _instrument(f, lambda fn: _execution_spec(name or _name_of(fn), record, capture_content))
+    return decorate(func) if func is not None else decorate
+
+
+workflow = execution
+"""Alias of ``execution``, in the GenAI conventions' word (``invoke_workflow``)."""
+
+
+@overload
+def agent(func: F, /) -> F: ...
+@overload
+def agent(*, name: str | None = None, description: str | None = None,
+          capture_content: bool | None = None) -> Callable[[F], F]: ...
+def agent(func: Any = None, /, *, name: str | None = None, description: str | None = None,
+          capture_content: bool | None = None) -> Any:
+    """Mark a function as an agent: ``invoke_agent {name}`` with ``gen_ai.agent.name``.
+
+    Inside an execution it is a span of that execution; called with no span current it
+    starts a trace of its own and is an execution itself (listed as running while it runs).
+
+    Args:
+        name: the agent's name; the function's name by default.
+        description: ``gen_ai.agent.description``.
+        capture_content: as for ``execution``.
+    """
+    _check_name("name", name)
+
+    def decorate(f: Any) -> Any:
+        return _instrument(f, lambda fn: _agent_spec(name or _name_of(fn), description, capture_content))
+    return decorate(func) if func is not None else decorate
+
+
+@overload
+def tool(func: F, /) -> F: ...
+@overload
+def tool(*, name: str | None = None, description: str | None = None, tool_type: str = "function",
+         call_id_arg: str | None = None, capture_content: bool | None = None) -> Callable[[F], F]: ...
+def tool(func: Any = None, /, *, name: str | None = None, description: str | None = None, tool_type: str = "function",
+         call_id_arg: str | None = None, capture_content: bool | None = None) -> Any:
+    """Mark a function as a tool: ``execute_tool {name}``, what spanhouse's tool statistics count.
+
+    Args:
+        name: ``gen_ai.tool.name``; the function's name by default.
+        description: ``gen_ai.tool.description``; the first line of the docstring by default.
+        tool_type: ``gen_ai.tool.type``: ``function`` (default), ``extension`` or ``datastore``.
+        call_id_arg: the parameter holding the model's tool-call id, recorded as
+            ``gen_ai.tool.call.id``.
+        capture_content: record arguments and result as ``gen_ai.tool.call.arguments`` /
+            ``gen_ai.tool.call.result``; None follows ``configure(capture_content=...)``.
+    """
+    _check_name("name", name)
+
+    def decorate(f: Any) -> Any:
+        return _instrument(f, lambda fn: _tool_spec(name or _name_of(fn), description or _docstring_line(fn),
+                                                    tool_type, None, call_id_arg, capture_content))
+    return decorate(func) if func is not None else decorate
+
+
+@overload
+def llm(func: F, /) -> F: ...
+@overload
+def llm(*, model: str | None = None, provider: str | None = None, operation: str = sc.OP_CHAT,
+        capture_content: bool | None = None) -> Callable[[F], F]: ...
+def llm(func: Any = None, /, *, model: str | None = None, provider: str | None = None, operation: str = sc.OP_CHAT,
+        capture_content: bool | None = None) -> Any:
+    """Mark a function as a model call: ``chat {model}``, kind CLIENT, ``gen_ai.request.model``.
+
+    If the function returns a response that reports usage (``response.usage`` with
+    ``input_tokens``/``output_tokens`` or ``prompt_tokens``/``completion_tokens``, as the
+    Anthropic and OpenAI clients' responses do), it is recorded with its cost; otherwise
+    call ``record_usage()`` inside.
+
+    Args:
+        model: ``gen_ai.request.model``, also the price-table key; without it the span is
+            named after the function.
+        provider: ``gen_ai.provider.name`` (``openai``, ``anthropic``, …).
+        operation: ``gen_ai.operation.name``: ``chat`` (default), ``text_completion``,
+            ``generate_content``, ``embeddings``.
+        capture_content: as for ``execution``.
+    """
+    def decorate(f: Any) -> Any:
+        return _instrument(f, lambda fn: _llm_spec(model, _name_of(fn), provider, operation, capture_content))
+    return decorate(func) if func is not None else decorate
+
+
+@contextmanager
+def _block(spec: _Spec, value: Any, *, as_arguments: bool = False) -> Iterator[ActiveCall]:
+    call = spec.block(value, as_arguments=as_arguments)
+    try:
+        yield call
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    call.end()
+
+
+def execution_span(name: str, *, record: bool = True, input: Any = _NOTHING,
+                   capture_content: bool | None = None) -> AbstractContextManager[ActiveCall]:
+    """``with execution_span("nightly-report") as run:``: ``@execution`` for a block of code.
+
+    ``input`` is recorded as ``spanhouse.input``; ``run.set_result(x)`` records the output.
+    """
+    return _block(_execution_spec(name, record, capture_content), input)
+
+
+def agent_span(name: str, *, description: str | None = None, input: Any = _NOTHING,
+               capture_content: bool | None = None) -> AbstractContextManager[ActiveCall]:
+    """``with agent_span("planner") as a:``: ``@agent`` for a block of code."""
+    return _block(_agent_spec(name, description, capture_content), input)
+
+
+def tool_call(name: str, *, arguments: Mapping[str, Any] | None = None, call_id: str | None = None,
+              description: str | None = None, tool_type: str = "function",
+              capture_content: bool | None = None) -> AbstractContextManager[ActiveCall]:
+    """``with tool_call("search", arguments={"q": q}) as t: ... t.set_result(hits)``: ``@tool`` for a block."""
+    if arguments is not None and not isinstance(arguments, Mapping):
+        raise ValueError(f"arguments must be a mapping of argument names to values, not {arguments!r}")
+    spec = _tool_spec(name, description, tool_type, call_id, None, capture_content)
+    return _block(spec, _NOTHING if arguments is None else arguments, as_arguments=True)
+
+
+def llm_call(model: str, *, provider: str | None = None, operation: str = sc.OP_CHAT, input: Any = _NOTHING,
+             capture_content: bool | None = None) -> AbstractContextManager[ActiveCall]:
+    """``with llm_call("gpt-4o") as c: ... record_usage(...)``: ``@llm`` for a block of code.
+
+    ``c.set_result(response)`` records the output; usage is read off it as ``@llm`` does.
+    """
+    _check_name("model", model)
+    return _block(_llm_spec(model, model, provider, operation, capture_content), input)

@@ -1,0 +1,108 @@
+"""Feedback on an execution, sent as a span so that it travels over plain OTLP.
+
+``feedback()`` emits one ``spanhouse.feedback`` span carrying the rated execution's id,
+the name, value and comment; the store's ``feedback`` view files it (see
+clickhouse/schema/0006_errors_feedback.sql). It is its own trace (a rating given in a
+later HTTP request must not become part of that request's trace, nor be counted as
+work of the execution it rates) and links to the execution's trace.
+
+The link points at the current span when feedback is given from inside the execution
+itself; otherwise the process does not know which span is the execution's root, so the
+link names the trace with no span id (kept by the SDK because it carries an attribute,
+and the attribute ``spanhouse.feedback.execution_id`` is what the store reads first).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN_ID, Link, SpanContext, SpanKind
+
+from spanhouse.sdk import _runtime
+from spanhouse.sdk import _semconv as sc
+
+DEFAULT_NAME: Final = "user_rating"
+_LINK_ATTRIBUTES: Final = {"spanhouse.link.type": "feedback_for"}
+
+
+def current_execution_id() -> str | None:
+    """The id of the execution the caller runs in (its trace id, 32 hex digits).
+
+    None outside any span, and inside an execution that is not recorded
+    (``@execution(record=False)``), where feedback would have nothing to attach to.
+    """
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return None
+    return format(ctx.trace_id, "032x")
+
+
+def feedback(execution_id: str, *, rating: int | None = None, value: float | None = None, name: str = DEFAULT_NAME,
+             comment: str | None = None) -> None:
+    """Record feedback on an execution: a 1–5 ``rating`` or any numeric ``value``.
+
+    Args:
+        execution_id: what ``current_execution_id()`` returned while the execution ran.
+        rating: an int from 1 to 5 (give this or ``value``).
+        value: any finite number, e.g. a 0–1 score from an evaluator.
+        name: what is measured; ``user_rating`` unless given.
+        comment: free text.
+
+    The span is exported like any other (``flush()`` sends it at once). ``user.id`` comes
+    from an enclosing ``session()``.
+
+    Raises:
+        ValueError: the id is not 32 hex digits, both or neither of ``rating`` and
+            ``value`` are given, the rating is not 1–5, or the value is not finite.
+    """
+    trace_id = _parse_execution_id(execution_id)
+    score = _score(rating, value)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, not {name!r}")
+    if comment is not None and not isinstance(comment, str):
+        raise ValueError(f"comment must be a string, not {comment!r}")
+    rt = _runtime.current
+    if rt.disabled:
+        return
+    attributes: dict[str, str | float] = {
+        sc.FEEDBACK_EXECUTION_ID: format(trace_id, "032x"),
+        sc.FEEDBACK_NAME: name,
+        sc.FEEDBACK_VALUE: score,
+    }
+    if comment is not None:
+        attributes[sc.FEEDBACK_COMMENT] = comment
+    rt.tracer.start_span(sc.FEEDBACK_SPAN_NAME, context_api.Context(), SpanKind.INTERNAL, attributes,
+                         [_link_to(trace_id)]).end()
+
+
+def _link_to(trace_id: int) -> Link:
+    here = trace.get_current_span().get_span_context()
+    if here.is_valid and here.trace_id == trace_id:
+        return Link(here, _LINK_ATTRIBUTES)
+    return Link(SpanContext(trace_id, INVALID_SPAN_ID, is_remote=True), _LINK_ATTRIBUTES)
+
+
+def _parse_execution_id(execution_id: str) -> int:
+    if isinstance(execution_id, str) and len(execution_id) == 32:
+        try:
+            trace_id = int(execution_id, 16)
+        except ValueError:
+            trace_id = 0
+        if trace_id:
+            return trace_id
+    raise ValueError(f"execution_id must be a trace id of 32 hex digits (not all zero), not {execution_id!r}")
+
+
+def _score(rating: int | None, value: float | None) -> float:
+    if (rating is None) == (value is None):
+        raise ValueError("give exactly one of rating (1-5) and value")
+    if rating is not None:
+        if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+            raise ValueError(f"rating must be an int from 1 to 5, not {rating!r}")
+        return float(rating)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"value must be a finite number, not {value!r}")
+    return float(value)

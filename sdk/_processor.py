@@ -1,0 +1,252 @@
+"""spanhouse's span processor: sessions on every span, running markers, batched export.
+
+``SpanhouseSpanProcessor`` is the one thing ``configure()`` adds to a TracerProvider (its
+own or the application's). It
+
+* stamps the ids of the enclosing ``session()`` on every span as it starts, whoever
+  started it;
+* exports a *running marker* the moment an execution starts (below);
+* hands finished spans to a ``BatchSpanProcessor`` (or, in tests, a
+  ``SimpleSpanProcessor``), unchanged.
+
+Running marker. A span is exported only when it ends, so without help an execution that
+is still running is invisible. When a root span (no parent) whose
+``gen_ai.operation.name`` is ``invoke_workflow`` or ``invoke_agent`` starts, the processor
+builds a copy of it as it is at that moment (same trace, name, start time, resource and
+attributes; a new span id; no parent; ending when it starts) plus
+``spanhouse.execution.state = running``, and sends it at once from a background thread,
+not waiting for the batch. The store lists it as a running execution and replaces it by
+the real root span when that arrives (0005_executions.sql keys both on tenant, start time
+and trace id); every other view ignores it by that attribute.
+
+Fork. The SDK's BatchSpanProcessor already restarts its worker thread in a forked child
+and empties the child's copy of the queue (``os.register_at_fork`` in ``BatchProcessor``,
+checked in opentelemetry-sdk 1.45), so that is not repeated here. What it does not do is
+give the child its own connection: the HTTP exporter's pooled keep-alive socket is shared
+with the parent after a fork, and when both export at once the collector receives
+interleaved bytes (400 Bad Request; tests/test_sdk_e2e.py shows it). ``ForkSafeExporter``
+therefore builds a fresh exporter the first time it exports in a new process (for gRPC,
+which reconnects by itself, this just costs a new channel), and the marker sender here
+restarts its own thread through ``os.register_at_fork``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from opentelemetry import context as context_api
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import SpanContext
+
+from spanhouse.sdk import _semconv as sc
+from spanhouse.sdk._session import SESSION_KEY
+
+logger = logging.getLogger("spanhouse.sdk")
+
+EXECUTION_OPERATIONS: Final = frozenset({sc.OP_INVOKE_WORKFLOW, sc.OP_INVOKE_AGENT})
+MAX_PENDING_MARKERS: Final = 2048  # like the batch queue: bounded, so a dead collector cannot grow memory
+_ids = RandomIdGenerator()
+
+
+class SpanhouseSpanProcessor(SpanProcessor):
+    """Sessions, running markers and batched export (see the module docstring).
+
+    Args:
+        exporter: where finished spans go.
+        marker_exporter: where markers go; ``exporter`` when not given. A separate
+            instance keeps markers off the connection a large batch is using.
+        synchronous: export each span and marker in the calling thread, for tests.
+
+    A TracerProvider has no way to remove a processor, so a reconfiguration does not add
+    a second one: ``replace`` swaps the export pipeline inside this one.
+    """
+
+    def __init__(self, exporter: SpanExporter, *, marker_exporter: SpanExporter | None = None,
+                 synchronous: bool = False) -> None:
+        self._pipeline: _Pipeline | None = _Pipeline(exporter, marker_exporter, synchronous)
+
+    def replace(self, exporter: SpanExporter, *, marker_exporter: SpanExporter | None = None) -> None:
+        """Export through new exporters from now on; flush and shut down the old ones."""
+        old, self._pipeline = self._pipeline, _Pipeline(exporter, marker_exporter, synchronous=False)
+        if old is not None:
+            old.shutdown()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        stamp = context_api.get_value(SESSION_KEY)
+        if stamp:
+            span.set_attributes(stamp)  # type: ignore[arg-type]
+        if span.parent is None and is_execution(span):
+            pipeline = self._pipeline
+            if pipeline is not None:
+                pipeline.markers.send(running_marker(span))
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.spans.on_end(span)
+
+    def shutdown(self) -> None:
+        old, self._pipeline = self._pipeline, None
+        if old is not None:
+            old.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return True
+        pipeline.markers.flush()
+        return pipeline.spans.force_flush(timeout_millis)
+
+
+class _Pipeline:
+    """The span processor and marker sender that share one destination."""
+
+    __slots__ = ("markers", "spans")
+
+    def __init__(self, exporter: SpanExporter, marker_exporter: SpanExporter | None, synchronous: bool) -> None:
+        self.spans: SpanProcessor = SimpleSpanProcessor(exporter) if synchronous else BatchSpanProcessor(exporter)
+        self.markers = _MarkerSender(marker_exporter or exporter, owns_exporter=marker_exporter is not None,
+                                     synchronous=synchronous)
+
+    def shutdown(self) -> None:
+        self.markers.shutdown()
+        self.spans.shutdown()
+
+
+def is_execution(span: ReadableSpan) -> bool:
+    """Whether ``span`` is an execution, should it be a root: a workflow or an agent."""
+    operation = (span.attributes or {}).get(sc.OPERATION_NAME)
+    return isinstance(operation, str) and operation in EXECUTION_OPERATIONS
+
+
+def running_marker(span: Span) -> ReadableSpan:
+    """The start marker of the execution ``span`` (see the module docstring)."""
+    ctx = span.get_span_context()
+    return ReadableSpan(
+        name=span.name,
+        context=SpanContext(ctx.trace_id, _ids.generate_span_id(), is_remote=False, trace_flags=ctx.trace_flags,
+                            trace_state=ctx.trace_state),
+        parent=None,
+        resource=span.resource,
+        attributes={**(span.attributes or {}), sc.EXECUTION_STATE: sc.STATE_RUNNING},
+        kind=span.kind,
+        start_time=span.start_time,
+        end_time=span.start_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class _MarkerSender:
+    """Exports markers as soon as they exist, off the caller's thread, in one request per wake-up."""
+
+    def __init__(self, exporter: SpanExporter, *, owns_exporter: bool, synchronous: bool) -> None:
+        self._exporter = exporter
+        self._owns_exporter = owns_exporter
+        self._synchronous = synchronous
+        self._pending: collections.deque[ReadableSpan] = collections.deque(maxlen=MAX_PENDING_MARKERS)
+        self._closed = False
+        self._start()
+        if not synchronous:
+            weak_restart = weakref.WeakMethod(self._start)
+
+            def after_fork_in_child() -> None:
+                restart = weak_restart()
+                if restart is not None:
+                    restart()
+
+            os.register_at_fork(after_in_child=after_fork_in_child)
+
+    def _start(self) -> None:
+        """(Re)create the lock, queue state and thread; in a forked child, the parent's are gone."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending.clear()
+        if not self._synchronous and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="SpanhouseMarkerSender", daemon=True)
+            self._thread.start()
+
+    def send(self, marker: ReadableSpan) -> None:
+        if self._closed:
+            return
+        if len(self._pending) == MAX_PENDING_MARKERS:
+            logger.warning("spanhouse: running-marker queue full (collector unreachable?); dropping the oldest")
+        self._pending.append(marker)
+        if self._synchronous:
+            self.flush()
+        else:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Export every pending marker now, in the calling thread."""
+        with self._lock:
+            batch: list[ReadableSpan] = []
+            while self._pending:
+                batch.append(self._pending.popleft())
+            if not batch:
+                return
+            token = context_api.attach(context_api.set_value(context_api._SUPPRESS_INSTRUMENTATION_KEY, True))
+            try:
+                if self._exporter.export(batch) is not SpanExportResult.SUCCESS:
+                    logger.warning("spanhouse: %d running marker(s) were not exported", len(batch))
+            except Exception:  # an exporter must never break the application
+                logger.exception("spanhouse: exporting running markers failed")
+            finally:
+                context_api.detach(token)
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if not self._synchronous:
+            self._thread.join(timeout=5)
+        self.flush()
+        if self._owns_exporter:
+            self._exporter.shutdown()
+
+
+class ForkSafeExporter(SpanExporter):
+    """An exporter made by ``factory``, made again in each forked child before its first export.
+
+    The parent's exporter object is abandoned in the child, never shut down there: closing
+    it would act on sockets and threads that belong to the parent.
+    """
+
+    def __init__(self, factory: Callable[[], SpanExporter]) -> None:
+        self._factory = factory
+        self._exporter = factory()
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _current(self) -> SpanExporter:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._exporter = self._factory()
+                    self._pid = os.getpid()
+        return self._exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._current().export(spans)
+
+    def shutdown(self) -> None:
+        if self._pid == os.getpid():  # nothing of this process's own to shut down otherwise
+            self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis) if self._pid == os.getpid() else True

@@ -1,0 +1,61 @@
+"""The state the decorators read on every call, swapped whole by ``configure()``.
+
+One immutable snapshot behind one module attribute: a call reads it once and sees a
+consistent tracer, switch and content policy even while another thread reconfigures,
+and the per-call cost is one attribute load. Before ``configure()`` runs, the snapshot
+comes from the environment and uses a proxy tracer that follows the global
+TracerProvider, so an application that sets up OpenTelemetry itself can use the
+decorators without calling ``configure()`` at all.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from opentelemetry import trace
+
+from spanhouse import __version__
+from spanhouse.sdk._config import (
+    DEFAULT_MAX_VALUE_LENGTH,
+    OTEL_SDK_DISABLED,
+    SPANHOUSE_CAPTURE_CONTENT,
+    SPANHOUSE_MAX_VALUE_LENGTH,
+    env_bool,
+    env_positive_int,
+)
+from spanhouse.sdk._content import ContentPolicy
+
+SCOPE_NAME: Final = "spanhouse.sdk"
+SCOPE_VERSION: Final = __version__
+
+
+class Runtime:
+    """What a decorated call needs: the tracer, the off switch, the content policy."""
+
+    __slots__ = ("capture_content", "content", "disabled", "tracer")
+
+    def __init__(self, tracer: trace.Tracer, *, disabled: bool, capture_content: bool, content: ContentPolicy) -> None:
+        self.tracer = tracer
+        self.disabled = disabled
+        self.capture_content = capture_content
+        self.content = content
+
+
+def from_environment() -> Runtime:
+    """The snapshot an unconfigured process uses."""
+    return Runtime(
+        trace.get_tracer(SCOPE_NAME, SCOPE_VERSION),
+        disabled=env_bool(OTEL_SDK_DISABLED, False),
+        capture_content=env_bool(SPANHOUSE_CAPTURE_CONTENT, True),
+        content=ContentPolicy(env_positive_int(SPANHOUSE_MAX_VALUE_LENGTH, DEFAULT_MAX_VALUE_LENGTH)),
+    )
+
+
+current: Runtime = from_environment()
+
+
+def install(runtime: Runtime) -> Runtime:
+    """Make ``runtime`` the one every call reads; return the one it replaces."""
+    global current
+    previous, current = current, runtime
+    return previous

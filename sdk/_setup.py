@@ -1,0 +1,195 @@
+"""``configure()``, ``flush()`` and ``shutdown()``: connecting the decorators to a collector.
+
+``configure()`` resolves its settings (``_config``), then either adds spanhouse's span
+processor to the TracerProvider the application already has, or, when there is none,
+creates one (with the service name and resource attributes) and makes it the global
+provider. It never replaces an application's provider and never adds a second
+spanhouse processor to one: calling it again with the same arguments does nothing, with
+different ones it swaps the exporters inside the processor it added before.
+
+Spans leave through a ``BatchSpanProcessor`` and the OTLP exporter of the chosen
+protocol, made fork-safe (``_processor.ForkSafeExporter``). They are flushed by
+``flush()``, and at interpreter exit: by the provider's own exit hook, and by one
+registered here for providers created with ``shutdown_on_exit=False``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from spanhouse.sdk import _config, _runtime
+from spanhouse.sdk._content import ContentPolicy, RedactHook
+from spanhouse.sdk._processor import ForkSafeExporter, SpanhouseSpanProcessor
+
+logger = logging.getLogger("spanhouse.sdk")
+
+_lock = threading.Lock()
+_processors: weakref.WeakKeyDictionary[TracerProvider, SpanhouseSpanProcessor] = weakref.WeakKeyDictionary()
+_active: tuple[tuple[Any, ...], SpanhouseSpanProcessor | None] | None = None  # (what configured it, its processor)
+_exit_hook_registered = False
+
+
+def configure(
+    endpoint: str | None = None,
+    *,
+    protocol: str | None = None,
+    service_name: str | None = None,
+    api_key: str | None = None,
+    capture_content: bool | None = None,
+    max_value_length: int | None = None,
+    redact: RedactHook | None = None,
+    headers: Mapping[str, str] | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    disabled: bool | None = None,
+    tracer_provider: TracerProvider | None = None,
+    exporter: SpanExporter | None = None,
+) -> None:
+    """Send the decorators' spans (and every other span of the provider) to spanhouse.
+
+    Every argument left as None falls back to its environment variable, then to its
+    default (``spanhouse.sdk._config`` documents each).
+
+    Args:
+        endpoint: collector URL; ``http://127.0.0.1:4317`` (grpc) or
+            ``http://127.0.0.1:4318`` (http/protobuf, ``/v1/traces`` appended) by default.
+        protocol: ``grpc`` (default) or ``http/protobuf``.
+        service_name: ``service.name`` of a provider created here.
+        api_key: sent as ``authorization: Bearer <key>``.
+        capture_content: record arguments, results, inputs and outputs (default True).
+        max_value_length: longest captured value before truncation (default 16384).
+        redact: ``hook(key, value) -> value``, applied to captured values after the
+            built-in redaction of secret-looking keys.
+        headers: extra request headers / gRPC metadata.
+        resource_attributes: resource attributes of a provider created here.
+        disabled: True turns the SDK off (default: ``OTEL_SDK_DISABLED``).
+        tracer_provider: add to this provider instead of the global one (which is then
+            left alone).
+        exporter: export through this exporter instead of OTLP.
+
+    Raises:
+        ValueError: an argument is invalid.
+    """
+    global _active
+    settings = _config.resolve(endpoint=endpoint, protocol=protocol, service_name=service_name, api_key=api_key,
+                               headers=headers, resource_attributes=resource_attributes,
+                               capture_content=capture_content, max_value_length=max_value_length, disabled=disabled)
+    if redact is not None and not callable(redact):
+        raise ValueError(f"redact must be a callable hook(key, value) -> value, not {redact!r}")
+    if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+        raise ValueError(f"tracer_provider must be an opentelemetry.sdk.trace.TracerProvider, not {tracer_provider!r}")
+    if exporter is not None and not isinstance(exporter, SpanExporter):
+        raise ValueError(f"exporter must be an opentelemetry.sdk.trace.export.SpanExporter, not {exporter!r}")
+    key = (settings, redact, tracer_provider, exporter)
+    with _lock:
+        if _active is not None and _active[0] == key:
+            return
+        content = ContentPolicy(settings.max_value_length, redact)
+        if settings.disabled:
+            _retire(None)
+            _runtime.install(_runtime.Runtime(trace.get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION),
+                                              disabled=True, capture_content=False, content=content))
+            _active = (key, None)
+            return
+        provider = tracer_provider or _global_provider(settings)
+        processor = None if provider is None else _attach(provider, settings, exporter)
+        _retire(processor)
+        tracer = (provider.get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION) if provider is not None
+                  else trace.get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION))
+        _runtime.install(_runtime.Runtime(tracer, disabled=False, capture_content=settings.capture_content,
+                                          content=content))
+        _active = (key, processor)
+        _register_exit_hook()
+
+
+def flush(timeout_millis: int = 30000) -> bool:
+    """Export every span and marker that has ended so far; True if all were handed over in time.
+
+    Call it where a process may end without running exit hooks (``os._exit`` in forked
+    workers, serverless handlers between invocations).
+    """
+    processor = _active[1] if _active is not None else None
+    return True if processor is None else processor.force_flush(timeout_millis)
+
+
+def shutdown() -> None:
+    """Flush and stop spanhouse's export; the decorators keep working but send nothing.
+
+    ``configure()`` may be called again afterwards.
+    """
+    global _active
+    with _lock:
+        _retire(None)
+        _active = None
+        _runtime.install(_runtime.from_environment())
+
+
+def _global_provider(settings: _config.Settings) -> TracerProvider | None:
+    """The application's SDK provider, else a new global one; None if a foreign one is set."""
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    if not isinstance(current, trace.ProxyTracerProvider):
+        logger.warning("spanhouse: the global TracerProvider %s is not the OpenTelemetry SDK's; spanhouse cannot "
+                       "add its processor to it and will export nothing", type(current).__qualname__)
+        return None
+    attributes = dict(settings.resource_attributes)
+    if settings.service_name:
+        attributes[SERVICE_NAME] = settings.service_name
+    provider = TracerProvider(resource=Resource.create(attributes))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _attach(provider: TracerProvider, settings: _config.Settings,
+            exporter: SpanExporter | None) -> SpanhouseSpanProcessor:
+    """spanhouse's processor on ``provider``: added once, its exporters replaced afterwards."""
+    if settings.service_name and provider.resource.attributes.get(SERVICE_NAME) != settings.service_name:
+        logger.warning("spanhouse: the TracerProvider already exists with service.name=%r; its resource is kept and "
+                       "service_name=%r is not applied", provider.resource.attributes.get(SERVICE_NAME),
+                       settings.service_name)
+    span_exporter = exporter or ForkSafeExporter(_otlp_factory(settings))
+    marker_exporter = None if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
+    processor = _processors.get(provider)
+    if processor is None:
+        processor = SpanhouseSpanProcessor(span_exporter, marker_exporter=marker_exporter)
+        provider.add_span_processor(processor)
+        _processors[provider] = processor
+    else:
+        processor.replace(span_exporter, marker_exporter=marker_exporter)
+    return processor
+
+
+def _retire(keep: SpanhouseSpanProcessor | None) -> None:
+    """Shut down the processor of the previous configuration unless it is ``keep``."""
+    previous = _active[1] if _active is not None else None
+    if previous is not None and previous is not keep:
+        previous.shutdown()
+
+
+def _otlp_factory(settings: _config.Settings) -> Callable[[], SpanExporter]:
+    """A maker of the OTLP exporter; imported lazily, so only the chosen transport is loaded."""
+    headers = dict(settings.headers)
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return lambda: GrpcExporter(endpoint=settings.endpoint, headers=headers)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return lambda: HttpExporter(endpoint=settings.endpoint, headers=headers)
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(flush)
+        _exit_hook_registered = True

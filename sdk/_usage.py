@@ -1,0 +1,146 @@
+"""Token usage and cost: ``record_usage()``, the price table, usage read off model responses.
+
+Usage is recorded as the GenAI conventions' ``gen_ai.usage.input_tokens`` and
+``gen_ai.usage.output_tokens``; cost as ``spanhouse.cost_usd`` (USD), which the
+execution rollup sums per trace. Calls on the same span add up, so an agent span that
+makes several model calls can record each of them.
+
+Cost is computed only when the caller does not give it, from ``PRICES``: list prices in
+USD per million tokens, keyed by model name; a model matches its own entry or else the
+longest entry its name starts with (``gpt-4o-2024-08-06`` uses ``gpt-4o``). Prices change:
+the defaults are a convenience, ``register_price()`` overrides or extends them, and a
+model without a price gets tokens but no cost rather than a guessed one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+from opentelemetry import trace
+
+from spanhouse.sdk import _semconv as sc
+
+PRICES: dict[str, tuple[float, float]] = {
+    # model (or prefix): (USD per 1M input tokens, USD per 1M output tokens), providers' list
+    # prices for standard (non-batch, non-cached) use as published in 2025.
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "o3": (2.00, 8.00),
+    "o3-mini": (1.10, 4.40),
+    "o4-mini": (1.10, 4.40),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-sonnet-4": (3.00, 15.00),
+    "claude-opus-4": (15.00, 75.00),
+    "gemini-2.5-pro": (1.25, 10.00),
+    "gemini-2.5-flash": (0.30, 2.50),
+}
+"""Model → (USD per million input tokens, USD per million output tokens). Edit freely or
+use ``register_price``."""
+
+_PER: Final = 1_000_000
+
+
+def register_price(model: str, *, input_per_million: float, output_per_million: float) -> None:
+    """Set the price of ``model`` (or of every model whose name starts with it).
+
+    Raises:
+        ValueError: the name is empty or a price is negative or not finite.
+    """
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model must be a non-empty string, not {model!r}")
+    for label, price in (("input_per_million", input_per_million), ("output_per_million", output_per_million)):
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
+            raise ValueError(f"{label} must be a finite number >= 0, not {price!r}")
+    PRICES[model] = (float(input_per_million), float(output_per_million))
+
+
+def price_of(model: str) -> tuple[float, float] | None:
+    """The price entry for ``model``: its own, else the longest prefix entry, else None."""
+    if model in PRICES:
+        return PRICES[model]
+    best = max((key for key in PRICES if model.startswith(key)), key=len, default=None)
+    return PRICES[best] if best is not None else None
+
+
+def cost_of(model: str | None, input_tokens: int, output_tokens: int) -> float | None:
+    """USD for the tokens at ``model``'s price, or None when the price is unknown."""
+    price = price_of(model) if model else None
+    if price is None:
+        return None
+    return (input_tokens * price[0] + output_tokens * price[1]) / _PER
+
+
+def record_usage(input_tokens: int | None = None, output_tokens: int | None = None, model: str | None = None,
+                 cost_usd: float | None = None) -> None:
+    """Add token usage (and cost) to the current span.
+
+    ``model`` is the model that answered (``gen_ai.response.model``); it also picks the
+    price when ``cost_usd`` is not given, falling back to the span's
+    ``gen_ai.request.model`` (set by ``@llm(model=...)``). Outside any recording span this
+    does nothing.
+
+    Raises:
+        ValueError: a token count is negative or not an int, or the cost is negative.
+    """
+    record_usage_on(trace.get_current_span(), input_tokens, output_tokens, model, cost_usd)
+
+
+def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: int | None, model: str | None,
+                    cost_usd: float | None) -> None:
+    """``record_usage`` for a given span."""
+    for label, count in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ValueError(f"{label} must be an int >= 0, not {count!r}")
+    if cost_usd is not None and (isinstance(cost_usd, bool) or not isinstance(cost_usd, (int, float))
+                                 or not math.isfinite(cost_usd) or cost_usd < 0):
+        raise ValueError(f"cost_usd must be a finite number >= 0, not {cost_usd!r}")
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"model must be a string, not {model!r}")
+    if not span.is_recording():
+        return
+    existing: Any = getattr(span, "attributes", None) or {}
+    inputs, outputs = input_tokens or 0, output_tokens or 0
+    if input_tokens is not None:
+        span.set_attribute(sc.USAGE_INPUT_TOKENS, existing.get(sc.USAGE_INPUT_TOKENS, 0) + inputs)
+    if output_tokens is not None:
+        span.set_attribute(sc.USAGE_OUTPUT_TOKENS, existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs)
+    if model:
+        span.set_attribute(sc.RESPONSE_MODEL, model)
+    if cost_usd is None:
+        cost_usd = cost_of(model or existing.get(sc.REQUEST_MODEL), inputs, outputs)
+    if cost_usd is not None:
+        span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
+
+
+def record_response_usage(span: trace.Span, response: Any) -> None:
+    """Record the usage a model client's response reports, if it reports any.
+
+    Duck-typed, so no client library is imported: ``response.usage`` (attribute or key)
+    with ``input_tokens``/``output_tokens`` (Anthropic, OpenAI Responses) or
+    ``prompt_tokens``/``completion_tokens`` (OpenAI Chat Completions), and
+    ``response.model``.
+    """
+    usage = _field(response, "usage")
+    if usage is None:
+        return
+    inputs = _field(usage, "input_tokens", "prompt_tokens")
+    outputs = _field(usage, "output_tokens", "completion_tokens")
+    if not isinstance(inputs, int) and not isinstance(outputs, int):
+        return
+    model = _field(response, "model")
+    record_usage_on(span, inputs if isinstance(inputs, int) else None, outputs if isinstance(outputs, int) else None,
+                    model if isinstance(model, str) and model else None, None)
+
+
+def _field(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None

@@ -1,0 +1,347 @@
+"""configure(): settings precedence (argument > environment > default), idempotence,
+adding to an existing TracerProvider, the disabled switch, flush and shutdown.
+
+Anything that touches the *global* TracerProvider runs in a child interpreter, so no
+global state leaks between tests; the rest uses ``configure(tracer_provider=...)`` on a
+private provider and ``shutdown()`` afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from spanhouse import sdk
+from spanhouse.sdk import _config, _runtime
+from spanhouse.sdk._processor import SpanhouseSpanProcessor
+
+REPO = Path(__file__).resolve().parents[1]
+OTEL_VARS = [v for v in vars(_config).values() if isinstance(v, str) and v.startswith(("OTEL_", "SPANHOUSE_"))]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in [*OTEL_VARS, "OTEL_EXPORTER_OTLP_INSECURE"]:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def private_provider() -> Iterator[TracerProvider]:
+    provider = TracerProvider(shutdown_on_exit=False)
+    try:
+        yield provider
+    finally:
+        sdk.shutdown()
+        provider.shutdown()
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """Run ``code`` in a fresh interpreter (cwd: the repository); return its stdout."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SPANHOUSE_"))}
+    full_env.update(env or {})
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.stdout
+
+
+def test_documented_env_vars_are_exactly_the_standard_ones_plus_two() -> None:
+    assert sorted(OTEL_VARS) == sorted([
+        "OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+        "SPANHOUSE_CAPTURE_CONTENT", "SPANHOUSE_MAX_VALUE_LENGTH"])
+    source = (REPO / "sdk" / "_config.py").read_text()
+    assert all(f".. envvar:: {name}" in source for name in OTEL_VARS)
+
+
+def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    assert _config.resolve() == _config.Settings(
+        disabled=False, endpoint="http://127.0.0.1:4317", protocol="grpc", headers={}, service_name=None,
+        resource_attributes={}, capture_content=True, max_value_length=16384)
+    assert _config.resolve(protocol="http/protobuf").endpoint == "http://127.0.0.1:4318/v1/traces"
+
+
+def test_environment_is_read(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.example:4318/")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=ml,Authorization=Bearer%20abc")
+    clean_env.setenv("OTEL_SDK_DISABLED", "TRUE")
+    clean_env.setenv("SPANHOUSE_CAPTURE_CONTENT", "off")
+    clean_env.setenv("SPANHOUSE_MAX_VALUE_LENGTH", "100")
+    settings = _config.resolve()
+    assert (settings.endpoint, settings.protocol) == ("https://collector.example:4318/v1/traces", "http/protobuf")
+    assert settings.headers == {"x-team": "ml", "authorization": "Bearer abc"}
+    assert (settings.disabled, settings.capture_content, settings.max_value_length) == (True, False, 100)
+
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces.example/custom")  # used as is
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-only=traces")
+    settings = _config.resolve()
+    assert (settings.endpoint, settings.protocol, settings.headers) == ("http://traces.example/custom", "grpc",
+                                                                         {"x-only": "traces"})
+
+
+def test_arguments_win_over_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=ml,authorization=Bearer%20env")
+    clean_env.setenv("OTEL_SDK_DISABLED", "true")
+    clean_env.setenv("SPANHOUSE_CAPTURE_CONTENT", "false")
+    clean_env.setenv("SPANHOUSE_MAX_VALUE_LENGTH", "100")
+    settings = _config.resolve(endpoint="http://arg:4318", protocol="http/protobuf", api_key="k1",
+                               headers={"X-Extra": "1"}, disabled=False, capture_content=True, max_value_length=7,
+                               service_name="svc", resource_attributes={"deployment.environment": "prod"})
+    assert settings == _config.Settings(
+        disabled=False, endpoint="http://arg:4318/v1/traces", protocol="http/protobuf",
+        headers={"x-team": "ml", "x-extra": "1", "authorization": "Bearer k1"}, service_name="svc",
+        resource_attributes={"deployment.environment": "prod"}, capture_content=True, max_value_length=7)
+    assert _config.resolve(endpoint="http://arg:4318/v1/traces", protocol="http/protobuf").endpoint == \
+        "http://arg:4318/v1/traces"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ("OTEL_SDK_DISABLED", "maybe"), ("SPANHOUSE_CAPTURE_CONTENT", "sometimes"), ("SPANHOUSE_MAX_VALUE_LENGTH", "-5"),
+    ("SPANHOUSE_MAX_VALUE_LENGTH", "lots")])
+def test_bad_environment_values_log_and_fall_back(clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                                  name: str, value: str) -> None:
+    clean_env.setenv(name, value)
+    with caplog.at_level(logging.WARNING, logger="spanhouse.sdk"):
+        assert _config.resolve() == _config.Settings()
+    assert name in caplog.text
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"endpoint": "collector:4317"}, {"endpoint": ""}, {"protocol": "http/json"}, {"api_key": ""},
+    {"headers": {"a": 1}}, {"capture_content": "yes"}, {"max_value_length": 0}, {"max_value_length": True},
+    {"disabled": 1}, {"service_name": ""}, {"resource_attributes": [("a", "b")]}])
+def test_bad_arguments_raise(clean_env: pytest.MonkeyPatch, kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        _config.resolve(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        sdk.configure(**kwargs)  # type: ignore[arg-type]
+
+
+def test_configure_arguments_checked_before_anything_changes(clean_env: pytest.MonkeyPatch) -> None:
+    before = _runtime.current
+    for kwargs in ({"redact": "not callable"}, {"tracer_provider": object()}, {"exporter": object()}):
+        with pytest.raises(ValueError):
+            sdk.configure(**kwargs)  # type: ignore[arg-type]
+    assert _runtime.current is before
+
+
+def spanhouse_processors(provider: TracerProvider) -> list[SpanhouseSpanProcessor]:
+    return [p for p in provider._active_span_processor._span_processors
+            if isinstance(p, SpanhouseSpanProcessor)]
+
+
+def test_configure_is_idempotent_and_reconfigures_in_place(clean_env: pytest.MonkeyPatch,
+                                                            private_provider: TracerProvider) -> None:
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    sdk.configure(tracer_provider=private_provider, exporter=first)
+    runtime = _runtime.current
+    sdk.configure(tracer_provider=private_provider, exporter=first)
+    assert _runtime.current is runtime  # same arguments: nothing happened
+    assert len(spanhouse_processors(private_provider)) == 1
+
+    @sdk.tool
+    def step() -> None:
+        pass
+
+    step()
+    assert first.get_finished_spans() == ()  # batched
+    assert sdk.flush()
+    assert [s.name for s in first.get_finished_spans()] == ["execute_tool step"]
+
+    sdk.configure(tracer_provider=private_provider, exporter=second, capture_content=False)
+    assert len(spanhouse_processors(private_provider)) == 1  # swapped inside, not added
+    step()
+    sdk.flush()
+    assert len(first.get_finished_spans()) == 1
+    assert [dict(s.attributes or {}).get("gen_ai.tool.call.arguments") for s in second.get_finished_spans()] == [None]
+
+
+def test_running_marker_leaves_at_once_while_the_execution_runs(clean_env: pytest.MonkeyPatch,
+                                                               private_provider: TracerProvider) -> None:
+    exporter = InMemorySpanExporter()
+    sdk.configure(tracer_provider=private_provider, exporter=exporter)
+    release = threading.Event()
+    seen: list[list[str]] = []
+
+    @sdk.execution
+    def long_job() -> None:
+        deadline = time.monotonic() + 5
+        while not exporter.get_finished_spans() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append([s.name for s in exporter.get_finished_spans()])
+        release.set()
+
+    long_job()
+    assert release.is_set()
+    assert seen == [["invoke_workflow long_job"]]  # the marker, exported without flush() and before the end
+    marker = exporter.get_finished_spans()[0]
+    assert marker.attributes["spanhouse.execution.state"] == "running"  # type: ignore[index]
+    sdk.flush()
+    assert len(exporter.get_finished_spans()) == 2
+
+
+def test_shutdown_stops_export_and_configure_works_again(clean_env: pytest.MonkeyPatch,
+                                                          private_provider: TracerProvider) -> None:
+    exporter = InMemorySpanExporter()
+    sdk.configure(tracer_provider=private_provider, exporter=exporter)
+    sdk.shutdown()
+    assert sdk.flush()  # nothing configured: trivially done
+
+    @sdk.tool
+    def step() -> None:
+        pass
+
+    step()
+    again = InMemorySpanExporter()
+    sdk.configure(tracer_provider=private_provider, exporter=again)
+    step()
+    sdk.flush()
+    assert [s.name for s in again.get_finished_spans()] == ["execute_tool step"]
+    assert len(spanhouse_processors(private_provider)) == 1
+
+
+def test_configure_creates_the_global_provider_from_the_environment() -> None:
+    out = run_python("""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanhouse import sdk
+        sdk.configure(exporter=InMemorySpanExporter())
+        provider = trace.get_tracer_provider()
+        assert isinstance(provider, TracerProvider)
+        attrs = provider.resource.attributes
+        print(attrs["service.name"], attrs["deployment.environment"])
+        sdk.configure(service_name="from-arg", exporter=None)  # provider exists now: its resource is kept
+        assert trace.get_tracer_provider() is provider
+    """, env={"OTEL_SERVICE_NAME": "from-env", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"})
+    assert out.split() == ["from-env", "test"]
+    out = run_python("""
+        from opentelemetry import trace
+        from spanhouse import sdk
+        sdk.configure(service_name="from-arg", resource_attributes={"team": "ml"})
+        print(trace.get_tracer_provider().resource.attributes["service.name"],
+              trace.get_tracer_provider().resource.attributes["team"])
+    """, env={"OTEL_SERVICE_NAME": "from-env"})
+    assert out.split() == ["from-arg", "ml"]
+
+
+def test_configure_adds_to_the_applications_provider() -> None:
+    out = run_python("""
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanhouse import sdk
+
+        app_exporter, ours = InMemorySpanExporter(), InMemorySpanExporter()
+        provider = TracerProvider(resource=Resource.create({"service.name": "app"}))
+        provider.add_span_processor(SimpleSpanProcessor(app_exporter))
+        trace.set_tracer_provider(provider)
+        sdk.configure(exporter=ours)
+        sdk.configure(exporter=ours)
+
+        @sdk.tool
+        def step():
+            pass
+
+        step()
+        sdk.flush()
+        assert trace.get_tracer_provider() is provider
+        print([s.name for s in app_exporter.get_finished_spans()], [s.name for s in ours.get_finished_spans()])
+    """)
+    assert out.strip() == "['execute_tool step'] ['execute_tool step']"
+
+
+def test_otel_sdk_disabled_turns_everything_off() -> None:
+    out = run_python("""
+        from opentelemetry import trace
+        from spanhouse import sdk
+
+        def f(x):
+            return x
+
+        sdk.configure(endpoint="http://127.0.0.1:9")
+        assert sdk.tool(f) is f  # no wrapper at all
+        assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # nothing installed
+        with sdk.tool_call("t") as call:
+            call.set_result(1)
+        sdk.feedback("0123456789abcdef0123456789abcdef", rating=5)
+        print("ok", sdk.flush())
+    """, env={"OTEL_SDK_DISABLED": "true"})
+    assert out.strip() == "ok True"
+
+
+def test_forked_child_has_working_marker_thread_and_batch_worker() -> None:
+    out = run_python("""
+        import json, os, time
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanhouse import sdk
+
+        exporter = InMemorySpanExporter()
+        sdk.configure(tracer_provider=TracerProvider(), exporter=exporter)
+
+        @sdk.tool
+        def step(who):
+            return who
+
+        @sdk.execution
+        def job(who):
+            deadline = time.monotonic() + 5  # the marker leaves from the marker thread, without flush()
+            while not any(s.name == "invoke_workflow job" for s in exporter.get_finished_spans()):
+                assert time.monotonic() < deadline, "no marker thread"
+                time.sleep(0.01)
+            step(who)
+
+        step("queued-before-fork")  # still in the parent's batch queue at fork time
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            exporter.clear()
+            job("child")
+            sdk.flush()
+            names = sorted(s.name for s in exporter.get_finished_spans())
+            args = sorted(s.attributes.get("gen_ai.tool.call.arguments", "") for s in exporter.get_finished_spans())
+            os.write(write_end, json.dumps([names, args]).encode())
+            os._exit(0)
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        print(os.read(read_end, 65536).decode())
+        sdk.flush()
+        spans = exporter.get_finished_spans()
+        print(json.dumps(sorted(s.attributes.get("gen_ai.tool.call.arguments", "") for s in spans)))
+    """)
+    child, parent = out.strip().splitlines()
+    # the child exports its own spans and marker, and not the parent's queued span
+    assert child == ('[["execute_tool step", "invoke_workflow job", "invoke_workflow job"], '
+                     '["", "", "{\\"who\\":\\"child\\"}"]]')
+    assert parent == '["{\\"who\\":\\"queued-before-fork\\"}"]'
+
+
+def test_an_unconfigured_process_follows_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SPANHOUSE_CAPTURE_CONTENT", "0")
+    clean_env.setenv("SPANHOUSE_MAX_VALUE_LENGTH", "64")
+    clean_env.setenv("OTEL_SDK_DISABLED", "true")
+    runtime = _runtime.from_environment()
+    assert (runtime.capture_content, runtime.content.max_length, runtime.disabled) == (False, 64, True)
+    clean_env.delenv("OTEL_SDK_DISABLED")
+    assert not _runtime.from_environment().disabled

@@ -1,0 +1,226 @@
+"""Content capture: JSON-safe serialisation, visible truncation, redaction, the user hook,
+and the switches that turn capture off globally and per decorator."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import Any
+
+import pydantic
+import pytest
+
+from spanhouse import sdk
+from spanhouse.sdk._content import REDACTED, ContentPolicy, is_secret_key
+from spanhouse.sdk.testing import CapturedSpans, capture_spans
+
+ARGS = "gen_ai.tool.call.arguments"
+RESULT = "gen_ai.tool.call.result"
+
+
+@pytest.fixture
+def spans() -> Iterator[CapturedSpans]:
+    with capture_spans() as captured:
+        yield captured
+
+
+@dataclasses.dataclass
+class Credentials:
+    user: str
+    password: str
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Order(pydantic.BaseModel):
+    id: int
+    api_key: str
+    items: list[str]
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque 1>"
+
+
+class Unreprable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_values_become_json() -> None:
+    policy = ContentPolicy(1000)
+    value = {
+        "n": 1, "f": 1.5, "nan": float("nan"), "inf": float("-inf"), "b": True, "none": None, "s": "é",
+        "list": [1, (2, 3)], "set": {4}, "deque": deque([5]), "bytes": b"hi", "binary": b"\xff\x00",
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5), "day": datetime.date(2026, 1, 2), "color": Color.RED,
+        "creds": Credentials("ann", "hunter2"), "order": Order(id=1, api_key="k", items=["a"]),
+        "path": PurePosixPath("/tmp/x"), "id": uuid.UUID(int=1), "opaque": Opaque(), "bad": Unreprable(), 7: "int key",
+    }
+    out = json.loads(policy.value(value))
+    assert out == {
+        "n": 1, "f": 1.5, "nan": "nan", "inf": "-inf", "b": True, "none": None, "s": "é",
+        "list": [1, [2, 3]], "set": [4], "deque": [5], "bytes": "hi", "binary": "base64:/wA=",
+        "when": "2026-01-02T03:04:05", "day": "2026-01-02", "color": "red",
+        "creds": {"user": "ann", "password": REDACTED}, "order": {"id": 1, "api_key": REDACTED, "items": ["a"]},
+        "path": "PurePosixPath('/tmp/x')", "id": "UUID('00000000-0000-0000-0000-000000000001')", "opaque": "<Opaque 1>",
+        "bad": "<Unreprable (repr failed)>", "7": "int key",
+    }
+    assert policy.value("plain text") == "plain text"  # a top-level string is recorded as it is
+    assert policy.value(None) == "null" and policy.value(3) == "3"
+
+
+def test_deep_nesting_is_cut_with_a_marker() -> None:
+    value: Any = "bottom"
+    for _ in range(12):
+        value = [value]
+    out = ContentPolicy(1000).value(value)
+    assert out.startswith("[[[[[[[[") and "[nested deeper than 8:" in out
+
+
+@pytest.mark.parametrize("key", ["password", "db_password", "passwd", "pwd", "db_pwd", "id_jwt", "token",
+                                 "access_token", "refresh-token",
+                                 "api_key", "apiKey", "x-api-key", "secret", "client_secret", "authorization",
+                                 "Authorization", "auth", "credentials", "private_key", "aws_access_key_id",
+                                 "cookie", "session_key", "jwt", "bearer", "signature"])
+def test_secret_looking_keys(key: str) -> None:
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "input_tokens", "tokens_used", "token_count", "token_type", "tokenizer",
+                                 "author",
+                                 "authors", "user", "query", "session_id", "name"])
+def test_ordinary_keys(key: str) -> None:
+    assert not is_secret_key(key)
+
+
+def test_redaction_in_arguments_at_any_depth(spans: CapturedSpans) -> None:
+    @sdk.tool
+    def connect(host: str, password: str, options: dict[str, Any], max_tokens: int = 10) -> dict[str, Any]:
+        return {"session": {"token": "abc", "expires": 5}, "ok": True}
+
+    connect("db", "hunter2", {"nested": [{"api_key": "k1", "Authorization": "Bearer x"}], "timeout": 3}, max_tokens=10)
+    span = spans.by_name("execute_tool connect")
+    assert json.loads(span.attributes[ARGS]) == {  # type: ignore[index,arg-type]
+        "host": "db", "password": REDACTED, "max_tokens": 10,
+        "options": {"nested": [{"api_key": REDACTED, "Authorization": REDACTED}], "timeout": 3}}
+    assert json.loads(span.attributes[RESULT]) == {"session": {"token": REDACTED, "expires": 5}, "ok": True}  # type: ignore[index,arg-type]
+    assert "hunter2" not in str(span.attributes) and "k1" not in str(span.attributes)
+
+
+def test_only_the_arguments_given_are_captured_by_name(spans: CapturedSpans) -> None:
+    @sdk.tool
+    def many(a: int, *rest: int, flag: bool = False, **extra: Any) -> None:
+        return None
+
+    many(1, 2, 3, flag=True, color="red")  # defaults not given are not recorded
+    assert json.loads(spans.by_name("execute_tool many").attributes[ARGS]) == {  # type: ignore[index,arg-type]
+        "a": 1, "rest": [2, 3], "flag": True, "color": "red"}
+    assert spans.by_name("execute_tool many").attributes[RESULT] == "null"  # type: ignore[index]
+
+
+def test_truncation_is_visible_never_silent() -> None:
+    with capture_spans(max_value_length=40) as spans:
+        @sdk.tool
+        def echo(text: str) -> str:
+            return text
+
+        @sdk.tool
+        def rows(n: int) -> list[int]:
+            return list(range(n))
+
+        echo("x" * 100)
+        rows(1000)
+    args = spans.by_name("execute_tool echo").attributes[ARGS]  # type: ignore[index]
+    result = spans.by_name("execute_tool echo").attributes[RESULT]  # type: ignore[index]
+    assert result == "x" * 40 + "…[truncated 60 of 100 chars]"
+    assert args.startswith('{"text":"' + "x" * 31) and "…[truncated" in args  # type: ignore[union-attr]
+    listed = spans.by_name("execute_tool rows").attributes[RESULT]  # type: ignore[index]
+    assert listed.startswith("[0,1,2,3") and listed.endswith("chars]") and "…[truncated" in listed  # type: ignore[union-attr]
+
+
+def test_long_containers_stop_early_with_a_count() -> None:
+    policy = ContentPolicy(10)
+    assert policy._sequence(list(range(100)), 0)[-1] == "[truncated 94 more items]"
+    assert policy._mapping({str(i): i for i in range(100)}, 0)["…"] == "[truncated 94 more entries]"
+    assert ContentPolicy(8).value(b"\xff" * 100).endswith("…[truncated 94 of 100 bytes]")
+
+
+def test_redact_hook(spans: CapturedSpans, caplog: pytest.LogCaptureFixture) -> None:
+    def hook(key: str, value: Any) -> Any:
+        if key == "email":
+            return "<email>"
+        if key == "return" and isinstance(value, str):
+            return value.replace("4111", "****")
+        if key == "explode":
+            raise RuntimeError("hook bug")
+        return value
+
+    with capture_spans(redact=hook) as captured:
+        @sdk.tool
+        def charge(email: str, card: dict[str, Any], explode: str = "boom", password: str = "p") -> str:
+            return "charged 4111"
+
+        with caplog.at_level(logging.ERROR, logger="spanhouse.sdk"):
+            charge("a@b.c", {"email": "c@d.e", "last4": "4242"}, "boom", password="p")
+    span = captured.by_name("execute_tool charge")
+    assert json.loads(span.attributes[ARGS]) == {  # type: ignore[index,arg-type]
+        "email": "<email>", "card": {"email": "<email>", "last4": "4242"}, "explode": REDACTED, "password": REDACTED}
+    assert span.attributes[RESULT] == "charged ****"  # type: ignore[index]
+    assert "hook bug" in caplog.text  # a broken hook fails closed and says so
+
+
+def test_capture_off_globally_and_per_decorator() -> None:
+    with capture_spans(capture_content=False) as spans:
+        @sdk.tool
+        def off(q: str) -> str:
+            return q
+
+        @sdk.tool(capture_content=True)
+        def forced_on(q: str) -> str:
+            return q
+
+        @sdk.execution
+        def run() -> None:
+            off("a")
+            forced_on("b")
+
+        run()
+    assert ARGS not in (spans.by_name("execute_tool off").attributes or {})
+    assert RESULT not in (spans.by_name("execute_tool off").attributes or {})
+    assert "spanhouse.input" not in (spans.by_name("invoke_workflow run").attributes or {})
+    assert spans.by_name("execute_tool forced_on").attributes[ARGS] == '{"q":"b"}'  # type: ignore[index]
+
+    with capture_spans() as spans:
+        @sdk.tool(capture_content=False)
+        def private(q: str) -> str:
+            return q
+
+        private("secret")
+    assert ARGS not in (spans.by_name("execute_tool private").attributes or {})
+
+
+def test_methods_do_not_capture_self_or_cls(spans: CapturedSpans) -> None:
+    class Agent:
+        @sdk.tool
+        def act(self, step: int) -> int:
+            return step
+
+        @sdk.tool
+        @classmethod
+        def build(cls, size: int) -> int:
+            return size
+
+    Agent().act(1)
+    Agent.build(2)
+    assert spans.by_name("execute_tool act").attributes[ARGS] == '{"step":1}'  # type: ignore[index]
+    assert spans.by_name("execute_tool build").attributes[ARGS] == '{"size":2}'  # type: ignore[index]

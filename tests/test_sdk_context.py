@@ -1,0 +1,203 @@
+"""Sessions across asyncio tasks and threads, usage and cost, execution ids and feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+from spanhouse import sdk
+from spanhouse.sdk import _usage
+from spanhouse.sdk.testing import CapturedSpans, capture_spans
+
+S1 = {"session.id": "s1", "gen_ai.conversation.id": "s1", "user.id": "u1"}
+
+
+@pytest.fixture
+def spans() -> Iterator[CapturedSpans]:
+    with capture_spans() as captured:
+        yield captured
+
+
+def session_of(span: ReadableSpan) -> dict[str, object]:
+    attributes = span.attributes or {}
+    return {k: attributes[k] for k in ("session.id", "gen_ai.conversation.id", "user.id") if k in attributes}
+
+
+@sdk.tool
+async def async_step(i: int) -> int:
+    await asyncio.sleep(0.001)
+    return i
+
+
+@sdk.tool
+def sync_step(i: int) -> int:
+    return i
+
+
+def test_session_reaches_asyncio_tasks(spans: CapturedSpans) -> None:
+    async def main() -> None:
+        with sdk.session(session_id="s1", user_id="u1"):
+            tasks = [asyncio.create_task(async_step(i)) for i in range(4)]
+        await asyncio.gather(*tasks)  # created inside the block: they carry its context
+        await async_step(99)  # outside
+
+    asyncio.run(main())
+    inside = [s for s in spans.spans() if s.attributes["gen_ai.tool.call.arguments"] != '{"i":99}']  # type: ignore[index]
+    assert len(inside) == 4 and all(session_of(s) == S1 for s in inside)
+    assert session_of(spans.spans()[-1]) == {}
+
+
+def test_session_reaches_threads_that_carry_the_context(spans: CapturedSpans) -> None:
+    with sdk.session(session_id="s1", user_id="u1"):
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, sync_step, i) for i in range(6)]
+            assert sorted(f.result() for f in futures) == list(range(6))
+        bare = threading.Thread(target=sync_step, args=(100,))  # a thread started without the context
+        bare.start()
+        bare.join()
+    by_arg = {s.attributes["gen_ai.tool.call.arguments"]: s for s in spans.spans()}  # type: ignore[index]
+    assert all(session_of(by_arg[f'{{"i":{i}}}']) == S1 for i in range(6))
+    assert session_of(by_arg['{"i":100}']) == {}
+
+
+def test_nested_sessions_and_spans_of_other_instrumentations(spans: CapturedSpans) -> None:
+    other = spans.provider.get_tracer("some.http.client")
+    with sdk.session(user_id="u1"):
+        with sdk.session(session_id="s2"):
+            with other.start_as_current_span("GET /api", kind=SpanKind.CLIENT):
+                pass
+            sync_step(1)
+        with sdk.session(user_id="u2"):
+            sync_step(2)
+    http, first, second = spans.spans()
+    assert session_of(http) == {"session.id": "s2", "gen_ai.conversation.id": "s2", "user.id": "u1"}
+    assert session_of(first) == session_of(http)
+    assert session_of(second) == {"user.id": "u2"}
+    with pytest.raises(ValueError):
+        with sdk.session():
+            pass
+    with pytest.raises(ValueError):
+        with sdk.session(session_id=""):
+            pass
+
+
+def test_session_is_on_the_execution_root_and_its_marker(spans: CapturedSpans) -> None:
+    @sdk.execution
+    def job() -> None:
+        sync_step(1)
+
+    with sdk.session(session_id="s1", user_id="u1"):
+        job()
+    assert all(session_of(s) == S1 for s in spans.all()) and len(spans.all()) == 3
+
+
+def test_record_usage_adds_up_and_prices(spans: CapturedSpans) -> None:
+    @sdk.agent
+    def planner() -> None:
+        sdk.record_usage(input_tokens=1000, output_tokens=500, model="gpt-4o-mini-2024-07-18")
+        sdk.record_usage(input_tokens=1000, output_tokens=500, model="gpt-4o-mini-2024-07-18")
+        sdk.record_usage(input_tokens=10, cost_usd=0.5)  # a given cost is taken as is
+        sdk.record_usage(input_tokens=7, model="an-unpriced-model")  # tokens, but no guessed cost
+
+    planner()
+    attributes = spans.by_name("invoke_agent planner").attributes or {}
+    assert attributes["gen_ai.usage.input_tokens"] == 2017
+    assert attributes["gen_ai.usage.output_tokens"] == 1000
+    assert attributes["gen_ai.response.model"] == "an-unpriced-model"
+    assert attributes["spanhouse.cost_usd"] == pytest.approx(2 * (1000 * 0.15 + 500 * 0.60) / 1e6 + 0.5)
+
+
+def test_price_table_is_extendable_and_prefix_matched() -> None:
+    saved = dict(_usage.PRICES)
+    try:
+        sdk.register_price("acme-large", input_per_million=1.0, output_per_million=2.0)
+        assert _usage.cost_of("acme-large-v2", 1_000_000, 500_000) == pytest.approx(2.0)
+        assert _usage.price_of("gpt-4o-mini-2024-07-18") == _usage.PRICES["gpt-4o-mini"]  # longest prefix wins
+        assert _usage.price_of("gpt-4o-2024-08-06") == _usage.PRICES["gpt-4o"]
+        assert _usage.cost_of("unknown", 1, 1) is None and _usage.cost_of(None, 1, 1) is None
+        sdk.PRICES["gpt-4o"] = (0.0, 0.0)  # the table itself is public
+        assert _usage.cost_of("gpt-4o", 10, 10) == 0.0
+        for bad in ({"input_per_million": -1.0, "output_per_million": 1.0},
+                    {"input_per_million": float("inf"), "output_per_million": 1.0}):
+            with pytest.raises(ValueError):
+                sdk.register_price("m", **bad)
+        with pytest.raises(ValueError):
+            sdk.register_price("", input_per_million=1.0, output_per_million=1.0)
+    finally:
+        _usage.PRICES.clear()
+        _usage.PRICES.update(saved)
+
+
+def test_record_usage_validates_and_is_a_noop_outside_spans(spans: CapturedSpans) -> None:
+    sdk.record_usage(input_tokens=5)  # no current span: nothing happens
+    for bad in ({"input_tokens": -1}, {"output_tokens": 1.5}, {"input_tokens": True}, {"cost_usd": -0.1},
+                {"model": 5}):
+        with pytest.raises(ValueError):
+            sdk.record_usage(**bad)  # type: ignore[arg-type]
+    assert spans.all() == []
+
+
+def test_current_execution_id(spans: CapturedSpans) -> None:
+    seen: list[str | None] = []
+
+    @sdk.tool
+    def inner() -> None:
+        seen.append(sdk.current_execution_id())
+
+    @sdk.execution
+    def job() -> None:
+        seen.append(sdk.current_execution_id())
+        inner()
+
+    assert sdk.current_execution_id() is None
+    job()
+    root = spans.by_name("invoke_workflow job")
+    assert seen == [format(root.context.trace_id, "032x")] * 2
+
+
+def test_feedback_is_a_linked_span_of_its_own_trace(spans: CapturedSpans) -> None:
+    @sdk.execution
+    def job() -> str:
+        execution_id = sdk.current_execution_id()
+        assert execution_id is not None
+        sdk.feedback(execution_id, value=0.25, name="groundedness")  # from inside: links the current span
+        return execution_id
+
+    execution_id = job()
+    with sdk.session(user_id="u9"):
+        sdk.feedback(execution_id.upper(), rating=4, comment="helpful")
+    score, rating = (s for s in spans.spans() if s.name == "spanhouse.feedback")  # in the order given
+    for span in (rating, score):
+        assert span.parent is None and span.kind is SpanKind.INTERNAL
+        assert format(span.links[0].context.trace_id, "032x") == execution_id
+    assert format(score.context.trace_id, "032x") != execution_id  # its own trace, not the execution's
+    assert dict(rating.attributes or {}) == {"spanhouse.feedback.execution_id": execution_id,
+                                             "spanhouse.feedback.name": "user_rating", "spanhouse.feedback.value": 4.0,
+                                             "spanhouse.feedback.comment": "helpful", "user.id": "u9"}
+    assert dict(score.attributes or {}) == {"spanhouse.feedback.execution_id": execution_id,
+                                            "spanhouse.feedback.name": "groundedness", "spanhouse.feedback.value": 0.25}
+    root = spans.by_name("invoke_workflow job")
+    assert score.links[0].context.span_id == root.context.span_id
+    assert rating.links[0].context.span_id == 0 and dict(rating.links[0].attributes or {}) == {
+        "spanhouse.link.type": "feedback_for"}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"rating": 4, "value": 1.0}, {"rating": 0}, {"rating": 6}, {"rating": 3.5},
+                                    {"rating": True}, {"value": float("nan")}, {"rating": 3, "name": ""},
+                                    {"rating": 3, "comment": 5}])
+def test_feedback_rejects_bad_values(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        sdk.feedback("0123456789abcdef0123456789abcdef", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad_id", ["", "xyz", "0" * 32, "0123456789abcdef0123456789abcde", "g" * 32, 123])
+def test_feedback_rejects_bad_execution_ids(bad_id: object) -> None:
+    with pytest.raises(ValueError, match="execution_id"):
+        sdk.feedback(bad_id, rating=5)  # type: ignore[arg-type]

@@ -1,0 +1,595 @@
+"""The decorators against the real OpenTelemetry SDK and an in-memory exporter: exact
+names, kinds, attributes, parentage and status for every decorator and kind of function,
+errors, generators' protocol, context-manager forms, record=False, running markers and
+the disabled mode."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+from spanhouse import sdk
+from spanhouse.sdk.testing import CapturedSpans, capture_spans
+
+KINDS = ["sync", "async", "generator", "async_generator", "method", "staticmethod", "classmethod", "async_method"]
+DECORATORS = ["execution", "workflow", "agent", "tool", "llm"]
+
+
+@pytest.fixture
+def spans() -> Iterator[CapturedSpans]:
+    with capture_spans() as captured:
+        yield captured
+
+
+class CustomError(Exception):
+    """An application's own exception type."""
+
+
+def make(kind: str, decorate: Callable[[Any], Any], fail: bool = False) -> Callable[..., Any]:
+    """A function ``f(x, y=2)`` of ``kind`` returning x + y (generators yield x then y), decorated."""
+    if kind == "sync":
+        def f(x: int, y: int = 2) -> int:
+            if fail:
+                raise CustomError(f"bad input {x}")
+            return x + y
+        return decorate(f)
+    if kind == "async":
+        async def f(x: int, y: int = 2) -> int:  # type: ignore[misc]
+            await asyncio.sleep(0)
+            if fail:
+                raise CustomError(f"bad input {x}")
+            return x + y
+        return decorate(f)
+    if kind == "generator":
+        def f(x: int, y: int = 2) -> Iterator[int]:  # type: ignore[misc]
+            yield x
+            if fail:
+                raise CustomError(f"bad input {x}")
+            yield y
+        return decorate(f)
+    if kind == "async_generator":
+        async def f(x: int, y: int = 2) -> AsyncIterator[int]:  # type: ignore[misc]
+            yield x
+            await asyncio.sleep(0)
+            if fail:
+                raise CustomError(f"bad input {x}")
+            yield y
+        return decorate(f)
+
+    class Holder:
+        base = 0
+
+        def method(self, x: int, y: int = 2) -> int:
+            if fail:
+                raise CustomError(f"bad input {x}")
+            return x + y + self.base
+
+        async def amethod(self, x: int, y: int = 2) -> int:
+            if fail:
+                raise CustomError(f"bad input {x}")
+            return x + y + self.base
+
+        @staticmethod
+        def smethod(x: int, y: int = 2) -> int:
+            if fail:
+                raise CustomError(f"bad input {x}")
+            return x + y
+
+        @classmethod
+        def cmethod(cls, x: int, y: int = 2) -> int:
+            if fail:
+                raise CustomError(f"bad input {x}")
+            return x + y + cls.base
+
+    name = {"method": "method", "async_method": "amethod", "staticmethod": "smethod", "classmethod": "cmethod"}[kind]
+    setattr(Holder, name, decorate(Holder.__dict__[name]))  # the static/classmethod object itself
+    return getattr(Holder(), name)
+
+
+def run(kind: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn`` and drive it to completion the way its kind needs."""
+    if kind in ("async", "async_method"):
+        return asyncio.run(fn(*args))
+    if kind == "generator":
+        return list(fn(*args))
+    if kind == "async_generator":
+        async def collect() -> list[Any]:
+            return [item async for item in fn(*args)]
+        return asyncio.run(collect())
+    return fn(*args)
+
+
+def decorator(name: str, **kwargs: Any) -> Callable[[Any], Any]:
+    dec = getattr(sdk, name)
+    return dec(**kwargs) if kwargs else dec
+
+
+FN_NAME = {"sync": "f", "async": "f", "generator": "f", "async_generator": "f", "method": "method",
+           "async_method": "amethod", "staticmethod": "smethod", "classmethod": "cmethod"}
+
+
+def expected(dec: str, fn_name: str, arguments: str, result: str) -> tuple[str, SpanKind, dict[str, Any]]:
+    """Name, kind and exact attributes each decorator must produce."""
+    if dec in ("execution", "workflow"):
+        return (f"invoke_workflow {fn_name}", SpanKind.INTERNAL,
+                {"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": fn_name,
+                 "spanhouse.input": arguments, "spanhouse.output": result})
+    if dec == "agent":
+        return (f"invoke_agent {fn_name}", SpanKind.INTERNAL,
+                {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": fn_name,
+                 "spanhouse.input": arguments, "spanhouse.output": result})
+    if dec == "tool":
+        return (f"execute_tool {fn_name}", SpanKind.INTERNAL,
+                {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": fn_name, "gen_ai.tool.type": "function",
+                 "gen_ai.tool.call.arguments": arguments, "gen_ai.tool.call.result": result})
+    assert dec == "llm"
+    return (f"chat {fn_name}", SpanKind.CLIENT,
+            {"gen_ai.operation.name": "chat", "spanhouse.input": arguments, "spanhouse.output": result})
+
+
+def only(spans: list[ReadableSpan]) -> ReadableSpan:
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dec", DECORATORS)
+def test_every_decorator_on_every_kind_of_function(spans: CapturedSpans, dec: str, kind: str) -> None:
+    fn = make(kind, decorator(dec))
+    result = run(kind, fn, 1)
+    generator = kind in ("generator", "async_generator")
+    assert result == ([1, 2] if generator else 3)
+
+    span = only(spans.spans())
+    name, span_kind, attributes = expected(dec, FN_NAME[kind], '{"x":1}', "[1,2]" if generator else "3")
+    assert (span.name, span.kind, dict(span.attributes or {})) == (name, span_kind, attributes)
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.events == ()
+    assert span.parent is None and span.end_time is not None and span.end_time >= span.start_time  # type: ignore[operator]
+    markers = spans.markers()
+    if dec in ("execution", "workflow", "agent"):  # roots that are executions get a running marker
+        marker = only(markers)
+        assert (marker.name, marker.context.trace_id, marker.parent) == (span.name, span.context.trace_id, None)
+        assert marker.context.span_id != span.context.span_id
+        assert marker.start_time == marker.end_time == span.start_time
+        at_start = {k: v for k, v in attributes.items() if k != "spanhouse.output"}  # as it started: no output yet
+        assert dict(marker.attributes or {}) == {**at_start, "spanhouse.execution.state": "running"}
+    else:
+        assert markers == []
+
+
+def test_marker_is_the_execution_as_it_started(spans: CapturedSpans) -> None:
+    @sdk.execution(name="nightly")
+    def nightly(day: str) -> str:
+        marker = only(spans.markers())  # exported at start, before the execution ends
+        assert dict(marker.attributes or {}) == {"gen_ai.operation.name": "invoke_workflow",
+                                                 "gen_ai.workflow.name": "nightly", "spanhouse.input": '{"day":"mon"}',
+                                                 "spanhouse.execution.state": "running"}
+        assert spans.spans() == []
+        return "done"
+
+    assert nightly("mon") == "done"
+    assert spans.by_name("invoke_workflow nightly").attributes["spanhouse.output"] == "done"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dec", ["execution", "tool"])
+def test_exceptions_are_recorded_and_propagate_unchanged(spans: CapturedSpans, dec: str, kind: str) -> None:
+    fn = make(kind, decorator(dec), fail=True)
+    with pytest.raises(CustomError) as raised:
+        run(kind, fn, 7)
+    assert str(raised.value) == "bad input 7" and type(raised.value) is CustomError
+
+    span = only(spans.spans())
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "bad input 7"
+    assert span.attributes["error.type"] == f"{__name__}.CustomError"  # type: ignore[index]
+    event = only(list(span.events))  # type: ignore[arg-type]
+    assert event.name == "exception"
+    assert event.attributes["exception.type"] == f"{__name__}.CustomError"  # type: ignore[index]
+    assert event.attributes["exception.message"] == "bad input 7"  # type: ignore[index]
+    assert "CustomError: bad input 7" in event.attributes["exception.stacktrace"]  # type: ignore[index,operator]
+    output_key = "gen_ai.tool.call.result" if dec == "tool" else "spanhouse.output"
+    assert output_key not in (span.attributes or {})
+
+
+def test_builtin_exception_type_is_unqualified_and_empty_message_falls_back(spans: CapturedSpans) -> None:
+    @sdk.tool
+    def divide(a: int, b: int) -> float:
+        return a / b
+
+    @sdk.tool
+    def silent() -> None:
+        raise KeyError
+
+    with pytest.raises(ZeroDivisionError):
+        divide(1, 0)
+    with pytest.raises(KeyError):
+        silent()
+    failed = spans.by_name("execute_tool divide")
+    assert (failed.attributes["error.type"], failed.status.description) == ("ZeroDivisionError", "division by zero")  # type: ignore[index]
+    empty = spans.by_name("execute_tool silent")
+    assert (empty.attributes["error.type"], empty.status.description) == ("KeyError", "KeyError")  # type: ignore[index]
+
+
+def test_nested_spans_have_the_right_parents_and_one_trace(spans: CapturedSpans) -> None:
+    @sdk.tool
+    def search(q: str) -> list[str]:
+        return [q]
+
+    @sdk.llm(model="gpt-4o", provider="openai")
+    async def think(prompt: str) -> str:
+        return "search"
+
+    @sdk.agent(description="Plans the work")
+    async def planner(goal: str) -> list[str]:
+        await think(goal)
+        return search(goal)
+
+    @sdk.execution(name="support")
+    async def handle(ticket: str) -> list[str]:
+        return await planner(ticket)
+
+    assert asyncio.run(handle("refund")) == ["refund"]
+    root = spans.by_name("invoke_workflow support")
+    agent_span = spans.by_name("invoke_agent planner")
+    llm_span = spans.by_name("chat gpt-4o")
+    tool_span = spans.by_name("execute_tool search")
+    assert root.parent is None
+    assert agent_span.parent.span_id == root.context.span_id  # type: ignore[union-attr]
+    assert llm_span.parent.span_id == agent_span.context.span_id  # type: ignore[union-attr]
+    assert tool_span.parent.span_id == agent_span.context.span_id  # type: ignore[union-attr]
+    assert {s.context.trace_id for s in spans.all()} == {root.context.trace_id}
+    assert agent_span.attributes["gen_ai.agent.description"] == "Plans the work"  # type: ignore[index]
+    assert dict(llm_span.attributes or {}) == {
+        "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.provider.name": "openai",
+        "spanhouse.input": '{"prompt":"refund"}', "spanhouse.output": "search"}
+    assert len(spans.markers()) == 1  # only the execution: the nested agent is not a root
+
+
+def test_execution_is_always_a_root_linked_to_the_current_span(spans: CapturedSpans) -> None:
+    @sdk.execution
+    def job() -> str | None:
+        return sdk.current_execution_id()
+
+    outer_tracer = spans.provider.get_tracer("app")
+    with outer_tracer.start_as_current_span("GET /run") as outer:
+        execution_id = job()
+    root = spans.by_name("invoke_workflow job")
+    assert root.parent is None
+    assert root.context.trace_id != outer.get_span_context().trace_id
+    assert execution_id == format(root.context.trace_id, "032x")
+    link = only(list(root.links))  # type: ignore[arg-type]
+    assert link.context.span_id == outer.get_span_context().span_id
+
+
+def test_tool_options_and_call_id_argument(spans: CapturedSpans) -> None:
+    @sdk.tool(name="db.query", description="Runs SQL", tool_type="datastore", call_id_arg="call_id")
+    def query(sql: str, call_id: str | None = None) -> int:
+        return 1
+
+    @sdk.tool
+    def documented() -> None:
+        """Looks things up.
+
+        More details that are not the description.
+        """
+
+    query("select 1", "call_1")
+    query("select 2", call_id="call_2")
+    query("select 3")
+    documented()
+    first, second, third, doc = spans.spans()
+    assert dict(first.attributes or {}) == {
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "db.query", "gen_ai.tool.type": "datastore",
+        "gen_ai.tool.description": "Runs SQL", "gen_ai.tool.call.id": "call_1",
+        "gen_ai.tool.call.arguments": '{"sql":"select 1","call_id":"call_1"}', "gen_ai.tool.call.result": "1"}
+    assert first.name == "execute_tool db.query"
+    assert second.attributes["gen_ai.tool.call.id"] == "call_2"  # type: ignore[index]
+    assert "gen_ai.tool.call.id" not in (third.attributes or {})
+    assert doc.attributes["gen_ai.tool.description"] == "Looks things up."  # type: ignore[index]
+    with pytest.raises(ValueError, match="call_id_arg 'nope'"):
+        sdk.tool(call_id_arg="nope")(lambda: None)
+
+
+def test_wraps_and_kind_of_function_are_kept() -> None:
+    def plain(a: int) -> int:
+        """Doc."""
+        return a
+
+    async def coro(a: int) -> int:
+        return a
+
+    def gen(a: int) -> Iterator[int]:
+        yield a
+
+    async def agen(a: int) -> AsyncIterator[int]:
+        yield a
+
+    for dec in DECORATORS:
+        for fn, check in ((plain, inspect.isfunction), (coro, inspect.iscoroutinefunction),
+                          (gen, inspect.isgeneratorfunction), (agen, inspect.isasyncgenfunction)):
+            for wrapped in (getattr(sdk, dec)(fn), getattr(sdk, dec)()(fn)):
+                assert check(wrapped), (dec, fn)
+                assert wrapped is not fn and wrapped.__wrapped__ is fn  # type: ignore[attr-defined]
+                assert (wrapped.__name__, wrapped.__qualname__, wrapped.__doc__) == (fn.__name__, fn.__qualname__,
+                                                                                   fn.__doc__)
+                assert inspect.signature(wrapped) == inspect.signature(fn)
+    assert not inspect.iscoroutinefunction(sdk.tool(plain))
+    assert isinstance(sdk.tool(staticmethod(plain)), staticmethod)
+    assert isinstance(sdk.tool(classmethod(plain)), classmethod)
+    with pytest.raises(TypeError, match="not callable"):
+        sdk.tool("search")  # type: ignore[call-overload]
+
+
+def test_generator_protocol_send_throw_close(spans: CapturedSpans) -> None:
+    @sdk.tool
+    def accumulate() -> Iterator[int]:
+        total = 0
+        while True:
+            try:
+                value = yield total
+            except ValueError:
+                value = 100
+            total += value or 0
+
+    gen = accumulate()
+    assert next(gen) == 0
+    assert spans.spans() == []  # still running
+    assert gen.send(5) == 5
+    assert gen.throw(ValueError("skip")) == 105
+    gen.close()  # the consumer stops early: not an error
+    span = spans.by_name("execute_tool accumulate")
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.attributes["gen_ai.tool.call.result"] == "[0,5,105]"  # type: ignore[index]
+    assert "error.type" not in (span.attributes or {})
+
+
+def test_generator_return_value_and_span_is_current_only_inside(spans: CapturedSpans) -> None:
+    seen: list[trace.Span] = []
+
+    @sdk.tool
+    def gen() -> Iterator[int]:
+        seen.append(trace.get_current_span())
+        yield 1
+        seen.append(trace.get_current_span())
+        return 42
+
+    def consume() -> int:
+        result = yield from gen()
+        return result
+
+    driver = consume()
+    assert next(driver) == 1
+    assert trace.get_current_span() is trace.INVALID_SPAN  # the consumer is not inside the tool span
+    with pytest.raises(StopIteration) as stop:
+        next(driver)
+    assert stop.value.value == 42
+    span = spans.by_name("execute_tool gen")
+    assert all(s.get_span_context().span_id == span.context.span_id for s in seen) and len(seen) == 2
+
+
+def test_async_generator_protocol_and_early_close(spans: CapturedSpans) -> None:
+    @sdk.agent
+    async def stream() -> AsyncIterator[int]:
+        total = 0
+        while True:
+            try:
+                value = yield total
+            except KeyError:
+                value = 10
+            total += value or 0
+
+    async def drive() -> list[int]:
+        agen = stream()
+        out = [await agen.__anext__(), await agen.asend(2), await agen.athrow(KeyError("k"))]
+        await agen.aclose()
+        return out
+
+    assert asyncio.run(drive()) == [0, 2, 12]
+    span = spans.by_name("invoke_agent stream")
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.attributes["spanhouse.output"] == "[0,2,12]"  # type: ignore[index]
+
+
+def test_generator_spans_open_at_first_item_and_cover_the_iteration(spans: CapturedSpans) -> None:
+    @sdk.tool
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    gen = numbers()
+    assert spans.all() == []  # calling a generator function runs nothing
+    list(gen)
+    assert len(spans.spans()) == 1
+
+
+def test_context_managers(spans: CapturedSpans) -> None:
+    with sdk.execution_span("batch", input={"day": "mon"}) as run_:
+        with sdk.agent_span("planner", description="plans"):
+            with sdk.tool_call("search", arguments={"q": "x", "password": "p"}, call_id="c1") as call:
+                call.set_result(["hit"])
+            with sdk.llm_call("gpt-4o-mini", provider="openai") as model:
+                sdk.record_usage(input_tokens=1000, output_tokens=100)
+                model.set_result("answer")
+        run_.set_result("ok")
+    with pytest.raises(CustomError):
+        with sdk.tool_call("broken"):
+            raise CustomError("nope")
+
+    root = spans.by_name("invoke_workflow batch")
+    tool_span = spans.by_name("execute_tool search")
+    assert dict(root.attributes or {}) == {"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": "batch",
+                                           "spanhouse.input": '{"day":"mon"}', "spanhouse.output": "ok"}
+    assert dict(tool_span.attributes or {}) == {
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search", "gen_ai.tool.type": "function",
+        "gen_ai.tool.call.id": "c1", "gen_ai.tool.call.arguments": '{"q":"x","password":"[REDACTED]"}',
+        "gen_ai.tool.call.result": '["hit"]'}
+    llm_span = spans.by_name("chat gpt-4o-mini")
+    assert llm_span.kind is SpanKind.CLIENT
+    assert llm_span.attributes["gen_ai.usage.input_tokens"] == 1000  # type: ignore[index]
+    assert llm_span.attributes["spanhouse.cost_usd"] == pytest.approx((1000 * 0.15 + 100 * 0.60) / 1e6)  # type: ignore[index]
+    assert tool_span.parent.span_id == spans.by_name("invoke_agent planner").context.span_id  # type: ignore[union-attr]
+    broken = spans.by_name("execute_tool broken")
+    assert broken.status.status_code is StatusCode.ERROR and broken.attributes["error.type"].endswith("CustomError")  # type: ignore[index,union-attr]
+    assert trace.get_current_span() is trace.INVALID_SPAN  # every block detached its context
+    assert len(spans.markers()) == 1
+
+
+def test_llm_reads_usage_off_the_response(spans: CapturedSpans) -> None:
+    class Usage:
+        prompt_tokens = 1200
+        completion_tokens = 300
+
+    class ChatCompletion:  # the shape of an OpenAI chat completion
+        model = "gpt-4o-2024-08-06"
+        usage = Usage()
+
+    @sdk.llm(model="gpt-4o", capture_content=False)
+    def complete(prompt: str) -> ChatCompletion:
+        return ChatCompletion()
+
+    @sdk.llm(model="claude-sonnet-4-20250514")
+    def message(prompt: str) -> dict[str, Any]:  # the shape of an Anthropic message, as a dict
+        return {"model": "claude-sonnet-4-20250514", "usage": {"input_tokens": 10, "output_tokens": 20}}
+
+    complete("hi")
+    message("hi")
+    openai_span = spans.by_name("chat gpt-4o")
+    assert dict(openai_span.attributes or {}) == {
+        "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o-2024-08-06",
+        "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300,
+        "spanhouse.cost_usd": pytest.approx((1200 * 2.5 + 300 * 10) / 1e6)}
+    anthropic_span = spans.by_name("chat claude-sonnet-4-20250514")
+    assert anthropic_span.attributes["spanhouse.cost_usd"] == pytest.approx((10 * 3 + 20 * 15) / 1e6)  # type: ignore[index]
+
+
+def test_record_false_drops_the_whole_execution_but_not_others(spans: CapturedSpans) -> None:
+    @sdk.tool
+    def lookup(q: str) -> str:
+        return q
+
+    @sdk.llm(model="gpt-4o")
+    def think() -> None:
+        sdk.record_usage(input_tokens=5, output_tokens=5)
+
+    @sdk.execution(record=False)
+    def private(q: str) -> tuple[str, str | None]:
+        think()
+        with spans.provider.get_tracer("other-library").start_as_current_span("http GET"):
+            pass
+        with sdk.tool_call("inline"):
+            pass
+        return lookup(q), sdk.current_execution_id()
+
+    @sdk.execution
+    def public(q: str) -> str:
+        return lookup(q)
+
+    assert private("secret") == ("secret", None)
+    assert public("hello") == "hello"
+    names = sorted(s.name for s in spans.all())
+    assert names == ["execute_tool lookup", "invoke_workflow public", "invoke_workflow public"]  # marker + span
+    assert "secret" not in json.dumps([dict(s.attributes or {}) for s in spans.all()])
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_record_false_on_async_generator_and_context_manager(spans: CapturedSpans) -> None:
+    @sdk.tool
+    async def fetch() -> int:
+        return 1
+
+    @sdk.execution(record=False)
+    async def stream() -> AsyncIterator[int]:
+        yield await fetch()
+
+    async def drive() -> list[int]:
+        return [i async for i in stream()]
+
+    assert asyncio.run(drive()) == [1]
+    with sdk.execution_span("quiet", record=False):
+        with sdk.tool_call("t"):
+            pass
+    assert spans.all() == []
+
+
+def test_runtime_disabled_calls_straight_through_for_every_kind(spans: CapturedSpans) -> None:
+    functions = {kind: make(kind, sdk.tool) for kind in KINDS}  # decorated while enabled
+    with capture_spans(disabled=True) as disabled:
+        for kind, fn in functions.items():
+            assert run(kind, fn, 1) == ([1, 2] if kind in ("generator", "async_generator") else 3)
+        with sdk.tool_call("inline") as call:
+            call.set_result("x")
+        sdk.record_usage(input_tokens=1)
+        sdk.feedback("0" * 31 + "1", rating=5)
+        assert disabled.all() == []
+    assert spans.all() == []
+
+
+def test_decorating_while_disabled_returns_the_function_itself() -> None:
+    def f() -> int:
+        return 1
+
+    async def g() -> int:
+        return 1
+
+    with capture_spans(disabled=True):
+        assert sdk.tool(f) is f and sdk.execution(record=False)(g) is g and sdk.llm(model="m")(f) is f
+        static = sdk.agent(staticmethod(f))
+        assert isinstance(static, staticmethod) and static.__func__ is f
+        with pytest.raises(ValueError):
+            sdk.tool(name="")(f)  # arguments are still checked
+
+
+def test_decorator_argument_errors() -> None:
+    with pytest.raises(ValueError, match="name"):
+        sdk.execution(name="")
+    with pytest.raises(ValueError, match="record"):
+        sdk.execution(record="no")(lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="capture_content"):
+        sdk.tool(capture_content="yes")(lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="arguments"):
+        sdk.tool_call("t", arguments=["not", "a", "mapping"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model"):
+        sdk.llm_call("")
+
+
+def test_concurrent_async_executions_stay_separate(spans: CapturedSpans) -> None:
+    @sdk.tool
+    async def step(i: int) -> int:
+        await asyncio.sleep(0.001)
+        return i
+
+    @sdk.execution
+    async def job(i: int) -> int:
+        for _ in range(3):
+            await step(i)
+        return i
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(job(i) for i in range(5)))
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    roots = [s for s in spans.spans() if s.parent is None]
+    assert len(roots) == 5 and len(spans.markers()) == 5
+    by_span_id = {r.context.span_id: r for r in roots}
+    for tool_span in (s for s in spans.spans() if s.parent is not None):
+        root = by_span_id[tool_span.parent.span_id]  # type: ignore[union-attr]
+        assert tool_span.attributes["gen_ai.tool.call.arguments"] == root.attributes["spanhouse.input"]  # type: ignore[index]
+
+
+def test_functools_partial_and_callable_objects_are_sync(spans: CapturedSpans) -> None:
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    partial_tool = sdk.tool(name="add")(functools.partial(add, 1))
+    assert partial_tool(2) == 3
+    assert spans.by_name("execute_tool add").attributes["gen_ai.tool.call.arguments"] == '{"b":2}'  # type: ignore[index]
