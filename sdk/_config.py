@@ -33,6 +33,14 @@ OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 function directly. Default ``false``. Argument: ``configure(disabled=...)``.
 """
 
+SPANHOUSE_DSN: Final = "SPANHOUSE_DSN"
+""".. envvar:: SPANHOUSE_DSN
+
+A spanhouse store to write into directly instead of sending OTLP: ``chdb:///path``
+(embedded; the store belongs to this process while it runs) or ``http(s)://…`` (a
+ClickHouse server). Unset by default. Argument: ``configure(dsn=...)``.
+"""
+
 OTEL_EXPORTER_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 """.. envvar:: OTEL_EXPORTER_OTLP_ENDPOINT
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -53,6 +54,7 @@ def configure(
     disabled: bool | None = None,
     tracer_provider: TracerProvider | None = None,
     exporter: SpanExporter | None = None,
+    dsn: str | None = None,
 ) -> None:
     """Send the decorators' spans (and every other span of the provider) to spanhouse.
 
@@ -75,6 +77,10 @@ def configure(
         tracer_provider: add to this provider instead of the global one (which is then
             left alone).
         exporter: export through this exporter instead of OTLP.
+        dsn: write straight into a spanhouse store instead of sending OTLP
+            (``chdb:///path`` embedded, or ``http(s)://…`` a ClickHouse server; default
+            ``SPANHOUSE_DSN``), through ``ClickHouseSpanExporter``. Each export is one
+            insert: raise ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` for high span rates.
 
     Raises:
         ValueError: an argument is invalid.
@@ -89,6 +95,9 @@ def configure(
         raise ValueError(f"tracer_provider must be an opentelemetry.sdk.trace.TracerProvider, not {tracer_provider!r}")
     if exporter is not None and not isinstance(exporter, SpanExporter):
         raise ValueError(f"exporter must be an opentelemetry.sdk.trace.export.SpanExporter, not {exporter!r}")
+    dsn = dsn or os.environ.get(_config.SPANHOUSE_DSN) or None
+    if exporter is None and dsn:
+        exporter = _store_exporter(dsn)
     key = (settings, redact, tracer_provider, exporter)
     with _lock:
         if _active is not None and _active[0] == key:
@@ -148,6 +157,20 @@ def _global_provider(settings: _config.Settings) -> TracerProvider | None:
     provider = TracerProvider(resource=Resource.create(attributes))
     trace.set_tracer_provider(provider)
     return provider
+
+
+_store_exporters: dict[str, SpanExporter] = {}
+
+
+def _store_exporter(dsn: str) -> SpanExporter:
+    """One ``ClickHouseSpanExporter`` per DSN (so configuring twice stays idempotent).
+
+    Imported here: only applications that write to a store need the storage layer."""
+    if dsn not in _store_exporters:
+        from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
+
+        _store_exporters[dsn] = ClickHouseSpanExporter(dsn)
+    return _store_exporters[dsn]
 
 
 def _attach(provider: TracerProvider, settings: _config.Settings,

@@ -69,3 +69,29 @@ def test_unreachable_store_fails_the_export_within_its_bound_and_never_raises(ca
     assert len(errors) == 1 and "reachable" in errors[0].getMessage()
     exporter.shutdown()
     assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
+
+
+def test_configure_with_a_dsn_writes_into_the_store(tmp_path: Path) -> None:
+    """In a child process (configure() sets the global provider), with an embedded store
+    of its own; read back afterwards in another child, as `spanhouse serve` would."""
+    import subprocess
+    import sys
+
+    from tests.collector_harness import count_in_store
+
+    data = tmp_path / "store"
+    script = (
+        "from spanhouse import sdk\n"
+        f"sdk.configure(dsn='chdb://{data}', service_name='notebook')\n"
+        "@sdk.tool\n"
+        "def add(a, b):\n"
+        "    return a + b\n"
+        "@sdk.execution\n"
+        "def run():\n"
+        "    return add(1, 2) + add(3, 4)\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert count_in_store(data, "SELECT ToolName, calls FROM v_tool_stats") == [["add", 2]]
+    assert count_in_store(data, "SELECT Status FROM executions FINAL") == [["ok"]]

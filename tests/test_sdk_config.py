@@ -57,12 +57,12 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
     return done.stdout
 
 
-def test_documented_env_vars_are_exactly_the_standard_ones_plus_two() -> None:
+def test_documented_env_vars_are_exactly_the_standard_ones_plus_ours() -> None:
     assert sorted(OTEL_VARS) == sorted([
         "OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS",
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
-        "SPANHOUSE_CAPTURE_CONTENT", "SPANHOUSE_MAX_VALUE_LENGTH"])
+        "SPANHOUSE_CAPTURE_CONTENT", "SPANHOUSE_MAX_VALUE_LENGTH", "SPANHOUSE_DSN"])
     source = (REPO / "sdk" / "_config.py").read_text()
     assert all(f".. envvar:: {name}" in source for name in OTEL_VARS)
 
