@@ -18,6 +18,7 @@ crash or a timeout never duplicates rows.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 from collections.abc import Sequence
@@ -39,8 +40,9 @@ _PROTO = "otlp_ingest.proto"
 _MESSAGE = "SpanhouseIngestItem"
 _TENANT_FIELD = 536870911
 _EXACT_MARKER = "SPANHOUSE_EXACT_PATH"
-# Server errors that mean the data itself is bad: retrying the same bytes cannot help.
-_DATA_ERROR_MARKERS = ("CANNOT_PARSE", "PROTOBUF", "INCORRECT_DATA", "TOO_LARGE_STRING_SIZE")
+# Server errors that pass: retry the same batch later (everything else is about the data).
+_TRANSIENT_CODES = frozenset({159, 160, 164, 202, 209, 210, 236, 241, 242, 252, 285, 319, 394, 425, 999})
+_CODE = re.compile(r"Code: (\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -129,14 +131,14 @@ class Writer:
             )
         except ClickHouseError as exc:
             text = str(exc)
+            if _transient(exc):
+                raise StoreUnavailable(f"ClickHouse insert failed; it will be retried: {text[:500]}") from exc
             if _EXACT_MARKER in text:
                 log.debug("batch takes the exact path: %s", text.split(_EXACT_MARKER, 1)[1][:120])
-            elif "PROTOBUF" in text and not isinstance(exc, OperationalError):
-                # The engine's protobuf reader is stricter than protobuf's own (e.g. a known
-                # field number with another wire type); the exact path decodes as OTLP does.
-                log.warning("ClickHouse could not parse a batch; taking the exact path: %s", text[:300])
             else:
-                raise _translate(exc) from exc
+                # Refused for its data by the SQL path (e.g. the engine's protobuf reader is
+                # stricter than protobuf's own): the exact path decodes and renders in Python.
+                log.warning("ClickHouse refused a batch on the fast path; taking the exact path: %s", text[:300])
             self._write_exact(items, settings)
 
     def _write_exact(self, items: Sequence[IngestItem], settings: dict[str, object]) -> None:
@@ -151,13 +153,16 @@ class Writer:
             self._client.insert("otel_traces", rows, column_names=[*otlp_rows.COLUMNS, "Tenant"],
                                 settings=settings)
         except ClickHouseError as exc:
-            raise _translate(exc) from exc
+            if _transient(exc):
+                raise StoreUnavailable(f"ClickHouse insert failed; it will be retried: {str(exc)[:500]}") from exc
+            raise WriteError(f"ClickHouse rejected the batch's data: {str(exc)[:500]}") from exc
         with self._lock:
             self._exact_batches += 1
 
 
-def _translate(exc: ClickHouseError) -> Exception:
-    text = str(exc)
-    if not isinstance(exc, OperationalError) and any(m in text for m in _DATA_ERROR_MARKERS):
-        return WriteError(f"ClickHouse rejected the batch's data: {text[:500]}")
-    return StoreUnavailable(f"ClickHouse insert failed; it will be retried: {text[:500]}")
+def _transient(exc: ClickHouseError) -> bool:
+    """A failure that retrying the same batch later may fix (connection, load, limits)."""
+    if isinstance(exc, OperationalError):
+        return True
+    code = _CODE.search(str(exc))
+    return code is None or int(code.group(1)) in _TRANSIENT_CODES

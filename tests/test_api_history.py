@@ -73,6 +73,14 @@ def dataset(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield c, ids
 
 
+def _delete(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.delete(url, timeout=60, **kwargs)
+
+
+def _post(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(url, timeout=60, **kwargs)
+
+
 def _get(c: Running, path: str, **params: Any) -> httpx.Response:
     return httpx.get(c.api_url + path, params=params, headers=c.headers(), timeout=30)
 
@@ -182,10 +190,10 @@ def test_detail_of_unknown_and_foreign_executions_is_404(store: Store, dataset: 
 
 def test_feedback_shows_in_detail(dataset: tuple[Running, dict[str, str]]) -> None:
     c, ids = dataset
-    r = httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+    r = _post(c.api_url + "/api/v1/feedback", headers=c.headers(),
                    json={"execution_id": ids["a"], "rating": 4, "comment": "useful"})
     assert r.status_code == 201, r.text
-    r = httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+    r = _post(c.api_url + "/api/v1/feedback", headers=c.headers(),
                    json={"execution_id": ids["a"], "name": "accuracy", "value": 0.9})
     assert r.status_code == 201
     fb = {f["name"]: f for f in _get(c, f"/api/v1/executions/{ids['a']}").json()["feedback"]}
@@ -193,8 +201,8 @@ def test_feedback_shows_in_detail(dataset: tuple[Running, dict[str, str]]) -> No
     assert fb["accuracy"]["value"] == 0.9
     for bad in [{"execution_id": ids["a"], "rating": 6}, {"execution_id": ids["a"]},
                 {"execution_id": ids["a"], "rating": 3, "value": 1.0}, {"execution_id": "xyz", "rating": 3}]:
-        assert httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(), json=bad).status_code == 422
-    assert httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+        assert _post(c.api_url + "/api/v1/feedback", headers=c.headers(), json=bad).status_code == 422
+    assert _post(c.api_url + "/api/v1/feedback", headers=c.headers(),
                       json={"execution_id": "f" * 32, "rating": 3}).status_code == 404
 
 
@@ -220,7 +228,7 @@ def test_scopes(store: Store, tmp_path: Path, dataset: tuple[Running, dict[str, 
         assert _get(c, "/api/v1/executions").status_code == 403
     with running_collector(store, tmp_path / "r", "history-api", scopes="read") as c:
         assert _get(c, "/api/v1/executions").status_code == 200
-        r = httpx.delete(c.api_url + f"/api/v1/executions/{ids['a']}", headers=c.headers())
+        r = _delete(c.api_url + f"/api/v1/executions/{ids['a']}", headers=c.headers())
         assert r.status_code == 403
         assert httpx.get(c.api_url + "/api/v1/executions").status_code == 401
 
@@ -246,10 +254,10 @@ def test_delete_one_execution_removes_it_everywhere_and_fixes_rollups(store: Sto
     stats = "SELECT ToolName, calls, errors FROM v_tool_stats WHERE Tenant = {t:String} ORDER BY ToolName"
     assert store.client.query(stats, parameters={"t": tenant}).result_rows == [("fetch", 1, 0), ("search", 3, 2)]
     with running_collector(store, tmp_path, tenant, scopes="admin") as c:
-        httpx.post(c.api_url + "/api/v1/feedback", headers=c.headers(), json={"execution_id": gone_id, "rating": 1})
-        r = httpx.delete(c.api_url + f"/api/v1/executions/{gone_id}", headers=c.headers())
+        _post(c.api_url + "/api/v1/feedback", headers=c.headers(), json={"execution_id": gone_id, "rating": 1})
+        r = _delete(c.api_url + f"/api/v1/executions/{gone_id}", headers=c.headers())
         assert r.status_code == 200 and r.json() == {"executions": 1, "spans": 3}
-        assert httpx.delete(c.api_url + f"/api/v1/executions/{gone_id}", headers=c.headers()).status_code == 404
+        assert _delete(c.api_url + f"/api/v1/executions/{gone_id}", headers=c.headers()).status_code == 404
         assert _get(c, f"/api/v1/executions/{gone_id}").status_code == 404
     assert set(_counts(store, tenant, gone_id).values()) == {0}
     assert _counts(store, tenant, keep_id)["otel_traces"] == 3
@@ -265,8 +273,8 @@ def test_bulk_delete_by_time_and_filters(store: Store, tmp_path: Path) -> None:
     made = [_execution(i, service="old" if i < 3 else "new") for i in range(5)]
     write(store, tenant, *(req for _, req in made))
     with running_collector(store, tmp_path, tenant, scopes="admin") as c:
-        assert httpx.delete(c.api_url + "/api/v1/executions", headers=c.headers()).status_code == 422  # before required
-        r = httpx.delete(c.api_url + "/api/v1/executions", headers=c.headers(),
+        assert _delete(c.api_url + "/api/v1/executions", headers=c.headers()).status_code == 422  # before required
+        r = _delete(c.api_url + "/api/v1/executions", headers=c.headers(),
                          params={"before": "2025-11-18T21:10:00Z", "service": "old"})
         assert r.json() == {"executions": 3, "spans": 3}
         remaining = [i["trace_id"] for i in _get(c, "/api/v1/executions").json()["items"]]
@@ -291,7 +299,7 @@ def test_stream_sends_newly_stored_executions(store: Store, tmp_path: Path) -> N
         time.sleep(0.5)
         new_id, req = _execution(0, name="fresh")
         body = req.SerializeToString()
-        httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
+        _post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
         write(store, "stream-api-other", _execution(1, name="foreign")[1])
         listener.join(20)
     assert [(e["trace_id"], e["name"]) for e in events] == [(new_id, "fresh")]

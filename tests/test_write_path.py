@@ -339,3 +339,13 @@ def test_payload_the_engine_cannot_parse_takes_the_exact_path(store: Store, tena
     assert store.writer.exact_batches == before + 1
     assert store.client.query("SELECT SpanName, SpanAttributes FROM otel_traces WHERE Tenant = {t:String}",
                               parameters={"t": tenant}).result_rows == [("odd", {"flag": "true"})]
+
+
+def test_a_resource_without_service_name_gets_an_empty_service(store: Store, tenant: str) -> None:
+    req = request([span("no service", trace_id())])
+    del req.resource_spans[0].resource.attributes[:]
+    before = store.writer.exact_batches
+    write(store, tenant, req)
+    assert store.writer.exact_batches == before
+    assert store.client.query("SELECT ServiceName, ResourceAttributes FROM otel_traces WHERE Tenant = {t:String}",
+                              parameters={"t": tenant}).result_rows == [("", {})]

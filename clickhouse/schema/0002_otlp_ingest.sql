@@ -68,8 +68,10 @@ CREATE FUNCTION IF NOT EXISTS spanhouse_anyvalue_string AS (v0) -> multiIf(
                          AND tupleElement(v0, 'int_value') IS NULL AND tupleElement(v0, 'double_value') IS NULL
                          AND tupleElement(v0, 'bytes_value') IS NULL, 'map, empty value or empty array'));
 
+-- Values are never NULL (a missing key then reads as '', as in the exporter's Map column).
 CREATE FUNCTION IF NOT EXISTS spanhouse_attributes AS (kvs) ->
-    mapFromArrays(arrayMap(kv -> tupleElement(kv, 'key'), kvs), arrayMap(kv -> spanhouse_anyvalue_string(tupleElement(kv, 'value')), kvs));
+    mapFromArrays(arrayMap(kv -> tupleElement(kv, 'key'), kvs),
+                  arrayMap(kv -> assumeNotNull(spanhouse_anyvalue_string(tupleElement(kv, 'value'))), kvs));
 
 -- pdata's TraceIDToHexOrEmptyString / SpanIDToHexOrEmptyString.
 CREATE FUNCTION IF NOT EXISTS spanhouse_hex_id AS (b) ->
