@@ -210,6 +210,8 @@ def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tu
                   description="Execution history for AI agents and workflows.")
     app.state.context = context
     app.include_router(executions)
+    from spanhouse.collector.api_analytics import analytics  # here: that module imports this one
+    app.include_router(analytics)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

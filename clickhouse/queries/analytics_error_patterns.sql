@@ -1,0 +1,17 @@
+-- The most frequent error patterns of the window. error_patterns counts per day, so the
+-- window starts at the beginning of the day holding `since`.
+SELECT
+    ToolName AS tool,
+    IsTool AS is_tool,
+    Pattern AS pattern,
+    sum(Count) AS count,
+    min(FirstSeen) AS first_seen,
+    max(LastSeen) AS last_seen,
+    argMax(SampleMessage, LastSeen) AS sample_message,
+    argMax(SampleTraceId, LastSeen) AS sample_trace_id,
+    arraySort(groupUniqArray(ServiceName)) AS services
+FROM error_patterns
+WHERE Tenant = {tenant:String} AND Day >= toDate({since:DateTime}) AND Day <= toDate({until:DateTime})
+GROUP BY tool, is_tool, pattern
+ORDER BY count DESC, last_seen DESC, tool, pattern
+LIMIT {limit:UInt32}

@@ -1,0 +1,16 @@
+-- Feedback on the executions started in the window: count, average, min and max per
+-- feedback name. Feedback is the small side: its trace ids bound the executions probed.
+SELECT
+    Name AS name,
+    count() AS count,
+    avg(Value) AS average,
+    min(Value) AS min,
+    max(Value) AS max
+FROM feedback FINAL
+WHERE Tenant = {tenant:String}
+  AND TraceId IN (SELECT e.TraceId FROM executions AS e FINAL
+                  WHERE e.Tenant = {tenant:String}
+                    AND e.StartTime >= {since:DateTime} AND e.StartTime < {until:DateTime}
+                    AND e.TraceId IN (SELECT TraceId FROM feedback WHERE Tenant = {tenant:String}) {{filters}})
+GROUP BY name
+ORDER BY name

@@ -1,0 +1,9 @@
+-- Executions of the window that can have called one tool min_repeats+ times: a tool
+-- called k times among u distinct tools means ToolCalls >= k + u - 1 (execution_rollup
+-- rows whose first span is in the window). The `limit` with the most repeated calls.
+SELECT TraceId AS trace_id, ToolCalls - length(ToolNames) AS excess
+FROM execution_rollup
+WHERE Tenant = {tenant:String} AND FirstSeen >= {since:DateTime} AND FirstSeen < {until:DateTime}
+  AND ToolCalls + 1 >= length(ToolNames) + {min_repeats:UInt32} {{filters}}
+ORDER BY excess DESC
+LIMIT {limit:UInt32}

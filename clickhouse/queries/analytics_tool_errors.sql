@@ -1,0 +1,14 @@
+-- The newest failed calls of one tool in the window.
+SELECT
+    Timestamp AS time,
+    TraceId AS trace_id,
+    SpanId AS span_id,
+    ServiceName AS service,
+    ErrorType AS error_type,
+    ErrorMessage AS message,
+    DurationNs / 1e6 AS duration_ms
+FROM tool_calls
+WHERE Tenant = {tenant:String} AND ToolName = {tool:String} AND IsError
+  AND Timestamp >= {since:DateTime} AND Timestamp < {until:DateTime}
+ORDER BY Timestamp DESC, SpanId DESC
+LIMIT {limit:UInt32}
