@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from spanhouse import __version__
 from spanhouse.clickhouse import Store, deletion, history
@@ -26,6 +26,16 @@ from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
 from spanhouse.errors import AuthError, Forbidden
 
 TRACE_ID = r"^[0-9a-fA-F]{32}$"
+
+
+def _storable(value: datetime) -> datetime:
+    """Times outside what DateTime64(9) holds (1900-2262) are a parameter error (422)."""
+    if not 1900 <= value.year <= 2261:
+        raise ValueError("must be between the years 1900 and 2261")
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_storable)]
 
 
 @dataclass
@@ -70,8 +80,8 @@ class ExecutionFilters(BaseModel):
     type: str | None = Field(None, max_length=128)
     user: str | None = Field(None, max_length=512)
     session: str | None = Field(None, max_length=512)
-    since: datetime | None = Field(None, description="start time >= (ISO 8601)")
-    until: datetime | None = Field(None, description="start time < (ISO 8601)")
+    since: Timestamp | None = Field(None, description="start time >= (ISO 8601)")
+    until: Timestamp | None = Field(None, description="start time < (ISO 8601)")
     min_duration: float | None = Field(None, ge=0, description="milliseconds")
     max_duration: float | None = Field(None, ge=0, description="milliseconds")
     min_cost: float | None = Field(None, ge=0, description="USD")
@@ -176,7 +186,7 @@ def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pat
 
 @executions.delete("/executions")
 def delete_executions(who: Admin, ctx: Context, filters: Filters,
-                      before: Annotated[datetime, Query(description="delete executions started before this")]
+                      before: Annotated[Timestamp, Query(description="delete executions started before this")]
                       ) -> dict[str, int]:
     """Remove every execution started before ``before`` that matches the filters."""
     values = {**filters.values(), "until": min(_utc(before), filters.values().get("until", _utc(before)))}
