@@ -31,8 +31,9 @@ rollups, within 1% of a value at that rank.
 - ``repeated_tool``: tools called at least ``min_repeats`` times within one execution:
   ``tool_calls`` of the window grouped by trace and tool, for the traces that can have
   such a repeat (execution_rollup: ``ToolCalls >= distinct tools + min_repeats - 1``;
-  at most ``REPEAT_SAMPLE`` of them, most repeated calls first): in how many executions,
-  the most calls in one, an example trace.
+  the ``REPEAT_SAMPLE`` of them with the most repeated calls, so the lookup stays narrow;
+  the tip says how many candidates there were and how many were examined): in how many
+  executions, the most calls in one, an example trace.
 
 Tokens and cost are those of the ``execution_rollup`` rows whose first span is in the
 window (the rollup has no time key; this avoids joining a million executions). A trace
@@ -87,7 +88,7 @@ DEFAULT_THRESHOLDS_S = (1.0, 5.0, 30.0, 120.0)
 QUANTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99}  # the levels of tool_stats_* (0004)
 TIPS_PER_KIND = 3
 TOKEN_SAMPLE = 3  # executions whose spans are read from otel_traces (~6 granules each)
-REPEAT_SAMPLE = 1000  # candidate executions looked up in tool_calls
+REPEAT_SAMPLE = 50  # candidate executions looked up in tool_calls (beyond ~20 that scan its TraceIds)
 MAX_LOOKUP_SECONDS = 3600  # seconds listed to narrow that span lookup; beyond, the range only
 ERROR_PATTERNS = 10
 RECENT_ERRORS = 20
@@ -306,11 +307,14 @@ def _repeat_tips(client: Client, params: dict[str, Any], active: list[str], min_
     rows = queries.rows(client, "analytics_repeated_tools",
                         {**params, "min_repeats": min_repeats, "limit": TIPS_PER_KIND,
                          "trace_ids": sorted({c["trace_id"] for c in candidates})})
+    total = int(candidates[0]["candidates"])
+    among = f" of the {len(candidates)} examined" if total > len(candidates) else ""
     return [{"kind": "repeated_tool", "tool": r["tool"], "executions": int(r["executions"]),
              "max_calls": int(r["max_calls"]), "calls": int(r["calls"]), "min_repeats": min_repeats,
-             "example_trace_id": r["example_trace_id"],
+             "example_trace_id": r["example_trace_id"], "examined_executions": len(candidates),
+             "candidate_executions": total,
              "message": f"{r['tool']} was called {min_repeats} or more times within one execution in "
-                        f"{r['executions']} execution(s) (up to {r['max_calls']} calls, e.g. trace "
+                        f"{r['executions']} execution(s){among} (up to {r['max_calls']} calls, e.g. trace "
                         f"{r['example_trace_id']}); consider caching its results or batching the calls"}
             for r in rows]
 

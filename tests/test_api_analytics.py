@@ -431,7 +431,8 @@ def _expected_patterns(model: list[Exe], since: str) -> list[tuple[str, int, str
     return sorted(((*k, n) for k, n in found.items()), key=lambda r: (-r[3], r[0], r[2]))
 
 
-def _expected_repeats(model: list[Exe], days: int, name: str | None, min_repeats: int) -> dict[str, tuple[int, int, str]]:
+def _expected_repeats(model: list[Exe], days: int, name: str | None, min_repeats: int,
+                      candidates_out: list[int] | None = None) -> dict[str, tuple[int, int, str]]:
     per_tool: dict[str, list[tuple[int, str]]] = defaultdict(list)
     candidates = 0
     for e in _executions(model, days, name):
@@ -441,7 +442,9 @@ def _expected_repeats(model: list[Exe], days: int, name: str | None, min_repeats
         for tool, n in counts.items():
             if n >= min_repeats:
                 per_tool[tool].append((n, e.trace.hex()))
-    assert candidates <= 1000, "the test data must stay within the repeat sample"
+    assert candidates <= 50, "the test data must stay within the repeat sample"
+    if candidates_out is not None:
+        candidates_out.append(candidates)
     return {t: (len(v), max(v)[0], max(v)[1]) for t, v in per_tool.items()}
 
 
@@ -492,10 +495,12 @@ def test_performance_distribution_patterns_and_tips(world: World, days: int, nam
             for t in tips["token_heavy"]] == [(n, v[0], v[1], round(v[0] / sampled, 6), sampled, len(top))
                                               for n, v in want_tokens]
 
-    repeats = _expected_repeats(world.model_a, days, name, 5)
+    candidates: list[int] = []
+    repeats = _expected_repeats(world.model_a, days, name, 5, candidates)
     want_repeats = sorted(repeats.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:3]
-    assert [(t["tool"], t["executions"], t["max_calls"], t["example_trace_id"]) for t in tips["repeated_tool"]] == [
-        (tool, n, mx, trace) for tool, (n, mx, trace) in want_repeats]
+    assert [(t["tool"], t["executions"], t["max_calls"], t["example_trace_id"], t["candidate_executions"],
+             t["examined_executions"]) for t in tips["repeated_tool"]] == [
+        (tool, n, mx, trace, candidates[0], candidates[0]) for tool, (n, mx, trace) in want_repeats]
 
 
 def test_performance_custom_thresholds_and_rule_parameters(world: World) -> None:
@@ -527,6 +532,19 @@ def test_performance_custom_thresholds_and_rule_parameters(world: World) -> None
                            key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:3])
         assert got_repeats == want, min_repeats
         assert all(t["min_repeats"] == min_repeats for t in tips if t["kind"] == "repeated_tool")
+
+
+def test_repeated_tool_tips_say_when_they_examined_a_sample(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spanhouse.clickhouse import analytics  # the collector runs in this process
+
+    monkeypatch.setattr(analytics, "REPEAT_SAMPLE", 3)
+    candidates: list[int] = []
+    _expected_repeats(world.model_a, 30, None, 5, candidates)
+    tips = [t for t in world.ok("/performance", days=30)["tips"] if t["kind"] == "repeated_tool"]
+    assert tips and candidates[0] > 3
+    for t in tips:
+        assert (t["candidate_executions"], t["examined_executions"]) == (candidates[0], 3)
+        assert t["executions"] <= 3 and "of the 3 examined" in t["message"]
 
 
 def test_performance_of_the_other_tenant(world: World) -> None:

@@ -98,7 +98,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "from spanhouse.clickhouse import open_store, apply_retention\n"
         "from spanhouse.errors import ConfigError\n"
         "s = open_store(sys.argv[1], retention_days=45)\n"
-        "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'tool_stats_1h', 'executions', 'error_patterns'):\n"
+        "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'tool_stats_1h', 'executions', 'error_patterns', 'execution_rollup', 'feedback'):\n"
         "    print(t, 'toIntervalDay(45)' in s.client.command('SHOW CREATE TABLE ' + t))\n"
         "try:\n"
         "    apply_retention(s.client, 0)\n"
@@ -109,9 +109,10 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[:7] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
-                                               "tool_stats_1m", "tool_stats_1h", "executions", "error_patterns")]
-    assert lines[7].startswith("refused retention must be a whole number of days >= 1")
+    assert lines[:9] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
+                                               "tool_stats_1m", "tool_stats_1h", "executions", "error_patterns",
+                                               "execution_rollup", "feedback")]
+    assert lines[9].startswith("refused retention must be a whole number of days >= 1")
 
 
 def test_statement_splitter_respects_quotes_and_comments() -> None:

@@ -1,7 +1,8 @@
 -- Executions of the window that can have called one tool min_repeats+ times: a tool
 -- called k times among u distinct tools means ToolCalls >= k + u - 1 (execution_rollup
--- rows whose first span is in the window). The `limit` with the most repeated calls.
-SELECT TraceId AS trace_id, ToolCalls - length(ToolNames) AS excess
+-- rows whose first span is in the window). The `limit` with the most repeated calls,
+-- and how many there are in all.
+SELECT TraceId AS trace_id, ToolCalls - length(ToolNames) AS excess, count() OVER () AS candidates
 FROM execution_rollup
 WHERE Tenant = {tenant:String} AND FirstSeen >= {since:DateTime} AND FirstSeen < {until:DateTime}
   AND ToolCalls + 1 >= length(ToolNames) + {min_repeats:UInt32} {{filters}}

@@ -6,7 +6,7 @@ SELECT
     ServiceName AS service,
     ErrorType AS error_type,
     ErrorMessage AS message,
-    DurationNs / 1e6 AS duration_ms
+    round(DurationNs / 1e6, 3) AS duration_ms
 FROM tool_calls
 WHERE Tenant = {tenant:String} AND ToolName = {tool:String} AND IsError
   AND Timestamp >= {since:DateTime} AND Timestamp < {until:DateTime}
