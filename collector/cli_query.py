@@ -48,8 +48,8 @@ def _filter_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, float):  # small amounts (costs) keep their significant digits
+        return f"{value:.6g}" if abs(value) < 1 else f"{value:,.3f}".rstrip("0").rstrip(".")
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return "" if value is None else str(value)
