@@ -691,7 +691,8 @@ def run_e2e(transport: str, payloads: PayloadFile, args: argparse.Namespace, wor
             run = collect(args.timeout + 120)
             visible_at, m = wait_visible(serve, run, timeout=args.timeout)
             collector_cpu = proc_cpu_s(serve.pid) - cpu0
-            others = machine_busy_s() - busy0 - collector_cpu - run.total("cpu_s") - (time.process_time() - own0)
+            ours = collector_cpu + run.total("cpu_s") + time.process_time() - own0
+            others = max(0.0, machine_busy_s() - busy0 - ours)
         idle_after = idle_cpu_pct(serve.pid, args.idle_seconds) if measure_idle else None
         exit_code = serve.stop()
     finally:
@@ -796,7 +797,8 @@ def run_overload(payloads: PayloadFile, args: argparse.Namespace, workdir: Path)
             m = serve.metrics()
             rss.sample()
             collector_cpu = proc_cpu_s(serve.pid) - cpu0
-            others = machine_busy_s() - busy0 - collector_cpu - run.total("cpu_s") - (time.process_time() - own0)
+            ours = collector_cpu + run.total("cpu_s") + time.process_time() - own0
+            others = max(0.0, machine_busy_s() - busy0 - ours)
         hwm = proc_status_kb(serve.pid, "VmHWM") / 1024
         exit_code = serve.stop(timeout=180)
     finally:
@@ -834,7 +836,7 @@ def run_ceiling(payloads: Sequence[bytes], batch_requests: int,
             for n, batch in enumerate(batches):
                 writer.write(batch, token=f"ceiling-{n}")
             seconds = time.perf_counter() - start
-            others = machine_busy_s() - busy0 - (time.process_time() - own0)
+            others = max(0.0, machine_busy_s() - busy0 - (time.process_time() - own0))
         finally:
             gc.unfreeze()
         counts = {k: int(store.client.query(q).result_rows[0][0]) for k, q in COUNT_QUERIES.items()}
