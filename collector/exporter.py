@@ -36,6 +36,9 @@ class ClickHouseExporter:
         self._thread = threading.Thread(target=self._run, name="spanhouse-exporter", daemon=True)
         self.healthy = True
         """False while the store refuses inserts (for /readyz)."""
+        # Read at scrape time, so the gauges are never stale while an insert runs.
+        metrics.spool_bytes.set_function(lambda: spool.bytes)
+        metrics.spool_segments.set_function(lambda: spool.segment_count)
 
     def start(self) -> None:
         self._thread.start()
@@ -53,8 +56,6 @@ class ClickHouseExporter:
         backoff = self._backoff_initial
         while not self._stop.is_set():
             segment = self._spool.next_sealed(timeout=0.2)
-            self._metrics.spool_bytes.set(self._spool.bytes)
-            self._metrics.spool_segments.set(self._spool.segment_count)
             if segment is None:
                 continue
             if self._export(segment):

@@ -28,10 +28,13 @@ class Ingest:
         self._spool = spool
         self._metrics = metrics
 
-    def export(self, request: ExportTraceServiceRequest, principal: Principal) -> ExportTraceServiceResponse:
+    def export(self, request: ExportTraceServiceRequest, principal: Principal,
+               raw: bytes | None = None) -> ExportTraceServiceResponse:
         """Store the valid spans of ``request`` for ``principal``'s tenant.
 
-        Raises ``Forbidden`` without the ingest scope and ``SpoolFull`` under backpressure.
+        ``raw`` is the request's protobuf encoding when the receiver has it: a request
+        with nothing rejected is spooled byte for byte, not encoded again. Raises
+        ``Forbidden`` without the ingest scope and ``SpoolFull`` under backpressure.
         """
         principal.require("ingest")
         verdict = validate(request)
@@ -39,11 +42,9 @@ class Ingest:
         for reason, n in verdict.rejected.items():
             self._metrics.spans_rejected.labels(reason=reason).inc(n)
         if verdict.accepted:
-            # Unknown fields are dropped before spooling: a field number we do not know may
-            # reuse one ClickHouse's schema knows with another wire type, which its parser
-            # would refuse long after the client was acknowledged.
-            request.DiscardUnknownFields()
-            payload = request.SerializeToString()
+            # Bytes ClickHouse's protobuf reader refuses (e.g. an unknown field reusing a
+            # number with another wire type) are handled by the writer's exact path.
+            payload = raw if raw is not None and not verdict.rejected else request.SerializeToString()
             try:
                 self._spool.append(principal.tenant, payload)
             except SpoolFull:

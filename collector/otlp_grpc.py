@@ -61,7 +61,7 @@ class GrpcReceiver:
                 request = ExportTraceServiceRequest.FromString(body)
             except DecodeError as exc:
                 raise InvalidData(f"the message is not a valid OTLP ExportTraceServiceRequest: {exc}") from exc
-            reply = self._ingest.export(request, principal)
+            reply = self._ingest.export(request, principal, raw=body)
         except Exception as exc:  # every failure is answered through the one error map
             self._abort(context, exc)
         self._metrics.requests.labels(transport="grpc", outcome="ok").inc()

@@ -93,7 +93,8 @@ class HttpReceiver:
             principal = self._keys.authenticate(key_from_headers(request.headers.get))
             body = await read_body(request, self._limit)
             message = encoding.decode(body, kind)
-            reply = await anyio.to_thread.run_sync(self._ingest.export, message, principal,
+            raw = body if kind == encoding.PROTOBUF else None
+            reply = await anyio.to_thread.run_sync(self._ingest.export, message, principal, raw,
                                                    limiter=self._threads)
         except Exception as exc:  # every failure is answered through the one error map
             return self._error(exc, kind)
