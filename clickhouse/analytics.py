@@ -73,6 +73,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from spanhouse.clickhouse import queries
+from spanhouse.clickhouse.history import iso, jsonable
 
 EXECUTIONS = "executions"  # filter group of queries that read executions (alias e)
 ANALYTICS = "analytics"  # filter group of queries over tool_calls / tool_stats_*
@@ -207,7 +208,7 @@ def _executions(client: Client, params: Mapping[str, Any], active: Sequence[str]
     total: dict[str, Any] = {"finished": finished, "avg": None, "p50": None, "p95": None,
                              "buckets": [0] * (len(thresholds_s) + 1), "first": None, "last": None}
     if total_row and groups:
-        total.update(first=_iso(total_row["first_start"]), last=_iso(total_row["last_start"]))
+        total.update(first=iso(total_row["first_start"]), last=iso(total_row["last_start"]))
     if finished:
         p50, p95 = total_row["quantiles_ns"]  # type: ignore[index]
         total.update(avg=_ms(total_row["duration_sum_ns"] / finished), p50=_ms(p50), p95=_ms(p95),  # type: ignore[index]
@@ -236,7 +237,7 @@ def performance(client: Client, tenant: str, days: int, name: str | None = None,
     distribution = [{"bucket": b, "min_s": bounds[i], "max_s": bounds[i + 1], "executions": c,
                      "share": _ratio(c, finished)}
                     for i, (b, c) in enumerate(zip(DURATION_BUCKETS, total["buckets"]))]
-    patterns = [_jsonable(p) for p in queries.rows(client, "analytics_error_patterns",
+    patterns = [jsonable(p) for p in queries.rows(client, "analytics_error_patterns",
                                                    {**params, "limit": ERROR_PATTERNS})]
     # the current window only: prev_since = since leaves the previous one empty
     tool_rows = [_tool_item(r) for r in queries.rows(client, "analytics_tool_stats",
@@ -390,14 +391,14 @@ def tool_detail(client: Client, tenant: str, tool: str, days: int, bucket: str =
         "tool": tool,
         "window": w.describe(),
         "bucket": bucket,
-        "first_seen": _iso(seen["first_seen"]),
-        "last_seen": _iso(seen["last_seen"]),
+        "first_seen": iso(seen["first_seen"]),
+        "last_seen": iso(seen["last_seen"]),
         "total_calls": int(seen["total_calls"]),
         "summary": _tool_item(summary[0]) if summary else None,
-        "series": [{"time": _iso(p["bucket"]), "calls": int(p["calls"]), "errors": int(p["errors"]),
+        "series": [{"time": iso(p["bucket"]), "calls": int(p["calls"]), "errors": int(p["errors"]),
                     "error_rate": _ratio(p["errors"], p["calls"]), "avg_ms": _ms(p["duration_sum_ns"] / p["calls"]),
                     **{k: v for k, v in _quantiles(p["quantiles_ns"]).items() if k != "p90_ms"}} for p in series],
-        "recent_errors": [_jsonable(e) for e in errors],
+        "recent_errors": [jsonable(e) for e in errors],
     }
 
 
@@ -439,7 +440,7 @@ def anomalies(client: Client, tenant: str, metric: str = "latency_p95", method: 
     found.sort(key=lambda a: (a["time"], abs(a["score"])), reverse=True)
     out = {"window": w.describe(), "metric": metric, "method": method, "threshold": threshold, "bucket": bucket,
            "min_calls": min_calls, "tools_scored": len(per_tool), "total": len(found),
-           "anomalies": [{**a, "time": _iso(a["time"])} for a in found[:limit]]}
+           "anomalies": [{**a, "time": iso(a["time"])} for a in found[:limit]]}
     if method == "ewma":
         out["alpha"] = ALPHA
     return out
@@ -523,13 +524,5 @@ def _pct(now: float, before: float) -> float | None:
     return round((now - before) / before * 100, 2) if before else None
 
 
-def _iso(value: Any) -> Any:
-    return value.replace(tzinfo=timezone.utc).isoformat() if isinstance(value, datetime) else value
-
-
 def _iso_s(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
-
-
-def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _iso(v) for k, v in row.items()}

@@ -34,12 +34,14 @@ class Page:
     next_cursor: str | None
 
 
-def _iso(value: Any) -> Any:
+def iso(value: Any) -> Any:
+    """A result datetime (UTC, naive from the driver) as ISO 8601; anything else as is."""
     return value.replace(tzinfo=timezone.utc).isoformat() if isinstance(value, datetime) else value
 
 
-def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _iso(v) for k, v in row.items()}
+def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A result row with its datetimes as ISO 8601 strings."""
+    return {k: iso(v) for k, v in row.items()}
 
 
 def encode_cursor(start_time: datetime, trace_id: str) -> str:
@@ -85,7 +87,7 @@ def list_executions(client: Client, tenant: str, filters: Mapping[str, Any], lim
     more = len(items) > limit
     items = items[:limit]
     rollups = _rollups(client, tenant, [i["trace_id"] for i in items])
-    out = [_jsonable({**i, **rollups.get(i["trace_id"], _EMPTY_ROLLUP)}) for i in items]
+    out = [jsonable({**i, **rollups.get(i["trace_id"], _EMPTY_ROLLUP)}) for i in items]
     next_cursor = encode_cursor(items[-1]["start_time"], items[-1]["trace_id"]) if more and items else None
     return Page(out, int(total), next_cursor)
 
@@ -109,10 +111,10 @@ def get_execution(client: Client, tenant: str, trace_id: str) -> dict[str, Any] 
                           ["trace_ids"])
     if not spans and not listed:
         return None
-    summary = _jsonable(listed[0]) if listed else {"trace_id": trace_id, "status": "unknown"}
+    summary = jsonable(listed[0]) if listed else {"trace_id": trace_id, "status": "unknown"}
     summary.update(_rollups(client, tenant, [trace_id]).get(trace_id, _EMPTY_ROLLUP))
     summary["spans_tree"] = span_tree(spans)
-    summary["feedback"] = [_jsonable(f) for f in queries.rows(client, "execution_feedback", params)]
+    summary["feedback"] = [jsonable(f) for f in queries.rows(client, "execution_feedback", params)]
     return summary
 
 
@@ -123,10 +125,10 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         attrs = s["attributes"]
         node = {
             "span_id": s["span_id"], "parent_span_id": s["parent_span_id"], "name": s["name"], "kind": s["kind"],
-            "service": s["service"], "start_time": _iso(s["start_time"]), "duration_ms": s["duration_ms"],
+            "service": s["service"], "start_time": iso(s["start_time"]), "duration_ms": s["duration_ms"],
             "status": "error" if s["is_error"] else "ok", "status_message": s["status_message"],
             "attributes": attrs,
-            "events": [{"name": n, "time": _iso(t), "attributes": a} for n, t, a in s["events"]],
+            "events": [{"name": n, "time": iso(t), "attributes": a} for n, t, a in s["events"]],
             "children": [],
         }
         if s["is_tool"]:

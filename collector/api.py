@@ -158,7 +158,7 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
             rows = await asyncio.to_thread(history.executions_after, ctx.store.client, who.tenant, after)
             for row in rows:
                 after = max(after, row["stored_at"])
-                payload = json.dumps({k: history._iso(v) for k, v in row.items()})
+                payload = json.dumps({k: history.iso(v) for k, v in row.items()})
                 yield f"event: execution\ndata: {payload}\n\n".encode()
             await asyncio.sleep(poll)
 
