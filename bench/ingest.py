@@ -11,7 +11,7 @@ no spool, no validation), so the ratio says what the collector costs on top of t
 store. Issue targets on the 2-core machine: >= 100k spans/s end to end, >= 70% of the
 ceiling, peak RSS < 500 MB during 5 minutes of overload; idle CPU is reported.
 
-Phases, each against a fresh collector (``--grpc-port 0 --http-port 0 --api-port 0``,
+Phases, each against a fresh collector (``--grpc-port 0 --http-port 0 --api-port 0 --sql-port 0``,
 default batch settings 32 MiB / 1 s, ``SPANHOUSE_LOG_LEVEL=WARNING``) and data directory:
 
 1. idle CPU: the freshly started collector's utime+stime over ``--idle-seconds``, nothing sent;
@@ -220,7 +220,8 @@ class ServeChild:
         self.data = workdir / "data"
         self.log_path = workdir / "serve.log"
         self.args = [sys.executable, "-m", "spanhouse.collector.cli", "serve", "--dsn", f"chdb://{self.data}",
-                     "--host", HOST, "--grpc-port", "0", "--http-port", "0", "--api-port", "0", *extra]
+                     "--host", HOST, "--grpc-port", "0", "--http-port", "0", "--api-port", "0", "--sql-port", "0",
+                     *extra]
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, Any] = {}
 
@@ -672,8 +673,10 @@ def wait_visible(serve: ServeChild, run: ClientRun, timeout: float) -> tuple[flo
 
 
 def run_e2e(transport: str, payloads: PayloadFile, args: argparse.Namespace, workdir: Path,
-            measure_idle: bool) -> E2E:
-    """One fresh collector, ``args.clients`` clients of ``transport``, ``args.spans`` spans."""
+            measure_idle: bool, before_stop: Callable[[ServeChild, ClientRun], None] | None = None) -> E2E:
+    """One fresh collector, ``args.clients`` clients of ``transport``, ``args.spans`` spans;
+    ``before_stop(serve, run)`` is called once everything is visible, before SIGTERM (bench/forward.py
+    waits there for the forwarded copy)."""
     serve = ServeChild(workdir, args.serve_arg)
     serve.start()
     try:
@@ -693,6 +696,8 @@ def run_e2e(transport: str, payloads: PayloadFile, args: argparse.Namespace, wor
             collector_cpu = proc_cpu_s(serve.pid) - cpu0
             ours = collector_cpu + run.total("cpu_s") + time.process_time() - own0
             others = max(0.0, machine_busy_s() - busy0 - ours)
+            if before_stop is not None:
+                before_stop(serve, run)
         idle_after = idle_cpu_pct(serve.pid, args.idle_seconds) if measure_idle else None
         exit_code = serve.stop()
     finally:
