@@ -200,6 +200,8 @@ def _executions(client: Client, params: Mapping[str, Any], active: Sequence[str]
                 thresholds_s: Sequence[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows per (type, status) and the window's total: finished count, average and
     p50/p95 duration (ms), count per duration bucket, first and last start."""
+    if len(thresholds_s) != len(DEFAULT_THRESHOLDS_S):
+        raise ValueError(f"expected {len(DEFAULT_THRESHOLDS_S)} duration thresholds, got {len(thresholds_s)}")
     thresholds_ns = [int(round(t * 1e9)) for t in thresholds_s]
     rows = queries.rows(client, "analytics_executions", {**params, "thresholds_ns": thresholds_ns}, EXECUTIONS, active)
     groups = [r for r in rows if not r["is_total"]]
