@@ -1,7 +1,8 @@
 """The one export path both receivers call: validate, then make durable, then answer.
 
-A receiver decodes its transport's body into an ``ExportTraceServiceRequest``,
-authenticates the caller, and calls ``Ingest.export``. Invalid spans are dropped and
+A receiver authenticates the caller, asks ``Ingest.admit`` whether the spool has room
+(a full spool refuses before any decoding), decodes its transport's body into an
+``ExportTraceServiceRequest`` and calls ``Ingest.export``. Invalid spans are dropped and
 reported as a partial success; the rest is appended to the spool, and only when the
 spool has fsync'd it does ``export`` return — that return is the acknowledgement.
 """
@@ -27,6 +28,16 @@ class Ingest:
     def __init__(self, spool: Spool, metrics: Metrics) -> None:
         self._spool = spool
         self._metrics = metrics
+
+    def admit(self, size: int) -> None:
+        """Refuse a request of ``size`` bytes with ``SpoolFull`` before it is decoded when
+        the spool has no room for it: under overload the CPU goes to draining, not to
+        parsing requests that would be refused anyway."""
+        try:
+            self._spool.check_room(size)
+        except SpoolFull:
+            self._metrics.backpressure.inc()
+            raise
 
     def export(self, request: ExportTraceServiceRequest, principal: Principal,
                raw: bytes | None = None) -> ExportTraceServiceResponse:

@@ -236,9 +236,7 @@ class Spool:
         with self._lock:
             if not self._accepting:
                 raise Backpressure("the spool is closed; retry once the collector runs again", retry_after=_RETRY_AFTER)
-            if self._bytes + size > self._max_bytes:
-                raise SpoolFull(f"the spool holds {self._bytes} of {self._max_bytes} bytes: ClickHouse is "
-                                f"behind or down; retry later", retry_after=_RETRY_AFTER)
+            self._check_room(size)
             self._bytes += size
             group = self._pending
             group.parts += (header, tenant_bytes, payload)
@@ -249,6 +247,19 @@ class Spool:
         if group.error is not None:
             raise Backpressure(f"the spool could not store the record ({group.error}); it is not "
                                f"acknowledged, retry", retry_after=_RETRY_AFTER) from group.error
+
+    def check_room(self, size: int) -> None:
+        """Raise ``SpoolFull`` if a record of about ``size`` bytes would not fit now.
+
+        Lets a receiver refuse under backpressure before it spends CPU decoding and
+        validating a request it cannot store; ``append`` checks again under the lock.
+        """
+        self._check_room(size)
+
+    def _check_room(self, size: int) -> None:
+        if self._bytes + size > self._max_bytes:
+            raise SpoolFull(f"the spool holds {self._bytes} of {self._max_bytes} bytes: ClickHouse is "
+                            f"behind or down; retry later", retry_after=_RETRY_AFTER)
 
     def next_sealed(self, timeout: float) -> Segment | None:
         """The oldest sealed segment not yet deleted or quarantined, waiting up to

@@ -254,6 +254,10 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
             acked += 1
         assert 0 < acked < 200
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        # a full spool refuses before decoding: even a body that is not OTLP is asked to come back
+        not_otlp = b"\xff" * len(body)
+        assert httpx.post(c.http_url, content=not_otlp, headers=hdrs, timeout=30).status_code == 503
+        assert grpc_export(c.grpc_target, not_otlp, c.key)[0] is grpc.StatusCode.UNAVAILABLE
         st = status_pb2.Status.FromString(r.content)
         assert st.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
         code, _, err = grpc_export(c.grpc_target, body, c.key)

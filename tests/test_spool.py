@@ -171,12 +171,15 @@ def test_a_full_spool_refuses_and_writes_nothing_until_space_is_freed(spools: Sp
     with pytest.raises(SpoolFull, match="holds") as refused:
         spool.append("t", b"y")
     assert refused.value.retry_after > 0
+    with pytest.raises(SpoolFull):
+        spool.check_room(1)
     assert spool.bytes == 3 * size and segment_files(spools.directory) == on_disk
 
     oldest = spool.next_sealed(timeout=5)
     assert oldest is not None
     spool.delete(oldest)
     assert spool.bytes == 2 * size
+    spool.check_room(size)
     spool.append("t", b"x" * 100)
     assert spool.bytes == 3 * size
 
