@@ -80,7 +80,11 @@ ANALYTICS = "analytics"  # filter group of queries over tool_calls / tool_stats_
 
 HOUR_S = 3600
 DAY_S = 86400
-BUCKET_S = {"hour": HOUR_S, "day": DAY_S}
+BUCKETS = {  # bucket -> (rollup table, its time column, seconds per bucket)
+    "minute": ("tool_stats_1m", "Minute", 60),
+    "hour": ("tool_stats_1h", "Hour", HOUR_S),
+    "day": ("tool_stats_1h", "Hour", DAY_S),
+}
 
 DURATION_BUCKETS = ("very_fast", "fast", "normal", "slow", "very_slow")
 DEFAULT_THRESHOLDS_S = (1.0, 5.0, 30.0, 120.0)
@@ -381,13 +385,8 @@ def tool_detail(client: Client, tenant: str, tool: str, days: int, bucket: str =
         return None
     w = window(days, now)
     params = {"tenant": tenant, "tool": tool, **w.params()}
-    if bucket == "minute":
-        summary = queries.rows(client, "analytics_tool_stats", {**params, "min_calls": 1}, ANALYTICS, ["tool"])
-        series = queries.rows(client, "analytics_tool_series_1m", params, ANALYTICS, ["tool"])
-    else:  # the summary and the series from one read of the hourly quantile states
-        rows = queries.rows(client, "analytics_tool_detail_1h", {**params, "bucket_s": BUCKET_S[bucket]})
-        summary = [r for r in rows if r["is_total"] and r["calls"]]
-        series = [r for r in rows if not r["is_total"] and r["calls"]]
+    summary = queries.rows(client, "analytics_tool_stats", {**params, "min_calls": 1}, ANALYTICS, ["tool"])
+    series = _series(client, params, bucket, ["tool"])
     errors = queries.rows(client, "analytics_tool_errors", {**params, "limit": RECENT_ERRORS})
     return {
         "tool": tool,
@@ -407,10 +406,9 @@ def tool_detail(client: Client, tenant: str, tool: str, days: int, bucket: str =
 def _series(client: Client, params: dict[str, Any], bucket: str, active: list[str],
             quantiles: bool = True) -> list[dict[str, Any]]:
     """Per tool and bucket: calls, errors and (if ``quantiles``) duration sum and percentiles."""
-    if bucket == "minute":
-        return queries.rows(client, "analytics_tool_series_1m", params, ANALYTICS, active)
-    name = "analytics_tool_series_1h" if quantiles else "analytics_tool_counts_1h"
-    return queries.rows(client, name, {**params, "bucket_s": BUCKET_S[bucket]}, ANALYTICS, active)
+    rollup, at, bucket_s = BUCKETS[bucket]
+    return queries.rows(client, "analytics_tool_series" if quantiles else "analytics_tool_counts",
+                        {**params, "rollup": rollup, "at": at, "bucket_s": bucket_s}, ANALYTICS, active)
 
 
 # ------------------------------------------------------------------------------ anomalies
