@@ -229,14 +229,10 @@ class ActiveCall:
             context_api.detach(self._token)
             self._token = None
 
-    # Generators: the span is current only while the generator's own code runs.
-
-    def enter(self) -> object:
-        return context_api.attach(self._context)
-
-    @staticmethod
-    def leave(token: object) -> None:
-        context_api.detach(token)  # type: ignore[arg-type]
+    def current(self) -> _Current:
+        """For generators: ``with call.current():`` around each step of the wrapped
+        generator, so the span is current only while the generator's own code runs."""
+        return _Current(self._context)
 
     def collect(self, item: Any) -> None:
         """Keep a yielded item for the result, up to what could fit in the captured value."""
@@ -316,6 +312,23 @@ def _coroutine_wrapper(func: Callable[P, Any], spec: _Spec) -> Callable[P, Any]:
     return wrapper
 
 
+class _Current:
+    """Attach a context on entry and detach it on exit (a class, not a contextmanager
+    generator: it runs around every item a wrapped generator yields)."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: context_api.Context) -> None:
+        self._context = context
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        self._token = context_api.attach(self._context)
+
+    def __exit__(self, *_: object) -> None:
+        context_api.detach(self._token)  # type: ignore[arg-type]
+
+
 Gen = Generator[Any, Any, Any]
 AsyncGen = AsyncGenerator[Any, Any]
 
@@ -331,21 +344,15 @@ def _generator_wrapper(func: Callable[P, Gen], spec: _Spec) -> Callable[P, Gen]:
         thrown: BaseException | None = None
         try:
             while True:
-                token = call.enter()
-                try:
+                with call.current():
                     item = gen.send(sent) if thrown is None else gen.throw(thrown)
-                finally:
-                    call.leave(token)
                 sent = thrown = None
                 call.collect(item)
                 try:
                     sent = yield item
                 except GeneratorExit:
-                    token = call.enter()
-                    try:
+                    with call.current():
                         gen.close()
-                    finally:
-                        call.leave(token)
                     raise
                 except BaseException as exc:  # consumer's gen.throw(): pass it into the generator
                     thrown = exc
@@ -373,21 +380,15 @@ def _async_generator_wrapper(func: Callable[P, AsyncGen], spec: _Spec) -> Callab
         thrown: BaseException | None = None
         try:
             while True:
-                token = call.enter()
-                try:
+                with call.current():
                     item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
-                finally:
-                    call.leave(token)
                 sent = thrown = None
                 call.collect(item)
                 try:
                     sent = yield item
                 except GeneratorExit:
-                    token = call.enter()
-                    try:
+                    with call.current():
                         await agen.aclose()
-                    finally:
-                        call.leave(token)
                     raise
                 except BaseException as exc:  # consumer's athrow(): pass it into the generator
                     thrown = exc
