@@ -103,17 +103,35 @@ def _rollups(client: Client, tenant: str, trace_ids: list[str]) -> dict[str, dic
     return {r.pop("trace_id"): r for r in rows}
 
 
+MAX_SPANS = 5000
+"""Spans in an execution's tree at most: the earliest by start time; the detail says
+``spans_truncated`` when there are more (its ``spans`` rollup number still counts all).
+It bounds the response for a runaway trace, and a span read with a LIMIT this far under
+ClickHouse's lazy-materialization threshold (10000 rows) reads the attribute maps of
+the matching rows only, not of every granule they sit in."""
+
+
 def get_execution(client: Client, tenant: str, trace_id: str) -> dict[str, Any] | None:
-    """One execution with its span tree, rollup and feedback; None if the tenant has no such trace."""
+    """One execution with its span tree, rollup and feedback; None if the tenant has no such trace.
+
+    The trace's time range is looked up once and bounds both the span read and the
+    execution row (their tables are ordered by time, not by trace id). Without a lookup
+    row no span can be found (as the span query's own lookup never could), so only the
+    execution row is read, by trace id alone.
+    """
     params = {"tenant": tenant, "trace_id": trace_id}
-    spans = [s for s in queries.rows(client, "execution_spans", params) if not s["is_marker"]]
-    listed = queries.rows(client, "executions_page", {**params, "trace_ids": [trace_id], "limit": 1}, GROUP,
-                          ["trace_ids"])
+    found = queries.rows(client, "execution_bounds", params)
+    window = found[0] if found else {}  # {"since", "until"}: also the executions filters of those names
+    rows = queries.rows(client, "execution_spans", {**params, **window, "limit": MAX_SPANS + 1}) if window else []
+    spans = [s for s in rows[:MAX_SPANS] if not s["is_marker"]]
+    listed = queries.rows(client, "executions_page", {**params, **window, "trace_ids": [trace_id], "limit": 1},
+                          GROUP, ["trace_ids", *window])
     if not spans and not listed:
         return None
     summary = jsonable(listed[0]) if listed else {"trace_id": trace_id, "status": "unknown"}
     summary.update(_rollups(client, tenant, [trace_id]).get(trace_id, _EMPTY_ROLLUP))
     summary["spans_tree"] = span_tree(spans)
+    summary["spans_truncated"] = len(rows) > MAX_SPANS
     summary["feedback"] = [jsonable(f) for f in queries.rows(client, "execution_feedback", params)]
     return summary
 

@@ -1,8 +1,8 @@
--- Every span of one execution, for the span tree. The trace-id lookup table bounds the
--- time range so only that trace's partitions are read.
-WITH
-    (SELECT min(Start) FROM otel_traces_trace_id_ts WHERE TraceId = {trace_id:String} AND Tenant = {tenant:String}) AS t_start,
-    (SELECT max(End) + 1 FROM otel_traces_trace_id_ts WHERE TraceId = {trace_id:String} AND Tenant = {tenant:String}) AS t_end
+-- The spans of one execution, for the span tree: the first {limit} by start time, within
+-- the execution's time range (execution_bounds.sql) so only those partitions and granules
+-- are read. ORDER BY ... LIMIT also lets ClickHouse read the wide columns (the attribute
+-- maps) for the matching rows only instead of whole granules (lazy materialization, which
+-- applies up to query_plan_max_limit_for_lazy_materialization rows).
 SELECT
     SpanId AS span_id,
     ParentSpanId AS parent_span_id,
@@ -21,5 +21,6 @@ SELECT
     arrayMap((n, t, a) -> (n, t, a), `Events.Name`, `Events.Timestamp`, `Events.Attributes`) AS events
 FROM otel_traces
 WHERE Tenant = {tenant:String} AND TraceId = {trace_id:String}
-  AND Timestamp >= t_start AND Timestamp <= t_end
+  AND Timestamp >= {since:DateTime} AND Timestamp < {until:DateTime}
 ORDER BY Timestamp, SpanId
+LIMIT {limit:UInt32}

@@ -1,0 +1,63 @@
+"""Execution detail (history.get_execution) over the store: the trace's time range is
+looked up once and bounds the span and execution reads, so traces written piecemeal,
+running executions, traces without a lookup row and oversized trees are checked here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spanhouse.clickhouse import Store, history
+from tests.conftest import write
+from tests.otlp import request, span, span_id, trace_id
+
+T0 = 1_763_500_000_000_000_000  # 2025-11-18T21:06:40Z in ns
+DAY = 86_400_000_000_000
+AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"}
+
+
+def _names(tree: list[dict[str, Any]]) -> list[str]:
+    """Span names depth first."""
+    return [n for node in tree for n in [node["name"], *_names(node["children"])]]
+
+
+def test_trace_written_in_several_inserts_across_days_is_whole(store: Store, tenant: str) -> None:
+    t, root = trace_id(), span_id()
+    write(store, tenant, request([span("invoke_agent planner", t, start=T0, duration_ns=0,
+                                       attributes={**AGENT, "spanhouse.execution.state": "running"})]))
+    write(store, tenant, request([span("step one", t, parent=root, start=T0 + 1_000)]))
+    write(store, tenant, request([span("step two", t, parent=root, start=T0 + 8 * DAY)]))
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None and found["status"] == "running" and _names(found["spans_tree"]) == ["step one", "step two"]
+    write(store, tenant, request([span("invoke_agent planner", t, sid=root, start=T0, duration_ns=9 * DAY,
+                                       attributes=AGENT)]))
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None and found["status"] == "ok" and found["spans"] == 3
+    assert _names(found["spans_tree"]) == ["invoke_agent planner", "step one", "step two"]
+    assert found["spans_truncated"] is False
+
+
+def test_trace_without_a_lookup_row_still_has_its_execution_row(store: Store, tenant: str) -> None:
+    t = trace_id()
+    write(store, tenant, request([span("invoke_agent planner", t, start=T0, attributes=AGENT)]))
+    store.client.command("DELETE FROM otel_traces_trace_id_ts WHERE Tenant = {t:String}", parameters={"t": tenant})
+    found = history.get_execution(store.client, tenant, t.hex())
+    # Spans are found through the lookup row only (as they always were); the execution is not lost.
+    assert found is not None and (found["name"], found["status"], found["spans"]) == ("planner", "ok", 1)
+    assert found["spans_tree"] == []
+    assert history.get_execution(store.client, tenant, trace_id().hex()) is None
+
+
+def test_oversized_tree_keeps_the_earliest_spans_and_says_so(store: Store, tenant: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    t, root = trace_id(), span_id()
+    write(store, tenant, request([span("invoke_agent planner", t, sid=root, start=T0, attributes=AGENT),
+                                  *(span(f"step {i}", t, parent=root, start=T0 + i) for i in range(1, 5))]))
+    monkeypatch.setattr(history, "MAX_SPANS", 3)
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None and found["spans_truncated"] is True and found["spans"] == 5
+    assert _names(found["spans_tree"]) == ["invoke_agent planner", "step 1", "step 2"]
+    monkeypatch.setattr(history, "MAX_SPANS", 5)
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None and found["spans_truncated"] is False and len(_names(found["spans_tree"])) == 5
