@@ -5,7 +5,9 @@ Values never enter SQL text: they are bound as ClickHouse query parameters
 (``{name:Type}``). Optional filters are fixed SQL snippets from
 ``queries/filters/<group>.sql`` — blocks headed ``-- name`` — that the caller picks by
 name; ``{{filters}}`` in a query becomes ``AND (<snippet>) AND (…)`` of the chosen ones
-(or nothing), so a filter that is not asked for costs nothing at run time.
+(or nothing), so a filter that is not asked for costs nothing at run time. A column
+list several queries share lives once in ``queries/parts/<name>.sql`` and stands in a
+query as ``{{include:<name>}}``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from clickhouse_connect.driver.client import Client
 from spanhouse.clickhouse import sqlfiles
 
 _MARKER = "{{filters}}"
+_INCLUDE = re.compile(r"\{\{include:(\w+)\}\}")
 
 
 @cache
@@ -33,9 +36,15 @@ def filter_snippets(group: str) -> dict[str, str]:
     return snippets
 
 
+@cache
+def _part(name: str) -> str:
+    """``queries/parts/<name>.sql`` as written (its indentation kept), without the final newline."""
+    return sqlfiles.read_text(f"queries/parts/{name}.sql").rstrip()
+
+
 def render(name: str, group: str | None = None, active: Iterable[str] = ()) -> str:
-    """The SQL of query ``name`` with the ``active`` filters of ``group`` in place."""
-    sql = sqlfiles.query(name)
+    """The SQL of query ``name`` with its parts and the ``active`` filters of ``group`` in place."""
+    sql = _INCLUDE.sub(lambda m: _part(m.group(1)), sqlfiles.query(name))
     if group is None:
         return sql
     snippets = filter_snippets(group)
