@@ -122,10 +122,10 @@ class Stats:
     quantiles_ns: tuple[float, ...]
 
 
-def generate(client: Client, spans: int, chunk: int, end_s: int) -> float:
-    """Insert ``spans`` spans, ``chunk`` per INSERT, in the 7 days before ``end_s`` less its last
-    hour; return the seconds taken."""
-    params = {"start_ns": (end_s - WEEK_S) * 10**9, "spread_ns": (WEEK_S - 3600) * 10**9}
+def generate(client: Client, spans: int, chunk: int, end_s: int, days: int = 7) -> float:
+    """Insert ``spans`` spans, ``chunk`` per INSERT, in the ``days`` days before ``end_s`` less
+    its last hour; return the seconds taken."""
+    params = {"start_ns": (end_s - days * 86400) * 10**9, "spread_ns": (days * 86400 - 3600) * 10**9}
     start = time.perf_counter()
     for first in range(0, spans, chunk):
         client.command(GENERATE, parameters={**params, "first": first, "count": min(chunk, spans - first)})

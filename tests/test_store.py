@@ -15,6 +15,8 @@ from spanhouse.clickhouse import migrations as migrate_module
 from spanhouse.clickhouse.sqlfiles import split_statements
 from spanhouse.collector import cli
 from spanhouse.errors import ConfigError, MigrationError, StoreUnavailable
+from tests.conftest import write
+from tests.otlp import request, span, trace_id
 
 
 def test_embedded_paths_resolve_absolute_and_relative(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -141,3 +143,14 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith("spanhouse: error: unsupported DSN scheme") and "Traceback" not in done.stderr
+
+
+def test_tool_rollups_carry_time_ordered_projections(store: Store, tenant: str) -> None:
+    tool_call = span("execute_tool x", trace_id(), attributes={"gen_ai.operation.name": "execute_tool"})
+    write(store, tenant, request([tool_call]))
+    got = store.client.query("SELECT table, name FROM system.projections WHERE database = currentDatabase() "
+                             "ORDER BY table").result_rows
+    assert got == [("tool_stats_1h", "by_time"), ("tool_stats_1m", "by_time")]
+    built = store.client.query("SELECT DISTINCT table FROM system.projection_parts WHERE active "
+                               "AND database = currentDatabase() ORDER BY table").result_rows
+    assert built == [("tool_stats_1h",), ("tool_stats_1m",)]  # built by the insert itself
