@@ -11,12 +11,14 @@ and prints p50/p95 in ms against the targets (< 100 ms p50 each; detail < 30 ms)
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 from _store import temporary_store
+from clickhouse_connect.driver.client import Client
 from mv_vs_raw import TENANT, generate
 
 from spanhouse.clickhouse import analytics, history
@@ -37,6 +39,19 @@ def timings(call: Callable[[], Any], runs: int) -> tuple[float, float]:
     return statistics.median(samples), samples[min(len(samples) - 1, int(0.95 * len(samples)))]
 
 
+def settle(client: Client, timeout: float = 600.0) -> None:
+    """Wait until no merge or mutation runs: on 2 cores, background merges of the freshly
+    generated parts would otherwise take CPU from the timed calls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = client.command("SELECT (SELECT count() FROM system.merges) + "
+                              "(SELECT count() FROM system.mutations WHERE NOT is_done)")
+        if not int(busy):
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"merges were still running after {timeout:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=10_000_000)
@@ -55,12 +70,14 @@ def main() -> None:
         # that hour and its merges fold them together soon after.
         for table in ("executions", "execution_rollup", "tool_stats_1m", "tool_stats_1h", "error_patterns"):
             client.command(f"OPTIMIZE TABLE {table} FINAL")
-        some_trace = history.list_executions(client, TENANT, {}, 1).items[0]["trace_id"]
+        settle(client)
+        # a different execution per call: one id asked again would be served from warm caches
+        traces = itertools.cycle([e["trace_id"] for e in history.list_executions(client, TENANT, {}, 100).items])
         calls: dict[str, Callable[[], Any]] = {
             "list (first page)": lambda: history.list_executions(client, TENANT, {}, 50),
             "list (filtered)": lambda: history.list_executions(
                 client, TENANT, {"status": "ok", "service": "support-bot", "min_duration": 15000}, 50),
-            "detail": lambda: history.get_execution(client, TENANT, some_trace),
+            "detail": lambda: history.get_execution(client, TENANT, next(traces)),
             "stats": lambda: analytics.stats(client, TENANT, days=7),
             "performance": lambda: analytics.performance(client, TENANT, days=7),
             "tools": lambda: analytics.tools(client, TENANT, days=7),
