@@ -253,8 +253,12 @@ class Spool:
 
         Lets a receiver refuse under backpressure before it spends CPU decoding and
         validating a request it cannot store; ``append`` checks again under the lock.
+        ``size`` is the received body's, an estimate (a JSON body's record is smaller), so
+        a body larger than the whole spool passes: it is decoded, and refused as too large
+        only if its record is, rather than asked to retry forever.
         """
-        self._check_room(size)
+        if size <= self._max_bytes:
+            self._check_room(size)
 
     def _check_room(self, size: int) -> None:
         if self._bytes + size > self._max_bytes:

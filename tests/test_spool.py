@@ -173,6 +173,7 @@ def test_a_full_spool_refuses_and_writes_nothing_until_space_is_freed(spools: Sp
     assert refused.value.retry_after > 0
     with pytest.raises(SpoolFull):
         spool.check_room(1)
+    spool.check_room(3 * size + 1)  # could never fit: left to append's PayloadTooLarge, not "retry later"
     assert spool.bytes == 3 * size and segment_files(spools.directory) == on_disk
 
     oldest = spool.next_sealed(timeout=5)
