@@ -29,10 +29,12 @@ class Ingest:
         self._spool = spool
         self._metrics = metrics
 
-    def admit(self, size: int) -> None:
-        """Refuse a request of ``size`` bytes with ``SpoolFull`` before it is decoded when
-        the spool has no room for it: under overload the CPU goes to draining, not to
+    def admit(self, principal: Principal, size: int) -> None:
+        """Refuse a request of ``size`` bytes before it is decoded: ``Forbidden`` without
+        the ingest scope (a wrong key is told so, not asked to retry), ``SpoolFull`` when
+        the spool has no room for it, so under overload the CPU goes to draining, not to
         parsing requests that would be refused anyway."""
+        principal.require("ingest")
         try:
             self._spool.check_room(size)
         except SpoolFull:

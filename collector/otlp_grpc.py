@@ -57,7 +57,7 @@ class GrpcReceiver:
         try:
             metadata = dict(context.invocation_metadata())
             principal = self._keys.authenticate(key_from_headers(metadata.get))
-            self._ingest.admit(len(body))
+            self._ingest.admit(principal, len(body))
             try:
                 request = ExportTraceServiceRequest.FromString(body)
             except DecodeError as exc:

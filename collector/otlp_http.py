@@ -92,7 +92,7 @@ class HttpReceiver:
         try:
             principal = self._keys.authenticate(key_from_headers(request.headers.get))
             body = await read_body(request, self._limit)
-            self._ingest.admit(len(body))
+            self._ingest.admit(principal, len(body))
             message = encoding.decode(body, kind)
             raw = body if kind == encoding.PROTOBUF else None
             reply = await anyio.to_thread.run_sync(self._ingest.export, message, principal, raw,

@@ -20,8 +20,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from spanhouse.clickhouse import Store
+from spanhouse.collector.auth import Principal
 from spanhouse.collector.config import Settings
-from spanhouse.errors import ConfigError
+from spanhouse.collector.ingest import Ingest
+from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.spool import Spool
+from spanhouse.errors import ConfigError, Forbidden, SpoolFull
 from tests.collector_harness import FaultyWriter, Running, grpc_export, running_collector
 from tests.otlp import request, span, trace_id
 
@@ -230,6 +234,22 @@ def test_missing_unknown_and_underprivileged_keys(store: Store, tmp_path: Path, 
         r = httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
         assert r.status_code == 403
         assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_admission_checks_the_key_scope_before_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=300, seal_after=60.0)
+    spool.open()
+    try:
+        with pytest.raises(SpoolFull):
+            for _ in range(10):
+                spool.append("t", b"x" * 50)
+        ingest = Ingest(spool, Metrics())
+        with pytest.raises(Forbidden):  # a read-only key is told so, not asked to retry while the spool is full
+            ingest.admit(Principal("t", frozenset({"read"})), 50)
+        with pytest.raises(SpoolFull):
+            ingest.admit(Principal("t", frozenset({"ingest"})), 50)
+    finally:
+        spool.close()
 
 
 def test_non_loopback_without_keys_refuses_to_start() -> None:
