@@ -32,10 +32,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from ingest import (COUNT_QUERIES, E2E, HOST, MB, ClientRun, PayloadFile, ServeChild, count_in_store, expected_counts,

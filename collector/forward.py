@@ -7,11 +7,12 @@ is sealed: no copy, no extra write on the acknowledgement path, and the segment
 survives the main spool deleting it after its ClickHouse insert. A thread per
 destination sends the segment's requests in order and records its progress durably
 (``<segment>.pos``), so a restart resumes where it stopped. The record is written (and
-fsync'd) at most every ``PROGRESS_EVERY_S`` and whenever sending stops, not per request:
-an fsync per request capped forwarding at a few hundred requests per second, below
-ingest. So a crash (not a graceful stop) resends what the destination acknowledged in
-the last ``PROGRESS_EVERY_S`` at most: forwarding is at-least-once, like the OTel
-Collector's exporters with a persistent queue.
+fsync'd) after a request once ``PROGRESS_EVERY_S`` has passed since the last one, and
+whenever sending stops, not per request: an fsync per request capped forwarding at a
+few hundred requests per second, below ingest. So a crash (not a graceful stop)
+resends what the destination acknowledged since the last record, about
+``PROGRESS_EVERY_S`` of sending: forwarding is at-least-once, like the OTel Collector's
+exporters with a persistent queue.
 
 A slow or dead destination never slows ingest: its backlog is bounded by
 ``--forward-max-bytes``; past that its oldest segments are dropped, counted in
@@ -158,6 +159,7 @@ class Forwarder:
             oldest = segments.pop(0)
             size = oldest.stat().st_size
             _remove(oldest)
+            _remove(oldest.with_suffix(".pos"))
             total -= size
             self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(size)
             log.warning("forwarding to %s is %d bytes behind (bound %d): dropped segment %s",
@@ -182,7 +184,12 @@ class Forwarder:
                     self._wake.wait(1.0)
                     self._wake.clear()
                     continue
-                if self._forward(segments[0], sender):
+                try:
+                    done = self._forward(segments[0], sender)
+                except Exception:  # e.g. a full disk for the progress record: keep the thread, retry later
+                    log.exception("forwarding to %s failed; retrying", self.destination.label)
+                    done = False
+                if done:
                     backoff = 0.2
                 else:
                     self._stop.wait(backoff)
@@ -202,16 +209,20 @@ class Forwarder:
                       path.name, exc)
             records = []
         start = int(progress.read_text()) if progress.exists() else 0
-        saved, saved_at = start, time.monotonic()
-        for i in range(start, len(records)):
-            if self._stop.is_set() or not sender.send(records[i].payload):
-                if i > saved:
-                    _write_atomic(progress, str(i))
-                return False
-            self._metrics.forward_sent.labels(destination=self.destination.label).inc()
-            if time.monotonic() - saved_at >= PROGRESS_EVERY_S:
-                _write_atomic(progress, str(i + 1))
-                saved, saved_at = i + 1, time.monotonic()
+        sent = saved = start
+        saved_at = time.monotonic()
+        try:
+            for i in range(start, len(records)):
+                if self._stop.is_set() or not sender.send(records[i].payload):
+                    return False
+                sent = i + 1
+                self._metrics.forward_sent.labels(destination=self.destination.label).inc()
+                if time.monotonic() - saved_at >= PROGRESS_EVERY_S:
+                    _write_atomic(progress, str(sent))
+                    saved, saved_at = sent, time.monotonic()
+        finally:  # stopped, failed or raised: record what the destination took, unless the bound dropped it
+            if saved < sent < len(records) and path.exists():
+                _write_atomic(progress, str(sent))
         with self._lock:
             _remove(path)
             _remove(progress)

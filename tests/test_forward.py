@@ -12,6 +12,9 @@ from pathlib import Path
 import grpc
 import httpx
 
+from spanhouse.collector.forward import Destination, Forwarder
+from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.spool import Spool
 from tests.collector_harness import ServeProcess, count_in_store, grpc_export
 from tests.otlp import request, span, trace_id
 
@@ -83,3 +86,39 @@ def test_dead_destination_is_bounded_counted_and_never_slows_ingest(tmp_path: Pa
     assert _metric(ports, "spanhouse_forward_backlog_bytes") <= 64 * 1024 * 2
     assert a.terminate() == 0
     assert count_in_store(tmp_path / "a", "SELECT count() FROM otel_traces") == [[len(sent)]]
+
+
+class _Destination:
+    """A sender taking requests until ``fail_at`` of them have arrived, then refusing."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at = fail_at
+        self.got: list[bytes] = []
+
+    def send(self, payload: bytes) -> bool:
+        if len(self.got) == self.fail_at:
+            return False
+        self.got.append(payload)
+        return True
+
+
+def test_a_failed_send_records_progress_and_the_next_attempt_resumes_there(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=60.0)
+    spool.open()
+    try:
+        for i in range(5):
+            spool.append("t", f"r{i}".encode())
+        spool.seal()
+        segment = spool.next_sealed(timeout=5)
+    finally:
+        spool.close()
+    assert segment is not None
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, Metrics())
+    forwarder.adopt(segment)
+    linked = tmp_path / "fwd" / segment.path.name
+    first, second = _Destination(fail_at=3), _Destination(fail_at=99)
+    assert forwarder._forward(linked, first) is False  # type: ignore[arg-type]
+    assert linked.with_suffix(".pos").read_text() == "3"  # within 0.5 s: written because sending stopped
+    assert forwarder._forward(linked, second) is True  # type: ignore[arg-type]
+    assert first.got + second.got == [f"r{i}".encode() for i in range(5)]  # each once, in order
+    assert not linked.exists() and not linked.with_suffix(".pos").exists()
