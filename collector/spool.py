@@ -236,7 +236,7 @@ class Spool:
         with self._lock:
             if not self._accepting:
                 raise Backpressure("the spool is closed; retry once the collector runs again", retry_after=_RETRY_AFTER)
-            self._check_room(size)
+            self.check_room(size)  # under the lock here; size <= max_bytes was checked above
             self._bytes += size
             group = self._pending
             group.parts += (header, tenant_bytes, payload)
@@ -257,11 +257,7 @@ class Spool:
         a body larger than the whole spool passes: it is decoded, and refused as too large
         only if its record is, rather than asked to retry forever.
         """
-        if size <= self._max_bytes:
-            self._check_room(size)
-
-    def _check_room(self, size: int) -> None:
-        if self._bytes + size > self._max_bytes:
+        if size <= self._max_bytes and self._bytes + size > self._max_bytes:
             raise SpoolFull(f"the spool holds {self._bytes} of {self._max_bytes} bytes: ClickHouse is "
                             f"behind or down; retry later", retry_after=_RETRY_AFTER)
 
