@@ -138,14 +138,20 @@ def parse_thresholds(raw: str) -> tuple[float, ...]:
     except ValueError:
         raise ValueError(f"expected {len(DEFAULT_THRESHOLDS_S)} comma-separated numbers of seconds, "
                          f"e.g. '1,5,30,120', got {raw!r}") from None
+    return check_thresholds(values)
+
+
+def check_thresholds(values: Sequence[float]) -> tuple[float, ...]:
+    """``values`` if they are four increasing positive seconds (what analytics_executions.sql
+    assumes); ValueError says what is wrong."""
     if len(values) != len(DEFAULT_THRESHOLDS_S):
         raise ValueError(f"expected {len(DEFAULT_THRESHOLDS_S)} thresholds (the upper bounds of "
                          f"{', '.join(DURATION_BUCKETS[:-1])}), got {len(values)}")
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError("thresholds must be positive, finite numbers of seconds")
     if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(f"thresholds must be strictly increasing, got {raw!r}")
-    return values
+        raise ValueError(f"thresholds must be strictly increasing, got {', '.join(map(str, values))}")
+    return tuple(values)
 
 
 # ---------------------------------------------------------------------------------- stats
@@ -204,9 +210,7 @@ def _executions(client: Client, params: Mapping[str, Any], active: Sequence[str]
                 thresholds_s: Sequence[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows per (type, status) and the window's total: finished count, average and
     p50/p95 duration (ms), count per duration bucket, first and last start."""
-    if len(thresholds_s) != len(DEFAULT_THRESHOLDS_S):
-        raise ValueError(f"expected {len(DEFAULT_THRESHOLDS_S)} duration thresholds, got {len(thresholds_s)}")
-    thresholds_ns = [int(round(t * 1e9)) for t in thresholds_s]
+    thresholds_ns = [int(round(t * 1e9)) for t in check_thresholds(thresholds_s)]
     rows = queries.rows(client, "analytics_executions", {**params, "thresholds_ns": thresholds_ns}, EXECUTIONS, active)
     groups = [r for r in rows if not r["is_total"]]
     total_row = next((r for r in rows if r["is_total"]), None)
