@@ -40,8 +40,22 @@ _PROTO = "otlp_ingest.proto"
 _MESSAGE = "SpanhouseIngestItem"
 _TENANT_FIELD = 536870911
 _EXACT_MARKER = "SPANHOUSE_EXACT_PATH"
-# Server errors that pass: retry the same batch later (everything else is about the data).
-_TRANSIENT_CODES = frozenset({159, 160, 164, 202, 209, 210, 236, 241, 242, 252, 285, 319, 394, 425, 999})
+# Server errors that are about the store, not the batch: the same batch is retried later
+# and stays in the spool meanwhile (everything else is about the data and takes the exact
+# path, then quarantine). A store that is full, misconfigured or missing its tables keeps
+# what it acknowledged until someone fixes it.
+_TRANSIENT_CODES = frozenset({
+    60, 81,  # UNKNOWN_TABLE, UNKNOWN_DATABASE: the schema is gone (a reset server)
+    159, 160, 209, 210, 1000,  # TIMEOUT_EXCEEDED, TOO_SLOW, SOCKET_TIMEOUT, NETWORK_ERROR, POCO_EXCEPTION
+    164, 242,  # READONLY, TABLE_IS_READ_ONLY
+    173, 241,  # CANNOT_ALLOCATE_MEMORY, MEMORY_LIMIT_EXCEEDED
+    192, 193, 194, 195, 497, 516,  # unknown user, wrong/required password, IP not allowed, ACCESS_DENIED, AUTH
+    202, 252, 439,  # TOO_MANY_SIMULTANEOUS_QUERIES, TOO_MANY_PARTS, CANNOT_SCHEDULE_TASK
+    236, 394,  # ABORTED, QUERY_WAS_CANCELLED
+    243,  # NOT_ENOUGH_SPACE
+    285, 319, 999,  # TOO_FEW_LIVE_REPLICAS, UNKNOWN_STATUS_OF_INSERT, KEEPER_EXCEPTION
+    425,  # SYSTEM_ERROR
+})
 _CODE = re.compile(r"Code: (\d+)\.")
 
 
@@ -157,9 +171,10 @@ class Writer:
             return
         try:
             self._client.command("SYSTEM JEMALLOC PURGE")
-        except ClickHouseError as exc:  # an engine built without jemalloc: nothing to purge, ever
-            self._purge = False
-            log.info("not purging the embedded engine's freed memory: %s", str(exc)[:200])
+        except ClickHouseError as exc:
+            if not _transient(exc):  # an engine built without jemalloc: nothing to purge, ever
+                self._purge = False
+            log.info("the embedded engine's freed memory was not purged: %s", str(exc)[:200])
 
     def _write_exact(self, items: Sequence[IngestItem], settings: dict[str, object]) -> None:
         rows: list[list[object]] = []

@@ -55,10 +55,20 @@ class ClickHouseExporter:
     def _run(self) -> None:
         backoff = self._backoff_initial
         while not self._stop.is_set():
-            segment = self._spool.next_sealed(timeout=0.2)
-            if segment is None:
-                continue
-            if self._export(segment):
+            try:
+                segment = self._spool.next_sealed(timeout=0.2)
+                if segment is None:
+                    continue
+                done = self._export(segment)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one failure
+                # e.g. the disk is full while quarantining or deleting a segment. The
+                # segment stays in the spool and is tried again (its token makes a
+                # repeated insert a no-op); /readyz says not ready meanwhile.
+                self._metrics.insert_errors.labels(kind="failed").inc()
+                log.exception("exporting a spool segment failed; it will be retried")
+                self.healthy = False
+                done = False
+            if done:
                 backoff = self._backoff_initial
             else:
                 self._stop.wait(backoff)

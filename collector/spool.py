@@ -276,10 +276,10 @@ class Spool:
     def delete(self, segment: Segment) -> None:
         """Remove a segment whose insert succeeded and free its bytes; again is a no-op."""
         segment.path.unlink(missing_ok=True)
+        self._forget(segment)  # before the sync: if that fails, the file is gone all the same
         # Without this a power loss could bring the segment back: a replay the
         # deduplication token absorbs, but bytes held for nothing.
         self._sync_dir(self._dir)
-        self._forget(segment)
 
     def quarantine(self, segment: Segment, reason: str) -> Path:
         """Move a segment ClickHouse rejects for good to ``quarantine/`` (with a
@@ -288,9 +288,9 @@ class Spool:
         target = target_dir / segment.path.name
         self._write_file(target_dir / f"{segment.name}.reason", reason.encode())
         segment.path.rename(target)
+        self._forget(segment)  # before the syncs: if they fail, the file has moved all the same
         self._sync_dir(target_dir)
         self._sync_dir(self._dir)
-        self._forget(segment)
         log.warning("spool segment %s quarantined in %s: %s", segment.name, target_dir, reason)
         return target
 

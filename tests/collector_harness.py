@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +68,12 @@ class Running:
 
 
 class FaultyWriter:
-    """A writer that fails like an unreachable ClickHouse until ``heal()``."""
+    """A writer that fails like an unreachable ClickHouse (or with ``error()``) until ``heal()``."""
 
-    def __init__(self, real: Any) -> None:
+    def __init__(self, real: Any, error: Callable[[], Exception] = lambda: StoreUnavailable(
+            "injected fault: ClickHouse is down")) -> None:
         self._real = real
+        self._error = error
         self.broken = True
         self.attempts = 0
 
@@ -85,7 +87,7 @@ class FaultyWriter:
     def write(self, items: list[IngestItem], token: str | None = None) -> None:
         self.attempts += 1
         if self.broken:
-            raise StoreUnavailable("injected fault: ClickHouse is down")
+            raise self._error()
         self._real.write(items, token)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -295,6 +296,30 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
         metrics = httpx.get(c.api_url + "/metrics").text
     assert _count(store, tenant) == (acked + 1) * 20
     assert "spanhouse_backpressure_events_total" in metrics and 'spanhouse_insert_errors_total{kind="unavailable"}' in metrics
+
+
+def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: Store, tmp_path: Path,
+                                                                       tenant: str) -> None:
+    """A failure that is neither the store's nor the data's (here the disk, while the
+    segment is handled) must not end the exporter thread: the segment stays, /readyz says
+    not ready, and once the cause is gone everything acknowledged lands."""
+    faulty = FaultyWriter(store.writer, error=lambda: OSError(28, "No space left on device"))
+    with running_collector(Store(store.dsn, store.client, faulty), tmp_path, tenant) as c:  # type: ignore[arg-type]
+        body = request([span(f"s{i}", trace_id()) for i in range(5)]).SerializeToString()
+        hdrs = {"content-type": "application/x-protobuf", **c.headers()}
+        assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200
+        deadline = time.monotonic() + 30
+        while faulty.attempts < 2 and time.monotonic() < deadline:  # retried: the thread is alive
+            time.sleep(0.05)
+        assert faulty.attempts >= 2
+        assert httpx.get(c.api_url + "/readyz").status_code == 503
+        faulty.heal()
+        c.wait_drained(timeout=60)
+        assert httpx.get(c.api_url + "/readyz").status_code == 200
+        metrics = httpx.get(c.api_url + "/metrics").text
+    assert _count(store, tenant) == 5
+    assert not (tmp_path / "spool" / "quarantine").exists()
+    assert 'spanhouse_insert_errors_total{kind="failed"}' in metrics
 
 
 def test_health_endpoints(store: Store, tmp_path: Path, tenant: str) -> None:

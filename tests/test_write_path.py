@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
-from spanhouse.clickhouse import IngestItem, Store, otlp_rows
+from spanhouse.clickhouse import IngestItem, Store, Writer, otlp_rows
 from spanhouse.clickhouse.writer import frame
-from spanhouse.errors import InvalidData
+from spanhouse.errors import InvalidData, StoreUnavailable
 from tests.conftest import write
 from tests.otlp import AnyValue, KeyValue, KeyValueList, attrs, request, span, span_id, trace_id, value
 
@@ -373,3 +374,40 @@ def test_a_large_insert_leaves_no_freed_memory_resident(store: Store, tenant: st
     store.writer.write(payloads[1:])
     assert _anonymous_rss_mb() - before < 64
     assert store.client.command(f"SELECT count() FROM otel_traces WHERE Tenant = '{tenant}'") == 30_000
+
+
+class _RefusingClient:
+    """The store's client, except that inserts of the fast path fail with ``message``."""
+
+    def __init__(self, real: Any, message: str) -> None:
+        self._real, self._message = real, message
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> None:
+        raise DatabaseError(self._message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("message", [
+    "Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)",
+    "Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)",
+    "Code: 60. DB::Exception: Table default.otlp_ingest does not exist. (UNKNOWN_TABLE)",
+])
+def test_a_store_that_is_full_or_misconfigured_keeps_the_batch_for_a_retry(store: Store, tenant: str,
+                                                                           message: str) -> None:
+    """Not the data's fault: StoreUnavailable (the exporter retries, the spool keeps the
+    batch), never the exact path and its WriteError (which would quarantine the batch)."""
+    writer = Writer(_RefusingClient(store.client, message))  # type: ignore[arg-type]
+    item = IngestItem(tenant, request([span("s", trace_id())]).SerializeToString())
+    with pytest.raises(StoreUnavailable):
+        writer.write([item])
+    assert writer.exact_batches == 0
+
+
+def test_a_batch_refused_for_its_data_takes_the_exact_path(store: Store, tenant: str) -> None:
+    refusing = _RefusingClient(store.client, "Code: 117. DB::Exception: Incorrect data. (INCORRECT_DATA)")
+    writer = Writer(refusing)  # type: ignore[arg-type]
+    writer.write([IngestItem(tenant, request([span("s", trace_id())]).SerializeToString())])
+    assert writer.exact_batches == 1
+    assert store.client.command(f"SELECT count() FROM otel_traces WHERE Tenant = '{tenant}'") == 1
