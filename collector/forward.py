@@ -143,10 +143,15 @@ class Forwarder:
         """Take a sealed segment (a hard link, so idempotent and cheap), then keep the bound."""
         target = self._dir / segment.path.name
         with self._lock:
-            if not target.exists():
-                os.link(segment.path, target)
-                _sync_dir(self._dir)
-            self._keep_bound()
+            try:
+                if not target.exists():
+                    os.link(segment.path, target)
+                    _sync_dir(self._dir)
+                self._keep_bound()
+            except OSError as exc:  # e.g. a full disk: this destination misses the segment, ClickHouse does not
+                self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(segment.size)
+                log.error("forwarding to %s: cannot take segment %s (%s); dropped", self.destination.label,
+                          segment.name, exc)
         self._wake.set()
 
     def _segments(self) -> list[Path]:

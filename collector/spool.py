@@ -328,9 +328,15 @@ class Spool:
                     self._flusher_idle = False
                 group, self._pending = self._pending, _Group()
                 stopping = not self._accepting
-            if group.parts:
-                self._commit(group)
-            self._seal_if_old()
+            try:
+                if group.parts:
+                    self._commit(group)
+                self._seal_if_old()
+            except Exception as exc:  # noqa: BLE001 - a dead flusher would leave every append waiting
+                log.exception("spool flusher failed; the records in flight are not acknowledged")
+                if not group.done.is_set():
+                    group.error = exc
+                    group.done.set()
             if stopping:  # no append is admitted once closing, so this group was the last
                 return
 
@@ -416,7 +422,10 @@ class Spool:
             os.close(active.fd)
         segment = Segment(active.name, active.path, active.size)
         if self._on_seal is not None:
-            self._on_seal(segment)
+            try:
+                self._on_seal(segment)
+            except Exception:  # noqa: BLE001 - a hand-off failing must not stop the spool
+                log.exception("handing sealed spool segment %s on failed; it is still exported", segment.name)
         with self._lock:
             self._active = None
             self._sealed.append(segment)

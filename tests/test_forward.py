@@ -14,7 +14,7 @@ import httpx
 
 from spanhouse.collector.forward import Destination, Forwarder
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import Spool
+from spanhouse.collector.spool import Segment, Spool
 from tests.collector_harness import ServeProcess, count_in_store, grpc_export
 from tests.otlp import request, span, trace_id
 
@@ -122,3 +122,14 @@ def test_a_failed_send_records_progress_and_the_next_attempt_resumes_there(tmp_p
     assert forwarder._forward(linked, second) is True  # type: ignore[arg-type]
     assert first.got + second.got == [f"r{i}".encode() for i in range(5)]  # each once, in order
     assert not linked.exists() and not linked.with_suffix(".pos").exists()
+
+
+def test_a_segment_the_forwarder_cannot_take_is_counted_as_dropped(tmp_path: Path) -> None:
+    """The hand-off runs on the spool's flusher: a failure there (here the segment's file
+    is gone, as a full disk would fail the link) is this destination's loss, counted."""
+    metrics = Metrics()
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
+    forwarder.adopt(Segment("000000000001-" + "0" * 32, tmp_path / "missing.seg", 123))
+    assert metrics.registry.get_sample_value("spanhouse_forward_dropped_bytes_total",
+                                             {"destination": "grpc://127.0.0.1:9"}) == 123
+    assert not list((tmp_path / "fwd").glob("*.seg"))

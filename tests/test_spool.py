@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from spanhouse.collector.spool import Record, RecoveryReport, Spool
+from spanhouse.collector.spool import Record, RecoveryReport, Segment, Spool
 from spanhouse.errors import Backpressure, ConfigError, InvalidData, SpoolFull
 
 MB = 1 << 20
@@ -472,3 +472,30 @@ def test_a_directory_takes_one_spool_at_a_time(spools: Spools) -> None:
         Spool(spools.directory, max_bytes=MB).open()
     first.close()
     spools.open()
+
+
+def test_a_failing_seal_hand_off_stops_nothing(spools: Spools) -> None:
+    """A forwarder that cannot take a sealed segment (say the disk is full) must not end
+    the flusher: appends go on being acknowledged and every segment reaches the exporter."""
+    handed: list[str] = []
+
+    def on_seal(segment: Segment) -> None:
+        handed.append(segment.name)
+        raise OSError(28, "No space left on device")
+
+    spool = spools.open(segment_bytes=800, on_seal=on_seal)
+    # several segments, every seal failing its hand-off; on a thread, so a flusher that
+    # died (leaving appends waiting forever) fails the test instead of hanging it
+    appends = threading.Thread(target=lambda: [spool.append("t", b"x" * 100 + bytes([i])) for i in range(20)],
+                               daemon=True)
+    appends.start()
+    appends.join(timeout=30)
+    assert not appends.is_alive(), "appends hang: the flusher died"
+    spool.seal()
+    sealed, payloads = [], []
+    while (segment := spool.next_sealed(timeout=0.1)) is not None:
+        sealed.append(segment.name)
+        payloads += [r.payload[-1] for r in segment.records()]
+        spool.delete(segment)
+    assert len(sealed) >= 3 and sealed == handed
+    assert payloads == list(range(20))
