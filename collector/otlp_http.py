@@ -56,16 +56,31 @@ async def read_body(request: Request, limit: int) -> bytes:
         return body
     if coding != "gzip":
         raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported; use gzip or none")
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidData(f"the body is not valid gzip: {exc}") from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"the decompressed request exceeds the limit of {limit} bytes")
-    if not inflater.eof:
-        raise InvalidData("the gzip body is truncated")
-    return out
+    return gunzip(body, limit)
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """``body`` decompressed, refusing more than ``limit`` bytes of output.
+
+    A gzip stream may hold several members one after the other (``cat a.gz b.gz``; RFC
+    1952 2.2): all of them are the body, as for ``gzip -d``, so none is dropped after the
+    request was acknowledged.
+    """
+    out = bytearray()
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise InvalidData(f"the body is not valid gzip: {exc}") from exc
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"the decompressed request exceeds the limit of {limit} bytes")
+        if not inflater.eof:
+            raise InvalidData("the gzip body is truncated")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
 
 
 class HttpReceiver:

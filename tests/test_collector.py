@@ -25,8 +25,9 @@ from spanhouse.collector.auth import Principal
 from spanhouse.collector.config import Settings
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.otlp_http import gunzip
 from spanhouse.collector.spool import Spool
-from spanhouse.errors import ConfigError, Forbidden, SpoolFull
+from spanhouse.errors import ConfigError, Forbidden, InvalidData, PayloadTooLarge, SpoolFull
 from tests.collector_harness import FaultyWriter, Running, grpc_export, running_collector
 from tests.otlp import request, span, trace_id
 
@@ -125,6 +126,27 @@ def test_otlp_json_spec_example_with_gzip_and_string_int64s(store: Store, tmp_pa
                      "Server", "my.service", "my.library", 1_000_000_000,
                      {"my.span.attr": "some value", "count": "7", "count_str": "9007199254740993", "ratio": "0.5",
                       "blob": "AAE="})]
+
+
+def test_every_member_of_a_multi_member_gzip_body_is_read() -> None:
+    a, b = b"first member " * 100, b"second member" * 100
+    assert gunzip(gzip.compress(a) + gzip.compress(b), 10_000) == a + b
+    with pytest.raises(PayloadTooLarge):  # the limit holds across members
+        gunzip(gzip.compress(a) + gzip.compress(b), len(a) + 10)
+    with pytest.raises(InvalidData):  # trailing bytes that are no gzip member are not ignored
+        gunzip(gzip.compress(a) + b"garbage", 10_000)
+
+
+def test_a_multi_member_gzip_request_stores_the_spans_of_every_member(store: Store, tmp_path: Path,
+                                                                     tenant: str) -> None:
+    body = request([span(f"s{i}", trace_id()) for i in range(6)]).SerializeToString()
+    cut = len(body) // 2
+    with running_collector(store, tmp_path, tenant) as c:
+        r = httpx.post(c.http_url, content=gzip.compress(body[:cut]) + gzip.compress(body[cut:]),
+                       headers={"content-type": "application/x-protobuf", "content-encoding": "gzip", **c.headers()})
+        assert r.status_code == 200
+        c.wait_drained()
+    assert _count(store, tenant) == 6
 
 
 def test_chunked_request_body_is_accepted(store: Store, tmp_path: Path, tenant: str) -> None:
