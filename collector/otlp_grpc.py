@@ -3,6 +3,11 @@
 Registered as a generic handler with no deserializer, so the request arrives as bytes
 and is decoded once, here. gzip is gRPC message compression, handled by grpcio; a
 message over the size limit is refused by grpcio itself with RESOURCE_EXHAUSTED.
+Calls beyond the worker threads wait in grpcio's queue, as in the OpenTelemetry
+Collector (no concurrent-call limit): a queued call holds no message yet (grpcio reads
+it on the worker), so memory stays bounded by the workers. grpcio's own limit would
+refuse the overflow with RESOURCE_EXHAUSTED and no RetryInfo, which OTLP clients take
+as "do not retry": spans dropped under load instead of delayed.
 Errors are answered through ``collector.errors.outcome`` with a ``google.rpc.Status``
 in the ``grpc-status-details-bin`` trailer (RetryInfo when the client should retry).
 """
@@ -40,7 +45,6 @@ class GrpcReceiver:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spanhouse-grpc"),
             options=[("grpc.max_receive_message_length", max_request_bytes),
                      ("grpc.max_send_message_length", 4 << 20)],
-            maximum_concurrent_rpcs=workers * 8,
         )
         handler = grpc.unary_unary_rpc_method_handler(self._export)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -21,14 +22,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from spanhouse.clickhouse import Store
-from spanhouse.collector.auth import Principal
+from spanhouse.collector.auth import KeyRing, Principal
 from spanhouse.collector.config import Settings
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import gunzip
 from spanhouse.collector.spool import Spool
 from spanhouse.errors import ConfigError, Forbidden, InvalidData, PayloadTooLarge, SpoolFull
-from tests.collector_harness import FaultyWriter, Running, grpc_export, running_collector
+from tests.collector_harness import EXPORT, FaultyWriter, Running, grpc_export, running_collector
 from tests.otlp import request, span, trace_id
 
 
@@ -342,6 +344,46 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
     assert _count(store, tenant) == 5
     assert not (tmp_path / "spool" / "quarantine").exists()
     assert 'spanhouse_insert_errors_total{kind="failed"}' in metrics
+
+
+class _HeldIngest:
+    """An ingest whose exports wait until ``release``: calls pile up in the receiver."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = 0
+
+    def admit(self, principal: Principal, size: int) -> None:
+        pass
+
+    def export(self, request: object, principal: Principal, raw: bytes | None = None) -> ExportTraceServiceResponse:
+        self.started += 1
+        self.release.wait(30)
+        return ExportTraceServiceResponse()
+
+
+def test_calls_beyond_the_grpc_workers_wait_their_turn_instead_of_being_refused() -> None:
+    """More calls at once than the receiver has workers: they wait in grpcio's queue and
+    are all answered. (grpcio's own concurrent-call limit, 8x the workers, refused the
+    overflow with RESOURCE_EXHAUSTED without RetryInfo, which OTLP clients do not retry.)"""
+    ingest = _HeldIngest()
+    receiver = GrpcReceiver(ingest, KeyRing({}), Metrics(), "127.0.0.1", 0, 1 << 20,  # type: ignore[arg-type]
+                            workers=2)
+    receiver.start()
+    calls = 40
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{receiver.port}") as channel:
+            export = channel.unary_unary(EXPORT)
+            pending = [export.future(b"", timeout=60) for _ in range(calls)]
+            deadline = time.monotonic() + 10
+            while ingest.started < 2 and time.monotonic() < deadline:  # both workers held, the rest queued
+                time.sleep(0.01)
+            time.sleep(0.5)
+            ingest.release.set()
+            codes = [f.code() for f in pending]
+    finally:
+        receiver.stop(grace=1)
+    assert codes == [grpc.StatusCode.OK] * calls and ingest.started == calls
 
 
 def test_health_endpoints(store: Store, tmp_path: Path, tenant: str) -> None:
