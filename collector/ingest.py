@@ -2,12 +2,18 @@
 
 A receiver authenticates the caller, asks ``Ingest.admit`` whether the spool has room
 (a full spool refuses before any decoding), decodes its transport's body into an
-``ExportTraceServiceRequest`` and calls ``Ingest.export``. Invalid spans are dropped and
+``ExportTraceServiceRequest`` and calls ``Ingest.export``. Meanwhile it holds the
+request's bytes in ``Ingest.hold()``: how much all receivers hold at once is bounded,
+so memory is too, however many clients send at once. Invalid spans are dropped and
 reported as a partial success; the rest is appended to the spool, and only when the
 spool has fsync'd it does ``export`` return — that return is the acknowledgement.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -19,15 +25,57 @@ from spanhouse.collector.auth import Principal
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Spool
 from spanhouse.collector.validate import validate
-from spanhouse.errors import SpoolFull
+from spanhouse.errors import Backpressure, SpoolFull
+
+
+class Held:
+    """The bytes one request holds against ``Ingest``'s bound (see ``Ingest.hold``)."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self._ingest = ingest
+        self.bytes = 0
+
+    def take(self, size: int) -> None:
+        """Hold ``size`` more bytes, or raise ``Backpressure`` (nothing held) if all
+        requests together would hold more than the bound."""
+        self._ingest._take(self, size)
 
 
 class Ingest:
-    """Validate -> spool -> acknowledge."""
+    """Validate -> spool -> acknowledge.
 
-    def __init__(self, spool: Spool, metrics: Metrics) -> None:
+    ``max_held_bytes`` bounds the request bytes the receivers hold at once: bodies as
+    they arrive, decompressed, until answered. Past it a request is asked to retry
+    (503 / UNAVAILABLE with RetryInfo), like a full spool. With twice the largest
+    request allowed, one request (compressed and decompressed) always fits alone.
+    """
+
+    def __init__(self, spool: Spool, metrics: Metrics, max_held_bytes: int = 128 << 20) -> None:
         self._spool = spool
         self._metrics = metrics
+        self._max_held = max_held_bytes
+        self._held = 0
+        self._lock = threading.Lock()
+        metrics.request_bytes_held.set_function(lambda: self._held)
+
+    @contextmanager
+    def hold(self) -> Iterator[Held]:
+        """The bytes of one request, given back when it is answered."""
+        held = Held(self)
+        try:
+            yield held
+        finally:
+            with self._lock:
+                self._held -= held.bytes
+
+    def _take(self, held: Held, size: int) -> None:
+        with self._lock:
+            if self._held + size > self._max_held:
+                self._metrics.backpressure.inc()
+                raise Backpressure(f"the collector is receiving {self._held} bytes of requests at once, its "
+                                   f"bound; retry shortly")
+            self._held += size
+            held.bytes += size
 
     def admit(self, principal: Principal, size: int) -> None:
         """Refuse a request of ``size`` bytes before it is decoded: ``Forbidden`` without

@@ -25,8 +25,10 @@ class Metrics:
                                       registry=r)
         self.spans_rejected = Counter("spanhouse_spans_rejected", "Spans rejected, by reason", ["reason"],
                                       registry=r)
-        self.backpressure = Counter("spanhouse_backpressure_events", "Requests refused because the spool was full",
-                                    registry=r)
+        self.backpressure = Counter("spanhouse_backpressure_events", "Requests asked to retry: the spool was full, "
+                                    "or the receivers held their bound of request bytes", registry=r)
+        self.request_bytes_held = Gauge("spanhouse_request_bytes_held",
+                                        "Bytes of OTLP requests the receivers hold (received, decompressed)", registry=r)
         self.spool_bytes = Gauge("spanhouse_spool_bytes", "Bytes held in the spool", registry=r)
         self.spool_segments = Gauge("spanhouse_spool_segments", "Segments held in the spool", registry=r)
         self.insert_batches = Counter("spanhouse_insert_batches", "Spool segments inserted into ClickHouse",
@@ -39,7 +41,8 @@ class Metrics:
         self.forward_rejected = Counter("spanhouse_forward_rejected",
                                         "Forwarded requests a destination refused for good", ["destination"], registry=r)
         self.forward_dropped_bytes = Counter("spanhouse_forward_dropped_bytes",
-                                             "Bytes not forwarded because a destination fell too far behind",
+                                             "Bytes not forwarded: a destination fell too far behind, or a "
+                                             "segment could not be handed to it",
                                              ["destination"], registry=r)
         self.forward_backlog = Gauge("spanhouse_forward_backlog_bytes", "Bytes waiting to be forwarded",
                                      ["destination"], registry=r)

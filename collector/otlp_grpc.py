@@ -61,12 +61,14 @@ class GrpcReceiver:
         try:
             metadata = dict(context.invocation_metadata())
             principal = self._keys.authenticate(key_from_headers(metadata.get))
-            self._ingest.admit(principal, len(body))
-            try:
-                request = ExportTraceServiceRequest.FromString(body)
-            except DecodeError as exc:
-                raise InvalidData(f"the message is not a valid OTLP ExportTraceServiceRequest: {exc}") from exc
-            reply = self._ingest.export(request, principal, raw=body)
+            with self._ingest.hold() as held:
+                held.take(len(body))  # already received: what it bounds is the decoding
+                self._ingest.admit(principal, len(body))
+                try:
+                    request = ExportTraceServiceRequest.FromString(body)
+                except DecodeError as exc:
+                    raise InvalidData(f"the message is not a valid OTLP ExportTraceServiceRequest: {exc}") from exc
+                reply = self._ingest.export(request, principal, raw=body)
         except Exception as exc:  # every failure is answered through the one error map
             self._abort(context, exc)
         self._metrics.requests.labels(transport="grpc", outcome="ok").inc()

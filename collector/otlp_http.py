@@ -22,7 +22,7 @@ from starlette.routing import Route
 from spanhouse.collector import encoding
 from spanhouse.collector.auth import KeyRing, key_from_headers
 from spanhouse.collector.errors import outcome
-from spanhouse.collector.ingest import Ingest
+from spanhouse.collector.ingest import Held, Ingest
 from spanhouse.collector.metrics import Metrics
 from spanhouse.errors import InvalidData, PayloadTooLarge, SpanhouseError, UnsupportedMediaType
 
@@ -38,8 +38,9 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed, refusing more than ``limit`` bytes either way."""
+async def read_body(request: Request, limit: int, held: Held) -> bytes:
+    """The request body, decompressed, refusing more than ``limit`` bytes either way;
+    what it keeps in memory is ``held`` as it arrives."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
@@ -49,6 +50,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+        held.take(len(chunk))
         chunks.append(chunk)
     body = b"".join(chunks)
     coding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -56,7 +58,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         return body
     if coding != "gzip":
         raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported; use gzip or none")
-    return gunzip(body, limit)
+    out = gunzip(body, limit)
+    held.take(len(out))
+    return out
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
@@ -106,12 +110,13 @@ class HttpReceiver:
                 f"415 unsupported media type, supported: [{encoding.JSON}, {encoding.PROTOBUF}]", 415)
         try:
             principal = self._keys.authenticate(key_from_headers(request.headers.get))
-            body = await read_body(request, self._limit)
-            self._ingest.admit(principal, len(body))
-            message = encoding.decode(body, kind)
-            raw = body if kind == encoding.PROTOBUF else None
-            reply = await anyio.to_thread.run_sync(self._ingest.export, message, principal, raw,
-                                                   limiter=self._threads)
+            with self._ingest.hold() as held:
+                body = await read_body(request, self._limit, held)
+                self._ingest.admit(principal, len(body))
+                message = encoding.decode(body, kind)
+                raw = body if kind == encoding.PROTOBUF else None
+                reply = await anyio.to_thread.run_sync(self._ingest.export, message, principal, raw,
+                                                       limiter=self._threads)
         except Exception as exc:  # every failure is answered through the one error map
             return self._error(exc, kind)
         self._count("ok")

@@ -101,7 +101,7 @@ class Collector:
         self._exporter.start()
         for forwarder in self._forwarders:
             forwarder.start()
-        ingest = Ingest(self._spool, self.metrics)
+        ingest = Ingest(self._spool, self.metrics, max_held_bytes=2 * s.max_request_bytes)
         self._grpc = GrpcReceiver(ingest, self._keys, self.metrics, s.host, s.grpc_port, s.max_request_bytes)
         if not self._grpc.port:
             raise ConfigError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}; pick another --grpc-port")

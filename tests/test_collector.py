@@ -3,10 +3,12 @@ OTLP/JSON, every error path with its status and body, auth, backpressure, recove
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -346,10 +348,11 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
     assert 'spanhouse_insert_errors_total{kind="failed"}' in metrics
 
 
-class _HeldIngest:
+class _HeldIngest(Ingest):
     """An ingest whose exports wait until ``release``: calls pile up in the receiver."""
 
     def __init__(self) -> None:
+        super().__init__(None, Metrics())  # type: ignore[arg-type]  # nothing reaches a spool
         self.release = threading.Event()
         self.started = 0
 
@@ -384,6 +387,44 @@ def test_calls_beyond_the_grpc_workers_wait_their_turn_instead_of_being_refused(
     finally:
         receiver.stop(grace=1)
     assert codes == [grpc.StatusCode.OK] * calls and ingest.started == calls
+
+
+def test_request_bytes_held_at_once_are_bounded_and_the_overflow_is_asked_to_retry(
+        store: Store, tmp_path: Path, tenant: str) -> None:
+    """Two slow uploads hold most of the bound (twice the largest request); a third
+    request is answered 503 + Retry-After before its body is kept, and every request
+    lands once it is sent again."""
+    mib = 1 << 20
+    bodies = [request([span(f"s{i}-{j}", trace_id(), attributes={"pad": "p" * 8000}) for j in range(100)])
+              .SerializeToString() for i in range(3)]
+    assert all(0.75 * mib < len(b) < mib for b in bodies)
+    go = threading.Event()
+
+    def stalled(body: bytes) -> Iterator[bytes]:
+        yield body[:-100]  # most of it, then wait
+        go.wait(30)
+        yield body[-100:]
+
+    with running_collector(store, tmp_path, tenant, max_request_bytes=mib) as c:
+        hdrs = {"content-type": "application/x-protobuf", **c.headers()}
+        slow = [concurrent.futures.ThreadPoolExecutor(1).submit(
+            httpx.post, c.http_url, content=stalled(b), headers=hdrs, timeout=60) for b in bodies[:2]]
+        deadline = time.monotonic() + 30
+        while _held_bytes(c) < len(bodies[0]) + len(bodies[1]) - 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        refused = httpx.post(c.http_url, content=bodies[2], headers=hdrs, timeout=30)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        go.set()
+        assert [f.result().status_code for f in slow] == [200, 200]
+        assert httpx.post(c.http_url, content=bodies[2], headers=hdrs, timeout=30).status_code == 200
+        assert _held_bytes(c) == 0
+        c.wait_drained()
+    assert _count(store, tenant) == 300
+
+
+def _held_bytes(c: Running) -> float:
+    text = httpx.get(c.api_url + "/metrics").text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("spanhouse_request_bytes_held ")))
 
 
 def test_health_endpoints(store: Store, tmp_path: Path, tenant: str) -> None:
