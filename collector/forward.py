@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import grpc
 import httpx
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment
@@ -40,8 +42,12 @@ from spanhouse.errors import ConfigError, InvalidData
 log = logging.getLogger(__name__)
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-_PERMANENT_GRPC = {grpc.StatusCode.INVALID_ARGUMENT}
-_PERMANENT_HTTP = {400, 413}
+# What a destination's refusal means, as the OTLP spec tells clients: these are worth
+# retrying, every other error is dropped (counted): retrying it would only hold up the
+# requests behind it. RESOURCE_EXHAUSTED is retried only with RetryInfo (throttling).
+_RETRYABLE_GRPC = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+                   grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
+_RETRYABLE_HTTP = {429, 502, 503, 504}
 PROGRESS_EVERY_S = 0.5
 
 
@@ -79,7 +85,7 @@ class Destination:
         return hashlib.sha256(self.url.encode()).hexdigest()[:16]
 
 
-class _Sender:
+class Sender:
     """One OTLP client: True when the destination took the request (or refused it for
     good, which is counted), False when it should be retried."""
 
@@ -104,25 +110,41 @@ class _Sender:
                 status = self._http.post(self._path, content=payload).status_code
             except httpx.HTTPError:
                 return False
-            permanent = status in _PERMANENT_HTTP
-            ok = 200 <= status < 300
+            if 200 <= status < 300:
+                return True
+            retry, answer = status in _RETRYABLE_HTTP, f"HTTP {status}"
         else:
             try:
                 self._call(payload, metadata=self._d.headers, timeout=10.0)
-                ok, permanent = True, False
+                return True
             except grpc.RpcError as err:
-                ok, permanent = False, err.code() in _PERMANENT_GRPC  # type: ignore[attr-defined]
-        if permanent:
-            self._metrics.forward_rejected.labels(destination=self._d.label).inc()
-            log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, status
-                      if self._http is not None else "INVALID_ARGUMENT")
-        return ok or permanent
+                code = err.code()  # type: ignore[attr-defined]
+                retry = code in _RETRYABLE_GRPC or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and _retry_info(err))
+                answer = code.name
+        if retry:
+            return False
+        self._metrics.forward_rejected.labels(destination=self._d.label).inc()
+        log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, answer)
+        return True
 
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
         if self._http is not None:
             self._http.close()
+
+
+def _retry_info(err: grpc.RpcError) -> bool:
+    """Whether a gRPC error's status details carry a ``google.rpc.RetryInfo``."""
+    trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+    raw = trailers.get("grpc-status-details-bin")
+    if not isinstance(raw, bytes):
+        return False
+    try:
+        details = status_pb2.Status.FromString(raw).details
+    except DecodeError:
+        return False
+    return any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
 
 
 class Forwarder:
@@ -180,7 +202,7 @@ class Forwarder:
         self._thread.join(timeout=15)
 
     def _run(self) -> None:
-        sender = _Sender(self.destination, self._metrics)
+        sender = Sender(self.destination, self._metrics)
         backoff = 0.2
         try:
             while not self._stop.is_set():
@@ -202,7 +224,7 @@ class Forwarder:
         finally:
             sender.close()
 
-    def _forward(self, path: Path, sender: _Sender) -> bool:
+    def _forward(self, path: Path, sender: Sender) -> bool:
         """Send one segment from its recorded position; False to retry later."""
         progress = path.with_suffix(".pos")
         try:

@@ -4,15 +4,20 @@ exactly once. A dead destination with a small bound drops (and counts), never bl
 
 from __future__ import annotations
 
+import http.server
 import re
 import socket
+import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 import httpx
+import pytest
+from google.rpc import error_details_pb2, status_pb2
 
-from spanhouse.collector.forward import Destination, Forwarder
+from spanhouse.collector.forward import Destination, Forwarder, Sender
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool
 from tests.collector_harness import ServeProcess, count_in_store, grpc_export
@@ -133,3 +138,66 @@ def test_a_segment_the_forwarder_cannot_take_is_counted_as_dropped(tmp_path: Pat
     assert metrics.registry.get_sample_value("spanhouse_forward_dropped_bytes_total",
                                              {"destination": "grpc://127.0.0.1:9"}) == 123
     assert not list((tmp_path / "fwd").glob("*.seg"))
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """Answers a POST to /<status> with that status."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(int(self.path.strip("/")))
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "retried"), [(200, False), (429, True), (502, True), (503, True), (504, True),
+                                                 (400, False), (401, False), (404, False), (500, False)])
+def test_http_destination_answers_are_retried_as_the_otlp_spec_says(status: int, retried: bool) -> None:
+    """429/502/503/504 are retried; every other error is dropped and counted, not retried
+    forever ahead of everything behind it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    metrics = Metrics()
+    destination = Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/{status}")
+    sender = Sender(destination, metrics)
+    try:
+        assert sender.send(b"request") is not retried
+    finally:
+        sender.close()
+        server.shutdown()
+    rejected = metrics.registry.get_sample_value("spanhouse_forward_rejected_total", {"destination": destination.label})
+    assert rejected == (1 if status >= 300 and not retried else None)
+
+
+@pytest.mark.parametrize(("code", "retry_info", "retried"), [
+    (grpc.StatusCode.OK, False, False), (grpc.StatusCode.UNAVAILABLE, False, True),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, False, True), (grpc.StatusCode.RESOURCE_EXHAUSTED, True, True),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, False, False), (grpc.StatusCode.UNAUTHENTICATED, False, False),
+    (grpc.StatusCode.INVALID_ARGUMENT, False, False), (grpc.StatusCode.INTERNAL, False, False)])
+def test_grpc_destination_answers_are_retried_as_the_otlp_spec_says(code: grpc.StatusCode, retry_info: bool,
+                                                                    retried: bool) -> None:
+    """The retryable codes, and RESOURCE_EXHAUSTED only with RetryInfo (throttling)."""
+    def export(body: bytes, context: grpc.ServicerContext) -> bytes:
+        if code is grpc.StatusCode.OK:
+            return b""
+        status = status_pb2.Status(code=code.value[0], message="test")
+        if retry_info:
+            status.details.add().Pack(error_details_pb2.RetryInfo())
+        context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+        context.abort(code, "test")
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    metrics = Metrics()
+    sender = Sender(Destination.parse(f"grpc://127.0.0.1:{port}"), metrics)
+    try:
+        assert sender.send(b"") is not retried
+    finally:
+        sender.close()
+        server.stop(0)
