@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import Segment
+from spanhouse.collector.spool import Segment, sequence, sync_dir, write_atomic
 from spanhouse.errors import ConfigError, InvalidData
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ _RETRYABLE_GRPC = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
                    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
 _RETRYABLE_HTTP = {429, 502, 503, 504}
 PROGRESS_EVERY_S = 0.5
+_DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
 
 
 @dataclass(frozen=True)
@@ -160,15 +161,27 @@ class Forwarder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"spanhouse-forward-{destination.key}", daemon=True)
         self._dir.mkdir(parents=True, exist_ok=True)
+        done = self._dir / _DONE_FILE
+        self._done = int(done.read_text()) if done.exists() else -1
+        for path in self._segments():  # finished just before a crash, not yet removed
+            if sequence(path.stem) <= self._done:
+                _remove(path)
+                _remove(path.with_suffix(".pos"))
 
     def adopt(self, segment: Segment) -> None:
-        """Take a sealed segment (a hard link, so idempotent and cheap), then keep the bound."""
+        """Take a sealed segment (a hard link, so idempotent and cheap), then keep the bound.
+
+        A segment at or below the recorded sequence was forwarded (or dropped) already:
+        on a restart the spool hands over every segment it still holds, and those that
+        wait for ClickHouse only must not be sent again."""
         target = self._dir / segment.path.name
         with self._lock:
+            if sequence(segment.name) <= self._done:
+                return
             try:
                 if not target.exists():
                     os.link(segment.path, target)
-                    _sync_dir(self._dir)
+                    sync_dir(self._dir)
                 self._keep_bound()
             except OSError as exc:  # e.g. a full disk: this destination misses the segment, ClickHouse does not
                 self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(segment.size)
@@ -185,8 +198,7 @@ class Forwarder:
         while total > self._max_bytes and len(segments) > 1:
             oldest = segments.pop(0)
             size = oldest.stat().st_size
-            _remove(oldest)
-            _remove(oldest.with_suffix(".pos"))
+            self._finished(oldest)
             total -= size
             self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(size)
             log.warning("forwarding to %s is %d bytes behind (bound %d): dropped segment %s",
@@ -245,16 +257,25 @@ class Forwarder:
                 sent = i + 1
                 self._metrics.forward_sent.labels(destination=self.destination.label).inc()
                 if time.monotonic() - saved_at >= PROGRESS_EVERY_S:
-                    _write_atomic(progress, str(sent))
+                    write_atomic(progress, str(sent))
                     saved, saved_at = sent, time.monotonic()
         finally:  # stopped, failed or raised: record what the destination took, unless the bound dropped it
             if saved < sent < len(records) and path.exists():
-                _write_atomic(progress, str(sent))
+                write_atomic(progress, str(sent))
         with self._lock:
-            _remove(path)
-            _remove(progress)
+            self._finished(path)
         self._report_backlog()
         return True
+
+    def _finished(self, path: Path) -> None:
+        """Done with a segment (sent or dropped): recorded first, so that a restart never
+        takes it again, then removed. The caller holds the lock."""
+        seq = sequence(path.stem)
+        if seq > self._done:
+            write_atomic(self._dir / _DONE_FILE, str(seq))
+            self._done = seq
+        _remove(path)
+        _remove(path.with_suffix(".pos"))
 
     def _report_backlog(self) -> None:
         total = sum(p.stat().st_size for p in self._segments())
@@ -266,23 +287,6 @@ def _remove(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics: Metrics) -> list[Forwarder]:

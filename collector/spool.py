@@ -60,6 +60,7 @@ _MAX_PAYLOAD = 0xFFFFFFFF
 _SUFFIX = ".seg"
 _NAME = re.compile(r"\d{12}-[0-9a-f]{32}")
 _QUARANTINE = "quarantine"
+_SEQUENCE_FILE = "sequence"  # the next segment's sequence number
 _LOCK_FILE = ".lock"
 _RETRY_AFTER = 1.0
 
@@ -131,6 +132,34 @@ def _intact(data: bytes) -> Iterator[tuple[int, int, int]]:
             return
         yield start, tenant_len, payload_len
         offset = end
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a directory: what was created, renamed or removed in it outlives a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str, sync: bool = True) -> None:
+    """Replace ``path``'s content by ``text`` so that a crash leaves the old or the new
+    content, never a mix (a temporary file renamed over it; synced unless ``sync`` is off)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if sync:
+        sync_dir(path.parent)
+
+
+def sequence(name: str) -> int:
+    """The sequence number of a segment name (its order among the spool's segments)."""
+    return int(name[:12])
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -377,6 +406,9 @@ class Spool:
     def _new_segment(self) -> _Active:
         name = f"{self._seq:012d}-{uuid.uuid4().hex}"
         path = self._dir / f"{name}{_SUFFIX}"
+        # Before the segment exists: a restart with an empty spool goes on from here, so
+        # sequence numbers never repeat (forwarding orders and skips segments by them).
+        write_atomic(self._dir / _SEQUENCE_FILE, str(self._seq + 1), sync=self._fsync)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._seq += 1
         active = _Active(name, path, fd, time.monotonic())
@@ -482,7 +514,9 @@ class Spool:
         for segment in sealed if self._on_seal is not None else ():
             self._on_seal(segment)  # type: ignore[misc]
         self._bytes = sum(s.size for s in sealed)
-        self._seq = int(sealed[-1].name[:12]) + 1 if sealed else 0
+        stored = self._dir / _SEQUENCE_FILE
+        self._seq = max(sequence(sealed[-1].name) + 1 if sealed else 0,
+                        int(stored.read_text()) if stored.exists() else 0)
         return RecoveryReport(len(sealed), records, torn, tuple(cut))
 
     def _cut(self, path: Path, data: bytes, end: int) -> None:
@@ -529,11 +563,7 @@ class Spool:
 
     def _sync_dir(self, path: Path) -> None:
         if self._fsync:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_dir(path)
 
     # Last in the class: a ``bytes`` attribute would shadow the type in later annotations.
 

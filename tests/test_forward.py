@@ -201,3 +201,42 @@ def test_grpc_destination_answers_are_retried_as_the_otlp_spec_says(code: grpc.S
     finally:
         sender.close()
         server.stop(0)
+
+
+def test_a_restart_does_not_forward_again_what_was_forwarded(tmp_path: Path) -> None:
+    """After a restart the spool hands every segment it still holds (say ClickHouse is
+    down) to the forwarders again; the ones already sent are not taken a second time,
+    and a segment sealed after the restart (its sequence continues) is."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=60.0)
+    spool.open()
+    for i in range(3):
+        spool.append("t", f"r{i}".encode())
+    spool.seal()
+    first = spool.next_sealed(timeout=5)
+    spool.close()
+    assert first is not None
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, Metrics())
+    forwarder.adopt(first)
+    destination = _Destination(fail_at=99)
+    assert forwarder._forward(tmp_path / "fwd" / first.path.name, destination) is True  # type: ignore[arg-type]
+    assert len(destination.got) == 3
+
+    taken: list[Segment] = []
+    restarted = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, Metrics())
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=60.0, on_seal=restarted.adopt)
+    spool.open()  # recovery hands `first` over again
+    assert not list((tmp_path / "fwd").glob("*.seg"))
+    while (segment := spool.next_sealed(timeout=0.1)) is not None:
+        taken.append(segment)
+        spool.delete(segment)  # ClickHouse took it: the spool is now empty
+    spool.close()
+    assert [s.name for s in taken] == [first.name]
+
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=60.0, on_seal=restarted.adopt)
+    spool.open()
+    spool.append("t", b"later")
+    spool.seal()
+    later = spool.next_sealed(timeout=5)
+    spool.close()
+    assert later is not None and later.name[:12] > first.name[:12]
+    assert [p.name for p in (tmp_path / "fwd").glob("*.seg")] == [later.path.name]

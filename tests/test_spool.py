@@ -499,3 +499,17 @@ def test_a_failing_seal_hand_off_stops_nothing(spools: Spools) -> None:
         spool.delete(segment)
     assert len(sealed) >= 3 and sealed == handed
     assert payloads == list(range(20))
+
+
+def test_sequence_numbers_go_on_after_a_restart_with_an_empty_spool(spools: Spools) -> None:
+    names = []
+    for _ in range(3):  # each run: one segment, exported (deleted), spool closed
+        spool = spools.open()
+        spool.append("t", b"x")
+        spool.seal()
+        segment = spool.next_sealed(timeout=5)
+        assert segment is not None
+        names.append(segment.name)
+        spool.delete(segment)
+        spool.close()
+    assert [int(n[:12]) for n in names] == [0, 1, 2]
