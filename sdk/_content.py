@@ -105,14 +105,20 @@ class ContentPolicy:
 
     def mapping(self, items: Mapping[str, Any]) -> str:
         """Named values (arguments given by name) as a JSON object."""
-        return self._dump(self._mapping(items, 0))
+        try:
+            return self._dump(self._mapping(items, 0))
+        except Exception as exc:  # noqa: BLE001 - capturing must never break the call it records
+            return _not_captured(exc)
 
     def value(self, value: Any, key: str = RETURN_KEY) -> str:
         """One value (a return value, a result) as an attribute string."""
         if is_secret_key(key):
             return REDACTED
-        walked = self._walk(self._hooked(key, value), 0)
-        return walked if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
+        try:
+            walked = self._walk(self._hooked(key, value), 0)
+            return walked if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
+        except Exception as exc:  # noqa: BLE001 - capturing must never break the call it records
+            return _not_captured(exc)
 
     def _dump(self, obj: Any) -> str:
         return truncated(_encode(obj), self.max_length)
@@ -173,14 +179,17 @@ class ContentPolicy:
             return _bytes_text(bytes(v), self.max_length)
         if isinstance(v, (datetime.date, datetime.time)):
             return v.isoformat()
+        if isinstance(v, tuple) and isinstance(getattr(t, "_fields", None), tuple):  # a namedtuple: by field,
+            return self._mapping(v._asdict(), depth)  # type: ignore[attr-defined]  # so secrets are redacted
         if isinstance(v, (Sequence, Set, collections.deque, ValuesView)):
             return self._sequence(v, depth)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return self._mapping({f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, depth)
-        dump = getattr(v, "model_dump", None)
-        if callable(dump) and not isinstance(v, type):
+        # A Pydantic model: model_dump defined by the class. Asked of the instance, any
+        # proxy whose __getattr__ answers everything (a Mock) would pass, and recurse.
+        if callable(getattr(t, "model_dump", None)) and not isinstance(v, type):
             try:
-                return self._walk(dump(mode="json"), depth)
+                return self._walk(v.model_dump(mode="json"), depth + 1)
             except Exception:  # a model that cannot dump itself is still recorded, as its repr
                 pass
         return truncated(_repr(v), self.max_length)
@@ -221,6 +230,13 @@ def _bytes_text(data: bytes, limit: int) -> str:
         head = data[: limit * 3 // 4]  # base64 grows by 4/3: encode only what can be kept
         text = "base64:" + base64.b64encode(head).decode("ascii")
         return text if len(head) == len(data) else f"{text}…[truncated {len(data) - len(head)} of {len(data)} bytes]"
+
+
+def _not_captured(exc: Exception) -> str:
+    """What is recorded for a value that could not be captured (e.g. an int too long to
+    print); logged at debug level, as a value that cannot be shown is not an error of the call."""
+    logger.debug("spanhouse could not capture a value", exc_info=True)
+    return f"[not captured: {type(exc).__qualname__}]"
 
 
 def _repr(v: Any) -> str:

@@ -46,7 +46,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
-from spanhouse.sdk._content import RETURN_KEY
+from spanhouse.sdk._content import RETURN_KEY, logger
 from spanhouse.sdk._usage import record_response_usage
 
 P = ParamSpec("P")
@@ -205,22 +205,33 @@ class ActiveCall:
             record_response_usage(self.span, value)
 
     def succeed(self, result: Any) -> None:
-        """End the span after a normal return of ``result``."""
-        self.set_result(result)
-        self.end()
+        """End the span after a normal return of ``result``. Recording the result never
+        changes what the caller gets, and the span ends (and stops being current) whatever
+        happens while recording."""
+        try:
+            self.set_result(result)
+        except Exception:  # noqa: BLE001 - e.g. usage of an odd model response: the call succeeded
+            logger.debug("spanhouse could not record the result of %s", self._spec.name, exc_info=True)
+        finally:
+            self.end()
 
     def fail(self, exc: BaseException) -> None:
-        """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR."""
-        if isinstance(exc, GeneratorExit):  # the consumer stopped iterating: not a failure
+        """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR.
+        The span ends whatever happens while recording (an exception whose ``__str__``
+        raises), and the caller gets ``exc`` itself."""
+        try:
+            if isinstance(exc, GeneratorExit):  # the consumer stopped iterating: not a failure
+                return
+            span = self.span
+            if span.is_recording():
+                error_type = qualified_name(type(exc))
+                span.set_attribute(sc.ERROR_TYPE, error_type)
+                span.set_status(Status(StatusCode.ERROR, _message(exc) or error_type))
+                span.record_exception(exc, escaped=True)
+        except Exception:  # noqa: BLE001
+            logger.debug("spanhouse could not record an exception of %s", self._spec.name, exc_info=True)
+        finally:
             self.end()
-            return
-        span = self.span
-        if span.is_recording():
-            error_type = qualified_name(type(exc))
-            span.record_exception(exc, escaped=True)
-            span.set_attribute(sc.ERROR_TYPE, error_type)
-            span.set_status(Status(StatusCode.ERROR, str(exc) or error_type))
-        self.end()
 
     def end(self) -> None:
         """End the span (and make it no longer current)."""
@@ -250,6 +261,14 @@ class ActiveCall:
             return None if self._content is None else []
         left_out = self._item_count - len(self._items)
         return [*self._items, f"[truncated {left_out} more items]"] if left_out else self._items
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or nothing if that raises."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 def qualified_name(cls: type) -> str:

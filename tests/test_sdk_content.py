@@ -3,11 +3,14 @@ and the switches that turn capture off globally and per decorator."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import enum
 import json
 import logging
+import time
+import unittest.mock
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -224,3 +227,47 @@ def test_methods_do_not_capture_self_or_cls(spans: CapturedSpans) -> None:
     Agent.build(2)
     assert spans.by_name("execute_tool act").attributes[ARGS] == '{"step":1}'  # type: ignore[index]
     assert spans.by_name("execute_tool build").attributes[ARGS] == '{"size":2}'  # type: ignore[index]
+
+
+class _BadMessage(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def test_a_value_that_cannot_be_captured_changes_nothing_for_the_caller(spans: CapturedSpans) -> None:
+    """An int too long to print (Python's 4300-digit limit), in or out, or an exception
+    whose __str__ raises: the call behaves as undecorated, the span ends and is no
+    longer current, so the next call is a root of its own again."""
+    huge = 10 ** 5000
+
+    @sdk.tool
+    def echo(n: int) -> int:
+        return n
+
+    @sdk.tool
+    def explode() -> None:
+        raise _BadMessage()
+
+    assert echo(huge) == huge
+    with pytest.raises(_BadMessage):
+        explode()
+    assert echo(1) == 1
+    first, failed, after = spans.spans()
+    assert first.attributes[ARGS] == "[not captured: ValueError]"
+    assert first.attributes[RESULT] == "[not captured: ValueError]"
+    assert failed.status.status_code.name == "ERROR" and failed.end_time is not None
+    assert after.parent is None and after.context.trace_id != first.context.trace_id
+
+
+def test_namedtuple_fields_are_redacted_by_name() -> None:
+    creds = collections.namedtuple("creds", "user password")("bob", "hunter2")
+    assert json.loads(ContentPolicy(1000).value({"creds": creds})) == {"creds": {"user": "bob", "password": REDACTED}}
+
+
+def test_an_object_answering_every_attribute_is_not_taken_for_a_model() -> None:
+    """A Mock has a callable ``model_dump`` too; walking what it returns recursed for
+    seconds. Only a class that defines model_dump is a model."""
+    started = time.perf_counter()
+    out = ContentPolicy(1000).value({"client": unittest.mock.MagicMock()})
+    assert time.perf_counter() - started < 1.0
+    assert json.loads(out)["client"].startswith("<MagicMock")
