@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -25,6 +25,15 @@ DEFAULT_DSN = "chdb://./spanhouse-data"
 def resolve_dsn(dsn: str | None = None) -> str:
     """The DSN to use: the argument, else ``$SPANHOUSE_CLICKHOUSE_DSN``, else the default."""
     return dsn or os.environ.get(DSN_ENV) or DEFAULT_DSN
+
+
+def redacted(dsn: str) -> str:
+    """``dsn`` with its password (if any) replaced by ``***``: for logs and messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def embedded_path(dsn: str) -> Path | None:
@@ -60,7 +69,7 @@ def connect(dsn: str | None = None) -> Client:
         target = dsn
     else:
         raise ConfigError(
-            f"unsupported DSN scheme {scheme!r} in {dsn!r}: use chdb:///path for the embedded "
+            f"unsupported DSN scheme {scheme!r} in {redacted(dsn)!r}: use chdb:///path for the embedded "
             "store or http(s)://user:pass@host:8123/db for a ClickHouse server"
         )
     try:
@@ -73,4 +82,5 @@ def connect(dsn: str | None = None) -> Client:
             if path is not None
             else "is the server running and the DSN's host, port and credentials right?"
         )
-        raise StoreUnavailable(f"cannot open ClickHouse store {dsn!r}: {exc}; {hint}") from exc
+        raise StoreUnavailable(f"cannot open ClickHouse store {redacted(dsn)!r}: "
+                               f"{str(exc).replace(dsn, redacted(dsn))}; {hint}") from exc

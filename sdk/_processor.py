@@ -220,6 +220,26 @@ class _MarkerSender:
             self._exporter.shutdown()
 
 
+class BorrowedExporter(SpanExporter):
+    """An exporter a pipeline uses but does not own: one passed to ``configure(exporter=)``
+    or the store exporter of a DSN. ``configure()`` hands the same object to the next
+    pipeline when the settings change, so retiring a pipeline flushes it and leaves it
+    open (a BatchSpanProcessor's shutdown would close it for good: every later export
+    would fail, silently)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._exporter.export(spans)
+
+    def shutdown(self) -> None:
+        self._exporter.force_flush()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
 class ForkSafeExporter(SpanExporter):
     """An exporter made by ``factory``, made again in each forked child before its first export.
 

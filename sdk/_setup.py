@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from spanhouse.sdk import _config, _runtime
 from spanhouse.sdk._content import ContentPolicy, RedactHook
-from spanhouse.sdk._processor import ForkSafeExporter, SpanhouseSpanProcessor
+from spanhouse.sdk._processor import BorrowedExporter, ForkSafeExporter, SpanhouseSpanProcessor
 
 logger = logging.getLogger("spanhouse.sdk")
 
@@ -76,7 +76,8 @@ def configure(
         disabled: True turns the SDK off (default: ``OTEL_SDK_DISABLED``).
         tracer_provider: add to this provider instead of the global one (which is then
             left alone).
-        exporter: export through this exporter instead of OTLP.
+        exporter: export through this exporter instead of OTLP. spanhouse flushes it but never
+            shuts it down (it may serve the next ``configure()``): closing it is the caller's.
         dsn: write straight into a spanhouse store instead of sending OTLP
             (``chdb:///path`` embedded, or ``http(s)://…`` a ClickHouse server; default
             ``SPANHOUSE_DSN``), through ``ClickHouseSpanExporter``. Each export is one
@@ -140,6 +141,9 @@ def shutdown() -> None:
         _retire(None)
         _active = None
         _runtime.install(_runtime.from_environment())
+        for store_exporter in _store_exporters.values():  # ours to close; a later configure(dsn) opens anew
+            store_exporter.shutdown()
+        _store_exporters.clear()
 
 
 def _global_provider(settings: _config.Settings) -> TracerProvider | None:
@@ -180,7 +184,7 @@ def _attach(provider: TracerProvider, settings: _config.Settings,
         logger.warning("spanhouse: the TracerProvider already exists with service.name=%r; its resource is kept and "
                        "service_name=%r is not applied", provider.resource.attributes.get(SERVICE_NAME),
                        settings.service_name)
-    span_exporter = exporter or ForkSafeExporter(_otlp_factory(settings))
+    span_exporter = BorrowedExporter(exporter) if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
     marker_exporter = None if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
     processor = _processors.get(provider)
     if processor is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -28,7 +29,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from spanhouse.clickhouse import IngestItem, Store, open_store
-from spanhouse.errors import SpanhouseError
+from spanhouse.clickhouse.client import redacted
+from spanhouse.errors import SpanhouseError, StoreUnavailable
 
 logger = logging.getLogger("spanhouse.sdk")
 
@@ -57,6 +59,9 @@ class ClickHouseSpanExporter(SpanExporter):
         if not spans:
             return SpanExportResult.SUCCESS
         item = IngestItem(self._tenant, encode_spans(spans).SerializeToString())
+        # One token for the batch and all its retries: an insert that timed out on the
+        # client but committed on the server is not stored twice by the next attempt.
+        token = f"sdk-{uuid.uuid4().hex}"
         deadline = time.monotonic() + self._retry_timeout
         delay = 0.1
         while True:
@@ -64,22 +69,38 @@ class ClickHouseSpanExporter(SpanExporter):
                 with self._lock:
                     if self._store is None:
                         self._store = open_store(self._dsn, retention_days=self._retention_days)
-                    self._store.writer.write([item])
+                    self._store.writer.write([item], token=token)
             except SpanhouseError as exc:
-                if time.monotonic() + delay > deadline:
+                if isinstance(exc, StoreUnavailable):
+                    # The next attempt opens the store anew: its client may be gone for
+                    # good (at interpreter exit, chdb's finalizers close every engine
+                    # handle, possibly before the span processor's last export).
+                    self._drop_store()
+                # Only an unavailable store may come back within the retry window; the
+                # store refusing the data, or a wrong DSN, will not.
+                if not isinstance(exc, StoreUnavailable) or time.monotonic() + delay > deadline:
                     if not self._failing:
                         logger.error("spanhouse could not store %d spans in %s and drops them: %s. Check that the "
                                      "store is reachable (and, for an embedded store, that no other process holds "
-                                     "it open).", len(spans), self._dsn, exc)
+                                     "it open).", len(spans), redacted(self._dsn), exc)
                     self._failing = True
                     return SpanExportResult.FAILURE
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             if self._failing:
-                logger.info("spanhouse stores spans in %s again", self._dsn)
+                logger.info("spanhouse stores spans in %s again", redacted(self._dsn))
             self._failing = False
             return SpanExportResult.SUCCESS
+
+    def _drop_store(self) -> None:
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - it is being given up anyway
+                logger.debug("closing the failed store connection raised", exc_info=True)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Nothing is buffered here: every export is written before it returns."""

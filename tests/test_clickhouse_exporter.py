@@ -60,13 +60,15 @@ def test_exporter_and_collector_store_identical_rows_and_views(store: Store, tmp
 
 
 def test_unreachable_store_fails_the_export_within_its_bound_and_never_raises(caplog) -> None:  # type: ignore[no-untyped-def]
-    exporter = ClickHouseSpanExporter("http://127.0.0.1:1/default", retry_timeout=0.5)
+    exporter = ClickHouseSpanExporter("http://writer:s3cret-pw@127.0.0.1:1/default", retry_timeout=0.5)
     started = time.monotonic()
     assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
     assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
     assert time.monotonic() - started < 5
     errors = [r for r in caplog.records if "could not store" in r.getMessage()]
     assert len(errors) == 1 and "reachable" in errors[0].getMessage()
+    assert "writer:***@127.0.0.1:1" in errors[0].getMessage()
+    assert not any("s3cret-pw" in r.getMessage() for r in caplog.records)  # the password is never logged
     exporter.shutdown()
     assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
 
@@ -90,8 +92,11 @@ def test_configure_with_a_dsn_writes_into_the_store(tmp_path: Path) -> None:
         "def run():\n"
         "    return add(1, 2) + add(3, 4)\n"
         "run()\n"
+        # other settings, same DSN: the store exporter carries on in the new pipeline
+        f"sdk.configure(dsn='chdb://{data}', service_name='notebook', capture_content=False)\n"
+        "run()\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert count_in_store(data, "SELECT ToolName, calls FROM v_tool_stats") == [["add", 2]]
-    assert count_in_store(data, "SELECT Status FROM executions FINAL") == [["ok"]]
+    assert count_in_store(data, "SELECT ToolName, calls FROM v_tool_stats") == [["add", 4]]
+    assert count_in_store(data, "SELECT Status FROM executions FINAL") == [["ok"], ["ok"]]

@@ -174,6 +174,24 @@ def test_configure_is_idempotent_and_reconfigures_in_place(clean_env: pytest.Mon
     assert [dict(s.attributes or {}).get("gen_ai.tool.call.arguments") for s in second.get_finished_spans()] == [None]
 
 
+def test_reconfiguring_with_the_same_exporter_keeps_it_working(clean_env: pytest.MonkeyPatch,
+                                                               private_provider: TracerProvider) -> None:
+    """The retired pipeline must not shut down an exporter the next one uses (as a
+    BatchSpanProcessor's shutdown would): exports would fail from then on, silently."""
+    exporter = InMemorySpanExporter()
+    sdk.configure(tracer_provider=private_provider, exporter=exporter)
+
+    @sdk.tool
+    def step() -> None:
+        pass
+
+    step()
+    sdk.configure(tracer_provider=private_provider, exporter=exporter, capture_content=False)
+    step()
+    assert sdk.flush()
+    assert [s.name for s in exporter.get_finished_spans()] == ["execute_tool step"] * 2
+
+
 def test_running_marker_leaves_at_once_while_the_execution_runs(clean_env: pytest.MonkeyPatch,
                                                                private_provider: TracerProvider) -> None:
     exporter = InMemorySpanExporter()
