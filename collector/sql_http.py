@@ -10,6 +10,13 @@ headers, basic auth, ``user``/``password`` parameters or a bearer token (the pas
 an API key with the ``admin`` scope: SQL sees every tenant), ``GET /ping``, and the
 ``X-ClickHouse-*`` response headers. Every query runs with ``readonly=2``, so writes,
 DDL and changing ``readonly`` are refused with ClickHouse's own errors.
+
+``readonly`` does not stop a query from reaching outside the store: with the embedded
+engine the table functions ``file``, ``url``, ``s3`` ... and the ``file()`` function read
+the host's files (``/proc/self/environ`` holds inline API keys) or make requests, and
+``INTO OUTFILE`` writes files, all as the collector's user. So each query is first
+parsed by the engine (``EXPLAIN AST``) and refused (403, ACCESS_DENIED) if it uses any
+of them; the table functions that only generate rows (``numbers``, ``zeros``, ...) stay.
 """
 
 from __future__ import annotations
@@ -40,6 +47,29 @@ _STATUS = {164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47
            27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404}
 _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JSONCompact": "application/json",
           "CSV": "text/csv", "CSVWithNames": "text/csv", "TabSeparated": "text/tab-separated-values"}
+
+
+# Table functions that only generate rows; every other one reaches files, URLs or other servers.
+_SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateSeries",
+                                   "generate_series", "values", "null"})
+_HOST_FUNCTIONS = frozenset({"file"})  # scalar functions that read the host
+_AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
+
+
+def outside_reach(ast: str) -> str | None:
+    """Why a query whose ``EXPLAIN AST`` is ``ast`` reaches outside the store (a table
+    function other than a row generator, ``file()``, ``INTO OUTFILE``), or None."""
+    nodes = [(len(m.group(1)), m.group(2), m.group(3)) for line in ast.splitlines() if (m := _AST_LINE.match(line))]
+    for i, (depth, kind, name) in enumerate(nodes):
+        parent = next((nodes[j] for j in range(i - 1, -1, -1) if nodes[j][0] < depth), None)
+        if kind == "Function" and parent is not None and parent[1] == "TableExpression" \
+                and name not in _SAFE_TABLE_FUNCTIONS:
+            return f"table function {name}() reaches outside the store"
+        if kind == "Function" and name in _HOST_FUNCTIONS:
+            return f"function {name}() reads the host's files"
+        if kind == "Literal" and parent is not None and parent[1] == "SelectWithUnionQuery" and depth == parent[0] + 1:
+            return "INTO OUTFILE writes the host's files"
+    return None
 
 
 def split_format(sql: str, default: str) -> tuple[str, str]:
@@ -99,13 +129,23 @@ class SqlEndpoint:
         settings["readonly"] = 2
         query_id = params.get("query_id") or str(uuid.uuid4())
         try:
-            data = await anyio.to_thread.run_sync(
-                lambda: self._client.raw_query(sql, parameters=query_params or None, settings=settings, fmt=fmt))
+            data = await anyio.to_thread.run_sync(lambda: self._run(sql, query_params, settings, fmt))
         except ClickHouseError as exc:
             return _error(str(exc))
+        except PermissionError as exc:
+            return _error(f"Code: 497. DB::Exception: the SQL endpoint reads the store only: {exc}. (ACCESS_DENIED)")
         headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC", "X-ClickHouse-Query-Id": query_id,
                    "X-ClickHouse-Summary": json.dumps({"read_rows": "0", "read_bytes": "0", "written_rows": "0",
                                                        "written_bytes": "0", "total_rows_to_read": "0",
                                                        "result_rows": "0", "result_bytes": str(len(data))}),
                    "X-ClickHouse-Server-Display-Name": "spanhouse"}
         return Response(data, 200, headers=headers, media_type=_MEDIA.get(fmt, "application/octet-stream"))
+
+    def _run(self, sql: str, query_params: dict[str, str], settings: dict[str, object], fmt: str) -> bytes:
+        """Run ``sql`` read-only; ``PermissionError`` if it would reach outside the store."""
+        ast = self._client.raw_query(f"EXPLAIN AST {sql}", parameters=query_params or None, settings=settings,
+                                     fmt="TabSeparatedRaw")
+        reason = outside_reach(ast.decode("utf-8", "replace"))
+        if reason is not None:
+            raise PermissionError(reason)
+        return self._client.raw_query(sql, parameters=query_params or None, settings=settings, fmt=fmt)

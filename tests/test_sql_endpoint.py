@@ -83,3 +83,30 @@ def test_sql_needs_an_admin_key(store: Store, tmp_path: Path, admin: Running) ->
     with running_collector(store, tmp_path, "sql-endpoint", scopes="read") as c:
         r = httpx.post(c.sql_url, content="SELECT 1", auth=("default", c.key))
         assert r.status_code == 401
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM file('/proc/self/environ', 'LineAsString')",  # inline API keys live there
+    "SELECT file('/etc/hostname')",
+    "SELECT count() FROM system.one WHERE dummy IN (SELECT 0 FROM url('http://127.0.0.1:9/', 'CSV', 'a Int'))",
+    "SELECT * FROM s3('http://127.0.0.1:9/bucket/x.csv')",
+    "SELECT * FROM remote('127.0.0.1:9000', system.one)",
+])
+def test_queries_reaching_outside_the_store_are_refused(admin: Running, sql: str) -> None:
+    r = httpx.post(admin.sql_url, content=sql, auth=("default", admin.key))
+    assert r.status_code == 403 and "ACCESS_DENIED" in r.text and "reads the store only" in r.text
+
+
+def test_into_outfile_writes_nothing(admin: Running, tmp_path: Path) -> None:
+    target = tmp_path / "victim.txt"
+    target.write_text("kept")
+    r = httpx.post(admin.sql_url, content=f"SELECT 'overwritten' INTO OUTFILE '{target}' TRUNCATE",
+                   auth=("default", admin.key))
+    assert r.status_code == 403 and "INTO OUTFILE" in r.text
+    assert target.read_text() == "kept"
+
+
+def test_row_generating_table_functions_and_parameters_still_work(admin: Running) -> None:
+    r = httpx.post(admin.sql_url, params={"param_n": "4"}, auth=("default", admin.key),
+                   content="SELECT sum(number) FROM numbers({n:UInt8}) WHERE number IN (SELECT number FROM numbers(10))")
+    assert r.status_code == 200 and r.text == "6\n"
