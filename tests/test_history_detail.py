@@ -61,3 +61,17 @@ def test_oversized_tree_keeps_the_earliest_spans_and_says_so(store: Store, tenan
     monkeypatch.setattr(history, "MAX_SPANS", 5)
     found = history.get_execution(store.client, tenant, t.hex())
     assert found is not None and found["spans_truncated"] is False and len(_names(found["spans_tree"])) == 5
+
+
+def test_a_span_alone_in_its_insert_late_in_the_last_second_is_in_the_tree(store: Store, tenant: str) -> None:
+    """The span read is bounded by whole seconds [since, until). Compared with a DateTime
+    bound, ClickHouse's index analysis of the DateTime64 Timestamp dropped a part holding
+    only spans in the trace's last second; the bounds are DateTime64 now."""
+    t, root = trace_id(), span_id()
+    write(store, tenant, request([span("step a", t, parent=root, start=T0 + 1_200_000_000)]))
+    write(store, tenant, request([span("step b", t, parent=root, start=T0 + 5_500_000_000)]))
+    write(store, tenant, request([span("invoke_agent planner", t, sid=root, start=T0, duration_ns=5_600_000_000,
+                                       attributes=AGENT)]))
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None and found["spans"] == 3
+    assert _names(found["spans_tree"]) == ["invoke_agent planner", "step a", "step b"]

@@ -25,6 +25,6 @@ SELECT
      countIf(_finished AND _bucket = 3), countIf(_finished AND _bucket = 4)] AS buckets
 FROM executions AS e FINAL
 WHERE e.Tenant = {tenant:String}
-  AND e.StartTime >= {since:DateTime} AND e.StartTime < {until:DateTime} {{filters}}
+  AND e.StartTime >= toDateTime64({since:DateTime}, 9) AND e.StartTime < toDateTime64({until:DateTime}, 9) {{filters}}
 GROUP BY GROUPING SETS ((type, status), ())
 ORDER BY is_total, type, status

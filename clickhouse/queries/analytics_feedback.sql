@@ -10,7 +10,7 @@ FROM feedback FINAL
 WHERE Tenant = {tenant:String}
   AND TraceId IN (SELECT e.TraceId FROM executions AS e FINAL
                   WHERE e.Tenant = {tenant:String}
-                    AND e.StartTime >= {since:DateTime} AND e.StartTime < {until:DateTime}
+                    AND e.StartTime >= toDateTime64({since:DateTime}, 9) AND e.StartTime < toDateTime64({until:DateTime}, 9)
                     AND e.TraceId IN (SELECT TraceId FROM feedback WHERE Tenant = {tenant:String}) {{filters}})
 GROUP BY name
 ORDER BY name

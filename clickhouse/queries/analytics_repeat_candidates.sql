@@ -4,7 +4,7 @@
 -- and how many there are in all.
 SELECT TraceId AS trace_id, ToolCalls - length(ToolNames) AS excess, count() OVER () AS candidates
 FROM execution_rollup
-WHERE Tenant = {tenant:String} AND FirstSeen >= {since:DateTime} AND FirstSeen < {until:DateTime}
+WHERE Tenant = {tenant:String} AND FirstSeen >= toDateTime64({since:DateTime}, 9) AND FirstSeen < toDateTime64({until:DateTime}, 9)
   AND ToolCalls + 1 >= length(ToolNames) + {min_repeats:UInt32} {{filters}}
 ORDER BY excess DESC
 LIMIT {limit:UInt32}

@@ -12,7 +12,7 @@ FROM
 (
     SELECT TraceId AS trace_id, ToolName AS tool, count() AS n
     FROM tool_calls
-    WHERE Tenant = {tenant:String} AND Timestamp >= {since:DateTime} AND Timestamp < {until:DateTime}
+    WHERE Tenant = {tenant:String} AND Timestamp >= toDateTime64({since:DateTime}, 9) AND Timestamp < toDateTime64({until:DateTime}, 9)
       AND TraceId IN {trace_ids:Array(String)}
     GROUP BY trace_id, tool
     HAVING n >= {min_repeats:UInt32}

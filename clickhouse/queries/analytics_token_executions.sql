@@ -11,7 +11,7 @@ SELECT
 FROM execution_rollup
 WHERE Tenant = {tenant:String}
   AND TraceId IN (SELECT TraceId FROM execution_rollup
-                  WHERE Tenant = {tenant:String} AND FirstSeen >= {since:DateTime} AND FirstSeen < {until:DateTime}
+                  WHERE Tenant = {tenant:String} AND FirstSeen >= toDateTime64({since:DateTime}, 9) AND FirstSeen < toDateTime64({until:DateTime}, 9)
                     AND InputTokens + OutputTokens > 0 {{filters}}
                   ORDER BY InputTokens + OutputTokens DESC
                   LIMIT {limit:UInt32})

@@ -9,6 +9,6 @@ SELECT
     round(DurationNs / 1e6, 3) AS duration_ms
 FROM tool_calls
 WHERE Tenant = {tenant:String} AND ToolName = {tool:String} AND IsError
-  AND Timestamp >= {since:DateTime} AND Timestamp < {until:DateTime}
+  AND Timestamp >= toDateTime64({since:DateTime}, 9) AND Timestamp < toDateTime64({until:DateTime}, 9)
 ORDER BY Timestamp DESC, SpanId DESC
 LIMIT {limit:UInt32}

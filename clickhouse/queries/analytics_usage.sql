@@ -7,4 +7,4 @@ SELECT
     sum(OutputTokens) AS output_tokens,
     round(sum(CostUsd), 8) AS cost_usd
 FROM execution_rollup
-WHERE Tenant = {tenant:String} AND FirstSeen >= {since:DateTime} AND FirstSeen < {until:DateTime} {{filters}}
+WHERE Tenant = {tenant:String} AND FirstSeen >= toDateTime64({since:DateTime}, 9) AND FirstSeen < toDateTime64({until:DateTime}, 9) {{filters}}

@@ -3,7 +3,7 @@
 -- Every block assumes the query binds {tenant:String}, {since:DateTime}, {until:DateTime}.
 -- name
 TraceId IN (SELECT TraceId FROM executions FINAL
-            WHERE Tenant = {tenant:String} AND StartTime >= {since:DateTime} AND StartTime < {until:DateTime}
+            WHERE Tenant = {tenant:String} AND StartTime >= toDateTime64({since:DateTime}, 9) AND StartTime < toDateTime64({until:DateTime}, 9)
               AND Name = {name:String})
 -- tool
 ToolName = {tool:String}
