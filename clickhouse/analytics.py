@@ -290,11 +290,15 @@ def _token_tips(client: Client, params: dict[str, Any], active: list[str]) -> li
     if not top:
         return []
     sampled = sum(int(r["input_tokens"] + r["output_tokens"]) for r in top)
-    seconds = sorted({s for r in top for s in range(r["first_seen_s"], r["last_seen_s"] + 1)})
+    # Counted before they are listed: one trace claiming to last years must not make a
+    # set of a billion seconds.
+    covered = sum(r["last_seen_s"] - r["first_seen_s"] + 1 for r in top)
+    seconds = sorted({s for r in top for s in range(r["first_seen_s"], r["last_seen_s"] + 1)}) \
+        if covered <= MAX_LOOKUP_SECONDS else []
     spans = queries.rows(client, "analytics_token_spans", {
         "tenant": params["tenant"], "trace_ids": [r["trace_id"] for r in top], "limit": TIPS_PER_KIND,
         "start_s": min(r["first_seen_s"] for r in top), "end_s": max(r["last_seen_s"] for r in top),
-        "seconds": seconds if len(seconds) <= MAX_LOOKUP_SECONDS else []})
+        "seconds": seconds})
     tips = []
     for s in spans:
         tokens = int(s["input_tokens"] + s["output_tokens"])

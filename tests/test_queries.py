@@ -3,9 +3,16 @@ engine parses, and an unknown filter is refused by name."""
 
 from __future__ import annotations
 
+import time
+import tracemalloc
+
 import pytest
 
-from spanhouse.clickhouse import Store, queries, sqlfiles
+from spanhouse.clickhouse import Store, analytics, queries, sqlfiles
+from tests.conftest import write
+from tests.otlp import request, span, span_id, trace_id
+
+DAY_NS = 86_400 * 10**9
 
 NAMES = [n.removesuffix(".sql") for n in sqlfiles.list_dir("queries") if n.endswith(".sql")]
 
@@ -28,3 +35,25 @@ def test_shared_column_lists_are_included_once_per_place() -> None:
 def test_an_unknown_filter_is_refused_by_name() -> None:
     with pytest.raises(KeyError, match="no filter \\['nope'\\]"):
         queries.render("executions_page", "executions", ["nope"])
+
+
+def test_a_token_heavy_trace_spanning_days_does_not_make_a_set_of_its_seconds(store: Store, tenant: str) -> None:
+    """The token tip narrows its span lookup to the seconds the sampled traces cover, but
+    only up to MAX_LOOKUP_SECONDS: a trace claiming to last days (or years) must not make
+    a Python set of every second first."""
+    now = time.time_ns()
+    t, root = trace_id(), span_id()
+    write(store, tenant, request([
+        span("invoke_agent planner", t, sid=root, start=now - 3 * DAY_NS, duration_ns=2 * DAY_NS,
+             attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"}),
+        span("chat big", t, parent=root, start=now - 3 * DAY_NS, duration_ns=2 * DAY_NS,
+             attributes={"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 5000,
+                         "gen_ai.usage.output_tokens": 10})]))
+    tracemalloc.start()
+    try:
+        result = analytics.performance(store.client, tenant, days=7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [t["span_name"] for t in result["tips"] if t["kind"] == "token_heavy"] == ["chat big"]
+    assert peak < 4 << 20  # the 172,800 seconds of two days as a set and a list took ~12 MB
