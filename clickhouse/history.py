@@ -183,9 +183,11 @@ def export_executions(client: Client, tenant: str, filters: Mapping[str, Any], f
     return queries.stream(client, "executions_export", params, EXPORT_FORMATS[fmt], GROUP, active)
 
 
-def executions_after(client: Client, tenant: str, after: datetime) -> list[dict[str, Any]]:
-    """Executions stored after ``after`` (oldest first, at most 500): the feed."""
-    return queries.rows(client, "executions_new", {"tenant": tenant, "after": after})
+def executions_after(client: Client, tenant: str, after: datetime, after_id: str = "") -> list[dict[str, Any]]:
+    """Executions stored after the one stored at ``after`` with trace id ``after_id``
+    (oldest first, at most 500): the feed. Continue from the last row's ``stored_at``
+    and ``trace_id``."""
+    return queries.rows(client, "executions_new", {"tenant": tenant, "after": after, "after_id": after_id})
 
 
 def matching_ids(client: Client, tenant: str, filters: Mapping[str, Any]) -> list[str]:

@@ -149,15 +149,15 @@ def list_executions(who: Reader, ctx: Context, filters: Filters,
 async def stream_executions(who: Reader, ctx: Context, request: Request,
                             poll: Annotated[float, Query(ge=0.2, le=30)] = 1.0) -> StreamingResponse:
     """Server-sent events: one ``execution`` event per execution stored from now on."""
-    after = datetime.now(timezone.utc).replace(tzinfo=None)
+    after, after_id = datetime.now(timezone.utc).replace(tzinfo=None), ""
 
     async def events() -> AsyncIterator[bytes]:
-        nonlocal after
+        nonlocal after, after_id
         yield b": connected\n\n"
         while not await request.is_disconnected():
-            rows = await asyncio.to_thread(history.executions_after, ctx.store.client, who.tenant, after)
+            rows = await asyncio.to_thread(history.executions_after, ctx.store.client, who.tenant, after, after_id)
             for row in rows:
-                after = max(after, row["stored_at"])
+                after, after_id = row["stored_at"], row["trace_id"]
                 payload = json.dumps({k: history.iso(v) for k, v in row.items()})
                 yield f"event: execution\ndata: {payload}\n\n".encode()
             await asyncio.sleep(poll)

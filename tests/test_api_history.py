@@ -10,13 +10,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from spanhouse.clickhouse import Store
+from spanhouse.clickhouse import Store, history
 from tests.collector_harness import Running, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
@@ -303,3 +304,19 @@ def test_stream_sends_newly_stored_executions(store: Store, tmp_path: Path) -> N
         write(store, "stream-api-other", _execution(1, name="foreign")[1])
         listener.join(20)
     assert [(e["trace_id"], e["name"]) for e in events] == [(new_id, "fresh")]
+
+
+def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store: Store, tenant: str) -> None:
+    """One insert stores 700 executions at one InsertedAt; the feed pages by 500, so its
+    position is (stored at, trace id), not the time alone (which skipped the last 200)."""
+    before = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=1)
+    write(store, tenant, *[_execution(i)[1] for i in range(700)])
+    seen: list[str] = []
+    after, after_id = before, ""
+    for _ in range(5):
+        rows = history.executions_after(store.client, tenant, after, after_id)
+        if not rows:
+            break
+        seen += [r["trace_id"] for r in rows]
+        after, after_id = rows[-1]["stored_at"], rows[-1]["trace_id"]
+    assert len(seen) == 700 and len(set(seen)) == 700
