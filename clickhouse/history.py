@@ -44,19 +44,23 @@ def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: iso(v) for k, v in row.items()}
 
 
-def encode_cursor(start_time: datetime, trace_id: str) -> str:
-    """An opaque cursor for the row after (start_time, trace_id) in newest-first order."""
-    raw = json.dumps([start_time.isoformat(), trace_id]).encode()
+def encode_cursor(start_ns: int, trace_id: str) -> str:
+    """An opaque cursor for the row after (start time in ns, trace_id) in newest-first
+    order. Nanoseconds, as stored: a cursor at the driver's microseconds skipped the rows
+    between the truncated time and the real one."""
+    raw = json.dumps([start_ns, trace_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (start_time, trace_id) of a cursor; ValueError if it is not one of ours."""
-    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    when, trace_id = json.loads(raw)
-    if not isinstance(when, str) or not isinstance(trace_id, str):
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The (start time in ns, trace_id) of a cursor; ValueError if it is not one of ours."""
+    try:
+        start_ns, trace_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError) as exc:  # not base64, not JSON, not a pair
+        raise ValueError("malformed cursor") from exc
+    if type(start_ns) is not int or not 0 <= start_ns < 2**63 or not isinstance(trace_id, str):
         raise ValueError("malformed cursor")
-    return datetime.fromisoformat(when), trace_id
+    return start_ns, trace_id
 
 
 def _filters(tenant: str, filters: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -81,15 +85,20 @@ def list_executions(client: Client, tenant: str, filters: Mapping[str, Any], lim
     total = queries.rows(client, "executions_count", params, GROUP, active)[0]["total"]
     page_params, page_active = {**params, "limit": limit + 1}, list(active)
     if cursor:
-        page_params["cursor_time"], page_params["cursor_id"] = decode_cursor(cursor)
+        page_params["cursor_ns"], page_params["cursor_id"] = decode_cursor(cursor)
         page_active.append("cursor")
     items = queries.rows(client, "executions_page", page_params, GROUP, page_active)
     more = len(items) > limit
     items = items[:limit]
+    next_cursor = encode_cursor(items[-1]["start_ns"], items[-1]["trace_id"]) if more and items else None
     rollups = _rollups(client, tenant, [i["trace_id"] for i in items])
-    out = [jsonable({**i, **rollups.get(i["trace_id"], _EMPTY_ROLLUP)}) for i in items]
-    next_cursor = encode_cursor(items[-1]["start_time"], items[-1]["trace_id"]) if more and items else None
+    out = [jsonable({**_without_cursor(i), **rollups.get(i["trace_id"], _EMPTY_ROLLUP)}) for i in items]
     return Page(out, int(total), next_cursor)
+
+
+def _without_cursor(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A page row without its cursor column (start_ns)."""
+    return {k: v for k, v in row.items() if k != "start_ns"}
 
 
 _EMPTY_ROLLUP = {"spans": 0, "error_spans": 0, "tool_calls": 0, "failed_tool_calls": 0, "input_tokens": 0,
@@ -128,7 +137,7 @@ def get_execution(client: Client, tenant: str, trace_id: str) -> dict[str, Any] 
                           GROUP, ["trace_ids", *window])
     if not spans and not listed:
         return None
-    summary = jsonable(listed[0]) if listed else {"trace_id": trace_id, "status": "unknown"}
+    summary = jsonable(_without_cursor(listed[0])) if listed else {"trace_id": trace_id, "status": "unknown"}
     summary.update(_rollups(client, tenant, [trace_id]).get(trace_id, _EMPTY_ROLLUP))
     summary["spans_tree"] = span_tree(spans)
     summary["spans_truncated"] = len(rows) > MAX_SPANS

@@ -320,3 +320,27 @@ def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store:
         seen += [r["trace_id"] for r in rows]
         after, after_id = rows[-1]["stored_at"], rows[-1]["trace_id"]
     assert len(seen) == 700 and len(set(seen)) == 700
+
+
+def test_pages_walk_executions_that_start_within_the_same_microsecond(store: Store, tenant: str) -> None:
+    """Start times are nanoseconds; a cursor at the driver's microseconds skipped the rows
+    between the truncated time and the real one (4 executions, limit 1: 1 listed)."""
+    start = T0 + 123_456_789  # not a whole microsecond
+    write(store, tenant, *[request([span("invoke_agent triage", trace_id(), start=start, attributes={
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "triage"})]) for _ in range(4)])
+    seen, cursor = [], None
+    for _ in range(6):
+        page = history.list_executions(store.client, tenant, {}, 1, cursor)
+        seen += [i["trace_id"] for i in page.items]
+        assert all("start_ns" not in i for i in page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert page.total == 4 and len(seen) == 4 and len(set(seen)) == 4
+
+
+@pytest.mark.parametrize("cursor", ["NQ", "bnVsbA", "WyJ4IiwgMV0", "!!", "WzEsIDJd", "Wy0xLCAiYSJd"])
+def test_a_cursor_that_is_not_ours_is_a_422(dataset: tuple[Running, dict[str, Any]], cursor: str) -> None:
+    c, _ = dataset
+    r = httpx.get(c.api_url + "/api/v1/executions", params={"cursor": cursor}, headers=c.headers())
+    assert r.status_code == 422 and "cursor" in r.text

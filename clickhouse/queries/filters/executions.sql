@@ -37,4 +37,4 @@ e.TraceId IN (SELECT TraceId FROM tool_calls WHERE Tenant = {tenant:String} AND 
 -- trace_ids
 e.TraceId IN {trace_ids:Array(String)}
 -- cursor
-(e.StartTime, e.TraceId) < ({cursor_time:DateTime64(9)}, {cursor_id:String})
+(e.StartTime, e.TraceId) < (fromUnixTimestamp64Nano({cursor_ns:Int64}), {cursor_id:String})
