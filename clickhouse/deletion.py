@@ -51,6 +51,8 @@ def delete_traces(client: Client, tenant: str, trace_ids: Sequence[str]) -> dict
     params = {"tenant": tenant, "trace_ids": ids}
     spans = queries.rows(client, "trace_span_counts", params)[0]["spans"]
     executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
+    feedback_traces = [r["trace_id"] for r in queries.rows(client, "feedback_only_traces", params)]
+    params = {"tenant": tenant, "trace_ids": sorted({*ids, *feedback_traces})}
     affected = {r: _affected(client, r, params) for r in _ROLLUPS}
     for stmt in sqlfiles.split_statements(sqlfiles.query("delete_traces")):
         client.command(stmt, parameters=params, settings=_NO_DEDUP)

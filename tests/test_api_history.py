@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from spanhouse.clickhouse import Store, history
+from spanhouse.clickhouse import Store, deletion, history
 from tests.collector_harness import Running, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
@@ -344,3 +344,32 @@ def test_a_cursor_that_is_not_ours_is_a_422(dataset: tuple[Running, dict[str, An
     c, _ = dataset
     r = httpx.get(c.api_url + "/api/v1/executions", params={"cursor": cursor}, headers=c.headers())
     assert r.status_code == 422 and "cursor" in r.text
+
+
+def test_deleting_an_execution_deletes_the_feedback_spans_about_it(store: Store, tenant: str) -> None:
+    """The SDK sends feedback as a span of a trace of its own (and may send it inside
+    another trace); deleting the execution leaves neither span, nor its comment, behind."""
+    gone_id, gone = _execution(0)
+    keep_id, keep = _execution(1)
+    own_trace, other_root = trace_id(), span_id()
+
+    def feedback(execution: str, trace: bytes, comment: str, parent: bytes = b"") -> Any:
+        return span("spanhouse.feedback", trace, parent=parent, start=T0 + 10**9, attributes={
+            "spanhouse.feedback.execution_id": execution, "spanhouse.feedback.value": "1",
+            "spanhouse.feedback.comment": comment})
+
+    host = trace_id()
+    inside = request([span("invoke_agent other", host, sid=other_root, start=T0)])
+    write(store, tenant, gone, keep, request([feedback(gone_id, own_trace, "private complaint by alice")]),
+          request([feedback(keep_id, trace_id(), "fine")]), inside,
+          request([feedback(gone_id, host, "second complaint", parent=other_root)]))
+    assert deletion.delete_traces(store.client, tenant, [gone_id]) == {"executions": 1, "spans": 1}
+    comments = store.client.query(
+        "SELECT SpanAttributes['spanhouse.feedback.comment'] FROM otel_traces WHERE Tenant = {t:String} "
+        "AND SpanName = 'spanhouse.feedback'", parameters={"t": tenant}).result_rows
+    assert comments == [("fine",)]
+    assert history.get_execution(store.client, tenant, own_trace.hex()) is None
+    assert store.client.command("SELECT count() FROM execution_rollup WHERE Tenant = {t:String} AND TraceId = {x:String}",
+                                parameters={"t": tenant, "x": own_trace.hex()}) == 0
+    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String} AND TraceId = {x:String}",
+                                parameters={"t": tenant, "x": host.hex()}) == 1  # the host trace keeps its own span

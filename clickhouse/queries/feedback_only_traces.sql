@@ -1,0 +1,13 @@
+-- Traces holding nothing but feedback spans about the given executions (the SDK sends
+-- feedback as a span of a trace of its own; feedback.FeedbackId is that span's id):
+-- deleting an execution deletes them with it, so its feedback leaves nothing behind.
+SELECT TraceId AS trace_id
+FROM otel_traces
+WHERE Tenant = {tenant:String}
+  AND TraceId IN (SELECT TraceId FROM otel_traces
+                  WHERE Tenant = {tenant:String} AND SpanName = 'spanhouse.feedback'
+                    AND SpanId IN (SELECT FeedbackId FROM feedback
+                                   WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}
+                                     AND Source = 'otlp'))
+GROUP BY TraceId
+HAVING countIf(SpanName != 'spanhouse.feedback') = 0
