@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
@@ -118,7 +121,7 @@ class FeedbackIn(BaseModel):
 
     execution_id: str = Field(pattern=TRACE_ID)
     rating: int | None = Field(None, ge=1, le=5)
-    value: float | None = None
+    value: float | None = Field(None, allow_inf_nan=False)  # NaN would make every average of its name null
     name: str = Field("user_rating", min_length=1, max_length=128)
     comment: str = Field("", max_length=10_000)
     user_id: str = Field("", max_length=512)
@@ -214,11 +217,29 @@ def export(who: Reader, ctx: Context, filters: Filters,
                              headers={"Content-Disposition": f'attachment; filename="executions.{format}"'})
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings: strict JSON has no word for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, also when the refused input is NaN or infinite (which its default
+    handler cannot encode, answering 500 instead)."""
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
+
+
 def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> FastAPI:
     """The API app; ``readiness`` returns (ready, why-not)."""
     app = FastAPI(title="spanhouse", version=__version__,
                   description="Execution history for AI agents and workflows.")
     app.state.context = context
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.include_router(executions)
     from spanhouse.collector.api_analytics import analytics  # here: that module imports this one
     app.include_router(analytics)

@@ -44,7 +44,7 @@ _PROTOCOL_PARAMS = {"query", "database", "default_format", "query_id", "session_
 _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 _CODE = re.compile(r"Code: (\d+)\.")
 _STATUS = {164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
-           27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404}
+           27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404, 457: 400, 73: 400}
 _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JSONCompact": "application/json",
           "CSV": "text/csv", "CSVWithNames": "text/csv", "TabSeparated": "text/tab-separated-values"}
 

@@ -203,6 +203,11 @@ def test_feedback_shows_in_detail(dataset: tuple[Running, dict[str, str]]) -> No
     for bad in [{"execution_id": ids["a"], "rating": 6}, {"execution_id": ids["a"]},
                 {"execution_id": ids["a"], "rating": 3, "value": 1.0}, {"execution_id": "xyz", "rating": 3}]:
         assert _post(c.api_url + "/api/v1/feedback", headers=c.headers(), json=bad).status_code == 422
+    for number in ["NaN", "Infinity", "-Infinity"]:  # JSON as Python writes it; NaN made averages null
+        raw = f'{{"execution_id": "{ids["a"]}", "name": "accuracy", "value": {number}}}'
+        r = _post(c.api_url + "/api/v1/feedback", headers={**c.headers(), "content-type": "application/json"},
+                  content=raw)
+        assert r.status_code == 422, number
     assert _post(c.api_url + "/api/v1/feedback", headers=c.headers(),
                       json={"execution_id": "f" * 32, "rating": 3}).status_code == 404
 

@@ -91,3 +91,19 @@ def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture
     doomed = extra.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
     body = json.loads(_run(c, capsys, "executions", "delete", doomed, "--json"))
     assert body == {"executions": 1, "spans": 1}
+
+
+def test_bulk_delete_asks_with_the_count_of_both_bounds(served: tuple[Running, str], capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --yes the CLI counts what it is about to delete (started before --before
+    and before --until) and asks; answering no deletes nothing."""
+    c, tid = served
+    asked: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "n")
+    code = cli.main(["executions", "delete", "--before", "2100-01-01T00:00:00Z", "--until", "2000-01-01T00:00:00",
+                     "--url", c.api_url, "--api-key", c.key])
+    assert code == 1 and asked == ["delete 0 executions? [y/N] "]
+    capsys.readouterr()
+    code = cli.main(["executions", "delete", "--before", "2100-01-01T00:00:00Z", "--url", c.api_url, "--api-key", c.key])
+    assert code == 1 and asked[1].startswith("delete ") and asked[1] != "delete 0 executions? [y/N] "
+    assert json.loads(_run(c, capsys, "executions", "list", "--json"))["total"] >= 1  # nothing deleted

@@ -110,3 +110,10 @@ def test_row_generating_table_functions_and_parameters_still_work(admin: Running
     r = httpx.post(admin.sql_url, params={"param_n": "4"}, auth=("default", admin.key),
                    content="SELECT sum(number) FROM numbers({n:UInt8}) WHERE number IN (SELECT number FROM numbers(10))")
     assert r.status_code == 200 and r.text == "6\n"
+
+
+def test_a_bad_query_parameter_or_format_is_a_400(admin: Running) -> None:
+    r = httpx.post(admin.sql_url, params={"param_x": "abc"}, content="SELECT {x:UInt8}", auth=("default", admin.key))
+    assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "457"
+    r = httpx.post(admin.sql_url, params={"default_format": "Nope"}, content="SELECT 1", auth=("default", admin.key))
+    assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "73"
