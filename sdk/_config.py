@@ -29,8 +29,9 @@ PROTOCOLS: Final[tuple[Protocol, ...]] = ("grpc", "http/protobuf")
 OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 """.. envvar:: OTEL_SDK_DISABLED
 
-``true`` turns the SDK off: ``configure()`` installs nothing and the decorators call the
-function directly. Default ``false``. Argument: ``configure(disabled=...)``.
+``true`` (any case; nothing else, as the OpenTelemetry specification says) turns the SDK
+off: ``configure()`` installs nothing and the decorators call the function directly.
+Default ``false``. Argument: ``configure(disabled=...)``.
 """
 
 SPANHOUSE_DSN: Final = "SPANHOUSE_DSN"
@@ -120,7 +121,7 @@ DEFAULT_MAX_VALUE_LENGTH: Final = 16384
 TRACES_PATH: Final = "/v1/traces"
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off", ""})
+_FALSE = frozenset({"false", "0", "no", "off"})
 
 @dataclass(frozen=True)
 class Settings:
@@ -155,7 +156,7 @@ def resolve(
     """
     proto = _protocol(protocol)
     return Settings(
-        disabled=_bool_arg("disabled", disabled) if disabled is not None else env_bool(OTEL_SDK_DISABLED, False),
+        disabled=_bool_arg("disabled", disabled) if disabled is not None else otel_env_bool(OTEL_SDK_DISABLED),
         endpoint=_endpoint(endpoint, proto),
         protocol=proto,
         headers=_headers(headers, api_key),
@@ -168,10 +169,21 @@ def resolve(
     )
 
 
+def otel_env_bool(name: str) -> bool:
+    """An OpenTelemetry boolean variable, read as the specification says: true only for
+    ``true`` (any case); unset, empty and anything else are false (anything else is logged)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value not in ("true", "false", ""):
+        logger.warning("%s=%r is not 'true' or 'false'; reading it as false, as OpenTelemetry does", name,
+                       os.environ[name])
+    return value == "true"
+
+
 def env_bool(name: str, default: bool) -> bool:
-    """A boolean variable; anything but true/false/1/0/yes/no/on/off is logged and ignored."""
+    """A spanhouse boolean variable; unset or empty gives ``default``; anything but
+    true/false/1/0/yes/no/on/off is logged and ignored."""
     raw = os.environ.get(name)
-    if raw is None:
+    if raw is None or not raw.strip():
         return default
     value = raw.strip().lower()
     if value in _TRUE:
@@ -207,9 +219,7 @@ def _protocol(arg: str | None) -> Protocol:
         if raw:
             if raw in PROTOCOLS:
                 return raw
-            logger.warning("%s=%r is not supported (use %s); using %s", name, raw, " or ".join(PROTOCOLS),
-                           DEFAULT_PROTOCOL)
-            return DEFAULT_PROTOCOL
+            logger.warning("%s=%r is not supported (use %s); ignored", name, raw, " or ".join(PROTOCOLS))
     return DEFAULT_PROTOCOL
 
 

@@ -22,6 +22,7 @@ from spanhouse.sdk._config import (
     SPANHOUSE_MAX_VALUE_LENGTH,
     env_bool,
     env_positive_int,
+    otel_env_bool,
 )
 from spanhouse.sdk._content import ContentPolicy
 
@@ -45,7 +46,7 @@ def from_environment() -> Runtime:
     """The snapshot an unconfigured process uses."""
     return Runtime(
         trace.get_tracer(SCOPE_NAME, SCOPE_VERSION),
-        disabled=env_bool(OTEL_SDK_DISABLED, False),
+        disabled=otel_env_bool(OTEL_SDK_DISABLED),
         capture_content=env_bool(SPANHOUSE_CAPTURE_CONTENT, True),
         content=ContentPolicy(env_positive_int(SPANHOUSE_MAX_VALUE_LENGTH, DEFAULT_MAX_VALUE_LENGTH)),
     )

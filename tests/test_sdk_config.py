@@ -124,6 +124,25 @@ def test_bad_environment_values_log_and_fall_back(clean_env: pytest.MonkeyPatch,
     assert name in caplog.text
 
 
+@pytest.mark.parametrize(("value", "disabled"), [("true", True), ("True", True), (" TRUE ", True), ("1", False),
+                                                ("yes", False), ("on", False), ("false", False), ("", False)])
+def test_otel_sdk_disabled_is_true_only_for_true(clean_env: pytest.MonkeyPatch, value: str, disabled: bool) -> None:
+    """As the OpenTelemetry specification reads its booleans: only 'true', any case."""
+    clean_env.setenv("OTEL_SDK_DISABLED", value)
+    assert _config.resolve().disabled is disabled
+
+
+def test_an_empty_spanhouse_boolean_is_unset(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SPANHOUSE_CAPTURE_CONTENT", "")
+    assert _config.resolve().capture_content is True
+
+
+def test_an_unsupported_traces_protocol_falls_back_to_the_general_one(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    assert _config.resolve().protocol == "http/protobuf"
+
+
 @pytest.mark.parametrize("kwargs", [
     {"endpoint": "collector:4317"}, {"endpoint": ""}, {"protocol": "http/json"}, {"api_key": ""},
     {"headers": {"a": 1}}, {"capture_content": "yes"}, {"max_value_length": 0}, {"max_value_length": True},
