@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, ParamSpec, TypeVar, overload
@@ -161,7 +162,7 @@ class ActiveCall:
         span: the OpenTelemetry span, for anything the SDK does not wrap.
     """
 
-    __slots__ = ("_content", "_context", "_item_count", "_items", "_spec", "_token", "span")
+    __slots__ = ("_content", "_context", "_item_count", "_items", "_kept", "_spec", "_token", "span")
 
     def __init__(self, spec: _Spec, rt: _runtime.Runtime, attributes: dict[str, Any], captured: str | None, *,
                  attach: bool, capture: bool) -> None:
@@ -182,6 +183,7 @@ class ActiveCall:
         self._token = context_api.attach(self._context) if attach else None
         self._items: list[Any] | None = None
         self._item_count = 0
+        self._kept = 0
 
     @classmethod
     def unrecorded(cls, spec: _Spec) -> ActiveCall:
@@ -194,6 +196,7 @@ class ActiveCall:
         call._token = None
         call._items = None
         call._item_count = 0
+        call._kept = 0
         return call
 
     def set_result(self, value: Any) -> None:
@@ -246,14 +249,19 @@ class ActiveCall:
         return _Current(self._context)
 
     def collect(self, item: Any) -> None:
-        """Keep a yielded item for the result, up to what could fit in the captured value."""
+        """Keep a yielded item for the result, up to what could fit in the captured value:
+        as many items as it has characters at most, and items of about that many bytes
+        (their length for text, their own size otherwise): a generator streaming large
+        chunks must not have them all held until it ends."""
         if self._content is None:
             return
         if self._items is None:
             self._items = []
         self._item_count += 1
-        if len(self._items) < self._content.max_length // 2 + 1:
+        limit = self._content.max_length
+        if self._kept < limit and len(self._items) < limit // 2 + 1:
             self._items.append(item)
+            self._kept += len(item) if isinstance(item, (str, bytes, bytearray)) else sys.getsizeof(item)
 
     def yielded(self) -> list[Any] | None:
         """The items kept by ``collect``, with a marker for those left out."""

@@ -10,6 +10,7 @@ import enum
 import json
 import logging
 import time
+import tracemalloc
 import unittest.mock
 import uuid
 from collections import deque
@@ -271,3 +272,22 @@ def test_an_object_answering_every_attribute_is_not_taken_for_a_model() -> None:
     out = ContentPolicy(1000).value({"client": unittest.mock.MagicMock()})
     assert time.perf_counter() - started < 1.0
     assert json.loads(out)["client"].startswith("<MagicMock")
+
+
+def test_a_generator_streaming_large_chunks_holds_only_what_is_captured(spans: CapturedSpans) -> None:
+    """The result of a generator is its items, cut to the captured size: 50 chunks of
+    1 MB are not all held until the generator ends (they were: 8,193 items could be)."""
+    @sdk.tool
+    def chunks() -> Iterator[bytes]:
+        for i in range(50):
+            yield bytes([65 + i % 26]) * 1_000_000
+
+    tracemalloc.start()
+    try:
+        total = sum(len(c) for c in chunks())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == 50_000_000 and peak < 10_000_000
+    result = spans.spans()[0].attributes[RESULT]
+    assert result.startswith('["AAAA') and len(result) <= 16_384 + 100  # the first chunk already fills it
