@@ -225,13 +225,17 @@ class BorrowedExporter(SpanExporter):
     or the store exporter of a DSN. ``configure()`` hands the same object to the next
     pipeline when the settings change, so retiring a pipeline flushes it and leaves it
     open (a BatchSpanProcessor's shutdown would close it for good: every later export
-    would fail, silently)."""
+    would fail, silently). Exports through it are serialised."""
 
     def __init__(self, exporter: SpanExporter) -> None:
         self._exporter = exporter
+        # Running markers and batches both leave through it here, from two threads; an
+        # exporter may assume (as OpenTelemetry's contract lets it) one export at a time.
+        self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self._exporter.export(spans)
+        with self._lock:
+            return self._exporter.export(spans)
 
     def shutdown(self) -> None:
         self._exporter.force_flush()

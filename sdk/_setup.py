@@ -173,7 +173,9 @@ def _store_exporter(dsn: str) -> SpanExporter:
     if dsn not in _store_exporters:
         from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
 
-        _store_exporters[dsn] = ClickHouseSpanExporter(dsn)
+        # A forked child makes its own: the parent's client (an HTTP connection pool, or
+        # the embedded engine, which one process only may hold) is not the child's.
+        _store_exporters[dsn] = ForkSafeExporter(lambda: ClickHouseSpanExporter(dsn))
     return _store_exporters[dsn]
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -382,3 +383,52 @@ def test_an_unconfigured_process_follows_the_environment(clean_env: pytest.Monke
     assert (runtime.capture_content, runtime.content.max_length, runtime.disabled) == (False, 64, True)
     clean_env.delenv("OTEL_SDK_DISABLED")
     assert not _runtime.from_environment().disabled
+
+
+class _OneAtATime(InMemorySpanExporter):
+    """Records whether export() was ever entered while another call was running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = 0
+        self.overlapped = False
+
+    def export(self, spans: Any) -> Any:
+        self.active += 1
+        self.overlapped |= self.active > 1
+        time.sleep(0.005)
+        try:
+            return super().export(spans)
+        finally:
+            self.active -= 1
+
+
+def test_markers_and_batches_never_export_through_one_exporter_at_once(clean_env: pytest.MonkeyPatch,
+                                                                         private_provider: TracerProvider) -> None:
+    """With exporter= the running markers (their own thread) and the batch worker share
+    the exporter; OpenTelemetry exporters may assume one export() at a time."""
+    exporter = _OneAtATime()
+    sdk.configure(tracer_provider=private_provider, exporter=exporter)
+
+    @sdk.execution
+    def job() -> None:
+        time.sleep(0.001)
+
+    done = threading.Event()
+
+    def jobs() -> None:  # each start sends a marker at once, on the marker thread
+        for _ in range(100):
+            job()
+        done.set()
+
+    def flushes() -> None:  # each flush exports the ended spans, on the batch worker
+        while not done.is_set():
+            sdk.flush()
+
+    threads = [threading.Thread(target=jobs), threading.Thread(target=flushes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sdk.flush()
+    assert len(exporter.get_finished_spans()) == 2 * 100 and not exporter.overlapped
