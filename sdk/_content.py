@@ -106,7 +106,7 @@ class ContentPolicy:
     def mapping(self, items: Mapping[str, Any]) -> str:
         """Named values (arguments given by name) as a JSON object."""
         try:
-            return self._dump(self._mapping(items, 0))
+            return self._dump(self._mapping(items, 0, [self.max_length]))
         except Exception as exc:  # noqa: BLE001 - capturing must never break the call it records
             return _not_captured(exc)
 
@@ -115,7 +115,7 @@ class ContentPolicy:
         if is_secret_key(key):
             return REDACTED
         try:
-            walked = self._walk(self._hooked(key, value), 0)
+            walked = self._walk(self._hooked(key, value), 0, [self.max_length])
             return walked if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
         except Exception as exc:  # noqa: BLE001 - capturing must never break the call it records
             return _not_captured(exc)
@@ -132,25 +132,28 @@ class ContentPolicy:
             logger.exception("spanhouse redact hook failed on %r; recording [REDACTED]", key)
             return REDACTED
 
-    def _mapping(self, items: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+    def _mapping(self, items: Mapping[Any, Any], depth: int, budget: list[int]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         hook, limit = self.hook, self._max_items
         for i, (k, v) in enumerate(items.items()):
-            if i == limit:
+            if i == limit or budget[0] <= 0:
                 out["…"] = f"[truncated {len(items) - i} more entries]"
                 break
             key = k if type(k) is str else str(k)
-            if is_secret_key(key):
-                out[key] = REDACTED
-            else:
-                out[key] = self._walk(v if hook is None else self._hooked(key, v), depth + 1)
+            walked = REDACTED if is_secret_key(key) else \
+                self._walk(v if hook is None else self._hooked(key, v), depth + 1, budget)
+            out[key] = walked
+            budget[0] -= len(key) + (len(walked) if type(walked) is str else 0) + 4
         return out
 
-    def _walk(self, v: Any, depth: int) -> Any:
+    def _walk(self, v: Any, depth: int, budget: list[int]) -> Any:
         """``v`` as JSON-compatible Python: the decision tree of the module docstring.
 
         Exact-type checks for the common JSON types come first: ``isinstance`` against the
         ``collections.abc`` classes is several times slower, and this runs for every value.
+        ``budget`` is about how many characters the whole value may still take: the
+        containers stop (with a marker) once it is spent, since the encoded value is cut
+        at ``max_length`` anyway; without it a list of 2,000 embeddings was walked whole.
         """
         t = type(v)
         if t is str:
@@ -162,45 +165,47 @@ class ContentPolicy:
         if depth >= MAX_DEPTH:
             return truncated(f"[nested deeper than {MAX_DEPTH}: {_repr(v)}]", self.max_length)
         if t is dict:
-            return self._mapping(v, depth)
+            return self._mapping(v, depth, budget)
         if t is list or t is tuple:
-            return self._sequence(v, depth)
+            return self._sequence(v, depth, budget)
         if isinstance(v, enum.Enum):
-            return self._walk(v.value, depth + 1)
+            return self._walk(v.value, depth + 1, budget)
         if isinstance(v, str):  # subclasses of the JSON scalars, as their plain values
             return truncated(str(v), self.max_length)
         if isinstance(v, int):
             return int(v)
         if isinstance(v, float):
-            return self._walk(float(v), depth)
+            return self._walk(float(v), depth, budget)
         if isinstance(v, Mapping):
-            return self._mapping(v, depth)
+            return self._mapping(v, depth, budget)
         if isinstance(v, (bytes, bytearray, memoryview)):
             return _bytes_text(bytes(v), self.max_length)
         if isinstance(v, (datetime.date, datetime.time)):
             return v.isoformat()
         if isinstance(v, tuple) and isinstance(getattr(t, "_fields", None), tuple):  # a namedtuple: by field,
-            return self._mapping(v._asdict(), depth)  # type: ignore[attr-defined]  # so secrets are redacted
+            return self._mapping(v._asdict(), depth, budget)  # type: ignore[attr-defined]  # so secrets are redacted
         if isinstance(v, (Sequence, Set, collections.deque, ValuesView)):
-            return self._sequence(v, depth)
+            return self._sequence(v, depth, budget)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return self._mapping({f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, depth)
+            return self._mapping({f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, depth, budget)
         # A Pydantic model: model_dump defined by the class. Asked of the instance, any
         # proxy whose __getattr__ answers everything (a Mock) would pass, and recurse.
         if callable(getattr(t, "model_dump", None)) and not isinstance(v, type):
             try:
-                return self._walk(v.model_dump(mode="json"), depth + 1)
+                return self._walk(v.model_dump(mode="json"), depth + 1, budget)
             except Exception:  # a model that cannot dump itself is still recorded, as its repr
                 pass
         return truncated(_repr(v), self.max_length)
 
-    def _sequence(self, items: Any, depth: int) -> list[Any]:
+    def _sequence(self, items: Any, depth: int, budget: list[int]) -> list[Any]:
         out: list[Any] = []
         for i, item in enumerate(items):
-            if i == self._max_items:
+            if i == self._max_items or budget[0] <= 0:
                 out.append(f"[truncated {len(items) - i} more items]")
                 break
-            out.append(self._walk(item, depth + 1))
+            walked = self._walk(item, depth + 1, budget)
+            out.append(walked)
+            budget[0] -= (len(walked) if type(walked) is str else 0) + 2
         return out
 
 

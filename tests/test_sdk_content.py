@@ -154,8 +154,8 @@ def test_truncation_is_visible_never_silent() -> None:
 
 def test_long_containers_stop_early_with_a_count() -> None:
     policy = ContentPolicy(10)
-    assert policy._sequence(list(range(100)), 0)[-1] == "[truncated 94 more items]"
-    assert policy._mapping({str(i): i for i in range(100)}, 0)["…"] == "[truncated 94 more entries]"
+    assert policy._sequence(list(range(100)), 0, [10**9])[-1] == "[truncated 94 more items]"
+    assert policy._mapping({str(i): i for i in range(100)}, 0, [10**9])["…"] == "[truncated 94 more entries]"
     assert ContentPolicy(8).value(b"\xff" * 100).endswith("…[truncated 94 of 100 bytes]")
 
 
@@ -291,3 +291,16 @@ def test_a_generator_streaming_large_chunks_holds_only_what_is_captured(spans: C
     assert total == 50_000_000 and peak < 10_000_000
     result = spans.spans()[0].attributes[RESULT]
     assert result.startswith('["AAAA') and len(result) <= 16_384 + 100  # the first chunk already fills it
+
+
+def test_a_huge_value_is_walked_only_as_far_as_it_can_be_shown() -> None:
+    """2,000 embeddings of 1,536 floats end up cut to max_length characters: the walk
+    stops about there instead of converting all 3M floats first (~1 s per call)."""
+    embeddings = [[0.123456789] * 1536 for _ in range(2000)]
+    policy = ContentPolicy(16384)
+    started = time.perf_counter()
+    out = policy.value(embeddings)
+    assert time.perf_counter() - started < 0.2
+    assert out.startswith("[[0.123456789,") and len(out) <= 16384 + 100
+    small = {"a": [1, 2, 3], "b": "x" * 100}
+    assert json.loads(policy.value(small)) == small  # what fits is recorded whole, as before
