@@ -50,8 +50,8 @@ _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JS
 
 
 # Table functions that only generate rows; every other one reaches files, URLs or other servers.
-_SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateSeries",
-                                   "generate_series", "values", "null"})
+_SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries",
+                                   "generate_series", "values", "null"})  # lower case: names are compared so
 _HOST_FUNCTIONS = frozenset({"file"})  # scalar functions that read the host
 _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
 
@@ -63,9 +63,9 @@ def outside_reach(ast: str) -> str | None:
     for i, (depth, kind, name) in enumerate(nodes):
         parent = next((nodes[j] for j in range(i - 1, -1, -1) if nodes[j][0] < depth), None)
         if kind == "Function" and parent is not None and parent[1] == "TableExpression" \
-                and name not in _SAFE_TABLE_FUNCTIONS:
+                and (name or "").lower() not in _SAFE_TABLE_FUNCTIONS:
             return f"table function {name}() reaches outside the store"
-        if kind == "Function" and name in _HOST_FUNCTIONS:
+        if kind == "Function" and (name or "").lower() in _HOST_FUNCTIONS:
             return f"function {name}() reads the host's files"
         if kind == "Literal" and parent is not None and parent[1] == "SelectWithUnionQuery" and depth == parent[0] + 1:
             return "INTO OUTFILE writes the host's files"

@@ -110,6 +110,10 @@ def test_row_generating_table_functions_and_parameters_still_work(admin: Running
     r = httpx.post(admin.sql_url, params={"param_n": "4"}, auth=("default", admin.key),
                    content="SELECT sum(number) FROM numbers({n:UInt8}) WHERE number IN (SELECT number FROM numbers(10))")
     assert r.status_code == 200 and r.text == "6\n"
+    r = httpx.post(admin.sql_url, auth=("default", admin.key), content="SELECT sum(a) FROM VALUES('a UInt8', 1, 2)")
+    assert r.status_code == 200 and r.text == "3\n"
+    r = httpx.post(admin.sql_url, auth=("default", admin.key), content="DESCRIBE TABLE otel_traces")
+    assert r.status_code == 200 and "TraceId" in r.text
 
 
 def test_a_bad_query_parameter_or_format_is_a_400(admin: Running) -> None:
