@@ -19,7 +19,7 @@ from functools import cache
 
 from clickhouse_connect.driver.client import Client
 
-from spanhouse.clickhouse import sqlfiles
+from spanhouse.clickhouse import queries, sqlfiles
 from spanhouse.errors import ConfigError, MigrationError
 
 _SCHEMA = "schema"
@@ -164,12 +164,29 @@ def migrate(client: Client, cluster: str | None = None) -> list[str]:
     return ran
 
 
+MAX_RETENTION_DAYS = 10_000
+"""About 27 years. The TTLs add days to DateTime values, which end in 2106 and wrap
+around past it: 36,500 days from 2026 is 1989, a TTL that deletes everything at once."""
+
+
 def apply_retention(client: Client, days: int, cluster: str | None = None) -> None:
     """Set every table's TTL to ``days`` (``schema/retention.sql``); parts older are dropped."""
-    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
-        raise ConfigError(f"retention must be a whole number of days >= 1, not {days!r}")
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigError(f"retention must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, not {days!r}; "
+                          "to keep everything, leave it unset")
     sql = sqlfiles.read_text(f"{_SCHEMA}/retention.sql").replace("{days}", str(days))
     _run(client, Migration(0, "retention.sql", sql), cluster)
+
+
+def remove_retention(client: Client) -> list[str]:
+    """Drop the TTL that an earlier retention left on a table (retention unset now means
+    keep everything); the tables changed. Single node: on a cluster, retention is
+    managed with ``spanhouse migrate --cluster``."""
+    tables = re.findall(r"^ALTER TABLE (\w+) MODIFY TTL", sqlfiles.read_text(f"{_SCHEMA}/retention.sql"), re.M)
+    with_ttl = [r["name"] for r in queries.rows(client, "tables_with_ttl", {"tables": tables})]
+    for name in with_ttl:  # names from retention.sql, not from anyone's input
+        client.command(f"ALTER TABLE {name} REMOVE TTL")
+    return with_ttl
 
 
 def _run(client: Client, m: Migration, cluster: str | None) -> None:

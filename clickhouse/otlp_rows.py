@@ -141,8 +141,15 @@ def as_string(v: AnyValue) -> str:
 
 
 def attributes(kvs: Iterable[KeyValue]) -> dict[str, str]:
-    """An attribute list as the exporter's Map column value (wire order kept)."""
-    return {kv.key: as_string(kv.value) for kv in kvs}
+    """An attribute list as the exporter's Map column value (wire order kept). A key sent
+    twice (invalid OTLP) keeps its first value: the SQL fast path stores both and a
+    lookup finds the first, so the views (tool name, error type...) read the same value
+    whichever path a batch took."""
+    out: dict[str, str] = {}
+    for kv in kvs:
+        if kv.key not in out:
+            out[kv.key] = as_string(kv.value)
+    return out
 
 
 def rows(request: ExportTraceServiceRequest) -> list[list[Any]]:

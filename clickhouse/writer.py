@@ -53,6 +53,9 @@ _TRANSIENT_CODES = frozenset({
     202, 252, 439,  # TOO_MANY_SIMULTANEOUS_QUERIES, TOO_MANY_PARTS, CANNOT_SCHEDULE_TASK
     236, 394,  # ABORTED, QUERY_WAS_CANCELLED
     243,  # NOT_ENOUGH_SPACE
+    74, 75, 76, 77, 24,  # CANNOT_READ/WRITE_FROM/TO_FILE_DESCRIPTOR, CANNOT_OPEN/CLOSE_FILE, CANNOT_WRITE_TO_OSTREAM:
+    # the disk, possibly after some views were written, so never the exact path (a second
+    # insert under other tokens would duplicate those); the same batch is retried instead
     285, 319, 999,  # TOO_FEW_LIVE_REPLICAS, UNKNOWN_STATUS_OF_INSERT, KEEPER_EXCEPTION
     425,  # SYSTEM_ERROR
 })

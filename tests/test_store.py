@@ -102,10 +102,14 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "s = open_store(sys.argv[1], retention_days=45)\n"
         "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'tool_stats_1h', 'executions', 'error_patterns', 'execution_rollup', 'feedback'):\n"
         "    print(t, 'toIntervalDay(45)' in s.client.command('SHOW CREATE TABLE ' + t))\n"
-        "try:\n"
-        "    apply_retention(s.client, 0)\n"
-        "except ConfigError as e:\n"
-        "    print('refused', e)\n"
+        "for days in (0, 36500):\n"
+        "    try:\n"
+        "        apply_retention(s.client, days)\n"
+        "    except ConfigError as e:\n"
+        "        print('refused', e)\n"
+        "s.close()\n"
+        "s = open_store(sys.argv[1])\n"  # unset again: keep everything
+        "print('ttl left', sum('TTL' in s.client.command('SHOW CREATE TABLE ' + t) for t in ('otel_traces', 'executions', 'feedback')))\n"
     )
     done = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}"], capture_output=True, text=True,
                           timeout=120)
@@ -114,7 +118,10 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     assert lines[:9] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
                                                "tool_stats_1m", "tool_stats_1h", "executions", "error_patterns",
                                                "execution_rollup", "feedback")]
-    assert lines[9].startswith("refused retention must be a whole number of days >= 1")
+    assert lines[9].startswith("refused retention must be a whole number of days from 1 to 10000")
+    # 36,500 days past 2026 wraps around DateTime's end (2106) to 1989: it would delete everything
+    assert lines[10].startswith("refused retention must be a whole number of days from 1 to 10000")
+    assert lines[11] == "ttl left 0"
 
 
 def test_statement_splitter_respects_quotes_and_comments() -> None:

@@ -393,6 +393,7 @@ class _RefusingClient:
     "Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)",
     "Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)",
     "Code: 60. DB::Exception: Table default.otlp_ingest does not exist. (UNKNOWN_TABLE)",
+    "Code: 75. DB::ErrnoException: Cannot write to file: No space left on device. (CANNOT_WRITE_TO_FILE_DESCRIPTOR)",
 ])
 def test_a_store_that_is_full_or_misconfigured_keeps_the_batch_for_a_retry(store: Store, tenant: str,
                                                                            message: str) -> None:
@@ -411,3 +412,23 @@ def test_a_batch_refused_for_its_data_takes_the_exact_path(store: Store, tenant:
     writer.write([IngestItem(tenant, request([span("s", trace_id())]).SerializeToString())])
     assert writer.exact_batches == 1
     assert store.client.command(f"SELECT count() FROM otel_traces WHERE Tenant = '{tenant}'") == 1
+
+
+def test_a_key_sent_twice_reads_the_same_through_both_paths(store: Store, tenant: str) -> None:
+    """Duplicate keys are invalid OTLP but arrive; which path a batch takes depends on the
+    other requests in it, so the views must read the same first value either way."""
+    twice = [("gen_ai.operation.name", "execute_tool"), ("gen_ai.tool.name", "first"), ("gen_ai.tool.name", "second"),
+             ("error.type", "E"), ("error.type", "")]
+
+    def tool_span() -> Any:
+        s = span("execute_tool x", trace_id())
+        s.attributes.extend(attrs(twice))
+        return s
+
+    write(store, tenant, request([tool_span()]))  # fast path
+    exact_before = store.writer.exact_batches
+    write(store, tenant, request([tool_span()]), request([span("m", trace_id(), attributes={"map": {"k": 1}})]))
+    assert store.writer.exact_batches == exact_before + 1  # the map sent that whole batch down the exact path
+    rows = store.client.query("SELECT ToolName, IsError, ErrorType FROM tool_calls WHERE Tenant = {t:String}",
+                              parameters={"t": tenant}).result_rows
+    assert rows == [("first", 1, "E"), ("first", 1, "E")]
