@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, embedded_path
+from spanhouse.clickhouse.migrations import MAX_RETENTION_DAYS
 from spanhouse.collector.auth import ENV as INLINE_KEYS_ENV
 from spanhouse.errors import ConfigError
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -70,6 +72,13 @@ class Settings:
             raise ConfigError("--batch-bytes must be at least 64KiB")
         if self.max_request_bytes < 1024:
             raise ConfigError("--max-request-bytes must be at least 1KiB")
+        if self.forward_max_bytes < 1 << 16:
+            raise ConfigError("--forward-max-bytes must be at least 64KiB")
+        if not 0 < self.shutdown_timeout <= 3600:
+            raise ConfigError("--shutdown-timeout must be between 0 and 3600 seconds")
+        if self.retention_days is not None and not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
+            raise ConfigError(f"--retention-days must be from 1 to {MAX_RETENTION_DAYS} (leave it unset to keep "
+                              "everything)")
         inline_keys = (os.environ if environ is None else environ).get(INLINE_KEYS_ENV, "").strip()
         if self.api_keys is None and not inline_keys and not self.allow_unauthenticated and not is_loopback(self.host):
             raise ConfigError(
@@ -143,11 +152,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _convert(name: str, kind: Any, raw: str | bool | list[str]) -> Any:
     kind = str(kind)
     try:
-        if "tuple" in kind:
-            items = raw if isinstance(raw, list) else str(raw).split(",")
+        if "tuple" in kind:  # repeated flags, each of which may also be comma-separated, as the env var
+            items = [part for item in (raw if isinstance(raw, list) else [str(raw)]) for part in item.split(",")]
             return tuple(i.strip() for i in items if i.strip())
         if "bool" in kind:
-            return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+            if isinstance(raw, bool):
+                return raw
+            word = str(raw).strip().lower()
+            if word not in _BOOLEANS:  # a typo must not quietly mean "off" (or "on")
+                raise ValueError(word)
+            return _BOOLEANS[word]
         if name.endswith("_bytes"):
             return parse_size(str(raw))
         if "Path" in kind:

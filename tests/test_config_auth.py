@@ -31,10 +31,24 @@ def test_flags_beat_environment_beats_defaults() -> None:
     (["--spool-max-bytes", "lots"], "is not a size"),
     (["--http-port", "x"], "is not a valid value"),
     (["--host", "10.1.2.3"], "refusing to listen on 10.1.2.3 without API keys"),
+    (["--retention-days", "36500"], "from 1 to 10000"),
+    (["--shutdown-timeout", "-5"], "between 0 and 3600"),
+    (["--forward-max-bytes", "0"], "at least 64KiB"),
 ])
 def test_bad_settings_say_what_to_do(argv: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         _settings(argv, {})
+
+
+def test_a_boolean_typo_is_an_error_not_false() -> None:
+    assert _settings([], {"SPANHOUSE_ALLOW_UNAUTHENTICATED": "yes"}).allow_unauthenticated is True
+    with pytest.raises(ConfigError, match="'ture' is not a valid value"):
+        _settings([], {"SPANHOUSE_ALLOW_UNAUTHENTICATED": "ture"})
+
+
+def test_forward_flags_are_comma_separated_like_the_variable() -> None:
+    s = _settings(["--forward-otlp", "grpc://a:4317,http://b:4318/v1/traces", "--forward-otlp", "grpc://c:4317"], {})
+    assert s.forward_otlp == ("grpc://a:4317", "http://b:4318/v1/traces", "grpc://c:4317")
 
 
 def test_sizes() -> None:
