@@ -6,18 +6,15 @@ ClickHouse exporter, benchmarks, tests), so it lives in one place.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
 from spanhouse.clickhouse.client import connect, embedded_path, resolve_dsn
-from spanhouse.clickhouse.migrations import apply_retention, migrate, remove_retention
+from spanhouse.clickhouse.migrations import apply_retention, migrate
 from spanhouse.clickhouse.writer import Writer
 from spanhouse.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 RETENTION_ENV = "SPANHOUSE_RETENTION_DAYS"
 """Whole days to keep data for (every table gets a TTL); unset keeps everything."""
@@ -55,6 +52,4 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
     migrate(client, cluster=cluster)
     if retention_days is not None:
         apply_retention(client, retention_days, cluster=cluster)
-    elif cluster is None and (removed := remove_retention(client)):
-        log.info("retention is unset: data is kept again in %s", ", ".join(removed))
     return Store(dsn, client, Writer(client, embedded_path(dsn)))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from spanhouse.clickhouse import Store, connect, open_store
+from spanhouse.clickhouse.migrations import remove_retention
 from spanhouse.collector.api import ApiContext, create_app
 from spanhouse.collector.auth import KeyRing
 from spanhouse.collector.config import Settings
@@ -90,6 +91,11 @@ class Collector:
         s = self.settings
         if self._store is None:
             self._store = open_store(s.dsn, retention_days=s.retention_days)
+            # The collector owns the retention setting, so unset means keep everything: a
+            # TTL left by an earlier --retention-days goes. (Other openers of a store, such
+            # as the SDK's store exporter, leave the tables' TTLs alone.)
+            if s.retention_days is None and (kept := remove_retention(self._store.client)):
+                log.info("retention is unset: data is kept again in %s", ", ".join(kept))
         self._forwarders = forwarders(s.forward_otlp, s.resolved_spool_dir, s.forward_max_bytes, self.metrics)
         self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes, segment_bytes=s.batch_bytes,
                             seal_after=s.batch_delay, on_seal=self._forward)

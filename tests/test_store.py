@@ -15,6 +15,7 @@ from spanhouse.clickhouse import migrations as migrate_module
 from spanhouse.clickhouse.sqlfiles import split_statements
 from spanhouse.collector import cli
 from spanhouse.errors import ConfigError, MigrationError, StoreUnavailable
+from tests.collector_harness import ServeProcess, count_in_store
 from tests.conftest import write
 from tests.otlp import request, span, trace_id
 
@@ -108,8 +109,6 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "    except ConfigError as e:\n"
         "        print('refused', e)\n"
         "s.close()\n"
-        "s = open_store(sys.argv[1])\n"  # unset again: keep everything
-        "print('ttl left', sum('TTL' in s.client.command('SHOW CREATE TABLE ' + t) for t in ('otel_traces', 'executions', 'feedback')))\n"
     )
     done = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}"], capture_output=True, text=True,
                           timeout=120)
@@ -121,7 +120,19 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     assert lines[9].startswith("refused retention must be a whole number of days from 1 to 10000")
     # 36,500 days past 2026 wraps around DateTime's end (2106) to 1989: it would delete everything
     assert lines[10].startswith("refused retention must be a whole number of days from 1 to 10000")
-    assert lines[11] == "ttl left 0"
+    # Unset again, `spanhouse serve` keeps everything: it removes the TTLs it finds. Any
+    # other opener of the store (the SDK's store exporter) leaves them alone.
+    ttls = "SELECT countIf(engine_full LIKE '% TTL %') FROM system.tables WHERE database = currentDatabase()"
+    check = ("import sys\nfrom spanhouse.clickhouse import open_store\ns = open_store(sys.argv[1])\n"
+             f"print(s.client.command({ttls!r}))\n")
+    opened = subprocess.run([sys.executable, "-c", check, f"chdb://{tmp_path}"], capture_output=True, text=True,
+                            timeout=120)
+    assert opened.returncode == 0, opened.stderr
+    assert int(opened.stdout) == 9
+    serve = ServeProcess(tmp_path)
+    serve.start()
+    assert serve.terminate() == 0
+    assert count_in_store(tmp_path, ttls) == [[0]]
 
 
 def test_statement_splitter_respects_quotes_and_comments() -> None:
