@@ -60,10 +60,15 @@ class Ingest:
 
     @contextmanager
     def hold(self) -> Iterator[Held]:
-        """The bytes of one request, given back when it is answered."""
+        """The bytes of one request, given back when it is answered. Every receiver
+        handles a request inside it, so a full spool is counted here, once, whichever
+        step (``admit`` or ``export``) found it full."""
         held = Held(self)
         try:
             yield held
+        except SpoolFull:
+            self._metrics.backpressure.inc()
+            raise
         finally:
             with self._lock:
                 self._held -= held.bytes
@@ -83,11 +88,7 @@ class Ingest:
         the spool has no room for it, so under overload the CPU goes to draining, not to
         parsing requests that would be refused anyway."""
         principal.require("ingest")
-        try:
-            self._spool.check_room(size)
-        except SpoolFull:
-            self._metrics.backpressure.inc()
-            raise
+        self._spool.check_room(size)
 
     def export(self, request: ExportTraceServiceRequest, principal: Principal,
                raw: bytes | None = None) -> ExportTraceServiceResponse:
@@ -106,10 +107,6 @@ class Ingest:
             # Bytes ClickHouse's protobuf reader refuses (e.g. an unknown field reusing a
             # number with another wire type) are handled by the writer's exact path.
             payload = raw if raw is not None and not verdict.rejected else request.SerializeToString()
-            try:
-                self._spool.append(principal.tenant, payload)
-            except SpoolFull:
-                self._metrics.backpressure.inc()
-                raise
+            self._spool.append(principal.tenant, payload)
             self._metrics.spans_accepted.inc(verdict.accepted)
         return encoding.response(verdict.rejected_count, verdict.message())
