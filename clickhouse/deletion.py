@@ -54,7 +54,7 @@ def delete_traces(client: Client, tenant: str, trace_ids: Sequence[str]) -> dict
     feedback_traces = [r["trace_id"] for r in queries.rows(client, "feedback_only_traces", params)]
     params = {"tenant": tenant, "trace_ids": sorted({*ids, *feedback_traces})}
     affected = {r: _affected(client, r, params) for r in _ROLLUPS}
-    for stmt in sqlfiles.split_statements(sqlfiles.query("delete_traces")):
+    for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
         client.command(stmt, parameters=params, settings=_NO_DEDUP)
     for rollup, groups in affected.items():
         if groups:

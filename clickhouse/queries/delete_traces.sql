@@ -1,10 +1,10 @@
 -- Removing traces: every table keyed by trace. Aggregate tables (tool_stats_*,
 -- error_patterns) are recomputed by clickhouse/deletion.py from what remains.
 -- Feedback spans about these executions sent inside other traces (before the feedback
--- rows that name them go); feedback-only traces are among trace_ids already.
+-- rows that name them go: feedback.FeedbackId is the span's id); feedback-only traces
+-- are among trace_ids already.
 DELETE FROM otel_traces WHERE Tenant = {tenant:String} AND SpanName = 'spanhouse.feedback'
-    AND SpanId IN (SELECT FeedbackId FROM feedback WHERE Tenant = {tenant:String}
-                   AND TraceId IN {trace_ids:Array(String)} AND Source = 'otlp');
+    AND SpanId IN {{include:feedback_span_ids}};
 DELETE FROM otel_traces WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
 DELETE FROM otel_traces_trace_id_ts WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
 DELETE FROM tool_calls WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};

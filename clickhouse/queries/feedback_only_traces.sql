@@ -6,8 +6,6 @@ FROM otel_traces
 WHERE Tenant = {tenant:String}
   AND TraceId IN (SELECT TraceId FROM otel_traces
                   WHERE Tenant = {tenant:String} AND SpanName = 'spanhouse.feedback'
-                    AND SpanId IN (SELECT FeedbackId FROM feedback
-                                   WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}
-                                     AND Source = 'otlp'))
+                    AND SpanId IN {{include:feedback_span_ids}})
 GROUP BY TraceId
 HAVING countIf(SpanName != 'spanhouse.feedback') = 0
