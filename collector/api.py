@@ -189,11 +189,15 @@ def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pat
 
 @executions.delete("/executions")
 def delete_executions(who: Admin, ctx: Context, filters: Filters,
-                      before: Annotated[Timestamp, Query(description="delete executions started before this")]
+                      before: Annotated[Timestamp, Query(description="delete executions started before this")],
+                      dry_run: Annotated[bool, Query(description="only count what would be deleted")] = False,
                       ) -> dict[str, int]:
-    """Remove every execution started before ``before`` that matches the filters."""
+    """Remove every execution started before ``before`` that matches the filters
+    (``dry_run``: say how many executions that would be, and remove nothing)."""
     values = {**filters.values(), "until": min(_utc(before), filters.values().get("until", _utc(before)))}
     ids = history.matching_ids(ctx.store.client, who.tenant, values)
+    if dry_run:
+        return {"executions": len(ids)}
     return deletion.delete_traces(ctx.store.client, who.tenant, ids)
 
 

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Console
@@ -42,17 +41,6 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(args.url, args.api_key, getattr(args, "sql_url", None))
-
-
-def _earliest(*times: str | None) -> str:
-    """The earliest of ISO 8601 times (naive ones read as UTC), as given."""
-    def parsed(text: str) -> datetime:
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            raise SystemExit(f"spanhouse: error: {text!r} is not an ISO 8601 time") from None
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return min((t for t in times if t), key=parsed)
 
 
 def _filter_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,10 +136,9 @@ def _delete(args: argparse.Namespace) -> int:
         return _emit(args, client.delete(f"/api/v1/executions/{args.trace_id}"))
     if not args.before:
         raise SystemExit("spanhouse: error: give a trace id, or --before (and filters) for a bulk delete")
-    if not args.yes:
-        # what the API deletes: started before --before and, with --until, before that too
-        matching = {**_filter_values(args), "until": _earliest(args.before, args.until)}
-        count = client.get("/api/v1/executions", limit=1, **matching)["total"]
+    if not args.yes:  # the API counts what it would delete: one rule for which executions those are
+        count = client.delete("/api/v1/executions", before=args.before, dry_run="true",
+                              **_filter_values(args))["executions"]
         if input(f"delete {count} executions? [y/N] ").strip().lower() != "y":
             return 1
     return _emit(args, client.delete("/api/v1/executions", before=args.before, **_filter_values(args)))
