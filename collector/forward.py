@@ -165,8 +165,7 @@ class Forwarder:
         self._done = int(done.read_text()) if done.exists() else -1
         for path in self._segments():  # finished just before a crash, not yet removed
             if sequence(path.stem) <= self._done:
-                _remove(path)
-                _remove(path.with_suffix(".pos"))
+                _discard(path)
 
     def adopt(self, segment: Segment) -> None:
         """Take a sealed segment (a hard link, so idempotent and cheap), then keep the bound.
@@ -274,19 +273,17 @@ class Forwarder:
         if seq > self._done:
             write_atomic(self._dir / _DONE_FILE, str(seq))
             self._done = seq
-        _remove(path)
-        _remove(path.with_suffix(".pos"))
+        _discard(path)
 
     def _report_backlog(self) -> None:
         total = sum(p.stat().st_size for p in self._segments())
         self._metrics.forward_backlog.labels(destination=self.destination.label).set(total)
 
 
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+def _discard(segment: Path) -> None:
+    """Remove a linked segment and its progress record (either may be gone already)."""
+    segment.unlink(missing_ok=True)
+    segment.with_suffix(".pos").unlink(missing_ok=True)
 
 
 def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics: Metrics) -> list[Forwarder]:
