@@ -59,16 +59,21 @@ _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
 def outside_reach(ast: str) -> str | None:
     """Why a query whose ``EXPLAIN AST`` is ``ast`` reaches outside the store (a table
     function other than a row generator, ``file()``, ``INTO OUTFILE``), or None."""
-    nodes = [(len(m.group(1)), m.group(2), m.group(3)) for line in ast.splitlines() if (m := _AST_LINE.match(line))]
-    for i, (depth, kind, name) in enumerate(nodes):
-        parent = next((nodes[j] for j in range(i - 1, -1, -1) if nodes[j][0] < depth), None)
-        if kind == "Function" and parent is not None and parent[1] == "TableExpression" \
-                and (name or "").lower() not in _SAFE_TABLE_FUNCTIONS:
+    ancestors: list[tuple[int, str]] = []  # (indentation, node kind) from the root to the line's parent
+    for line in ast.splitlines():
+        if not (m := _AST_LINE.match(line)):
+            continue
+        depth, kind, name = len(m.group(1)), m.group(2), m.group(3) or ""
+        while ancestors and ancestors[-1][0] >= depth:
+            ancestors.pop()
+        parent = ancestors[-1][1] if ancestors else ""
+        if kind == "Function" and parent == "TableExpression" and name.lower() not in _SAFE_TABLE_FUNCTIONS:
             return f"table function {name}() reaches outside the store"
-        if kind == "Function" and (name or "").lower() in _HOST_FUNCTIONS:
+        if kind == "Function" and name.lower() in _HOST_FUNCTIONS:
             return f"function {name}() reads the host's files"
-        if kind == "Literal" and parent is not None and parent[1] == "SelectWithUnionQuery" and depth == parent[0] + 1:
+        if kind == "Literal" and parent == "SelectWithUnionQuery":  # its only literal child: the OUTFILE
             return "INTO OUTFILE writes the host's files"
+        ancestors.append((depth, kind))
     return None
 
 
