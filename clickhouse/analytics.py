@@ -70,10 +70,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from clickhouse_connect.driver.client import Client
-
 from spanhouse.clickhouse import queries
 from spanhouse.clickhouse.history import iso, jsonable
+from spanhouse.clickhouse.pool import Reader, gather
 
 EXECUTIONS = "executions"  # filter group of queries that read executions (alias e)
 ANALYTICS = "analytics"  # filter group of queries over tool_calls / tool_stats_*
@@ -157,15 +156,18 @@ def check_thresholds(values: Sequence[float]) -> tuple[float, ...]:
 # ---------------------------------------------------------------------------------- stats
 
 
-def stats(client: Client, tenant: str, days: int, name: str | None = None, now: float | None = None) -> dict[str, Any]:
+def stats(client: Reader, tenant: str, days: int, name: str | None = None, now: float | None = None) -> dict[str, Any]:
     """Executions of the window: totals per status, success rate, durations, tokens and
     cost, a breakdown per type, first/last execution and a feedback summary."""
     w = window(days, now)
     params = _params(tenant, w, name)
     active = ["name"] if name else []
-    groups, total = _executions(client, params, active, DEFAULT_THRESHOLDS_S)
-    usage = queries.rows(client, "analytics_usage", params, ANALYTICS, active)[0]
-    feedback = queries.rows(client, "analytics_feedback", params, EXECUTIONS, active)
+    (groups, total), (usage,), feedback = gather(
+        client,
+        lambda: _executions(client, params, active, DEFAULT_THRESHOLDS_S),
+        lambda: queries.rows(client, "analytics_usage", params, ANALYTICS, active),
+        lambda: queries.rows(client, "analytics_feedback", params, EXECUTIONS, active),
+    )
 
     totals = {"total": 0, "ok": 0, "error": 0, "running": 0}
     types: dict[str, dict[str, Any]] = {}
@@ -206,7 +208,7 @@ def _params(tenant: str, w: Window, name: str | None) -> dict[str, Any]:
     return {"tenant": tenant, **w.params(), **({"name": name} if name else {})}
 
 
-def _executions(client: Client, params: Mapping[str, Any], active: Sequence[str],
+def _executions(client: Reader, params: Mapping[str, Any], active: Sequence[str],
                 thresholds_s: Sequence[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows per (type, status) and the window's total: finished count, average and
     p50/p95 duration (ms), count per duration bucket, first and last start."""
@@ -229,7 +231,7 @@ def _executions(client: Client, params: Mapping[str, Any], active: Sequence[str]
 # ---------------------------------------------------------------------------- performance
 
 
-def performance(client: Client, tenant: str, days: int, name: str | None = None,
+def performance(client: Reader, tenant: str, days: int, name: str | None = None,
                 thresholds_s: Sequence[float] = DEFAULT_THRESHOLDS_S, min_calls: int = 10, min_repeats: int = 5,
                 now: float | None = None) -> dict[str, Any]:
     """Duration distribution, top error patterns and rule-based optimization tips.
@@ -241,26 +243,29 @@ def performance(client: Client, tenant: str, days: int, name: str | None = None,
     w = window(days, now)
     params = _params(tenant, w, name)
     active = ["name"] if name else []
-    _, total = _executions(client, params, active, thresholds_s)
+    (_, total), patterns, tool_rows, token_tips, repeat_tips = gather(
+        client,
+        lambda: _executions(client, params, active, thresholds_s),
+        lambda: queries.rows(client, "analytics_error_patterns", {**params, "limit": ERROR_PATTERNS}),
+        # the current window only: prev_since = since leaves the previous one empty
+        lambda: queries.rows(client, "analytics_tool_stats", {**params, "prev_since": w.since, "min_calls": min_calls},
+                             ANALYTICS),
+        lambda: _token_tips(client, params, active),
+        lambda: _repeat_tips(client, params, active, min_repeats),
+    )
     finished = total["finished"]
     bounds = [None, *thresholds_s, None]
     distribution = [{"bucket": b, "min_s": bounds[i], "max_s": bounds[i + 1], "executions": c,
                      "share": _ratio(c, finished)}
                     for i, (b, c) in enumerate(zip(DURATION_BUCKETS, total["buckets"]))]
-    patterns = [jsonable(p) for p in queries.rows(client, "analytics_error_patterns",
-                                                   {**params, "limit": ERROR_PATTERNS})]
-    # the current window only: prev_since = since leaves the previous one empty
-    tool_rows = [_tool_item(r) for r in queries.rows(client, "analytics_tool_stats",
-                                                     {**params, "prev_since": w.since, "min_calls": min_calls},
-                                                     ANALYTICS)]
-    tips = [*_slow_tool_tips(tool_rows), *_failing_tool_tips(tool_rows),
-            *_token_tips(client, params, active), *_repeat_tips(client, params, active, min_repeats)]
+    tools = [_tool_item(r) for r in tool_rows]
+    tips = [*_slow_tool_tips(tools), *_failing_tool_tips(tools), *token_tips, *repeat_tips]
     return {
         "window": w.describe(),
         "name": name,
         "duration": {"finished": finished, "avg_ms": total["avg"], "p50_ms": total["p50"], "p95_ms": total["p95"],
                      "thresholds_s": list(thresholds_s), "buckets": distribution},
-        "error_patterns": patterns,
+        "error_patterns": [jsonable(p) for p in patterns],
         "tips": tips,
         "rules": {"min_calls": min_calls, "min_repeats": min_repeats, "tips_per_kind": TIPS_PER_KIND,
                   "token_sample": TOKEN_SAMPLE, "repeat_sample": REPEAT_SAMPLE},
@@ -285,7 +290,7 @@ def _failing_tool_tips(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for t in ranked[:TIPS_PER_KIND]]
 
 
-def _token_tips(client: Client, params: dict[str, Any], active: list[str]) -> list[dict[str, Any]]:
+def _token_tips(client: Reader, params: dict[str, Any], active: list[str]) -> list[dict[str, Any]]:
     top = queries.rows(client, "analytics_token_executions", {**params, "limit": TOKEN_SAMPLE}, ANALYTICS, active)
     if not top:
         return []
@@ -314,7 +319,7 @@ def _token_tips(client: Client, params: dict[str, Any], active: list[str]) -> li
     return tips
 
 
-def _repeat_tips(client: Client, params: dict[str, Any], active: list[str], min_repeats: int) -> list[dict[str, Any]]:
+def _repeat_tips(client: Reader, params: dict[str, Any], active: list[str], min_repeats: int) -> list[dict[str, Any]]:
     candidates = queries.rows(client, "analytics_repeat_candidates",
                               {**params, "min_repeats": min_repeats, "limit": REPEAT_SAMPLE}, ANALYTICS, active)
     if not candidates:
@@ -345,7 +350,7 @@ TOOL_SORTS = {
 }
 
 
-def tools(client: Client, tenant: str, days: int, sort: str = "calls", order: str = "desc", min_calls: int = 1,
+def tools(client: Reader, tenant: str, days: int, sort: str = "calls", order: str = "desc", min_calls: int = 1,
           limit: int = 100, now: float | None = None) -> dict[str, Any]:
     """Per tool over the window: calls, success and error rate, latency percentiles, and
     the trend against the previous window of the same length."""
@@ -384,7 +389,7 @@ def _tool_item(r: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def tool_detail(client: Client, tenant: str, tool: str, days: int, bucket: str = "hour",
+def tool_detail(client: Reader, tenant: str, tool: str, days: int, bucket: str = "hour",
                 now: float | None = None) -> dict[str, Any] | None:
     """One tool: summary and trend, a time series per minute, hour or day, its newest
     failures and when it was first and last called; None if the tenant never called it."""
@@ -411,7 +416,7 @@ def tool_detail(client: Client, tenant: str, tool: str, days: int, bucket: str =
     }
 
 
-def _series(client: Client, params: dict[str, Any], bucket: str, active: list[str],
+def _series(client: Reader, params: dict[str, Any], bucket: str, active: list[str],
             quantiles: bool = True) -> list[dict[str, Any]]:
     """Per tool and bucket: calls, errors and (if ``quantiles``) duration sum and percentiles."""
     rollup, at, bucket_s = BUCKETS[bucket]
@@ -422,7 +427,7 @@ def _series(client: Client, params: dict[str, Any], bucket: str, active: list[st
 # ------------------------------------------------------------------------------ anomalies
 
 
-def anomalies(client: Client, tenant: str, metric: str = "latency_p95", method: str = "zscore",
+def anomalies(client: Reader, tenant: str, metric: str = "latency_p95", method: str = "zscore",
               threshold: float = 3.0, days: int = 7, bucket: str = "hour", min_calls: int = 5, limit: int = 100,
               now: float | None = None) -> dict[str, Any]:
     """Buckets whose per-tool p95 latency or error rate is ``threshold`` or more standard

@@ -14,9 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clickhouse_connect.driver.client import Client
-
 from spanhouse.clickhouse import queries, sqlfiles
+from spanhouse.clickhouse.pool import Reader
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ _ROLLUPS = (
 _NO_DEDUP = {"insert_deduplicate": 0, "mutations_sync": 2, "lightweight_deletes_sync": 2}
 
 
-def delete_traces(client: Client, tenant: str, trace_ids: Sequence[str]) -> dict[str, int]:
+def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str]) -> dict[str, int]:
     """Remove ``trace_ids`` of ``tenant`` everywhere; returns executions and spans removed."""
     ids = sorted(set(trace_ids))
     if not ids:
@@ -62,13 +61,13 @@ def delete_traces(client: Client, tenant: str, trace_ids: Sequence[str]) -> dict
     return {"executions": int(executions), "spans": int(spans)}
 
 
-def _affected(client: Client, r: _Rollup, params: dict[str, object]) -> list[tuple[object, ...]]:
+def _affected(client: Reader, r: _Rollup, params: dict[str, object]) -> list[tuple[object, ...]]:
     sql = (f"SELECT DISTINCT {r.source_key} FROM {r.source} "
            "WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}")
     return [row[0] for row in client.query(sql, parameters=params).result_rows]
 
 
-def _recompute(client: Client, r: _Rollup, tenant: str, groups: list[tuple[object, ...]]) -> None:
+def _recompute(client: Reader, r: _Rollup, tenant: str, groups: list[tuple[object, ...]]) -> None:
     params = {"tenant": tenant, "groups": groups}
 
     def where(key: str) -> str:

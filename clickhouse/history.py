@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from clickhouse_connect.driver.client import Client
-
 from spanhouse.clickhouse import queries
+from spanhouse.clickhouse.pool import Reader, gather
 
 GROUP = "executions"
 FILTERS = frozenset(queries.filter_snippets(GROUP)) - {"trace_ids", "cursor"}
@@ -78,7 +77,7 @@ def _filters(tenant: str, filters: Mapping[str, Any]) -> tuple[dict[str, Any], l
     return params, active
 
 
-def list_executions(client: Client, tenant: str, filters: Mapping[str, Any], limit: int = 50,
+def list_executions(client: Reader, tenant: str, filters: Mapping[str, Any], limit: int = 50,
                     cursor: str | None = None) -> Page:
     """Executions matching ``filters``, newest first, ``limit`` per page."""
     params, active = _filters(tenant, filters)
@@ -105,7 +104,7 @@ _EMPTY_ROLLUP = {"spans": 0, "error_spans": 0, "tool_calls": 0, "failed_tool_cal
                  "output_tokens": 0, "cost_usd": 0.0, "tools": []}
 
 
-def _rollups(client: Client, tenant: str, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
+def _rollups(client: Reader, tenant: str, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
     if not trace_ids:
         return {}
     rows = queries.rows(client, "execution_rollups", {"tenant": tenant, "trace_ids": trace_ids})
@@ -120,28 +119,34 @@ ClickHouse's lazy-materialization threshold (10000 rows) reads the attribute map
 the matching rows only, not of every granule they sit in."""
 
 
-def get_execution(client: Client, tenant: str, trace_id: str) -> dict[str, Any] | None:
+def get_execution(client: Reader, tenant: str, trace_id: str) -> dict[str, Any] | None:
     """One execution with its span tree, rollup and feedback; None if the tenant has no such trace.
 
     The trace's time range is looked up once and bounds both the span read and the
     execution row (their tables are ordered by time, not by trace id). Without a lookup
     row no span can be found (as the span query's own lookup never could), so only the
-    execution row is read, by trace id alone.
+    execution row is read, by trace id alone. The reads after the lookup are independent
+    and run side by side (``gather``).
     """
     params = {"tenant": tenant, "trace_id": trace_id}
     found = queries.rows(client, "execution_bounds", params)
     window = found[0] if found else {}  # {"since", "until"}: also the executions filters of those names
-    rows = queries.rows(client, "execution_spans", {**params, **window, "limit": MAX_SPANS + 1}) if window else []
+    rows, listed, rollups, feedback = gather(
+        client,
+        lambda: queries.rows(client, "execution_spans", {**params, **window, "limit": MAX_SPANS + 1}) if window else [],
+        lambda: queries.rows(client, "executions_page", {**params, **window, "trace_ids": [trace_id], "limit": 1},
+                             GROUP, ["trace_ids", *window]),
+        lambda: _rollups(client, tenant, [trace_id]),
+        lambda: queries.rows(client, "execution_feedback", params),
+    )
     spans = [s for s in rows[:MAX_SPANS] if not s["is_marker"]]
-    listed = queries.rows(client, "executions_page", {**params, **window, "trace_ids": [trace_id], "limit": 1},
-                          GROUP, ["trace_ids", *window])
     if not spans and not listed:
         return None
     summary = jsonable(_without_cursor(listed[0])) if listed else {"trace_id": trace_id, "status": "unknown"}
-    summary.update(_rollups(client, tenant, [trace_id]).get(trace_id, _EMPTY_ROLLUP))
+    summary.update(rollups.get(trace_id, _EMPTY_ROLLUP))
     summary["spans_tree"] = span_tree(spans)
     summary["spans_truncated"] = len(rows) > MAX_SPANS
-    summary["feedback"] = [jsonable(f) for f in queries.rows(client, "execution_feedback", params)]
+    summary["feedback"] = [jsonable(f) for f in feedback]
     return summary
 
 
@@ -171,12 +176,12 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return roots
 
 
-def execution_exists(client: Client, tenant: str, trace_id: str) -> bool:
+def execution_exists(client: Reader, tenant: str, trace_id: str) -> bool:
     """Whether ``tenant`` has any span of ``trace_id``."""
     return bool(queries.rows(client, "feedback_insert_check", {"tenant": tenant, "trace_id": trace_id})[0]["known"])
 
 
-def add_feedback(client: Client, tenant: str, trace_id: str, name: str, value: float,
+def add_feedback(client: Reader, tenant: str, trace_id: str, name: str, value: float,
                  comment: str = "", user_id: str = "") -> dict[str, Any]:
     """Store one feedback row (Source 'api'); the caller checks the execution exists."""
     row = {"Tenant": tenant, "TraceId": trace_id, "FeedbackId": uuid.uuid4().hex, "Timestamp": datetime.now(timezone.utc),
@@ -186,20 +191,20 @@ def add_feedback(client: Client, tenant: str, trace_id: str, name: str, value: f
             "comment": comment, "user_id": user_id, "source": "api"}
 
 
-def export_executions(client: Client, tenant: str, filters: Mapping[str, Any], fmt: str) -> Iterator[bytes]:
+def export_executions(client: Reader, tenant: str, filters: Mapping[str, Any], fmt: str) -> Iterator[bytes]:
     """Executions matching ``filters`` as csv, json (one object per line) or parquet bytes."""
     params, active = _filters(tenant, filters)
     return queries.stream(client, "executions_export", params, EXPORT_FORMATS[fmt], GROUP, active)
 
 
-def executions_after(client: Client, tenant: str, after: datetime, after_id: str = "") -> list[dict[str, Any]]:
+def executions_after(client: Reader, tenant: str, after: datetime, after_id: str = "") -> list[dict[str, Any]]:
     """Executions stored after the one stored at ``after`` with trace id ``after_id``
     (oldest first, at most 500): the feed. Continue from the last row's ``stored_at``
     and ``trace_id``."""
     return queries.rows(client, "executions_new", {"tenant": tenant, "after": after, "after_id": after_id})
 
 
-def matching_ids(client: Client, tenant: str, filters: Mapping[str, Any]) -> list[str]:
+def matching_ids(client: Reader, tenant: str, filters: Mapping[str, Any]) -> list[str]:
     """Trace ids of the executions matching ``filters``."""
     params, active = _filters(tenant, filters)
     return [r["trace_id"] for r in queries.rows(client, "executions_ids", params, GROUP, active)]

@@ -17,9 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
-from clickhouse_connect.driver.client import Client
-
 from spanhouse.clickhouse import sqlfiles
+from spanhouse.clickhouse.pool import Reader
 
 _MARKER = "{{filters}}"
 _INCLUDE = re.compile(r"\{\{include:(\w+)\}\}")
@@ -55,22 +54,18 @@ def render(name: str, group: str | None = None, active: Iterable[str] = ()) -> s
     return sql.replace(_MARKER, where)
 
 
-def rows(client: Client, name: str, params: Mapping[str, Any], group: str | None = None,
+def rows(client: Reader, name: str, params: Mapping[str, Any], group: str | None = None,
          active: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Run a named query and return its rows as dicts."""
     result = client.query(render(name, group, active), parameters=dict(params))
     return list(result.named_results())
 
 
-def stream(client: Client, name: str, params: Mapping[str, Any], fmt: str, group: str | None = None,
+def stream(client: Reader, name: str, params: Mapping[str, Any], fmt: str, group: str | None = None,
            active: Iterable[str] = (), chunk: int = 1 << 16) -> Iterator[bytes]:
     """Run a named query now and return its result in ClickHouse output format ``fmt`` as
     chunks. The result is read before returning: the embedded engine materialises it
     anyway, and its connection must not stay mid-stream while the chunks are sent from
     other threads."""
-    source = client.raw_stream(render(name, group, active), parameters=dict(params), fmt=fmt)
-    try:
-        data = source.read()
-    finally:
-        source.close()
+    data = client.raw_query(render(name, group, active), parameters=dict(params), fmt=fmt)
     return (data[i:i + chunk] for i in range(0, len(data), chunk))

@@ -13,6 +13,7 @@ from clickhouse_connect.driver.client import Client
 
 from spanhouse.clickhouse.client import connect, embedded_path, resolve_dsn
 from spanhouse.clickhouse.migrations import apply_retention, migrate
+from spanhouse.clickhouse.pool import ClientPool
 from spanhouse.clickhouse.writer import Writer
 from spanhouse.errors import ConfigError
 
@@ -20,16 +21,26 @@ RETENTION_ENV = "SPANHOUSE_RETENTION_DAYS"
 """Whole days to keep data for (every table gets a TTL); unset keeps everything."""
 
 
+READERS = 4
+"""Clients the store's readers may hold at once: concurrent API requests and the parallel
+queries of one request (the detail and performance calls run up to five)."""
+
+
 @dataclass(frozen=True)
 class Store:
-    """An open, migrated store: the client for queries and the writer for spans."""
+    """An open, migrated store: a client for administration (migrations, retention,
+    tests), a pool of clients for reads, and the writer for spans. Each has its own
+    connections, so a read never waits for an insert, nor reads for each other."""
 
     dsn: str
     client: Client
+    readers: ClientPool
     writer: Writer
 
     def close(self) -> None:
-        """Release the connection (for the embedded engine: the data directory)."""
+        """Release the connections (for the embedded engine: the data directory)."""
+        self.readers.close()
+        self.writer.close()
         self.client.close()
 
 
@@ -52,4 +63,4 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
     migrate(client, cluster=cluster)
     if retention_days is not None:
         apply_retention(client, retention_days, cluster=cluster)
-    return Store(dsn, client, Writer(client, embedded_path(dsn)))
+    return Store(dsn, client, ClientPool(lambda: connect(dsn), READERS), Writer(connect(dsn), embedded_path(dsn)))

@@ -99,6 +99,7 @@ class Writer:
     """Lands batches of OTLP requests in ``otel_traces`` (and so in every view).
 
     Thread-safe: concurrent ``write`` calls share the client, which both engines allow.
+    The writer owns the client (``close`` closes it).
     ``embedded_dir`` is the data directory of an embedded (chdb) store; the engine then
     reads the protobuf schema from a file kept there, so nothing is written to the
     process's working directory. For a server the schema travels as text with the query.
@@ -129,6 +130,10 @@ class Writer:
                 "format_schema": source.read_text(encoding="utf-8"),
                 "format_schema_message_name": _MESSAGE,
             }
+
+    def close(self) -> None:
+        """Close the client: the store gives its writer a connection of its own."""
+        self._client.close()
 
     @property
     def exact_batches(self) -> int:

@@ -142,7 +142,7 @@ def list_executions(who: Reader, ctx: Context, filters: Filters,
                     cursor: Annotated[str | None, Query(max_length=512)] = None) -> dict[str, Any]:
     """Executions, newest first, with rollup numbers; ``next_cursor`` fetches the next page."""
     try:
-        page = history.list_executions(ctx.store.client, who.tenant, filters.values(), limit, cursor)
+        page = history.list_executions(ctx.store.readers, who.tenant, filters.values(), limit, cursor)
     except ValueError as exc:
         raise HTTPException(422, f"cursor: not a cursor from this API ({exc})") from exc
     return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
@@ -158,7 +158,7 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
         nonlocal after, after_id
         yield b": connected\n\n"
         while not await request.is_disconnected():
-            rows = await asyncio.to_thread(history.executions_after, ctx.store.client, who.tenant, after, after_id)
+            rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after, after_id)
             for row in rows:
                 after, after_id = row["stored_at"], row["trace_id"]
                 payload = json.dumps({k: history.iso(v) for k, v in row.items()})
@@ -172,7 +172,7 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
 def get_execution(who: Reader, ctx: Context, trace_id: Annotated[str, Path(pattern=TRACE_ID)]) -> dict[str, Any]:
     """One execution: its span tree (tool calls with arguments and results, events, errors),
     rollup numbers and feedback."""
-    found = history.get_execution(ctx.store.client, who.tenant, trace_id.lower())
+    found = history.get_execution(ctx.store.readers, who.tenant, trace_id.lower())
     if found is None:
         raise HTTPException(404, f"no execution {trace_id}")
     return found
@@ -182,9 +182,9 @@ def get_execution(who: Reader, ctx: Context, trace_id: Annotated[str, Path(patte
 def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pattern=TRACE_ID)]) -> dict[str, int]:
     """Remove one execution from every table; says how many executions and spans went."""
     trace_id = trace_id.lower()
-    if not history.execution_exists(ctx.store.client, who.tenant, trace_id):
+    if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
         raise HTTPException(404, f"no execution {trace_id}")
-    return deletion.delete_traces(ctx.store.client, who.tenant, [trace_id])
+    return deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id])
 
 
 @executions.delete("/executions")
@@ -195,20 +195,20 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
     """Remove every execution started before ``before`` that matches the filters
     (``dry_run``: say how many executions that would be, and remove nothing)."""
     values = {**filters.values(), "until": min(_utc(before), filters.values().get("until", _utc(before)))}
-    ids = history.matching_ids(ctx.store.client, who.tenant, values)
+    ids = history.matching_ids(ctx.store.readers, who.tenant, values)
     if dry_run:
         return {"executions": len(ids)}
-    return deletion.delete_traces(ctx.store.client, who.tenant, ids)
+    return deletion.delete_traces(ctx.store.readers, who.tenant, ids)
 
 
 @executions.post("/feedback", status_code=201, responses={404: {"description": "no such execution"}})
 def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]:
     """Rate an execution (rating 1-5) or attach a named score; shows in detail and stats."""
     trace_id = body.execution_id.lower()
-    if not history.execution_exists(ctx.store.client, who.tenant, trace_id):
+    if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
         raise HTTPException(404, f"no execution {body.execution_id}")
     value = float(body.rating) if body.rating is not None else float(body.value)  # type: ignore[arg-type]
-    return history.add_feedback(ctx.store.client, who.tenant, trace_id, body.name, value, body.comment, body.user_id)
+    return history.add_feedback(ctx.store.readers, who.tenant, trace_id, body.name, value, body.comment, body.user_id)
 
 
 @executions.get("/export", response_class=StreamingResponse)
@@ -216,7 +216,7 @@ def export(who: Reader, ctx: Context, filters: Filters,
            format: Annotated[Literal["csv", "json", "parquet"], Query()] = "json") -> StreamingResponse:
     """Stream executions with rollup numbers as CSV, JSON lines or Parquet."""
     media = {"csv": "text/csv", "json": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}[format]
-    body = history.export_executions(ctx.store.client, who.tenant, filters.values(), format)
+    body = history.export_executions(ctx.store.readers, who.tenant, filters.values(), format)
     return StreamingResponse(body, media_type=media,
                              headers={"Content-Disposition": f'attachment; filename="executions.{format}"'})
 

@@ -38,7 +38,7 @@ def stats(who: Reader, ctx: Context, days: Days = 7, name: Name = None) -> dict[
     breakdown per type with its success rate and average duration, the most common type,
     first and last start, and the count and average of each feedback name given on these
     executions."""
-    return numbers.stats(ctx.store.client, who.tenant, days, name)
+    return numbers.stats(ctx.store.readers, who.tenant, days, name)
 
 
 @analytics.get("/performance")
@@ -63,7 +63,7 @@ def performance(who: Reader, ctx: Context, days: Days = 7, name: Name = None,
         bounds = numbers.parse_thresholds(thresholds)
     except ValueError as exc:
         raise _invalid("thresholds", str(exc), thresholds) from exc
-    return numbers.performance(ctx.store.client, who.tenant, days, name, bounds, min_calls, min_repeats)
+    return numbers.performance(ctx.store.readers, who.tenant, days, name, bounds, min_calls, min_repeats)
 
 
 @analytics.get("/tools")
@@ -76,7 +76,7 @@ def tools(who: Reader, ctx: Context, days: Days = 7,
     average/max and p50/p90/p95/p99 latency (DDSketch, 1% relative accuracy), and the
     trend against the previous window of the same length (calls, error rate and p95
     change). Ties are in name order."""
-    return numbers.tools(ctx.store.client, who.tenant, days, sort, order, min_calls, limit)
+    return numbers.tools(ctx.store.readers, who.tenant, days, sort, order, min_calls, limit)
 
 
 @analytics.get("/tools/{name:path}", responses={404: {"description": "this tenant never called this tool"}})
@@ -90,7 +90,7 @@ def tool(who: Reader, ctx: Context, name: Annotated[str, Path(min_length=1, max_
     if bucket == "minute" and days > numbers.MAX_MINUTE_BUCKET_DAYS:
         raise _invalid("bucket", f"bucket=minute allows days <= {numbers.MAX_MINUTE_BUCKET_DAYS} "
                                  f"(got days={days}); use bucket=hour or day", bucket)
-    found = numbers.tool_detail(ctx.store.client, who.tenant, name, days, bucket)
+    found = numbers.tool_detail(ctx.store.readers, who.tenant, name, days, bucket)
     if found is None:
         raise HTTPException(404, f"no tool {name!r}")
     return found
@@ -111,4 +111,4 @@ def anomalies(who: Reader, ctx: Context,
     window) or ewma (vs an exponentially weighted moving average and its running
     variance, alpha 0.3). Returns the buckets with |score| >= threshold, newest first,
     each with a readable hint."""
-    return numbers.anomalies(ctx.store.client, who.tenant, metric, method, threshold, days, bucket, min_calls, limit)
+    return numbers.anomalies(ctx.store.readers, who.tenant, metric, method, threshold, days, bucket, min_calls, limit)

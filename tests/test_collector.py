@@ -290,7 +290,7 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
                                                                              tenant: str) -> None:
     body = request([span(f"s{i}", trace_id(), attributes={"pad": "p" * 3000}) for i in range(20)]).SerializeToString()
     faulty = FaultyWriter(store.writer)
-    broken = Store(store.dsn, store.client, faulty)  # type: ignore[arg-type]
+    broken = Store(store.dsn, store.client, store.readers, faulty)  # type: ignore[arg-type]
     with running_collector(broken, tmp_path, tenant, spool_max_bytes=1 << 20) as c:
         hdrs = {"content-type": "application/x-protobuf", **c.headers()}
         acked = 0
@@ -330,7 +330,7 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
     segment is handled) must not end the exporter thread: the segment stays, /readyz says
     not ready, and once the cause is gone everything acknowledged lands."""
     faulty = FaultyWriter(store.writer, error=lambda: OSError(28, "No space left on device"))
-    with running_collector(Store(store.dsn, store.client, faulty), tmp_path, tenant) as c:  # type: ignore[arg-type]
+    with running_collector(Store(store.dsn, store.client, store.readers, faulty), tmp_path, tenant) as c:  # type: ignore[arg-type]
         body = request([span(f"s{i}", trace_id()) for i in range(5)]).SerializeToString()
         hdrs = {"content-type": "application/x-protobuf", **c.headers()}
         assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200

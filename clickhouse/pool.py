@@ -1,0 +1,105 @@
+"""Clients for concurrent reads, and running independent queries side by side.
+
+Why: a clickhouse-connect client runs one call at a time (the embedded engine's handle
+holds a lock for each call; a server session refuses a second concurrent query). With
+one client for everything, an API request waited behind the writer's insert of a whole
+batch, and the five queries of an execution's detail ran one after the other. The
+embedded engine runs the queries of separate connections to one data directory in
+parallel, as a server runs separate sessions' queries, so the API reads through a
+``ClientPool`` and ``gather`` runs a request's independent queries on several of its
+clients at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.query import QueryResult
+
+_EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spanhouse-query")
+"""Runs the second and later calls of a ``gather``; the first runs in the caller's thread."""
+
+
+class ClientPool:
+    """Up to ``size`` clients opened on demand by ``open_client``; each call borrows one.
+
+    It answers the calls the query layer makes on a client (``query``, ``raw_query``,
+    ``command``, ``insert``), so the history and analytics functions take either a
+    pool or a single client (``Reader``).
+    """
+
+    def __init__(self, open_client: Callable[[], Client], size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a client pool needs at least one client, not {size}")
+        self._open = open_client
+        self._size = size
+        self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
+        self._opened: list[Client] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[Client]:
+        """A client for this thread alone until the block ends; waits while all are busy."""
+        client = self._take()
+        try:
+            yield client
+        finally:
+            self._idle.put(client)
+
+    def _take(self) -> Client:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if len(self._opened) < self._size:
+                client = self._open()
+                self._opened.append(client)
+                return client
+        return self._idle.get()
+
+    def query(self, query: str, parameters: dict[str, Any] | None = None, **kwargs: Any) -> QueryResult:
+        with self.borrow() as client:
+            return client.query(query, parameters=parameters, **kwargs)
+
+    def raw_query(self, query: str, parameters: dict[str, Any] | None = None, **kwargs: Any) -> bytes:
+        with self.borrow() as client:
+            return client.raw_query(query, parameters=parameters, **kwargs)
+
+    def command(self, cmd: str, parameters: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        with self.borrow() as client:
+            return client.command(cmd, parameters=parameters, **kwargs)
+
+    def insert(self, table: str, data: Sequence[Sequence[Any]], **kwargs: Any) -> Any:
+        with self.borrow() as client:
+            return client.insert(table, data, **kwargs)
+
+    def close(self) -> None:
+        """Close every client opened (call once nothing borrows any more)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for client in opened:
+            client.close()
+
+
+Reader = Client | ClientPool
+"""What the history and analytics functions read through."""
+
+
+def gather(reader: Reader, *calls: Callable[[], Any]) -> list[Any]:
+    """The results of ``calls``, in order: at the same time when ``reader`` is a pool
+    (each call's queries borrow their own client), else one after the other (a single
+    client would only serialize them, and a server session refuses concurrent queries).
+    The calls must not gather themselves: they would wait for the executor they hold.
+    """
+    if not isinstance(reader, ClientPool) or len(calls) < 2:
+        return [call() for call in calls]
+    later = [_EXECUTOR.submit(call) for call in calls[1:]]
+    first = calls[0]()
+    return [first, *(f.result() for f in later)]
