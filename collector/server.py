@@ -21,6 +21,8 @@ import uvicorn
 
 from spanhouse.clickhouse import Store, connect, open_store
 from spanhouse.clickhouse.migrations import remove_retention
+from spanhouse.clickhouse.pool import ClientPool
+from spanhouse.clickhouse.store import READERS
 from spanhouse.collector.api import ApiContext, create_app
 from spanhouse.collector.auth import KeyRing
 from spanhouse.collector.config import Settings
@@ -80,6 +82,7 @@ class Collector:
         self._loop_thread: threading.Thread | None = None
         self._stopping = False
         self._forwarders: list[Forwarder] = []
+        self._sql_clients: ClientPool | None = None
 
     @property
     def store(self) -> Store:
@@ -115,8 +118,10 @@ class Collector:
         http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
         api = create_app(ApiContext(self._store, self._keys), self.metrics, self._readiness)
         self._grpc.start()
-        # Its own connection: read-only settings must never reach the session that ingests.
-        sql = SqlEndpoint(connect(self._store.dsn), self._keys)
+        # Its own connections: read-only settings must never reach the sessions that ingest or serve the API.
+        dsn = self._store.dsn
+        self._sql_clients = ClientPool(lambda: connect(dsn), READERS)
+        sql = SqlEndpoint(self._sql_clients, self._keys)
         self._serve_asgi([(http.app, http_sock), (api, api_sock), (sql.app, sql_sock)])
         return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1],
                          sql_sock.getsockname()[1])
@@ -161,6 +166,8 @@ class Collector:
             srv.should_exit = True
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=self.settings.shutdown_timeout)
+        if self._sql_clients is not None:
+            self._sql_clients.close()
         drained = True
         if self._spool is not None:
             self._spool.seal()  # nothing is appended any more: hand the active segment to the exporter

@@ -27,7 +27,6 @@ import re
 import uuid
 
 import anyio
-from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -106,11 +105,12 @@ def _error(text: str, status: int | None = None) -> Response:
 class SqlEndpoint:
     """The ASGI app of the SQL port."""
 
-    def __init__(self, client: Client, keys: KeyRing) -> None:
-        """``client`` must be a connection of its own: with the embedded engine, per-query
+    def __init__(self, clients: ClientPool, keys: KeyRing) -> None:
+        """``clients`` must be connections of their own: with the embedded engine, per-query
         settings are applied to the connection's session, and ``readonly`` cannot be
-        switched back off once on."""
-        self._client = client
+        switched back off once on. A pool, because Grafana asks for every panel of a
+        dashboard at once: on one connection the panels would load one after the other."""
+        self._client = clients
         self._keys = keys
         self.app = Starlette(routes=[Route("/", self._query, methods=["GET", "POST"]),
                                      Route("/ping", lambda _: PlainTextResponse("Ok.\n"), methods=["GET", "HEAD"])])

@@ -4,6 +4,8 @@ clickhouse-connect HTTP client and by plain HTTP as curl would."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +63,19 @@ def test_read_only_queries_never_make_ingest_read_only(store: Store, admin: Runn
     admin.wait_drained()
     assert store.client.command("SELECT count() FROM otel_traces WHERE SpanName IN "
                                 "('still writable', 'through the collector')") == 2
+
+
+def test_a_slow_query_does_not_hold_up_the_others(admin: Running) -> None:
+    """Grafana asks for every panel of a dashboard at once: a quick panel must not wait
+    for a slow one (they queued on one connection before)."""
+    slow = threading.Thread(target=lambda: httpx.post(admin.sql_url, content="SELECT sleep(3)",
+                                                      auth=("default", admin.key), timeout=60))
+    slow.start()
+    time.sleep(0.5)
+    r = httpx.post(admin.sql_url, content="SELECT 1", auth=("default", admin.key), timeout=60)
+    assert r.status_code == 200 and r.text == "1\n"
+    assert slow.is_alive(), "the quick query came back only after the slow one"
+    slow.join()
 
 
 def test_plain_http_as_curl_sends_it(admin: Running) -> None:
