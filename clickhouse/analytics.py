@@ -199,7 +199,8 @@ def stats(client: Reader, tenant: str, days: int, name: str | None = None, now: 
         "most_common_type": by_type[0]["type"] if by_type else None,
         "first_execution": total["first"],
         "last_execution": total["last"],
-        "feedback": [{"name": f["name"], "count": int(f["count"]), "average": round(f["average"], 6),
+        "feedback": [{"name": f["name"], "count": int(f["count"]), "with_value": int(f["with_value"]),
+                      "average": None if f["average"] is None else round(f["average"], 6),
                       "min": f["min"], "max": f["max"]} for f in feedback],
     }
 

@@ -101,9 +101,7 @@ def _render_cluster(stmt: str, cluster: str, local_tables: set[str]) -> list[str
     on = f"ON CLUSTER {cluster}"
     head = re.search(r"CREATE (TABLE|MATERIALIZED VIEW|VIEW|FUNCTION) IF NOT EXISTS (\w+)", stmt)
     if head is None:
-        alter = re.sub(r"\bALTER TABLE (\w+)", lambda m: f"ALTER TABLE {m.group(1)}_local {on}"
-                       if m.group(1) in local_tables else f"ALTER TABLE {m.group(1)} {on}", stmt)
-        return [alter]
+        return _render_cluster_alter(stmt, on, local_tables)
     kind, name = head.groups()
     if kind == "TABLE" and name in local_tables:
         body = stmt.replace(head.group(0), f"CREATE TABLE IF NOT EXISTS {name}_local {on}", 1)
@@ -120,14 +118,37 @@ def _render_cluster(stmt: str, cluster: str, local_tables: set[str]) -> list[str
         )
         return [body, dist]
     renamed = stmt.replace(head.group(0), f"{head.group(0)} {on}", 1)
-    if kind == "MATERIALIZED VIEW":
-        source = re.search(r"\bFROM (\w+)", stmt)
-        if source and source.group(1) in local_tables:
-            # Fed by a local table: read and write the shard's local tables.
-            for table in local_tables:
-                renamed = re.sub(rf"\b(FROM|TO) {table}\b", rf"\1 {table}_local", renamed)
-        # Fed by a Null (ingest) table: keep writing to the Distributed table, which shards.
-    return [renamed]
+    return [_view_on_shard(renamed, local_tables) if kind == "MATERIALIZED VIEW" else renamed]
+
+
+def _view_on_shard(stmt: str, local_tables: set[str]) -> str:
+    """A materialized view fed by a local table reads and writes the shard's local
+    tables; one fed by a Null (ingest) table keeps writing to the Distributed table,
+    which shards."""
+    source = re.search(r"\bFROM (\w+)", stmt)
+    if source is None or source.group(1) not in local_tables:
+        return stmt
+    for table in local_tables:
+        stmt = re.sub(rf"\b(FROM|TO) {table}\b", rf"\1 {table}_local", stmt)
+    return stmt
+
+
+def _render_cluster_alter(stmt: str, on: str, local_tables: set[str]) -> list[str]:
+    """``ALTER TABLE t`` on the cluster. A local table's storage changes on ``t_local``,
+    and a change of its columns also on the Distributed ``t`` in front of it, which
+    keeps a column list of its own. A view's new query (MODIFY QUERY) is wired as its
+    CREATE was."""
+    name = re.search(r"\bALTER TABLE (\w+)", stmt)
+    if name is None:
+        return [stmt]
+    table = name.group(1)
+    if table not in local_tables:
+        altered = stmt.replace(name.group(0), f"ALTER TABLE {table} {on}", 1)
+        return [_view_on_shard(altered, local_tables) if re.search(r"\bMODIFY QUERY\b", stmt) else altered]
+    local = stmt.replace(name.group(0), f"ALTER TABLE {table}_local {on}", 1)
+    if re.search(r"\b(ADD|DROP|MODIFY|RENAME) COLUMN\b", stmt):
+        return [local, stmt.replace(name.group(0), f"ALTER TABLE {table} {on}", 1)]
+    return [local]
 
 
 def applied(client: Client) -> dict[int, tuple[str, str]]:

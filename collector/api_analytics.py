@@ -36,8 +36,9 @@ def stats(who: Reader, ctx: Context, days: Days = 7, name: Name = None) -> dict[
     (ok / finished), average/p50/p95 duration of the finished ones (exact), tokens and
     cost (execution rollup rows of the traces whose first span is in the window), a
     breakdown per type with its success rate and average duration, the most common type,
-    first and last start, and the count and average of each feedback name given on these
-    executions."""
+    first and last start, and per feedback name given on these executions: how many,
+    how many carry a value, and the average/min/max of those (feedback sent over OTLP
+    without a numeric value, a comment alone, counts but is not averaged)."""
     return numbers.stats(ctx.store.readers, who.tenant, days, name)
 
 

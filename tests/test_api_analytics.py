@@ -325,7 +325,8 @@ def expected_stats(model: list[Exe], days: int, name: str | None = None) -> dict
         "most_common_type": types[0]["type"] if types else None,
         "first_execution": _iso(min(e.start for e in ex)) if ex else None,
         "last_execution": _iso(max(e.start for e in ex)) if ex else None,
-        "feedback": [{"name": n, "count": len(v), "average": round(sum(v) / len(v), 6), "min": min(v), "max": max(v)}
+        "feedback": [{"name": n, "count": len(v), "with_value": len(v), "average": round(sum(v) / len(v), 6),
+                      "min": min(v), "max": max(v)}
                      for n, v in sorted(feedback.items())],
     }
 

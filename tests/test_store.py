@@ -92,6 +92,11 @@ def test_cluster_rendering_parses_and_is_cluster_shaped(store: Store) -> None:
     # views fed by a local table stay on the shard; the ingest view writes through Distributed
     assert re.search(r"tool_calls_mv ON CLUSTER prod TO tool_calls_local AS.*FROM otel_traces_local", ddl, re.S)
     assert re.search(r"otlp_ingest_mv ON CLUSTER prod TO otel_traces AS", ddl)
+    # a column change goes to the shard's table and to the Distributed table in front of
+    # it; a view's new query reads the shard's table, as its CREATE did
+    for table in ("feedback_local", "feedback"):
+        assert f"ALTER TABLE {table} ON CLUSTER prod MODIFY COLUMN Value Nullable(Float64)" in ddl
+    assert re.search(r"ALTER TABLE feedback_mv ON CLUSTER prod MODIFY QUERY\n.*\nFROM otel_traces_local\n", ddl, re.S)
 
 
 def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:

@@ -201,6 +201,22 @@ def test_feedback_spans_land_in_feedback(store: Store, tenant: str) -> None:
     assert _q(store, "SELECT count() FROM executions WHERE Tenant = {t:String}", tenant) == [(0,)]
 
 
+def test_feedback_without_a_finite_value_has_none(store: Store, tenant: str) -> None:
+    """A comment alone, or a value that is no finite number, is no 0 rating: it is
+    stored without a value, which averages skip."""
+    target = trace_id()
+    values: list[object] = [None, "great!", "nan", "inf", "4", 2]
+    write(store, tenant, request([
+        span("spanhouse.feedback", trace_id(), attributes={
+            "spanhouse.feedback.execution_id": target.hex(), "spanhouse.feedback.comment": f"c{i}",
+            **({} if v is None else {"spanhouse.feedback.value": v})})
+        for i, v in enumerate(values)]))
+    rows = _q(store, "SELECT Comment, Value FROM feedback WHERE Tenant = {t:String} ORDER BY Comment", tenant)
+    assert rows == [("c0", None), ("c1", None), ("c2", None), ("c3", None), ("c4", 4.0), ("c5", 2.0)]
+    assert _q(store, "SELECT count(), count(Value), avg(Value) FROM feedback WHERE Tenant = {t:String}",
+              tenant) == [(6, 2, 3.0)]
+
+
 def test_trace_lookup_table_has_one_row_per_trace_after_merges(store: Store, tenant: str) -> None:
     t = trace_id()
     for i in range(3):

@@ -1,8 +1,11 @@
--- Feedback on the executions started in the window: count, average, min and max per
--- feedback name. Feedback is the small side: its trace ids bound the executions probed.
+-- Feedback on the executions started in the window, per feedback name: how many, how
+-- many with a value, and the average, min and max of those (feedback without a value,
+-- a comment alone, is NULL: skipped). Feedback is the small side: its trace ids bound
+-- the executions probed.
 SELECT
     Name AS name,
     count() AS count,
+    count(Value) AS with_value,
     avg(Value) AS average,
     min(Value) AS min,
     max(Value) AS max
