@@ -326,7 +326,7 @@ def _repeat_tips(client: Reader, params: dict[str, Any], active: list[str], min_
     if not candidates:
         return []
     rows = queries.rows(client, "analytics_repeated_tools",
-                        {**params, "min_repeats": min_repeats, "limit": TIPS_PER_KIND,
+                        {"tenant": params["tenant"], "min_repeats": min_repeats, "limit": TIPS_PER_KIND,
                          "trace_ids": sorted({c["trace_id"] for c in candidates})})
     total = int(candidates[0]["candidates"])
     among = f" of the {len(candidates)} examined" if total > len(candidates) else ""

@@ -247,7 +247,13 @@ def test_openapi_document_and_docs(dataset: tuple[Running, dict[str, str]]) -> N
 
 
 def _counts(store: Store, tenant: str, trace: str) -> dict[str, int]:
-    tables = ["otel_traces", "otel_traces_trace_id_ts", "tool_calls", "executions", "execution_rollup", "feedback"]
+    """Rows of ``trace`` in every stored table keyed by trace id (whatever tables the schema grows)."""
+    tables = [t for (t,) in store.client.query(
+        "SELECT table FROM system.columns WHERE database = currentDatabase() AND name = 'TraceId' AND table IN "
+        "(SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree') "
+        "ORDER BY table").result_rows]
+    assert tables == ["execution_rollup", "execution_tool_calls", "executions", "feedback", "otel_traces",
+                      "otel_traces_trace_id_ts", "tool_calls"]
     return {t: int(store.client.command(f"SELECT count() FROM {t} WHERE Tenant = {{a:String}} AND TraceId = {{b:String}}",
                                         parameters={"a": tenant, "b": trace})) for t in tables}
 

@@ -99,6 +99,37 @@ def test_cluster_rendering_parses_and_is_cluster_shaped(store: Store) -> None:
     assert re.search(r"ALTER TABLE feedback_mv ON CLUSTER prod MODIFY QUERY\n.*\nFROM otel_traces_local\n", ddl, re.S)
 
 
+def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Path) -> None:
+    """A store that has tool calls when migration 0010 arrives gets them counted in
+    execution_tool_calls; running the file again (as after a failure before it was
+    recorded) counts nothing twice. In a child process: one embedded store per process."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import open_store, migrate\n"
+        "s = open_store(sys.argv[1]); c = s.client\n"
+        "c.command(\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName) VALUES "
+        "('t', now64(9), 'a', 'search'), ('t', now64(9), 'a', 'search'), ('t', now64(9), 'a', 'fetch'), "
+        "('u', now64(9), 'a', 'search'), ('t', now64(9), 'b', 'search')\")\n"
+        "c.command('DROP VIEW execution_tool_calls_mv'); c.command('DROP TABLE execution_tool_calls')\n"
+        "q = 'SELECT Tenant, TraceId, ToolName, sum(Calls) FROM execution_tool_calls GROUP BY ALL ORDER BY ALL'\n"
+        "for _ in range(2):\n"
+        "    c.command('DELETE FROM spanhouse_migrations WHERE version = 10')\n"
+        "    print(migrate(c), c.query(q).result_rows)\n"
+        "c.command(\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName) VALUES ('t', now64(9), 'b', 'search')\")\n"
+        "print(c.query(q).result_rows)\n"
+        "s.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    counted = [("t", "a", "fetch", 1), ("t", "a", "search", 2), ("t", "b", "search", 1), ("u", "a", "search", 1)]
+    assert done.stdout.splitlines() == [
+        f"['0010_execution_tool_calls.sql'] {counted}",
+        f"['0010_execution_tool_calls.sql'] {counted}",
+        str([*counted[:2], ("t", "b", "search", 2), counted[3]]),  # and the view counts what comes after
+    ]
+
+
 def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     # In a child process: the session store's test data is older than any retention.
     script = (
@@ -106,7 +137,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "from spanhouse.clickhouse import open_store, apply_retention\n"
         "from spanhouse.errors import ConfigError\n"
         "s = open_store(sys.argv[1], retention_days=45)\n"
-        "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'tool_stats_1h', 'executions', 'error_patterns', 'execution_rollup', 'feedback'):\n"
+        "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'tool_stats_1h', 'executions', 'error_patterns', 'execution_rollup', 'execution_tool_calls', 'feedback'):\n"
         "    print(t, 'toIntervalDay(45)' in s.client.command('SHOW CREATE TABLE ' + t))\n"
         "for days in (0, 36500):\n"
         "    try:\n"
@@ -119,12 +150,12 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[:9] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
-                                               "tool_stats_1m", "tool_stats_1h", "executions", "error_patterns",
-                                               "execution_rollup", "feedback")]
-    assert lines[9].startswith("refused retention must be a whole number of days from 1 to 10000")
-    # 36,500 days past 2026 wraps around DateTime's end (2106) to 1989: it would delete everything
+    assert lines[:10] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
+                                                "tool_stats_1m", "tool_stats_1h", "executions", "error_patterns",
+                                                "execution_rollup", "execution_tool_calls", "feedback")]
     assert lines[10].startswith("refused retention must be a whole number of days from 1 to 10000")
+    # 36,500 days past 2026 wraps around DateTime's end (2106) to 1989: it would delete everything
+    assert lines[11].startswith("refused retention must be a whole number of days from 1 to 10000")
     # Unset again, `spanhouse serve` keeps everything: it removes the TTLs it finds. Any
     # other opener of the store (the SDK's store exporter) leaves them alone.
     ttls = "SELECT countIf(engine_full LIKE '% TTL %') FROM system.tables WHERE database = currentDatabase()"
@@ -133,7 +164,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     opened = subprocess.run([sys.executable, "-c", check, f"chdb://{tmp_path}"], capture_output=True, text=True,
                             timeout=120)
     assert opened.returncode == 0, opened.stderr
-    assert int(opened.stdout) == 9
+    assert int(opened.stdout) == 10
     serve = ServeProcess(tmp_path)
     serve.start()
     assert serve.terminate() == 0

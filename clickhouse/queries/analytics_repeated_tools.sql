@@ -1,7 +1,6 @@
--- Tools called min_repeats+ times within one of the given executions (tool_calls of the
--- window, grouped by trace and tool; the bloom-filter index on TraceId skips granules
--- without them). Per tool: in how many executions, the most calls in one, and that
--- execution's trace id.
+-- Tools called min_repeats+ times within one of the given executions (their calls per
+-- tool from execution_tool_calls, read by primary key). Per tool: in how many
+-- executions, the most calls in one, and that execution's trace id.
 SELECT
     tool,
     count() AS executions,
@@ -10,10 +9,9 @@ SELECT
     argMax(trace_id, (n, trace_id)) AS example_trace_id
 FROM
 (
-    SELECT TraceId AS trace_id, ToolName AS tool, count() AS n
-    FROM tool_calls
-    WHERE Tenant = {tenant:String} AND Timestamp >= toDateTime64({since:DateTime}, 9) AND Timestamp < toDateTime64({until:DateTime}, 9)
-      AND TraceId IN {trace_ids:Array(String)}
+    SELECT TraceId AS trace_id, ToolName AS tool, sum(Calls) AS n
+    FROM execution_tool_calls
+    WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}
     GROUP BY trace_id, tool
     HAVING n >= {min_repeats:UInt32}
 )

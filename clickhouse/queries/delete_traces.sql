@@ -10,4 +10,5 @@ DELETE FROM otel_traces_trace_id_ts WHERE Tenant = {tenant:String} AND TraceId I
 DELETE FROM tool_calls WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
 DELETE FROM executions WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
 DELETE FROM execution_rollup WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
+DELETE FROM execution_tool_calls WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
 DELETE FROM feedback WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};

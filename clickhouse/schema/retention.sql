@@ -8,4 +8,5 @@ ALTER TABLE tool_stats_1h MODIFY TTL Hour + toIntervalDay({days});
 ALTER TABLE executions MODIFY TTL toDateTime(StartTime) + toIntervalDay({days});
 ALTER TABLE error_patterns MODIFY TTL Day + toIntervalDay({days});
 ALTER TABLE execution_rollup MODIFY TTL toDateTime(LastSeen) + toIntervalDay({days});
+ALTER TABLE execution_tool_calls MODIFY TTL toDateTime(LastCall) + toIntervalDay({days});
 ALTER TABLE feedback MODIFY TTL toDateTime(Timestamp) + toIntervalDay({days});
