@@ -99,6 +99,15 @@ def test_cluster_rendering_parses_and_is_cluster_shaped(store: Store) -> None:
     assert re.search(r"ALTER TABLE feedback_mv ON CLUSTER prod MODIFY QUERY\n.*\nFROM otel_traces_local\n", ddl, re.S)
 
 
+def _in_child(script: str, store_dir: Path) -> list[str]:
+    """The output lines of ``script`` run by a fresh interpreter with the DSN of
+    ``store_dir`` as ``sys.argv[1]``: a process holds one embedded store at a time."""
+    done = subprocess.run([sys.executable, "-c", script, f"chdb://{store_dir}"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Path) -> None:
     """A store that has tool calls when migration 0010 arrives gets them counted in
     execution_tool_calls; running the file again (as after a failure before it was
@@ -119,11 +128,8 @@ def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Pa
         "print(c.query(q).result_rows)\n"
         "s.close()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}"], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
     counted = [("t", "a", "fetch", 1), ("t", "a", "search", 2), ("t", "b", "search", 1), ("u", "a", "search", 1)]
-    assert done.stdout.splitlines() == [
+    assert _in_child(script, tmp_path) == [
         f"['0010_execution_tool_calls.sql'] {counted}",
         f"['0010_execution_tool_calls.sql'] {counted}",
         str([*counted[:2], ("t", "b", "search", 2), counted[3]]),  # and the view counts what comes after
@@ -146,10 +152,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "        print('refused', e)\n"
         "s.close()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, f"chdb://{tmp_path}"], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = _in_child(script, tmp_path)
     assert lines[:10] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
                                                 "tool_stats_1m", "tool_stats_1h", "executions", "error_patterns",
                                                 "execution_rollup", "execution_tool_calls", "feedback")]
@@ -161,10 +164,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     ttls = "SELECT countIf(engine_full LIKE '% TTL %') FROM system.tables WHERE database = currentDatabase()"
     check = ("import sys\nfrom spanhouse.clickhouse import open_store\ns = open_store(sys.argv[1])\n"
              f"print(s.client.command({ttls!r}))\n")
-    opened = subprocess.run([sys.executable, "-c", check, f"chdb://{tmp_path}"], capture_output=True, text=True,
-                            timeout=120)
-    assert opened.returncode == 0, opened.stderr
-    assert int(opened.stdout) == 10
+    assert _in_child(check, tmp_path) == ["10"]
     serve = ServeProcess(tmp_path)
     serve.start()
     assert serve.terminate() == 0
