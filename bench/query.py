@@ -68,7 +68,8 @@ def main() -> None:
         # hour of the week in each of its chunks, so right after it every rollup key has one
         # row per chunk (5x the states to read); a live store writes an hour's rows during
         # that hour and its merges fold them together soon after.
-        for table in ("executions", "execution_rollup", "tool_stats_1m", "tool_stats_1h", "error_patterns"):
+        for table in ("executions", "execution_rollup", "tool_stats_1m", "tool_stats_1h", "tool_stats_1h_by_time",
+                      "tool_stats_1d", "error_patterns"):
             client.command(f"OPTIMIZE TABLE {table} FINAL")
         settle(client)
         # a different execution per call: one id asked again would be served from warm caches

@@ -249,8 +249,7 @@ def performance(client: Reader, tenant: str, days: int, name: str | None = None,
         lambda: _executions(client, params, active, thresholds_s),
         lambda: queries.rows(client, "analytics_error_patterns", {**params, "limit": ERROR_PATTERNS}),
         # the current window only: prev_since = since leaves the previous one empty
-        lambda: queries.rows(client, "analytics_tool_stats", {**params, "prev_since": w.since, "min_calls": min_calls},
-                             ANALYTICS),
+        lambda: _tool_stats(client, {**params, "prev_since": w.since}, min_calls),
         lambda: _token_tips(client, params, active),
         lambda: _repeat_tips(client, params, active, min_repeats),
     )
@@ -342,6 +341,23 @@ def _repeat_tips(client: Reader, params: dict[str, Any], active: list[str], min_
 
 # ---------------------------------------------------------------------------------- tools
 
+def _tool_stats(client: Reader, params: dict[str, Any], min_calls: int,
+                active: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """analytics_tool_stats.sql over the windows [since, until) and [prev_since, since)
+    of ``params``, each one's whole UTC days read from the daily rollup."""
+    days, prev_days = _whole_days(params["since"], params["until"]), _whole_days(params["prev_since"], params["since"])
+    return queries.rows(client, "analytics_tool_stats", {
+        **params, "min_calls": min_calls, "days_since": days[0], "days_until": days[1],
+        "prev_days_since": prev_days[0], "prev_days_until": prev_days[1]}, ANALYTICS, active)
+
+
+def _whole_days(since: int, until: int) -> tuple[int, int]:
+    """The first and past-the-last UTC midnight of the whole days in [since, until), in
+    Unix seconds; an empty range (since, since) when it holds no whole day."""
+    first, last = -(-since // DAY_S) * DAY_S, until // DAY_S * DAY_S
+    return (first, last) if first < last else (since, since)
+
+
 TOOL_SORTS = {
     "calls": lambda t: t["calls"],
     "error_rate": lambda t: t["error_rate"],
@@ -356,8 +372,7 @@ def tools(client: Reader, tenant: str, days: int, sort: str = "calls", order: st
     """Per tool over the window: calls, success and error rate, latency percentiles, and
     the trend against the previous window of the same length."""
     w = window(days, now)
-    rows = queries.rows(client, "analytics_tool_stats", {"tenant": tenant, **w.params(), "min_calls": min_calls},
-                       ANALYTICS)
+    rows = _tool_stats(client, {"tenant": tenant, **w.params()}, min_calls)
     items = sorted((_tool_item(r) for r in rows), key=lambda t: t["tool"])
     items.sort(key=TOOL_SORTS[sort], reverse=order == "desc")  # stable: ties stay in name order
     return {"window": w.describe(), "sort": sort, "order": order, "min_calls": min_calls, "total": len(items),
@@ -399,7 +414,7 @@ def tool_detail(client: Reader, tenant: str, tool: str, days: int, bucket: str =
         return None
     w = window(days, now)
     params = {"tenant": tenant, "tool": tool, **w.params()}
-    summary = queries.rows(client, "analytics_tool_stats", {**params, "min_calls": 1}, ANALYTICS, ["tool"])
+    summary = _tool_stats(client, params, 1, ["tool"])
     series = _series(client, params, bucket, ["tool"])
     errors = queries.rows(client, "analytics_tool_errors", {**params, "limit": RECENT_ERRORS})
     return {

@@ -5,7 +5,9 @@ tables cannot subtract one trace, so the groups it contributed to are recomputed
 what remains: the affected groups' rows are deleted and the rollup view's own SELECT
 (read back from the engine, so it is never written twice) is run again over the
 surviving source rows of those groups. ``tool_stats_1m`` is recomputed per hour, which
-its hourly rollup view then rebuilds in ``tool_stats_1h`` as on any insert.
+its views then rebuild in ``tool_stats_1h`` and ``tool_stats_1h_by_time`` as on any
+insert. The daily view adds only those hours to ``tool_stats_1d``, so the days touched
+are rebuilt afterwards, whole, from ``tool_stats_1h_by_time``.
 """
 
 from __future__ import annotations
@@ -29,12 +31,19 @@ class _Rollup:
     target_key: str  # the same groups over the target's columns
     key_type: str
     also_clear: tuple[tuple[str, str], ...] = ()  # (table, key expression) fed from target
+    affected: tuple[str, str] | None = None  # (table, key) naming the groups by trace, if not the source
 
 
-_ROLLUPS = (
+_ROLLUPS = (  # in this order: a rollup read by a later one is rebuilt first
     _Rollup("tool_stats_1m_mv", "tool_stats_1m", "tool_calls",
             "(ServiceName, ToolName, toStartOfHour(Timestamp))", "(ServiceName, ToolName, toStartOfHour(Minute))",
-            "Array(Tuple(String, String, DateTime))", (("tool_stats_1h", "(ServiceName, ToolName, Hour)"),)),
+            "Array(Tuple(String, String, DateTime))",
+            (("tool_stats_1h", "(ServiceName, ToolName, Hour)"),
+             ("tool_stats_1h_by_time", "(ServiceName, ToolName, Time)"))),
+    _Rollup("tool_stats_1d_mv", "tool_stats_1d", "tool_stats_1h_by_time",
+            "(ServiceName, ToolName, toStartOfDay(Time, 'UTC'))", "(ServiceName, ToolName, Time)",
+            "Array(Tuple(String, String, DateTime('UTC')))",
+            affected=("tool_calls", "(ServiceName, ToolName, toStartOfDay(Timestamp, 'UTC'))")),
     _Rollup("error_patterns_mv", "error_patterns", "otel_traces",
             "(toDate(Timestamp), ServiceName)", "(Day, ServiceName)", "Array(Tuple(Date, String))"),
 )
@@ -62,7 +71,8 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str]) -> dict
 
 
 def _affected(client: Reader, r: _Rollup, params: dict[str, object]) -> list[tuple[object, ...]]:
-    sql = (f"SELECT DISTINCT {r.source_key} FROM {r.source} "
+    table, key = r.affected or (r.source, r.source_key)
+    sql = (f"SELECT DISTINCT {key} FROM {table} "
            "WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}")
     return [row[0] for row in client.query(sql, parameters=params).result_rows]
 

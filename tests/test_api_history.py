@@ -265,6 +265,12 @@ def test_delete_one_execution_removes_it_everywhere_and_fixes_rollups(store: Sto
     write(store, tenant, keep, gone)
     stats = "SELECT ToolName, calls, errors FROM v_tool_stats WHERE Tenant = {t:String} ORDER BY ToolName"
     assert store.client.query(stats, parameters={"t": tenant}).result_rows == [("fetch", 1, 0), ("search", 3, 2)]
+    # the tool leaderboards' rollups: the hours touched are rebuilt, and their days whole
+    leaderboard = ("SELECT ToolName, sum(Calls), sum(Errors), quantilesDDMerge(0.01, 0.5)(DurationQuantiles) "
+                   "FROM {table:Identifier} WHERE Tenant = {t:String} GROUP BY ToolName ORDER BY ToolName")
+    for table in ("tool_stats_1d", "tool_stats_1h_by_time"):
+        assert store.client.query(leaderboard, parameters={"t": tenant, "table": table}).result_rows == [
+            ("fetch", 1, 0, [pytest.approx(5e6, rel=0.01)]), ("search", 3, 2, [pytest.approx(5e6, rel=0.01)])]
     with running_collector(store, tmp_path, tenant, scopes="admin") as c:
         _post(c.api_url + "/api/v1/feedback", headers=c.headers(), json={"execution_id": gone_id, "rating": 1})
         r = _delete(c.api_url + f"/api/v1/executions/{gone_id}", headers=c.headers())
@@ -274,6 +280,9 @@ def test_delete_one_execution_removes_it_everywhere_and_fixes_rollups(store: Sto
     assert set(_counts(store, tenant, gone_id).values()) == {0}
     assert _counts(store, tenant, keep_id)["otel_traces"] == 3
     assert store.client.query(stats, parameters={"t": tenant}).result_rows == [("search", 2, 1)]
+    for table in ("tool_stats_1d", "tool_stats_1h_by_time"):
+        assert store.client.query(leaderboard, parameters={"t": tenant, "table": table}).result_rows == [
+            ("search", 2, 1, [pytest.approx(5e6, rel=0.01)])]
     per_minute = "SELECT sum(calls) FROM v_tool_stats_1m WHERE Tenant = {t:String}"
     assert store.client.query(per_minute, parameters={"t": tenant}).result_rows == [(2,)]
     patterns = "SELECT ToolName, count FROM v_error_patterns WHERE Tenant = {t:String} ORDER BY ToolName"

@@ -136,6 +136,38 @@ def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Pa
     ]
 
 
+def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) -> None:
+    """The hours of tool_stats_1h stored before migration 0011 reach tool_stats_1d (per
+    UTC day) and tool_stats_1h_by_time, once however often the file runs; their views
+    add what comes later."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import open_store, migrate\n"
+        "s = open_store(sys.argv[1]); c = s.client\n"
+        "def at(t): return f\"toDateTime64('2026-01-0{t}:00:00', 9, 'UTC')\"\n"
+        "c.command(f\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName, DurationNs, IsError) VALUES \"\n"
+        "          f\"('t', {at('1 10')}, 'a', 'search', 10, 0), ('t', {at('1 22')}, 'a', 'search', 30, 1), \"\n"
+        "          f\"('t', {at('2 02')}, 'b', 'search', 20, 0), ('u', {at('1 10')}, 'c', 'fetch', 5, 0)\")\n"
+        "for t in ('tool_stats_1d', 'tool_stats_1h_by_time'):\n"
+        "    c.command(f'DROP VIEW {t}_mv'); c.command(f'DROP TABLE {t}')\n"
+        "def days(t):\n"
+        "    return c.query(f\"SELECT Tenant, toString(toStartOfDay(Time, 'UTC')), ToolName, sum(Calls), sum(Errors), \"\n"
+        "                   f'sum(DurationSumNs), max(DurationMaxNs) FROM {t} GROUP BY ALL ORDER BY ALL').result_rows\n"
+        "for _ in range(2):\n"
+        "    c.command('DELETE FROM spanhouse_migrations WHERE version = 11')\n"
+        "    print(migrate(c), days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
+        "c.command(f\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName, DurationNs) VALUES \"\n"
+        "          f\"('t', {at('2 05')}, 'd', 'search', 40)\")\n"
+        "print(days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
+        "s.close()\n"
+    )
+    rolled = [("t", "2026-01-01 00:00:00", "search", 2, 1, 40, 30), ("t", "2026-01-02 00:00:00", "search", 1, 0, 20, 20),
+              ("u", "2026-01-01 00:00:00", "fetch", 1, 0, 5, 5)]
+    later = [rolled[0], ("t", "2026-01-02 00:00:00", "search", 2, 0, 60, 40), rolled[2]]
+    assert _in_child(script, tmp_path) == [f"['0011_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2 + [
+        f"{later} {later}"]
+
+
 def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     # In a child process: the session store's test data is older than any retention.
     script = (
@@ -143,7 +175,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "from spanhouse.clickhouse import open_store, apply_retention\n"
         "from spanhouse.errors import ConfigError\n"
         "s = open_store(sys.argv[1], retention_days=45)\n"
-        "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'tool_stats_1h', 'executions', 'error_patterns', 'execution_rollup', 'execution_tool_calls', 'feedback'):\n"
+        "for t in ('otel_traces', 'otel_traces_trace_id_ts', 'tool_calls', 'tool_stats_1m', 'tool_stats_1h', 'tool_stats_1d', 'tool_stats_1h_by_time', 'executions', 'error_patterns', 'execution_rollup', 'execution_tool_calls', 'feedback'):\n"
         "    print(t, 'toIntervalDay(45)' in s.client.command('SHOW CREATE TABLE ' + t))\n"
         "for days in (0, 36500):\n"
         "    try:\n"
@@ -153,18 +185,19 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "s.close()\n"
     )
     lines = _in_child(script, tmp_path)
-    assert lines[:10] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
-                                                "tool_stats_1m", "tool_stats_1h", "executions", "error_patterns",
+    assert lines[:12] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
+                                                "tool_stats_1m", "tool_stats_1h", "tool_stats_1d",
+                                                "tool_stats_1h_by_time", "executions", "error_patterns",
                                                 "execution_rollup", "execution_tool_calls", "feedback")]
-    assert lines[10].startswith("refused retention must be a whole number of days from 1 to 10000")
+    assert lines[12].startswith("refused retention must be a whole number of days from 1 to 10000")
     # 36,500 days past 2026 wraps around DateTime's end (2106) to 1989: it would delete everything
-    assert lines[11].startswith("refused retention must be a whole number of days from 1 to 10000")
+    assert lines[13].startswith("refused retention must be a whole number of days from 1 to 10000")
     # Unset again, `spanhouse serve` keeps everything: it removes the TTLs it finds. Any
     # other opener of the store (the SDK's store exporter) leaves them alone.
     ttls = "SELECT countIf(engine_full LIKE '% TTL %') FROM system.tables WHERE database = currentDatabase()"
     check = ("import sys\nfrom spanhouse.clickhouse import open_store\ns = open_store(sys.argv[1])\n"
              f"print(s.client.command({ttls!r}))\n")
-    assert _in_child(check, tmp_path) == ["10"]
+    assert _in_child(check, tmp_path) == ["12"]
     serve = ServeProcess(tmp_path)
     serve.start()
     assert serve.terminate() == 0

@@ -5,6 +5,8 @@ ALTER TABLE otel_traces_trace_id_ts MODIFY TTL Start + toIntervalDay({days});
 ALTER TABLE tool_calls MODIFY TTL toDateTime(Timestamp) + toIntervalDay({days});
 ALTER TABLE tool_stats_1m MODIFY TTL Minute + toIntervalDay({days});
 ALTER TABLE tool_stats_1h MODIFY TTL Hour + toIntervalDay({days});
+ALTER TABLE tool_stats_1d MODIFY TTL Time + toIntervalDay({days});
+ALTER TABLE tool_stats_1h_by_time MODIFY TTL Time + toIntervalDay({days});
 ALTER TABLE executions MODIFY TTL toDateTime(StartTime) + toIntervalDay({days});
 ALTER TABLE error_patterns MODIFY TTL Day + toIntervalDay({days});
 ALTER TABLE execution_rollup MODIFY TTL toDateTime(LastSeen) + toIntervalDay({days});
