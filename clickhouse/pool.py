@@ -22,6 +22,8 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.query import QueryResult
 
+from spanhouse.errors import StoreUnavailable
+
 _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spanhouse-query")
 """Runs the second and later calls of a ``gather``; the first runs in the caller's thread."""
 
@@ -40,29 +42,48 @@ class ClientPool:
         self._open = open_client
         self._size = size
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
-        self._opened: list[Client] = []
+        self._count = 0  # clients opened
+        self._closed = False
         self._lock = threading.Lock()
 
     @contextmanager
     def borrow(self) -> Iterator[Client]:
-        """A client for this thread alone until the block ends; waits while all are busy."""
+        """A client for this thread alone until the block ends; waits while all are busy.
+        Raises ``StoreUnavailable`` once the pool is closed."""
         client = self._take()
         try:
             yield client
         finally:
-            self._idle.put(client)
+            with self._lock:
+                kept = not self._closed
+                if kept:
+                    self._idle.put(client)
+            if not kept:  # the pool closed while it was out
+                client.close()
 
     def _take(self) -> Client:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if len(self._opened) < self._size:
-                client = self._open()
-                self._opened.append(client)
-                return client
-        return self._idle.get()
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StoreUnavailable("the store is closed; nothing can be read from it any more")
+                try:
+                    return self._idle.get_nowait()
+                except queue.Empty:
+                    pass
+                opening = self._count < self._size
+                if opening:
+                    self._count += 1
+            if opening:  # outside the lock: connecting to a server can take a while
+                try:
+                    return self._open()
+                except BaseException:
+                    with self._lock:
+                        self._count -= 1
+                    raise
+            try:  # all out: wait for one back, and look again now and then (the pool may close)
+                return self._idle.get(timeout=1.0)
+            except queue.Empty:
+                continue
 
     def query(self, query: str, parameters: dict[str, Any] | None = None, **kwargs: Any) -> QueryResult:
         with self.borrow() as client:
@@ -81,10 +102,14 @@ class ClientPool:
             return client.insert(table, data, **kwargs)
 
     def close(self) -> None:
-        """Close every client opened (call once nothing borrows any more)."""
+        """Close the idle clients; a borrowed one is closed when it comes back. Later
+        calls raise ``StoreUnavailable``."""
         with self._lock:
-            opened, self._opened = self._opened, []
-        for client in opened:
+            self._closed = True
+            idle = []
+            while not self._idle.empty():
+                idle.append(self._idle.get_nowait())
+        for client in idle:
             client.close()
 
 

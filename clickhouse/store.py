@@ -21,16 +21,17 @@ RETENTION_ENV = "SPANHOUSE_RETENTION_DAYS"
 """Whole days to keep data for (every table gets a TTL); unset keeps everything."""
 
 
-READERS = 4
-"""Clients the store's readers may hold at once: concurrent API requests and the parallel
-queries of one request (the detail and performance calls run up to five)."""
+READERS = 6
+"""Clients in the store's pool: enough for the parallel queries of one request (the
+performance call runs five at once) with one to spare for another request."""
 
 
 @dataclass(frozen=True)
 class Store:
     """An open, migrated store: a client for administration (migrations, retention,
-    tests), a pool of clients for reads, and the writer for spans. Each has its own
-    connections, so a read never waits for an insert, nor reads for each other."""
+    tests), a pool of clients for the API's requests (reads, and the deletions and
+    feedback they make), and the writer for spans. Each has connections of its own, so
+    a request never waits for an insert of spans."""
 
     dsn: str
     client: Client
@@ -39,9 +40,11 @@ class Store:
 
     def close(self) -> None:
         """Release the connections (for the embedded engine: the data directory)."""
-        self.readers.close()
-        self.writer.close()
-        self.client.close()
+        try:
+            self.readers.close()
+            self.writer.close()
+        finally:
+            self.client.close()
 
 
 def retention_from_env() -> int | None:
@@ -60,7 +63,17 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
     """Connect to ``dsn`` (see ``resolve_dsn``), migrate, and apply ``retention_days``."""
     dsn = resolve_dsn(dsn)
     client = connect(dsn)
-    migrate(client, cluster=cluster)
-    if retention_days is not None:
-        apply_retention(client, retention_days, cluster=cluster)
-    return Store(dsn, client, ClientPool(lambda: connect(dsn), READERS), Writer(connect(dsn), embedded_path(dsn)))
+    try:
+        migrate(client, cluster=cluster)
+        if retention_days is not None:
+            apply_retention(client, retention_days, cluster=cluster)
+        writer_client = connect(dsn)
+        try:
+            writer = Writer(writer_client, embedded_path(dsn))
+        except BaseException:
+            writer_client.close()
+            raise
+    except BaseException:
+        client.close()  # for the embedded engine: else the data directory stays held by this process
+        raise
+    return Store(dsn, client, ClientPool(lambda: connect(dsn), READERS), writer)

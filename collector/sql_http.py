@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from spanhouse.clickhouse.pool import ClientPool
 from spanhouse.collector.auth import KeyRing, key_from_headers
 from spanhouse.errors import AuthError
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from clickhouse_connect.driver.client import Client
 
 from spanhouse.clickhouse import Store, connect, history
 from spanhouse.clickhouse.pool import ClientPool, gather
+from spanhouse.errors import StoreUnavailable
 
 
 def test_pool_opens_clients_on_demand_up_to_its_size_and_reuses_them(store: Store) -> None:
@@ -61,3 +63,31 @@ def test_a_read_does_not_wait_for_the_writers_connection(store: Store, tenant: s
         assert done, "a read waited for the writer's connection"
     finally:
         busy.close()
+
+
+def test_a_closed_pool_refuses_and_closes_what_comes_back(store: Store) -> None:
+    closed: list[Client] = []
+
+    class Tracked:
+        """A real client whose close is recorded (and done)."""
+
+        def __init__(self) -> None:
+            self.client = connect(store.dsn)
+
+        def command(self, *args: object, **kwargs: object) -> object:
+            return self.client.command(*args, **kwargs)  # type: ignore[arg-type]
+
+        def close(self) -> None:
+            closed.append(self.client)
+            self.client.close()
+
+    pool = ClientPool(Tracked, 2)  # type: ignore[arg-type]
+    with pool.borrow(), pool.borrow():
+        pass  # two clients open, both idle now
+    with pool.borrow() as out:
+        pool.close()
+        assert len(closed) == 1, "the idle client is closed at once"
+        assert out.command("SELECT 2") == 2  # a borrowed one still works until it comes back
+    assert len(closed) == 2, "a client coming back to a closed pool is closed"
+    with pytest.raises(StoreUnavailable, match="closed"):
+        pool.command("SELECT 3")

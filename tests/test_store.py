@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -99,11 +100,13 @@ def test_cluster_rendering_parses_and_is_cluster_shaped(store: Store) -> None:
     assert re.search(r"ALTER TABLE feedback_mv ON CLUSTER prod MODIFY QUERY\n.*\nFROM otel_traces_local\n", ddl, re.S)
 
 
-def _in_child(script: str, store_dir: Path) -> list[str]:
+def _in_child(script: str, store_dir: Path, tz: str | None = None) -> list[str]:
     """The output lines of ``script`` run by a fresh interpreter with the DSN of
-    ``store_dir`` as ``sys.argv[1]``: a process holds one embedded store at a time."""
+    ``store_dir`` as ``sys.argv[1]`` (and the engine in time zone ``tz``, if given): a
+    process holds one embedded store at a time."""
+    env = None if tz is None else {**os.environ, "TZ": tz}
     done = subprocess.run([sys.executable, "-c", script, f"chdb://{store_dir}"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
@@ -166,6 +169,29 @@ def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) 
     later = [rolled[0], ("t", "2026-01-02 00:00:00", "search", 2, 0, 60, 40), rolled[2]]
     assert _in_child(script, tmp_path) == [f"['0011_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2 + [
         f"{later} {later}"]
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
+def test_deleting_rebuilds_the_day_its_hour_bucket_is_in(tmp_path: Path, tz: str) -> None:
+    """Hour buckets follow the engine's time zone; in one half an hour off UTC, a call at
+    00:10 UTC sits in the bucket of 23:30 the day before, and that day is the one the
+    deletion must rebuild."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import open_store\n"
+        "from spanhouse.clickhouse.deletion import delete_traces\n"
+        "s = open_store(sys.argv[1]); c = s.client\n"
+        "c.command(\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName, DurationNs) VALUES \"\n"
+        "          \"('t', toDateTime64('2026-01-01 23:55:00', 9, 'UTC'), 'kept', 'search', 10), \"\n"
+        "          \"('t', toDateTime64('2026-01-02 00:10:00', 9, 'UTC'), 'gone', 'search', 20)\")\n"
+        "delete_traces(c, 't', ['gone'])\n"
+        "for t, n in (('tool_calls', 'count()'), ('tool_stats_1h', 'sum(Calls)'), ('tool_stats_1h_by_time', 'sum(Calls)'),\n"
+        "             ('tool_stats_1d', 'sum(Calls)')):\n"
+        "    print(t, c.command(f\"SELECT {n} FROM {t} WHERE Tenant = 't'\"))\n"
+        "s.close()\n"
+    )
+    assert _in_child(script, tmp_path, tz) == [f"{t} 1" for t in ("tool_calls", "tool_stats_1h",
+                                                                  "tool_stats_1h_by_time", "tool_stats_1d")]
 
 
 def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
--- Tools called min_repeats+ times within one of the given executions (their calls per
--- tool from execution_tool_calls, read by primary key). Per tool: in how many
--- executions, the most calls in one, and that execution's trace id.
+-- Tools called min_repeats+ times within one of the given executions (all their calls
+-- per tool, from execution_tool_calls, read by primary key; the executions start in the
+-- window). Per tool: in how many executions, the most calls in one, and that
+-- execution's trace id.
 SELECT
     tool,
     count() AS executions,

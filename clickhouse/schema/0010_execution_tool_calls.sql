@@ -24,12 +24,14 @@ GROUP BY Tenant, TraceId, ToolName;
 
 -- The tool calls stored before this migration (the view sees only later inserts), for
 -- the executions not in the table yet: running the file again (it is recorded only
--- once all of it ran) adds nothing twice. A writer inserting while this runs could
+-- once all of it ran) adds nothing twice, though after a run that failed partway an
+-- execution it reached keeps what it got. A writer inserting while this runs could
 -- have an execution's later calls here already and its earlier ones left out; the
--- collector migrates before it listens. Spills to disk past 1 GB of groups.
+-- collector migrates before it listens. GLOBAL: on a cluster both sides are Distributed
+-- tables. Spills to disk past 1 GB of groups.
 INSERT INTO execution_tool_calls
 SELECT Tenant, TraceId, ToolName, count() AS Calls, max(Timestamp) AS LastCall
 FROM tool_calls
-WHERE (Tenant, TraceId) NOT IN (SELECT Tenant, TraceId FROM execution_tool_calls)
+WHERE (Tenant, TraceId) GLOBAL NOT IN (SELECT Tenant, TraceId FROM execution_tool_calls)
 GROUP BY Tenant, TraceId, ToolName
 SETTINGS max_bytes_before_external_group_by = 1000000000

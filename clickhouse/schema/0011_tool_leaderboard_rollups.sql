@@ -43,9 +43,12 @@ FROM tool_stats_1h_by_time;
 
 -- What was stored before this migration (the views see only later inserts; the daily
 -- view takes these rows too), for the keys not in the table yet: running the file again
--- adds nothing twice. A writer inserting while this runs could have a key's later rows
--- here already and its earlier ones left out; the collector migrates before it listens.
+-- adds nothing twice, though after a run that failed partway a key it reached keeps what
+-- it got. A writer inserting while this runs could have a key's later rows here already
+-- and its earlier ones left out; the collector migrates before it listens. GLOBAL: on a
+-- cluster both sides are Distributed tables.
 INSERT INTO tool_stats_1h_by_time
 SELECT Tenant, Hour AS Time, ServiceName, ToolName, Calls, Errors, DurationSumNs, DurationMaxNs, DurationQuantiles
 FROM tool_stats_1h
-WHERE (Tenant, Hour, ServiceName, ToolName) NOT IN (SELECT Tenant, Time, ServiceName, ToolName FROM tool_stats_1h_by_time)
+WHERE (Tenant, Hour, ServiceName, ToolName)
+    GLOBAL NOT IN (SELECT Tenant, Time, ServiceName, ToolName FROM tool_stats_1h_by_time)
