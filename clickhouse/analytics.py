@@ -210,17 +210,19 @@ def _params(tenant: str, w: Window, name: str | None) -> dict[str, Any]:
 
 
 def _executions(client: Reader, params: Mapping[str, Any], active: Sequence[str],
-                thresholds_s: Sequence[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows per (type, status) and the window's total: finished count, average and
-    p50/p95 duration (ms), count per duration bucket, first and last start."""
+                thresholds_s: Sequence[float], by_group: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows per (type, status) (none unless ``by_group``) and the window's total:
+    finished count, average and p50/p95 duration (ms), count per duration bucket, first
+    and last start."""
     thresholds_ns = [int(round(t * 1e9)) for t in check_thresholds(thresholds_s)]
-    rows = queries.rows(client, "analytics_executions", {**params, "thresholds_ns": thresholds_ns}, EXECUTIONS, active)
+    rows = queries.rows(client, "analytics_executions" if by_group else "analytics_executions_total",
+                        {**params, "thresholds_ns": thresholds_ns}, EXECUTIONS, active)
     groups = [r for r in rows if not r["is_total"]]
-    total_row = next((r for r in rows if r["is_total"]), None)
-    finished = int(total_row["finished"]) if total_row and groups else 0
+    total_row = next((r for r in rows if r["is_total"] and r["executions"]), None)  # none: no execution
+    finished = int(total_row["finished"]) if total_row else 0
     total: dict[str, Any] = {"finished": finished, "avg": None, "p50": None, "p95": None,
                              "buckets": [0] * (len(thresholds_s) + 1), "first": None, "last": None}
-    if total_row and groups:
+    if total_row:
         total.update(first=iso(total_row["first_start"]), last=iso(total_row["last_start"]))
     if finished:
         p50, p95 = total_row["quantiles_ns"]  # type: ignore[index]
@@ -246,7 +248,7 @@ def performance(client: Reader, tenant: str, days: int, name: str | None = None,
     active = ["name"] if name else []
     (_, total), patterns, tool_rows, token_tips, repeat_tips = gather(
         client,
-        lambda: _executions(client, params, active, thresholds_s),
+        lambda: _executions(client, params, active, thresholds_s, by_group=False),
         lambda: queries.rows(client, "analytics_error_patterns", {**params, "limit": ERROR_PATTERNS}),
         # the current window only: prev_since = since leaves the previous one empty
         lambda: _tool_stats(client, {**params, "prev_since": w.since}, min_calls),

@@ -7,22 +7,12 @@
 -- t_i <= d < t_(i+1), bucket 4 those at or above t4. The bucket index is a sum of
 -- comparisons (countIf per bucket): a third cheaper than array functions per row.
 WITH
-    e.Status != 'running' AS _finished,
-    (e.DurationNs >= {thresholds_ns:Array(UInt64)}[1]) + (e.DurationNs >= {thresholds_ns:Array(UInt64)}[2])
-        + (e.DurationNs >= {thresholds_ns:Array(UInt64)}[3]) + (e.DurationNs >= {thresholds_ns:Array(UInt64)}[4])
-        AS _bucket
+{{include:execution_window_with}}
 SELECT
     e.Type AS type,
     e.Status AS status,
     grouping(type, status) = 3 AS is_total,
-    count() AS executions,
-    countIf(_finished) AS finished,
-    sumIf(e.DurationNs, _finished) AS duration_sum_ns,
-    min(e.StartTime) AS first_start,
-    max(e.StartTime) AS last_start,
-    quantilesExactInclusiveIf(0.5, 0.95)(e.DurationNs, _finished) AS quantiles_ns,
-    [countIf(_finished AND _bucket = 0), countIf(_finished AND _bucket = 1), countIf(_finished AND _bucket = 2),
-     countIf(_finished AND _bucket = 3), countIf(_finished AND _bucket = 4)] AS buckets
+{{include:execution_window_aggregates}}
 FROM executions AS e FINAL
 WHERE e.Tenant = {tenant:String}
   AND e.StartTime >= toDateTime64({since:DateTime}, 9) AND e.StartTime < toDateTime64({until:DateTime}, 9) {{filters}}
