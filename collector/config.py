@@ -15,12 +15,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from spanhouse import BOOLEAN_WORDS
 from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, embedded_path
 from spanhouse.clickhouse.migrations import MAX_RETENTION_DAYS
 from spanhouse.collector.auth import ENV as INLINE_KEYS_ENV
 from spanhouse.errors import ConfigError
 
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -159,9 +159,9 @@ def _convert(name: str, kind: Any, raw: str | bool | list[str]) -> Any:
             if isinstance(raw, bool):
                 return raw
             word = str(raw).strip().lower()
-            if word not in _BOOLEANS:  # a typo must not quietly mean "off" (or "on")
+            if word not in BOOLEAN_WORDS:  # a typo must not quietly mean "off" (or "on")
                 raise ValueError(word)
-            return _BOOLEANS[word]
+            return BOOLEAN_WORDS[word]
         if name.endswith("_bytes"):
             return parse_size(str(raw))
         if "Path" in kind:

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 from opentelemetry.util.re import parse_env_headers
 
+from spanhouse import BOOLEAN_WORDS
+
 logger = logging.getLogger("spanhouse.sdk")
 
 Protocol = Literal["grpc", "http/protobuf"]
@@ -120,8 +122,6 @@ DEFAULT_HTTP_ENDPOINT: Final = "http://127.0.0.1:4318/v1/traces"
 DEFAULT_MAX_VALUE_LENGTH: Final = 16384
 TRACES_PATH: Final = "/v1/traces"
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
 
 @dataclass(frozen=True)
 class Settings:
@@ -185,13 +185,11 @@ def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    logger.warning("%s=%r is not a boolean; using the default %s", name, raw, default)
-    return default
+    value = BOOLEAN_WORDS.get(raw.strip().lower())
+    if value is None:
+        logger.warning("%s=%r is not a boolean; using the default %s", name, raw, default)
+        return default
+    return value
 
 
 def env_positive_int(name: str, default: int) -> int:

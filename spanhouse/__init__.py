@@ -7,3 +7,8 @@ The distribution is three packages: ``spanhouse.sdk`` (instrumentation),
 """
 
 __version__ = "0.1.0"
+
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True,
+                 "false": False, "0": False, "no": False, "off": False}
+"""How spanhouse reads a boolean setting (lower case): its ``SPANHOUSE_*`` variables and
+the collector's flags. OpenTelemetry's own ``OTEL_*`` booleans accept ``true`` alone."""
