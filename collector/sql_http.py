@@ -111,7 +111,7 @@ class SqlEndpoint:
         settings are applied to the connection's session, and ``readonly`` cannot be
         switched back off once on. A pool, because Grafana asks for every panel of a
         dashboard at once: on one connection the panels would load one after the other."""
-        self._client = clients
+        self._clients = clients
         self._keys = keys
         self.app = Starlette(routes=[Route("/", self._query, methods=["GET", "POST"]),
                                      Route("/ping", lambda _: PlainTextResponse("Ok.\n"), methods=["GET", "HEAD"])])
@@ -149,9 +149,9 @@ class SqlEndpoint:
 
     def _run(self, sql: str, query_params: dict[str, str], settings: dict[str, object], fmt: str) -> bytes:
         """Run ``sql`` read-only; ``PermissionError`` if it would reach outside the store."""
-        ast = self._client.raw_query(f"EXPLAIN AST {sql}", parameters=query_params or None, settings=settings,
+        ast = self._clients.raw_query(f"EXPLAIN AST {sql}", parameters=query_params or None, settings=settings,
                                      fmt="TabSeparatedRaw")
         reason = outside_reach(ast.decode("utf-8", "replace"))
         if reason is not None:
             raise PermissionError(reason)
-        return self._client.raw_query(sql, parameters=query_params or None, settings=settings, fmt=fmt)
+        return self._clients.raw_query(sql, parameters=query_params or None, settings=settings, fmt=fmt)
