@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 
 from spanhouse.clickhouse import IngestItem, Store
 from spanhouse.collector.auth import add_key
@@ -145,6 +147,11 @@ class ServeProcess:
         self.ports = json.loads(result[0])
         return self.ports
 
+    @property
+    def api_url(self) -> str:
+        """The started collector's query API (and /metrics)."""
+        return f"http://127.0.0.1:{self.ports['api_port']}"
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -156,11 +163,26 @@ class ServeProcess:
         return self.proc.wait(timeout)
 
 
+def in_child(script: str, data: Path, *args: str, tz: str | None = None) -> list[str]:
+    """The output lines of ``script`` run by a fresh interpreter with the DSN of the
+    embedded store in ``data`` as ``sys.argv[1]`` and ``args`` after it (and the engine
+    in time zone ``tz``, if given): a process holds one embedded store at a time, so the
+    store must not be open here."""
+    env = None if tz is None else {**os.environ, "TZ": tz}
+    done = subprocess.run([sys.executable, "-c", script, f"chdb://{data}", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def count_in_store(data: Path, sql: str) -> Any:
     """Run one query against an embedded store in a child process (the store must be closed)."""
     script = ("import sys, json\nfrom spanhouse.clickhouse import connect\n"
               "c = connect(sys.argv[1])\nprint(json.dumps(c.query(sys.argv[2]).result_rows))\n")
-    done = subprocess.run([sys.executable, "-c", script, f"chdb://{data}", sql], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(in_child(script, data, sql)[0])
+
+
+def metric(api_url: str, name: str) -> float:
+    """A collector's Prometheus metric ``name`` from ``/metrics``, summed over its labels."""
+    text = httpx.get(api_url + "/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))

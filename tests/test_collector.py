@@ -4,6 +4,7 @@ OTLP/JSON, every error path with its status and body, auth, backpressure, recove
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import gzip
 import json
 import threading
@@ -32,7 +33,7 @@ from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import gunzip
 from spanhouse.collector.spool import Spool
 from spanhouse.errors import ConfigError, Forbidden, InvalidData, PayloadTooLarge, SpoolFull
-from tests.collector_harness import EXPORT, FaultyWriter, Running, grpc_export, running_collector
+from tests.collector_harness import EXPORT, FaultyWriter, Running, grpc_export, metric, running_collector
 from tests.otlp import request, span, trace_id
 
 
@@ -290,7 +291,7 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
                                                                              tenant: str) -> None:
     body = request([span(f"s{i}", trace_id(), attributes={"pad": "p" * 3000}) for i in range(20)]).SerializeToString()
     faulty = FaultyWriter(store.writer)
-    broken = Store(store.dsn, store.client, store.readers, faulty)  # type: ignore[arg-type]
+    broken = dataclasses.replace(store, writer=faulty)  # type: ignore[arg-type]
     with running_collector(broken, tmp_path, tenant, spool_max_bytes=1 << 20) as c:
         hdrs = {"content-type": "application/x-protobuf", **c.headers()}
         acked = 0
@@ -330,7 +331,7 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
     segment is handled) must not end the exporter thread: the segment stays, /readyz says
     not ready, and once the cause is gone everything acknowledged lands."""
     faulty = FaultyWriter(store.writer, error=lambda: OSError(28, "No space left on device"))
-    with running_collector(Store(store.dsn, store.client, store.readers, faulty), tmp_path, tenant) as c:  # type: ignore[arg-type]
+    with running_collector(dataclasses.replace(store, writer=faulty), tmp_path, tenant) as c:  # type: ignore[arg-type]
         body = request([span(f"s{i}", trace_id()) for i in range(5)]).SerializeToString()
         hdrs = {"content-type": "application/x-protobuf", **c.headers()}
         assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200
@@ -410,21 +411,17 @@ def test_request_bytes_held_at_once_are_bounded_and_the_overflow_is_asked_to_ret
         slow = [concurrent.futures.ThreadPoolExecutor(1).submit(
             httpx.post, c.http_url, content=stalled(b), headers=hdrs, timeout=60) for b in bodies[:2]]
         deadline = time.monotonic() + 30
-        while _held_bytes(c) < len(bodies[0]) + len(bodies[1]) - 300 and time.monotonic() < deadline:
+        held = len(bodies[0]) + len(bodies[1]) - 300
+        while metric(c.api_url, "spanhouse_request_bytes_held") < held and time.monotonic() < deadline:
             time.sleep(0.02)
         refused = httpx.post(c.http_url, content=bodies[2], headers=hdrs, timeout=30)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         go.set()
         assert [f.result().status_code for f in slow] == [200, 200]
         assert httpx.post(c.http_url, content=bodies[2], headers=hdrs, timeout=30).status_code == 200
-        assert _held_bytes(c) == 0
+        assert metric(c.api_url, "spanhouse_request_bytes_held") == 0
         c.wait_drained()
     assert _count(store, tenant) == 300
-
-
-def _held_bytes(c: Running) -> float:
-    text = httpx.get(c.api_url + "/metrics").text
-    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("spanhouse_request_bytes_held ")))
 
 
 def test_health_endpoints(store: Store, tmp_path: Path, tenant: str) -> None:

@@ -3,15 +3,13 @@ restart, and every acknowledged span is stored exactly once; SIGTERM drains and 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
 
 import grpc
-import httpx
 
-from tests.collector_harness import ServeProcess, count_in_store, grpc_export
+from tests.collector_harness import ServeProcess, count_in_store, grpc_export, metric
 from tests.otlp import request, span, trace_id
 
 
@@ -47,12 +45,10 @@ class Streamer:
         self._thread.join(30)
 
 
-def _wait_drained(api_port: int, timeout: float = 60.0) -> None:
+def _wait_drained(api_url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{api_port}/metrics").text
-        segments = re.search(r"^spanhouse_spool_segments (\S+)$", text, re.M)
-        if segments and float(segments.group(1)) == 0:
+        if metric(api_url, "spanhouse_spool_segments") == 0:
             return
         time.sleep(0.2)
     raise AssertionError("the restarted collector did not drain its spool")
@@ -75,7 +71,7 @@ def test_kill9_at_several_points_loses_and_duplicates_nothing_acknowledged(tmp_p
         sent += streamer.sent
     proc = ServeProcess(data)
     ports = proc.start()
-    _wait_drained(ports["api_port"])
+    _wait_drained(proc.api_url)
     assert proc.terminate() == 0
     counts = dict(count_in_store(data, "SELECT SpanName, count() FROM otel_traces GROUP BY SpanName"))
     missing = [n for n in acked if n not in counts]

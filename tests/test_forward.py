@@ -5,7 +5,6 @@ exactly once. A dead destination with a small bound drops (and counts), never bl
 from __future__ import annotations
 
 import http.server
-import re
 import socket
 import threading
 import time
@@ -13,14 +12,13 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from spanhouse.collector.forward import Destination, Forwarder, Sender
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool
-from tests.collector_harness import ServeProcess, count_in_store, grpc_export
+from tests.collector_harness import ServeProcess, count_in_store, grpc_export, metric
 from tests.otlp import request, span, trace_id
 
 
@@ -38,11 +36,6 @@ def _send(ports: dict[str, int], prefix: str, n: int, pad: int = 0) -> list[str]
         assert grpc_export(f"127.0.0.1:{ports['grpc_port']}", body, None)[0] is grpc.StatusCode.OK
         names += batch
     return names
-
-
-def _metric(ports: dict[str, int], name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{ports['api_port']}/metrics").text
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def _wait(condition, timeout: float = 90.0) -> None:  # type: ignore[no-untyped-def]
@@ -66,11 +59,11 @@ def test_chain_survives_downstream_outage_and_upstream_restart(tmp_path: Path) -
     sent += _send(a_ports, "second", 20)
     b = ServeProcess(tmp_path / "b", "--batch-delay", "0.2")
     b.args[b.args.index("--grpc-port") + 1] = str(b_grpc)
-    b_ports = b.start()
-    _wait(lambda: _metric(a_ports, "spanhouse_forward_backlog_bytes") == 0
-          and _metric(a_ports, "spanhouse_spool_segments") == 0)
-    _wait(lambda: _metric(b_ports, "spanhouse_spans_accepted_total") >= 200
-          and _metric(b_ports, "spanhouse_spool_segments") == 0)
+    b.start()
+    _wait(lambda: metric(a.api_url, "spanhouse_forward_backlog_bytes") == 0
+          and metric(a.api_url, "spanhouse_spool_segments") == 0)
+    _wait(lambda: metric(b.api_url, "spanhouse_spans_accepted_total") >= 200
+          and metric(b.api_url, "spanhouse_spool_segments") == 0)
     assert a.terminate() == 0 and b.terminate() == 0
     for data in (tmp_path / "a", tmp_path / "b"):
         counts = dict(count_in_store(data, "SELECT SpanName, count() FROM otel_traces GROUP BY SpanName"))
@@ -86,9 +79,9 @@ def test_dead_destination_is_bounded_counted_and_never_slows_ingest(tmp_path: Pa
     started = time.monotonic()
     sent = _send(ports, "x", 60, pad=2000)  # ~1.2 MB for a 64 KiB bound
     assert time.monotonic() - started < 30
-    _wait(lambda: _metric(ports, "spanhouse_spool_segments") == 0)
-    _wait(lambda: _metric(ports, "spanhouse_forward_dropped_bytes_total") > 0)
-    assert _metric(ports, "spanhouse_forward_backlog_bytes") <= 64 * 1024 * 2
+    _wait(lambda: metric(a.api_url, "spanhouse_spool_segments") == 0)
+    _wait(lambda: metric(a.api_url, "spanhouse_forward_dropped_bytes_total") > 0)
+    assert metric(a.api_url, "spanhouse_forward_backlog_bytes") <= 64 * 1024 * 2
     assert a.terminate() == 0
     assert count_in_store(tmp_path / "a", "SELECT count() FROM otel_traces") == [[len(sent)]]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from spanhouse.clickhouse import migrations as migrate_module
 from spanhouse.clickhouse.sqlfiles import split_statements
 from spanhouse.collector import cli
 from spanhouse.errors import ConfigError, MigrationError, StoreUnavailable
-from tests.collector_harness import ServeProcess, count_in_store
+from tests.collector_harness import ServeProcess, count_in_store, in_child
 from tests.conftest import write
 from tests.otlp import request, span, trace_id
 
@@ -100,17 +99,6 @@ def test_cluster_rendering_parses_and_is_cluster_shaped(store: Store) -> None:
     assert re.search(r"ALTER TABLE feedback_mv ON CLUSTER prod MODIFY QUERY\n.*\nFROM otel_traces_local\n", ddl, re.S)
 
 
-def _in_child(script: str, store_dir: Path, tz: str | None = None) -> list[str]:
-    """The output lines of ``script`` run by a fresh interpreter with the DSN of
-    ``store_dir`` as ``sys.argv[1]`` (and the engine in time zone ``tz``, if given): a
-    process holds one embedded store at a time."""
-    env = None if tz is None else {**os.environ, "TZ": tz}
-    done = subprocess.run([sys.executable, "-c", script, f"chdb://{store_dir}"], capture_output=True, text=True,
-                          timeout=120, env=env)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
-
-
 def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Path) -> None:
     """A store that has tool calls when migration 0010 arrives gets them counted in
     execution_tool_calls; running the file again (as after a failure before it was
@@ -132,7 +120,7 @@ def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Pa
         "s.close()\n"
     )
     counted = [("t", "a", "fetch", 1), ("t", "a", "search", 2), ("t", "b", "search", 1), ("u", "a", "search", 1)]
-    assert _in_child(script, tmp_path) == [
+    assert in_child(script, tmp_path) == [
         f"['0010_execution_tool_calls.sql'] {counted}",
         f"['0010_execution_tool_calls.sql'] {counted}",
         str([*counted[:2], ("t", "b", "search", 2), counted[3]]),  # and the view counts what comes after
@@ -167,7 +155,7 @@ def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) 
     rolled = [("t", "2026-01-01 00:00:00", "search", 2, 1, 40, 30), ("t", "2026-01-02 00:00:00", "search", 1, 0, 20, 20),
               ("u", "2026-01-01 00:00:00", "fetch", 1, 0, 5, 5)]
     later = [rolled[0], ("t", "2026-01-02 00:00:00", "search", 2, 0, 60, 40), rolled[2]]
-    assert _in_child(script, tmp_path) == [f"['0011_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2 + [
+    assert in_child(script, tmp_path) == [f"['0011_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2 + [
         f"{later} {later}"]
 
 
@@ -190,7 +178,7 @@ def test_deleting_rebuilds_the_day_its_hour_bucket_is_in(tmp_path: Path, tz: str
         "    print(t, c.command(f\"SELECT {n} FROM {t} WHERE Tenant = 't'\"))\n"
         "s.close()\n"
     )
-    assert _in_child(script, tmp_path, tz) == [f"{t} 1" for t in ("tool_calls", "tool_stats_1h",
+    assert in_child(script, tmp_path, tz=tz) == [f"{t} 1" for t in ("tool_calls", "tool_stats_1h",
                                                                   "tool_stats_1h_by_time", "tool_stats_1d")]
 
 
@@ -210,7 +198,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
         "        print('refused', e)\n"
         "s.close()\n"
     )
-    lines = _in_child(script, tmp_path)
+    lines = in_child(script, tmp_path)
     assert lines[:12] == [f"{t} True" for t in ("otel_traces", "otel_traces_trace_id_ts", "tool_calls",
                                                 "tool_stats_1m", "tool_stats_1h", "tool_stats_1d",
                                                 "tool_stats_1h_by_time", "executions", "error_patterns",
@@ -223,7 +211,7 @@ def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     ttls = "SELECT countIf(engine_full LIKE '% TTL %') FROM system.tables WHERE database = currentDatabase()"
     check = ("import sys\nfrom spanhouse.clickhouse import open_store\ns = open_store(sys.argv[1])\n"
              f"print(s.client.command({ttls!r}))\n")
-    assert _in_child(check, tmp_path) == ["12"]
+    assert in_child(check, tmp_path) == ["12"]
     serve = ServeProcess(tmp_path)
     serve.start()
     assert serve.terminate() == 0
