@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from spanhouse.clickhouse import queries, sqlfiles
@@ -53,8 +54,15 @@ _ROLLUPS = (  # in this order: a rollup read by a later one is rebuilt first
 _NO_DEDUP = {"insert_deduplicate": 0, "mutations_sync": 2, "lightweight_deletes_sync": 2}
 
 
-def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str]) -> dict[str, int]:
-    """Remove ``trace_ids`` of ``tenant`` everywhere; returns executions and spans removed."""
+def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
+                  ingest_paused: AbstractContextManager[object] | None = None) -> dict[str, int]:
+    """Remove ``trace_ids`` of ``tenant`` everywhere; returns executions and spans removed.
+
+    ``ingest_paused`` (the store writer's ``paused()``) holds inserts off while the
+    rollups are rebuilt: a tool call inserted between a group's rows being cleared and
+    recomputed would be counted by its view and by the recomputation. Without it (a
+    script with no writer of its own) nothing else should be writing.
+    """
     ids = sorted(set(trace_ids))
     if not ids:
         return {"executions": 0, "spans": 0}
@@ -66,9 +74,10 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str]) -> dict
     affected = {r: _affected(client, r, params) for r in _ROLLUPS}
     for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
         client.command(stmt, parameters=params, settings=_NO_DEDUP)
-    for rollup, groups in affected.items():
-        if groups:
-            _recompute(client, rollup, tenant, groups)
+    with ingest_paused or nullcontext():
+        for rollup, groups in affected.items():
+            if groups:
+                _recompute(client, rollup, tenant, groups)
     return {"executions": int(executions), "spans": int(spans)}
 
 

@@ -21,7 +21,8 @@ import logging
 import re
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -98,8 +99,10 @@ def frame(items: Sequence[IngestItem]) -> bytes:
 class Writer:
     """Lands batches of OTLP requests in ``otel_traces`` (and so in every view).
 
-    Thread-safe: concurrent ``write`` calls share the client, which both engines allow.
-    The writer owns the client (``close`` closes it).
+    Thread-safe: ``write`` calls take turns on the writer's client (``close`` closes it).
+    ``paused`` holds them off: deletion rebuilds the rollups of the hours it touched
+    inside it, so no insert lands between a rollup's rows being cleared and recomputed
+    from their source (the view's rows and the recomputed ones would both count it).
     ``embedded_dir`` is the data directory of an embedded (chdb) store; the engine then
     reads the protobuf schema from a file kept there, so nothing is written to the
     process's working directory. For a server the schema travels as text with the query.
@@ -115,7 +118,7 @@ class Writer:
     def __init__(self, client: Client, embedded_dir: Path | None = None) -> None:
         self._client = client
         self._exact_batches = 0
-        self._lock = threading.Lock()
+        self._gate = threading.Lock()  # held for each insert, and by ``paused``
         self._purge = embedded_dir is not None
         source = resources.files("spanhouse.clickhouse").joinpath(_PROTO)
         if embedded_dir is not None:
@@ -155,6 +158,19 @@ class Writer:
             # views' inserts too, so a replayed batch changes no count anywhere.
             settings = {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
         try:
+            with self._gate:
+                self._insert(items, settings)
+        finally:
+            self._release_memory()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No batch is inserted while the block runs; an insert under way finishes first."""
+        with self._gate:
+            yield
+
+    def _insert(self, items: Sequence[IngestItem], settings: dict[str, object]) -> None:
+        try:
             self._client.raw_insert(
                 "otlp_ingest", insert_block=frame(items), fmt="Protobuf",
                 settings={**self._schema_settings, **settings},
@@ -170,8 +186,6 @@ class Writer:
                 # stricter than protobuf's own): the exact path decodes and renders in Python.
                 log.warning("ClickHouse refused a batch on the fast path; taking the exact path: %s", text[:300])
             self._write_exact(items, settings)
-        finally:
-            self._release_memory()
 
     def _release_memory(self) -> None:
         """Return the pages the insert freed to the OS (embedded engine only; see the class)."""
@@ -199,8 +213,7 @@ class Writer:
             if _transient(exc):
                 raise StoreUnavailable(f"ClickHouse insert failed; it will be retried: {str(exc)[:500]}") from exc
             raise WriteError(f"ClickHouse rejected the batch's data: {str(exc)[:500]}") from exc
-        with self._lock:
-            self._exact_batches += 1
+        self._exact_batches += 1  # under the gate
 
 
 def _transient(exc: ClickHouseError) -> bool:

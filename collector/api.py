@@ -184,7 +184,7 @@ def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pat
     trace_id = trace_id.lower()
     if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
         raise HTTPException(404, f"no execution {trace_id}")
-    return deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id])
+    return deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id], ctx.store.writer.paused())
 
 
 @executions.delete("/executions")
@@ -198,7 +198,7 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
     ids = history.matching_ids(ctx.store.readers, who.tenant, values)
     if dry_run:
         return {"executions": len(ids)}
-    return deletion.delete_traces(ctx.store.readers, who.tenant, ids)
+    return deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused())
 
 
 @executions.post("/feedback", status_code=201, responses={404: {"description": "no such execution"}})

@@ -6,12 +6,15 @@ import dataclasses
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from spanhouse.clickhouse import Store, connect, embedded_path, migrate, resolve_dsn
+from spanhouse.clickhouse import IngestItem, Store, connect, embedded_path, migrate, resolve_dsn
 from spanhouse.clickhouse import migrations as migrate_module
+from spanhouse.clickhouse.deletion import delete_traces
 from spanhouse.clickhouse.sqlfiles import split_statements
 from spanhouse.collector import cli
 from spanhouse.errors import ConfigError, MigrationError, StoreUnavailable
@@ -157,6 +160,46 @@ def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) 
     later = [rolled[0], ("t", "2026-01-02 00:00:00", "search", 2, 0, 60, 40), rolled[2]]
     assert in_child(script, tmp_path) == [f"['0011_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2 + [
         f"{later} {later}"]
+
+
+class _WriteWhileRebuilding:
+    """A reader for ``delete_traces`` that, once the tool rollups of the affected hours
+    are cleared and before they are recomputed, has the writer insert ``batch`` from
+    another thread and gives it a second to land."""
+
+    def __init__(self, store: Store, batch: list[IngestItem]) -> None:
+        self._store = store
+        self._batch = batch
+        self.writing: threading.Thread | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store.readers, name)
+
+    def command(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        result = self._store.readers.command(sql, *args, **kwargs)
+        if self.writing is None and sql.startswith("DELETE FROM tool_stats_1h_by_time "):
+            self.writing = threading.Thread(target=self._store.writer.write, args=(self._batch,))
+            self.writing.start()
+            self.writing.join(timeout=1)
+        return result
+
+
+def test_a_tool_call_written_while_a_deletion_rebuilds_its_hour_counts_once(store: Store, tenant: str) -> None:
+    hour = 1_700_002_800_000_000_000  # 2023-11-14 23:00 UTC, a whole hour
+    tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+    gone, kept, late = trace_id(), trace_id(), trace_id()
+    write(store, tenant, request([span("execute_tool search", gone, start=hour, attributes=tool)]),
+          request([span("execute_tool search", kept, start=hour + 60 * 10**9, attributes=tool)]))
+    late_batch = [IngestItem(tenant, request([span("execute_tool search", late, start=hour + 120 * 10**9,
+                                                   attributes=tool)]).SerializeToString())]
+    reader = _WriteWhileRebuilding(store, late_batch)
+    delete_traces(reader, tenant, [gone.hex()], store.writer.paused())
+    assert reader.writing is not None
+    reader.writing.join()
+    calls = {table: store.client.command(f"SELECT sum(Calls) FROM {table} WHERE Tenant = {{t:String}}",
+                                         parameters={"t": tenant})
+             for table in ("tool_stats_1m", "tool_stats_1h", "tool_stats_1h_by_time", "tool_stats_1d")}
+    assert calls == dict.fromkeys(calls, 2)  # kept and late, each once
 
 
 @pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
