@@ -39,7 +39,7 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
             raise InvalidData(f"the body is not a valid OTLP protobuf ExportTraceServiceRequest: {exc}") from exc
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise InvalidData(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise InvalidData("an OTLP/JSON request must be a JSON object with resourceSpans")
