@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -95,7 +96,8 @@ class Ingest:
         """Store the valid spans of ``request`` for ``principal``'s tenant.
 
         ``raw`` is the request's protobuf encoding when the receiver has it: a request
-        with nothing rejected is spooled byte for byte, not encoded again. Raises
+        with nothing rejected is spooled byte for byte when that encoding is canonical
+        (``_payload``), not encoded again. Raises
         ``Forbidden`` without the ingest scope and ``SpoolFull`` under backpressure.
         """
         principal.require("ingest")
@@ -104,9 +106,26 @@ class Ingest:
         for reason, n in verdict.rejected.items():
             self._metrics.spans_rejected.labels(reason=reason).inc(n)
         if verdict.accepted:
-            # Bytes ClickHouse's protobuf reader refuses (e.g. an unknown field reusing a
-            # number with another wire type) are handled by the writer's exact path.
-            payload = raw if raw is not None and not verdict.rejected else request.SerializeToString()
-            self._spool.append(principal.tenant, payload)
+            self._spool.append(principal.tenant, _payload(request, raw if not verdict.rejected else None))
             self._metrics.spans_accepted.inc(verdict.accepted)
         return encoding.response(verdict.rejected_count, verdict.message())
+
+
+def _payload(request: ExportTraceServiceRequest, raw: bytes | None) -> bytes:
+    """What to spool for ``request``: ``raw`` (its encoding as received) when that is
+    canonical, else ``request`` encoded again.
+
+    ClickHouse's protobuf reader, which the writer feeds the spooled bytes to, differs
+    from protobuf on two things a client can send: a singular field sent twice
+    (protobuf keeps the last value, which validation saw; the reader stored an empty
+    one) and a top-level field with the number the writer frames the tenant with
+    (it then stood for the tenant: the spans left the caller's tenant). A body with a
+    field sent twice is longer than the canonical encoding; one with a top-level
+    unknown field is encoded again without unknown fields. Bytes the reader refuses otherwise (e.g. an unknown field reusing a
+    number with another wire type) are handled by the writer's exact path.
+    """
+    if UnknownFieldSet(request):
+        request.DiscardUnknownFields()
+    elif raw is not None and len(raw) == request.ByteSize():
+        return raw
+    return request.SerializeToString()

@@ -18,13 +18,17 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from spanhouse.clickhouse import Store
+from spanhouse.clickhouse.writer import _varint
 from spanhouse.collector.auth import KeyRing, Principal
 from spanhouse.collector.config import Settings
 from spanhouse.collector.ingest import Ingest
@@ -207,6 +211,48 @@ def test_undecodable_body_is_400_with_a_status_in_the_request_encoding(store: St
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         details = dict(err.trailing_metadata())["grpc-status-details-bin"]
         assert status_pb2.Status.FromString(details).details[0].Is(error_details_pb2.BadRequest.DESCRIPTOR)
+
+
+def test_json_nested_too_deep_is_400_not_a_retry(store: Store, tmp_path: Path, tenant: str) -> None:
+    with running_collector(store, tmp_path, tenant) as c:
+        r = httpx.post(c.http_url, content=b"[" * 100_000, headers={"content-type": "application/json", **c.headers()})
+    assert r.status_code == 400 and "Retry-After" not in r.headers and "not valid JSON" in r.json()["message"]
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field (numbers and lengths below 2**28 here)."""
+    return _varint((number << 3) | 2) + _varint(len(data)) + data
+
+
+def test_protobuf_bodies_that_are_not_canonical_are_stored_as_protobuf_reads_them(
+        store: Store, tmp_path: Path, tenant: str) -> None:
+    """The writer frames a request's bytes with the tenant as field 536870911, and
+    ClickHouse's protobuf reader stored an empty value for a singular field sent twice:
+    a body carrying either was acknowledged and then stored outside the caller's tenant,
+    or with its span's name and trace id blank."""
+    def body(name: str) -> tuple[bytes, bytes]:
+        t = trace_id()
+        return t, request([span(name, t)]).SerializeToString()
+    t1, plain = body("tenant field first")
+    spoofed_first = _field(536870911, b"other-tenant") + plain
+    t2, plain = body("tenant field last")
+    spoofed_last = plain + _field(536870911, b"other-tenant")
+    t3, plain = body("name sent twice")
+    resource_spans = ExportTraceServiceRequest.FromString(plain).resource_spans[0]
+    span_bytes = resource_spans.scope_spans[0].spans[0].SerializeToString()
+    # the span's trace id and name sent twice: zeros and "first" before the real ones
+    twice = _field(1, _field(2, _field(2, _field(1, bytes(16)) + _field(5, b"first") + span_bytes)))
+    with running_collector(store, tmp_path, tenant) as c:
+        hdrs = {"content-type": "application/x-protobuf", **c.headers()}
+        for b in (spoofed_first, twice):
+            assert httpx.post(c.http_url, content=b, headers=hdrs).status_code == 200
+        code, _, _ = grpc_export(c.grpc_target, spoofed_last, c.key)
+        assert code is grpc.StatusCode.OK
+        c.wait_drained()
+    rows = store.client.query("SELECT TraceId, SpanName FROM otel_traces WHERE Tenant = {t:String} ORDER BY SpanName",
+                              parameters={"t": tenant}).result_rows
+    assert rows == sorted([(t3.hex(), "name sent twice"), (t1.hex(), "tenant field first"),
+                           (t2.hex(), "tenant field last")], key=lambda r: r[1])
 
 
 def test_json_with_a_non_hex_id_is_400(store: Store, tmp_path: Path, tenant: str) -> None:
