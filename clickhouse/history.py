@@ -34,8 +34,12 @@ class Page:
 
 
 def iso(value: Any) -> Any:
-    """A result datetime (UTC, naive from the driver) as ISO 8601; anything else as is."""
-    return value.replace(tzinfo=timezone.utc).isoformat() if isinstance(value, datetime) else value
+    """A result datetime as ISO 8601 in UTC; anything else as is. The driver returns
+    naive datetimes from a server in UTC and aware ones in the server's zone otherwise
+    (the embedded engine takes the process's TZ)."""
+    if not isinstance(value, datetime):
+        return value
+    return (value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
 
 
 def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:

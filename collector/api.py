@@ -109,8 +109,10 @@ class ExecutionFilters(BaseModel):
 
 
 def _utc(value: datetime) -> datetime:
-    """Naive UTC, as DateTime64 parameters expect."""
-    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+    """``value`` as an aware UTC datetime (without an offset it is UTC). Aware, the
+    driver binds it as the same instant in the store's time zone; a naive one would be
+    read as local time there (the embedded engine takes the process's TZ)."""
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 Filters = Annotated[ExecutionFilters, Query()]
@@ -152,7 +154,7 @@ def list_executions(who: Reader, ctx: Context, filters: Filters,
 async def stream_executions(who: Reader, ctx: Context, request: Request,
                             poll: Annotated[float, Query(ge=0.2, le=30)] = 1.0) -> StreamingResponse:
     """Server-sent events: one ``execution`` event per execution stored from now on."""
-    after, after_id = datetime.now(timezone.utc).replace(tzinfo=None), ""
+    after, after_id = datetime.now(timezone.utc), ""
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal after, after_id

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from spanhouse.clickhouse import Store, deletion, history
-from tests.collector_harness import Running, running_collector
+from tests.collector_harness import Running, ServeProcess, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
 
@@ -393,3 +393,52 @@ def test_deleting_an_execution_deletes_the_feedback_spans_about_it(store: Store,
                                 parameters={"t": tenant, "x": own_trace.hex()}) == 0
     assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String} AND TraceId = {x:String}",
                                 parameters={"t": tenant, "x": host.hex()}) == 1  # the host trace keeps its own span
+
+
+def test_times_are_utc_whatever_the_collectors_time_zone(tmp_path: Path) -> None:
+    """The embedded engine takes the process's TZ: a collector started in Asia/Kolkata
+    read the API's UTC times as local ones (filters and deletion off by 5.5 hours),
+    printed local times as UTC, and the live stream replayed executions stored before
+    it connected (in a zone west of UTC it stayed silent for hours)."""
+    start = 1_763_500_000 * 10**9  # 2025-11-18T21:06:40Z
+    traces = [trace_id() for _ in range(4)]
+    serve = ServeProcess(tmp_path / "store", env={"TZ": "Asia/Kolkata"})
+    ports = serve.start()
+    api, otlp = serve.api_url + "/api/v1", f"http://127.0.0.1:{ports['http_port']}/v1/traces"
+    try:
+        for i, t in enumerate(traces):  # an hour apart
+            body = request([span("agent", t, start=start + i * 3600 * 10**9)]).SerializeToString()
+            assert httpx.post(otlp, content=body, headers={"content-type": "application/x-protobuf"}).status_code == 200
+        deadline = time.monotonic() + 30
+        while httpx.get(api + "/executions").json()["total"] < 4:
+            assert time.monotonic() < deadline, "the executions were not stored"
+            time.sleep(0.2)
+        listed = httpx.get(api + "/executions").json()["items"]
+        assert [e["start_time"] for e in listed][::-1] == [
+            f"2025-11-18T{h}:06:40+00:00" for h in ("21", "22", "23")] + ["2025-11-19T00:06:40+00:00"]
+        assert httpx.get(api + "/executions", params={"since": "2025-11-18T22:06:40Z"}).json()["total"] == 3
+        assert httpx.get(api + "/executions", params={"until": "2025-11-18T22:06:40+00:00"}).json()["total"] == 1
+        assert httpx.get(api + "/executions", params={"until": "2025-11-18T22:06:40"}).json()["total"] == 1
+        export = [json.loads(line)["start_time"] for line in httpx.get(api + "/export").text.splitlines()]
+        assert export[-1] == "2025-11-18 21:06:40.000000000"
+        assert httpx.delete(api + "/executions", params={"before": "2025-11-18T22:06:40Z", "dry_run": "true"}
+                            ).json() == {"executions": 1}
+        events: list[dict[str, Any]] = []
+
+        def listen() -> None:
+            with httpx.stream("GET", api + "/executions/stream", params={"poll": 0.2}, timeout=30) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+                        return
+
+        listener = threading.Thread(target=listen)
+        listener.start()
+        time.sleep(1)  # connected: only executions stored from now on
+        late = trace_id()
+        body = request([span("agent", late, start=time.time_ns())]).SerializeToString()
+        assert httpx.post(otlp, content=body, headers={"content-type": "application/x-protobuf"}).status_code == 200
+        listener.join(30)
+        assert [e["trace_id"] for e in events] == [late.hex()]
+    finally:
+        assert serve.terminate() == 0
