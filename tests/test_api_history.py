@@ -442,3 +442,15 @@ def test_times_are_utc_whatever_the_collectors_time_zone(tmp_path: Path) -> None
         assert [e["trace_id"] for e in events] == [late.hex()]
     finally:
         assert serve.terminate() == 0
+
+
+def test_min_cost_compares_the_cost_as_shown(store: Store, tenant: str) -> None:
+    """0.1 + 0.7 is 0.7999999999999999 in floating point: shown as 0.8, it was left out of
+    min_cost=0.8."""
+    two, one = trace_id(), trace_id()
+    write(store, tenant, request([span("agent", two, attributes={"spanhouse.cost_usd": 0.1}),
+                                  span("llm", two, attributes={"spanhouse.cost_usd": 0.7})]),
+          request([span("agent", one, attributes={"spanhouse.cost_usd": 0.8})]))
+    page = history.list_executions(store.client, tenant, {"min_cost": 0.8})
+    assert sorted(i["trace_id"] for i in page.items) == sorted([two.hex(), one.hex()])
+    assert [i["cost_usd"] for i in page.items] == [0.8, 0.8]
