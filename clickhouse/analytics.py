@@ -140,14 +140,19 @@ def parse_thresholds(raw: str) -> tuple[float, ...]:
     return check_thresholds(values)
 
 
+MAX_THRESHOLD_S = 1e10
+"""The largest duration threshold: about 317 years, and its nanoseconds still fit the
+UInt64 the durations are stored in (beyond ~1.8e10 s they do not)."""
+
+
 def check_thresholds(values: Sequence[float]) -> tuple[float, ...]:
     """``values`` if they are four increasing positive seconds (what analytics_executions.sql
     assumes); ValueError says what is wrong."""
     if len(values) != len(DEFAULT_THRESHOLDS_S):
         raise ValueError(f"expected {len(DEFAULT_THRESHOLDS_S)} thresholds (the upper bounds of "
                          f"{', '.join(DURATION_BUCKETS[:-1])}), got {len(values)}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError("thresholds must be positive, finite numbers of seconds")
+    if not all(math.isfinite(v) and 0 < v <= MAX_THRESHOLD_S for v in values):
+        raise ValueError(f"thresholds must be positive numbers of seconds, at most {MAX_THRESHOLD_S:.0f}")
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"thresholds must be strictly increasing, got {', '.join(map(str, values))}")
     return tuple(values)

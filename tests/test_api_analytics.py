@@ -796,6 +796,7 @@ BAD_PARAMS = [
     ("/performance", {"thresholds": "1,5,5,120"}, "thresholds"), ("/performance", {"thresholds": "5,1,30,120"}, "thresholds"),
     ("/performance", {"thresholds": "0,1,2,3"}, "thresholds"), ("/performance", {"thresholds": "1,5,30,inf"}, "thresholds"),
     ("/performance", {"thresholds": "1,5,30,abc"}, "thresholds"), ("/performance", {"thresholds": "1,5,30,120,600"}, "thresholds"),
+    ("/performance", {"thresholds": "1,5,30,1e300"}, "thresholds"),  # its nanoseconds overflowed: a 500
     ("/performance", {"min_calls": 0}, "min_calls"), ("/performance", {"min_repeats": 1}, "min_repeats"),
     ("/tools", {"sort": "latency"}, "sort"), ("/tools", {"order": "up"}, "order"), ("/tools", {"limit": 0}, "limit"),
     ("/tools", {"limit": 1001}, "limit"), ("/tools", {"min_calls": 0}, "min_calls"), ("/tools", {"days": 400}, "days"),
