@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -163,7 +164,9 @@ def _export(args: argparse.Namespace) -> int:
 def _get_command(path: str, *params: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         values = {p: getattr(args, p) for p in params if getattr(args, p, None) is not None}
-        return _emit(args, _client(args).get(path.format(**vars(args)), **values))
+        # path values (a tool's name) may hold '/', '#', '?' or '%': each is one path segment
+        segments = {k: quote(str(v), safe="") for k, v in vars(args).items() if isinstance(v, (str, int))}
+        return _emit(args, _client(args).get(path.format(**segments), **values))
 
     return run
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys
     assert "limit:" in capsys.readouterr().err
     assert cli.main(["executions", "list", "--url", "http://127.0.0.1:1"]) == 2
     assert "is `spanhouse serve` running" in capsys.readouterr().err
+
+
+def test_a_tool_name_is_one_path_segment(served: tuple[Running, str], capsys: pytest.CaptureFixture[str],
+                                        store: Store) -> None:
+    """'#' and '?' in a tool's name cut the name short ("no tool 'a'") before it was quoted."""
+    write(store, "cli-query", request([span("execute_tool odd", trace_id(), start=time.time_ns(), attributes={
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "a#b?c=1 %2F"})]))
+    body = json.loads(_run(served[0], capsys, "tool", "a#b?c=1 %2F", "--json"))
+    assert body["tool"] == "a#b?c=1 %2F" and sum(p["calls"] for p in body["series"]) == 1
 
 
 def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture[str], store: Store) -> None:
