@@ -171,7 +171,7 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             node["tool"] = {"name": s["tool_name"], "arguments": attrs.get("gen_ai.tool.call.arguments",
                                                                            attrs.get("input.value")),
                             "result": attrs.get("gen_ai.tool.call.result", attrs.get("output.value")),
-                            "error_type": attrs.get("error.type")}
+                            "error_type": s["error_type"] or None}
         nodes[s["span_id"]] = node
     roots = []
     for node in nodes.values():

@@ -179,6 +179,8 @@ def test_detail_has_span_tree_tool_calls_events_rollup_feedback(dataset: tuple[R
     assert children["search"]["status"] == "error"
     assert children["search"]["tool"]["arguments"] == '{"k": 0}' and children["pay"]["tool"]["result"] == "ok"
     assert children["search"]["events"][0]["attributes"]["exception.message"] == "search exploded"
+    # the type from the exception event when no error.type attribute is set, as in tool_calls
+    assert (children["search"]["tool"]["error_type"], children["pay"]["tool"]["error_type"]) == ("ToolError", None)
 
 
 def test_detail_of_unknown_and_foreign_executions_is_404(store: Store, dataset: tuple[Running, dict[str, str]]) -> None:

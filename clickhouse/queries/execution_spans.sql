@@ -21,6 +21,7 @@ SELECT
     spanhouse_is_tool(SpanAttributes) AS is_tool,
     if(spanhouse_is_tool(SpanAttributes), spanhouse_tool_name(SpanAttributes, SpanName), '') AS tool_name,
     spanhouse_is_error(StatusCode, SpanAttributes) AS is_error,
+    spanhouse_error_type(SpanAttributes, `Events.Name`, `Events.Attributes`) AS error_type,
     spanhouse_is_marker(SpanAttributes) AS is_marker,
     arrayMap((n, t, a) -> (n, t, a), `Events.Name`, `Events.Timestamp`, `Events.Attributes`) AS events
 FROM otel_traces
