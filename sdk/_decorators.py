@@ -245,8 +245,10 @@ class ActiveCall:
 
     def current(self) -> _Current:
         """For generators: ``with call.current():`` around each step of the wrapped
-        generator, so the span is current only while the generator's own code runs."""
-        return _Current(self._context)
+        generator, so the span is current only while the generator's own code runs, and
+        what that code made current and has not left yet (a model call, a session) is
+        current again at its next step."""
+        return _Current(self)
 
     def collect(self, item: Any) -> None:
         """Keep a yielded item for the result, up to what could fit in the captured value:
@@ -340,19 +342,21 @@ def _coroutine_wrapper(func: Callable[P, Any], spec: _Spec) -> Callable[P, Any]:
 
 
 class _Current:
-    """Attach a context on entry and detach it on exit (a class, not a contextmanager
-    generator: it runs around every item a wrapped generator yields)."""
+    """Attach a generator call's context on entry; on exit keep the context its code
+    left (a ``with`` it is inside across a ``yield``) for the next step, then detach
+    (a class, not a contextmanager generator: it runs around every item yielded)."""
 
-    __slots__ = ("_context", "_token")
+    __slots__ = ("_call", "_token")
 
-    def __init__(self, context: context_api.Context) -> None:
-        self._context = context
+    def __init__(self, call: ActiveCall) -> None:
+        self._call = call
         self._token: object = None
 
     def __enter__(self) -> None:
-        self._token = context_api.attach(self._context)
+        self._token = context_api.attach(self._call._context)
 
     def __exit__(self, *_: object) -> None:
+        self._call._context = context_api.get_current()
         context_api.detach(self._token)  # type: ignore[arg-type]
 
 

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from spanhouse import sdk
+from spanhouse.sdk._session import current_attributes
 from spanhouse.sdk.testing import CapturedSpans, capture_spans
 
 KINDS = ["sync", "async", "generator", "async_generator", "method", "staticmethod", "classmethod", "async_method"]
@@ -376,6 +377,65 @@ def test_generator_return_value_and_span_is_current_only_inside(spans: CapturedS
     assert stop.value.value == 42
     span = spans.by_name("execute_tool gen")
     assert all(s.get_span_context().span_id == span.context.span_id for s in seen) and len(seen) == 2
+
+
+def _streaming_agent_spans(spans: CapturedSpans, asynchronous: bool) -> dict[str, tuple[str | None, Any, Any]]:
+    """An agent streaming a model's answer: the model call and the session it entered
+    before its first ``yield`` are still current after it (usage, children, session)."""
+    if asynchronous:
+        @sdk.agent(name="streamer")
+        async def agen() -> AsyncIterator[str]:
+            with sdk.session(session_id="s1"), sdk.llm_call("gpt-4o"):
+                yield "chunk"
+                sdk.record_usage(input_tokens=100, output_tokens=20)
+                with sdk.tool_call("after"):
+                    pass
+
+        async def drain() -> list[str]:
+            return [x async for x in agen()]
+
+        assert asyncio.run(drain()) == ["chunk"]
+    else:
+        @sdk.agent(name="streamer")
+        def gen() -> Iterator[str]:
+            with sdk.session(session_id="s1"), sdk.llm_call("gpt-4o"):
+                yield "chunk"
+                assert trace.get_current_span().name == "chat gpt-4o"  # type: ignore[attr-defined]
+                sdk.record_usage(input_tokens=100, output_tokens=20)
+                with sdk.tool_call("after"):
+                    pass
+
+        assert list(gen()) == ["chunk"]
+    by_id = {s.context.span_id: s.name for s in spans.spans()}
+    return {s.name: (by_id.get(s.parent.span_id) if s.parent else None, s.attributes.get("session.id"),
+                     s.attributes.get("gen_ai.usage.input_tokens")) for s in spans.spans()}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["generator", "async generator"])
+def test_a_generator_keeps_what_it_entered_across_a_yield(spans: CapturedSpans, asynchronous: bool) -> None:
+    got = _streaming_agent_spans(spans, asynchronous)
+    assert got["execute_tool after"] == ("chat gpt-4o", "s1", None)
+    assert got["chat gpt-4o"] == ("invoke_agent streamer", "s1", 100)
+    assert got["invoke_agent streamer"][2] is None  # the usage is the model call's
+
+
+def test_a_disabled_async_generator_keeps_what_it_entered_across_a_yield(spans: CapturedSpans) -> None:
+    """Disabled, an async generator runs through the same loop with a call that records
+    nothing; its code's context must survive a ``yield`` there too."""
+    seen: list[object] = []
+
+    @sdk.tool
+    async def agen() -> AsyncIterator[int]:
+        with sdk.session(session_id="s1"):
+            yield 1
+            seen.append(current_attributes())
+
+    async def drain() -> list[int]:
+        return [x async for x in agen()]
+
+    with capture_spans(disabled=True):
+        assert asyncio.run(drain()) == [1]
+    assert seen == [{"session.id": "s1", "gen_ai.conversation.id": "s1"}]
 
 
 def test_async_generator_protocol_and_early_close(spans: CapturedSpans) -> None:
