@@ -54,13 +54,15 @@ key) whose key does not already look secret; what it returns is recorded instead
 
 SECRET_KEY_PATTERN: Final = re.compile(
     r"passw(or)?d|pwd|secret|token(?!s|_?(count|limit|usage|type)|izer)|api[._ -]?key|auth(?!ors?\b)"
+    r"|(access|refresh|api|id|session|oauth|bearer|personal)[._ -]?tokens"
     r"|credential|private[._ -]?key|access[._ -]?key|session[._ -]?key|cookie|jwt|bearer|signature",
     re.IGNORECASE,
 )
 """Keys whose values are replaced by ``[REDACTED]``: password, secret, token (but not the
 token *counts* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``, nor
-``tokenizer``), api_key, authorization, credentials, private/access/session keys,
-cookies, JWTs, signatures."""
+``tokenizer``; plural credentials such as ``refresh_tokens`` or ``api_tokens`` are
+secret), api_key, authorization, credentials, private/access/session keys, cookies,
+JWTs, signatures."""
 
 
 @functools.lru_cache(maxsize=4096)

@@ -92,7 +92,8 @@ def test_deep_nesting_is_cut_with_a_marker() -> None:
 
 
 @pytest.mark.parametrize("key", ["password", "db_password", "passwd", "pwd", "db_pwd", "id_jwt", "token",
-                                 "access_token", "refresh-token",
+                                 "access_token", "refresh-token", "refresh_tokens", "api_tokens", "accessTokens",
+                                 "id_tokens", "oauth_tokens",
                                  "api_key", "apiKey", "x-api-key", "secret", "client_secret", "authorization",
                                  "Authorization", "auth", "credentials", "private_key", "aws_access_key_id",
                                  "cookie", "session_key", "jwt", "bearer", "signature"])
@@ -101,6 +102,7 @@ def test_secret_looking_keys(key: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["max_tokens", "input_tokens", "tokens_used", "token_count", "token_type", "tokenizer",
+                                 "tokens", "output_tokens", "completion_tokens", "total_tokens", "max_new_tokens",
                                  "author",
                                  "authors", "user", "query", "session_id", "name"])
 def test_ordinary_keys(key: str) -> None:
