@@ -225,6 +225,42 @@ def test_deleting_rebuilds_the_day_its_hour_bucket_is_in(tmp_path: Path, tz: str
                                                                   "tool_stats_1h_by_time", "tool_stats_1d")]
 
 
+def test_retention_removes_an_expired_execution_from_every_table_at_once(tmp_path: Path) -> None:
+    """Two executions in one month, the first past the retention: it used to stay listed
+    (without spans, tool calls or tokens) and counted in the tool stats until its whole
+    month expired, because those tables dropped whole monthly parts only."""
+    script = (
+        "import sys, time\n"
+        "from datetime import datetime, timedelta, timezone\n"
+        "from spanhouse.clickhouse import IngestItem, history, open_store\n"
+        "from tests.otlp import request, span, span_id, trace_id\n"
+        "now = datetime.now(timezone.utc)\n"
+        "month = (now.replace(day=1) - timedelta(days=1)).replace(day=1, hour=12, minute=0, second=0, microsecond=0)\n"
+        "old_at, new_at = month + timedelta(days=1), month + timedelta(days=26)  # the same monthly partition\n"
+        "days = (now - (month + timedelta(days=14))).days  # old_at is past it, new_at is not\n"
+        "def execution(at, tool):\n"
+        "    t, root, ns = trace_id(), span_id(), int(at.timestamp()) * 10**9\n"
+        "    return t.hex(), [span('invoke_agent a', t, sid=root, start=ns, duration_ns=10**9,\n"
+        "                          attributes={'gen_ai.operation.name': 'invoke_agent', 'gen_ai.usage.input_tokens': 100}),\n"
+        "                     span('execute_tool ' + tool, t, parent=root, start=ns + 1,\n"
+        "                          attributes={'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': tool})]\n"
+        "old, old_spans = execution(old_at, 'old_tool')\n"
+        "new, new_spans = execution(new_at, 'new_tool')\n"
+        "s = open_store(sys.argv[1])\n"
+        "s.writer.write([IngestItem('t', request(old_spans + new_spans).SerializeToString())])\n"
+        "s.close()\n"
+        "s = open_store(sys.argv[1], retention_days=days)\n"
+        "print([e['trace_id'] == new for e in history.list_executions(s.client, 't', {}).items])\n"
+        "for table in ('tool_stats_1m', 'tool_stats_1h', 'tool_stats_1h_by_time', 'tool_stats_1d'):\n"
+        "    print(table, s.client.query(f'SELECT ToolName, sum(Calls) FROM {table} GROUP BY ToolName').result_rows)\n"
+        "s.close()\n"
+    )
+    lines = in_child(script, tmp_path)
+    assert lines[0] == "[True]"
+    assert lines[1:5] == [f"{t} [('new_tool', 1)]" for t in ("tool_stats_1m", "tool_stats_1h", "tool_stats_1h_by_time",
+                                                              "tool_stats_1d")]
+
+
 def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     # In a child process: the session store's test data is older than any retention.
     script = (

@@ -1,5 +1,6 @@
 -- Applied at every start when SPANHOUSE_RETENTION_DAYS is set ({days} is that whole
--- number): each table drops whole daily/monthly parts older than the retention.
+-- number): the tables partitioned by day drop whole days older than the retention,
+-- the others delete the expired rows (0012: an execution goes from every table at once).
 ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + toIntervalDay({days});
 ALTER TABLE otel_traces_trace_id_ts MODIFY TTL Start + toIntervalDay({days});
 ALTER TABLE tool_calls MODIFY TTL toDateTime(Timestamp) + toIntervalDay({days});
