@@ -152,11 +152,15 @@ class Writer:
         """
         if not items:
             return
-        settings: dict[str, object] = {}
+        # A batch may hold spans of any number of days (a backfill; one request's spans
+        # can be years apart): past the engine's default limit of 100 partitions per
+        # insert it refused the batch with the code of TOO_MANY_PARTS, a transient error,
+        # so the batch was retried forever and the spool behind it stopped draining.
+        settings: dict[str, object] = {"max_partitions_per_insert_block": 0}
         if token:
             # Every table below carries a deduplication window; the token reaches the
             # views' inserts too, so a replayed batch changes no count anywhere.
-            settings = {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
+            settings |= {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
         try:
             with self._gate:
                 self._insert(items, settings)

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from spanhouse.clickhouse import IngestItem, Store, Writer, otlp_rows
 from spanhouse.clickhouse.writer import frame
 from spanhouse.errors import InvalidData, StoreUnavailable
+from tests.collector_harness import in_child
 from tests.conftest import write
 from tests.otlp import AnyValue, KeyValue, KeyValueList, attrs, request, span, span_id, trace_id, value
 
@@ -280,6 +281,28 @@ def test_retried_batch_changes_no_derived_count(store: Store, tenant: str) -> No
         "(SELECT sum(Count) FROM error_patterns WHERE Tenant = {t:String}), "
         "(SELECT count() FROM otel_traces_trace_id_ts WHERE Tenant = {t:String})", parameters={"t": tenant}).result_rows
     assert counts == [(2, 1, 1, 1, 1, 2, 2, 1)]
+
+
+def test_a_batch_spanning_hundreds_of_days_is_stored_once(tmp_path: Path) -> None:
+    """One partition per day: past the engine's default of 100 partitions per insert the
+    batch was refused with a code the writer retries, forever (the spool behind it
+    stopped draining). Fast path and exact path, each written twice with its token."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import IngestItem, open_store\n"
+        "from tests.otlp import request, span, trace_id\n"
+        "s = open_store(sys.argv[1])\n"
+        "day = 86_400 * 10**9\n"
+        "for path, extra in (('fast', {}), ('exact', {'v': {}})):\n"
+        "    spans = [span(path, trace_id(), start=1_700_000_000 * 10**9 + i * day, attributes=extra) for i in range(150)]\n"
+        "    for _ in range(2):\n"
+        "        s.writer.write([IngestItem('t', request(spans).SerializeToString())], token=path)\n"
+        "print(s.client.query('SELECT SpanName, count(), uniq(toDate(Timestamp)) FROM otel_traces GROUP BY 1 ORDER BY 1')\n"
+        "      .result_rows, s.writer.exact_batches)\n"
+        "s.close()\n"
+    )
+    # both writes of the exact-path batch take that path; the second stores nothing
+    assert in_child(script, tmp_path) == ["[('exact', 150, 150), ('fast', 150, 150)] 2"]
 
 
 def test_one_batch_carries_many_tenants(store: Store, tenant: str) -> None:
