@@ -15,8 +15,17 @@ DDL and changing ``readonly`` are refused with ClickHouse's own errors.
 engine the table functions ``file``, ``url``, ``s3`` ... and the ``file()`` function read
 the host's files (``/proc/self/environ`` holds inline API keys) or make requests, and
 ``INTO OUTFILE`` writes files, all as the collector's user. So each query is first
-parsed by the engine (``EXPLAIN AST``) and refused (403, ACCESS_DENIED) if it uses any
-of them; the table functions that only generate rows (``numbers``, ``zeros``, ...) stay.
+formatted by the engine from its text passed as a value (``formatQuerySingleLine``:
+nothing runs, and more than one statement is a syntax error, where the engine would
+run them all), the formatted statement parsed (``EXPLAIN AST``) and refused (403,
+ACCESS_DENIED) if it uses any of them, and only that statement runs; the table
+functions that only generate rows (``numbers``, ``zeros``, ...) stay.
+
+The collector runs these queries in its own process: settings in the URL are taken
+from a list of harmless ones (output formats, result and time limits below the
+endpoint's own), never ones that change how SQL is parsed or what is allowed, and
+every query runs with the limits ``LIMITS`` (time, result size, memory), so one query
+cannot hold the collector's memory or CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import base64
 import json
 import re
 import uuid
+from collections.abc import Mapping
 
 import anyio
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -49,6 +59,20 @@ _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JS
           "CSV": "text/csv", "CSVWithNames": "text/csv", "TabSeparated": "text/tab-separated-values"}
 
 
+# URL settings a client may pass: what clickhouse-connect and Grafana's ClickHouse data
+# source send, output formatting, and limits (never above LIMITS). Anything else (the SQL
+# dialect, allow_* switches, ...) is refused by name.
+_CLIENT_SETTINGS = frozenset({"cancel_http_readonly_queries_on_client_close", "send_progress_in_http_headers",
+                              "http_headers_progress_interval_ms", "enable_http_compression",
+                              "http_zlib_compression_level", "add_http_cors_header", "cast_string_to_dynamic_use_inference",
+                              "date_time_input_format", "date_time_output_format", "session_timezone", "max_threads",
+                              "join_use_nulls", "extremes", "result_overflow_mode", "timeout_overflow_mode"})
+LIMITS: dict[str, int] = {"max_execution_time": 60, "max_result_rows": 1_000_000, "max_result_bytes": 256 << 20,
+                          "max_memory_usage": 2 << 30}
+"""Every query's limits (seconds, rows, bytes); a client may ask for lower ones. The result
+is held whole in the collector before it is sent (a constant column counts once towards
+max_result_bytes, so the row limit bounds those)."""
+
 # Table functions that only generate rows; every other one reaches files, URLs or other servers.
 _SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries",
                                    "generate_series", "values", "null"})  # lower case: names are compared so
@@ -71,10 +95,30 @@ def outside_reach(ast: str) -> str | None:
             return f"table function {name}() reaches outside the store"
         if kind == "Function" and name.lower() in _HOST_FUNCTIONS:
             return f"function {name}() reads the host's files"
-        if kind == "Literal" and parent == "SelectWithUnionQuery":  # its only literal child: the OUTFILE
+        if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
         ancestors.append((depth, kind))
     return None
+
+
+def client_settings(params: Mapping[str, str]) -> dict[str, object]:
+    """The settings of a request's URL parameters with the endpoint's own on top;
+    ``ValueError`` names a setting a client may not pass."""
+    settings: dict[str, object] = dict(LIMITS)
+    for name, value in params.items():
+        if name in _PROTOCOL_PARAMS or name.startswith("param_"):
+            continue
+        if name in LIMITS:
+            try:
+                settings[name] = min(LIMITS[name], max(0, int(value))) or LIMITS[name]  # 0 is "no limit"
+            except ValueError:
+                raise ValueError(f"setting {name}={value!r} is not a whole number") from None
+        elif name in _CLIENT_SETTINGS or name.startswith("output_format_"):
+            settings[name] = value
+        else:
+            raise ValueError(f"setting {name} cannot be changed on the SQL endpoint")
+    settings["readonly"] = 2
+    return settings
 
 
 def split_format(sql: str, default: str) -> tuple[str, str]:
@@ -130,9 +174,10 @@ class SqlEndpoint:
             return _error(f"Code: 81. DB::Exception: Database {params['database']} does not exist. (UNKNOWN_DATABASE)")
         sql, fmt = split_format(sql, params.get("default_format", "TabSeparated"))
         query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
-        settings = {k: v for k, v in params.items()
-                    if k not in _PROTOCOL_PARAMS and not k.startswith("param_") and k != "readonly"}
-        settings["readonly"] = 2
+        try:
+            settings = client_settings(params)
+        except ValueError as exc:
+            return _error(f"Code: 164. DB::Exception: {exc}. (READONLY)")
         query_id = params.get("query_id") or str(uuid.uuid4())
         try:
             data = await anyio.to_thread.run_sync(lambda: self._run(sql, query_params, settings, fmt))
@@ -148,10 +193,15 @@ class SqlEndpoint:
         return Response(data, 200, headers=headers, media_type=_MEDIA.get(fmt, "application/octet-stream"))
 
     def _run(self, sql: str, query_params: dict[str, str], settings: dict[str, object], fmt: str) -> bytes:
-        """Run ``sql`` read-only; ``PermissionError`` if it would reach outside the store."""
-        ast = self._clients.raw_query(f"EXPLAIN AST {sql}", parameters=query_params or None, settings=settings,
+        """Run ``sql`` read-only; ``PermissionError`` if it would reach outside the store.
+        What runs is the one statement the engine formatted from ``sql`` (see the module)."""
+        # implicit_select off, as on a server (chdb turns it on): text that is not a statement
+        # is a syntax error, not a SELECT of it
+        statement = self._clients.query("SELECT formatQuerySingleLine({sql:String})", parameters={"sql": sql},
+                                        settings={"implicit_select": 0}).result_rows[0][0]
+        ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None, settings=settings,
                                      fmt="TabSeparatedRaw")
         reason = outside_reach(ast.decode("utf-8", "replace"))
         if reason is not None:
             raise PermissionError(reason)
-        return self._clients.raw_query(sql, parameters=query_params or None, settings=settings, fmt=fmt)
+        return self._clients.raw_query(statement, parameters=query_params or None, settings=settings, fmt=fmt)

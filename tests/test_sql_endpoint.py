@@ -15,6 +15,8 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import Store
+from spanhouse.clickhouse.store import READERS
+from spanhouse.collector.sql_http import LIMITS, client_settings
 from tests.collector_harness import Running, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, trace_id
@@ -112,13 +114,50 @@ def test_queries_reaching_outside_the_store_are_refused(admin: Running, sql: str
     assert r.status_code == 403 and "ACCESS_DENIED" in r.text and "reads the store only" in r.text
 
 
-def test_into_outfile_writes_nothing(admin: Running, tmp_path: Path) -> None:
+@pytest.mark.parametrize("statement", ["SELECT 'overwritten'", "SHOW TABLES", "DESCRIBE TABLE otel_traces",
+                                       "EXPLAIN SYNTAX SELECT 'overwritten'", "SHOW CREATE TABLE otel_traces"])
+def test_into_outfile_writes_nothing(admin: Running, tmp_path: Path, statement: str) -> None:
     target = tmp_path / "victim.txt"
     target.write_text("kept")
-    r = httpx.post(admin.sql_url, content=f"SELECT 'overwritten' INTO OUTFILE '{target}' TRUNCATE",
+    r = httpx.post(admin.sql_url, content=f"{statement} INTO OUTFILE '{target}' TRUNCATE",
                    auth=("default", admin.key))
     assert r.status_code == 403 and "INTO OUTFILE" in r.text
     assert target.read_text() == "kept"
+
+
+def test_a_second_statement_is_refused_and_never_runs(admin: Running, tmp_path: Path) -> None:
+    """The guard parsed the first statement; the embedded engine ran them all, even
+    inside the guard's own EXPLAIN."""
+    secret, target = tmp_path / "secret.txt", tmp_path / "written.txt"
+    secret.write_text("api key")
+    for sql in (f"SELECT 1; SELECT * FROM file('{secret}', 'LineAsString')",
+                f"SELECT 1; SELECT 'pwn' INTO OUTFILE '{target}'", f"SELECT 1;\nSELECT 'pwn' INTO OUTFILE '{target}';"):
+        r = httpx.post(admin.sql_url, content=sql, auth=("default", admin.key))
+        assert r.status_code == 400 and "Multi-statements are not allowed" in r.text and "api key" not in r.text
+    assert not target.exists()
+    r = httpx.post(admin.sql_url, content="SELECT 1;", auth=("default", admin.key))
+    assert r.status_code == 200 and r.text == "1\n"
+
+
+def test_settings_are_a_harmless_few_under_the_endpoints_limits(admin: Running) -> None:
+    auth = ("default", admin.key)
+    r = httpx.post(admin.sql_url, params={"dialect": "prql"}, content="SELECT 1", auth=auth)
+    assert r.status_code == 403 and "setting dialect cannot be changed" in r.text
+    # the connection it would have run on still answers SQL (a prql dialect stuck to it before)
+    for _ in range(READERS + 1):
+        assert httpx.post(admin.sql_url, content="SELECT 1", auth=auth).text == "1\n"
+    r = httpx.post(admin.sql_url, params={"output_format_json_quote_64bit_integers": "0", "max_threads": "1"},
+                   content="SELECT toUInt64(5) AS n FORMAT JSONEachRow", auth=auth)
+    assert r.status_code == 200 and r.text == '{"n":5}\n'
+    # a result larger than the endpoint holds is refused, not built in the collector's memory
+    r = httpx.post(admin.sql_url, content="SELECT number FROM numbers(2000000)", auth=auth, timeout=60)
+    assert r.status_code != 200 and "TOO_MANY_ROWS_OR_BYTES" in r.text
+    r = httpx.post(admin.sql_url, params={"max_result_bytes": "100000"}, auth=auth,
+                   content="SELECT repeat(toString(number), 100) FROM numbers(10000)")
+    assert r.status_code != 200 and "max bytes: 97.66 KiB" in r.text
+    # a client may lower the limits, never raise or lift them (0 is "no limit")
+    assert client_settings({"max_execution_time": "3600", "max_result_bytes": "1024", "max_memory_usage": "0"}) == {
+        **LIMITS, "max_result_bytes": 1024, "readonly": 2}
 
 
 def test_row_generating_table_functions_and_parameters_still_work(admin: Running) -> None:
