@@ -25,8 +25,11 @@ import hashlib
 import logging
 import os
 import threading
+import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,6 +37,7 @@ import grpc
 import httpx
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, sequence, sync_dir, write_atomic
@@ -48,6 +52,9 @@ _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _RETRYABLE_GRPC = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
                    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
 _RETRYABLE_HTTP = {429, 502, 503, 504}
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
 
@@ -69,10 +76,12 @@ class Destination:
                               "optionally followed by ;header=value")
         headers = []
         for part in parts:
-            name, sep, value = part.partition("=")
-            if not sep or not name:
-                raise ConfigError(f"--forward-otlp {spec!r}: header {part!r} must look like name=value")
-            headers.append((name.strip().lower(), value.strip()))
+            name, sep, value = (x.strip() for x in part.partition("="))
+            if not sep or not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value) \
+                    or name.lower().endswith("-bin"):
+                raise ConfigError(f"--forward-otlp {spec!r}: header {part!r} must look like name=value, the name "
+                                  "letters, digits and -_. (not ending in -bin), the value printable ASCII")
+            headers.append((name.lower(), value))
         return cls(url, tuple(headers))
 
     @property
@@ -88,11 +97,13 @@ class Destination:
 
 class Sender:
     """One OTLP client: True when the destination took the request (or refused it for
-    good, which is counted), False when it should be retried."""
+    good, which is counted), False when it should be retried, not before ``retry_after``
+    seconds when the destination said so (Retry-After, RetryInfo)."""
 
     def __init__(self, destination: Destination, metrics: Metrics) -> None:
         self._d = destination
         self._metrics = metrics
+        self.retry_after = 0.0
         parts = urlsplit(destination.url)
         if parts.scheme == "grpc":
             self._channel: grpc.Channel | None = grpc.insecure_channel(parts.netloc)
@@ -106,27 +117,45 @@ class Sender:
             self._path = path
 
     def send(self, payload: bytes) -> bool:
+        self.retry_after = 0.0
         if self._http is not None:
             try:
-                status = self._http.post(self._path, content=payload).status_code
+                response = self._http.post(self._path, content=payload)
             except httpx.HTTPError:
                 return False
+            status = response.status_code
             if 200 <= status < 300:
+                self._partial_success(response.content)
                 return True
             retry, answer = status in _RETRYABLE_HTTP, f"HTTP {status}"
+            self.retry_after = _retry_after_header(response.headers.get("retry-after"))
         else:
             try:
-                self._call(payload, metadata=self._d.headers, timeout=10.0)
+                self._partial_success(self._call(payload, metadata=self._d.headers, timeout=10.0))
                 return True
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
-                retry = code in _RETRYABLE_GRPC or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and _retry_info(err))
+                delay = _retry_info(err)
+                retry = code in _RETRYABLE_GRPC or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None)
                 answer = code.name
+                self.retry_after = delay or 0.0
         if retry:
             return False
         self._metrics.forward_rejected.labels(destination=self._d.label).inc()
         log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, answer)
         return True
+
+    def _partial_success(self, body: bytes) -> None:
+        """Count and log the spans a destination took the request without (the OTel
+        Collector logs them too); the request is not sent again."""
+        try:
+            partial = ExportTraceServiceResponse.FromString(body).partial_success
+        except DecodeError:  # a destination that answers 2xx with something else: it took the request
+            return
+        if partial.rejected_spans or partial.error_message:
+            self._metrics.forward_rejected_spans.labels(destination=self._d.label).inc(partial.rejected_spans)
+            log.warning("%s rejected %d spans of a forwarded request: %s", self._d.label, partial.rejected_spans,
+                        partial.error_message or "(no message)")
 
     def close(self) -> None:
         if self._channel is not None:
@@ -135,17 +164,37 @@ class Sender:
             self._http.close()
 
 
-def _retry_info(err: grpc.RpcError) -> bool:
-    """Whether a gRPC error's status details carry a ``google.rpc.RetryInfo``."""
+def _retry_info(err: grpc.RpcError) -> float | None:
+    """The delay (seconds, capped) of a ``google.rpc.RetryInfo`` in a gRPC error's status
+    details, or None without one."""
     trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
     raw = trailers.get("grpc-status-details-bin")
     if not isinstance(raw, bytes):
-        return False
+        return None
     try:
         details = status_pb2.Status.FromString(raw).details
     except DecodeError:
-        return False
-    return any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
+        return None
+    for detail in details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return min(max(info.retry_delay.ToTimedelta().total_seconds(), 0.0), MAX_RETRY_AFTER_S)
+    return None
+
+
+def _retry_after_header(value: str | None) -> float:
+    """Seconds to wait from an HTTP ``Retry-After`` (seconds or a date; capped), 0 without one."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 class Forwarder:
@@ -157,6 +206,7 @@ class Forwarder:
         self._max_bytes = max_bytes
         self._metrics = metrics
         self._lock = threading.Lock()
+        self._sending: Path | None = None  # the segment being sent; the bound leaves it alone
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"spanhouse-forward-{destination.key}", daemon=True)
@@ -192,12 +242,20 @@ class Forwarder:
         return sorted(self._dir.glob("*.seg"))
 
     def _keep_bound(self) -> None:
+        """Drop the oldest segments past the bound, never the one being sent: it is in
+        flight, and dropping it counted bytes that were sent after all. A segment after
+        it is removed without recording it finished, which would mark the one in flight
+        finished too for a restart. The caller holds the lock."""
         segments = self._segments()
         total = sum(p.stat().st_size for p in segments)
-        while total > self._max_bytes and len(segments) > 1:
-            oldest = segments.pop(0)
+        droppable = [p for p in segments[:-1] if p != self._sending]  # the newest one always stays
+        while total > self._max_bytes and droppable:
+            oldest = droppable.pop(0)
             size = oldest.stat().st_size
-            self._finished(oldest)
+            if self._sending is not None and sequence(oldest.stem) > sequence(self._sending.stem):
+                _discard(oldest)
+            else:
+                self._finished(oldest)
             total -= size
             self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(size)
             log.warning("forwarding to %s is %d bytes behind (bound %d): dropped segment %s",
@@ -222,15 +280,20 @@ class Forwarder:
                     self._wake.wait(1.0)
                     self._wake.clear()
                     continue
+                with self._lock:
+                    self._sending = segments[0]
                 try:
                     done = self._forward(segments[0], sender)
                 except Exception:  # e.g. a full disk for the progress record: keep the thread, retry later
                     log.exception("forwarding to %s failed; retrying", self.destination.label)
                     done = False
+                finally:
+                    with self._lock:
+                        self._sending = None
                 if done:
                     backoff = 0.2
                 else:
-                    self._stop.wait(backoff)
+                    self._stop.wait(max(backoff, sender.retry_after))
                     backoff = min(backoff * 2, 5.0)
         finally:
             sender.close()

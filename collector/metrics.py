@@ -40,6 +40,9 @@ class Metrics:
                                     ["destination"], registry=r)
         self.forward_rejected = Counter("spanhouse_forward_rejected",
                                         "Forwarded requests a destination refused for good", ["destination"], registry=r)
+        self.forward_rejected_spans = Counter("spanhouse_forward_rejected_spans",
+                                              "Spans a destination took a forwarded request without (partial success)",
+                                              ["destination"], registry=r)
         self.forward_dropped_bytes = Counter("spanhouse_forward_dropped_bytes",
                                              "Bytes not forwarded: a destination fell too far behind, or a "
                                              "segment could not be handed to it",

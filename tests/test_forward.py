@@ -4,20 +4,28 @@ exactly once. A dead destination with a small bound drops (and counts), never bl
 
 from __future__ import annotations
 
+import email.utils
 import http.server
+import os
 import socket
 import threading
 import time
+import urllib.parse
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceResponse,
+)
 
 from spanhouse.collector.forward import Destination, Forwarder, Sender
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool
+from spanhouse.errors import ConfigError
 from tests.collector_harness import ServeProcess, count_in_store, grpc_export, metric
 from tests.otlp import request, span, trace_id
 
@@ -233,3 +241,114 @@ def test_a_restart_does_not_forward_again_what_was_forwarded(tmp_path: Path) -> 
     spool.close()
     assert later is not None and later.name[:12] > first.name[:12]
     assert [p.name for p in (tmp_path / "fwd").glob("*.seg")] == [later.path.name]
+
+
+def _segments(tmp_path: Path, n: int, size: int) -> list[Segment]:
+    """``n`` sealed spool segments of one ``size``-byte request each, oldest first."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 26, seal_after=60.0)
+    spool.open()
+    (tmp_path / "kept").mkdir()
+    made = []
+    try:
+        for i in range(n):
+            spool.append("t", bytes([i]) * size)
+            spool.seal()
+            segment = spool.next_sealed(timeout=5)
+            assert segment is not None
+            kept = tmp_path / "kept" / segment.path.name
+            os.link(segment.path, kept)
+            made.append(Segment(segment.name, kept, segment.size))
+            spool.delete(segment)  # drained: the spool hands out the next one
+    finally:
+        spool.close()
+    return made
+
+
+def test_the_bound_never_drops_the_segment_being_sent(tmp_path: Path) -> None:
+    """Dropping the segment in flight counted bytes that were sent after all (and, were
+    its finish recorded, a restart would skip what was not sent yet)."""
+    metrics = Metrics()
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 25_000, metrics)
+    first, *rest = _segments(tmp_path, 4, 10_000)
+    forwarder.adopt(first)
+    forwarder._sending = tmp_path / "fwd" / first.path.name  # what the sending thread sets
+    for segment in rest:
+        forwarder.adopt(segment)
+    kept = sorted(p.name for p in (tmp_path / "fwd").glob("*.seg"))
+    assert kept == [first.path.name, rest[-1].path.name]  # in flight, and the newest
+    dropped = metrics.registry.get_sample_value("spanhouse_forward_dropped_bytes_total",
+                                                {"destination": "grpc://127.0.0.1:9"})
+    assert dropped == sum(s.size for s in rest[:-1])
+    # the segment in flight is not recorded as finished: after a restart it is sent
+    restarted = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 25_000, Metrics())
+    assert first.path.name in {p.name for p in restarted._segments()}
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """Answers 429 with the Retry-After in its path, or 200 with a partial success."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers["content-length"]))
+        if self.path == "/partial":
+            body = ExportTraceServiceResponse(partial_success=ExportTracePartialSuccess(
+                rejected_spans=2, error_message="span rejected: bad attr")).SerializeToString()
+            self.send_response(200)
+        else:
+            body = b""
+            self.send_response(429)
+            self.send_header("retry-after", urllib.parse.unquote(self.path.strip("/")))
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_destinations_retry_after_and_partial_success_are_heeded() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    metrics, port = Metrics(), server.server_address[1]
+    try:
+        for path, wait in (("7", 7.0), ("3600", 60.0), ("soon", 0.0),
+                           (urllib.parse.quote(email.utils.formatdate(time.time() + 30, usegmt=True)), 30.0)):
+            sender = Sender(Destination.parse(f"http://127.0.0.1:{port}/{path}"), metrics)
+            assert sender.send(b"request") is False
+            assert sender.retry_after == pytest.approx(wait, abs=2), path
+            sender.close()
+        destination = Destination.parse(f"http://127.0.0.1:{port}/partial")
+        sender = Sender(destination, metrics)
+        assert sender.send(b"request") is True  # taken, and not sent again
+        sender.close()
+    finally:
+        server.shutdown()
+    assert metrics.registry.get_sample_value("spanhouse_forward_rejected_spans_total",
+                                             {"destination": destination.label}) == 2
+
+
+def test_a_grpc_retry_info_delay_is_heeded() -> None:
+    def export(body: bytes, context: grpc.ServicerContext) -> bytes:
+        status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message="busy")
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromSeconds(4)
+        status.details.add().Pack(info)
+        context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "busy")
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sender = Sender(Destination.parse(f"grpc://127.0.0.1:{port}"), Metrics())
+    try:
+        assert sender.send(b"") is False and sender.retry_after == 4.0
+    finally:
+        sender.close()
+        server.stop(0)
+
+
+@pytest.mark.parametrize("header", ["x key=1", "x-key=caf\u00e9", "x-key-bin=abc", "=1", "x-key"])
+def test_a_header_no_destination_could_take_is_refused_at_start(header: str) -> None:
+    with pytest.raises(ConfigError, match="must look like name=value"):
+        Destination.parse(f"grpc://127.0.0.1:4317;{header}")
