@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from spanhouse.clickhouse import Store
+from tests.collector_harness import in_child
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
 
@@ -744,3 +745,29 @@ def test_provisioning_points_at_the_dashboards_and_the_datasource_uid() -> None:
         assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
         assert mounts["./grafana/dashboards"] == dashboards_path
         assert used <= set(grafana["environment"]) and "grafana-clickhouse-datasource" in json.dumps(grafana)
+
+
+def test_the_error_patterns_panel_keeps_the_latest_failures_east_of_utc(tmp_path: Path) -> None:
+    """error_patterns keeps days of the engine's time zone; the plugin's $__dateFilter
+    sends UTC dates, so in Asia/Kolkata a failure at 20:00 UTC (a Kolkata day later) fell
+    out of a range ending at 21:00 UTC."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from spanhouse.clickhouse import IngestItem, open_store\n"
+        "from tests import test_grafana as g\n"
+        "from tests.otlp import request, span, span_id, trace_id\n"
+        "s = open_store(sys.argv[1])\n"
+        "t, root, at = trace_id(), span_id(), g.BASE + 20 * 3600 * 10**9\n"
+        "s.writer.write([IngestItem('tz', request([\n"
+        "    span('invoke_agent a', t, sid=root, start=at, attributes={'gen_ai.operation.name': 'invoke_agent'}),\n"
+        "    span('execute_tool search', t, parent=root, start=at + 1, error='boom', attributes={\n"
+        "        'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search', 'error.type': 'LateError'})])\n"
+        "    .SerializeToString())])\n"
+        "panel = next(p for d in g.DASHBOARDS for p in g._panels(g._load(d)) if p['title'] == 'Top tool error patterns')\n"
+        "ctx = g.TimeContext('15:00-21:00 UTC', g.BASE_S + 15 * 3600, g.BASE_S + 21 * 3600, 60)\n"
+        "sql = g.render(panel['targets'][0]['rawSql'], {'tenant': 'tz', 'service': g.ALL, 'tool': g.ALL}, {}, ctx)\n"
+        "print([(r[0], r[1], r[2]) for r in s.client.query(sql).result_rows])\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path, tz="Asia/Kolkata") == ["[('LateError', 'search', 1)]"]
