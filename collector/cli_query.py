@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +22,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from spanhouse.collector.client import ApiClient
+from spanhouse.errors import ConfigError
 
 _FILTERS = ("status", "service", "name", "type", "user", "session", "since", "until", "min_duration",
             "max_duration", "min_cost", "tool", "has_errors", "q")
@@ -136,28 +138,41 @@ def _delete(args: argparse.Namespace) -> int:
     if args.trace_id:
         return _emit(args, client.delete(f"/api/v1/executions/{args.trace_id}"))
     if not args.before:
-        raise SystemExit("spanhouse: error: give a trace id, or --before (and filters) for a bulk delete")
+        raise ConfigError("give a trace id, or --before (and filters) for a bulk delete")
     if not args.yes:  # the API counts what it would delete: one rule for which executions those are
+        if not sys.stdin.isatty():
+            raise ConfigError("a bulk delete asks for confirmation on a terminal; pass --yes to run it without")
         count = client.delete("/api/v1/executions", before=args.before, dry_run="true",
                               **_filter_values(args))["executions"]
-        if input(f"delete {count} executions? [y/N] ").strip().lower() != "y":
+        print(f"delete {count} executions? [y/N] ", end="", file=sys.stderr, flush=True)  # stdout is the result
+        if sys.stdin.readline().strip().lower() != "y":  # end of input is a no
             return 1
     return _emit(args, client.delete("/api/v1/executions", before=args.before, **_filter_values(args)))
 
 
 def _export(args: argparse.Namespace) -> int:
+    """Write the export to ``--output`` (or stdout). A file is written beside it and renamed
+    over it only once the export is complete: a refused or broken export leaves an
+    existing file as it was."""
     chunks = _client(args).stream("/api/v1/export", format=args.format, **_filter_values(args))
-    out = open(args.output, "wb") if args.output != "-" else sys.stdout.buffer
+    target = Path(args.output) if args.output != "-" else None
+    partial = target.with_name(f".{target.name}.partial") if target is not None else None
+    out = open(partial, "wb") if partial is not None else sys.stdout.buffer
     try:
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=Console(stderr=True), disable=args.output == "-") as bar:
+                      TransferSpeedColumn(), console=Console(stderr=True), disable=target is None) as bar:
             task = bar.add_task(f"export {args.format}", total=None)
             for chunk in chunks:
                 out.write(chunk)
                 bar.advance(task, len(chunk))
-    finally:
-        if out is not sys.stdout.buffer:
+    except BaseException:
+        if partial is not None:
             out.close()
+            partial.unlink(missing_ok=True)
+        raise
+    if partial is not None and target is not None:
+        out.close()
+        partial.replace(target)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -64,6 +65,9 @@ def test_export_writes_a_file(served: tuple[Running, str], capsys: pytest.Captur
     _run(c, capsys, "export", "--format", "csv", "--output", str(out))
     lines = out.read_text().splitlines()
     assert lines[0].startswith('"trace_id"') and tid in lines[1]
+    # a refused export leaves the file as it was (it was emptied before anything came back)
+    assert cli.main(["export", "--status", "bogus", "--output", str(out), "--url", c.api_url, "--api-key", c.key]) == 2
+    assert out.read_text().splitlines() == lines and [p.name for p in tmp_path.iterdir()] == ["x.csv"]
 
 
 def test_sql_runs_read_only_queries(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,17 +107,34 @@ def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture
     assert body == {"executions": 1, "spans": 1}
 
 
+class _Terminal(io.StringIO):
+    """A terminal's stdin with ``answer`` typed."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def test_bulk_delete_asks_with_the_count_of_both_bounds(served: tuple[Running, str], capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Without --yes the CLI counts what it is about to delete (started before --before
-    and before --until) and asks; answering no deletes nothing."""
+    and before --until) and asks on stderr (stdout is the result); no, or the end of
+    input, deletes nothing."""
     c, tid = served
-    asked: list[str] = []
-    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "n")
-    code = cli.main(["executions", "delete", "--before", "2100-01-01T00:00:00Z", "--until", "2000-01-01T00:00:00",
-                     "--url", c.api_url, "--api-key", c.key])
-    assert code == 1 and asked == ["delete 0 executions? [y/N] "]
-    capsys.readouterr()
-    code = cli.main(["executions", "delete", "--before", "2100-01-01T00:00:00Z", "--url", c.api_url, "--api-key", c.key])
-    assert code == 1 and asked[1].startswith("delete ") and asked[1] != "delete 0 executions? [y/N] "
+    bulk = ["executions", "delete", "--before", "2100-01-01T00:00:00Z", "--url", c.api_url, "--api-key", c.key]
+    monkeypatch.setattr("sys.stdin", _Terminal("n\n"))
+    assert cli.main([*bulk, "--until", "2000-01-01T00:00:00"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "delete 0 executions? [y/N] " and out == ""
+    monkeypatch.setattr("sys.stdin", _Terminal(""))  # end of input
+    assert cli.main(bulk) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("delete ") and err != "delete 0 executions? [y/N] "
+    # not a terminal (a pipe, a cron job): no question that nobody can answer, and no guess
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    assert cli.main([*bulk, "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "pass --yes" in err
+    # usage errors exit 2 like every other error
+    assert cli.main(["executions", "delete", "--url", c.api_url, "--api-key", c.key]) == 2
+    assert "give a trace id, or --before" in capsys.readouterr().err
     assert json.loads(_run(c, capsys, "executions", "list", "--json"))["total"] >= 1  # nothing deleted
