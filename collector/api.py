@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StrictInt, model_validator
 
 from spanhouse import __version__
 from spanhouse.clickhouse import Store, deletion, history
@@ -122,7 +122,7 @@ class FeedbackIn(BaseModel):
     """Feedback on one execution: a 1-5 rating, or any named numeric value."""
 
     execution_id: str = Field(pattern=TRACE_ID)
-    rating: int | None = Field(None, ge=1, le=5)
+    rating: StrictInt | None = Field(None, ge=1, le=5)  # strict: true and "3" are not ratings
     value: float | None = Field(None, allow_inf_nan=False)  # NaN would make every average of its name null
     name: str = Field("user_rating", min_length=1, max_length=128)
     comment: str = Field("", max_length=10_000)

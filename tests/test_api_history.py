@@ -203,7 +203,9 @@ def test_feedback_shows_in_detail(dataset: tuple[Running, dict[str, str]]) -> No
     assert fb["user_rating"]["value"] == 4 and fb["user_rating"]["comment"] == "useful"
     assert fb["accuracy"]["value"] == 0.9
     for bad in [{"execution_id": ids["a"], "rating": 6}, {"execution_id": ids["a"]},
-                {"execution_id": ids["a"], "rating": 3, "value": 1.0}, {"execution_id": "xyz", "rating": 3}]:
+                {"execution_id": ids["a"], "rating": 3, "value": 1.0}, {"execution_id": "xyz", "rating": 3},
+                {"execution_id": ids["a"], "rating": True}, {"execution_id": ids["a"], "rating": "3"},
+                {"execution_id": ids["a"], "rating": 4.5}]:
         assert _post(c.api_url + "/api/v1/feedback", headers=c.headers(), json=bad).status_code == 422
     for number in ["NaN", "Infinity", "-Infinity"]:  # JSON as Python writes it; NaN made averages null
         raw = f'{{"execution_id": "{ids["a"]}", "name": "accuracy", "value": {number}}}'
