@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -150,21 +152,50 @@ def list_executions(who: Reader, ctx: Context, filters: Filters,
     return {"items": page.items, "total": page.total, "next_cursor": page.next_cursor}
 
 
-@executions.get("/executions/stream")
+KEEPALIVE_S = 15.0
+"""An SSE comment is sent after this long without events, so that proxies and clients
+with a read timeout keep an idle stream open."""
+
+
+def _event_id(stored_at: datetime, trace_id: str) -> str:
+    """An event's ``id:``: where the feed stands after it (stored at, in ms, and trace id)."""
+    return f"{round(stored_at.timestamp() * 1000)}:{trace_id}"
+
+
+def _resume_point(last_event_id: str) -> tuple[datetime, str]:
+    """The feed position a ``Last-Event-ID`` names; ``HTTPException`` 422 if it is not
+    an id this stream sends."""
+    ms, sep, trace_id = last_event_id.partition(":")
+    if not sep or not ms.isdigit() or not re.fullmatch(TRACE_ID, trace_id):
+        raise HTTPException(422, f"Last-Event-ID {last_event_id[:80]!r} is not an id this stream sent "
+                                 "(<milliseconds>:<trace id>); reconnect without it to start from now")
+    return datetime.fromtimestamp(int(ms) // 1000, timezone.utc) + timedelta(milliseconds=int(ms) % 1000), trace_id
+
+
+@executions.get("/executions/stream", response_class=StreamingResponse,
+                responses={200: {"content": {"text/event-stream": {}}}})
 async def stream_executions(who: Reader, ctx: Context, request: Request,
-                            poll: Annotated[float, Query(ge=0.2, le=30)] = 1.0) -> StreamingResponse:
-    """Server-sent events: one ``execution`` event per execution stored from now on."""
-    after, after_id = datetime.now(timezone.utc), ""
+                            poll: Annotated[float, Query(ge=0.2, le=30)] = 1.0,
+                            last_event_id: Annotated[str | None, Header(max_length=200)] = None) -> StreamingResponse:
+    """Server-sent events: one ``execution`` event per execution stored from now on, or
+    after the event a reconnecting client names in ``Last-Event-ID`` (each event's
+    ``id``), so nothing stored while it was away is missed."""
+    after, after_id = _resume_point(last_event_id) if last_event_id else (datetime.now(timezone.utc), "")
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal after, after_id
         yield b": connected\n\n"
+        quiet_since = time.monotonic()
         while not await request.is_disconnected():
             rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after, after_id)
             for row in rows:
                 after, after_id = row["stored_at"], row["trace_id"]
                 payload = json.dumps({k: history.iso(v) for k, v in row.items()})
-                yield f"event: execution\ndata: {payload}\n\n".encode()
+                yield f"id: {_event_id(after, after_id)}\nevent: execution\ndata: {payload}\n\n".encode()
+                quiet_since = time.monotonic()
+            if time.monotonic() - quiet_since >= KEEPALIVE_S:
+                yield b": keep-alive\n\n"
+                quiet_since = time.monotonic()
             await asyncio.sleep(poll)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from spanhouse.clickhouse import Store, deletion, history
+from spanhouse.collector import api
 from tests.collector_harness import Running, ServeProcess, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
@@ -458,3 +459,40 @@ def test_min_cost_compares_the_cost_as_shown(store: Store, tenant: str) -> None:
     page = history.list_executions(store.client, tenant, {"min_cost": 0.8})
     assert sorted(i["trace_id"] for i in page.items) == sorted([two.hex(), one.hex()])
     assert [i["cost_usd"] for i in page.items] == [0.8, 0.8]
+
+
+def test_a_reconnecting_stream_resumes_after_its_last_event(store: Store, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each event has an id; a client reconnecting with Last-Event-ID gets what was stored
+    while it was away (the browser's EventSource does this by itself). An idle stream
+    sends keep-alive comments."""
+    monkeypatch.setattr(api, "KEEPALIVE_S", 0.5)
+    tenant = "stream-resume"
+    with running_collector(store, tmp_path, tenant) as c:
+        def first_event(headers: dict[str, str]) -> tuple[str, dict[str, Any], list[str]]:
+            lines: list[str] = []
+            with httpx.stream("GET", c.api_url + "/api/v1/executions/stream", params={"poll": 0.2},
+                              headers={**c.headers(), **headers}, timeout=30) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+                    if line.startswith("data: "):
+                        event_id = next(x[4:] for x in lines if x.startswith("id: "))
+                        return event_id, json.loads(line[6:]), lines
+            raise AssertionError(lines)
+
+        got: list[tuple[str, dict[str, Any], list[str]]] = []
+        listener = threading.Thread(target=lambda: got.append(first_event({})), daemon=True)
+        listener.start()
+        time.sleep(1.5)  # idle: keep-alive comments come meanwhile
+        first_id, first_req = _execution(0, name="before-gap")
+        _post(c.http_url, content=first_req.SerializeToString(), headers={"content-type": "application/x-protobuf", **c.headers()})
+        listener.join(20)
+        event_id, event, lines = got[0]
+        assert event["trace_id"] == first_id and ": keep-alive" in lines
+        # away: an execution is stored; reconnecting with the last id delivers it first
+        gap_id, gap_req = _execution(1, name="during-gap")
+        write(store, tenant, gap_req)
+        _, resumed, _ = first_event({"Last-Event-ID": event_id})
+        assert resumed["trace_id"] == gap_id
+        r = httpx.get(c.api_url + "/api/v1/executions/stream", headers={**c.headers(), "Last-Event-ID": "nonsense"})
+        assert r.status_code == 422 and "Last-Event-ID" in r.text
