@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field, StrictInt, model_validator
 
 from spanhouse import __version__
@@ -55,10 +56,21 @@ def _context(request: Request) -> ApiContext:
     return request.app.state.context  # type: ignore[no-any-return]
 
 
+# The two ways to send a key, declared for the OpenAPI document (its securitySchemes);
+# the key itself is read by key_from_headers, the rule the OTLP receivers follow too.
+_BEARER = HTTPBearer(auto_error=False, description="an API key as a bearer token")
+_API_KEY = APIKeyHeader(name="x-api-key", auto_error=False, description="an API key")
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no API key, or an unknown one"},
+    403: {"description": "the key lacks the scope this endpoint needs (read or admin)"},
+}
+
+
 def caller(scope: str) -> Callable[..., Principal]:
     """A dependency: the authenticated caller, who must hold ``scope``."""
 
-    def dependency(request: Request) -> Principal:
+    def dependency(request: Request, _bearer: Annotated[object, Security(_BEARER)] = None,
+                   _api_key: Annotated[object, Security(_API_KEY)] = None) -> Principal:
         try:
             principal = _context(request).keys.authenticate(key_from_headers(request.headers.get))
             principal.require(scope)
@@ -85,8 +97,10 @@ class ExecutionFilters(BaseModel):
     type: str | None = Field(None, max_length=128)
     user: str | None = Field(None, max_length=512)
     session: str | None = Field(None, max_length=512)
-    since: Timestamp | None = Field(None, description="start time >= (ISO 8601)")
-    until: Timestamp | None = Field(None, description="start time < (ISO 8601)")
+    since: Timestamp | None = Field(None, description="start time >= (ISO 8601, UTC without an offset; "
+                                                      "years 1900-2261)")
+    until: Timestamp | None = Field(None, description="start time < (ISO 8601, UTC without an offset; years "
+                                                      "1900-2261; after since)")
     min_duration: float | None = Field(None, ge=0, description="milliseconds")
     max_duration: float | None = Field(None, ge=0, description="milliseconds")
     min_cost: float | None = Field(None, ge=0, description="USD")
@@ -137,7 +151,7 @@ class FeedbackIn(BaseModel):
         return self
 
 
-executions = APIRouter(prefix="/api/v1", tags=["executions"])
+executions = APIRouter(prefix="/api/v1", tags=["executions"], responses=AUTH_RESPONSES)
 
 
 @executions.get("/executions")
@@ -222,7 +236,8 @@ def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pat
 
 @executions.delete("/executions")
 def delete_executions(who: Admin, ctx: Context, filters: Filters,
-                      before: Annotated[Timestamp, Query(description="delete executions started before this")],
+                      before: Annotated[Timestamp, Query(description="delete executions started before this (ISO "
+                                                                     "8601, UTC without an offset; years 1900-2261)")],
                       dry_run: Annotated[bool, Query(description="only count what would be deleted")] = False,
                       ) -> dict[str, int]:
     """Remove every execution started before ``before`` that matches the filters
@@ -244,7 +259,8 @@ def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]
     return history.add_feedback(ctx.store.readers, who.tenant, trace_id, body.name, value, body.comment, body.user_id)
 
 
-@executions.get("/export", response_class=StreamingResponse)
+@executions.get("/export", response_class=StreamingResponse, responses={200: {"content": {
+    "text/csv": {}, "application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}})
 def export(who: Reader, ctx: Context, filters: Filters,
            format: Annotated[Literal["csv", "json", "parquet"], Query()] = "json") -> StreamingResponse:
     """Stream executions with rollup numbers as CSV, JSON lines or Parquet."""

@@ -15,9 +15,9 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 
 from spanhouse.clickhouse import analytics as numbers
-from spanhouse.collector.api import Context, Reader
+from spanhouse.collector.api import AUTH_RESPONSES, Context, Reader
 
-analytics = APIRouter(prefix="/api/v1", tags=["analytics"])
+analytics = APIRouter(prefix="/api/v1", tags=["analytics"], responses=AUTH_RESPONSES)
 
 Days = Annotated[int, Query(ge=1, le=365, description="the last `days` × 24 hourly buckets, the current one included")]
 Name = Annotated[str | None, Query(min_length=1, max_length=512, description="only executions with this name")]

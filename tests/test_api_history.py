@@ -248,6 +248,14 @@ def test_openapi_document_and_docs(dataset: tuple[Running, dict[str, str]]) -> N
     c, _ = dataset
     doc = httpx.get(c.api_url + "/openapi.json").json()
     assert "/api/v1/executions/{trace_id}" in doc["paths"] and "/api/v1/export" in doc["paths"]
+    # how to authenticate, and what an endpoint answers without a key or the scope
+    assert {s["type"] for s in doc["components"]["securitySchemes"].values()} == {"http", "apiKey"}
+    for path in ("/api/v1/executions", "/api/v1/export", "/api/v1/tools", "/api/v1/stats"):
+        assert {"401", "403"} <= set(doc["paths"][path]["get"]["responses"]), path
+        assert doc["paths"][path]["get"]["security"], path
+    assert set(doc["paths"]["/api/v1/export"]["get"]["responses"]["200"]["content"]) >= {
+        "text/csv", "application/x-ndjson", "application/vnd.apache.parquet"}
+    assert "text/event-stream" in doc["paths"]["/api/v1/executions/stream"]["get"]["responses"]["200"]["content"]
     assert httpx.get(c.api_url + "/docs").status_code == 200
 
 
