@@ -82,7 +82,8 @@ _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
 
 def outside_reach(ast: str) -> str | None:
     """Why a query whose ``EXPLAIN AST`` is ``ast`` reaches outside the store (a table
-    function other than a row generator, ``file()``, ``INTO OUTFILE``), or None."""
+    function other than a row generator, ``file()``, ``INTO OUTFILE``) or outside the
+    endpoint's limits (a ``SETTINGS`` clause, which would override them), or None."""
     ancestors: list[tuple[int, str]] = []  # (indentation, node kind) from the root to the line's parent
     for line in ast.splitlines():
         if not (m := _AST_LINE.match(line)):
@@ -97,6 +98,8 @@ def outside_reach(ast: str) -> str | None:
             return f"function {name}() reads the host's files"
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
+        if kind == "Set":
+            return "a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
         ancestors.append((depth, kind))
     return None
 

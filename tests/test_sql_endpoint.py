@@ -155,6 +155,10 @@ def test_settings_are_a_harmless_few_under_the_endpoints_limits(admin: Running) 
     r = httpx.post(admin.sql_url, params={"max_result_bytes": "100000"}, auth=auth,
                    content="SELECT repeat(toString(number), 100) FROM numbers(10000)")
     assert r.status_code != 200 and "max bytes: 97.66 KiB" in r.text
+    # nor through a SETTINGS clause, which would override them for the query
+    r = httpx.post(admin.sql_url, content="SELECT number FROM numbers(2000000) SETTINGS max_result_rows = 0",
+                   auth=auth)
+    assert r.status_code == 403 and "SETTINGS clause" in r.text
     # a client may lower the limits, never raise or lift them (0 is "no limit")
     assert client_settings({"max_execution_time": "3600", "max_result_bytes": "1024", "max_memory_usage": "0"}) == {
         **LIMITS, "max_result_bytes": 1024, "readonly": 2}
