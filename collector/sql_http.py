@@ -99,7 +99,7 @@ def outside_reach(ast: str) -> str | None:
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
         if kind == "Set":
-            return "a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
+            return "SET or a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
         ancestors.append((depth, kind))
     return None
 

@@ -159,6 +159,10 @@ def test_settings_are_a_harmless_few_under_the_endpoints_limits(admin: Running) 
     r = httpx.post(admin.sql_url, content="SELECT number FROM numbers(2000000) SETTINGS max_result_rows = 0",
                    auth=auth)
     assert r.status_code == 403 and "SETTINGS clause" in r.text
+    for statement in ("SET max_result_rows = 0", "SET dialect = 'prql'"):  # nor for the pooled connection
+        r = httpx.post(admin.sql_url, content=statement, auth=auth)
+        assert r.status_code == 403 and "SET or a SETTINGS clause" in r.text
+    assert httpx.post(admin.sql_url, content="SELECT 1", auth=auth).text == "1\n"
     # a client may lower the limits, never raise or lift them (0 is "no limit")
     assert client_settings({"max_execution_time": "3600", "max_result_bytes": "1024", "max_memory_usage": "0"}) == {
         **LIMITS, "max_result_bytes": 1024, "readonly": 2}
