@@ -64,7 +64,8 @@ _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JS
 # dialect, allow_* switches, ...) is refused by name.
 _CLIENT_SETTINGS = frozenset({"cancel_http_readonly_queries_on_client_close", "send_progress_in_http_headers",
                               "http_headers_progress_interval_ms", "enable_http_compression",
-                              "http_zlib_compression_level", "add_http_cors_header", "cast_string_to_dynamic_use_inference",
+                              "http_zlib_compression_level", "add_http_cors_header",
+                              "cast_string_to_dynamic_use_inference",
                               "date_time_input_format", "date_time_output_format", "session_timezone", "max_threads",
                               "join_use_nulls", "extremes", "result_overflow_mode", "timeout_overflow_mode"})
 LIMITS: dict[str, int] = {"max_execution_time": 60, "max_result_rows": 1_000_000, "max_result_bytes": 256 << 20,
