@@ -50,7 +50,8 @@ def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
 def encode_cursor(start_ns: int, trace_id: str) -> str:
     """An opaque cursor for the row after (start time in ns, trace_id) in newest-first
     order. Nanoseconds, as stored: a cursor at the driver's microseconds skipped the rows
-    between the truncated time and the real one."""
+    between the truncated time and the real one. (The live stream's event ids are the
+    same encoding of a feed position: stored at, in ms, and trace id.)"""
     raw = json.dumps([start_ns, trace_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

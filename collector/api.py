@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -172,18 +171,20 @@ with a read timeout keep an idle stream open."""
 
 
 def _event_id(stored_at: datetime, trace_id: str) -> str:
-    """An event's ``id:``: where the feed stands after it (stored at, in ms, and trace id)."""
-    return f"{round(stored_at.timestamp() * 1000)}:{trace_id}"
+    """An event's ``id:``: where the feed stands after it (stored at, in ms, and trace
+    id), encoded as the list's cursors are."""
+    return history.encode_cursor(round(stored_at.timestamp() * 1000), trace_id)
 
 
 def _resume_point(last_event_id: str) -> tuple[datetime, str]:
     """The feed position a ``Last-Event-ID`` names; ``HTTPException`` 422 if it is not
     an id this stream sends."""
-    ms, sep, trace_id = last_event_id.partition(":")
-    if not sep or not ms.isdigit() or not re.fullmatch(TRACE_ID, trace_id):
-        raise HTTPException(422, f"Last-Event-ID {last_event_id[:80]!r} is not an id this stream sent "
-                                 "(<milliseconds>:<trace id>); reconnect without it to start from now")
-    return datetime.fromtimestamp(int(ms) // 1000, timezone.utc) + timedelta(milliseconds=int(ms) % 1000), trace_id
+    try:
+        ms, trace_id = history.decode_cursor(last_event_id)
+    except ValueError:
+        raise HTTPException(422, f"Last-Event-ID {last_event_id[:80]!r} is not an id this stream sent; "
+                                 "reconnect without it to start from now") from None
+    return datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000), trace_id
 
 
 @executions.get("/executions/stream", response_class=StreamingResponse,
