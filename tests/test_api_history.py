@@ -315,28 +315,37 @@ def test_bulk_delete_by_time_and_filters(store: Store, tmp_path: Path) -> None:
     assert remaining == [made[4][0], made[3][0]]
 
 
+def _first_event(api_url: str, headers: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The first execution event of the live stream at ``api_url``, and every line read up to it."""
+    lines: list[str] = []
+    with httpx.stream("GET", api_url + "/api/v1/executions/stream", params={"poll": 0.2}, headers=headers,
+                      timeout=30) as r:
+        for line in r.iter_lines():
+            lines.append(line)
+            if line.startswith("data: "):
+                return json.loads(line[6:]), lines
+    raise AssertionError(lines)
+
+
+def _listen(api_url: str, headers: dict[str, str]) -> tuple[threading.Thread, list[tuple[dict[str, Any], list[str]]]]:
+    """``_first_event`` in a thread, started: its result lands in the list once it has one."""
+    got: list[tuple[dict[str, Any], list[str]]] = []
+    listener = threading.Thread(target=lambda: got.append(_first_event(api_url, headers)), daemon=True)
+    listener.start()
+    return listener, got
+
+
 def test_stream_sends_newly_stored_executions(store: Store, tmp_path: Path) -> None:
     tenant = "stream-api"
     with running_collector(store, tmp_path, tenant) as c:
-        events: list[dict[str, Any]] = []
-
-        def listen() -> None:
-            with httpx.stream("GET", c.api_url + "/api/v1/executions/stream", params={"poll": 0.2},
-                              headers=c.headers(), timeout=30) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        events.append(json.loads(line[6:]))
-                        return
-
-        listener = threading.Thread(target=listen, daemon=True)
-        listener.start()
+        listener, got = _listen(c.api_url, c.headers())
         time.sleep(0.5)
         new_id, req = _execution(0, name="fresh")
         body = req.SerializeToString()
         _post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
         write(store, "stream-api-other", _execution(1, name="foreign")[1])
         listener.join(20)
-    assert [(e["trace_id"], e["name"]) for e in events] == [(new_id, "fresh")]
+    assert [(e["trace_id"], e["name"]) for e, _ in got] == [(new_id, "fresh")]
 
 
 def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store: Store, tenant: str) -> None:
@@ -436,23 +445,13 @@ def test_times_are_utc_whatever_the_collectors_time_zone(tmp_path: Path) -> None
         assert export[-1] == "2025-11-18 21:06:40.000000000"
         assert httpx.delete(api + "/executions", params={"before": "2025-11-18T22:06:40Z", "dry_run": "true"}
                             ).json() == {"executions": 1}
-        events: list[dict[str, Any]] = []
-
-        def listen() -> None:
-            with httpx.stream("GET", api + "/executions/stream", params={"poll": 0.2}, timeout=30) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        events.append(json.loads(line[6:]))
-                        return
-
-        listener = threading.Thread(target=listen)
-        listener.start()
+        listener, got = _listen(serve.api_url, {})
         time.sleep(1)  # connected: only executions stored from now on
         late = trace_id()
         body = request([span("agent", late, start=time.time_ns())]).SerializeToString()
         assert httpx.post(otlp, content=body, headers={"content-type": "application/x-protobuf"}).status_code == 200
         listener.join(30)
-        assert [e["trace_id"] for e in events] == [late.hex()]
+        assert [e["trace_id"] for e, _ in got] == [late.hex()]
     finally:
         assert serve.terminate() == 0
 
@@ -477,30 +476,19 @@ def test_a_reconnecting_stream_resumes_after_its_last_event(store: Store, tmp_pa
     monkeypatch.setattr(api, "KEEPALIVE_S", 0.5)
     tenant = "stream-resume"
     with running_collector(store, tmp_path, tenant) as c:
-        def first_event(headers: dict[str, str]) -> tuple[str, dict[str, Any], list[str]]:
-            lines: list[str] = []
-            with httpx.stream("GET", c.api_url + "/api/v1/executions/stream", params={"poll": 0.2},
-                              headers={**c.headers(), **headers}, timeout=30) as r:
-                for line in r.iter_lines():
-                    lines.append(line)
-                    if line.startswith("data: "):
-                        event_id = next(x[4:] for x in lines if x.startswith("id: "))
-                        return event_id, json.loads(line[6:]), lines
-            raise AssertionError(lines)
-
-        got: list[tuple[str, dict[str, Any], list[str]]] = []
-        listener = threading.Thread(target=lambda: got.append(first_event({})), daemon=True)
-        listener.start()
+        listener, got = _listen(c.api_url, c.headers())
         time.sleep(1.5)  # idle: keep-alive comments come meanwhile
         first_id, first_req = _execution(0, name="before-gap")
-        _post(c.http_url, content=first_req.SerializeToString(), headers={"content-type": "application/x-protobuf", **c.headers()})
+        _post(c.http_url, content=first_req.SerializeToString(),
+              headers={"content-type": "application/x-protobuf", **c.headers()})
         listener.join(20)
-        event_id, event, lines = got[0]
+        event, lines = got[0]
         assert event["trace_id"] == first_id and ": keep-alive" in lines
+        event_id = next(line[4:] for line in lines if line.startswith("id: "))
         # away: an execution is stored; reconnecting with the last id delivers it first
         gap_id, gap_req = _execution(1, name="during-gap")
         write(store, tenant, gap_req)
-        _, resumed, _ = first_event({"Last-Event-ID": event_id})
+        resumed, _ = _first_event(c.api_url, {**c.headers(), "Last-Event-ID": event_id})
         assert resumed["trace_id"] == gap_id
         r = httpx.get(c.api_url + "/api/v1/executions/stream", headers={**c.headers(), "Last-Event-ID": "nonsense"})
         assert r.status_code == 422 and "Last-Event-ID" in r.text
