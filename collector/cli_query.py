@@ -12,8 +12,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from string import Formatter
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from rich.console import Console
@@ -155,32 +157,37 @@ def _export(args: argparse.Namespace) -> int:
     over it only once the export is complete: a refused or broken export leaves an
     existing file as it was."""
     chunks = _client(args).stream("/api/v1/export", format=args.format, **_filter_values(args))
-    target = Path(args.output) if args.output != "-" else None
-    partial = target.with_name(f".{target.name}.partial") if target is not None else None
-    out = open(partial, "wb") if partial is not None else sys.stdout.buffer
+    if args.output == "-":
+        _copy(chunks, sys.stdout.buffer, None)
+        return 0
+    target = Path(args.output)
+    partial = target.with_name(f".{target.name}.partial")
     try:
-        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=Console(stderr=True), disable=target is None) as bar:
-            task = bar.add_task(f"export {args.format}", total=None)
-            for chunk in chunks:
-                out.write(chunk)
-                bar.advance(task, len(chunk))
+        with open(partial, "wb") as out:
+            _copy(chunks, out, f"export {args.format}")
     except BaseException:
-        if partial is not None:
-            out.close()
-            partial.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
-    if partial is not None and target is not None:
-        out.close()
-        partial.replace(target)
+    partial.replace(target)
     return 0
+
+
+def _copy(chunks: Iterable[bytes], out: BinaryIO, progress: str | None) -> None:
+    """Write ``chunks`` to ``out``, with a progress bar on stderr titled ``progress`` (if any)."""
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=Console(stderr=True), disable=progress is None) as bar:
+        task = bar.add_task(progress or "", total=None)
+        for chunk in chunks:
+            out.write(chunk)
+            bar.advance(task, len(chunk))
 
 
 def _get_command(path: str, *params: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         values = {p: getattr(args, p) for p in params if getattr(args, p, None) is not None}
         # path values (a tool's name) may hold '/', '#', '?' or '%': each is one path segment
-        segments = {k: quote(str(v), safe="") for k, v in vars(args).items() if isinstance(v, (str, int))}
+        segments = {field: quote(str(getattr(args, field)), safe="")
+                    for _, field, _, _ in Formatter().parse(path) if field}
         return _emit(args, _client(args).get(path.format(**segments), **values))
 
     return run
