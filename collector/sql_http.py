@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from spanhouse.clickhouse import queries
 from spanhouse.clickhouse.pool import ClientPool
 from spanhouse.collector.auth import KeyRing, key_from_headers
 from spanhouse.errors import AuthError
@@ -199,10 +200,7 @@ class SqlEndpoint:
     def _run(self, sql: str, query_params: dict[str, str], settings: dict[str, object], fmt: str) -> bytes:
         """Run ``sql`` read-only; ``PermissionError`` if it would reach outside the store.
         What runs is the one statement the engine formatted from ``sql`` (see the module)."""
-        # implicit_select off, as on a server (chdb turns it on): text that is not a statement
-        # is a syntax error, not a SELECT of it
-        statement = self._clients.query("SELECT formatQuerySingleLine({sql:String})", parameters={"sql": sql},
-                                        settings={"implicit_select": 0}).result_rows[0][0]
+        statement = queries.rows(self._clients, "sql_statement", {"sql": sql})[0]["statement"]
         ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None, settings=settings,
                                      fmt="TabSeparatedRaw")
         reason = outside_reach(ast.decode("utf-8", "replace"))
