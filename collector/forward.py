@@ -24,8 +24,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone

@@ -121,8 +121,9 @@ def _payload(request: ExportTraceServiceRequest, raw: bytes | None) -> bytes:
     one) and a top-level field with the number the writer frames the tenant with
     (it then stood for the tenant: the spans left the caller's tenant). A body with a
     field sent twice is longer than the canonical encoding; one with a top-level
-    unknown field is encoded again without unknown fields. Bytes the reader refuses otherwise (e.g. an unknown field reusing a
-    number with another wire type) are handled by the writer's exact path.
+    unknown field is encoded again without unknown fields. Bytes the reader refuses
+    otherwise (e.g. an unknown field reusing a number with another wire type) are
+    handled by the writer's exact path.
     """
     if UnknownFieldSet(request):
         request.DiscardUnknownFields()
