@@ -60,6 +60,22 @@ def _principal(tenant: str, scopes: Iterable[str], where: str) -> Principal:
     return Principal(tenant, scope_set)
 
 
+def _file_line(line: str, where: str) -> tuple[str, Principal]:
+    """(key hash, principal) of one keys-file line, without its comment. Strict: a line
+    glued to the next (a file without a final newline) or a misspelt field must fail
+    loudly, not authenticate a key with another tenant or default scopes."""
+    digest, *fields = line.split()
+    parts: dict[str, str] = {}
+    for field in fields:
+        name, sep, value = field.partition("=")
+        if not sep or name not in ("tenant", "scopes") or name in parts:
+            raise ConfigError(f"{where}: unexpected {field!r}; expected 'sha256:<hex> tenant=<name> scopes=<a,b>'")
+        parts[name] = value
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest) or "tenant" not in parts:
+        raise ConfigError(f"{where}: expected 'sha256:<hex> tenant=<name> scopes=<a,b>'")
+    return digest[7:], _principal(parts["tenant"], parts.get("scopes", "ingest,read").split(","), where)
+
+
 class KeyRing:
     """Known key hashes and their principals."""
 
@@ -82,14 +98,11 @@ class KeyRing:
                 raise ConfigError(f"cannot read API keys file {path}: {exc}") from exc
             for n, line in enumerate(text.splitlines(), 1):
                 line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
-                digest = line.split()[0]
-                if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest) or "tenant" not in parts:
-                    raise ConfigError(f"{path}:{n}: expected 'sha256:<hex> tenant=<name> scopes=<a,b>'")
-                found[digest[7:]] = _principal(parts["tenant"], parts.get("scopes", "ingest,read").split(","),
-                                               f"{path}:{n}")
+                if line:
+                    digest, principal = _file_line(line, f"{path}:{n}")
+                    if digest in found:
+                        raise ConfigError(f"{path}:{n}: this key's hash is already on an earlier line; remove one")
+                    found[digest] = principal
         raw = (os.environ if environ is None else environ).get(ENV, "")
         for item in filter(None, (i.strip() for i in raw.split(","))):
             key, sep, rest = item.partition("=")
@@ -97,6 +110,10 @@ class KeyRing:
                 raise ConfigError(f"{ENV}: expected '<key>=<tenant>[:<scope>+<scope>]', got an item without '='")
             tenant, _, scopes = rest.partition(":")
             found[hash_key(key)] = _principal(tenant, (scopes or "ingest+read").split("+"), ENV)
+        if not found and (path is not None or raw.strip()):
+            # Keys were asked for: starting without any would let every caller in as an admin.
+            raise ConfigError(f"no API key in {path or ENV}; create one with `spanhouse keys add --file FILE "
+                              "--tenant NAME`, or drop the setting to run without keys on loopback")
         return cls(found)
 
     def authenticate(self, key: str | None) -> Principal:
@@ -127,8 +144,17 @@ def add_key(path: Path, tenant: str, scopes: Iterable[str]) -> str:
     principal = _principal(tenant, scopes, "keys add")
     key = "sh_" + secrets.token_urlsafe(32)
     line = f"sha256:{hash_key(key)} tenant={principal.tenant} scopes={','.join(sorted(principal.scopes))}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line)
-    os.chmod(path, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "r+b") as f:
+            os.fchmod(fd, 0o600)
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # a hand-edited file may lack its final newline
+                    line = "\n" + line
+            f.write(line.encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot write API keys file {path}: {exc}") from exc
     return key

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spanhouse.collector import cli, config
-from spanhouse.collector.auth import ANONYMOUS, KeyRing, add_key, hash_key, key_from_headers
+from spanhouse.collector.auth import ANONYMOUS, KeyRing, Principal, add_key, hash_key, key_from_headers
 from spanhouse.errors import AuthError, ConfigError, Forbidden
 
 
@@ -105,3 +105,46 @@ def test_cli_keys_add_prints_the_key_once(tmp_path: Path, capsys: pytest.Capture
 def test_cli_serve_refuses_a_public_address_without_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
     assert "refusing to listen on 0.0.0.0 without API keys" in capsys.readouterr().err
+
+
+def test_keys_add_after_a_last_line_without_newline_keeps_both_keys(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    first = add_key(path, "acme", ["ingest", "read"])
+    path.write_text(path.read_text().rstrip("\n"))  # hand-edited: no final newline
+    second = add_key(path, "globex", ["admin"])
+    ring = KeyRing.load(path, environ={})
+    assert ring.authenticate(first) == Principal("acme", frozenset({"ingest", "read"}))
+    assert ring.authenticate(second).tenant == "globex"
+
+
+@pytest.mark.parametrize("fields", ["tenant=acme tenant=globex", "tenant=acme scope=admin",
+                                    "tenant=acme scopes=ingest, admin", f"tenant=acme sha256:{'1' * 64}",
+                                    "tenant=acme stray"])
+def test_keys_file_fields_are_checked_strictly(tmp_path: Path, fields: str) -> None:
+    (tmp_path / "k").write_text(f"sha256:{'0' * 64} {fields}\n")
+    with pytest.raises(ConfigError, match="unexpected"):
+        KeyRing.load(tmp_path / "k", environ={})
+
+
+def test_a_key_hash_twice_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "k").write_text(f"sha256:{'0' * 64} tenant=a\nsha256:{'0' * 64} tenant=b\n")
+    with pytest.raises(ConfigError, match="already on an earlier line"):
+        KeyRing.load(tmp_path / "k", environ={})
+
+
+@pytest.mark.parametrize("text,env", [("", ""), ("# only a comment\n", ""), (None, ","), (None, " , ")])
+def test_keys_asked_for_but_none_found_refuses_to_start(tmp_path: Path, text: str | None, env: str) -> None:
+    """Otherwise every caller would be the anonymous admin, on any address."""
+    path = None
+    if text is not None:
+        path = tmp_path / "k"
+        path.write_text(text)
+    with pytest.raises(ConfigError, match="no API key in"):
+        KeyRing.load(path, environ={"SPANHOUSE_API_KEYS": env})
+
+
+def test_cli_keys_add_to_an_unwritable_place_is_a_clear_error(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["keys", "add", "--file", str(tmp_path), "--tenant", "acme"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write API keys file" in err and "Traceback" not in err
