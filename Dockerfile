@@ -6,7 +6,10 @@ COPY spanhouse ./spanhouse
 COPY sdk ./sdk
 COPY collector ./collector
 COPY clickhouse ./clickhouse
-RUN pip install --no-cache-dir . && useradd --system --create-home spanhouse
+# The spool volume's mount point exists and belongs to the user: Docker copies that
+# ownership into a new named volume (otherwise root's, and the collector cannot write it).
+RUN pip install --no-cache-dir . && useradd --system --create-home spanhouse \
+ && install -d -o spanhouse -g spanhouse /var/lib/spanhouse
 USER spanhouse
 WORKDIR /home/spanhouse
 EXPOSE 4317 4318 8080 8124

@@ -54,6 +54,19 @@ def test_collector_command_and_environment_match_the_cli() -> None:
     assert ring.enabled
 
 
+def test_the_collectors_named_volumes_belong_to_its_user() -> None:
+    """A new named volume takes the owner of the image's directory at its mount point, and
+    root's when the image has none: the non-root collector could not write its spool."""
+    compose = _compose()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER "))
+    assert user != "root"
+    for volume in compose["services"]["collector"]["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source in compose["volumes"]:
+            assert f"install -d -o {user} -g {user} {target}" in dockerfile, f"{target} is not {user}'s in the image"
+
+
 def test_services_have_health_checks_and_start_in_order() -> None:
     services = _compose()["services"]
     for name in ("clickhouse", "collector", "grafana"):
