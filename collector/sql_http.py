@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from spanhouse.clickhouse import queries
 from spanhouse.clickhouse.pool import ClientPool
+from spanhouse.collector import native
 from spanhouse.collector.auth import KeyRing, key_from_headers
 from spanhouse.errors import AuthError
 
@@ -54,7 +55,7 @@ _PROTOCOL_PARAMS = {"query", "database", "default_format", "query_id", "session_
                     "wait_end_of_query", "client_protocol_version", "role"}
 _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 _CODE = re.compile(r"Code: (\d+)\.")
-_STATUS = {164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
+_STATUS = {50: 400, 164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
            27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404, 457: 400, 73: 400}
 _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JSONCompact": "application/json",
           "CSV": "text/csv", "CSVWithNames": "text/csv", "TabSeparated": "text/tab-separated-values"}
@@ -162,6 +163,7 @@ class SqlEndpoint:
         dashboard at once: on one connection the panels would load one after the other."""
         self._clients = clients
         self._keys = keys
+        self._timezone: str = queries.rows(clients, "server_timezone", {})[0]["timezone"]
         self.app = Starlette(routes=[Route("/", self._query, methods=["GET", "POST"]),
                                      Route("/ping", lambda _: PlainTextResponse("Ok.\n"), methods=["GET", "HEAD"])])
 
@@ -183,14 +185,21 @@ class SqlEndpoint:
             settings = client_settings(params)
         except ValueError as exc:
             return _error(f"Code: 164. DB::Exception: {exc}. (READONLY)")
+        try:
+            revision = int(params.get("client_protocol_version", "0")) if fmt == "Native" else 0
+        except ValueError:
+            return _error("Code: 27. DB::Exception: client_protocol_version must be an integer. (CANNOT_PARSE_INPUT)")
         query_id = params.get("query_id") or str(uuid.uuid4())
         try:
-            data = await anyio.to_thread.run_sync(lambda: self._run(sql, query_params, settings, fmt))
+            data = await anyio.to_thread.run_sync(
+                lambda: native.for_revision(self._run(sql, query_params, settings, fmt), revision))
         except ClickHouseError as exc:
             return _error(str(exc))
         except PermissionError as exc:
             return _error(f"Code: 497. DB::Exception: the SQL endpoint reads the store only: {exc}. (ACCESS_DENIED)")
-        headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC", "X-ClickHouse-Query-Id": query_id,
+        except native.UnsupportedNativeType as exc:
+            return _error(f"Code: 50. DB::Exception: {exc}. (UNKNOWN_TYPE)")
+        headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": str(settings.get("session_timezone") or self._timezone), "X-ClickHouse-Query-Id": query_id,
                    "X-ClickHouse-Summary": json.dumps({"read_rows": "0", "read_bytes": "0", "written_rows": "0",
                                                        "written_bytes": "0", "total_rows_to_read": "0",
                                                        "result_rows": "0", "result_bytes": str(len(data))}),

@@ -12,12 +12,15 @@ from pathlib import Path
 import clickhouse_connect
 import httpx
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.datatypes.registry import get_from_name
+from clickhouse_connect.driver.ctypes import RespBuffCls
+from clickhouse_connect.driver.exceptions import DatabaseError, StreamCompleteException
+from clickhouse_connect.driver.query import QueryContext
 
 from spanhouse.clickhouse import Store
 from spanhouse.clickhouse.store import READERS
 from spanhouse.collector.sql_http import LIMITS, client_settings
-from tests.collector_harness import Running, running_collector
+from tests.collector_harness import Running, in_child, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, trace_id
 
@@ -183,3 +186,109 @@ def test_a_bad_query_parameter_or_format_is_a_400(admin: Running) -> None:
     assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "457"
     r = httpx.post(admin.sql_url, params={"default_format": "Nope"}, content="SELECT 1", auth=("default", admin.key))
     assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "73"
+
+
+class _Body:
+    """A response body as clickhouse-connect's ResponseBuffer reads it (one chunk)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.gen = iter([data])
+
+    def close(self) -> None:
+        pass
+
+
+def _read_as_go_driver(data: bytes, revision: int) -> tuple[int, list[str], list[tuple]]:
+    """(blocks, type names, rows) of a Native answer read as clickhouse-go reads it for
+    ``revision`` (lib/proto/block.go: a BlockInfo before each block, and from 54454 a
+    custom-serialization flag after each column's type), the columns decoded by
+    clickhouse-connect's own readers: a byte out of place fails here."""
+    source = RespBuffCls(_Body(data))
+    blocks, types, rows = 0, [], []
+    while True:
+        try:
+            first = source.read_byte()
+        except StreamCompleteException:
+            return blocks, types, rows
+        if revision > 0:
+            info = bytes([first, *source.read_bytes(7)])
+            assert info == bytes([1, 0, 2, 0xFF, 0xFF, 0xFF, 0xFF, 0])  # is_overflows 0, bucket_num -1, end
+            first = source.read_leb128()
+        num_columns, num_rows = first, source.read_leb128()
+        columns, types = [], []
+        for _ in range(num_columns):
+            source.read_leb128_str()
+            types.append(source.read_leb128_str())
+            if revision >= 54454:
+                assert source.read_byte() == 0  # no custom serialization
+            ch_type = get_from_name(types[-1])
+            columns.append(ch_type.read_column(source, num_rows, QueryContext()) if num_rows else [])
+        rows += list(zip(*columns))
+        blocks += 1
+
+
+TYPES_SQL = """
+SELECT number AS n, toString(number) AS s, toLowCardinality(toString(number % 3)) AS lc,
+       CAST(if(number % 2 = 1, NULL, toString(number)) AS LowCardinality(Nullable(String))) AS lcn,
+       if(number % 2 = 1, NULL, number) AS nn, [number, number + 1] AS arr, [[toString(number)], []] AS arr2,
+       map('k', toString(number), 'j', '') AS m, (number, toString(number)) AS tup,
+       CAST((1, 'x'), 'Tuple(a UInt8, b String)') AS named, [map('a', [toLowCardinality('x')])] AS deep,
+       toDateTime64(1700000000 + number, 9, 'UTC') AS dt64, toDateTime(1700000000 + number, 'UTC') AS dt,
+       toDate('2025-01-01') AS d, toDecimal64(number / 3, 4) AS dec, toUUID('61f0c404-5cb3-11e7-907b-a6006ad3dba0') AS u,
+       CAST('b', 'Enum8(\\'a\\' = 1, \\'b\\' = 2)') AS e, toFixedString('ab', 2) AS fs, number % 2 = 0 AS b,
+       toIPv4('1.2.3.4') AS ip, CAST([], 'Array(Nullable(UInt8))') AS empty, (1.5, 2.5)::Point AS p, 0.25 AS f
+FROM numbers(FIRST, 5)
+"""
+
+
+@pytest.mark.parametrize("revision", [54460, 54453, 0])
+def test_native_answers_follow_the_go_drivers_protocol_version(admin: Running, revision: int) -> None:
+    """Grafana's ClickHouse data source (clickhouse-go over HTTP) sends client_protocol_version
+    and reads the blocks in that revision's layout; the engine writes revision 0's."""
+    sql = f"{TYPES_SQL.replace('FIRST', '{a:UInt64}')} UNION ALL {TYPES_SQL.replace('FIRST', '{b:UInt64}')}"
+    params = {"param_a": "0", "param_b": "100", "database": "default", "default_format": "Native"}
+    if revision:
+        params["client_protocol_version"] = str(revision)
+    r = httpx.post(admin.sql_url, params=params, content=sql,
+                   headers={"X-ClickHouse-User": "grafana", "X-ClickHouse-Key": admin.key})
+    assert r.status_code == 200, r.text
+    blocks, types, rows = _read_as_go_driver(r.content, revision)
+    expected = _client(admin).query(sql, parameters={"a": 0, "b": 100}).result_rows
+    assert blocks >= 2 and sorted(rows) == sorted(expected) and len(rows) == 10
+    assert "LowCardinality(Nullable(String))" in types and "Map(String, String)" in types
+
+    # What the driver asks first when it connects, and an empty answer (a header block).
+    for sql, count in [("SELECT displayName(), version(), revision(), timezone()", 1),
+                       ("SELECT toLowCardinality('x') AS lc, [1] AS a FROM numbers(0)", 0)]:
+        r = httpx.post(admin.sql_url, params={**params, "query": sql}, content=b"",
+                       headers={"X-ClickHouse-User": "grafana", "X-ClickHouse-Key": admin.key})
+        assert r.status_code == 200 and len(_read_as_go_driver(r.content, revision)[2]) == count
+
+
+def test_a_native_column_the_endpoint_cannot_lay_out_is_a_clear_400(admin: Running) -> None:
+    r = httpx.post(admin.sql_url, params={"default_format": "Native", "client_protocol_version": "54460"},
+                   content="SELECT 1::Dynamic AS d", auth=("default", admin.key))
+    assert r.status_code == 400 and "cast it to String" in r.text
+    r = httpx.post(admin.sql_url, params={"default_format": "Native", "client_protocol_version": "new"},
+                   content="SELECT 1", auth=("default", admin.key))
+    assert r.status_code == 400 and "must be an integer" in r.text
+
+
+def test_the_time_zone_header_is_the_one_text_times_are_written_in(tmp_path: Path) -> None:
+    """Clients that read text formats (the Java client, curl scripts) take DateTime text to be
+    in X-ClickHouse-Timezone: the store's zone, or the session_timezone the client asked for."""
+    script = """
+import sys, httpx
+from pathlib import Path
+from spanhouse.clickhouse import open_store
+from tests.collector_harness import running_collector
+store = open_store(sys.argv[1])
+with running_collector(store, Path(sys.argv[2]), "tz", scopes="admin") as c:
+    for extra in ({}, {"session_timezone": "UTC"}):
+        r = httpx.post(c.sql_url, params=extra, content="SELECT toDateTime(1717200000) AS t", auth=("d", c.key))
+        print(r.headers["x-clickhouse-timezone"], r.text.strip())
+store.close()
+"""
+    (tmp_path / "run").mkdir()
+    assert in_child(script, tmp_path / "store", str(tmp_path / "run"), tz="Asia/Kolkata") == [
+        "Asia/Kolkata 2024-06-01 05:30:00", "UTC 2024-06-01 00:00:00"]
