@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import queries, sqlfiles
 from spanhouse.errors import ConfigError, MigrationError
@@ -157,32 +161,68 @@ def applied(client: Client) -> dict[int, tuple[str, str]]:
     return {int(v): (name, checksum) for v, name, checksum in rows}
 
 
-def migrate(client: Client, cluster: str | None = None) -> list[str]:
+LOCK_WAIT_S = 600.0
+"""How long a migrator waits for another one: the backfills of a large store take minutes."""
+
+
+def migrate(client: Client, cluster: str | None = None, *, exclusive: bool = False,
+            lock_wait_s: float = LOCK_WAIT_S) -> list[str]:
     """Bring the schema up to date; return the names of the files applied now.
 
-    Raises ``MigrationError`` if an applied file was changed, or a statement fails (the
-    message names the file and statement; fix it and run again: statements are
-    idempotent, and a file is recorded only once all of it ran).
+    One migrator at a time (``migration_lock_take.sql``): another one waits up to
+    ``lock_wait_s`` for it. ``exclusive``: no other process can reach this store (the
+    embedded engine), so a lock left by a killed run is dropped rather than waited for.
+
+    Raises ``MigrationError`` if an applied file was changed, the lock stays held, or a
+    statement fails (the message names the file and statement; fix it and run again:
+    statements are idempotent, and a file is recorded only once all of it ran).
     """
     known = schema_files()
     _run(client, known[0], cluster)  # the bookkeeping table itself (idempotent DDL)
-    done = applied(client)
-    ran: list[str] = []
-    for m in known:
-        if m.version in done:
-            name, checksum = done[m.version]
-            if checksum != m.checksum:
-                raise MigrationError(
-                    f"schema file {m.name} was changed after it was applied (as {name}); "
-                    "schema changes must go into a new numbered file. Restore the file's "
-                    "original text and add the change as the next NNNN_*.sql"
-                )
-            continue
-        _run(client, m, cluster)
-        client.insert("spanhouse_migrations", [[m.version, m.name, m.checksum]],
-                      column_names=["version", "name", "checksum"])
-        ran.append(m.name)
+    with _migration_lock(client, exclusive, lock_wait_s):
+        done = applied(client)  # read under the lock: what a migrator before us applied counts
+        ran: list[str] = []
+        for m in known:
+            if m.version in done:
+                name, checksum = done[m.version]
+                if checksum != m.checksum:
+                    raise MigrationError(
+                        f"schema file {m.name} was changed after it was applied (as {name}); "
+                        "schema changes must go into a new numbered file. Restore the file's "
+                        "original text and add the change as the next NNNN_*.sql"
+                    )
+                continue
+            _run(client, m, cluster)
+            client.insert("spanhouse_migrations", [[m.version, m.name, m.checksum]],
+                          column_names=["version", "name", "checksum"])
+            ran.append(m.name)
     return ran
+
+
+@contextmanager
+def _migration_lock(client: Client, exclusive: bool, wait_s: float) -> Iterator[None]:
+    if exclusive:
+        client.command(sqlfiles.query("migration_lock_release"))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.command(sqlfiles.query("migration_lock_take"))
+            break
+        except DatabaseError as exc:
+            if "TABLE_ALREADY_EXISTS" not in str(exc):
+                raise
+        if time.monotonic() >= deadline:
+            held = queries.rows(client, "migration_lock_held", {})
+            since = f" since {held[0]['since']}" if held else ""
+            raise MigrationError(
+                f"another migrator has held the migration lock{since} (table spanhouse_migration_lock) for over "
+                f"{wait_s:.0f} s. If none is running (one was killed), DROP TABLE spanhouse_migration_lock and "
+                "start again")
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        client.command(sqlfiles.query("migration_lock_release"))
 
 
 MAX_RETENTION_DAYS = 10_000

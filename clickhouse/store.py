@@ -64,7 +64,7 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
     dsn = resolve_dsn(dsn)
     client = connect(dsn)
     try:
-        migrate(client, cluster=cluster)
+        migrate(client, cluster=cluster, exclusive=embedded_path(dsn) is not None)
         if retention_days is not None:
             apply_retention(client, retention_days, cluster=cluster)
         writer_client = connect(dsn)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spanhouse.clickhouse import IngestItem, Store, connect, embedded_path, migrate, resolve_dsn
+from spanhouse.clickhouse import IngestItem, Store, connect, embedded_path, migrate, queries, resolve_dsn, sqlfiles
 from spanhouse.clickhouse import migrations as migrate_module
 from spanhouse.clickhouse.deletion import delete_traces
 from spanhouse.clickhouse.sqlfiles import split_statements
@@ -161,6 +161,42 @@ def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) 
     assert in_child(script, tmp_path) == [f"['0011_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2 + [
         f"{later} {later}"]
 
+
+
+def test_two_migrators_at_once_apply_a_file_once(tmp_path: Path) -> None:
+    """Collectors started together against one server both migrate: one waits for the
+    other and finds the file applied, so 0010's backfill counts each stored call once
+    (without the lock both ran it and every call counted twice)."""
+    script = (
+        "import sys, threading\n"
+        "from spanhouse.clickhouse import open_store, connect, migrate\n"
+        "s = open_store(sys.argv[1]); c = s.client\n"
+        "c.command(\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName) \"\n"
+        "          \"SELECT 't', now64(9), toString(number % 50000), 'search' FROM numbers(500000)\")\n"
+        "c.command('DROP VIEW execution_tool_calls_mv'); c.command('DROP TABLE execution_tool_calls')\n"
+        "c.command('DELETE FROM spanhouse_migrations WHERE version = 10')\n"
+        "clients, ran, start = [connect(sys.argv[1]) for _ in range(2)], [], threading.Barrier(2)\n"
+        "def run(client):\n"
+        "    start.wait(); ran.append(migrate(client))\n"
+        "threads = [threading.Thread(target=run, args=(x,)) for x in clients]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(sorted(ran), c.query('SELECT sum(Calls) FROM execution_tool_calls').result_rows[0][0])\n"
+        "for x in clients: x.close()\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path) == ["[[], ['0010_execution_tool_calls.sql']] 500000"]
+
+
+def test_a_held_migration_lock_is_waited_for_then_explained(store: Store) -> None:
+    store.client.command(sqlfiles.query("migration_lock_take"))  # as a migrator killed while it held it
+    try:
+        with pytest.raises(MigrationError, match="DROP TABLE spanhouse_migration_lock"):
+            migrate(store.client, lock_wait_s=1)
+        # The embedded engine is one process's: what holds the lock there is a killed run.
+        assert migrate(store.client, exclusive=True) == []
+        assert queries.rows(store.client, "migration_lock_held", {}) == []
+    finally:
+        store.client.command(sqlfiles.query("migration_lock_release"))
 
 class _WriteWhileRebuilding:
     """A reader for ``delete_traces`` that, once the tool rollups of the affected hours
