@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from spanhouse.clickhouse import Store, history
+from spanhouse.clickhouse import Store, history, queries
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
 
@@ -75,3 +75,21 @@ def test_a_span_alone_in_its_insert_late_in_the_last_second_is_in_the_tree(store
     found = history.get_execution(store.client, tenant, t.hex())
     assert found is not None and found["spans"] == 3
     assert _names(found["spans_tree"]) == ["invoke_agent planner", "step a", "step b"]
+
+
+def test_the_span_read_uses_the_trace_ordered_projection(store: Store, tenant: str) -> None:
+    """With more spans than one granule of otel_traces' own order, a trace's spans are read
+    from the trace-ordered projection (0013), one small granule, not from the granule of
+    each of its span names; and the tree is the same."""
+    traces = [trace_id() for _ in range(4_000)]
+    write(store, tenant, *(request([span(f"step {(i * 7 + k) % 40}", t, start=T0 + i * 1_000_000 + k)
+                                    for k in range(10)]) for i, t in enumerate(traces)))
+    wanted = traces[1_234]
+    params = {"tenant": tenant, "trace_id": wanted.hex(), "limit": 5_001,
+              **queries.rows(store.client, "execution_bounds", {"tenant": tenant, "trace_id": wanted.hex()})[0]}
+    plan = "\n".join(r[0] for r in store.client.query(
+        "EXPLAIN indexes = 1 " + queries.render("execution_spans"), parameters=params).result_rows)
+    assert "ReadFromMergeTree (by_trace)" in plan, plan
+    found = history.get_execution(store.client, tenant, wanted.hex())
+    assert found is not None and sorted(_names(found["spans_tree"])) == sorted(
+        f"step {(1_234 * 7 + k) % 40}" for k in range(10))

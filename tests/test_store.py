@@ -361,12 +361,12 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path) -> None:
     assert done.stderr.startswith("spanhouse: error: unsupported DSN scheme") and "Traceback" not in done.stderr
 
 
-def test_tool_rollups_carry_time_ordered_projections(store: Store, tenant: str) -> None:
+def test_spans_and_tool_rollups_carry_their_projections(store: Store, tenant: str) -> None:
     tool_call = span("execute_tool x", trace_id(), attributes={"gen_ai.operation.name": "execute_tool"})
     write(store, tenant, request([tool_call]))
     got = store.client.query("SELECT table, name FROM system.projections WHERE database = currentDatabase() "
                              "ORDER BY table").result_rows
-    assert got == [("tool_stats_1h", "by_time"), ("tool_stats_1m", "by_time")]
+    assert got == [("otel_traces", "by_trace"), ("tool_stats_1h", "by_time"), ("tool_stats_1m", "by_time")]
     built = store.client.query("SELECT DISTINCT table FROM system.projection_parts WHERE active "
                                "AND database = currentDatabase() ORDER BY table").result_rows
-    assert built == [("tool_stats_1h",), ("tool_stats_1m",)]  # built by the insert itself
+    assert built == [("otel_traces",), ("tool_stats_1h",), ("tool_stats_1m",)]  # built by the insert itself
