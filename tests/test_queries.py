@@ -57,3 +57,21 @@ def test_a_token_heavy_trace_spanning_days_does_not_make_a_set_of_its_seconds(st
         tracemalloc.stop()
     assert [t["span_name"] for t in result["tips"] if t["kind"] == "token_heavy"] == ["chat big"]
     assert peak < 4 << 20  # the 172,800 seconds of two days as a set and a list took ~12 MB
+
+
+def test_error_patterns_end_with_the_window_not_the_day_after_it(store: Store, tenant: str) -> None:
+    """A window ending at midnight (any call in the day's last hour) must not take the next
+    day's failures: error_patterns counts per day, and the window's last day is the one
+    holding its last second, not the one holding its (exclusive) end."""
+    midnight = (1_763_500_000 // 86_400 + 1) * 86_400
+    now = midnight - 1_800  # 23:30 UTC: the window ends at midnight
+
+    def failing(start_s: int, message: str) -> list:
+        t, root = trace_id(), span_id()
+        return [span("invoke_agent a", t, sid=root, start=start_s * 10**9),
+                span("execute_tool api", t, parent=root, start=start_s * 10**9, error=message,
+                     attributes={"gen_ai.operation.name": "execute_tool"})]
+
+    write(store, tenant, request([*failing(now - 600, "in the window"), *failing(midnight + 15 * 3_600, "later")]))
+    patterns = analytics.performance(store.client, tenant, days=1, now=now)["error_patterns"]
+    assert [p["pattern"] for p in patterns] == ["in the window"]

@@ -1,5 +1,6 @@
 -- The most frequent error patterns of the window. error_patterns counts per day, so the
--- window starts at the beginning of the day holding `since`.
+-- window runs from the beginning of the day holding `since` to the end of the day holding
+-- its last second (`until` is exclusive: a window ending at midnight ends the day before).
 SELECT
     ToolName AS tool,
     IsTool AS is_tool,
@@ -11,7 +12,7 @@ SELECT
     argMax(SampleTraceId, LastSeen) AS sample_trace_id,
     arraySort(groupUniqArray(ServiceName)) AS services
 FROM error_patterns
-WHERE Tenant = {tenant:String} AND Day >= toDate({since:DateTime}) AND Day <= toDate({until:DateTime})
+WHERE Tenant = {tenant:String} AND Day >= toDate({since:DateTime}) AND Day <= toDate({until:DateTime} - 1)
 GROUP BY tool, is_tool, pattern
 ORDER BY count DESC, last_seen DESC, tool, pattern
 LIMIT {limit:UInt32}
