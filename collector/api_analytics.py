@@ -13,11 +13,22 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from spanhouse.clickhouse import analytics as numbers
 from spanhouse.collector.api import AUTH_RESPONSES, Context, Reader
 
 analytics = APIRouter(prefix="/api/v1", tags=["analytics"], responses=AUTH_RESPONSES)
+
+
+class _Text(PathConvertor):
+    """A path parameter of any characters, '/' and line breaks included: a tool name is
+    whatever the spans said, and Starlette's ``path`` (``.*``) stops at a newline."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("text", _Text())
 
 Days = Annotated[int, Query(ge=1, le=365, description="the last `days` × 24 hourly buckets, the current one included")]
 Name = Annotated[str | None, Query(min_length=1, max_length=512, description="only executions with this name")]
@@ -80,7 +91,7 @@ def tools(who: Reader, ctx: Context, days: Days = 7,
     return numbers.tools(ctx.store.readers, who.tenant, days, sort, order, min_calls, limit)
 
 
-@analytics.get("/tools/{name:path}", responses={404: {"description": "this tenant never called this tool"}})
+@analytics.get("/tools/{name:text}", responses={404: {"description": "this tenant never called this tool"}})
 def tool(who: Reader, ctx: Context, name: Annotated[str, Path(min_length=1, max_length=512)], days: Days = 7,
          bucket: Annotated[Literal["minute", "hour", "day"], Query(description=(
              f"minute (tool_stats_1m; days <= {numbers.MAX_MINUTE_BUCKET_DAYS}), hour or day (tool_stats_1h)"))] = "hour",

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import quote
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -665,9 +666,9 @@ def test_tool_detail_unknown_other_tenants_and_idle_tools(world: World) -> None:
 
 
 def test_tool_names_with_slashes_and_spaces_are_one_path_parameter(world: World) -> None:
-    for name in ("mcp/server/tool", "a tool"):
-        r = world.get(f"/tools/{name}")
-        assert r.status_code == 404 and name in r.json()["detail"]
+    for name in ("mcp/server/tool", "a tool", "two\nlines", "tab\there"):
+        r = world.get(f"/tools/{quote(name, safe='')}")
+        assert r.status_code == 404 and repr(name) in r.json()["detail"]  # the handler's answer, not the router's
 
 
 # ----------------------------------------------------------------------------- anomalies
