@@ -771,3 +771,19 @@ def test_the_error_patterns_panel_keeps_the_latest_failures_east_of_utc(tmp_path
         "s.close()\n"
     )
     assert in_child(script, tmp_path, tz="Asia/Kolkata") == ["[('LateError', 'search', 1)]"]
+
+
+def test_tool_panels_read_the_hourly_rollup_over_long_intervals_and_ranges() -> None:
+    """Over days, a per-minute rollup has 60x the rows of the hourly one: every panel that
+    reads it has an hourly branch, for intervals of an hour or more in time series and for
+    ranges over 24 h in tables (grafana/README.md)."""
+    for path in DASHBOARDS:
+        for p in _panels(_load(path)):
+            for target in p.get("targets", []):
+                sql = target.get("rawSql", "")
+                if re.search(r"\b(v_)?tool_stats_1m\b|\bv_tool_latency_histogram\b", sql):
+                    branches = (("$__interval_s < 3600", "$__interval_s >= 3600") if p["type"] in ("timeseries", "heatmap")
+                                else ("dateDiff('hour', $__fromTime, $__toTime) <= 24",
+                                      "dateDiff('hour', $__fromTime, $__toTime) > 24"))
+                    assert all(b in sql for b in branches), p["title"]
+                    assert re.search(r"\b(v_)?tool_stats_1h\b", sql), p["title"]
