@@ -198,6 +198,21 @@ def test_a_held_migration_lock_is_waited_for_then_explained(store: Store) -> Non
     finally:
         store.client.command(sqlfiles.query("migration_lock_release"))
 
+
+def test_tool_rollups_read_by_time_after_a_deletion_count_what_remains(store: Store, tenant: str) -> None:
+    """Deletion recomputes a tool's hour: the rows it deletes must not stay in the
+    time-ordered projections (0008), which window reads use, next to the recomputed ones."""
+    start = 1_763_500_000_000_000_000
+    gone, kept = trace_id(), trace_id()
+    write(store, tenant, request([span("execute_tool x", t, start=start + i, attributes={
+        "gen_ai.operation.name": "execute_tool"}) for i, t in enumerate((gone, kept))]))
+    delete_traces(store.client, tenant, [gone.hex()])
+    for table in ("tool_stats_1m", "tool_stats_1h"):
+        in_projection = store.client.query(
+            "SELECT sum(Calls) FROM mergeTreeProjection(currentDatabase(), {table:String}, 'by_time') "
+            "WHERE Tenant = {t:String}", parameters={"t": tenant, "table": table})
+        assert in_projection.result_rows == [(1,)], table
+
 class _WriteWhileRebuilding:
     """A reader for ``delete_traces`` that, once the tool rollups of the affected hours
     are cleared and before they are recomputed, has the writer insert ``batch`` from
