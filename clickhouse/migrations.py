@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,7 +172,8 @@ def migrate(client: Client, cluster: str | None = None, *, exclusive: bool = Fal
 
     One migrator at a time (``migration_lock_take.sql``): another one waits up to
     ``lock_wait_s`` for it. ``exclusive``: no other process can reach this store (the
-    embedded engine), so a lock left by a killed run is dropped rather than waited for.
+    embedded engine); migrators in this process take turns, so a lock found then was
+    left by a killed run and is dropped rather than waited for.
 
     Raises ``MigrationError`` if an applied file was changed, the lock stays held, or a
     statement fails (the message names the file and statement; fix it and run again:
@@ -199,10 +201,22 @@ def migrate(client: Client, cluster: str | None = None, *, exclusive: bool = Fal
     return ran
 
 
+_IN_THIS_PROCESS = threading.Lock()
+"""Held by every migrator of this process while it holds the store's lock: one process
+may open one embedded store more than once (the SDK's exporter and the application)."""
+
+
 @contextmanager
 def _migration_lock(client: Client, exclusive: bool, wait_s: float) -> Iterator[None]:
-    if exclusive:
-        client.command(sqlfiles.query("migration_lock_release"))
+    with _IN_THIS_PROCESS:
+        if exclusive:
+            client.command(sqlfiles.query("migration_lock_release"))
+        with _store_lock(client, wait_s):
+            yield
+
+
+@contextmanager
+def _store_lock(client: Client, wait_s: float) -> Iterator[None]:
     deadline = time.monotonic() + wait_s
     while True:
         try:

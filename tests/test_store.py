@@ -164,27 +164,31 @@ def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) 
 
 
 def test_two_migrators_at_once_apply_a_file_once(tmp_path: Path) -> None:
-    """Collectors started together against one server both migrate: one waits for the
-    other and finds the file applied, so 0010's backfill counts each stored call once
-    (without the lock both ran it and every call counted twice)."""
+    """Collectors started together against one server both migrate, and one process can
+    open its embedded store twice (the SDK's exporter and the application): one migrator
+    waits for the other and finds the file applied, so 0010's backfill counts each stored
+    call once (without the lock both ran it and every call counted twice)."""
     script = (
         "import sys, threading\n"
         "from spanhouse.clickhouse import open_store, connect, migrate\n"
         "s = open_store(sys.argv[1]); c = s.client\n"
+        "def undo_0010():\n"
+        "    c.command('DROP VIEW execution_tool_calls_mv'); c.command('DROP TABLE execution_tool_calls')\n"
+        "    c.command('DELETE FROM spanhouse_migrations WHERE version = 10')\n"
         "c.command(\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName) \"\n"
         "          \"SELECT 't', now64(9), toString(number % 50000), 'search' FROM numbers(500000)\")\n"
-        "c.command('DROP VIEW execution_tool_calls_mv'); c.command('DROP TABLE execution_tool_calls')\n"
-        "c.command('DELETE FROM spanhouse_migrations WHERE version = 10')\n"
-        "clients, ran, start = [connect(sys.argv[1]) for _ in range(2)], [], threading.Barrier(2)\n"
-        "def run(client):\n"
-        "    start.wait(); ran.append(migrate(client))\n"
-        "threads = [threading.Thread(target=run, args=(x,)) for x in clients]\n"
-        "[t.start() for t in threads]; [t.join() for t in threads]\n"
-        "print(sorted(ran), c.query('SELECT sum(Calls) FROM execution_tool_calls').result_rows[0][0])\n"
-        "for x in clients: x.close()\n"
+        "for opener in (lambda: migrate(connect(sys.argv[1])), lambda: open_store(sys.argv[1]).close()):\n"
+        "    undo_0010()\n"
+        "    start = threading.Barrier(2)\n"
+        "    def run():\n"
+        "        start.wait(); opener()\n"
+        "    threads = [threading.Thread(target=run) for _ in range(2)]\n"
+        "    [t.start() for t in threads]; [t.join() for t in threads]\n"
+        "    print(c.query('SELECT sum(Calls) FROM execution_tool_calls').result_rows[0][0],\n"
+        "          c.query('SELECT count() FROM spanhouse_migrations WHERE version = 10').result_rows[0][0])\n"
         "s.close()\n"
     )
-    assert in_child(script, tmp_path) == ["[[], ['0010_execution_tool_calls.sql']] 500000"]
+    assert in_child(script, tmp_path) == ["500000 1", "500000 1"]
 
 
 def test_a_held_migration_lock_is_waited_for_then_explained(store: Store) -> None:
