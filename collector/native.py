@@ -51,7 +51,7 @@ def for_revision(data: bytes, revision: int) -> bytes:
         for _ in range(columns):
             start = reader.pos
             reader.skip(reader.varint())  # name
-            type_name = reader.take(reader.varint()).decode()
+            type_name = _type_name(reader.take(reader.varint()))
             out += data[start:reader.pos]
             if revision >= CUSTOM_SERIALIZATION_REVISION:
                 out.append(0)
@@ -91,6 +91,14 @@ class _Reader:
 
     def uint64(self) -> int:
         return int.from_bytes(self.take(8), "little")
+
+
+def _type_name(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:  # output_format_native_encode_types_in_binary_format
+        raise UnsupportedNativeType("cannot lay out Native data whose types are binary-encoded for this client; "
+                                    "leave output_format_native_encode_types_in_binary_format off") from None
 
 
 def _parse(name: str) -> ClickHouseType:

@@ -269,6 +269,10 @@ def test_a_native_column_the_endpoint_cannot_lay_out_is_a_clear_400(admin: Runni
     r = httpx.post(admin.sql_url, params={"default_format": "Native", "client_protocol_version": "54460"},
                    content="SELECT 1::Dynamic AS d", auth=("default", admin.key))
     assert r.status_code == 400 and "cast it to String" in r.text
+    r = httpx.post(admin.sql_url, params={"default_format": "Native", "client_protocol_version": "54460",
+                                          "output_format_native_encode_types_in_binary_format": "1"},
+                   content="""SELECT '{"a":1}'::JSON AS j""", auth=("default", admin.key))
+    assert r.status_code == 400 and "binary-encoded" in r.text
     r = httpx.post(admin.sql_url, params={"default_format": "Native", "client_protocol_version": "new"},
                    content="SELECT 1", auth=("default", admin.key))
     assert r.status_code == 400 and "must be an integer" in r.text
