@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from spanhouse.clickhouse import IngestItem, Store, open_store
 from spanhouse.clickhouse.client import redacted
+from spanhouse.collector.validate import validate
 from spanhouse.errors import SpanhouseError, StoreUnavailable
 
 logger = logging.getLogger("spanhouse.sdk")
@@ -52,13 +53,20 @@ class ClickHouseSpanExporter(SpanExporter):
         self._failing = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Insert ``spans`` as one batch; FAILURE (logged) if the store stays unavailable."""
+        """Insert ``spans`` as one batch; FAILURE (logged) if the store stays unavailable.
+        Spans the collector would reject (collector/validate.py) are dropped and logged."""
 
         if self._shutdown:
             return SpanExportResult.FAILURE
-        if not spans:
+        request = encode_spans(spans)
+        # The collector's rules: a span the store cannot hold (e.g. an end time past 2262)
+        # would fail the whole insert, after otel_traces took its rows and before the views did.
+        verdict = validate(request)
+        if verdict.rejected:
+            logger.warning("spanhouse drops spans it cannot store: %s", verdict.message())
+        if not verdict.accepted:
             return SpanExportResult.SUCCESS
-        item = IngestItem(self._tenant, encode_spans(spans).SerializeToString())
+        item = IngestItem(self._tenant, request.SerializeToString())
         # One token for the batch and all its retries: an insert that timed out on the
         # client but committed on the server is not stored twice by the next attempt.
         token = f"sdk-{uuid.uuid4().hex}"

@@ -100,3 +100,26 @@ def test_configure_with_a_dsn_writes_into_the_store(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert count_in_store(data, "SELECT ToolName, calls FROM v_tool_stats") == [["add", 4]]
     assert count_in_store(data, "SELECT Status FROM executions FINAL") == [["ok"], ["ok"]]
+
+
+def test_a_span_the_store_cannot_hold_is_dropped_alone(store: Store, caplog) -> None:  # type: ignore[no-untyped-def]
+    """As the collector does (collector/validate.py): an end time past 2262 failed the whole
+    insert after otel_traces had its rows (stored twice by the retry path, in no view, the
+    execution 'running' for ever)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("invoke_agent planner", attributes={"gen_ai.operation.name": "invoke_agent"}):
+        with tracer.start_as_current_span("execute_tool search", attributes={"gen_ai.operation.name": "execute_tool"}):
+            pass
+        tracer.start_span("cache lookup").end(end_time=2**63 + 10)
+    provider.shutdown()
+    direct = ClickHouseSpanExporter(store.dsn, tenant="exporter-invalid")
+    assert direct.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    direct.shutdown()
+    names = store.client.query("SELECT SpanName FROM otel_traces WHERE Tenant = 'exporter-invalid' ORDER BY 1")
+    assert names.result_rows == [("execute_tool search",), ("invoke_agent planner",)]
+    assert store.client.query("SELECT Status FROM executions FINAL WHERE Tenant = 'exporter-invalid'").result_rows == [
+        ("ok",)]
+    assert "1 span(s) rejected: 1 with a timestamp after 2262" in caplog.text
