@@ -219,11 +219,14 @@ class ActiveCall:
             self.end()
 
     def fail(self, exc: BaseException) -> None:
-        """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR.
-        The span ends whatever happens while recording (an exception whose ``__str__``
+        """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR
+        (but not for a consumer closing a generator, or ``sys.exit()`` with status 0). The
+        span ends whatever happens while recording (an exception whose ``__str__``
         raises), and the caller gets ``exc`` itself."""
         try:
             if isinstance(exc, GeneratorExit):  # the consumer stopped iterating: not a failure
+                return
+            if isinstance(exc, SystemExit) and exc.code in (None, 0):  # sys.exit() of a run that went well
                 return
             span = self.span
             if span.is_recording():

@@ -182,6 +182,20 @@ def test_marker_is_the_execution_as_it_started(spans: CapturedSpans) -> None:
     assert spans.by_name("invoke_workflow nightly").attributes["spanhouse.output"] == "done"  # type: ignore[index]
 
 
+@pytest.mark.parametrize("code,failed", [(None, False), (0, False), (1, True), ("usage: cli FILE", True)])
+def test_sys_exit_fails_a_run_only_with_a_failing_status(spans: CapturedSpans, code: object, failed: bool) -> None:
+    """A CLI agent that ends with sys.exit() (status 0) went well; exit(1) did not."""
+    @sdk.execution
+    def cli_main() -> None:
+        raise SystemExit(code)
+
+    with pytest.raises(SystemExit):
+        cli_main()
+    span = only(spans.spans())
+    assert (span.status.status_code is StatusCode.ERROR) is failed
+    assert ("error.type" in (span.attributes or {})) is failed
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dec", ["execution", "tool"])
 def test_exceptions_are_recorded_and_propagate_unchanged(spans: CapturedSpans, dec: str, kind: str) -> None:
