@@ -248,7 +248,9 @@ class ForkSafeExporter(SpanExporter):
     """An exporter made by ``factory``, made again in each forked child before its first export.
 
     The parent's exporter object is abandoned in the child, never shut down there: closing
-    it would act on sockets and threads that belong to the parent.
+    it would act on sockets and threads that belong to the parent. It stays referenced,
+    too: garbage-collected, its finalizers would close them all the same (chdb's close
+    then hangs the child for good).
     """
 
     def __init__(self, factory: Callable[[], SpanExporter]) -> None:
@@ -256,11 +258,13 @@ class ForkSafeExporter(SpanExporter):
         self._exporter = factory()
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._abandoned: list[SpanExporter] = []
 
     def _current(self) -> SpanExporter:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
+                    self._abandoned.append(self._exporter)
                     self._exporter = self._factory()
                     self._pid = os.getpid()
         return self._exporter

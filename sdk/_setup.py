@@ -171,11 +171,17 @@ def _store_exporter(dsn: str) -> SpanExporter:
 
     Imported here: only applications that write to a store need the storage layer."""
     if dsn not in _store_exporters:
-        from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
+        from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter, ParentsStore
 
-        # A forked child makes its own: the parent's client (an HTTP connection pool, or
-        # the embedded engine, which one process only may hold) is not the child's.
-        _store_exporters[dsn] = ForkSafeExporter(lambda: ClickHouseSpanExporter(dsn))
+        owner = os.getpid()
+
+        def make() -> SpanExporter:
+            # A forked child makes its own: the parent's client (an HTTP connection pool)
+            # is not the child's. An embedded store stays the parent's: one process only
+            # may hold it, and the child inherits the parent's engine half-way.
+            return ClickHouseSpanExporter(dsn) if os.getpid() == owner else ParentsStore.or_exporter(dsn, owner)
+
+        _store_exporters[dsn] = ForkSafeExporter(make)
     return _store_exporters[dsn]
 
 

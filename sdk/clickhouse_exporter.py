@@ -19,6 +19,7 @@ FAILURE and logs once what to do. It never raises into the application.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from spanhouse.clickhouse import IngestItem, Store, open_store
-from spanhouse.clickhouse.client import redacted
+from spanhouse.clickhouse.client import embedded_path, redacted
 from spanhouse.collector.validate import validate
 from spanhouse.errors import SpanhouseError, StoreUnavailable
 
@@ -121,3 +122,31 @@ class ClickHouseSpanExporter(SpanExporter):
                 self._shutdown = True
                 if self._store is not None:
                     self._store.close()
+
+
+class ParentsStore(SpanExporter):
+    """What a forked child exports to when the parent configured an embedded store: one
+    process only may hold it (and the child inherits the parent's engine half-way, where
+    opening or closing it hangs), so the child's spans are dropped, saying so once."""
+
+    def __init__(self, dsn: str, owner: int) -> None:
+        self._dsn = dsn
+        self._owner = owner
+        self._told = False
+
+    @classmethod
+    def or_exporter(cls, dsn: str, owner: int) -> SpanExporter:
+        """This for an embedded ``dsn``; a server's is the child's own to connect to."""
+        return cls(dsn, owner) if embedded_path(dsn) is not None else ClickHouseSpanExporter(dsn)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not self._told:
+            self._told = True
+            logger.error("spanhouse: the embedded store %s belongs to process %d, so this forked process (%d) drops "
+                         "its spans. To record forked workers, run `spanhouse serve --dsn %s` and configure() them "
+                         "with its endpoint instead of dsn=.", redacted(self._dsn), self._owner, os.getpid(),
+                         redacted(self._dsn))
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        """Nothing to release."""

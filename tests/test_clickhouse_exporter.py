@@ -123,3 +123,37 @@ def test_a_span_the_store_cannot_hold_is_dropped_alone(store: Store, caplog) -> 
     assert store.client.query("SELECT Status FROM executions FINAL WHERE Tenant = 'exporter-invalid'").result_rows == [
         ("ok",)]
     assert "1 span(s) rejected: 1 with a timestamp after 2262" in caplog.text
+
+
+def test_a_forked_child_of_a_process_writing_to_an_embedded_store_neither_hangs_nor_writes(tmp_path: Path) -> None:
+    """The child inherits the parent's engine half-way: replacing the parent's exporter let
+    the garbage collector close it there, and chdb's close hung the child for good (a
+    multiprocessing pool never returned). The child now says why it drops its spans; the
+    parent keeps writing."""
+    import subprocess
+    import sys
+
+    from tests.collector_harness import count_in_store
+
+    data = tmp_path / "store"
+    script = (
+        "import faulthandler, os\n"
+        "from spanhouse import sdk\n"
+        f"sdk.configure(dsn='chdb://{data}', service_name='forks')\n"
+        "@sdk.execution\n"
+        "def run(who):\n"
+        "    return who\n"
+        "run('parent'); sdk.flush()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    faulthandler.dump_traceback_later(30, exit=True)\n"
+        "    run('child'); print('child flushed', sdk.flush(), flush=True)\n"
+        "    os._exit(0)\n"
+        "print('child exit', os.waitpid(pid, 0)[1])\n"
+        "run('parent again'); sdk.flush()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child flushed True", "child exit 0"]
+    assert "belongs to process" in done.stderr and "drops its spans" in done.stderr
+    assert count_in_store(data, "SELECT count() FROM executions FINAL") == [[2]]
