@@ -106,6 +106,7 @@ def configure(
         content = ContentPolicy(settings.max_value_length, redact)
         if settings.disabled:
             _retire(None)
+            _release_store_exporters(keep=None)
             _runtime.install(_runtime.Runtime(trace.get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION),
                                               disabled=True, capture_content=False, content=content))
             _active = (key, None)
@@ -113,6 +114,7 @@ def configure(
         provider = tracer_provider or _global_provider(settings)
         processor = None if provider is None else _attach(provider, settings, exporter)
         _retire(processor)
+        _release_store_exporters(keep=exporter)
         tracer = (provider.get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION) if provider is not None
                   else trace.get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION))
         _runtime.install(_runtime.Runtime(tracer, disabled=False, capture_content=settings.capture_content,
@@ -141,9 +143,7 @@ def shutdown() -> None:
         _retire(None)
         _active = None
         _runtime.install(_runtime.from_environment())
-        for store_exporter in _store_exporters.values():  # ours to close; a later configure(dsn) opens anew
-            store_exporter.shutdown()
-        _store_exporters.clear()
+        _release_store_exporters(keep=None)
 
 
 def _global_provider(settings: _config.Settings) -> TracerProvider | None:
@@ -183,6 +183,18 @@ def _store_exporter(dsn: str) -> SpanExporter:
 
         _store_exporters[dsn] = ForkSafeExporter(make)
     return _store_exporters[dsn]
+
+
+def _release_store_exporters(keep: SpanExporter | None) -> None:
+    """Shut down the store exporters other than ``keep`` (their spans were flushed when the
+    pipeline was replaced). Ours to close, and they must be: a process can hold one
+    embedded store at a time, so a configure() with another DSN could not open its store
+    (and dropped every span) while the previous one stayed open. A later configure(dsn)
+    opens anew."""
+    for dsn, store_exporter in list(_store_exporters.items()):
+        if store_exporter is not keep:
+            store_exporter.shutdown()
+            del _store_exporters[dsn]
 
 
 def _attach(provider: TracerProvider, settings: _config.Settings,

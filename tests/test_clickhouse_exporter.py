@@ -157,3 +157,29 @@ def test_a_forked_child_of_a_process_writing_to_an_embedded_store_neither_hangs_
     assert done.stdout.splitlines() == ["child flushed True", "child exit 0"]
     assert "belongs to process" in done.stderr and "drops its spans" in done.stderr
     assert count_in_store(data, "SELECT count() FROM executions FINAL") == [[2]]
+
+
+def test_configure_with_another_embedded_store_lets_go_of_the_first(tmp_path: Path) -> None:
+    """A process holds one embedded store at a time (a test suite with a store per test):
+    the second store could not open while the first stayed open, and every span after the
+    second configure() was dropped."""
+    import subprocess
+    import sys
+
+    from tests.collector_harness import count_in_store
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    script = (
+        "from spanhouse import sdk\n"
+        "@sdk.execution\n"
+        "def run():\n"
+        "    return 1\n"
+        f"sdk.configure(dsn='chdb://{first}')\n"
+        "run(); sdk.flush()\n"
+        f"sdk.configure(dsn='chdb://{second}')\n"
+        "run(); run(); sdk.flush()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "drops them" not in done.stderr, done.stderr
+    assert count_in_store(first, "SELECT count() FROM executions FINAL") == [[1]]
+    assert count_in_store(second, "SELECT count() FROM executions FINAL") == [[2]]
