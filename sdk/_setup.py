@@ -81,7 +81,8 @@ def configure(
         dsn: write straight into a spanhouse store instead of sending OTLP
             (``chdb:///path`` embedded, or ``http(s)://…`` a ClickHouse server; default
             ``SPANHOUSE_DSN``), through ``ClickHouseSpanExporter``. Each export is one
-            insert: raise ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` for high span rates.
+            insert, so batches are large: 20k spans, a queue of 80k (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``,
+            ``OTEL_BSP_MAX_QUEUE_SIZE``).
 
     Raises:
         ValueError: an argument is invalid.
@@ -97,8 +98,9 @@ def configure(
     if exporter is not None and not isinstance(exporter, SpanExporter):
         raise ValueError(f"exporter must be an opentelemetry.sdk.trace.export.SpanExporter, not {exporter!r}")
     dsn = dsn or os.environ.get(_config.SPANHOUSE_DSN) or None
+    bulk = False  # the exporter writes each batch in one insert
     if exporter is None and dsn:
-        exporter = _store_exporter(dsn)
+        exporter, bulk = _store_exporter(dsn), True
     key = (settings, redact, tracer_provider, exporter)
     with _lock:
         if _active is not None and _active[0] == key:
@@ -112,7 +114,7 @@ def configure(
             _active = (key, None)
             return
         provider = tracer_provider or _global_provider(settings)
-        processor = None if provider is None else _attach(provider, settings, exporter)
+        processor = None if provider is None else _attach(provider, settings, exporter, bulk)
         _retire(processor)
         _release_store_exporters(keep=exporter)
         tracer = (provider.get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION) if provider is not None
@@ -198,7 +200,7 @@ def _release_store_exporters(keep: SpanExporter | None) -> None:
 
 
 def _attach(provider: TracerProvider, settings: _config.Settings,
-            exporter: SpanExporter | None) -> SpanhouseSpanProcessor:
+            exporter: SpanExporter | None, bulk: bool) -> SpanhouseSpanProcessor:
     """spanhouse's processor on ``provider``: added once, its exporters replaced afterwards."""
     if settings.service_name and provider.resource.attributes.get(SERVICE_NAME) != settings.service_name:
         logger.warning("spanhouse: the TracerProvider already exists with service.name=%r; its resource is kept and "
@@ -208,11 +210,11 @@ def _attach(provider: TracerProvider, settings: _config.Settings,
     marker_exporter = None if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
     processor = _processors.get(provider)
     if processor is None:
-        processor = SpanhouseSpanProcessor(span_exporter, marker_exporter=marker_exporter)
+        processor = SpanhouseSpanProcessor(span_exporter, marker_exporter=marker_exporter, bulk=bulk)
         provider.add_span_processor(processor)
         _processors[provider] = processor
     else:
-        processor.replace(span_exporter, marker_exporter=marker_exporter)
+        processor.replace(span_exporter, marker_exporter=marker_exporter, bulk=bulk)
     return processor
 
 

@@ -183,3 +183,39 @@ def test_configure_with_another_embedded_store_lets_go_of_the_first(tmp_path: Pa
     assert done.returncode == 0 and "drops them" not in done.stderr, done.stderr
     assert count_in_store(first, "SELECT count() FROM executions FINAL") == [[1]]
     assert count_in_store(second, "SELECT count() FROM executions FINAL") == [[2]]
+
+
+def test_a_burst_through_configure_dsn_is_stored_whole(tmp_path: Path) -> None:
+    """Each batch is one insert: with OpenTelemetry's default 512-span batches and 2048-span
+    queue, a burst of 3,000 tool calls lost ~440 spans ('Queue full'); the collector path
+    kept them all."""
+    import subprocess
+    import sys
+
+    from tests.collector_harness import count_in_store
+
+    data = tmp_path / "store"
+    script = (
+        "from spanhouse import sdk\n"
+        f"sdk.configure(dsn='chdb://{data}')\n"
+        "@sdk.tool\n"
+        "def step(i):\n"
+        "    return i\n"
+        "@sdk.execution\n"
+        "def run():\n"
+        "    return sum(step(i) for i in range(3000))\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "dropping" not in done.stderr, done.stderr
+    assert count_in_store(data, "SELECT count() FROM otel_traces WHERE SpanName = 'execute_tool step'") == [[3000]]
+
+
+def test_batch_sizes_from_the_environment_never_stop_the_application(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from spanhouse.sdk._processor import batch_processor
+
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20000")  # past OpenTelemetry's 2048 queue
+    processor = batch_processor(InMemorySpanExporter(), bulk=False)
+    processor.shutdown()
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
+    batch_processor(InMemorySpanExporter(), bulk=True).shutdown()
