@@ -91,6 +91,23 @@ def test_deep_nesting_is_cut_with_a_marker() -> None:
     assert out.startswith("[[[[[[[[") and "[nested deeper than 8:" in out
 
 
+def test_what_is_nested_too_deep_is_not_rendered_whole_to_be_cut() -> None:
+    """The repr below the depth limit stops as it goes: a big list there was rendered
+    whole (0.3 s for 5M items), then cut to max_length."""
+    rendered = []
+
+    class Item:
+        def __repr__(self) -> str:
+            rendered.append(1)
+            return "item"
+
+    value: Any = [Item() for _ in range(5_000)]
+    for _ in range(8):
+        value = {"k": value}
+    out = ContentPolicy(1000).value(value)
+    assert "[nested deeper than 8: [item, item" in out and len(rendered) <= 100
+
+
 @pytest.mark.parametrize("key", ["password", "db_password", "passwd", "pwd", "db_pwd", "id_jwt", "token",
                                  "access_token", "refresh-token", "refresh_tokens", "api_tokens", "accessTokens",
                                  "id_tokens", "oauth_tokens",
