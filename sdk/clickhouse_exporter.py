@@ -97,6 +97,14 @@ class ClickHouseSpanExporter(SpanExporter):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            except Exception as exc:  # noqa: BLE001 - the driver's own, e.g. a client closed by chdb's finalizers at exit
+                self._drop_store()
+                if not self._failing:
+                    logger.error("spanhouse could not store %d spans in %s and drops them: %s: %s", len(spans),
+                                 redacted(self._dsn), type(exc).__name__, exc)
+                    logger.debug("the error", exc_info=True)
+                self._failing = True
+                return SpanExportResult.FAILURE
             if self._failing:
                 logger.info("spanhouse stores spans in %s again", redacted(self._dsn))
             self._failing = False

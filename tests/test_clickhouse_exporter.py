@@ -219,3 +219,20 @@ def test_batch_sizes_from_the_environment_never_stop_the_application(monkeypatch
     processor.shutdown()
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
     batch_processor(InMemorySpanExporter(), bulk=True).shutdown()
+
+
+def test_a_driver_error_outside_the_projects_own_fails_the_export_without_raising(
+        monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """At interpreter exit chdb's finalizers can close the client while the store opens:
+    the driver's ProgrammingError reached the marker thread as a traceback."""
+    from clickhouse_connect.driver.exceptions import ProgrammingError
+
+    from spanhouse.sdk import clickhouse_exporter
+
+    def closed(*_: object, **__: object) -> None:
+        raise ProgrammingError("The client has been closed")
+
+    monkeypatch.setattr(clickhouse_exporter, "open_store", closed)
+    exporter = ClickHouseSpanExporter("chdb:///nowhere")
+    assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
+    assert "ProgrammingError: The client has been closed" in caplog.text
