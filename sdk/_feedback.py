@@ -15,14 +15,18 @@ and the attribute ``spanhouse.feedback.execution_id`` is what the store reads fi
 from __future__ import annotations
 
 import math
+import time
 from typing import Final
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN_ID, Link, SpanContext, SpanKind
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import INVALID_SPAN_ID, Link, SpanContext, SpanKind, TraceFlags
 
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
+from spanhouse.sdk._session import current_attributes
 
 DEFAULT_NAME: Final = "user_rating"
 _LINK_ATTRIBUTES: Final = {"spanhouse.link.type": "feedback_for"}
@@ -51,8 +55,9 @@ def feedback(execution_id: str, *, rating: int | None = None, value: float | Non
         name: what is measured; ``user_rating`` unless given.
         comment: free text.
 
-    The span is exported like any other (``flush()`` sends it at once). ``user.id`` comes
-    from an enclosing ``session()``.
+    The span is exported like any other (``flush()`` sends it at once), whatever the
+    sampler (a rating is kept even where its execution was sampled out). ``user.id``
+    comes from an enclosing ``session()``.
 
     Raises:
         ValueError: the id is not 32 hex digits, both or neither of ``rating`` and
@@ -74,8 +79,28 @@ def feedback(execution_id: str, *, rating: int | None = None, value: float | Non
     }
     if comment is not None:
         attributes[sc.FEEDBACK_COMMENT] = comment
-    rt.tracer.start_span(sc.FEEDBACK_SPAN_NAME, context_api.Context(), SpanKind.INTERNAL, attributes,
-                         [_link_to(trace_id)]).end()
+    tracer = rt.tracer
+    if not isinstance(tracer, sdk_trace.Tracer):  # the application's own tracing: its sampler decides
+        tracer.start_span(sc.FEEDBACK_SPAN_NAME, context_api.Context(), SpanKind.INTERNAL, attributes,
+                          [_link_to(trace_id)]).end()
+        return
+    # Ended straight into the provider's processors, past its sampler: a ratio sampler
+    # decides on a new trace by its own random id, so it dropped ratings of executions it
+    # had kept (half of them at 0.5). A rating is rare and is kept whatever was sampled.
+    now = time.time_ns()
+    ids = tracer.id_generator
+    tracer.span_processor.on_end(sdk_trace.ReadableSpan(
+        name=sc.FEEDBACK_SPAN_NAME,
+        context=SpanContext(ids.generate_trace_id(), ids.generate_span_id(), is_remote=False,
+                            trace_flags=TraceFlags(TraceFlags.SAMPLED)),
+        resource=tracer.resource,
+        attributes={**(current_attributes() or {}), **attributes},
+        links=(_link_to(trace_id),),
+        kind=SpanKind.INTERNAL,
+        start_time=now,
+        end_time=now,
+        instrumentation_scope=InstrumentationScope(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION),
+    ))
 
 
 def _link_to(trace_id: int) -> Link:

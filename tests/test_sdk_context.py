@@ -9,11 +9,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
 from spanhouse import sdk
-from spanhouse.sdk import _usage
+from spanhouse.sdk import _runtime, _usage
+from spanhouse.sdk._content import ContentPolicy
+from spanhouse.sdk._processor import SpanhouseSpanProcessor
 from spanhouse.sdk.testing import CapturedSpans, capture_spans
 
 S1 = {"session.id": "s1", "gen_ai.conversation.id": "s1", "user.id": "u1"}
@@ -201,3 +205,23 @@ def test_feedback_rejects_bad_values(kwargs: dict[str, object]) -> None:
 def test_feedback_rejects_bad_execution_ids(bad_id: object) -> None:
     with pytest.raises(ValueError, match="execution_id"):
         sdk.feedback(bad_id, rating=5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.0), ParentBased(TraceIdRatioBased(0.0))])
+def test_feedback_is_kept_whatever_the_sampler(sampler: Sampler) -> None:
+    """A ratio sampler decided on the feedback span's own random trace id, so it dropped
+    ratings of executions it had kept (half of them at 0.5): feedback passes it by."""
+    provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SpanhouseSpanProcessor(exporter, synchronous=True))
+    previous = _runtime.install(_runtime.Runtime(provider.get_tracer(_runtime.SCOPE_NAME), disabled=False,
+                                                 capture_content=True, content=ContentPolicy(1000)))
+    try:
+        with sdk.session(user_id="u1"):
+            sdk.feedback("ab" * 16, rating=5)
+    finally:
+        _runtime.install(previous)
+        provider.shutdown()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "spanhouse.feedback" and span.context.trace_flags.sampled
+    assert (span.attributes or {})["spanhouse.feedback.value"] == 5.0 and (span.attributes or {})["user.id"] == "u1"
