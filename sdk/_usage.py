@@ -29,19 +29,30 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.00, 8.00),
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+    "o1": (15.00, 60.00),
+    "o1-pro": (150.00, 600.00),
+    "o1-mini": (1.10, 4.40),
     "o3": (2.00, 8.00),
+    "o3-pro": (20.00, 80.00),
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
     "claude-3-5-haiku": (0.80, 4.00),
     "claude-3-5-sonnet": (3.00, 15.00),
     "claude-3-7-sonnet": (3.00, 15.00),
     "claude-sonnet-4": (3.00, 15.00),
+    "claude-haiku-4-5": (1.00, 5.00),
     "claude-opus-4": (15.00, 75.00),
+    "claude-opus-4-5": (5.00, 25.00),
     "gemini-2.5-pro": (1.25, 10.00),
     "gemini-2.5-flash": (0.30, 2.50),
+    "gemini-2.5-flash-lite": (0.10, 0.40),
 }
 """Model → (USD per million input tokens, USD per million output tokens). Edit freely or
-use ``register_price``."""
+use ``register_price``. A variant priced differently from the model its name starts
+with needs an entry of its own (o3-pro is not o3), else the prefix's price applies."""
 
 _PER: Final = 1_000_000
 

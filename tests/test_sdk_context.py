@@ -125,6 +125,8 @@ def test_price_table_is_extendable_and_prefix_matched() -> None:
         assert _usage.cost_of("acme-large-v2", 1_000_000, 500_000) == pytest.approx(2.0)
         assert _usage.price_of("gpt-4o-mini-2024-07-18") == _usage.PRICES["gpt-4o-mini"]  # longest prefix wins
         assert _usage.price_of("gpt-4o-2024-08-06") == _usage.PRICES["gpt-4o"]
+        assert _usage.price_of("o3-pro-2025-06-10") == (20.0, 80.0)  # not o3's: 10x cheaper
+        assert _usage.price_of("claude-opus-4-5-20251101") == (5.0, 25.0)  # not claude-opus-4's
         assert _usage.cost_of("unknown", 1, 1) is None and _usage.cost_of(None, 1, 1) is None
         sdk.PRICES["gpt-4o"] = (0.0, 0.0)  # the table itself is public
         assert _usage.cost_of("gpt-4o", 10, 10) == 0.0
