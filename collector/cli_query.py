@@ -19,8 +19,10 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from spanhouse.collector.client import ApiClient
@@ -63,14 +65,14 @@ def _cell(value: Any) -> str:
 def table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None) -> None:
     """Print dict rows as a table (all keys of the first row unless ``columns`` is given)."""
     if not rows:
-        _console.print(f"[dim]{title + ': ' if title else ''}nothing found[/dim]")
+        _console.print(f"[dim]{escape(title) + ': ' if title else ''}nothing found[/dim]")
         return
     cols = columns or [k for k, v in rows[0].items() if not isinstance(v, (dict, list)) or k == "tools"]
-    t = Table(title=title)
+    t = Table(title=None if title is None else Text(title))
     for c in cols:
         t.add_column(c, overflow="fold", justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
     for r in rows:
-        t.add_row(*(_cell(r.get(c)) for c in cols))
+        t.add_row(*(Text(_cell(r.get(c))) for c in cols))  # data, never markup: '[/x]' is a name too
     _console.print(t)
 
 
@@ -110,13 +112,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _tree(node: dict[str, Any], into: Tree) -> None:
-    label = f"{node['name']}  [dim]{node['duration_ms']:.1f} ms[/dim]"
+    label = f"{escape(node['name'])}  [dim]{node['duration_ms']:.1f} ms[/dim]"
     if node["status"] == "error":
-        label += f"  [red]error[/red] {node.get('status_message') or ''}"
+        label += f"  [red]error[/red] {escape(node.get('status_message') or '')}"
     branch = into.add(label)
     if node.get("tool"):
-        branch.add(f"[dim]arguments[/dim] {node['tool'].get('arguments')}")
-        branch.add(f"[dim]result[/dim] {node['tool'].get('result')}")
+        branch.add(f"[dim]arguments[/dim] {escape(str(node['tool'].get('arguments')))}")
+        branch.add(f"[dim]result[/dim] {escape(str(node['tool'].get('result')))}")
     for child in node["children"]:
         _tree(child, branch)
 

@@ -138,3 +138,22 @@ def test_bulk_delete_asks_with_the_count_of_both_bounds(served: tuple[Running, s
     assert cli.main(["executions", "delete", "--url", c.api_url, "--api-key", c.key]) == 2
     assert "give a trace id, or --before" in capsys.readouterr().err
     assert json.loads(_run(c, capsys, "executions", "list", "--json"))["total"] >= 1  # nothing deleted
+
+
+def test_values_that_look_like_markup_are_printed_as_they_are(store: Store, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Names, messages and arguments are data: '[/tmp/data]' made the console's markup
+    parser raise (a traceback, exit 1) and '[red]x[/red]' lost its brackets."""
+    tenant, t, root = "cli-markup", trace_id(), span_id()
+    name = "parse [/tmp/data] [red]files[/red]"
+    write(store, tenant, request([
+        span(f"invoke_agent {name}", t, sid=root, attributes={"gen_ai.operation.name": "invoke_agent",
+                                                              "gen_ai.agent.name": name}),
+        span("execute_tool read", t, parent=root, error="No such file: [/etc/app.conf]",
+             attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.call.arguments": "[bold]{}[/bold]"}),
+    ]))
+    with running_collector(store, tmp_path, tenant, scopes="read") as c:
+        listed = _run(c, capsys, "executions", "list")
+        shown = _run(c, capsys, "executions", "show", t.hex())
+    assert name in listed
+    assert f"invoke_agent {name}" in shown and "No such file: [/etc/app.conf]" in shown and "[bold]{}[/bold]" in shown
