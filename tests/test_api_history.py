@@ -105,6 +105,7 @@ def _names(resp: httpx.Response, ids: dict[str, str]) -> list[str]:
     ({"min_duration": 5000}, ["e", "b"]),
     ({"max_duration": 500}, ["running", "c"]),
     ({"min_cost": 1}, ["c"]),
+    ({"min_cost": 0}, ["running", "e", "d", "c", "b", "a"]),  # a running one (no rollup yet) costs 0 so far
     ({"tool": "search"}, ["b", "a"]),
     ({"has_errors": "true"}, ["b"]),
     ({"q": "NEEDLE"}, ["c"]),

@@ -27,8 +27,9 @@ positionCaseInsensitiveUTF8(e.Input, {q:String}) > 0
     OR e.TraceId IN (SELECT TraceId FROM tool_calls
                      WHERE Tenant = {tenant:String} AND positionCaseInsensitiveUTF8(ErrorMessage, {q:String}) > 0)
 -- min_cost
-e.TraceId IN (SELECT TraceId FROM execution_rollup WHERE Tenant = {tenant:String}
-              GROUP BY TraceId HAVING round(sum(CostUsd), 8) >= {min_cost:Float64})
+({min_cost:Float64} <= 0  -- an execution with no rollup row yet (only its start marker) costs 0
+ OR e.TraceId IN (SELECT TraceId FROM execution_rollup WHERE Tenant = {tenant:String}
+                  GROUP BY TraceId HAVING round(sum(CostUsd), 8) >= {min_cost:Float64}))
 -- tool
 e.TraceId IN (SELECT TraceId FROM tool_calls WHERE Tenant = {tenant:String} AND ToolName = {tool:String})
 -- has_errors
