@@ -33,13 +33,16 @@ class Page:
     next_cursor: str | None
 
 
+def as_utc(value: datetime) -> datetime:
+    """A result datetime, aware in UTC. The driver returns naive datetimes from a server in
+    UTC and aware ones in the server's zone otherwise (the embedded engine takes the
+    process's TZ): a naive one is UTC, never the process's local time."""
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def iso(value: Any) -> Any:
-    """A result datetime as ISO 8601 in UTC; anything else as is. The driver returns
-    naive datetimes from a server in UTC and aware ones in the server's zone otherwise
-    (the embedded engine takes the process's TZ)."""
-    if not isinstance(value, datetime):
-        return value
-    return (value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    """A result datetime as ISO 8601 in UTC; anything else as is."""
+    return as_utc(value).isoformat() if isinstance(value, datetime) else value
 
 
 def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -173,7 +173,7 @@ with a read timeout keep an idle stream open."""
 def _event_id(stored_at: datetime, trace_id: str) -> str:
     """An event's ``id:``: where the feed stands after it (stored at, in ms, and trace
     id), encoded as the list's cursors are."""
-    return history.encode_cursor(round(stored_at.timestamp() * 1000), trace_id)
+    return history.encode_cursor(round(history.as_utc(stored_at).timestamp() * 1000), trace_id)
 
 
 def _resume_point(last_event_id: str) -> tuple[datetime, str]:

@@ -493,3 +493,18 @@ def test_a_reconnecting_stream_resumes_after_its_last_event(store: Store, tmp_pa
         assert resumed["trace_id"] == gap_id
         r = httpx.get(c.api_url + "/api/v1/executions/stream", headers={**c.headers(), "Last-Event-ID": "nonsense"})
         assert r.status_code == 422 and "Last-Event-ID" in r.text
+
+
+def test_stream_event_ids_read_a_naive_time_as_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ClickHouse server in UTC hands back naive datetimes: read as local time, a client
+    west of UTC resumed hours ahead (missing what was stored meanwhile), east of it hours
+    behind (executions again)."""
+    naive = datetime(2025, 11, 18, 21, 6, 40, 123_000)
+    for zone in ("America/New_York", "Asia/Kolkata"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        try:
+            assert api._event_id(naive, "ab" * 16) == api._event_id(naive.replace(tzinfo=timezone.utc), "ab" * 16)
+        finally:
+            monkeypatch.undo()
+            time.tzset()
