@@ -172,15 +172,27 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "children": [],
         }
         if s["is_tool"]:
-            node["tool"] = {"name": s["tool_name"], "arguments": attrs.get("gen_ai.tool.call.arguments",
-                                                                           attrs.get("input.value")),
-                            "result": attrs.get("gen_ai.tool.call.result", attrs.get("output.value")),
-                            "error_type": s["error_type"] or None}
+            node["tool"] = {"name": s["tool_name"], "arguments": s["tool_arguments"] or None,
+                            "result": s["tool_result"] or None, "error_type": s["error_type"] or None}
         nodes[s["span_id"]] = node
     roots = []
     for node in nodes.values():
         parent = nodes.get(node["parent_span_id"])
         (parent["children"] if parent is not None and parent is not node else roots).append(node)
+    # Spans whose parents form a cycle (A -> B -> A) reach no root: the first of each
+    # cycle becomes a root, cut from its parent, so that no span is lost from the tree.
+    placed: set[int] = set()
+    stack = list(roots)
+    for node in nodes.values():
+        while stack:
+            n = stack.pop()
+            placed.add(id(n))
+            stack.extend(n["children"])
+        if id(node) not in placed:
+            parent = nodes[node["parent_span_id"]]
+            parent["children"].remove(node)
+            roots.append(node)
+            stack.append(node)
     return roots
 
 

@@ -105,3 +105,36 @@ def test_the_span_read_uses_the_trace_ordered_projection(store: Store, tenant: s
     write(store, tenant, request([span("late step", wanted, start=T0 + 1_234 * 1_000_000 + 20)]))
     found = history.get_execution(store.client, tenant, wanted.hex())
     assert found is not None and _names(found["spans_tree"]) == ["late step"]
+
+
+def test_tool_calls_of_every_convention_show_their_arguments_and_result(store: Store, tenant: str) -> None:
+    t, root = trace_id(), span_id()
+    write(store, tenant, request([
+        span("invoke_agent planner", t, sid=root, start=T0, attributes=AGENT),
+        span("execute_tool a", t, parent=root, start=T0 + 1, attributes={
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.call.arguments": "{\"q\": 1}",
+            "gen_ai.tool.call.result": "r1"}),
+        span("tool b", t, parent=root, start=T0 + 2, attributes={
+            "openinference.span.kind": "TOOL", "input.value": "in2", "output.value": "r2"}),
+        span("web_search.tool", t, parent=root, start=T0 + 3, attributes={
+            "traceloop.span.kind": "tool", "traceloop.entity.input": "{\"query\": \"weather\"}",
+            "traceloop.entity.output": "{\"temp\": 20}"}),
+        span("execute_tool d", t, parent=root, start=T0 + 4, attributes={
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.call.arguments": "", "input.value": "in4"}),
+    ]))
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None
+    tools = [(c["tool"]["arguments"], c["tool"]["result"]) for c in found["spans_tree"][0]["children"]]
+    assert tools == [("{\"q\": 1}", "r1"), ("in2", "r2"), ("{\"query\": \"weather\"}", "{\"temp\": 20}"), ("in4", None)]
+
+
+def test_spans_whose_parents_form_a_cycle_stay_in_the_tree(store: Store, tenant: str) -> None:
+    t, a, b, c = trace_id(), span_id(), span_id(), span_id()
+    write(store, tenant, request([
+        span("invoke_agent planner", t, start=T0, attributes=AGENT),
+        span("a", t, sid=a, parent=b, start=T0 + 1),
+        span("b", t, sid=b, parent=a, start=T0 + 2),
+        span("c", t, sid=c, parent=b, start=T0 + 3),
+    ]))
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None and sorted(_names(found["spans_tree"])) == ["a", "b", "c", "invoke_agent planner"]

@@ -20,6 +20,8 @@ SELECT
     SpanAttributes AS attributes,
     spanhouse_is_tool(SpanAttributes) AS is_tool,
     if(spanhouse_is_tool(SpanAttributes), spanhouse_tool_name(SpanAttributes, SpanName), '') AS tool_name,
+    spanhouse_tool_arguments(SpanAttributes) AS tool_arguments,
+    spanhouse_tool_result(SpanAttributes) AS tool_result,
     spanhouse_is_error(StatusCode, SpanAttributes) AS is_error,
     spanhouse_error_type(SpanAttributes, `Events.Name`, `Events.Attributes`) AS error_type,
     spanhouse_is_marker(SpanAttributes) AS is_marker,
