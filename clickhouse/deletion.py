@@ -59,22 +59,27 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
     """Remove ``trace_ids`` of ``tenant`` everywhere; returns executions and spans removed.
 
     ``ingest_paused`` (the store writer's ``paused()``) holds inserts off while the
-    rollups are rebuilt: a tool call inserted between a group's rows being cleared and
-    recomputed would be counted by its view and by the recomputation. Without it (a
-    script with no writer of its own) nothing else should be writing.
+    traces are deleted and the rollups rebuilt: a tool call inserted between a group's
+    rows being cleared and recomputed would be counted by its view and by the
+    recomputation. Without it (a script with no writer of its own) nothing else should
+    be writing.
     """
     ids = sorted(set(trace_ids))
     if not ids:
         return {"executions": 0, "spans": 0}
-    params = {"tenant": tenant, "trace_ids": ids}
-    spans = queries.rows(client, "trace_span_counts", params)[0]["spans"]
-    executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
-    feedback_traces = [r["trace_id"] for r in queries.rows(client, "feedback_only_traces", params)]
-    params = {"tenant": tenant, "trace_ids": sorted({*ids, *feedback_traces})}
-    affected = {r: _affected(client, r, params) for r in _ROLLUPS}
-    for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
-        client.command(stmt, parameters=params, settings=_NO_DEDUP)
+    # Held off from the counts to the rebuild: a span of a trace being deleted (one still
+    # running) that landed between two of the DELETEs stayed in some tables and not in
+    # others, and a tool call in a group found unaffected was counted by the views with no
+    # raw row left. Inserts wait in the spool meanwhile; what arrives after is stored whole.
     with ingest_paused or nullcontext():
+        params = {"tenant": tenant, "trace_ids": ids}
+        spans = queries.rows(client, "trace_span_counts", params)[0]["spans"]
+        executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
+        feedback_traces = [r["trace_id"] for r in queries.rows(client, "feedback_only_traces", params)]
+        params = {"tenant": tenant, "trace_ids": sorted({*ids, *feedback_traces})}
+        affected = {r: _affected(client, r, params) for r in _ROLLUPS}
+        for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
+            client.command(stmt, parameters=params, settings=_NO_DEDUP)
         for rollup, groups in affected.items():
             if groups:
                 _recompute(client, rollup, tenant, groups)

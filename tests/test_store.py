@@ -217,14 +217,16 @@ def test_tool_rollups_read_by_time_after_a_deletion_count_what_remains(store: St
             "WHERE Tenant = {t:String}", parameters={"t": tenant, "table": table})
         assert in_projection.result_rows == [(1,)], table
 
-class _WriteWhileRebuilding:
-    """A reader for ``delete_traces`` that, once the tool rollups of the affected hours
-    are cleared and before they are recomputed, has the writer insert ``batch`` from
-    another thread and gives it a second to land."""
+class _WriteWhileDeleting:
+    """A reader for ``delete_traces`` that, right after its first statement starting with
+    ``after`` (by default: once the tool rollups of the affected hours are cleared and
+    before they are recomputed), has the writer insert ``batch`` from another thread and
+    gives it a second to land."""
 
-    def __init__(self, store: Store, batch: list[IngestItem]) -> None:
+    def __init__(self, store: Store, batch: list[IngestItem], after: str = "DELETE FROM tool_stats_1h_by_time ") -> None:
         self._store = store
         self._batch = batch
+        self._after = after
         self.writing: threading.Thread | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -232,7 +234,7 @@ class _WriteWhileRebuilding:
 
     def command(self, sql: str, *args: Any, **kwargs: Any) -> Any:
         result = self._store.readers.command(sql, *args, **kwargs)
-        if self.writing is None and sql.startswith("DELETE FROM tool_stats_1h_by_time "):
+        if self.writing is None and sql.startswith(self._after):
             self.writing = threading.Thread(target=self._store.writer.write, args=(self._batch,))
             self.writing.start()
             self.writing.join(timeout=1)
@@ -247,7 +249,7 @@ def test_a_tool_call_written_while_a_deletion_rebuilds_its_hour_counts_once(stor
           request([span("execute_tool search", kept, start=hour + 60 * 10**9, attributes=tool)]))
     late_batch = [IngestItem(tenant, request([span("execute_tool search", late, start=hour + 120 * 10**9,
                                                    attributes=tool)]).SerializeToString())]
-    reader = _WriteWhileRebuilding(store, late_batch)
+    reader = _WriteWhileDeleting(store, late_batch)
     delete_traces(reader, tenant, [gone.hex()], store.writer.paused())
     assert reader.writing is not None
     reader.writing.join()
@@ -256,6 +258,29 @@ def test_a_tool_call_written_while_a_deletion_rebuilds_its_hour_counts_once(stor
              for table in ("tool_stats_1m", "tool_stats_1h", "tool_stats_1h_by_time", "tool_stats_1d")}
     assert calls == dict.fromkeys(calls, 2)  # kept and late, each once
 
+
+
+def test_a_span_of_a_trace_arriving_while_it_is_deleted_is_stored_whole(store: Store, tenant: str) -> None:
+    """A running execution deleted while it still sends spans: one landing between two of
+    the deletion's statements stayed in otel_traces and lost its tool_calls row, and its
+    tool call, in an hour the deletion had not found affected, stayed in the tool stats."""
+    hour = 1_700_002_800_000_000_000  # 2023-11-14 23:00 UTC
+    tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+    running = trace_id()
+    write(store, tenant, request([span("execute_tool search", running, start=hour, attributes=tool)]))
+    late = [IngestItem(tenant, request([span("execute_tool search", running, start=hour + 7_200 * 10**9,
+                                              attributes=tool)]).SerializeToString())]
+    reader = _WriteWhileDeleting(store, late, after="DELETE FROM otel_traces WHERE Tenant = {tenant:String} AND TraceId")
+    delete_traces(reader, tenant, [running.hex()], store.writer.paused())
+    assert reader.writing is not None
+    reader.writing.join()
+    counts = [store.client.command(sql, parameters={"t": tenant}) for sql in (
+        "SELECT count() FROM otel_traces WHERE Tenant = {t:String}",
+        "SELECT count() FROM tool_calls WHERE Tenant = {t:String}",
+        "SELECT sum(Calls) FROM tool_stats_1m WHERE Tenant = {t:String}",
+        "SELECT sum(Calls) FROM tool_stats_1d WHERE Tenant = {t:String}",
+        "SELECT sum(Spans) FROM execution_rollup WHERE Tenant = {t:String}")]
+    assert counts == [1] * 5  # the late span alone, in every table
 
 @pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
 def test_deleting_rebuilds_the_day_its_hour_bucket_is_in(tmp_path: Path, tz: str) -> None:
