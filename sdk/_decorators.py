@@ -48,6 +48,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
 from spanhouse.sdk._content import RETURN_KEY, logger
+from spanhouse.sdk._feedback import NOT_RECORDED
 from spanhouse.sdk._usage import record_response_usage
 
 P = ParamSpec("P")
@@ -180,6 +181,8 @@ class ActiveCall:
                                                      is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT)))
         self._content = rt.content if capture and self.span.is_recording() else None
         self._context = trace.set_span_in_context(self.span)
+        if spec.root:  # whether current_execution_id() names this execution (a nested one resets it)
+            self._context = context_api.set_value(NOT_RECORDED, not spec.record, self._context)
         self._token = context_api.attach(self._context) if attach else None
         self._items: list[Any] | None = None
         self._item_count = 0

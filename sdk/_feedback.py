@@ -29,17 +29,20 @@ from spanhouse.sdk import _semconv as sc
 from spanhouse.sdk._session import current_attributes
 
 DEFAULT_NAME: Final = "user_rating"
+NOT_RECORDED: Final = context_api.create_key("spanhouse.execution.not_recorded")
+"""Set by an execution root in its context: True inside ``@execution(record=False)``."""
 _LINK_ATTRIBUTES: Final = {"spanhouse.link.type": "feedback_for"}
 
 
 def current_execution_id() -> str | None:
     """The id of the execution the caller runs in (its trace id, 32 hex digits).
 
-    None outside any span, and inside an execution that is not recorded
-    (``@execution(record=False)``), where feedback would have nothing to attach to.
+    None outside any span, and inside an execution that is not recorded by choice
+    (``@execution(record=False)``), where feedback would have nothing to attach to. An
+    execution the trace sampler left out has its id (feedback on it is still kept).
     """
     ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid or not ctx.trace_flags.sampled:
+    if not ctx.is_valid or context_api.get_value(NOT_RECORDED):
         return None
     return format(ctx.trace_id, "032x")
 

@@ -227,3 +227,32 @@ def test_feedback_is_kept_whatever_the_sampler(sampler: Sampler) -> None:
     (span,) = exporter.get_finished_spans()
     assert span.name == "spanhouse.feedback" and span.context.trace_flags.sampled
     assert (span.attributes or {})["spanhouse.feedback.value"] == 5.0 and (span.attributes or {})["user.id"] == "u1"
+
+
+def test_an_execution_the_sampler_left_out_still_has_an_id_for_feedback() -> None:
+    """The README's quick start rates its execution with the id it got: with a ratio
+    sampler, half the executions were left out, current_execution_id() said None and
+    feedback(None) raised out of the application."""
+    provider = TracerProvider(sampler=TraceIdRatioBased(0.0), shutdown_on_exit=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SpanhouseSpanProcessor(exporter, synchronous=True))
+    previous = _runtime.install(_runtime.Runtime(provider.get_tracer(_runtime.SCOPE_NAME), disabled=False,
+                                                 capture_content=True, content=ContentPolicy(1000)))
+    try:
+        @sdk.execution
+        def handle() -> str | None:
+            return sdk.current_execution_id()
+
+        @sdk.execution(record=False)
+        def private() -> tuple[str | None, str | None]:
+            return sdk.current_execution_id(), handle()  # a recorded execution inside: its own id
+
+        execution_id = handle()
+        assert execution_id is not None and len(execution_id) == 32
+        sdk.feedback(execution_id, rating=5)
+        hidden, nested = private()
+        assert hidden is None and nested is not None
+    finally:
+        _runtime.install(previous)
+        provider.shutdown()
+    assert [s.name for s in exporter.get_finished_spans()] == ["spanhouse.feedback"]
