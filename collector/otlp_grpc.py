@@ -44,11 +44,18 @@ class GrpcReceiver:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spanhouse-grpc"),
             options=[("grpc.max_receive_message_length", max_request_bytes),
-                     ("grpc.max_send_message_length", 4 << 20)],
+                     ("grpc.max_send_message_length", 4 << 20),
+                     # grpcio sets SO_REUSEPORT by default: a second collector on a taken
+                     # port then shared it silently, the kernel splitting clients between
+                     # two stores. Off, a taken port fails to bind like the other ports.
+                     ("grpc.so_reuseport", 0)],
         )
         handler = grpc.unary_unary_rpc_method_handler(self._export)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio >= 1.5x raises where older ones returned 0: the address is taken
+            self.port = 0
 
     def start(self) -> None:
         self._server.start()

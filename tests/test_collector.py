@@ -326,6 +326,20 @@ def test_admission_checks_the_key_scope_before_the_spool(tmp_path: Path) -> None
         spool.close()
 
 
+
+def test_a_grpc_port_another_server_holds_is_refused_not_shared() -> None:
+    """grpcio binds with SO_REUSEPORT by default: a second collector on a taken gRPC port
+    shared it silently (the kernel split clients between two stores) while its HTTP, API
+    and SQL ports failed as they should."""
+    other = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=1))  # grpcio's defaults, as a collector had
+    port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    try:
+        receiver = GrpcReceiver(None, KeyRing({}), Metrics(), "127.0.0.1", port, 1 << 20)  # type: ignore[arg-type]
+        assert receiver.port == 0  # Collector.start turns this into "pick another --grpc-port"
+    finally:
+        other.stop(0)
+
 def test_non_loopback_without_keys_refuses_to_start() -> None:
     with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0 without API keys"):
         Settings(host="0.0.0.0").validate()
