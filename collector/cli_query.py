@@ -34,8 +34,12 @@ _FILTERS = ("status", "service", "name", "type", "user", "session", "since", "un
 _console = Console() if sys.stdout.isatty() else Console(width=240)
 
 
+_DEFAULT_URL = "http://127.0.0.1:8080"
+_DEFAULT_SQL_URL = "http://127.0.0.1:8124"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("SPANHOUSE_URL", "http://127.0.0.1:8080"),
+    parser.add_argument("--url", default=os.environ.get("SPANHOUSE_URL", _DEFAULT_URL),
                         help="the collector's API (env SPANHOUSE_URL)")
     parser.add_argument("--api-key", default=os.environ.get("SPANHOUSE_API_KEY"), help="env SPANHOUSE_API_KEY")
     parser.add_argument("--json", action="store_true", help="print the API's JSON")
@@ -67,6 +71,7 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: s
     if not rows:
         _console.print(f"[dim]{escape(title) + ': ' if title else ''}nothing found[/dim]")
         return
+    rows = [_flat(r) for r in rows]
     cols = columns or [k for k, v in rows[0].items() if not isinstance(v, (dict, list)) or k == "tools"]
     t = Table(title=None if title is None else Text(title))
     for c in cols:
@@ -74,6 +79,17 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: s
     for r in rows:
         t.add_row(*(Text(_cell(r.get(c))) for c in cols))  # data, never markup: '[/x]' is a name too
     _console.print(t)
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with its nested objects as ``key.field`` columns (a tool's trend)."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{field}": v for field, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 def show(data: Any, title: str | None = None) -> None:
@@ -104,7 +120,8 @@ def _list(args: argparse.Namespace) -> int:
 
     def render(data: dict[str, Any]) -> None:
         table(data["items"], ["trace_id", "start_time", "name", "status", "duration_ms", "tool_calls",
-                              "failed_tool_calls", "cost_usd"], title=f"{data['total']} executions")
+                              "failed_tool_calls", "input_tokens", "output_tokens", "cost_usd"],
+              title=f"{data['total']} executions")
         if data["next_cursor"]:
             _console.print(f"next page: --cursor {data['next_cursor']}")
 
@@ -196,6 +213,12 @@ def _get_command(path: str, *params: str) -> Any:
 
 
 def _sql(args: argparse.Namespace) -> int:
+    if args.sql_url is None:
+        if args.url != _DEFAULT_URL:  # pointed at another collector: its SQL port is not 8124's
+            raise ConfigError("`spanhouse sql` queries the collector's SQL endpoint, not its API (--url): pass "
+                              "--sql-url http://HOST:PORT with that collector's --sql-port (its startup line "
+                              "prints sql_port), or set SPANHOUSE_SQL_URL")
+        args.sql_url = _DEFAULT_SQL_URL
     text = _client(args).sql(args.query, "JSONEachRow" if args.json else args.format)
     sys.stdout.write(text)
     return 0
@@ -258,7 +281,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sql = sub.add_parser("sql", help="run a read-only SQL query on the collector's store (admin key)")
     _common(sql)
     sql.add_argument("query")
-    sql.add_argument("--sql-url", default=os.environ.get("SPANHOUSE_SQL_URL", "http://127.0.0.1:8124"),
-                     help="the collector's SQL endpoint (env SPANHOUSE_SQL_URL)")
+    sql.add_argument("--sql-url", default=os.environ.get("SPANHOUSE_SQL_URL"),
+                     help=f"the collector's SQL endpoint (env SPANHOUSE_SQL_URL; default {_DEFAULT_SQL_URL})")
     sql.add_argument("--format", default="PrettyCompactMonoBlock", help="any ClickHouse output format")
     sql.set_defaults(run=_sql)

@@ -157,3 +157,30 @@ def test_values_that_look_like_markup_are_printed_as_they_are(store: Store, tmp_
         shown = _run(c, capsys, "executions", "show", t.hex())
     assert name in listed
     assert f"invoke_agent {name}" in shown and "No such file: [/etc/app.conf]" in shown and "[bold]{}[/bold]" in shown
+
+
+def test_list_shows_tokens_and_tools_show_their_trend(store: Store, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """README: the list 'with tool calls, errors, tokens, cost'; tools 'with ... trend' (a
+    nested object the table used to leave out)."""
+    tenant, t, root = "cli-columns", trace_id(), span_id()
+    now = time.time_ns()
+    write(store, tenant, request([
+        span("invoke_agent helper", t, sid=root, start=now, attributes={"gen_ai.operation.name": "invoke_agent",
+                                                                         "gen_ai.usage.input_tokens": 321}),
+        span("execute_tool search", t, parent=root, start=now + 1,
+             attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"})]))
+    with running_collector(store, tmp_path, tenant, scopes="read") as c:
+        listed = _run(c, capsys, "executions", "list")
+        tools = _run(c, capsys, "tools", "--days", "1")
+    assert "input_tokens" in listed and "321" in listed
+    assert "search" in tools and "trend." in tools  # trend.calls_change, trend.p95_change_pct, ...
+
+
+def test_sql_pointed_at_another_collectors_api_asks_for_its_sql_url(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--url names the API; the SQL endpoint is another port: the query went to whatever
+    answered on 127.0.0.1:8124, another collector's store."""
+    monkeypatch.delenv("SPANHOUSE_SQL_URL", raising=False)
+    assert cli.main(["sql", "SELECT 1", "--url", "http://127.0.0.1:38307"]) == 2
+    assert "pass --sql-url" in capsys.readouterr().err
