@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -227,6 +228,7 @@ def test_export_streams_filtered_executions(dataset: tuple[Running, dict[str, st
         rows = list(csv.DictReader(io.StringIO(r.text)))
         assert [row["trace_id"] for row in rows] == [ids["e"], ids["b"]]
         assert rows[1]["tool_calls"] == "2"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", rows[1]["start_time"])
     elif fmt == "json":
         rows = [json.loads(line) for line in r.text.splitlines()]
         assert [row["trace_id"] for row in rows] == [ids["e"], ids["b"]]
@@ -443,7 +445,7 @@ def test_times_are_utc_whatever_the_collectors_time_zone(tmp_path: Path) -> None
         assert httpx.get(api + "/executions", params={"until": "2025-11-18T22:06:40+00:00"}).json()["total"] == 1
         assert httpx.get(api + "/executions", params={"until": "2025-11-18T22:06:40"}).json()["total"] == 1
         export = [json.loads(line)["start_time"] for line in httpx.get(api + "/export").text.splitlines()]
-        assert export[-1] == "2025-11-18 21:06:40.000000000"
+        assert export[-1] == "2025-11-18T21:06:40.000000000Z"  # ISO 8601 in UTC, as the list's
         assert httpx.delete(api + "/executions", params={"before": "2025-11-18T22:06:40Z", "dry_run": "true"}
                             ).json() == {"executions": 1}
         listener, got = _listen(serve.api_url, {})

@@ -1,4 +1,6 @@
 -- Executions with their rollup numbers, for export (streamed in the requested format).
+-- Times in text formats are ISO 8601 in UTC (2025-11-18T21:06:40.000000000Z), as the
+-- rest of the API returns them; Parquet keeps its timestamp type.
 SELECT
 {{include:execution_columns}},
 {{include:execution_text_columns}},
@@ -19,3 +21,4 @@ LEFT JOIN
 ) AS r ON r.TraceId = e.TraceId
 WHERE e.Tenant = {tenant:String} {{filters}}
 ORDER BY e.StartTime DESC, e.TraceId DESC
+SETTINGS date_time_output_format = 'iso'
