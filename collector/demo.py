@@ -16,16 +16,18 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from rich.progress import Progress
 
 from spanhouse import sdk
+from spanhouse.errors import ConfigError
 from spanhouse.sdk import _semconv as sc
 from spanhouse.sdk._usage import record_usage_on
 
@@ -107,18 +109,42 @@ def _execution(tracer: Tracer, agent: Agent, start: float, rng: random.Random, r
     return trace_id, t
 
 
+class _Counted(SpanExporter):
+    """An exporter that counts the batches it could not deliver (the OTLP exporter logs
+    why, and returns FAILURE)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self._exporter.export(spans)
+        self.failed += result is not SpanExportResult.SUCCESS
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
 def run(endpoint: str, api_key: str | None, executions: int, hours: float, seed: int = 7) -> int:
-    """Send ``executions`` executions spread over the last ``hours``; returns how many."""
+    """Send ``executions`` executions spread over the last ``hours``; returns how many.
+
+    Raises:
+        ConfigError: the collector did not accept some of them (a missing or wrong key).
+    """
     rng = random.Random(seed)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else None
     providers = {}
+    exporters = [_Counted(OTLPSpanExporter(endpoint=endpoint, insecure=True, headers=headers)) for _ in AGENTS]
     for i, agent in enumerate(AGENTS):
         provider = TracerProvider(resource=Resource.create({"service.name": agent.service}))
         if i == 0:  # the first service goes through the spanhouse SDK's configuration (and feedback)
-            sdk.configure(endpoint, protocol="grpc", api_key=api_key, tracer_provider=provider, capture_content=True)
+            sdk.configure(exporter=exporters[i], tracer_provider=provider, capture_content=True)
         else:
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True,
-                                                                            headers=headers)))
+            provider.add_span_processor(BatchSpanProcessor(exporters[i]))
         providers[agent.service] = provider
     now = time.time()
     window = hours * 3600
@@ -141,4 +167,9 @@ def run(endpoint: str, api_key: str | None, executions: int, hours: float, seed:
     for provider in providers.values():
         provider.shutdown()
     sdk.shutdown()
+    exporters[0].shutdown()  # the SDK flushes an exporter it is given but leaves it open
+    failed = sum(e.failed for e in exporters)
+    if failed:
+        raise ConfigError(f"the collector at {endpoint} did not accept {failed} batch(es) of spans (the errors are "
+                          "above): if it has API keys, pass --api-key (or SPANHOUSE_API_KEY) with the ingest scope")
     return executions

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from spanhouse.clickhouse import Store
 from spanhouse.collector import cli
 from tests.collector_harness import running_collector
@@ -33,3 +35,14 @@ def test_demo_traffic_fills_every_view(store: Store, tmp_path: Path) -> None:
     span_hours = one("SELECT dateDiff('minute', min(Timestamp), max(Timestamp)) FROM otel_traces "
                      "WHERE Tenant = {t:String}")[0]
     assert 60 <= span_hours <= 130  # spread over the simulated two hours
+
+
+def test_demo_refused_by_the_collector_fails_and_says_why(store: Store, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the key a collector with API keys needs, every batch was refused (logged)
+    and the demo still said 'sent 5 executions' and exited 0."""
+    with running_collector(store, tmp_path, "demo-refused") as c:
+        code = cli.main(["demo", "--endpoint", f"http://{c.grpc_target}", "--executions", "5", "--hours", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "did not accept" in err and "--api-key" in err and "sent 5 executions" not in err
