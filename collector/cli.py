@@ -63,7 +63,11 @@ def _serve(args: argparse.Namespace) -> int:
                       "http_port": addresses.http_port, "api_port": addresses.api_port,
                       "sql_port": addresses.sql_port,
                       "dsn": settings.dsn, "spool_dir": str(settings.resolved_spool_dir)}), flush=True)
-    stop.wait()
+    # Woken now and then: a signal that lands on one of the engine's or gRPC's threads only
+    # sets a flag, and a main thread blocked in wait() would never run the handler (a
+    # SIGTERM under load was lost now and then, and the collector kept running).
+    while not stop.wait(0.5):
+        pass
     logging.getLogger("spanhouse").info("shutting down: draining the spool (up to %.0fs)", settings.shutdown_timeout)
     drained = collector.stop()
     if not drained:

@@ -92,3 +92,52 @@ def test_sigterm_drains_the_spool_and_exits_zero(tmp_path: Path) -> None:
     assert proc.terminate() == 0  # immediately: the spool is drained during shutdown
     assert count_in_store(data, "SELECT count() FROM otel_traces") == [[200]]
     assert not list((data / "spool").glob("*.seg"))
+
+
+def test_sigterm_while_a_long_sql_query_runs_exits_zero(tmp_path: Path) -> None:
+    """Closing the embedded engine under a query still running in another thread crashed
+    the collector (SIGSEGV, exit -11) on every such stop: running reads are cancelled and
+    their clients waited for before the store closes."""
+    import httpx
+
+    proc = ServeProcess(tmp_path / "data", "--shutdown-timeout", "2")
+    ports = proc.start()
+    answers: list[object] = []
+
+    def long_query() -> None:
+        try:
+            answers.append(httpx.post(f"http://127.0.0.1:{ports['sql_port']}/",
+                                      content="SELECT count() FROM numbers(5000000000) WHERE sipHash64(number) % 7 = 3",
+                                      timeout=120).status_code)
+        except httpx.HTTPError as exc:  # the server went away: fine, as long as it exited cleanly
+            answers.append(type(exc).__name__)
+
+    asking = threading.Thread(target=long_query)
+    asking.start()
+    time.sleep(1.5)  # the query is running
+    assert proc.terminate() == 0
+    asking.join(timeout=30)
+    assert answers
+
+
+def test_sigterm_landing_on_another_thread_still_stops_the_collector(tmp_path: Path) -> None:
+    """A signal that lands on one of the engine's or gRPC's threads only sets a flag: a
+    main thread blocked in Event.wait() never ran the handler, and the collector kept
+    serving (2 of ~13 SIGTERMs under load)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import signal, sys, threading, time\n"
+        "from spanhouse.collector import cli\n"
+        "def poke():\n"
+        "    while not any(t.name == 'spanhouse-http' for t in threading.enumerate()):\n"
+        "        time.sleep(0.1)\n"
+        "    time.sleep(1)\n"
+        "    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not the main one\n"
+        "threading.Thread(target=poke, daemon=True).start()\n"
+        f"sys.exit(cli.main(['serve', '--dsn', 'chdb://{tmp_path / 'data'}', '--grpc-port', '0', '--http-port', '0',\n"
+        "                    '--api-port', '0', '--sql-port', '0']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
