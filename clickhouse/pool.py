@@ -43,18 +43,24 @@ class ClientPool:
         self._size = size
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
         self._count = 0  # clients opened
+        self._out = 0  # clients borrowed now
         self._closed = False
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
 
     @contextmanager
     def borrow(self) -> Iterator[Client]:
         """A client for this thread alone until the block ends; waits while all are busy.
         Raises ``StoreUnavailable`` once the pool is closed."""
         client = self._take()
+        with self._lock:
+            self._out += 1
         try:
             yield client
         finally:
             with self._lock:
+                self._out -= 1
+                self._returned.notify_all()
                 kept = not self._closed
                 if kept:
                     self._idle.put(client)
@@ -101,9 +107,10 @@ class ClientPool:
         with self.borrow() as client:
             return client.insert(table, data, **kwargs)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 0.0) -> bool:
         """Close the idle clients; a borrowed one is closed when it comes back. Later
-        calls raise ``StoreUnavailable``."""
+        calls raise ``StoreUnavailable``. Waits up to ``wait_s`` for the borrowed ones
+        (the embedded engine must not close under a running query); True if none is out."""
         with self._lock:
             self._closed = True
             idle = []
@@ -111,6 +118,8 @@ class ClientPool:
                 idle.append(self._idle.get_nowait())
         for client in idle:
             client.close()
+        with self._lock:
+            return self._returned.wait_for(lambda: self._out == 0, timeout=wait_s)
 
 
 Reader = Client | ClientPool

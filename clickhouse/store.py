@@ -39,12 +39,17 @@ class Store:
     writer: Writer
 
     def close(self) -> None:
-        """Release the connections (for the embedded engine: the data directory)."""
+        """Release the connections (for the embedded engine: the data directory), after
+        the reads still running (up to ``CLOSE_WAIT_S``)."""
         try:
-            self.readers.close()
+            self.readers.close(wait_s=CLOSE_WAIT_S)
             self.writer.close()
         finally:
             self.client.close()
+
+
+CLOSE_WAIT_S = 10.0
+"""How long closing a store waits for reads still running (cancelled ones end at once)."""
 
 
 def retention_from_env() -> int | None:

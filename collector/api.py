@@ -298,19 +298,21 @@ def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tu
     from spanhouse.collector.api_analytics import analytics  # here: that module imports this one
     app.include_router(analytics)
 
+    # The ops endpoints do no I/O and run on the event loop itself: as plain functions they
+    # queued for the worker threads behind slow reads, and a liveness probe timed out.
     @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "not accepting data right now"}})
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         """Ready to accept data."""
         ready, why = readiness()
         return JSONResponse({"status": "ready" if ready else "not ready", "reason": why}, 200 if ready else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         """Prometheus metrics."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
