@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
@@ -49,6 +50,9 @@ class ApiContext:
 
     store: Store
     keys: KeyRing
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the collector stops: open event streams end instead of holding the
+    shutdown for its whole timeout (and being cancelled with tracebacks)."""
 
 
 def _context(request: Request) -> ApiContext:
@@ -201,7 +205,7 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
         nonlocal after, after_id
         yield b": connected\n\n"
         quiet_since = time.monotonic()
-        while not await request.is_disconnected():
+        while not ctx.stopping.is_set() and not await request.is_disconnected():
             rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after, after_id)
             for row in rows:
                 after, after_id = row["stored_at"], row["trace_id"]
@@ -211,7 +215,9 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
             if time.monotonic() - quiet_since >= KEEPALIVE_S:
                 yield b": keep-alive\n\n"
                 quiet_since = time.monotonic()
-            await asyncio.sleep(poll)
+            next_poll = time.monotonic() + poll
+            while time.monotonic() < next_poll and not ctx.stopping.is_set():
+                await asyncio.sleep(0.2)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

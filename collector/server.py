@@ -83,6 +83,7 @@ class Collector:
         self._stopping = False
         self._forwarders: list[Forwarder] = []
         self._sql_clients: ClientPool | None = None
+        self._api_context: ApiContext | None = None
 
     @property
     def store(self) -> Store:
@@ -116,7 +117,8 @@ class Collector:
             raise ConfigError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}; pick another --grpc-port")
         http_sock, api_sock, sql_sock = (_bind(s.host, p) for p in (s.http_port, s.api_port, s.sql_port))
         http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
-        api = create_app(ApiContext(self._store, self._keys), self.metrics, self._readiness)
+        self._api_context = ApiContext(self._store, self._keys)
+        api = create_app(self._api_context, self.metrics, self._readiness)
         self._grpc.start()
         # Its own connections: read-only settings must never reach the sessions that ingest or serve the API.
         dsn = self._store.dsn
@@ -162,6 +164,8 @@ class Collector:
         self._stopping = True
         if self._grpc is not None:
             self._grpc.stop(grace=5.0)
+        if self._api_context is not None:
+            self._api_context.stopping.set()
         for srv in self._servers:
             srv.should_exit = True
         if self._loop_thread is not None:

@@ -141,3 +141,34 @@ def test_sigterm_landing_on_another_thread_still_stops_the_collector(tmp_path: P
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
+
+
+def test_open_event_streams_do_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """A stream never learned the collector was stopping: uvicorn waited the whole
+    shutdown timeout for it (then cancelled it with ERROR tracebacks) before the spool's
+    drain even began."""
+    import httpx
+
+    proc = ServeProcess(tmp_path / "data", "--shutdown-timeout", "10")
+    ports = proc.start()
+    connected = threading.Event()
+
+    def listen() -> None:
+        try:
+            with httpx.stream("GET", f"http://127.0.0.1:{ports['api_port']}/api/v1/executions/stream",
+                              timeout=60) as r:
+                for line in r.iter_lines():
+                    connected.set()
+        except httpx.HTTPError:
+            pass
+
+    listeners = [threading.Thread(target=listen) for _ in range(3)]
+    for t in listeners:
+        t.start()
+    assert connected.wait(30)
+    started = time.monotonic()
+    assert proc.terminate() == 0
+    assert time.monotonic() - started < 9  # gRPC's 5 s grace at most, not + 10 s for the streams
+    assert proc.proc is not None and proc.proc.stderr is not None and "ERROR" not in proc.proc.stderr.read()
+    for t in listeners:
+        t.join(timeout=10)
