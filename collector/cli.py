@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpanhouseError as exc:
         print(f"spanhouse: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `spanhouse ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ class ApiError(SpanhouseError):
     """The API refused a request; the message is the server's."""
 
 
+_HINTS = {401: " (pass --api-key KEY or set SPANHOUSE_API_KEY)",
+          403: " (use a key with that scope: `spanhouse keys add --scopes ...`)"}
+"""What a CLI user does about an answer: the server's message speaks of HTTP headers."""
+
+
 class ApiClient:
     """Talks to a running collector's API (``url``) and SQL endpoint (``sql_url``)."""
 
@@ -37,7 +42,8 @@ class ApiClient:
             raise StoreUnavailable(f"no collector answers at {self._http.base_url}: {exc}; is `spanhouse serve` "
                                    "running there? (set --url or SPANHOUSE_URL)") from exc
         if resp.status_code >= 400:
-            raise ApiError(f"{resp.status_code}: {_message(resp)}")
+            hint = _HINTS.get(resp.status_code, "")
+            raise ApiError(f"{resp.status_code}: {_message(resp)}{hint}")
         return resp
 
     def get(self, path: str, **params: Any) -> Any:

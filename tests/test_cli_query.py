@@ -87,6 +87,18 @@ def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys
     assert "limit:" in capsys.readouterr().err
     assert cli.main(["executions", "list", "--url", "http://127.0.0.1:1"]) == 2
     assert "is `spanhouse serve` running" in capsys.readouterr().err
+    assert cli.main(["executions", "list", "--url", c.api_url, "--api-key", ""]) == 2  # no key, keys required
+    assert "pass --api-key KEY or set SPANHOUSE_API_KEY" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_reading_is_no_error(tmp_path: Path) -> None:
+    """`spanhouse migrate --print | head` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(f"{sys.executable} -m spanhouse.collector.cli migrate --print --cluster prod | head -1",
+                          shell=True, capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("-- 0000") and "Traceback" not in done.stderr, done.stderr
 
 
 def test_a_tool_name_is_one_path_segment(served: tuple[Running, str], capsys: pytest.CaptureFixture[str],
