@@ -53,8 +53,6 @@ class ClientPool:
         """A client for this thread alone until the block ends; waits while all are busy.
         Raises ``StoreUnavailable`` once the pool is closed."""
         client = self._take()
-        with self._lock:
-            self._out += 1
         try:
             yield client
         finally:
@@ -68,28 +66,28 @@ class ClientPool:
                 client.close()
 
     def _take(self) -> Client:
-        while True:
-            with self._lock:
+        """An idle client, a new one if fewer than ``size`` are open, else the next one back.
+        Counted as out from the moment it is reserved, under the lock ``close`` waits on."""
+        with self._lock:
+            while True:
                 if self._closed:
                     raise StoreUnavailable("the store is closed; nothing can be read from it any more")
-                try:
+                if not self._idle.empty():
+                    self._out += 1
                     return self._idle.get_nowait()
-                except queue.Empty:
-                    pass
-                opening = self._count < self._size
-                if opening:
+                if self._count < self._size:
                     self._count += 1
-            if opening:  # outside the lock: connecting to a server can take a while
-                try:
-                    return self._open()
-                except BaseException:
-                    with self._lock:
-                        self._count -= 1
-                    raise
-            try:  # all out: wait for one back, and look again now and then (the pool may close)
-                return self._idle.get(timeout=1.0)
-            except queue.Empty:
-                continue
+                    self._out += 1
+                    break
+                self._returned.wait()  # all out: until one comes back (or the pool closes)
+        try:  # outside the lock: connecting to a server can take a while
+            return self._open()
+        except BaseException:
+            with self._lock:
+                self._count -= 1
+                self._out -= 1
+                self._returned.notify_all()
+            raise
 
     def query(self, query: str, parameters: dict[str, Any] | None = None, **kwargs: Any) -> QueryResult:
         with self.borrow() as client:
@@ -113,6 +111,7 @@ class ClientPool:
         (the embedded engine must not close under a running query); True if none is out."""
         with self._lock:
             self._closed = True
+            self._returned.notify_all()  # takers waiting for a client: the pool is closed
             idle = []
             while not self._idle.empty():
                 idle.append(self._idle.get_nowait())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -91,3 +92,36 @@ def test_a_closed_pool_refuses_and_closes_what_comes_back(store: Store) -> None:
     assert len(closed) == 2, "a client coming back to a closed pool is closed"
     with pytest.raises(StoreUnavailable, match="closed"):
         pool.command("SELECT 3")
+
+
+def test_close_waits_for_a_borrow_whose_client_is_still_opening() -> None:
+    """A borrow was counted only once its client was open: close() called meanwhile saw
+    none out, said so, and the embedded engine could be closed under the query that
+    followed."""
+
+    class Slow:
+        closed = False
+
+        def command(self, sql: str, **_: object) -> str:
+            time.sleep(0.3)
+            return sql
+
+        def close(self) -> None:
+            self.closed = True
+
+    opened: list[Slow] = []
+
+    def open_client() -> Slow:
+        time.sleep(0.5)
+        opened.append(Slow())
+        return opened[-1]
+
+    pool = ClientPool(open_client, 1)  # type: ignore[arg-type]
+    answers: list[object] = []
+    borrower = threading.Thread(target=lambda: answers.append(pool.command("SELECT 1")))
+    borrower.start()
+    time.sleep(0.1)  # the client is being opened
+    started = time.monotonic()
+    assert pool.close(wait_s=5) is True
+    assert time.monotonic() - started >= 0.5 and answers == ["SELECT 1"] and opened[0].closed
+    borrower.join()
