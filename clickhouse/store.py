@@ -6,16 +6,20 @@ ClickHouse exporter, benchmarks, tests), so it lives in one place.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
+from spanhouse.clickhouse import sqlfiles
 from spanhouse.clickhouse.client import connect, embedded_path, resolve_dsn
 from spanhouse.clickhouse.migrations import apply_retention, migrate
 from spanhouse.clickhouse.pool import ClientPool
 from spanhouse.clickhouse.writer import Writer
 from spanhouse.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 RETENTION_ENV = "SPANHOUSE_RETENTION_DAYS"
 """Whole days to keep data for (every table gets a TTL); unset keeps everything."""
@@ -38,14 +42,28 @@ class Store:
     readers: ClientPool
     writer: Writer
 
+    def close_pool(self, pool: ClientPool) -> bool:
+        """Close ``pool`` (this store's readers, or another pool on its engine) and wait up
+        to ``CLOSE_WAIT_S`` for its reads still running; True once none is. On the
+        embedded engine, where every query is this process's, they are cancelled first:
+        closing the engine under a running query crashes the process (SIGSEGV)."""
+        if not pool.close() and embedded_path(self.dsn) is not None:
+            self.client.command(sqlfiles.query("cancel_reads"))
+        return pool.close(wait_s=CLOSE_WAIT_S)
+
     def close(self) -> None:
-        """Release the connections (for the embedded engine: the data directory), after
-        the reads still running (up to ``CLOSE_WAIT_S``)."""
+        """Release the connections (for the embedded engine: the data directory), after the
+        reads still running (see ``close_pool``). If one still runs then, the embedded
+        engine is left open for the process's exit rather than closed under it."""
+        ended = self.close_pool(self.readers)
         try:
-            self.readers.close(wait_s=CLOSE_WAIT_S)
             self.writer.close()
         finally:
-            self.client.close()
+            if ended or embedded_path(self.dsn) is None:
+                self.client.close()
+            else:
+                log.warning("a read of the store still runs after %.0f s; the store is left open until the process "
+                            "exits", CLOSE_WAIT_S)
 
 
 CLOSE_WAIT_S = 10.0

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from spanhouse.clickhouse import Store, connect, embedded_path, open_store, sqlfiles
+from spanhouse.clickhouse import Store, connect, open_store
 from spanhouse.clickhouse.migrations import remove_retention
 from spanhouse.clickhouse.pool import ClientPool
-from spanhouse.clickhouse.store import CLOSE_WAIT_S, READERS
+from spanhouse.clickhouse.store import READERS
 from spanhouse.collector.api import ApiContext, create_app
 from spanhouse.collector.auth import KeyRing
 from spanhouse.collector.config import Settings
@@ -170,12 +170,9 @@ class Collector:
             srv.should_exit = True
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=self.settings.shutdown_timeout)
-        if self._store is not None and embedded_path(self._store.dsn) is not None:
-            # Reads still running (a long SQL query, a request whose client went away) would
-            # have the engine closed under them, a crash: cancelled, their clients come back.
-            self._store.client.command(sqlfiles.query("cancel_reads"))
-        if self._sql_clients is not None:
-            self._sql_clients.close(wait_s=CLOSE_WAIT_S)
+        if self._sql_clients is not None and self._store is not None:
+            # Queries still running (a long one, a client that went away): see close_pool.
+            self._store.close_pool(self._sql_clients)
         drained = True
         if self._spool is not None:
             self._spool.seal()  # nothing is appended any more: hand the active segment to the exporter

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import IngestItem, Store, connect, embedded_path, migrate, queries, resolve_dsn, sqlfiles
 from spanhouse.clickhouse import migrations as migrate_module
@@ -282,6 +283,38 @@ def test_a_span_of_a_trace_arriving_while_it_is_deleted_is_stored_whole(store: S
         "SELECT sum(Spans) FROM execution_rollup WHERE Tenant = {t:String}")]
     assert counts == [1] * 5  # the late span alone, in every table
 
+
+class _CancelledAt:
+    """A reader for ``delete_traces`` whose read of ``marker`` is cancelled, as the
+    collector's shutdown cancels running reads."""
+
+    def __init__(self, store: Store, marker: str) -> None:
+        self._store, self._marker = store, marker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store.readers, name)
+
+    def query(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if self._marker in sql:
+            raise DatabaseError("Code: 394. DB::Exception: Query was cancelled. (QUERY_WAS_CANCELLED)")
+        return self._store.readers.query(sql, *args, **kwargs)
+
+
+@pytest.mark.parametrize("marker", ["system.tables", "system.projections"])  # a view's SELECT; the mask's tables
+def test_a_deletion_whose_read_is_cancelled_changes_nothing(store: Store, tenant: str, marker: str) -> None:
+    """The view's SELECT was read after the rollup's groups were cleared: cancelled there,
+    the deletion left the surviving execution's tool calls uncounted for good."""
+    hour = 1_700_002_800_000_000_000
+    tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+    gone, kept = trace_id(), trace_id()
+    write(store, tenant, request([span("execute_tool search", gone, start=hour, attributes=tool),
+                                  span("execute_tool search", kept, start=hour + 1, attributes=tool)]))
+    with pytest.raises(DatabaseError, match="QUERY_WAS_CANCELLED"):
+        delete_traces(_CancelledAt(store, marker), tenant, [gone.hex()])
+    calls = [store.client.command(f"SELECT {n} FROM {t} WHERE Tenant = {{t:String}}", parameters={"t": tenant})
+             for t, n in (("tool_calls", "count()"), ("tool_stats_1m", "sum(Calls)"), ("tool_stats_1d", "sum(Calls)"))]
+    assert calls == [2, 2, 2]  # nothing deleted, nothing cleared
+
 @pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
 def test_deleting_rebuilds_the_day_its_hour_bucket_is_in(tmp_path: Path, tz: str) -> None:
     """Hour buckets follow the engine's time zone; in one half an hour off UTC, a call at
@@ -414,3 +447,23 @@ def test_spans_and_tool_rollups_carry_their_projections(store: Store, tenant: st
     built = store.client.query("SELECT DISTINCT table FROM system.projection_parts WHERE active "
                                "AND database = currentDatabase() ORDER BY table").result_rows
     assert built == [("otel_traces",), ("tool_stats_1h",), ("tool_stats_1m",)]  # built by the insert itself
+
+
+def test_closing_an_embedded_store_cancels_its_running_reads(tmp_path: Path) -> None:
+    """Closing waited 10 s for a running read, then closed the engine under it anyway: the
+    process crashed (SIGSEGV). Its reads are cancelled first now."""
+    script = (
+        "import sys, threading, time\n"
+        "from spanhouse.clickhouse import open_store\n"
+        "s = open_store(sys.argv[1])\n"
+        "out = []\n"
+        "def read():\n"
+        "    try:\n"
+        "        s.readers.query('SELECT count() FROM numbers(5000000000) WHERE sipHash64(number) % 7 = 3')\n"
+        "    except Exception as exc:\n"
+        "        out.append(type(exc).__name__)\n"
+        "t = threading.Thread(target=read); t.start(); time.sleep(1.0)\n"
+        "started = time.monotonic(); s.close(); t.join()\n"
+        "print(out, time.monotonic() - started < 5)\n"
+    )
+    assert in_child(script, tmp_path) == ["['DatabaseError'] True"]
