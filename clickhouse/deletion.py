@@ -77,17 +77,21 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
         executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
         feedback_traces = [r["trace_id"] for r in queries.rows(client, "feedback_only_traces", params)]
         params = {"tenant": tenant, "trace_ids": sorted({*ids, *feedback_traces})}
+        # Every read comes before the first change: a read cancelled (the collector
+        # stopping) then ends the deletion with nothing changed, not half done.
         affected = {r: _affected(client, r, params) for r in _ROLLUPS}
+        selects = {r: queries.rows(client, "view_select", {"view": r.view})[0]["as_select"] for r in _ROLLUPS}
+        projected = [row["table"] for row in queries.rows(client, "tables_with_projections", {})]
         for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
             client.command(stmt, parameters=params, settings=_NO_DEDUP)
         for rollup, groups in affected.items():
             if groups:
-                _recompute(client, rollup, tenant, groups)
+                _recompute(client, rollup, selects[rollup], tenant, groups)
     # A projection keeps the rows a lightweight DELETE masked (the engine does not rebuild
     # it) until its part is merged: reads it serves (a trace by id, a rollup window) would
     # still return them. Applying the mask rewrites the masked parts and their projections.
-    for row in queries.rows(client, "tables_with_projections", {}):
-        client.command(f"ALTER TABLE {row['table']} APPLY DELETED MASK", settings=_NO_DEDUP)
+    for table in projected:
+        client.command(f"ALTER TABLE {table} APPLY DELETED MASK", settings=_NO_DEDUP)
     return {"executions": int(executions), "spans": int(spans)}
 
 
@@ -98,7 +102,8 @@ def _affected(client: Reader, r: _Rollup, params: dict[str, object]) -> list[tup
     return [row[0] for row in client.query(sql, parameters=params).result_rows]
 
 
-def _recompute(client: Reader, r: _Rollup, tenant: str, groups: list[tuple[object, ...]]) -> None:
+def _recompute(client: Reader, r: _Rollup, select: str, tenant: str, groups: list[tuple[object, ...]]) -> None:
+    """Clear ``groups`` of ``r``'s target and run its view's ``select`` again over them."""
     params = {"tenant": tenant, "groups": groups}
 
     def where(key: str) -> str:
@@ -106,7 +111,6 @@ def _recompute(client: Reader, r: _Rollup, tenant: str, groups: list[tuple[objec
 
     for table, key in ((r.target, r.target_key), *r.also_clear):
         client.command(f"DELETE FROM {table} WHERE {where(key)}", parameters=params, settings=_NO_DEDUP)
-    select = queries.rows(client, "view_select", {"view": r.view})[0]["as_select"]
     filtered = f"(SELECT * FROM {r.source} WHERE {where(r.source_key)})"
     select, n = re.subn(rf"\bFROM\s+(?:\w+\.)?{r.source}\b", lambda _: f"FROM {filtered}", select, count=1)
     assert n == 1, f"view {r.view} does not read {r.source}"
