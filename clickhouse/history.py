@@ -179,8 +179,9 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for node in nodes.values():
         parent = nodes.get(node["parent_span_id"])
         (parent["children"] if parent is not None and parent is not node else roots).append(node)
-    # Spans whose parents form a cycle (A -> B -> A) reach no root: the first of each
-    # cycle becomes a root, cut from its parent, so that no span is lost from the tree.
+    # Spans whose parents form a cycle (A -> B -> A) reach no root: one span of each cycle
+    # (found by walking up from a span left out) becomes a root, cut from its parent, so
+    # that no span is lost and the spans below the cycle keep their parents.
     placed: set[int] = set()
     stack = list(roots)
     for node in nodes.values():
@@ -189,10 +190,14 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             placed.add(id(n))
             stack.extend(n["children"])
         if id(node) not in placed:
-            parent = nodes[node["parent_span_id"]]
-            parent["children"].remove(node)
-            roots.append(node)
-            stack.append(node)
+            seen: set[int] = set()
+            on_cycle = node
+            while id(on_cycle) not in seen:
+                seen.add(id(on_cycle))
+                on_cycle = nodes[on_cycle["parent_span_id"]]
+            nodes[on_cycle["parent_span_id"]]["children"].remove(on_cycle)
+            roots.append(on_cycle)
+            stack.append(on_cycle)
     return roots
 
 

@@ -129,12 +129,21 @@ def test_tool_calls_of_every_convention_show_their_arguments_and_result(store: S
 
 
 def test_spans_whose_parents_form_a_cycle_stay_in_the_tree(store: Store, tenant: str) -> None:
-    t, a, b, c = trace_id(), span_id(), span_id(), span_id()
+    """Spans below a cycle keep their parents, even when one of them starts before the
+    cycle's spans (clock skew): only a span of the cycle is cut to become a root."""
+    t, a, b, c, e = trace_id(), span_id(), span_id(), span_id(), span_id()
     write(store, tenant, request([
-        span("invoke_agent planner", t, start=T0, attributes=AGENT),
-        span("a", t, sid=a, parent=b, start=T0 + 1),
-        span("b", t, sid=b, parent=a, start=T0 + 2),
-        span("c", t, sid=c, parent=b, start=T0 + 3),
+        span("invoke_agent planner", t, start=T0 + 5, attributes=AGENT),
+        span("e", t, sid=e, parent=c, start=T0),  # the earliest: below c, below the cycle
+        span("c", t, sid=c, parent=a, start=T0 + 1),
+        span("a", t, sid=a, parent=b, start=T0 + 2),
+        span("b", t, sid=b, parent=a, start=T0 + 3),
     ]))
     found = history.get_execution(store.client, tenant, t.hex())
-    assert found is not None and sorted(_names(found["spans_tree"])) == ["a", "b", "c", "invoke_agent planner"]
+    assert found is not None and sorted(_names(found["spans_tree"])) == ["a", "b", "c", "e", "invoke_agent planner"]
+
+    def shape(node: dict[str, Any]) -> object:
+        return node["name"], sorted(shape(child) for child in node["children"])
+
+    assert sorted(shape(root) for root in found["spans_tree"]) == [
+        ("a", [("b", []), ("c", [("e", [])])]), ("invoke_agent planner", [])]
