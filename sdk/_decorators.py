@@ -181,8 +181,8 @@ class ActiveCall:
                                                      is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT)))
         self._content = rt.content if capture and self.span.is_recording() else None
         self._context = trace.set_span_in_context(self.span)
-        if spec.root:  # whether current_execution_id() names this execution (a nested one resets it)
-            self._context = context_api.set_value(NOT_RECORDED, not spec.record, self._context)
+        if spec.root and not spec.record:  # current_execution_id() names no execution of this trace
+            self._context = context_api.set_value(NOT_RECORDED, self.span.get_span_context().trace_id, self._context)
         self._token = context_api.attach(self._context) if attach else None
         self._items: list[Any] | None = None
         self._item_count = 0

@@ -30,7 +30,9 @@ from spanhouse.sdk._session import current_attributes
 
 DEFAULT_NAME: Final = "user_rating"
 NOT_RECORDED: Final = context_api.create_key("spanhouse.execution.not_recorded")
-"""Set by an execution root in its context: True inside ``@execution(record=False)``."""
+"""Set by ``@execution(record=False)`` in its context: the trace id it does not record
+(an id, not a flag: a span of another trace used inside it, e.g. an incoming request's,
+has its own id)."""
 _LINK_ATTRIBUTES: Final = {"spanhouse.link.type": "feedback_for"}
 
 
@@ -42,7 +44,7 @@ def current_execution_id() -> str | None:
     execution the trace sampler left out has its id (feedback on it is still kept).
     """
     ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid or context_api.get_value(NOT_RECORDED):
+    if not ctx.is_valid or context_api.get_value(NOT_RECORDED) == ctx.trace_id:
         return None
     return format(ctx.trace_id, "032x")
 

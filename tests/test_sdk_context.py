@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
@@ -256,3 +257,18 @@ def test_an_execution_the_sampler_left_out_still_has_an_id_for_feedback() -> Non
         _runtime.install(previous)
         provider.shutdown()
     assert [s.name for s in exporter.get_finished_spans()] == ["spanhouse.feedback"]
+
+
+def test_another_traces_span_inside_an_unrecorded_execution_has_its_id(spans: CapturedSpans) -> None:
+    """The unrecorded mark was a flag in the context: a span of another, recorded trace
+    used inside the execution (an incoming request's, via use_span) lost its id too."""
+    other = spans.provider.get_tracer("app").start_span("GET /rate")
+
+    @sdk.execution(record=False)
+    def private() -> tuple[str | None, str | None]:
+        with trace.use_span(other, end_on_exit=True):
+            inside = sdk.current_execution_id()
+        return sdk.current_execution_id(), inside
+
+    hidden, inside = private()
+    assert hidden is None and inside == format(other.get_span_context().trace_id, "032x")
