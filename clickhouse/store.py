@@ -48,15 +48,19 @@ class Store:
         embedded engine, where every query is this process's, they are cancelled first:
         closing the engine under a running query crashes the process (SIGSEGV)."""
         if not pool.close() and embedded_path(self.dsn) is not None:
-            self.client.command(sqlfiles.query("cancel_reads"))
+            try:
+                self.client.command(sqlfiles.query("cancel_reads"))
+            except Exception:  # noqa: BLE001 - a broken engine: the reads are waited for all the same
+                log.warning("could not cancel the store's running reads", exc_info=True)
         return pool.close(wait_s=CLOSE_WAIT_S)
 
     def close(self) -> None:
         """Release the connections (for the embedded engine: the data directory), after the
         reads still running (see ``close_pool``). If one still runs then, the embedded
         engine is left open for the process's exit rather than closed under it."""
-        ended = self.close_pool(self.readers)
+        ended = False
         try:
+            ended = self.close_pool(self.readers)
             self.writer.close()
         finally:
             if ended or embedded_path(self.dsn) is None:
