@@ -55,8 +55,8 @@ _PROTOCOL_PARAMS = {"query", "database", "default_format", "query_id", "session_
                     "wait_end_of_query", "client_protocol_version", "role"}
 _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 _CODE = re.compile(r"Code: (\d+)\.")
-_STATUS = {50: 400, 164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
-           27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404, 457: 400, 73: 400}
+_STATUS = {164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
+           27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404, 457: 400, 73: 400, 50: 400}
 _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JSONCompact": "application/json",
           "CSV": "text/csv", "CSVWithNames": "text/csv", "TabSeparated": "text/tab-separated-values"}
 
@@ -199,7 +199,8 @@ class SqlEndpoint:
             return _error(f"Code: 497. DB::Exception: the SQL endpoint reads the store only: {exc}. (ACCESS_DENIED)")
         except native.UnsupportedNativeType as exc:
             return _error(f"Code: 50. DB::Exception: {exc}. (UNKNOWN_TYPE)")
-        headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": str(settings.get("session_timezone") or self._timezone), "X-ClickHouse-Query-Id": query_id,
+        headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Query-Id": query_id,
+                   "X-ClickHouse-Timezone": str(settings.get("session_timezone") or self._timezone),
                    "X-ClickHouse-Summary": json.dumps({"read_rows": "0", "read_bytes": "0", "written_rows": "0",
                                                        "written_bytes": "0", "total_rows_to_read": "0",
                                                        "result_rows": "0", "result_bytes": str(len(data))}),

@@ -173,6 +173,7 @@ def _store_exporter(dsn: str) -> SpanExporter:
 
     Imported here: only applications that write to a store need the storage layer."""
     if dsn not in _store_exporters:
+        from spanhouse.clickhouse.client import embedded_path
         from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter, ParentsStore
 
         owner = os.getpid()
@@ -181,7 +182,9 @@ def _store_exporter(dsn: str) -> SpanExporter:
             # A forked child makes its own: the parent's client (an HTTP connection pool)
             # is not the child's. An embedded store stays the parent's: one process only
             # may hold it, and the child inherits the parent's engine half-way.
-            return ClickHouseSpanExporter(dsn) if os.getpid() == owner else ParentsStore.or_exporter(dsn, owner)
+            if os.getpid() != owner and embedded_path(dsn) is not None:
+                return ParentsStore(dsn, owner)
+            return ClickHouseSpanExporter(dsn)
 
         _store_exporters[dsn] = ForkSafeExporter(make)
     return _store_exporters[dsn]

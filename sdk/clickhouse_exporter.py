@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from spanhouse.clickhouse import IngestItem, Store, open_store
-from spanhouse.clickhouse.client import embedded_path, redacted
+from spanhouse.clickhouse.client import redacted
 from spanhouse.collector.validate import validate
 from spanhouse.errors import SpanhouseError, StoreUnavailable
 
@@ -88,27 +88,27 @@ class ClickHouseSpanExporter(SpanExporter):
                 # Only an unavailable store may come back within the retry window; the
                 # store refusing the data, or a wrong DSN, will not.
                 if not isinstance(exc, StoreUnavailable) or time.monotonic() + delay > deadline:
-                    if not self._failing:
-                        logger.error("spanhouse could not store %d spans in %s and drops them: %s. Check that the "
-                                     "store is reachable (and, for an embedded store, that no other process holds "
-                                     "it open).", len(spans), redacted(self._dsn), exc)
-                    self._failing = True
-                    return SpanExportResult.FAILURE
+                    return self._give_up(len(spans), str(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             except Exception as exc:  # noqa: BLE001 - the driver's own, e.g. a client closed by chdb's finalizers at exit
                 self._drop_store()
-                if not self._failing:
-                    logger.error("spanhouse could not store %d spans in %s and drops them: %s: %s", len(spans),
-                                 redacted(self._dsn), type(exc).__name__, exc)
-                    logger.debug("the error", exc_info=True)
-                self._failing = True
-                return SpanExportResult.FAILURE
+                logger.debug("the store's driver raised", exc_info=True)
+                return self._give_up(len(spans), f"{type(exc).__name__}: {exc}")
             if self._failing:
                 logger.info("spanhouse stores spans in %s again", redacted(self._dsn))
             self._failing = False
             return SpanExportResult.SUCCESS
+
+    def _give_up(self, spans: int, why: str) -> SpanExportResult:
+        """Fail the export of ``spans`` spans, saying why once per failing stretch."""
+        if not self._failing:
+            logger.error("spanhouse could not store %d spans in %s and drops them: %s. Check that the store is "
+                         "reachable (and, for an embedded store, that no other process holds it open).", spans,
+                         redacted(self._dsn), why)
+        self._failing = True
+        return SpanExportResult.FAILURE
 
     def _drop_store(self) -> None:
         with self._lock:
@@ -141,11 +141,6 @@ class ParentsStore(SpanExporter):
         self._dsn = dsn
         self._owner = owner
         self._told = False
-
-    @classmethod
-    def or_exporter(cls, dsn: str, owner: int) -> SpanExporter:
-        """This for an embedded ``dsn``; a server's is the child's own to connect to."""
-        return cls(dsn, owner) if embedded_path(dsn) is not None else ClickHouseSpanExporter(dsn)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self._told:
