@@ -163,16 +163,21 @@ class ServeProcess:
         return self.proc.wait(timeout)
 
 
-def in_child(script: str, data: Path, *args: str, tz: str | None = None) -> list[str]:
-    """The output lines of ``script`` run by a fresh interpreter with the DSN of the
-    embedded store in ``data`` as ``sys.argv[1]`` and ``args`` after it (and the engine
-    in time zone ``tz``, if given): a process holds one embedded store at a time, so the
-    store must not be open here."""
+def run_child(script: str, *args: str, tz: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``script`` run by a fresh interpreter with ``args`` (and in time zone ``tz``, if
+    given), which must exit 0; its output. For what needs a process of its own: the
+    global TracerProvider, an embedded store (one per process), signals, fork."""
     env = None if tz is None else {**os.environ, "TZ": tz}
-    done = subprocess.run([sys.executable, "-c", script, f"chdb://{data}", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+    return done
+
+
+def in_child(script: str, data: Path, *args: str, tz: str | None = None) -> list[str]:
+    """The output lines of ``script`` run by ``run_child`` with the DSN of the embedded
+    store in ``data`` as ``sys.argv[1]`` and ``args`` after it: a process holds one
+    embedded store at a time, so the store must not be open here."""
+    return run_child(script, f"chdb://{data}", *args, tz=tz).stdout.splitlines()
 
 
 def count_in_store(data: Path, sql: str) -> Any:

@@ -15,7 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from spanhouse.clickhouse import Store
 from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
-from tests.collector_harness import running_collector
+from tests.collector_harness import count_in_store, run_child, running_collector
 from tests.test_write_path import _DERIVED
 
 
@@ -76,11 +76,6 @@ def test_unreachable_store_fails_the_export_within_its_bound_and_never_raises(ca
 def test_configure_with_a_dsn_writes_into_the_store(tmp_path: Path) -> None:
     """In a child process (configure() sets the global provider), with an embedded store
     of its own; read back afterwards in another child, as `spanhouse serve` would."""
-    import subprocess
-    import sys
-
-    from tests.collector_harness import count_in_store
-
     data = tmp_path / "store"
     script = (
         "from spanhouse import sdk\n"
@@ -96,8 +91,7 @@ def test_configure_with_a_dsn_writes_into_the_store(tmp_path: Path) -> None:
         f"sdk.configure(dsn='chdb://{data}', service_name='notebook', capture_content=False)\n"
         "run()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    run_child(script)
     assert count_in_store(data, "SELECT ToolName, calls FROM v_tool_stats") == [["add", 4]]
     assert count_in_store(data, "SELECT Status FROM executions FINAL") == [["ok"], ["ok"]]
 
@@ -130,11 +124,6 @@ def test_a_forked_child_of_a_process_writing_to_an_embedded_store_neither_hangs_
     the garbage collector close it there, and chdb's close hung the child for good (a
     multiprocessing pool never returned). The child now says why it drops its spans; the
     parent keeps writing."""
-    import subprocess
-    import sys
-
-    from tests.collector_harness import count_in_store
-
     data = tmp_path / "store"
     script = (
         "import faulthandler, os\n"
@@ -152,8 +141,7 @@ def test_a_forked_child_of_a_process_writing_to_an_embedded_store_neither_hangs_
         "print('child exit', os.waitpid(pid, 0)[1])\n"
         "run('parent again'); sdk.flush()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_child(script)
     assert done.stdout.splitlines() == ["child flushed True", "child exit 0"]
     assert "belongs to process" in done.stderr and "drops its spans" in done.stderr
     assert count_in_store(data, "SELECT count() FROM executions FINAL") == [[2]]
@@ -163,11 +151,6 @@ def test_configure_with_another_embedded_store_lets_go_of_the_first(tmp_path: Pa
     """A process holds one embedded store at a time (a test suite with a store per test):
     the second store could not open while the first stayed open, and every span after the
     second configure() was dropped."""
-    import subprocess
-    import sys
-
-    from tests.collector_harness import count_in_store
-
     first, second = tmp_path / "first", tmp_path / "second"
     script = (
         "from spanhouse import sdk\n"
@@ -179,8 +162,8 @@ def test_configure_with_another_embedded_store_lets_go_of_the_first(tmp_path: Pa
         f"sdk.configure(dsn='chdb://{second}')\n"
         "run(); run(); sdk.flush()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "drops them" not in done.stderr, done.stderr
+    done = run_child(script)
+    assert "drops them" not in done.stderr, done.stderr
     assert count_in_store(first, "SELECT count() FROM executions FINAL") == [[1]]
     assert count_in_store(second, "SELECT count() FROM executions FINAL") == [[2]]
 
@@ -189,11 +172,6 @@ def test_a_burst_through_configure_dsn_is_stored_whole(tmp_path: Path) -> None:
     """Each batch is one insert: with OpenTelemetry's default 512-span batches and 2048-span
     queue, a burst of 3,000 tool calls lost ~440 spans ('Queue full'); the collector path
     kept them all."""
-    import subprocess
-    import sys
-
-    from tests.collector_harness import count_in_store
-
     data = tmp_path / "store"
     script = (
         "from spanhouse import sdk\n"
@@ -206,8 +184,8 @@ def test_a_burst_through_configure_dsn_is_stored_whole(tmp_path: Path) -> None:
         "    return sum(step(i) for i in range(3000))\n"
         "run()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "dropping" not in done.stderr, done.stderr
+    done = run_child(script)
+    assert "dropping" not in done.stderr, done.stderr
     assert count_in_store(data, "SELECT count() FROM otel_traces WHERE SpanName = 'execute_tool step'") == [[3000]]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.collector_harness import ServeProcess, count_in_store, grpc_export, metric
+from tests.collector_harness import ServeProcess, count_in_store, grpc_export, metric, run_child
 from tests.otlp import request, span, trace_id
 
 
@@ -124,9 +124,6 @@ def test_sigterm_landing_on_another_thread_still_stops_the_collector(tmp_path: P
     """A signal that lands on one of the engine's or gRPC's threads only sets a flag: a
     main thread blocked in Event.wait() never ran the handler, and the collector kept
     serving (2 of ~13 SIGTERMs under load)."""
-    import subprocess
-    import sys
-
     script = (
         "import signal, sys, threading, time\n"
         "from spanhouse.collector import cli\n"
@@ -139,8 +136,7 @@ def test_sigterm_landing_on_another_thread_still_stops_the_collector(tmp_path: P
         f"sys.exit(cli.main(['serve', '--dsn', 'chdb://{tmp_path / 'data'}', '--grpc-port', '0', '--http-port', '0',\n"
         "                    '--api-port', '0', '--sql-port', '0']))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
-    assert done.returncode == 0, done.stderr
+    run_child(script)
 
 
 def test_open_event_streams_do_not_hold_the_shutdown(tmp_path: Path) -> None:
