@@ -12,7 +12,6 @@ clients at once.
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +40,7 @@ class ClientPool:
             raise ValueError(f"a client pool needs at least one client, not {size}")
         self._open = open_client
         self._size = size
-        self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
+        self._idle: list[Client] = []  # under _lock; the last one back is the next out
         self._count = 0  # clients opened
         self._out = 0  # clients borrowed now
         self._closed = False
@@ -61,7 +60,7 @@ class ClientPool:
                 self._returned.notify_all()
                 kept = not self._closed
                 if kept:
-                    self._idle.put(client)
+                    self._idle.append(client)
             if not kept:  # the pool closed while it was out
                 client.close()
 
@@ -72,9 +71,9 @@ class ClientPool:
             while True:
                 if self._closed:
                     raise StoreUnavailable("the store is closed; nothing can be read from it any more")
-                if not self._idle.empty():
+                if self._idle:
                     self._out += 1
-                    return self._idle.get_nowait()
+                    return self._idle.pop()
                 if self._count < self._size:
                     self._count += 1
                     self._out += 1
@@ -112,9 +111,7 @@ class ClientPool:
         with self._lock:
             self._closed = True
             self._returned.notify_all()  # takers waiting for a client: the pool is closed
-            idle = []
-            while not self._idle.empty():
-                idle.append(self._idle.get_nowait())
+            idle, self._idle = self._idle, []
         for client in idle:
             client.close()
         with self._lock:
