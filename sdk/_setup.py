@@ -173,20 +173,10 @@ def _store_exporter(dsn: str) -> SpanExporter:
 
     Imported here: only applications that write to a store need the storage layer."""
     if dsn not in _store_exporters:
-        from spanhouse.clickhouse.client import embedded_path
-        from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter, ParentsStore
+        from spanhouse.sdk.clickhouse_exporter import exporter_in
 
         owner = os.getpid()
-
-        def make() -> SpanExporter:
-            # A forked child makes its own: the parent's client (an HTTP connection pool)
-            # is not the child's. An embedded store stays the parent's: one process only
-            # may hold it, and the child inherits the parent's engine half-way.
-            if os.getpid() != owner and embedded_path(dsn) is not None:
-                return ParentsStore(dsn, owner)
-            return ClickHouseSpanExporter(dsn)
-
-        _store_exporters[dsn] = ForkSafeExporter(make)
+        _store_exporters[dsn] = ForkSafeExporter(lambda: exporter_in(os.getpid(), dsn, owner))
     return _store_exporters[dsn]
 
 

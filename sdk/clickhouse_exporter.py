@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from spanhouse.clickhouse import IngestItem, Store, open_store
-from spanhouse.clickhouse.client import redacted
+from spanhouse.clickhouse.client import embedded_path, redacted
 from spanhouse.collector.validate import validate
 from spanhouse.errors import SpanhouseError, StoreUnavailable
 
@@ -153,3 +153,13 @@ class ParentsStore(SpanExporter):
 
     def shutdown(self) -> None:
         """Nothing to release."""
+
+
+def exporter_in(pid: int, dsn: str, owner: int) -> SpanExporter:
+    """The exporter process ``pid`` writes ``dsn`` through, ``owner`` having configured it.
+    A forked child makes its own: the parent's client (an HTTP connection pool) is not
+    the child's. An embedded store stays the parent's: one process only may hold it, and
+    the child inherits the parent's engine half-way."""
+    if pid != owner and embedded_path(dsn) is not None:
+        return ParentsStore(dsn, owner)
+    return ClickHouseSpanExporter(dsn)
