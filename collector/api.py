@@ -34,8 +34,17 @@ from spanhouse.errors import AuthError, Forbidden
 TRACE_ID = r"^[0-9a-fA-F]{32}$"
 
 
+def _utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (without an offset it is UTC). Aware, the
+    driver binds it as the same instant in the store's time zone; a naive one would be
+    read as local time there (the embedded engine takes the process's TZ)."""
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def _storable(value: datetime) -> datetime:
-    """Times outside what DateTime64(9) holds (1900-2262) are a parameter error (422)."""
+    """The instant in UTC, so that times given with and without an offset compare; times
+    outside what DateTime64(9) holds (1900-2262) are a parameter error (422)."""
+    value = _utc(value)
     if not 1900 <= value.year <= 2261:
         raise ValueError("must be between the years 1900 and 2261")
     return value
@@ -120,18 +129,7 @@ class ExecutionFilters(BaseModel):
         return self
 
     def values(self) -> dict[str, Any]:
-        out = self.model_dump(exclude_none=True)
-        for key in ("since", "until"):
-            if key in out:
-                out[key] = _utc(out[key])
-        return out
-
-
-def _utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (without an offset it is UTC). Aware, the
-    driver binds it as the same instant in the store's time zone; a naive one would be
-    read as local time there (the embedded engine takes the process's TZ)."""
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return self.model_dump(exclude_none=True)
 
 
 Filters = Annotated[ExecutionFilters, Query()]
@@ -249,7 +247,7 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
                       ) -> dict[str, int]:
     """Remove every execution started before ``before`` that matches the filters
     (``dry_run``: say how many executions that would be, and remove nothing)."""
-    values = {**filters.values(), "until": min(_utc(before), filters.values().get("until", _utc(before)))}
+    values = {**filters.values(), "until": min(before, filters.values().get("until", before))}
     ids = history.matching_ids(ctx.store.readers, who.tenant, values)
     if dry_run:
         return {"executions": len(ids)}

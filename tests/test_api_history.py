@@ -147,6 +147,23 @@ def test_cursor_pagination_walks_every_execution_once(dataset: tuple[Running, di
     assert seen == [ids[k] for k in ["running", "e", "d", "c", "b", "a"]]
 
 
+def test_a_listed_duration_given_back_as_a_bound_matches_its_execution(store: Store, tmp_path: Path) -> None:
+    """min/max_duration compare in the unit the list shows; multiplied into ns instead,
+    33551.689829 ms and 0.000498 ms missed the executions listed with them."""
+    tenant = "duration-bounds"
+    traces = [trace_id() for _ in range(2)]
+    write(store, tenant, request([span("agent", t, start=T0, duration_ns=ns)
+                                  for t, ns in zip(traces, (33_551_689_829, 498))]))
+    with running_collector(store, tmp_path, tenant, scopes="read") as c:
+        listed = {i["trace_id"]: i["duration_ms"] for i in _get(c, "/api/v1/executions").json()["items"]}
+        assert sorted(listed.values()) == [0.000498, 33551.689829]
+        for t, ms in listed.items():
+            for bounds in ({"min_duration": ms}, {"max_duration": ms}):
+                assert t in [i["trace_id"] for i in _get(c, "/api/v1/executions", **bounds).json()["items"]]
+            exact = _get(c, "/api/v1/executions", min_duration=ms, max_duration=ms).json()
+            assert [i["trace_id"] for i in exact["items"]] == [t] and exact["total"] == 1
+
+
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"status": "weird"}, {"min_duration": -1},
                                     {"since": "not a date"}, {"cursor": "garbage!!"}, {"has_errors": "maybe"},
                                     {"since": "2025-11-19T00:00:00Z", "until": "2025-11-18T00:00:00Z"}])
@@ -444,6 +461,11 @@ def test_times_are_utc_whatever_the_collectors_time_zone(tmp_path: Path) -> None
         assert httpx.get(api + "/executions", params={"since": "2025-11-18T22:06:40Z"}).json()["total"] == 3
         assert httpx.get(api + "/executions", params={"until": "2025-11-18T22:06:40+00:00"}).json()["total"] == 1
         assert httpx.get(api + "/executions", params={"until": "2025-11-18T22:06:40"}).json()["total"] == 1
+        # One bound without an offset and one with: the same instants (this was a 500)
+        assert httpx.get(api + "/executions", params={"since": "2025-11-18T22:06:40",
+                                                      "until": "2025-11-19T04:36:40+05:30"}).json()["total"] == 1
+        mixed = httpx.get(api + "/export", params={"since": "2025-11-18T23:06:40+00:00", "until": "2025-11-18T22:06:40"})
+        assert mixed.status_code == 422 and "since must be before until" in mixed.text
         export = [json.loads(line)["start_time"] for line in httpx.get(api + "/export").text.splitlines()]
         assert export[-1] == "2025-11-18T21:06:40.000000000Z"  # ISO 8601 in UTC, as the list's
         assert httpx.delete(api + "/executions", params={"before": "2025-11-18T22:06:40Z", "dry_run": "true"}

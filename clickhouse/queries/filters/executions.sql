@@ -17,9 +17,10 @@ e.StartTime >= {since:DateTime64(9)}
 -- until
 e.StartTime < {until:DateTime64(9)}
 -- min_duration
-e.DurationNs >= {min_duration_ms:Float64} * 1000000
+-- in listed units (duration_ms): a listed duration given back as a bound matches itself
+e.DurationNs / 1e6 >= {min_duration_ms:Float64}
 -- max_duration
-e.DurationNs <= {max_duration_ms:Float64} * 1000000
+e.DurationNs / 1e6 <= {max_duration_ms:Float64}
 -- q
 positionCaseInsensitiveUTF8(e.Input, {q:String}) > 0
     OR positionCaseInsensitiveUTF8(e.Output, {q:String}) > 0
