@@ -25,13 +25,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field, StrictInt, model_validator
 
-from spanhouse import __version__
+from spanhouse import TRACE_ID, __version__
 from spanhouse.clickhouse import Store, deletion, history
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
 from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
 from spanhouse.errors import AuthError, Forbidden
-
-TRACE_ID = r"^[0-9a-fA-F]{32}$"
 
 
 def _utc(value: datetime) -> datetime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from spanhouse import TRACE_ID
 from spanhouse.collector.client import ApiClient
 from spanhouse.errors import ConfigError
 
@@ -140,6 +142,14 @@ def _tree(node: dict[str, Any], into: Tree) -> None:
         _tree(child, branch)
 
 
+def _trace_id(text: str) -> str:
+    """An execution id as an argument. Checked here because it becomes part of a path:
+    ``show stream`` reached the live stream and waited on it for ever."""
+    if not re.match(TRACE_ID, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an execution id (a trace id of 32 hex digits)")
+    return text
+
+
 def _show(args: argparse.Namespace) -> int:
     found = _client(args).get(f"/api/v1/executions/{args.trace_id}")
 
@@ -236,12 +246,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ls.set_defaults(run=_list)
     sh = ex.add_parser("show", help="one execution with its span tree")
     _common(sh)
-    sh.add_argument("trace_id")
+    sh.add_argument("trace_id", type=_trace_id)
     sh.set_defaults(run=_show)
     rm = ex.add_parser("delete", help="delete one execution, or all before a time matching filters")
     _common(rm)
     _filters(rm)
-    rm.add_argument("trace_id", nargs="?")
+    rm.add_argument("trace_id", nargs="?", type=_trace_id)
     rm.add_argument("--before", help="bulk: executions started before this time (ISO 8601)")
     rm.add_argument("--yes", action="store_true", help="do not ask")
     rm.set_defaults(run=_delete)

@@ -12,3 +12,7 @@ BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True,
                  "false": False, "0": False, "no": False, "off": False}
 """How spanhouse reads a boolean setting (lower case): its ``SPANHOUSE_*`` variables and
 the collector's flags. OpenTelemetry's own ``OTEL_*`` booleans accept ``true`` alone."""
+
+TRACE_ID = r"^[0-9a-fA-F]{32}$"
+"""How an execution id (its trace id) is written wherever one is taken: the API's paths
+and bodies, and the CLI's arguments, which check it before building a path from it."""

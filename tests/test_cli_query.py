@@ -91,6 +91,20 @@ def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys
     assert "pass --api-key KEY or set SPANHOUSE_API_KEY" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["show", "delete"])
+def test_an_id_that_is_no_trace_id_is_refused_before_any_request(served: tuple[Running, str], command: str) -> None:
+    """`executions show stream` reached the live stream (/executions/stream) and waited on
+    it for ever; `delete ../stats` would have been sent to another path."""
+    import subprocess
+    import sys
+
+    c, _ = served
+    for bad in ("stream", "../stats"):
+        done = subprocess.run([sys.executable, "-m", "spanhouse.collector.cli", "executions", command, bad,
+                               "--url", c.api_url, "--api-key", c.key], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2 and "is not an execution id (a trace id of 32 hex digits)" in done.stderr
+
+
 def test_a_reader_that_stops_reading_is_no_error(tmp_path: Path) -> None:
     """`spanhouse migrate --print | head` ended in a BrokenPipeError traceback."""
     import subprocess
