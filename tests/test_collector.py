@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import gzip
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -448,6 +449,58 @@ def test_calls_beyond_the_grpc_workers_wait_their_turn_instead_of_being_refused(
     finally:
         receiver.stop(grace=1)
     assert codes == [grpc.StatusCode.OK] * calls and ingest.started == calls
+
+
+def test_a_large_json_request_does_not_stall_the_other_http_clients(tmp_path: Path) -> None:
+    """OTLP/JSON was decoded on the event loop every HTTP listener shares: while one
+    25 MiB request was parsed (~5 s) every other export and /healthz waited for it."""
+    from tests.collector_harness import ServeProcess
+
+    serve = ServeProcess(tmp_path / "store")
+    ports = serve.start()
+    url, health = f"http://127.0.0.1:{ports['http_port']}/v1/traces", serve.api_url + "/healthz"
+    spans = [{"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "s", "startTimeUnixNano": "1",
+              "endTimeUnixNano": "2", "attributes": [{"key": f"k{j}", "value": {"stringValue": "v"}} for j in range(5)]}
+             for i in range(40_000)]
+    big = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode()
+    small = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans[:1]}]}]}).encode()
+    headers = {"content-type": "application/json"}
+    waits: list[float] = []
+    try:
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, url, content=big, headers=headers, timeout=120)
+            time.sleep(0.3)  # the body is sent by now; the collector decodes it
+            while not answer.done():
+                t = time.perf_counter()
+                assert httpx.post(url, content=small, headers=headers, timeout=120).status_code == 200
+                assert httpx.get(health, timeout=120).status_code == 200
+                waits.append(time.perf_counter() - t)
+        took = time.perf_counter() - started
+        assert answer.result().status_code == 200
+    finally:
+        assert serve.terminate() == 0
+    assert took > 1.5 and waits, f"the large request took {took:.1f} s: too quick to show a stall"
+    assert max(waits) < took / 3, f"an export and a health check waited {max(waits):.1f} s of {took:.1f} s"
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_error(store: Store, tmp_path: Path, tenant: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A client giving up mid-upload was logged as an unexpected error with a traceback
+    and counted as a 503 answer nobody received."""
+    import socket
+
+    with running_collector(store, tmp_path, tenant) as c:
+        with socket.create_connection(("127.0.0.1", c.addresses.http_port)) as sock:
+            sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                         + f"Authorization: Bearer {c.key}\r\nContent-Length: 1000\r\n\r\n".encode() + b"\n\x10" * 8)
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while 'outcome="client_disconnected"' not in httpx.get(c.api_url + "/metrics").text:
+            assert time.monotonic() < deadline, "the hang-up was not counted"
+            time.sleep(0.1)
+        assert 'transport="http",outcome="503"' not in httpx.get(c.api_url + "/metrics").text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_request_bytes_held_at_once_are_bounded_and_the_overflow_is_asked_to_retry(
