@@ -787,3 +787,72 @@ def test_tool_panels_read_the_hourly_rollup_over_long_intervals_and_ranges() -> 
                                       "dateDiff('hour', $__fromTime, $__toTime) > 24"))
                     assert all(b in sql for b in branches), p["title"]
                     assert re.search(r"\b(v_)?tool_stats_1h\b", sql), p["title"]
+
+
+def _panel_rows(store: Store, dashboard: str, title: str, current: Mapping[str, Any], ctx: TimeContext,
+                options: Mapping[str, list[str]] | None = None) -> list[tuple]:
+    panel = next(p for p in _panels(_load(GRAFANA / "dashboards" / f"{dashboard}.json")) if p["title"] == title)
+    return _run(store, render(panel["targets"][0]["rawSql"], current, options or {}, ctx))[2]
+
+
+def _agent_run(at_ns: int, *, tool_error: str | None = None, service: str = "svc",
+               cost: float = 0.0) -> Any:
+    """One execution calling the tool ``search`` at ``at_ns``."""
+    t, root = trace_id(), span_id()
+    return request([span("invoke_agent a", t, sid=root, start=at_ns, duration_ns=10**9, attributes={
+                        "gen_ai.operation.name": "invoke_agent", **({"spanhouse.cost_usd": cost} if cost else {})}),
+                    span("execute_tool search", t, parent=root, start=at_ns + 1, duration_ns=10**8, error=tool_error,
+                         attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"})],
+                   service=service)
+
+
+def test_tool_tables_over_days_leave_out_the_hour_after_the_range(store: Store) -> None:
+    """The hourly branch read ``Hour <= $__toTime``: a range ending on the hour counted
+    the whole hour after it (two failures after the range made a clean tool 'least reliable')."""
+    tenant, hour = "grafana-hour-end", 3600 * 10**9
+    write(store, tenant, _agent_run(BASE + 36 * hour), _agent_run(BASE + 48 * hour + MIN_NS, tool_error="boom"))
+    ctx = TimeContext("2 days ending on the hour", BASE_S, BASE_S + 48 * 3600, 300)
+    current = {"tenant": tenant, "service": ALL, "tool": ALL, "min_calls": "1"}
+    assert _panel_rows(store, "tool-health", "Success rate by tool", current, ctx) == [("search", 1, 1.0)]
+    assert _panel_rows(store, "tool-health", "Least reliable tools", current, ctx) == []
+    assert [r[:3] for r in _panel_rows(store, "tool-health", "Slowest tools", current, ctx)] == [("search", "svc", 1)]
+
+
+def test_model_panels_select_executions_by_the_service_the_variable_lists(store: Store) -> None:
+    """The Service variable lists executions' (root spans') services; the per-model
+    panels filtered on each LLM span's own service, so a model called through a gateway
+    service vanished from them when its execution's service was selected."""
+    tenant, t, root, at = "grafana-model-service", trace_id(), span_id(), BASE + 10 * MIN_NS
+    write(store, tenant,
+          request([span("invoke_agent planner", t, sid=root, start=at, duration_ns=5 * 10**9,
+                        attributes={"gen_ai.operation.name": "invoke_agent"})], service="orchestrator"),
+          request([span("chat gpt-4o", t, parent=root, start=at + 1, attributes={
+              "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1000,
+              "gen_ai.usage.output_tokens": 500, "spanhouse.cost_usd": 1.0})], service="llm-gateway"))
+    ctx = TimeContext("1h", BASE_S, BASE_S + 3600, 3600)
+    dashboard = _load(GRAFANA / "dashboards" / "cost-and-tokens.json")
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "service")
+    options = [r[0] for r in _run(store, render(_query_sql(variable), {"tenant": tenant}, {}, ctx))[2]]
+    assert options == ["orchestrator"]
+    current = {"tenant": tenant, "service": options, "tool": ALL}
+    assert [r[1:] for r in _panel_rows(store, "cost-and-tokens", "Cost by model", current, ctx)] == [("gpt-4o", 1.0)]
+    assert [r[1:] for r in _panel_rows(store, "cost-and-tokens", "Tokens by model", current, ctx)] == [
+        ("gpt-4o", 1000, 500)]
+
+
+def test_a_service_without_a_name_is_no_option_that_would_mean_all(store: Store) -> None:
+    """Spans without service.name are stored with ServiceName ''. Offered as an option,
+    selecting it alone made the plugin's $__conditionalAll see '' (its All) and show every
+    service. It is no option; All still counts those executions."""
+    tenant, at = "grafana-unnamed-service", BASE + 10 * MIN_NS
+    unnamed = _agent_run(at + MIN_NS, cost=2.0)
+    del unnamed.resource_spans[0].resource.attributes[:]
+    write(store, tenant, _agent_run(at, service="svc-a", cost=1.0), unnamed)
+    ctx = TimeContext("1h", BASE_S, BASE_S + 3600, 60)
+    for name in ("cost-and-tokens", "executions", "tool-health"):
+        dashboard = _load(GRAFANA / "dashboards" / f"{name}.json")
+        variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "service")
+        options = [r[0] for r in _run(store, render(_query_sql(variable), {"tenant": tenant}, {}, ctx))[2]]
+        assert options == ["svc-a"], name
+    current = {"tenant": tenant, "service": ALL, "tool": ALL}
+    assert _panel_rows(store, "cost-and-tokens", "Cost", current, ctx, {"service": ["svc-a"]}) == [(3.0,)]
