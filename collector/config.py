@@ -122,7 +122,8 @@ _HELP = {
     "batch_delay": "or once the oldest spooled request is this many seconds old",
     "allow_unauthenticated": "allow a non-loopback --host without API keys",
     "forward_otlp": "also send every accepted request to this OTLP endpoint (repeatable): grpc://host:port or "
-                    "http(s)://host:port/v1/traces, optionally ;header=value",
+                    "http(s)://host:port/v1/traces, optionally ;header=value ({tenant} in a value: each "
+                    "request's tenant)",
     "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds to drain the spool into the store on SIGTERM before exiting",

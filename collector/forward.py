@@ -1,7 +1,9 @@
 """OTLP forwarding: every accepted request also goes to other OTLP backends.
 
 Each destination (``--forward-otlp URL``, repeatable; ``grpc://host:port`` or
-``http(s)://host:port/v1/traces``, optional ``;header=value`` parts) has its own
+``http(s)://host:port/v1/traces``, optional ``;header=value`` parts, where ``{tenant}``
+in a value is the tenant of each request: the destination sees one stream otherwise,
+every tenant's spans together) has its own
 directory under the spool, into which every sealed spool segment is hard-linked as it
 is sealed: no copy, no extra write on the acknowledgement path, and the segment
 survives the main spool deleting it after its ClickHouse insert. A thread per
@@ -27,7 +29,8 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -57,6 +60,7 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
+TENANT = "{tenant}"  # in a header value: the tenant of the request being sent
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Destination:
 
     url: str
     headers: tuple[tuple[str, str], ...] = ()
+    ordinal: int = 1  # the second, third... destination with this URL (other headers)
 
     @classmethod
     def parse(cls, spec: str) -> Destination:
@@ -86,19 +91,28 @@ class Destination:
 
     @property
     def label(self) -> str:
-        """The URL without credentials or query, for metrics and logs."""
+        """The URL without credentials or query, for metrics and logs; ``#2``... after
+        it for further destinations with the same URL (header values may be secrets)."""
         parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+        url = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+        return url if self.ordinal == 1 else f"{url} #{self.ordinal}"
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        """The name of its directory. Headers count: one URL with two sets of headers (say
+        two X-Scope-OrgIDs) is two destinations, each with its own backlog and progress."""
+        spec = self.url + "".join(f";{name}={value}" for name, value in self.headers)
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+    def headers_for(self, tenant: str) -> tuple[tuple[str, str], ...]:
+        """The headers of one request, ``{tenant}`` in their values replaced."""
+        return tuple((name, value.replace(TENANT, tenant)) for name, value in self.headers)
 
 
 class Sender:
-    """One OTLP client: True when the destination took the request (or refused it for
-    good, which is counted), False when it should be retried, not before ``retry_after``
-    seconds when the destination said so (Retry-After, RetryInfo)."""
+    """One OTLP client: True when the destination took the request (counted as sent) or
+    refused it for good (counted as rejected), False when it should be retried, not
+    before ``retry_after`` seconds when the destination said so (Retry-After, RetryInfo)."""
 
     def __init__(self, destination: Destination, metrics: Metrics) -> None:
         self._d = destination
@@ -112,26 +126,31 @@ class Sender:
         else:
             self._channel = None
             path = parts.path if parts.path not in ("", "/") else "/v1/traces"
+            # A 307/308 (an endpoint that moved) is followed with the same POST, as the
+            # OTel Collector's Go client does; a 301/302/303 would turn it into a GET.
             self._http = httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", timeout=10.0,
-                                      headers={"content-type": "application/x-protobuf", **dict(destination.headers)})
-            self._path = path
+                                      follow_redirects=True, headers={"content-type": "application/x-protobuf"})
+            self._path = f"{path}?{parts.query}" if parts.query else path
 
-    def send(self, payload: bytes) -> bool:
+    def send(self, payload: bytes, tenant: str) -> bool:
         self.retry_after = 0.0
+        headers = self._d.headers_for(tenant)
         if self._http is not None:
             try:
-                response = self._http.post(self._path, content=payload)
+                response = self._http.post(self._path, content=payload, headers=dict(headers))
             except httpx.HTTPError:
                 return False
             status = response.status_code
             if 200 <= status < 300:
                 self._partial_success(response.content)
+                self._metrics.forward_sent.labels(destination=self._d.label).inc()
                 return True
             retry, answer = status in _RETRYABLE_HTTP, f"HTTP {status}"
             self.retry_after = _retry_after_header(response.headers.get("retry-after"))
         else:
             try:
-                self._partial_success(self._call(payload, metadata=self._d.headers, timeout=10.0))
+                self._partial_success(self._call(payload, metadata=headers, timeout=10.0))
+                self._metrics.forward_sent.labels(destination=self._d.label).inc()
                 return True
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
@@ -314,10 +333,9 @@ class Forwarder:
         saved_at = time.monotonic()
         try:
             for i in range(start, len(records)):
-                if self._stop.is_set() or not sender.send(records[i].payload):
+                if self._stop.is_set() or not sender.send(records[i].payload, records[i].tenant):
                     return False
                 sent = i + 1
-                self._metrics.forward_sent.labels(destination=self.destination.label).inc()
                 if time.monotonic() - saved_at >= PROGRESS_EVERY_S:
                     write_atomic(progress, str(sent))
                     saved, saved_at = sent, time.monotonic()
@@ -351,8 +369,13 @@ def _discard(segment: Path) -> None:
 
 def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics: Metrics) -> list[Forwarder]:
     """One forwarder per ``--forward-otlp`` value, each in ``<spool>/forward/<key>``."""
-    made = []
+    made: dict[str, Forwarder] = {}
+    same_url: Counter[str] = Counter()
     for spec in specs:
         d = Destination.parse(spec)
-        made.append(Forwarder(d, spool_dir / "forward" / d.key, max_bytes, metrics))
-    return made
+        if d.key in made:  # two threads would share one backlog, each sending part of it
+            raise ConfigError(f"--forward-otlp {spec!r} is given twice")
+        same_url[d.label] += 1
+        d = replace(d, ordinal=same_url[d.label])
+        made[d.key] = Forwarder(d, spool_dir / "forward" / d.key, max_bytes, metrics)
+    return list(made.values())

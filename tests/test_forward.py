@@ -5,6 +5,7 @@ exactly once. A dead destination with a small bound drops (and counts), never bl
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import http.server
 import os
 import socket
@@ -22,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from spanhouse.collector.forward import Destination, Forwarder, Sender
+from spanhouse.collector.forward import Destination, Forwarder, Sender, forwarders
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool
 from spanhouse.errors import ConfigError
@@ -101,7 +102,7 @@ class _Destination:
         self.fail_at = fail_at
         self.got: list[bytes] = []
 
-    def send(self, payload: bytes) -> bool:
+    def send(self, payload: bytes, tenant: str) -> bool:
         if len(self.got) == self.fail_at:
             return False
         self.got.append(payload)
@@ -165,12 +166,15 @@ def test_http_destination_answers_are_retried_as_the_otlp_spec_says(status: int,
     destination = Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/{status}")
     sender = Sender(destination, metrics)
     try:
-        assert sender.send(b"request") is not retried
+        assert sender.send(b"request", "t") is not retried
     finally:
         sender.close()
         server.shutdown()
     rejected = metrics.registry.get_sample_value("spanhouse_forward_rejected_total", {"destination": destination.label})
     assert rejected == (1 if status >= 300 and not retried else None)
+    # a refused request is not also counted as forwarded
+    sent = metrics.registry.get_sample_value("spanhouse_forward_sent_total", {"destination": destination.label})
+    assert sent == (1 if status < 300 else None)
 
 
 @pytest.mark.parametrize(("code", "retry_info", "retried"), [
@@ -198,7 +202,7 @@ def test_grpc_destination_answers_are_retried_as_the_otlp_spec_says(code: grpc.S
     metrics = Metrics()
     sender = Sender(Destination.parse(f"grpc://127.0.0.1:{port}"), metrics)
     try:
-        assert sender.send(b"") is not retried
+        assert sender.send(b"", "t") is not retried
     finally:
         sender.close()
         server.stop(0)
@@ -313,12 +317,12 @@ def test_a_destinations_retry_after_and_partial_success_are_heeded() -> None:
         for path, wait in (("7", 7.0), ("3600", 60.0), ("soon", 0.0),
                            (urllib.parse.quote(email.utils.formatdate(time.time() + 30, usegmt=True)), 30.0)):
             sender = Sender(Destination.parse(f"http://127.0.0.1:{port}/{path}"), metrics)
-            assert sender.send(b"request") is False
+            assert sender.send(b"request", "t") is False
             assert sender.retry_after == pytest.approx(wait, abs=2), path
             sender.close()
         destination = Destination.parse(f"http://127.0.0.1:{port}/partial")
         sender = Sender(destination, metrics)
-        assert sender.send(b"request") is True  # taken, and not sent again
+        assert sender.send(b"request", "t") is True  # taken, and not sent again
         sender.close()
     finally:
         server.shutdown()
@@ -342,7 +346,7 @@ def test_a_grpc_retry_info_delay_is_heeded() -> None:
     server.start()
     sender = Sender(Destination.parse(f"grpc://127.0.0.1:{port}"), Metrics())
     try:
-        assert sender.send(b"") is False and sender.retry_after == 4.0
+        assert sender.send(b"", "t") is False and sender.retry_after == 4.0
     finally:
         sender.close()
         server.stop(0)
@@ -352,3 +356,54 @@ def test_a_grpc_retry_info_delay_is_heeded() -> None:
 def test_a_header_no_destination_could_take_is_refused_at_start(header: str) -> None:
     with pytest.raises(ConfigError, match="must look like name=value"):
         Destination.parse(f"grpc://127.0.0.1:4317;{header}")
+
+
+class _Recording(http.server.BaseHTTPRequestHandler):
+    """Takes every POST under /otel/, recording path and headers; /old/ moved there (308)."""
+
+    got: list[tuple[str, dict[str, str]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers["content-length"]))
+        if self.path.startswith("/old/"):
+            self.send_response(308)
+            self.send_header("location", self.path.replace("/old/", "/otel/", 1))
+        else:
+            self.got.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_http_destination_gets_its_query_its_redirect_and_each_requests_tenant() -> None:
+    """The URL's query was dropped, a 308 (an endpoint that moved) was taken for a refusal
+    and the request dropped, and nothing told the destination whose spans it got."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recording.got = []
+    port, metrics = server.server_address[1], Metrics()
+    destination = Destination.parse(f"http://127.0.0.1:{port}/old/v1/traces?org=7;x-scope-orgid={{tenant}};x-k=v")
+    sender = Sender(destination, metrics)
+    try:
+        assert sender.send(b"a", "acme") is True and sender.send(b"b", "globex") is True
+    finally:
+        sender.close()
+        server.shutdown()
+    assert [(path, h["x-scope-orgid"], h["x-k"]) for path, h in _Recording.got] == [
+        ("/otel/v1/traces?org=7", "acme", "v"), ("/otel/v1/traces?org=7", "globex", "v")]
+    assert metrics.registry.get_sample_value("spanhouse_forward_sent_total", {"destination": destination.label}) == 2
+
+
+def test_one_url_with_two_header_sets_is_two_destinations_and_twice_the_same_is_refused(tmp_path: Path) -> None:
+    """Keyed by URL alone, two destinations (say two X-Scope-OrgIDs of one backend)
+    shared one backlog: each thread sent part of it and deleted it for the other."""
+    url = "grpc://127.0.0.1:9"
+    made = forwarders((f"{url};x-scope-orgid=a", f"{url};x-scope-orgid=b", url), tmp_path, 1 << 20, Metrics())
+    assert len({f._dir for f in made}) == 3
+    assert [f.destination.label for f in made] == [url, f"{url} #2", f"{url} #3"]
+    assert made[2]._dir.name == hashlib.sha256(url.encode()).hexdigest()[:16]  # as before: kept across an upgrade
+    with pytest.raises(ConfigError, match="given twice"):
+        forwarders((f"{url};x-scope-orgid=a", f"{url};x-scope-orgid=a"), tmp_path, 1 << 20, Metrics())
