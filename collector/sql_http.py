@@ -18,8 +18,10 @@ the host's files (``/proc/self/environ`` holds inline API keys) or make requests
 formatted by the engine from its text passed as a value (``formatQuerySingleLine``:
 nothing runs, and more than one statement is a syntax error, where the engine would
 run them all), the formatted statement parsed (``EXPLAIN AST``) and refused (403,
-ACCESS_DENIED) if it uses any of them, and only that statement runs; the table
-functions that only generate rows (``numbers``, ``zeros``, ...) stay.
+ACCESS_DENIED) if it is not a read (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN of one:
+``readonly=2`` lets ``INSERT INTO FUNCTION`` and temporary tables of any engine through)
+or uses any of them, and only that statement runs; the table functions that only
+generate rows (``numbers``, ``zeros``, ...) stay.
 
 The collector runs these queries in its own process: settings in the URL are taken
 from a list of harmless ones (output formats, result and time limits below the
@@ -81,12 +83,28 @@ _SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt",
                                    "generate_series", "values", "null"})  # lower case: names are compared so
 _HOST_FUNCTIONS = frozenset({"file"})  # scalar functions that read the host
 _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
+# The statements that run (their EXPLAIN AST root): reads only. readonly=2 alone lets
+# through INSERT INTO FUNCTION url(...) and CREATE TEMPORARY TABLE ... ENGINE = URL/SQLite
+# (requests and host files), and a temporary table on a pooled connection would shadow a
+# store table for every later client of that connection.
+_STATEMENTS = frozenset({"SelectWithUnionQuery", "ShowTables", "ShowColumns", "ShowIndexes", "DescribeQuery",
+                         "ShowCreateTableQuery", "ExistsTableQuery", "ShowFunctions", "ShowEngineQuery", "Explain"})
+
+
+def _statement(ast: str) -> str:
+    """The kind of statement ``ast`` is (its root); for an EXPLAIN, the kind of the one it
+    explains (the root's child that is not its ``Set`` of options)."""
+    nodes = [(len(m.group(1)), m.group(2)) for line in ast.splitlines() if (m := _AST_LINE.match(line))]
+    if nodes[:1] == [(0, "Explain")]:
+        return next((kind for depth, kind in nodes if depth == 1 and kind != "Set"), "")
+    return nodes[0][1] if nodes else ""
 
 
 def outside_reach(ast: str) -> str | None:
-    """Why a query whose ``EXPLAIN AST`` is ``ast`` reaches outside the store (a table
-    function other than a row generator, ``file()``, ``INTO OUTFILE``) or outside the
-    endpoint's limits (a ``SETTINGS`` clause, which would override them), or None."""
+    """Why a query whose ``EXPLAIN AST`` is ``ast`` is no read (see ``_STATEMENTS``),
+    reaches outside the store (a table function other than a row generator, ``file()``,
+    ``INTO OUTFILE``) or outside the endpoint's limits (a ``SETTINGS`` clause, which would
+    override them), or None."""
     ancestors: list[tuple[int, str]] = []  # (indentation, node kind) from the root to the line's parent
     for line in ast.splitlines():
         if not (m := _AST_LINE.match(line)):
@@ -101,9 +119,13 @@ def outside_reach(ast: str) -> str | None:
             return f"function {name}() reads the host's files"
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
-        if kind == "Set":
+        if kind == "Set" and parent != "Explain":  # an EXPLAIN's own options (json = 1) are no settings
             return "SET or a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
         ancestors.append((depth, kind))
+    kind = _statement(ast)
+    if kind not in _STATEMENTS - {"Explain"}:
+        return (f"only SELECT, SHOW, DESCRIBE, EXISTS and EXPLAIN of them run here, not {kind or 'this'} "
+                "statements")
     return None
 
 

@@ -54,7 +54,7 @@ def test_writes_and_readonly_changes_are_refused_with_clickhouse_errors(admin: R
     for sql in ["INSERT INTO otel_traces (SpanName) VALUES ('x')", "DROP TABLE otel_traces",
                 "CREATE TABLE t (a UInt8) ENGINE = Memory", "ALTER TABLE otel_traces DELETE WHERE 1",
                 "SELECT 1 SETTINGS readonly = 0"]:
-        with pytest.raises(DatabaseError, match="READONLY|readonly"):
+        with pytest.raises(DatabaseError, match="READONLY|readonly|ACCESS_DENIED"):
             client.command(sql)
     assert client.command("SELECT count() FROM otel_traces WHERE SpanName = 'x'") == 0
 
@@ -111,10 +111,31 @@ def test_sql_needs_an_admin_key(store: Store, tmp_path: Path, admin: Running) ->
     "SELECT count() FROM system.one WHERE dummy IN (SELECT 0 FROM url('http://127.0.0.1:9/', 'CSV', 'a Int'))",
     "SELECT * FROM s3('http://127.0.0.1:9/bucket/x.csv')",
     "SELECT * FROM remote('127.0.0.1:9000', system.one)",
+    # readonly=2 allowed these: a request with data out, and a host file read and written
+    "INSERT INTO FUNCTION url('http://127.0.0.1:9/x', 'LineAsString', 'l String') SELECT 'secret'",
+    "CREATE TEMPORARY TABLE t (l String) ENGINE = URL('http://127.0.0.1:9/x', 'LineAsString')",
+    "CREATE TEMPORARY TABLE t (s String) ENGINE = SQLite('/tmp/host.db', 's')",
+    "EXPLAIN PIPELINE INSERT INTO FUNCTION url('http://127.0.0.1:9/x', 'LineAsString', 'l String') SELECT 'a'",
+    "DESCRIBE url('http://127.0.0.1:9/x', 'CSV', 'a String')",
 ])
 def test_queries_reaching_outside_the_store_are_refused(admin: Running, sql: str) -> None:
     r = httpx.post(admin.sql_url, content=sql, auth=("default", admin.key))
     assert r.status_code == 403 and "ACCESS_DENIED" in r.text and "reads the store only" in r.text
+
+
+def test_no_temporary_table_can_shadow_a_store_table_for_other_clients(admin: Running) -> None:
+    """A temporary table lives on the pooled connection that made it: Grafana's next
+    query there read it instead of the store's table of that name."""
+    client = _client(admin)
+    before = client.command("SELECT count() FROM otel_traces")
+    for sql in ["CREATE TEMPORARY TABLE otel_traces (SpanName String) ENGINE = Memory",
+                "CREATE TEMPORARY VIEW otel_traces AS SELECT 1", "CREATE TEMPORARY TABLE x AS SELECT 1"]:
+        with pytest.raises(DatabaseError, match="ACCESS_DENIED"):
+            client.command(sql)
+    assert all(client.command("SELECT count() FROM otel_traces") == before for _ in range(8))
+    for read in ("EXPLAIN SELECT 1", "EXPLAIN json = 1 SELECT 1", "EXPLAIN SYNTAX SELECT 1 EXCEPT SELECT 2",
+                 "SHOW DATABASES", "SHOW COLUMNS FROM otel_traces", "EXISTS TABLE otel_traces", "DESC (SELECT 1)"):
+        assert httpx.post(admin.sql_url, content=read, auth=("default", admin.key)).status_code == 200, read
 
 
 @pytest.mark.parametrize("statement", ["SELECT 'overwritten'", "SHOW TABLES", "DESCRIBE TABLE otel_traces",
