@@ -77,6 +77,13 @@ LIMITS: dict[str, int] = {"max_execution_time": 60, "max_result_rows": 1_000_000
 """Every query's limits (seconds, rows, bytes); a client may ask for lower ones. The result
 is held whole in the collector before it is sent (a constant column counts once towards
 max_result_bytes, so the row limit bounds those)."""
+# Output settings that make an answer larger than its result: a client may lower them,
+# not raise them past the engine's defaults (raised, 10,000 rows of Pretty output padded
+# to 1 GB in the collector's memory under a 1 MB max_result_bytes).
+_OUTPUT_CAPS = {"output_format_pretty_max_rows": 10_000, "output_format_pretty_max_column_pad_width": 250,
+                "output_format_pretty_max_value_width": 10_000}
+# output_format_* settings a client may not pass: output_format_schema writes a file.
+_OUTPUT_REFUSED = frozenset({"output_format_schema"})
 
 # Table functions that only generate rows; every other one reaches files, URLs or other servers.
 _SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries",
@@ -136,12 +143,13 @@ def client_settings(params: Mapping[str, str]) -> dict[str, object]:
     for name, value in params.items():
         if name in _PROTOCOL_PARAMS or name.startswith("param_"):
             continue
-        if name in LIMITS:
+        if name in LIMITS or name in _OUTPUT_CAPS:
+            cap = LIMITS.get(name) or _OUTPUT_CAPS[name]
             try:
-                settings[name] = min(LIMITS[name], max(0, int(value))) or LIMITS[name]  # 0 is "no limit"
+                settings[name] = min(cap, max(0, int(value))) or cap  # 0 is "no limit"
             except ValueError:
                 raise ValueError(f"setting {name}={value!r} is not a whole number") from None
-        elif name in _CLIENT_SETTINGS or name.startswith("output_format_"):
+        elif name in _CLIENT_SETTINGS or (name.startswith("output_format_") and name not in _OUTPUT_REFUSED):
             settings[name] = value
         else:
             raise ValueError(f"setting {name} cannot be changed on the SQL endpoint")

@@ -190,6 +190,16 @@ def test_settings_are_a_harmless_few_under_the_endpoints_limits(admin: Running) 
     # a client may lower the limits, never raise or lift them (0 is "no limit")
     assert client_settings({"max_execution_time": "3600", "max_result_bytes": "1024", "max_memory_usage": "0"}) == {
         **LIMITS, "max_result_bytes": 1024, "readonly": 2}
+    # nor make the answer larger than its result past the engine's defaults (1 GB of Pretty
+    # padding under a 1 MB max_result_bytes), nor write a file through output_format_schema
+    assert client_settings({"output_format_pretty_max_rows": "100000000", "output_format_pretty_max_value_width": "5",
+                            "output_format_pretty_max_column_pad_width": "0"}) == {
+        **LIMITS, "output_format_pretty_max_rows": 10_000, "output_format_pretty_max_value_width": 5,
+        "output_format_pretty_max_column_pad_width": 250, "readonly": 2}
+    r = httpx.post(admin.sql_url, params={"output_format_schema": "/tmp/spanhouse-victim.proto"}, auth=auth,
+                   content="SELECT 1 AS x FORMAT Protobuf")
+    assert r.status_code == 403 and "setting output_format_schema cannot be changed" in r.text
+    assert not Path("/tmp/spanhouse-victim.proto").exists()
 
 
 def test_row_generating_table_functions_and_parameters_still_work(admin: Running) -> None:
