@@ -47,6 +47,11 @@ class ClientPool:
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
 
+    @property
+    def size(self) -> int:
+        """How many clients it opens at most: how many of its calls run at once."""
+        return self._size
+
     @contextmanager
     def borrow(self) -> Iterator[Client]:
         """A client for this thread alone until the block ends; waits while all are busy.

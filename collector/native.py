@@ -162,7 +162,7 @@ def _skip_data(reader: _Reader, ch_type: ClickHouseType, rows: int) -> None:
         total = reader.uint64()  # offsets are cumulative: the last is the element count
         for child in _children(ch_type):
             _skip_data(reader, child, total)
-    elif base in ("Tuple", "SimpleAggregateFunction"):
+    elif base in ("Tuple", "SimpleAggregateFunction") and _children(ch_type):  # an empty Tuple() is laid out apart
         for child in _children(ch_type):
             _skip_data(reader, child, rows)
     elif base == "Point":

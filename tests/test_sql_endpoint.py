@@ -83,6 +83,25 @@ def test_a_slow_query_does_not_hold_up_the_others(admin: Running) -> None:
     slow.join()
 
 
+def test_queries_waiting_for_a_client_hold_no_thread_of_the_query_api(admin: Running) -> None:
+    """SQL requests waiting for one of the pool's clients held threads of anyio's default
+    limiter, which the query API's endpoints run on: a list took 30 s behind them."""
+    auth = ("default", admin.key)
+    sleepers = [threading.Thread(target=lambda: httpx.post(admin.sql_url, auth=auth, timeout=120,
+                                                           content="SELECT sleepEachRow(1) FROM numbers(1)"))
+                for _ in range(64)]
+    for t in sleepers:
+        t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    r = httpx.get(admin.api_url + "/api/v1/executions", headers=admin.headers(), timeout=120)
+    took = time.monotonic() - started
+    waiting = sum(t.is_alive() for t in sleepers)
+    for t in sleepers:
+        t.join()
+    assert r.status_code == 200 and waiting > 40 and took < 1, (took, waiting)
+
+
 def test_plain_http_as_curl_sends_it(admin: Running) -> None:
     r = httpx.get(admin.sql_url, params={"query": "SELECT 1+{n:UInt8} AS x FORMAT JSONEachRow", "param_n": "2"},
                   headers={"X-ClickHouse-User": "default", "X-ClickHouse-Key": admin.key})
@@ -217,6 +236,22 @@ def test_a_bad_query_parameter_or_format_is_a_400(admin: Running) -> None:
     assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "457"
     r = httpx.post(admin.sql_url, params={"default_format": "Nope"}, content="SELECT 1", auth=("default", admin.key))
     assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "73"
+    r = httpx.post(admin.sql_url, content="SELECT {s:String}", auth=("default", admin.key))  # not given: a 500 before
+    assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "456"
+
+
+def test_query_parameters_are_read_as_clickhouse_reads_them(admin: Running) -> None:
+    """Clients send param_ values escaped (the Escaped format); the endpoint passed them
+    on to the driver, which escaped them again ("it's" came back as "it\\'s"). A
+    parameter the query does not use made the driver format the query with Python's %
+    itself: a LIKE '%b%' was a bare 500."""
+    client = _client(admin)
+    for value in ("it's", "tab\there", "two\nlines", "back\\slash", "caf\u00e9", "100%"):
+        assert client.query("SELECT {v:String}", parameters={"v": value}).result_rows == [(value,)]
+    assert client.query("SELECT {v:Nullable(String)}", parameters={"v": None}).result_rows == [(None,)]
+    r = httpx.post(admin.sql_url, params={"param_unused": "x"}, content="SELECT 1 WHERE 'abc' LIKE '%b%'",
+                   auth=("default", admin.key))
+    assert r.status_code == 200 and r.text == "1\n"
 
 
 class _Body:
@@ -304,6 +339,9 @@ def test_a_native_column_the_endpoint_cannot_lay_out_is_a_clear_400(admin: Runni
                                           "output_format_native_encode_types_in_binary_format": "1"},
                    content="""SELECT '{"a":1}'::JSON AS j""", auth=("default", admin.key))
     assert r.status_code == 400 and "binary-encoded" in r.text
+    r = httpx.post(admin.sql_url, params={"default_format": "Native", "client_protocol_version": "54460"},
+                   content="SELECT tuple() AS t FROM numbers(3)", auth=("default", admin.key))  # a bare 500 before
+    assert r.status_code == 400 and "cast it to String" in r.text
     r = httpx.post(admin.sql_url, params={"default_format": "Native", "client_protocol_version": "new"},
                    content="SELECT 1", auth=("default", admin.key))
     assert r.status_code == 400 and "must be an integer" in r.text
