@@ -8,7 +8,10 @@ choice). Three reasons:
   is replaced before the span gets it.
 * Redaction is structural. The decorator still holds the Python objects, so a secret is
   found by its key at any depth (``{"db": {"password": …}}``, a ``password`` parameter, a
-  dataclass field) instead of by pattern-matching a JSON string afterwards.
+  dataclass field, a ``(name, value)`` pair such as an ASGI header) instead of by
+  pattern-matching a JSON string afterwards. What cannot be walked by name is not shown:
+  a value nested deeper than ``MAX_DEPTH`` is named by its type, a Pydantic model that
+  cannot dump itself is walked by its fields.
 * It costs nothing on spans that carry no content: a processor would inspect every
   attribute of every span, including the many that other instrumentations produce.
 
@@ -36,7 +39,6 @@ import json
 import logging
 import math
 import re
-import reprlib
 from collections.abc import Callable, Mapping, Sequence, Set, ValuesView
 from typing import Any, Final
 
@@ -165,8 +167,8 @@ class ContentPolicy:
             return v
         if t is float:
             return v if math.isfinite(v) else str(v)
-        if depth >= MAX_DEPTH:
-            return truncated(f"[nested deeper than {MAX_DEPTH}: {_short_repr(v, self.max_length)}]", self.max_length)
+        if depth >= MAX_DEPTH:  # named, not shown: a repr would show the secrets below it unredacted
+            return f"[nested deeper than {MAX_DEPTH}: {type(v).__qualname__}]"
         if t is dict:
             return self._mapping(v, depth, budget)
         if t is list or t is tuple:
@@ -196,8 +198,11 @@ class ContentPolicy:
         if callable(getattr(t, "model_dump", None)) and not isinstance(v, type):
             try:
                 return self._walk(v.model_dump(mode="json"), depth + 1, budget)
-            except Exception:  # a model that cannot dump itself is still recorded, as its repr
-                pass
+            except Exception:  # e.g. a field of an arbitrary type: by field, so secrets are redacted
+                fields = getattr(t, "model_fields", None)  # (its repr would show them)
+                if isinstance(fields, Mapping):
+                    return self._mapping({name: getattr(v, name, None) for name in fields}, depth, budget)
+                return f"<{t.__qualname__} (not captured)>"
         return truncated(_repr(v), self.max_length)
 
     def _sequence(self, items: Any, depth: int, budget: list[int]) -> list[Any]:
@@ -206,10 +211,23 @@ class ContentPolicy:
             if i == self._max_items or budget[0] <= 0:
                 out.append(f"[truncated {len(items) - i} more items]")
                 break
-            walked = self._walk(item, depth + 1, budget)
+            # A (name, value) pair named like a secret: HTTP headers as ASGI and most
+            # clients keep them ([(b"authorization", b"Bearer ...")]), dict.items().
+            walked = [self._walk(item[0], depth + 2, budget), REDACTED] if _secret_pair(item) else \
+                self._walk(item, depth + 1, budget)
             out.append(walked)
             budget[0] -= (len(walked) if type(walked) is str else 0) + 2
         return out
+
+
+def _secret_pair(item: Any) -> bool:
+    """Whether ``item`` is a two-item tuple or list whose first item names a secret."""
+    if type(item) not in (tuple, list) or len(item) != 2:
+        return False
+    name = item[0]
+    if type(name) in (bytes, bytearray):
+        name = name.decode("latin-1")
+    return type(name) is str and is_secret_key(name)
 
 
 def _c_encoder() -> Callable[[Any], str]:
@@ -250,19 +268,5 @@ def _not_captured(exc: Exception) -> str:
 def _repr(v: Any) -> str:
     try:
         return repr(v)
-    except Exception:
-        return f"<{type(v).__qualname__} (repr failed)>"
-
-
-def _short_repr(v: Any, max_length: int) -> str:
-    """A repr of containers cut as it is made (reprlib): the full repr of a subtree below
-    the depth limit took time in proportion to all of it (0.3 s for a 5M-item list), to be
-    cut to ``max_length`` afterwards."""
-    short = reprlib.Repr()
-    short.maxlevel = 4
-    short.maxlist = short.maxtuple = short.maxdict = short.maxset = short.maxfrozenset = short.maxdeque = 100
-    short.maxstring = short.maxother = short.maxlong = max_length
-    try:
-        return short.repr(v)
     except Exception:
         return f"<{type(v).__qualname__} (repr failed)>"

@@ -15,6 +15,7 @@ model without a price gets tokens but no cost rather than a guessed one.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -55,6 +56,7 @@ use ``register_price``. A variant priced differently from the model its name sta
 with needs an entry of its own (o3-pro is not o3), else the prefix's price applies."""
 
 _PER: Final = 1_000_000
+_ADDING: Final = threading.Lock()  # one sum at a time (see record_usage_on)
 
 
 def register_price(model: str, *, input_per_million: float, output_per_million: float) -> None:
@@ -115,18 +117,19 @@ def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: i
         raise ValueError(f"model must be a string, not {model!r}")
     if not span.is_recording():
         return
-    existing: Any = getattr(span, "attributes", None) or {}
     inputs, outputs = input_tokens or 0, output_tokens or 0
-    if input_tokens is not None:
-        span.set_attribute(sc.USAGE_INPUT_TOKENS, existing.get(sc.USAGE_INPUT_TOKENS, 0) + inputs)
-    if output_tokens is not None:
-        span.set_attribute(sc.USAGE_OUTPUT_TOKENS, existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs)
-    if model:
-        span.set_attribute(sc.RESPONSE_MODEL, model)
-    if cost_usd is None:
-        cost_usd = cost_of(model or existing.get(sc.REQUEST_MODEL), inputs, outputs)
-    if cost_usd is not None:
-        span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
+    with _ADDING:  # read, add, write: threads recording on one span lost counts without it
+        existing: Any = getattr(span, "attributes", None) or {}
+        if input_tokens is not None:
+            span.set_attribute(sc.USAGE_INPUT_TOKENS, existing.get(sc.USAGE_INPUT_TOKENS, 0) + inputs)
+        if output_tokens is not None:
+            span.set_attribute(sc.USAGE_OUTPUT_TOKENS, existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs)
+        if model:
+            span.set_attribute(sc.RESPONSE_MODEL, model)
+        if cost_usd is None:
+            cost_usd = cost_of(model or existing.get(sc.REQUEST_MODEL), inputs, outputs)
+        if cost_usd is not None:
+            span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
 
 
 def record_response_usage(span: trace.Span, response: Any) -> None:

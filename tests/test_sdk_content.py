@@ -91,9 +91,9 @@ def test_deep_nesting_is_cut_with_a_marker() -> None:
     assert out.startswith("[[[[[[[[") and "[nested deeper than 8:" in out
 
 
-def test_what_is_nested_too_deep_is_not_rendered_whole_to_be_cut() -> None:
-    """The repr below the depth limit stops as it goes: a big list there was rendered
-    whole (0.3 s for 5M items), then cut to max_length."""
+def test_what_is_nested_too_deep_is_named_not_rendered() -> None:
+    """Below the depth limit a value is named by its type: its repr was rendered whole
+    (0.3 s for 5M items) and, cut or not, showed the secrets in it unredacted."""
     rendered = []
 
     class Item:
@@ -104,8 +104,35 @@ def test_what_is_nested_too_deep_is_not_rendered_whole_to_be_cut() -> None:
     value: Any = [Item() for _ in range(5_000)]
     for _ in range(8):
         value = {"k": value}
-    out = ContentPolicy(1000).value(value)
-    assert "[nested deeper than 8: [item, item" in out and len(rendered) <= 100
+    assert ContentPolicy(1000).value(value).endswith('{"k":"[nested deeper than 8: list]"}}}}}}}}') and not rendered
+    deep: Any = {"auth": {"api_key": "sk-live-SECRET", "password": "hunter2"}}
+    for _ in range(7):
+        deep = {"k": deep}
+    assert "SECRET" not in ContentPolicy(1000).value(deep) and "hunter2" not in ContentPolicy(1000).value(deep)
+
+
+def test_secrets_in_name_value_pairs_and_undumpable_models_are_redacted() -> None:
+    """Headers kept as (name, value) pairs (ASGI's scope, so a Starlette Request passed
+    to a decorated endpoint; dict.items()) passed by name; a Pydantic model that could
+    not dump itself to JSON was recorded by its repr, every field shown."""
+    from pydantic import BaseModel, ConfigDict
+
+    class Conn:
+        pass
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+        api_key: str
+        conn: Conn
+        region: str
+
+    scope = {"type": "http", "headers": [(b"authorization", b"Bearer sk-live-SECRET"), (b"cookie", b"s=COOKIE"),
+                                         (b"accept", b"*/*")]}
+    out = ContentPolicy(4000).value({"scope": scope, "items": {"token": "abc123"}.items(),
+                                     "pairs": [["password", "hunter2"]], "settings": Settings(
+                                         api_key="sk-live-SECRET", conn=Conn(), region="eu")})
+    assert not any(secret in out for secret in ("SECRET", "COOKIE", "abc123", "hunter2")), out
+    assert '["authorization","[REDACTED]"]' in out and '["accept","*/*"]' in out and '"region":"eu"' in out
 
 
 @pytest.mark.parametrize("key", ["password", "db_password", "passwd", "pwd", "db_pwd", "id_jwt", "token",

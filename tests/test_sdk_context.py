@@ -119,6 +119,36 @@ def test_record_usage_adds_up_and_prices(spans: CapturedSpans) -> None:
     assert attributes["spanhouse.cost_usd"] == pytest.approx(2 * (1000 * 0.15 + 500 * 0.60) / 1e6 + 0.5)
 
 
+def test_usage_recorded_from_several_threads_on_one_span_adds_up(spans: CapturedSpans) -> None:
+    """record_usage read, added and wrote back without a lock: four threads recording on
+    one agent span kept a third of their tokens."""
+    import contextvars
+    import sys
+    import threading
+
+    @sdk.agent
+    def planner() -> None:
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(record,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def record() -> None:
+        for _ in range(5_000):
+            sdk.record_usage(input_tokens=1, output_tokens=2, cost_usd=0.5)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        planner()
+    finally:
+        sys.setswitchinterval(interval)
+    attributes = spans.by_name("invoke_agent planner").attributes or {}
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"],
+            attributes["spanhouse.cost_usd"]) == (20_000, 40_000, 10_000.0)
+
+
 def test_price_table_is_extendable_and_prefix_matched() -> None:
     saved = dict(_usage.PRICES)
     try:
