@@ -21,7 +21,9 @@ run them all), the formatted statement parsed (``EXPLAIN AST``) and refused (403
 ACCESS_DENIED) if it is not a read (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN of one:
 ``readonly=2`` lets ``INSERT INTO FUNCTION`` and temporary tables of any engine through)
 or uses any of them, and only that statement runs; the table functions that only
-generate rows (``numbers``, ``zeros``, ...) stay.
+generate rows (``numbers``, ``zeros``, ...) stay. The dump is text, so a name with a
+line break in it (which would forge lines of it) is refused, and the output format,
+which the driver appends to the statement, must be a format's name.
 
 The collector runs these queries in its own process: settings in the URL are taken
 from a list of harmless ones (output formats, result and time limits below the
@@ -35,6 +37,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -76,7 +79,7 @@ _CLIENT_SETTINGS = frozenset({"cancel_http_readonly_queries_on_client_close", "s
                               "http_headers_progress_interval_ms", "enable_http_compression",
                               "http_zlib_compression_level", "add_http_cors_header",
                               "cast_string_to_dynamic_use_inference",
-                              "date_time_input_format", "date_time_output_format", "session_timezone", "max_threads",
+                              "date_time_input_format", "date_time_output_format", "session_timezone",
                               "join_use_nulls", "extremes", "result_overflow_mode", "timeout_overflow_mode"})
 LIMITS: dict[str, int] = {"max_execution_time": 60, "max_result_rows": 1_000_000, "max_result_bytes": 256 << 20,
                           "max_memory_usage": 2 << 30}
@@ -86,16 +89,25 @@ max_result_bytes, so the row limit bounds those)."""
 # Output settings that make an answer larger than its result: a client may lower them,
 # not raise them past the engine's defaults (raised, 10,000 rows of Pretty output padded
 # to 1 GB in the collector's memory under a 1 MB max_result_bytes).
-_OUTPUT_CAPS = {"output_format_pretty_max_rows": 10_000, "output_format_pretty_max_column_pad_width": 250,
-                "output_format_pretty_max_value_width": 10_000}
-# output_format_* settings a client may not pass: output_format_schema writes a file.
-_OUTPUT_REFUSED = frozenset({"output_format_schema"})
+# max_threads likewise: no more than the machine has.
+_CAPS = {"output_format_pretty_max_rows": 10_000, "output_format_pretty_max_column_pad_width": 250,
+         "output_format_pretty_max_value_width": 10_000, "max_threads": os.cpu_count() or 1}
+# output_format_* settings a client may not pass: output_format_schema writes a file;
+# small Parquet row groups make an answer many times its result.
+_OUTPUT_REFUSED = frozenset({"output_format_schema", "output_format_parquet_row_group_size",
+                             "output_format_parquet_row_group_size_bytes"})
+# Settings of every query, which no client changes: reads only; no introspection of the
+# collector's own memory (addressToLine, system.stack_trace's symbols).
+_FIXED: dict[str, object] = {"readonly": 2, "allow_introspection_functions": 0}
+_OUTPUT_FORMAT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 # Table functions that only generate rows; every other one reaches files, URLs or other servers.
 _SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries",
                                    "generate_series", "values", "null"})  # lower case: names are compared so
 _HOST_FUNCTIONS = frozenset({"file"})  # scalar functions that read the host
 _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
+_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
+_LINE_BREAK = re.compile(r"[\n\r]|\\[nr]|\\x0[adAD]")
 # The statements that run (their EXPLAIN AST root): reads only. readonly=2 alone lets
 # through INSERT INTO FUNCTION url(...) and CREATE TEMPORARY TABLE ... ENGINE = URL/SQLite
 # (requests and host files), and a temporary table on a pooled connection would shadow a
@@ -107,7 +119,7 @@ _STATEMENTS = frozenset({"SelectWithUnionQuery", "ShowTables", "ShowColumns", "S
 def _statement(ast: str) -> str:
     """The kind of statement ``ast`` is (its root); for an EXPLAIN, the kind of the one it
     explains (the root's child that is not its ``Set`` of options)."""
-    nodes = [(len(m.group(1)), m.group(2)) for line in ast.splitlines() if (m := _AST_LINE.match(line))]
+    nodes = [(len(m.group(1)), m.group(2)) for line in ast.split("\n") if (m := _AST_LINE.match(line))]
     if nodes[:1] == [(0, "Explain")]:
         return next((kind for depth, kind in nodes if depth == 1 and kind != "Set"), "")
     return nodes[0][1] if nodes else ""
@@ -119,7 +131,8 @@ def outside_reach(ast: str) -> str | None:
     ``INTO OUTFILE``) or outside the endpoint's limits (a ``SETTINGS`` clause, which would
     override them), or None."""
     ancestors: list[tuple[int, str]] = []  # (indentation, node kind) from the root to the line's parent
-    for line in ast.splitlines():
+    explain = ast.startswith("Explain")
+    for line in ast.split("\n"):
         if not (m := _AST_LINE.match(line)):
             continue
         depth, kind, name = len(m.group(1)), m.group(2), m.group(3) or ""
@@ -132,13 +145,23 @@ def outside_reach(ast: str) -> str | None:
             return f"function {name}() reads the host's files"
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
-        if kind == "Set" and parent != "Explain":  # an EXPLAIN's own options (json = 1) are no settings
+        if kind == "Set" and not (explain and depth == 1):  # an EXPLAIN's own options (json = 1) are no settings
             return "SET or a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
         ancestors.append((depth, kind))
     kind = _statement(ast)
     if kind not in _STATEMENTS - {"Explain"}:
         return (f"only SELECT, SHOW, DESCRIBE, EXISTS and EXPLAIN of them run here, not {kind or 'this'} "
                 "statements")
+    return None
+
+
+def _broken_name(statement: str) -> str | None:
+    """Why the names of a formatted statement cannot be checked, or None. EXPLAIN AST
+    prints identifiers and aliases raw: a line break in one (``AS `x\\n  Explain```) would
+    forge lines of the dump that ``outside_reach`` reads its tree from."""
+    names = _STRING_LITERAL.sub("''", statement)  # literals are printed escaped: only names are left
+    if _LINE_BREAK.search(names):
+        return "a name (identifier or alias) with a line break in it"
     return None
 
 
@@ -149,8 +172,8 @@ def client_settings(params: Mapping[str, str]) -> dict[str, object]:
     for name, value in params.items():
         if name in _PROTOCOL_PARAMS or name.startswith("param_"):
             continue
-        if name in LIMITS or name in _OUTPUT_CAPS:
-            cap = LIMITS.get(name) or _OUTPUT_CAPS[name]
+        if name in LIMITS or name in _CAPS:
+            cap = LIMITS.get(name) or _CAPS[name]
             try:
                 settings[name] = min(cap, max(0, int(value))) or cap  # 0 is "no limit"
             except ValueError:
@@ -159,8 +182,7 @@ def client_settings(params: Mapping[str, str]) -> dict[str, object]:
             settings[name] = value
         else:
             raise ValueError(f"setting {name} cannot be changed on the SQL endpoint")
-    settings["readonly"] = 2
-    return settings
+    return settings | _FIXED
 
 
 def unescape(value: str) -> str | None:
@@ -235,6 +257,8 @@ class SqlEndpoint:
         if params.get("database", "default") not in ("", "default"):
             return _error(f"Code: 81. DB::Exception: Database {params['database']} does not exist. (UNKNOWN_DATABASE)")
         sql, fmt = split_format(sql, params.get("default_format", "TabSeparated"))
+        if not _OUTPUT_FORMAT.fullmatch(fmt):  # the driver appends it to the checked statement as text
+            return _error(f"Code: 73. DB::Exception: Unknown format {fmt[:64]!r}. (UNKNOWN_FORMAT)")
         query_params = {k[6:]: unescape(v) for k, v in params.items() if k.startswith("param_")}
         try:
             settings = client_settings(params)
@@ -276,7 +300,7 @@ class SqlEndpoint:
         query_params = {name: value for name, value in query_params.items() if name in used}
         ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None, settings=settings,
                                      fmt="TabSeparatedRaw")
-        reason = outside_reach(ast.decode("utf-8", "replace"))
+        reason = _broken_name(statement) or outside_reach(ast.decode("utf-8", "replace"))
         if reason is not None:
             raise PermissionError(reason)
         return self._clients.raw_query(statement, parameters=query_params or None, settings=settings, fmt=fmt)

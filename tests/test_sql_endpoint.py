@@ -4,6 +4,7 @@ clickhouse-connect HTTP client and by plain HTTP as curl would."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -168,6 +169,38 @@ def test_into_outfile_writes_nothing(admin: Running, tmp_path: Path, statement: 
     assert target.read_text() == "kept"
 
 
+def test_a_format_that_is_no_format_name_never_reaches_the_engine(admin: Running, tmp_path: Path) -> None:
+    """default_format was appended to the checked statement by the driver as text:
+    'TSV; <anything>' ran a second statement unchecked (host files read and written,
+    temporary tables and SETs left on the pooled connection)."""
+    target = tmp_path / "written.txt"
+    for fmt in (f"TSV; INSERT INTO FUNCTION file('{target}', 'TSV', 'x String') VALUES ('pwned')",
+                "TSV; SET limit = 1", "TSV\nSELECT 2"):
+        r = httpx.post(admin.sql_url, params={"default_format": fmt}, content="SELECT 1", auth=("default", admin.key))
+        assert r.status_code == 400 and r.headers["x-clickhouse-exception-code"] == "73", r.text
+    assert not target.exists()
+    assert httpx.post(admin.sql_url, content="SELECT number FROM numbers(3)", auth=("default", admin.key)).text \
+        == "0\n1\n2\n"
+
+
+def test_a_line_break_in_a_name_cannot_forge_the_checked_tree(admin: Running) -> None:
+    """EXPLAIN AST prints aliases raw: an alias 'x<newline>  Explain' made the SETTINGS
+    clause that followed look like an EXPLAIN's options, and every limit was lifted."""
+    auth = ("default", admin.key)
+    for sql in ("SELECT number AS `x\n  Explain` FROM numbers(1500000) SETTINGS max_result_rows = 0, "
+                "max_result_bytes = 0", "SELECT 1 AS \"a\rb\" SETTINGS max_memory_usage = 0",
+                "SELECT 1 AS `a\\nb`"):
+        r = httpx.post(admin.sql_url, content=sql, auth=auth, timeout=60)
+        assert r.status_code == 403 and "line break" in r.text, r.text[:300]
+    r = httpx.post(admin.sql_url, content="SELECT 'two\nlines' AS s FORMAT JSONEachRow", auth=auth)
+    assert r.status_code == 200 and json.loads(r.text) == {"s": "two\nlines"}  # in a string it is harmless
+    r = httpx.post(admin.sql_url, params={"max_threads": "10000"}, content="SELECT getSetting('max_threads')",
+                   auth=auth)
+    assert r.status_code == 200 and 1 <= int(r.text) <= (os.cpu_count() or 1)
+    r = httpx.post(admin.sql_url, content="SELECT getSetting('allow_introspection_functions')", auth=auth)
+    assert r.text in ("0\n", "false\n")
+
+
 def test_a_second_statement_is_refused_and_never_runs(admin: Running, tmp_path: Path) -> None:
     """The guard parsed the first statement; the embedded engine ran them all, even
     inside the guard's own EXPLAIN."""
@@ -208,13 +241,13 @@ def test_settings_are_a_harmless_few_under_the_endpoints_limits(admin: Running) 
     assert httpx.post(admin.sql_url, content="SELECT 1", auth=auth).text == "1\n"
     # a client may lower the limits, never raise or lift them (0 is "no limit")
     assert client_settings({"max_execution_time": "3600", "max_result_bytes": "1024", "max_memory_usage": "0"}) == {
-        **LIMITS, "max_result_bytes": 1024, "readonly": 2}
+        **LIMITS, "max_result_bytes": 1024, "readonly": 2, "allow_introspection_functions": 0}
     # nor make the answer larger than its result past the engine's defaults (1 GB of Pretty
     # padding under a 1 MB max_result_bytes), nor write a file through output_format_schema
     assert client_settings({"output_format_pretty_max_rows": "100000000", "output_format_pretty_max_value_width": "5",
                             "output_format_pretty_max_column_pad_width": "0"}) == {
         **LIMITS, "output_format_pretty_max_rows": 10_000, "output_format_pretty_max_value_width": 5,
-        "output_format_pretty_max_column_pad_width": 250, "readonly": 2}
+        "output_format_pretty_max_column_pad_width": 250, "readonly": 2, "allow_introspection_functions": 0}
     r = httpx.post(admin.sql_url, params={"output_format_schema": "/tmp/spanhouse-victim.proto"}, auth=auth,
                    content="SELECT 1 AS x FORMAT Protobuf")
     assert r.status_code == 403 and "setting output_format_schema cannot be changed" in r.text
