@@ -33,10 +33,11 @@ parent's decision would record its children anyway.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import sys
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
@@ -249,12 +250,17 @@ class ActiveCall:
             context_api.detach(self._token)
             self._token = None
 
-    def current(self) -> _Current:
-        """For generators: ``with call.current():`` around each step of the wrapped
-        generator, so the span is current only while the generator's own code runs, and
-        what that code made current and has not left yet (a model call, a session) is
-        current again at its next step."""
-        return _Current(self)
+    def steps(self) -> contextvars.Context:
+        """For generators: the one context every step of the wrapped generator runs in,
+        with the call's span current, so that what the generator's code made current and
+        has not left yet (a model call, a session) is current again at its next step, and
+        nothing else. One context, whoever drives the steps: Starlette runs each next() of
+        a sync iterator in a worker thread with a copy of its own, and wait_for runs each
+        __anext__ in a task of its own; a ``with`` across a yield entered in one copy and
+        left in another could not be undone (its span stayed current for good)."""
+        steps = contextvars.copy_context()
+        steps.run(context_api.attach, self._context)
+        return steps
 
     def collect(self, item: Any) -> None:
         """Keep a yielded item for the result, up to what could fit in the captured value:
@@ -347,23 +353,29 @@ def _coroutine_wrapper(func: Callable[P, Any], spec: _Spec) -> Callable[P, Any]:
     return wrapper
 
 
-class _Current:
-    """Attach a generator call's context on entry; on exit keep the context its code
-    left (a ``with`` it is inside across a ``yield``) for the next step, then detach
-    (a class, not a contextmanager generator: it runs around every item yielded)."""
+class _InContext:
+    """Await ``awaitable`` with its code running in ``context``: what asyncio does for a
+    task's coroutine, here for one step of an async generator (see ``ActiveCall.steps``)."""
 
-    __slots__ = ("_call", "_token")
+    __slots__ = ("_awaitable", "_context")
 
-    def __init__(self, call: ActiveCall) -> None:
-        self._call = call
-        self._token: object = None
+    def __init__(self, context: contextvars.Context, awaitable: Awaitable[Any]) -> None:
+        self._context = context
+        self._awaitable = awaitable
 
-    def __enter__(self) -> None:
-        self._token = context_api.attach(self._call._context)
-
-    def __exit__(self, *_: object) -> None:
-        self._call._context = context_api.get_current()
-        context_api.detach(self._token)  # type: ignore[arg-type]
+    def __await__(self) -> Generator[Any, Any, Any]:
+        it = self._awaitable.__await__()
+        resume: Callable[[Any], Any] = it.send
+        value: Any = None
+        while True:
+            try:
+                signal = self._context.run(resume, value)
+            except StopIteration as stop:
+                return stop.value
+            try:  # hand the event loop what the step waits on; pass back what it answers
+                value, resume = (yield signal), it.send
+            except BaseException as exc:  # thrown into the await (a cancellation): into the step
+                value, resume = exc, it.throw
 
 
 Gen = Generator[Any, Any, Any]
@@ -377,19 +389,18 @@ def _generator_wrapper(func: Callable[P, Gen], spec: _Spec) -> Callable[P, Gen]:
             return (yield from func(*args, **kwargs))
         gen = func(*args, **kwargs)
         call = spec.call(args, kwargs, attach=False)
+        steps = call.steps()
         sent: Any = None
         thrown: BaseException | None = None
         try:
             while True:
-                with call.current():
-                    item = gen.send(sent) if thrown is None else gen.throw(thrown)
+                item = steps.run(gen.send, sent) if thrown is None else steps.run(gen.throw, thrown)
                 sent = thrown = None
                 call.collect(item)
                 try:
                     sent = yield item
                 except GeneratorExit:
-                    with call.current():
-                        gen.close()
+                    steps.run(gen.close)
                     raise
                 except BaseException as exc:  # consumer's gen.throw(): pass it into the generator
                     thrown = exc
@@ -413,19 +424,18 @@ def _async_generator_wrapper(func: Callable[P, AsyncGen], spec: _Spec) -> Callab
         # No ``yield from`` for async generators: when disabled, the same loop runs with a
         # call that records nothing.
         call = ActiveCall.unrecorded(spec) if _runtime.current.disabled else spec.call(args, kwargs, attach=False)
+        steps = call.steps()
         sent: Any = None
         thrown: BaseException | None = None
         try:
             while True:
-                with call.current():
-                    item = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
+                item = await _InContext(steps, agen.asend(sent) if thrown is None else agen.athrow(thrown))
                 sent = thrown = None
                 call.collect(item)
                 try:
                     sent = yield item
                 except GeneratorExit:
-                    with call.current():
-                        await agen.aclose()
+                    await _InContext(steps, agen.aclose())
                     raise
                 except BaseException as exc:  # consumer's athrow(): pass it into the generator
                     thrown = exc

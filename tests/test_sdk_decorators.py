@@ -667,3 +667,72 @@ def test_functools_partial_and_callable_objects_are_sync(spans: CapturedSpans) -
     partial_tool = sdk.tool(name="add")(functools.partial(add, 1))
     assert partial_tool(2) == 3
     assert spans.by_name("execute_tool add").attributes["gen_ai.tool.call.arguments"] == '{"b":2}'  # type: ignore[index]
+
+
+def _parents(spans: CapturedSpans) -> dict[str, str | None]:
+    names = {s.context.span_id: s.name for s in spans.all()}
+    return {s.name: names.get(s.parent.span_id) if s.parent else None for s in spans.all()}
+
+
+def test_a_generator_stepped_from_other_threads_leaves_a_block_across_a_yield(spans: CapturedSpans,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Starlette steps a sync iterator in a worker thread with its own context copy: a
+    `with` across a yield entered in one copy could not be left in another, and the
+    ended block stayed current for the rest of the generator (and the log said so)."""
+    import concurrent.futures
+    import contextvars
+
+    @sdk.tool
+    def after() -> None:
+        pass
+
+    @sdk.llm(model="gpt-4o")
+    def stream() -> Iterator[int]:
+        with sdk.tool_call("inside"):
+            yield 1
+            yield 2
+        after()
+        yield 3
+
+    with sdk.execution_span("e"):
+        it, out = stream(), []
+        while True:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a fresh thread and context copy per step
+                try:
+                    out.append(pool.submit(contextvars.copy_context().run, next, it).result())
+                except StopIteration:
+                    break
+    assert out == [1, 2, 3]
+    assert _parents(spans) == {"execute_tool inside": "chat gpt-4o", "execute_tool after": "chat gpt-4o",
+                               "chat gpt-4o": "invoke_workflow e", "invoke_workflow e": None}
+    assert "Failed to detach context" not in caplog.text
+
+
+def test_an_async_generator_read_with_a_timeout_per_item_leaves_a_block_across_a_yield(
+        spans: CapturedSpans, caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio.wait_for(anext(g), t) runs each step in a task of its own (a context copy)."""
+    @sdk.tool
+    async def after() -> None:
+        pass
+
+    @sdk.llm(model="gpt-4o")
+    async def stream() -> AsyncIterator[int]:
+        with sdk.tool_call("inside"):
+            yield 1
+            yield 2
+        await after()
+        yield 3
+
+    @sdk.execution
+    async def run() -> list[int]:
+        g, out = stream(), []
+        while True:
+            try:
+                out.append(await asyncio.wait_for(g.__anext__(), timeout=5))
+            except StopAsyncIteration:
+                return out
+
+    assert asyncio.run(run()) == [1, 2, 3]
+    assert _parents(spans) == {"execute_tool inside": "chat gpt-4o", "execute_tool after": "chat gpt-4o",
+                               "chat gpt-4o": "invoke_workflow run", "invoke_workflow run": None}
+    assert "Failed to detach context" not in caplog.text
