@@ -33,7 +33,9 @@ OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 
 ``true`` (any case; nothing else, as the OpenTelemetry specification says) turns the SDK
 off: ``configure()`` installs nothing and the decorators call the function directly.
-Default ``false``. Argument: ``configure(disabled=...)``.
+Default ``false``. Argument: ``configure(disabled=...)``; ``disabled=False`` cannot turn
+it back on (OpenTelemetry's own SDK honours the variable, and functions decorated before
+``configure()`` stay unwrapped), and says so in a warning.
 """
 
 SPANHOUSE_DSN: Final = "SPANHOUSE_DSN"

@@ -91,6 +91,10 @@ def configure(
     settings = _config.resolve(endpoint=endpoint, protocol=protocol, service_name=service_name, api_key=api_key,
                                headers=headers, resource_attributes=resource_attributes,
                                capture_content=capture_content, max_value_length=max_value_length, disabled=disabled)
+    if not settings.disabled and _config.otel_env_bool(_config.OTEL_SDK_DISABLED):
+        logger.warning("spanhouse: configure(disabled=False) with OTEL_SDK_DISABLED=true records nothing: "
+                       "OpenTelemetry's SDK honours the variable itself, and functions decorated before "
+                       "configure() were left unwrapped. Unset OTEL_SDK_DISABLED to record spans.")
     if redact is not None and not callable(redact):
         raise ValueError(f"redact must be a callable hook(key, value) -> value, not {redact!r}")
     if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):

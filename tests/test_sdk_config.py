@@ -432,3 +432,17 @@ def test_markers_and_batches_never_export_through_one_exporter_at_once(clean_env
         t.join()
     sdk.flush()
     assert len(exporter.get_finished_spans()) == 2 * 100 and not exporter.overlapped
+
+
+def test_disabled_false_under_otel_sdk_disabled_says_it_records_nothing(
+        clean_env: pytest.MonkeyPatch, private_provider: TracerProvider, caplog: pytest.LogCaptureFixture) -> None:
+    """OpenTelemetry's SDK honours OTEL_SDK_DISABLED itself (its provider hands out no-op
+    tracers) and functions decorated before configure() were left unwrapped: the argument
+    cannot turn recording back on. It recorded nothing, silently."""
+    clean_env.setenv("OTEL_SDK_DISABLED", "true")
+    sdk.configure(tracer_provider=private_provider, exporter=InMemorySpanExporter(), disabled=False)
+    assert "Unset OTEL_SDK_DISABLED to record spans" in caplog.text
+    caplog.clear()
+    clean_env.delenv("OTEL_SDK_DISABLED")
+    sdk.configure(tracer_provider=private_provider, exporter=InMemorySpanExporter(), disabled=False)
+    assert "OTEL_SDK_DISABLED" not in caplog.text
