@@ -76,7 +76,7 @@ def test_sql_runs_read_only_queries(served: tuple[Running, str], capsys: pytest.
     assert "search" in text
     assert json.loads(_run(c, capsys, "sql", "--json", "SELECT 1 AS one")) == {"one": 1}
     code = cli.main(["sql", "DROP TABLE otel_traces", "--url", c.api_url, "--api-key", c.key, "--sql-url", c.sql_url])
-    assert code == 2 and "READONLY" in capsys.readouterr().err
+    assert code == 2 and "ACCESS_DENIED" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
