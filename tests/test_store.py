@@ -374,6 +374,37 @@ def test_retention_removes_an_expired_execution_from_every_table_at_once(tmp_pat
                                                               "tool_stats_1d")]
 
 
+def test_retention_keeps_a_rollup_row_as_long_as_an_execution_it_counts(tmp_path: Path) -> None:
+    """The day-level rollups expired at the start of their day plus the retention: an
+    execution still kept (and listed) had already left the tool leaderboard and the
+    error patterns, for up to a day."""
+    script = (
+        "import sys\n"
+        "from datetime import datetime, timedelta, timezone\n"
+        "from spanhouse.clickhouse import IngestItem, history, open_store\n"
+        "from tests.otlp import request, span, span_id, trace_id\n"
+        "days = 2\n"
+        "at = datetime.now(timezone.utc) - timedelta(days=days) + timedelta(minutes=10)  # kept 10 more minutes\n"
+        "t, root, ns = trace_id(), span_id(), int(at.timestamp()) * 10**9\n"
+        "s = open_store(sys.argv[1])\n"
+        "s.writer.write([IngestItem('t', request([\n"
+        "    span('invoke_agent a', t, sid=root, start=ns, duration_ns=10**9, attributes={'gen_ai.operation.name': 'invoke_agent'}),\n"
+        "    span('execute_tool lookup', t, parent=root, start=ns + 1, error='boom',\n"
+        "         attributes={'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup'})]).SerializeToString())])\n"
+        "s.close()\n"
+        "s = open_store(sys.argv[1], retention_days=days)\n"
+        "for table in ('tool_stats_1m', 'tool_stats_1h', 'tool_stats_1h_by_time', 'tool_stats_1d', 'error_patterns'):\n"
+        "    s.client.command(f'OPTIMIZE TABLE {table} FINAL')  # apply the TTL now\n"
+        "print([e['trace_id'] == t.hex() for e in history.list_executions(s.client, 't', {}).items])\n"
+        "for table, n in (('tool_stats_1m', 'sum(Calls)'), ('tool_stats_1h', 'sum(Calls)'), ('tool_stats_1d', 'sum(Calls)'),\n"
+        "                 ('tool_stats_1h_by_time', 'sum(Calls)'), ('error_patterns', 'sum(Count)')):\n"
+        "    print(table, s.client.command(f'SELECT {n} FROM {table}'))\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path) == ["[True]", "tool_stats_1m 1", "tool_stats_1h 1", "tool_stats_1d 1",
+                                          "tool_stats_1h_by_time 1", "error_patterns 1"]
+
+
 def test_retention_sets_a_ttl_on_every_table(tmp_path: Path) -> None:
     # In a child process: the session store's test data is older than any retention.
     script = (
