@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Mapping
 
 import anyio
+from clickhouse_connect.driver.binding import bind_query, external_bind_re
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -65,7 +66,6 @@ _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 _CODE = re.compile(r"Code: (\d+)\.")
 _STATUS = {164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
            27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404, 456: 400, 457: 400, 73: 400, 50: 400}
-_PLACEHOLDER = re.compile(r"\{\s*(\w+)\s*:")  # {name:Type}, a query parameter the statement uses
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "0": "\0", "a": "\a", "v": "\v"}
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.S)
 _MEDIA = {"JSON": "application/json", "JSONEachRow": "application/x-ndjson", "JSONCompact": "application/json",
@@ -106,7 +106,9 @@ _SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt",
                                    "generate_series", "values", "null"})  # lower case: names are compared so
 _HOST_FUNCTIONS = frozenset({"file"})  # scalar functions that read the host
 _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
-_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
+# A string literal or a quoted name, whichever starts first (a quote inside the other kind
+# is part of it): literals are printed escaped in EXPLAIN AST, names raw.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"", re.S)
 _LINE_BREAK = re.compile(r"[\n\r]|\\[nr]|\\x0[adAD]")
 # The statements that run (their EXPLAIN AST root): reads only. readonly=2 alone lets
 # through INSERT INTO FUNCTION url(...) and CREATE TEMPORARY TABLE ... ENGINE = URL/SQLite
@@ -159,9 +161,11 @@ def _broken_name(statement: str) -> str | None:
     """Why the names of a formatted statement cannot be checked, or None. EXPLAIN AST
     prints identifiers and aliases raw: a line break in one (``AS `x\\n  Explain```) would
     forge lines of the dump that ``outside_reach`` reads its tree from."""
-    names = _STRING_LITERAL.sub("''", statement)  # literals are printed escaped: only names are left
-    if _LINE_BREAK.search(names):
-        return "a name (identifier or alias) with a line break in it"
+    for m in _QUOTED.finditer(statement):
+        if m.group()[0] != "'" and _LINE_BREAK.search(m.group()):
+            return "a name (identifier or alias) with a line break in it"
+    if "\n" in _QUOTED.sub("", statement) or "\r" in statement:  # a formatted statement is one line
+        return "a line break outside a string"
     return None
 
 
@@ -296,8 +300,10 @@ class SqlEndpoint:
         with the parameters it uses: given others, the driver would format the query
         with Python's ``%`` itself (a ``LIKE '%b%'`` failed), where a server ignores them."""
         statement = queries.rows(self._clients, "sql_statement", {"sql": sql})[0]["statement"]
-        used = set(_PLACEHOLDER.findall(statement))
+        used = {name for name, _ in external_bind_re.findall(statement)}  # the driver's own reading
         query_params = {name: value for name, value in query_params.items() if name in used}
+        if bind_query(statement, query_params)[0] != statement:  # what runs must be what is checked
+            raise PermissionError("its parameters would be written into its text; use {name:Type} placeholders")
         ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None, settings=settings,
                                      fmt="TabSeparatedRaw")
         reason = _broken_name(statement) or outside_reach(ast.decode("utf-8", "replace"))

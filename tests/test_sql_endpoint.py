@@ -201,6 +201,26 @@ def test_a_line_break_in_a_name_cannot_forge_the_checked_tree(admin: Running) ->
     assert r.text in ("0\n", "false\n")
 
 
+def test_parameters_are_never_written_into_the_query_text(admin: Running, tmp_path: Path) -> None:
+    """The endpoint passed a parameter the driver did not see a placeholder for ('{x:'
+    has no closing brace for it), so the driver wrote the value into the SQL text with
+    Python's % itself: '%(x)s' in a string literal became the value as bare SQL, and a
+    '; <statement>' in it ran unchecked (host files read and written, requests, limits)."""
+    target = tmp_path / "pwned.txt"
+    attack = (f", 42 AS a; INSERT INTO FUNCTION file($$" + str(target) + "$$, RawBLOB, $$c String$$) "
+              "SELECT $$written$$ --")
+    r = httpx.post(admin.sql_url, params={"param_x": attack}, content="SELECT '{x:', '%(x)s'",
+                   auth=("default", admin.key))
+    assert not target.exists()
+    assert r.status_code == 200 and r.text == "{x:\t%(x)s\n"  # the literals, as written
+    r = httpx.post(admin.sql_url, params={"param_x": "it's"}, content="SELECT {x:String}, '%(x)s'",
+                   auth=("default", admin.key))
+    assert r.status_code == 200 and r.text == "it\\'s\t%(x)s\n"  # server-side binding only (TSV escapes ')
+    # a quote in one name hid a line break in the next from the check
+    r = httpx.post(admin.sql_url, content="SELECT 1 AS `a'`, 2 AS `x\nForged`, 3 AS `'`", auth=("default", admin.key))
+    assert r.status_code == 403 and "line break" in r.text
+
+
 def test_a_second_statement_is_refused_and_never_runs(admin: Running, tmp_path: Path) -> None:
     """The guard parsed the first statement; the embedded engine ran them all, even
     inside the guard's own EXPLAIN."""
