@@ -207,7 +207,7 @@ def test_parameters_are_never_written_into_the_query_text(admin: Running, tmp_pa
     Python's % itself: '%(x)s' in a string literal became the value as bare SQL, and a
     '; <statement>' in it ran unchecked (host files read and written, requests, limits)."""
     target = tmp_path / "pwned.txt"
-    attack = (f", 42 AS a; INSERT INTO FUNCTION file($$" + str(target) + "$$, RawBLOB, $$c String$$) "
+    attack = (", 42 AS a; INSERT INTO FUNCTION file($$" + str(target) + "$$, RawBLOB, $$c String$$) "
               "SELECT $$written$$ --")
     r = httpx.post(admin.sql_url, params={"param_x": attack}, content="SELECT '{x:', '%(x)s'",
                    auth=("default", admin.key))
