@@ -133,7 +133,10 @@ def outside_reach(ast: str) -> str | None:
     ``INTO OUTFILE``) or outside the endpoint's limits (a ``SETTINGS`` clause, which would
     override them), or None."""
     ancestors: list[tuple[int, str]] = []  # (indentation, node kind) from the root to the line's parent
-    explain = ast.startswith("Explain")
+    # An EXPLAIN's own options (EXPLAIN json = 1 ...) are a Set child before the statement
+    # it explains; a Set after it is a SETTINGS clause of the EXPLAIN (EXPLAIN (...)
+    # SETTINGS ...), which the engine applies to everything the EXPLAIN runs.
+    options_allowed = ast.startswith("Explain")
     for line in ast.split("\n"):
         if not (m := _AST_LINE.match(line)):
             continue
@@ -147,8 +150,10 @@ def outside_reach(ast: str) -> str | None:
             return f"function {name}() reads the host's files"
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
-        if kind == "Set" and not (explain and depth == 1):  # an EXPLAIN's own options (json = 1) are no settings
+        if kind == "Set" and not (options_allowed and depth == 1):
             return "SET or a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
+        if depth == 1 and kind != "Set":
+            options_allowed = False
         ancestors.append((depth, kind))
     kind = _statement(ast)
     if kind not in _STATEMENTS - {"Explain"}:
@@ -300,8 +305,12 @@ class SqlEndpoint:
         with the parameters it uses: given others, the driver would format the query
         with Python's ``%`` itself (a ``LIKE '%b%'`` failed), where a server ignores them."""
         statement = queries.rows(self._clients, "sql_statement", {"sql": sql})[0]["statement"]
-        used = {name for name, _ in external_bind_re.findall(statement)}  # the driver's own reading
+        placeholders = external_bind_re.findall(statement)  # the driver's own reading: (name, type)
+        used = {name for name, _ in placeholders}
         query_params = {name: value for name, value in query_params.items() if name in used}
+        names = {name for name, kind in placeholders if kind.strip() == "Identifier"}
+        if any(_LINE_BREAK.search(query_params[n] or "") for n in names & query_params.keys()):
+            raise PermissionError("an Identifier parameter with a line break in it")
         if bind_query(statement, query_params)[0] != statement:  # what runs must be what is checked
             raise PermissionError("its parameters would be written into its text; use {name:Type} placeholders")
         ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None, settings=settings,

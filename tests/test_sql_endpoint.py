@@ -221,6 +221,27 @@ def test_parameters_are_never_written_into_the_query_text(admin: Running, tmp_pa
     assert r.status_code == 403 and "line break" in r.text
 
 
+def test_a_settings_clause_of_an_explain_is_refused_its_options_are_not(admin: Running, tmp_path: Path) -> None:
+    """EXPLAIN (SELECT ...) SETTINGS ... put the clause where an EXPLAIN's own options go,
+    and the engine applied it to all the EXPLAIN ran: output_format_schema wrote a file,
+    format_template_resultset read one (/proc/self/environ) into an error message, the
+    memory and time limits were lifted for the scalar subqueries it ran."""
+    auth, target = ("default", admin.key), tmp_path / "victim.txt"
+    target.write_text("kept")
+    for fmt, clause in (("Protobuf", f"output_format_schema = '{target}'"),
+                        ("Template", "format_template_resultset = '/proc/self/environ'"),
+                        ("TSV", "max_memory_usage = 0, max_execution_time = 0")):
+        r = httpx.post(admin.sql_url, params={"default_format": fmt}, auth=auth,
+                       content=f"EXPLAIN QUERY TREE (SELECT (SELECT 1)) SETTINGS {clause}")
+        assert r.status_code == 403 and "SETTINGS clause" in r.text, r.text[:300]
+    assert target.read_text() == "kept"
+    assert httpx.post(admin.sql_url, content="EXPLAIN header = 1 SELECT 1", auth=auth).status_code == 200
+    # an Identifier parameter is printed raw in the dump the check reads
+    r = httpx.post(admin.sql_url, params={"param_t": "otel_traces\\n Explain"}, auth=auth,
+                   content="SELECT count() FROM {t:Identifier}")
+    assert r.status_code == 403 and "line break" in r.text
+
+
 def test_a_second_statement_is_refused_and_never_runs(admin: Running, tmp_path: Path) -> None:
     """The guard parsed the first statement; the embedded engine ran them all, even
     inside the guard's own EXPLAIN."""
