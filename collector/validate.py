@@ -3,7 +3,10 @@
 OTLP lets a server reject individual spans and store the rest (partial success). A
 span is rejected when its trace id is not 16 bytes or all zero, its span id is not 8
 bytes or all zero, its parent id is neither empty nor 8 bytes, its name is empty, it
-ends before it starts, or a timestamp lies beyond what DateTime64(9) holds (year 2262).
+ends before it starts, or it ends after 2106-02-07 06:28:15 UTC: spans hold times to
+2262 (DateTime64(9)), but the rollups count them by DateTime, which ends there (past it,
+toDateTime wraps round: retention deleted such a trace at once from the span tables
+while the rollups kept counting it for ever).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ REASONS = {
     "invalid_parent_span_id": "with an invalid parent span id (must be empty or 8 bytes)",
     "empty_name": "without a name",
     "end_before_start": "ending before they start",
-    "timestamp_out_of_range": "with a timestamp after 2262 (beyond DateTime64(9))",
+    "timestamp_out_of_range": "with a timestamp after 2106-02-07 06:28:15 UTC (beyond ClickHouse's DateTime)",
 }
-_MAX_NANOS = (1 << 63) - 1
+_MAX_NANOS = ((1 << 32) - 1) * 10**9  # DateTime's last second
 
 
 @dataclass

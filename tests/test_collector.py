@@ -172,18 +172,21 @@ def test_chunked_request_body_is_accepted(store: Store, tmp_path: Path, tenant: 
 def test_partial_success_rejects_invalid_spans_and_stores_the_rest(store: Store, tmp_path: Path, tenant: str) -> None:
     good = span("good", trace_id())
     bad = [span("zero trace", bytes(16)), span("short span id", trace_id(), sid=b"\x01\x02"),
-           span("", trace_id()), span("backwards", trace_id(), duration_ns=0)]
+           span("", trace_id()), span("backwards", trace_id(), duration_ns=0),
+           span("after DateTime's end, which the rollups count by", trace_id(), start=((1 << 32) - 1) * 10**9,
+                duration_ns=1)]
     bad[3].end_time_unix_nano = bad[3].start_time_unix_nano - 1
     body = request([good, *bad]).SerializeToString()
     with running_collector(store, tmp_path, tenant) as c:
         code, reply, _ = grpc_export(c.grpc_target, body, c.key)
         assert code is grpc.StatusCode.OK
         partial = ExportTraceServiceResponse.FromString(reply).partial_success
-        assert partial.rejected_spans == 4
+        assert partial.rejected_spans == 5
         assert "1 with an invalid trace id" in partial.error_message and "1 without a name" in partial.error_message
+        assert "1 with a timestamp after 2106-02-07 06:28:15 UTC" in partial.error_message
         r = httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
         assert r.status_code == 200
-        assert ExportTraceServiceResponse.FromString(r.content).partial_success.rejected_spans == 4
+        assert ExportTraceServiceResponse.FromString(r.content).partial_success.rejected_spans == 5
         c.wait_drained()
         metrics = httpx.get(c.api_url + "/metrics").text
     assert _count(store, tenant) == 2
