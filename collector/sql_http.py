@@ -21,9 +21,12 @@ run them all), the formatted statement parsed (``EXPLAIN AST``) and refused (403
 ACCESS_DENIED) if it is not a read (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN of one:
 ``readonly=2`` lets ``INSERT INTO FUNCTION`` and temporary tables of any engine through)
 or uses any of them, and only that statement runs; the table functions that only
-generate rows (``numbers``, ``zeros``, ...) stay. The dump is text, so a name with a
-line break in it (which would forge lines of it) is refused, and the output format,
-which the driver appends to the statement, must be a format's name.
+generate rows (``numbers``, ``zeros``, ...) stay. The check is only as good as the
+dump is complete, so it fails closed: a node kind not known to print everything it
+holds (``* APPLY(lambda)``, a SHOW's WHERE) is refused. The dump is text, so a name
+with a line break in it (which would forge lines of it) is refused, and the output
+format, which the driver appends to the statement, must be a format's name. Output
+settings are those of the text formats and Native.
 
 The collector runs these queries in its own process: settings in the URL are taken
 from a list of harmless ones (output formats, result and time limits below the
@@ -92,10 +95,13 @@ max_result_bytes, so the row limit bounds those)."""
 # max_threads likewise: no more than the machine has.
 _CAPS = {"output_format_pretty_max_rows": 10_000, "output_format_pretty_max_column_pad_width": 250,
          "output_format_pretty_max_value_width": 10_000, "max_threads": os.cpu_count() or 1}
-# output_format_* settings a client may not pass: output_format_schema writes a file;
-# small Parquet row groups make an answer many times its result.
-_OUTPUT_REFUSED = frozenset({"output_format_schema", "output_format_parquet_row_group_size",
-                             "output_format_parquet_row_group_size_bytes"})
+# The output settings a client may pass: of the text formats and Native. Others read
+# files (output_format_orc_writer_time_zone_name opened any path as a time zone, and an
+# empty one aborted the engine), write them (output_format_schema), or make an answer
+# many times its result or its time limit (Parquet row groups, PNG image sizes).
+_OUTPUT_PREFIXES = ("output_format_json_", "output_format_pretty_", "output_format_csv_", "output_format_tsv_",
+                    "output_format_native_", "output_format_decimal_trailing_zeros", "output_format_write_statistics",
+                    "output_format_arrow_string_as_string", "output_format_parquet_string_as_string")
 # Settings of every query, which no client changes: reads only; no introspection of the
 # collector's own memory (addressToLine, system.stack_trace's symbols).
 _FIXED: dict[str, object] = {"readonly": 2, "allow_introspection_functions": 0}
@@ -114,8 +120,19 @@ _LINE_BREAK = re.compile(r"[\n\r]|\\[nr]|\\x0[adAD]")
 # through INSERT INTO FUNCTION url(...) and CREATE TEMPORARY TABLE ... ENGINE = URL/SQLite
 # (requests and host files), and a temporary table on a pooled connection would shadow a
 # store table for every later client of that connection.
-_STATEMENTS = frozenset({"SelectWithUnionQuery", "ShowTables", "ShowColumns", "ShowIndexes", "DescribeQuery",
-                         "ShowCreateTableQuery", "ExistsTableQuery", "ShowFunctions", "ShowEngineQuery", "Explain"})
+_STATEMENTS = frozenset({"SelectWithUnionQuery", "ShowTables", "DescribeQuery", "ShowCreateTableQuery",
+                         "ExistsTableQuery", "Explain"})
+# The node kinds a query may hold: those whose line in the dump is followed by all they
+# hold, so that the walk sees every expression. Others keep expressions out of the dump
+# (the lambda of * APPLY(...), a SHOW's WHERE and LIMIT) and are refused, whatever they are.
+_KINDS = _STATEMENTS | {
+    "ArrayJoin", "Asterisk", "ColumnsExceptTransformer", "ColumnsRegexpMatcher", "ColumnsTransformerList",
+    "ExpressionList", "Function", "Identifier", "Literal", "OrderByElement", "QualifiedAsterisk", "SampleRatio",
+    "SelectIntersectExceptQuery", "SelectQuery", "Set", "Subquery", "TableExpression", "TableIdentifier",
+    "TableJoin", "TablesInSelectQuery", "TablesInSelectQueryElement", "WindowDefinition", "WindowListElement",
+    "WithElement"}
+# A SHOW's WHERE and LIMIT expressions are not in its dump, and the engine runs them.
+_SHOW_FILTER = re.compile(r"^SHOW\b.*\b(WHERE|LIMIT)\b", re.I)
 
 
 def _statement(ast: str) -> str:
@@ -150,6 +167,8 @@ def outside_reach(ast: str) -> str | None:
             return f"function {name}() reads the host's files"
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
+        if kind not in _KINDS:
+            return f"{kind} is not supported here"
         if kind == "Set" and not (options_allowed and depth == 1):
             return "SET or a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
         if depth == 1 and kind != "Set":
@@ -169,8 +188,11 @@ def _broken_name(statement: str) -> str | None:
     for m in _QUOTED.finditer(statement):
         if m.group()[0] != "'" and _LINE_BREAK.search(m.group()):
             return "a name (identifier or alias) with a line break in it"
-    if "\n" in _QUOTED.sub("", statement) or "\r" in statement:  # a formatted statement is one line
+    unquoted = _QUOTED.sub("", statement)
+    if "\n" in unquoted or "\r" in statement:  # a formatted statement is one line
         return "a line break outside a string"
+    if _SHOW_FILTER.search(unquoted):
+        return "SHOW ... WHERE/LIMIT (its expressions are not checked); SELECT from system.tables instead"
     return None
 
 
@@ -187,7 +209,7 @@ def client_settings(params: Mapping[str, str]) -> dict[str, object]:
                 settings[name] = min(cap, max(0, int(value))) or cap  # 0 is "no limit"
             except ValueError:
                 raise ValueError(f"setting {name}={value!r} is not a whole number") from None
-        elif name in _CLIENT_SETTINGS or (name.startswith("output_format_") and name not in _OUTPUT_REFUSED):
+        elif name in _CLIENT_SETTINGS or name.startswith(_OUTPUT_PREFIXES):
             settings[name] = value
         else:
             raise ValueError(f"setting {name} cannot be changed on the SQL endpoint")

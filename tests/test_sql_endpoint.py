@@ -154,7 +154,9 @@ def test_no_temporary_table_can_shadow_a_store_table_for_other_clients(admin: Ru
             client.command(sql)
     assert all(client.command("SELECT count() FROM otel_traces") == before for _ in range(8))
     for read in ("EXPLAIN SELECT 1", "EXPLAIN json = 1 SELECT 1", "EXPLAIN SYNTAX SELECT 1 EXCEPT SELECT 2",
-                 "SHOW DATABASES", "SHOW COLUMNS FROM otel_traces", "EXISTS TABLE otel_traces", "DESC (SELECT 1)"):
+                 "SHOW DATABASES", "SHOW TABLES LIKE 'otel%'", "EXISTS TABLE otel_traces", "DESC (SELECT 1)",
+                 "SELECT * EXCEPT (a) FROM (SELECT 1 AS a, 2 AS b)", "SELECT sum(number) OVER w FROM numbers(3) WINDOW w AS "
+                 "(ORDER BY number)", "WITH t AS (SELECT 1 AS x) SELECT x FROM t ARRAY JOIN [1, 2] AS a"):
         assert httpx.post(admin.sql_url, content=read, auth=("default", admin.key)).status_code == 200, read
 
 
@@ -240,6 +242,21 @@ def test_a_settings_clause_of_an_explain_is_refused_its_options_are_not(admin: R
     r = httpx.post(admin.sql_url, params={"param_t": "otel_traces\\n Explain"}, auth=auth,
                    content="SELECT count() FROM {t:Identifier}")
     assert r.status_code == 403 and "line break" in r.text
+
+
+@pytest.mark.parametrize(("sql", "params"), [
+    # expressions the dump leaves out, which the engine runs: read the environment's keys
+    ("SHOW TABLES LIMIT (SELECT toUInt64(file('/proc/self/environ')))", {}),
+    ("SHOW COLUMNS FROM system.one WHERE (SELECT count() FROM url('http://127.0.0.1:9/x', 'CSV', 'a String')) > 0", {}),
+    ("SELECT * APPLY(x -> (SELECT file('/proc/self/environ'))) FROM numbers(1)", {}),
+    # output settings that read files (and aborted the engine on an empty one) or run past the time limit
+    ("SELECT now()::DateTime64(3) AS t FORMAT ORC", {"output_format_orc_writer_time_zone_name": "../../../../dev/null"}),
+    ("SELECT 1 AS x, 1 AS y, 1 AS v FORMAT PNG", {"output_format_image_width": "20000"}),
+])
+def test_what_the_check_cannot_see_is_refused(admin: Running, sql: str, params: dict[str, str]) -> None:
+    r = httpx.post(admin.sql_url, params=params, content=sql, auth=("default", admin.key), timeout=60)
+    assert r.status_code == 403 and "SPANHOUSE" not in r.text, r.text[:300]
+    assert httpx.post(admin.sql_url, content="SELECT 1", auth=("default", admin.key)).text == "1\n"
 
 
 def test_a_second_statement_is_refused_and_never_runs(admin: Running, tmp_path: Path) -> None:
