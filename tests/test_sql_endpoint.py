@@ -20,7 +20,8 @@ from clickhouse_connect.driver.query import QueryContext
 
 from spanhouse.clickhouse import Store
 from spanhouse.clickhouse.store import READERS
-from spanhouse.collector.sql_http import LIMITS, client_settings
+from spanhouse.collector.sql_guard import LIMITS
+from spanhouse.collector.sql_guard import settings as client_settings
 from tests.collector_harness import Running, in_child, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, trace_id

@@ -1,0 +1,194 @@
+"""What the SQL endpoint lets run, and with which settings (``collector/sql_http.py``
+speaks the protocol).
+
+The endpoint runs queries in the collector's own process, on the embedded engine, as
+the collector's user. ``readonly=2`` refuses writes to the store and changing
+``readonly``, but not reaching outside it: the table functions ``file``, ``url``,
+``s3`` ... and the ``file()`` function read the host's files (``/proc/self/environ``
+holds inline API keys) or make requests, ``INTO OUTFILE`` and ``INSERT INTO FUNCTION``
+write, temporary tables of any engine are allowed (and one on a pooled connection would
+shadow a store table for every later client), and a ``SETTINGS`` clause lifts limits.
+
+So each query is formatted by the engine from its text passed as a value
+(``formatQuerySingleLine``: nothing runs, and more than one statement is a syntax error,
+where the engine would run them all), and the formatted statement is checked before
+it alone runs: its parameters must be ones the driver binds on the server (never
+written into its text), its names may hold no line break, and its parse tree
+(``EXPLAIN AST``) must be a read (SELECT, SHOW TABLES, DESCRIBE, SHOW CREATE, EXISTS, or
+EXPLAIN of one) using no table function but the row generators (``numbers``,
+``zeros``, ...), no ``file()``, no ``INTO OUTFILE`` and no ``SETTINGS``. The check is
+only as good as the dump is complete, so it fails closed: a node kind not known to
+print all it holds (``* APPLY(lambda)``, a SHOW's WHERE) is refused. Five rounds of
+review found ways past earlier versions of it; each is a test in
+``tests/test_sql_endpoint.py``.
+
+Settings come from a short list (output formatting of the text formats and Native, and
+limits below the endpoint's own ``LIMITS``), never ones that change how SQL is parsed
+or what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+from clickhouse_connect.driver.binding import bind_query, external_bind_re
+
+# URL settings a client may pass: what clickhouse-connect and Grafana's ClickHouse data
+# source send, output formatting, and limits (never above LIMITS). Anything else (the SQL
+# dialect, allow_* switches, ...) is refused by name.
+_CLIENT_SETTINGS = frozenset({"cancel_http_readonly_queries_on_client_close", "send_progress_in_http_headers",
+                              "http_headers_progress_interval_ms", "enable_http_compression",
+                              "http_zlib_compression_level", "add_http_cors_header",
+                              "cast_string_to_dynamic_use_inference",
+                              "date_time_input_format", "date_time_output_format", "session_timezone",
+                              "join_use_nulls", "extremes", "result_overflow_mode", "timeout_overflow_mode"})
+LIMITS: dict[str, int] = {"max_execution_time": 60, "max_result_rows": 1_000_000, "max_result_bytes": 256 << 20,
+                          "max_memory_usage": 2 << 30}
+"""Every query's limits (seconds, rows, bytes); a client may ask for lower ones. The result
+is held whole in the collector before it is sent (a constant column counts once towards
+max_result_bytes, so the row limit bounds those)."""
+# Output settings that make an answer larger than its result: a client may lower them,
+# not raise them past the engine's defaults (raised, 10,000 rows of Pretty output padded
+# to 1 GB in the collector's memory under a 1 MB max_result_bytes).
+# max_threads likewise: no more than the machine has.
+_CAPS = {"output_format_pretty_max_rows": 10_000, "output_format_pretty_max_column_pad_width": 250,
+         "output_format_pretty_max_value_width": 10_000, "max_threads": os.cpu_count() or 1}
+# The output settings a client may pass: of the text formats and Native. Others read
+# files (output_format_orc_writer_time_zone_name opened any path as a time zone, and an
+# empty one aborted the engine), write them (output_format_schema), or make an answer
+# many times its result or its time limit (Parquet row groups, PNG image sizes).
+_OUTPUT_PREFIXES = ("output_format_json_", "output_format_pretty_", "output_format_csv_", "output_format_tsv_",
+                    "output_format_native_", "output_format_decimal_trailing_zeros", "output_format_write_statistics",
+                    "output_format_arrow_string_as_string", "output_format_parquet_string_as_string")
+# Settings of every query, which no client changes: reads only; no introspection of the
+# collector's own memory (addressToLine, system.stack_trace's symbols).
+_FIXED: dict[str, object] = {"readonly": 2, "allow_introspection_functions": 0}
+
+# Table functions that only generate rows; every other one reaches files, URLs or other servers.
+_SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries",
+                                   "generate_series", "values", "null"})  # lower case: names are compared so
+_HOST_FUNCTIONS = frozenset({"file"})  # scalar functions that read the host
+_AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
+# A string literal or a quoted name, whichever starts first (a quote inside the other kind
+# is part of it): literals are printed escaped in EXPLAIN AST, names raw.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"", re.S)
+_LINE_BREAK = re.compile(r"[\n\r]|\\[nr]|\\x0[adAD]")
+# The statements that run (their EXPLAIN AST root): reads only. readonly=2 alone lets
+# through INSERT INTO FUNCTION url(...) and CREATE TEMPORARY TABLE ... ENGINE = URL/SQLite
+# (requests and host files), and a temporary table on a pooled connection would shadow a
+# store table for every later client of that connection.
+_STATEMENTS = frozenset({"SelectWithUnionQuery", "ShowTables", "DescribeQuery", "ShowCreateTableQuery",
+                         "ExistsTableQuery", "Explain"})
+# The node kinds a query may hold: those whose line in the dump is followed by all they
+# hold, so that the walk sees every expression. Others keep expressions out of the dump
+# (the lambda of * APPLY(...), a SHOW's WHERE and LIMIT) and are refused, whatever they are.
+_KINDS = _STATEMENTS | {
+    "ArrayJoin", "Asterisk", "ColumnsExceptTransformer", "ColumnsRegexpMatcher", "ColumnsTransformerList",
+    "ExpressionList", "Function", "Identifier", "Literal", "OrderByElement", "QualifiedAsterisk", "SampleRatio",
+    "SelectIntersectExceptQuery", "SelectQuery", "Set", "Subquery", "TableExpression", "TableIdentifier",
+    "TableJoin", "TablesInSelectQuery", "TablesInSelectQueryElement", "WindowDefinition", "WindowListElement",
+    "WithElement"}
+# A SHOW's WHERE and LIMIT expressions are not in its dump, and the engine runs them.
+_SHOW_FILTER = re.compile(r"^SHOW\b.*\b(WHERE|LIMIT)\b", re.I)
+
+
+def _statement(ast: str) -> str:
+    """The kind of statement ``ast`` is (its root); for an EXPLAIN, the kind of the one it
+    explains (the root's child that is not its ``Set`` of options)."""
+    nodes = [(len(m.group(1)), m.group(2)) for line in ast.split("\n") if (m := _AST_LINE.match(line))]
+    if nodes[:1] == [(0, "Explain")]:
+        return next((kind for depth, kind in nodes if depth == 1 and kind != "Set"), "")
+    return nodes[0][1] if nodes else ""
+
+
+def outside_reach(ast: str) -> str | None:
+    """Why a query whose ``EXPLAIN AST`` is ``ast`` is no read (see ``_STATEMENTS``),
+    reaches outside the store (a table function other than a row generator, ``file()``,
+    ``INTO OUTFILE``) or outside the endpoint's limits (a ``SETTINGS`` clause, which would
+    override them), or None."""
+    ancestors: list[tuple[int, str]] = []  # (indentation, node kind) from the root to the line's parent
+    # An EXPLAIN's own options (EXPLAIN json = 1 ...) are a Set child before the statement
+    # it explains; a Set after it is a SETTINGS clause of the EXPLAIN (EXPLAIN (...)
+    # SETTINGS ...), which the engine applies to everything the EXPLAIN runs.
+    options_allowed = ast.startswith("Explain")
+    for line in ast.split("\n"):
+        if not (m := _AST_LINE.match(line)):
+            continue
+        depth, kind, name = len(m.group(1)), m.group(2), m.group(3) or ""
+        while ancestors and ancestors[-1][0] >= depth:
+            ancestors.pop()
+        parent = ancestors[-1][1] if ancestors else ""
+        if kind == "Function" and parent == "TableExpression" and name.lower() not in _SAFE_TABLE_FUNCTIONS:
+            return f"table function {name}() reaches outside the store"
+        if kind == "Function" and name.lower() in _HOST_FUNCTIONS:
+            return f"function {name}() reads the host's files"
+        if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
+            return "INTO OUTFILE writes the host's files"
+        if kind not in _KINDS:
+            return f"{kind} is not supported here"
+        if kind == "Set" and not (options_allowed and depth == 1):
+            return "SET or a SETTINGS clause would lift the endpoint's limits; pass output settings as URL parameters"
+        if depth == 1 and kind != "Set":
+            options_allowed = False
+        ancestors.append((depth, kind))
+    kind = _statement(ast)
+    if kind not in _STATEMENTS - {"Explain"}:
+        return (f"only SELECT, SHOW, DESCRIBE, EXISTS and EXPLAIN of them run here, not {kind or 'this'} "
+                "statements")
+    return None
+
+
+def _broken_name(statement: str) -> str | None:
+    """Why the names of a formatted statement cannot be checked, or None. EXPLAIN AST
+    prints identifiers and aliases raw: a line break in one (``AS `x\\n  Explain```) would
+    forge lines of the dump that ``outside_reach`` reads its tree from."""
+    for m in _QUOTED.finditer(statement):
+        if m.group()[0] != "'" and _LINE_BREAK.search(m.group()):
+            return "a name (identifier or alias) with a line break in it"
+    unquoted = _QUOTED.sub("", statement)
+    if "\n" in unquoted or "\r" in statement:  # a formatted statement is one line
+        return "a line break outside a string"
+    if _SHOW_FILTER.search(unquoted):
+        return "SHOW ... WHERE/LIMIT (its expressions are not checked); SELECT from system.tables instead"
+    return None
+
+
+def settings(requested: Mapping[str, str]) -> dict[str, object]:
+    """The settings a request asks for (its URL parameters that are no protocol's) with
+    the endpoint's own on top; ``ValueError`` names a setting a client may not pass."""
+    chosen: dict[str, object] = dict(LIMITS)
+    for name, value in requested.items():
+        if name in LIMITS or name in _CAPS:
+            cap = LIMITS.get(name) or _CAPS[name]
+            try:
+                chosen[name] = min(cap, max(0, int(value))) or cap  # 0 is "no limit"
+            except ValueError:
+                raise ValueError(f"setting {name}={value!r} is not a whole number") from None
+        elif name in _CLIENT_SETTINGS or name.startswith(_OUTPUT_PREFIXES):
+            chosen[name] = value
+        else:
+            raise ValueError(f"setting {name} cannot be changed on the SQL endpoint")
+    return chosen | _FIXED
+
+
+def parameters(statement: str, given: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The parameters of ``given`` that ``statement`` uses, as the driver reads it (a
+    whole ``{name:Type}``); ``PermissionError`` if binding them would change its text.
+    Given a parameter it sees no placeholder for, the driver writes the value into the
+    SQL with Python's ``%`` itself: ``'%(x)s'`` in a literal became the value as SQL."""
+    placeholders = external_bind_re.findall(statement)  # (name, type)
+    used = {name for name, _ in placeholders}
+    chosen = {name: value for name, value in given.items() if name in used}
+    identifiers = {name for name, kind in placeholders if kind.strip() == "Identifier"}  # printed raw in the dump
+    if any(_LINE_BREAK.search(chosen[n] or "") for n in identifiers & chosen.keys()):
+        raise PermissionError("an Identifier parameter with a line break in it")
+    if bind_query(statement, chosen)[0] != statement:  # what runs must be what is checked
+        raise PermissionError("its parameters would be written into its text; use {name:Type} placeholders")
+    return chosen
+
+
+def refusal(statement: str, ast: str) -> str | None:
+    """Why ``statement``, whose ``EXPLAIN AST`` is ``ast``, may not run, or None."""
+    return _broken_name(statement) or outside_reach(ast)
