@@ -14,11 +14,12 @@ So each query is formatted by the engine from its text passed as a value
 where the engine would run them all), and the formatted statement is checked before
 it alone runs: its parameters must be ones the driver binds on the server (never
 written into its text), its names may hold no line break, and its parse tree
-(``EXPLAIN AST``) must be a read (SELECT, SHOW TABLES, DESCRIBE, SHOW CREATE, EXISTS, or
-EXPLAIN of one) using no table function but the row generators (``numbers``,
-``zeros``, ...), no ``file()``, no ``INTO OUTFILE`` and no ``SETTINGS``. The check is
+(``EXPLAIN AST``) must be a read (SELECT, SHOW TABLES, DESCRIBE, or EXPLAIN of one)
+using no table function but the row generators (``numbers``, ``zeros``, ...), no
+``file()``, no ``INTO OUTFILE``, no ``SETTINGS``, and no table but the store's (the
+embedded engine's default database reads any other name as a host file). The check is
 only as good as the dump is complete, so it fails closed: a node kind not known to
-print all it holds (``* APPLY(lambda)``, a SHOW's WHERE) is refused. Five rounds of
+print all it holds (``* APPLY(lambda)``, a SHOW's WHERE) is refused. Six rounds of
 review found ways past earlier versions of it; each is a test in
 ``tests/test_sql_endpoint.py``.
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from clickhouse_connect.driver.binding import bind_query, external_bind_re
 
@@ -79,8 +80,7 @@ _LINE_BREAK = re.compile(r"[\n\r]|\\[nr]|\\x0[adAD]")
 # through INSERT INTO FUNCTION url(...) and CREATE TEMPORARY TABLE ... ENGINE = URL/SQLite
 # (requests and host files), and a temporary table on a pooled connection would shadow a
 # store table for every later client of that connection.
-_STATEMENTS = frozenset({"SelectWithUnionQuery", "ShowTables", "DescribeQuery", "ShowCreateTableQuery",
-                         "ExistsTableQuery", "Explain"})
+_STATEMENTS = frozenset({"SelectWithUnionQuery", "ShowTables", "DescribeQuery", "Explain"})
 # The node kinds a query may hold: those whose line in the dump is followed by all they
 # hold, so that the walk sees every expression. Others keep expressions out of the dump
 # (the lambda of * APPLY(...), a SHOW's WHERE and LIMIT) and are refused, whatever they are.
@@ -90,7 +90,11 @@ _KINDS = _STATEMENTS | {
     "SelectIntersectExceptQuery", "SelectQuery", "Set", "Subquery", "TableExpression", "TableIdentifier",
     "TableJoin", "TablesInSelectQuery", "TablesInSelectQueryElement", "WindowDefinition", "WindowListElement",
     "WithElement"}
+# The functions whose second argument may name a table (x IN t), which the walk cannot check.
+_IN_FUNCTIONS = frozenset({"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin",
+                           "globalnotnullin", "inignoreset", "notinignoreset"})
 # A SHOW's WHERE and LIMIT expressions are not in its dump, and the engine runs them.
+_TABLE_IDENTIFIER = re.compile(r"^ *TableIdentifier (.+?)(?: \(alias .*\))?$", re.M)
 _SHOW_FILTER = re.compile(r"^SHOW\b.*\b(WHERE|LIMIT)\b", re.I)
 
 
@@ -113,6 +117,7 @@ def outside_reach(ast: str) -> str | None:
     # it explains; a Set after it is a SETTINGS clause of the EXPLAIN (EXPLAIN (...)
     # SETTINGS ...), which the engine applies to everything the EXPLAIN runs.
     options_allowed = ast.startswith("Explain")
+    in_arguments: list[list[int]] = []  # per IN function: [its depth, arguments seen] (arguments at depth + 2)
     for line in ast.split("\n"):
         if not (m := _AST_LINE.match(line)):
             continue
@@ -120,6 +125,14 @@ def outside_reach(ast: str) -> str | None:
         while ancestors and ancestors[-1][0] >= depth:
             ancestors.pop()
         parent = ancestors[-1][1] if ancestors else ""
+        while in_arguments and depth <= in_arguments[-1][0]:
+            in_arguments.pop()
+        if in_arguments and depth == in_arguments[-1][0] + 2:
+            in_arguments[-1][1] += 1
+            if in_arguments[-1][1] == 2 and kind == "Identifier":  # the engine would look it up as a table
+                return "IN followed by a table name; write IN (SELECT ... FROM the table)"
+        if kind == "Function" and name.lower() in _IN_FUNCTIONS:
+            in_arguments.append([depth, 0])
         if kind == "Function" and parent == "TableExpression" and name.lower() not in _SAFE_TABLE_FUNCTIONS:
             return f"table function {name}() reaches outside the store"
         if kind == "Function" and name.lower() in _HOST_FUNCTIONS:
@@ -192,3 +205,13 @@ def parameters(statement: str, given: Mapping[str, str | None]) -> dict[str, str
 def refusal(statement: str, ast: str) -> str | None:
     """Why ``statement``, whose ``EXPLAIN AST`` is ``ast``, may not run, or None."""
     return _broken_name(statement) or outside_reach(ast)
+
+
+def unknown_table(ast: str, tables: Callable[[], set[str]]) -> str | None:
+    """A table ``ast`` names that is not one of ``tables()`` (``queries/sql_tables.sql``),
+    or None. The embedded engine reads any other name as a file of the host (``FROM
+    `/etc/passwd```, or a file in its working directory by a bare name); a CTE's name is
+    not in the dump, so a CTE cannot be used as a table here (a subquery can)."""
+    named = {m.group(1) for m in _TABLE_IDENTIFIER.finditer(ast)}
+    unknown = named - tables() if named else set()
+    return min(unknown) if unknown else None

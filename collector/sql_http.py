@@ -145,6 +145,9 @@ class SqlEndpoint:
             return _error(str(exc))
         except PermissionError as exc:
             return _error(f"Code: 497. DB::Exception: the SQL endpoint reads the store only: {exc}. (ACCESS_DENIED)")
+        except LookupError as exc:
+            return _error(f"Code: 60. DB::Exception: Table {exc.args[0]} does not exist in the store (on the SQL "
+                          "endpoint a CTE's name cannot be used as a table; use a subquery). (UNKNOWN_TABLE)")
         except native.UnsupportedNativeType as exc:
             return _error(f"Code: 50. DB::Exception: {exc}. (UNKNOWN_TYPE)")
         except Exception as exc:  # a defect of ours: still an answer ClickHouse clients can read
@@ -168,4 +171,8 @@ class SqlEndpoint:
         reason = sql_guard.refusal(statement, ast.decode("utf-8", "replace"))
         if reason is not None:
             raise PermissionError(reason)
+        table = sql_guard.unknown_table(ast.decode("utf-8", "replace"),
+                                        lambda: {row["name"] for row in queries.rows(self._clients, "sql_tables", {})})
+        if table is not None:
+            raise LookupError(table)
         return self._clients.raw_query(statement, parameters=query_params or None, settings=settings, fmt=fmt)
