@@ -70,7 +70,9 @@ _FIXED: dict[str, object] = {"readonly": 2, "allow_introspection_functions": 0}
 # Table functions that only generate rows; every other one reaches files, URLs or other servers.
 _SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries",
                                    "generate_series", "values", "null"})  # lower case: names are compared so
-_HOST_FUNCTIONS = frozenset({"file"})  # scalar functions that read the host
+# Scalar functions that read the host: file(), and those that look a table up by a name
+# in a string, which the embedded engine's default database resolves as a host file.
+_HOST_FUNCTIONS = frozenset({"file", "hascolumnintable", "joinget", "joingetornull"})
 _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
 # A string literal or a quoted name, whichever starts first (a quote inside the other kind
 # is part of it): literals are printed escaped in EXPLAIN AST, names raw.
@@ -94,7 +96,10 @@ _KINDS = _STATEMENTS | {
 _IN_FUNCTIONS = frozenset({"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin",
                            "globalnotnullin", "inignoreset", "notinignoreset"})
 # A SHOW's WHERE and LIMIT expressions are not in its dump, and the engine runs them.
-_TABLE_IDENTIFIER = re.compile(r"^ *TableIdentifier (.+?)(?: \(alias .*\))?$", re.M)
+# A table node of the dump: the rest of its line is the name, raw (and its alias).
+_TABLE_IDENTIFIER = re.compile(r"^ *TableIdentifier (.*)$", re.M)
+# A table name as the store's are: [database.]name of plain words, with a plain alias.
+_PLAIN_TABLE = re.compile(r"(\w+(?:\.\w+)?)(?: \(alias \w+\))?", re.A)
 _SHOW_FILTER = re.compile(r"^SHOW\b.*\b(WHERE|LIMIT)\b", re.I)
 
 
@@ -136,7 +141,7 @@ def outside_reach(ast: str) -> str | None:
         if kind == "Function" and parent == "TableExpression" and name.lower() not in _SAFE_TABLE_FUNCTIONS:
             return f"table function {name}() reaches outside the store"
         if kind == "Function" and name.lower() in _HOST_FUNCTIONS:
-            return f"function {name}() reads the host's files"
+            return f"function {name}() reads the host's files (a table name in a string can be one)"
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
         if kind not in _KINDS:
@@ -212,6 +217,10 @@ def unknown_table(ast: str, tables: Callable[[], set[str]]) -> str | None:
     or None. The embedded engine reads any other name as a file of the host (``FROM
     `/etc/passwd```, or a file in its working directory by a bare name); a CTE's name is
     not in the dump, so a CTE cannot be used as a table here (a subquery can)."""
-    named = {m.group(1) for m in _TABLE_IDENTIFIER.finditer(ast)}
+    named = set()
+    for m in _TABLE_IDENTIFIER.finditer(ast):
+        if not (plain := _PLAIN_TABLE.fullmatch(m.group(1))):  # ' (alias ' in a name hid the rest of it
+            return m.group(1)
+        named.add(plain.group(1))
     unknown = named - tables() if named else set()
     return min(unknown) if unknown else None

@@ -264,7 +264,13 @@ def test_what_the_check_cannot_see_is_refused(admin: Running, sql: str, params: 
     "SELECT _path, * FROM `/{etc/hostname,proc/self/environ}`", "SELECT * FROM `/etc/hostname`",
     "SELECT * FROM default.`/etc/hostname`", "DESCRIBE TABLE `/etc/passwd`", "SELECT * FROM `pyproject.toml`",
     "SELECT 'x' IN `/etc/hostname`", "SELECT count() FROM system.one WHERE 'x' NOT IN `pyproject.toml`",
-    "WITH t AS (SELECT 1) SELECT * FROM `/etc/hostname` AS t"])
+    "WITH t AS (SELECT 1) SELECT * FROM `/etc/hostname` AS t",
+    # ' (alias ' in the name made the check read the name as otel_traces
+    "SELECT * FROM `otel_traces (alias /../../../../etc/passwd` AS y",
+    "SELECT * FROM default.`otel_traces (alias /../pyproject.toml` AS y",
+    # a table name in a string: the default database reads it as a host file too
+    "SELECT hasColumnInTable('default', '/etc/passwd', 'c1')", "SELECT joinGet('/etc/passwd', 'c1', 1)",
+    "SELECT joinGetOrNull('pyproject', 'c1', 1)"])
 def test_a_name_the_store_does_not_list_is_no_host_file(admin: Running, sql: str) -> None:
     """chdb's default database is an Overlay with a Filesystem database: any table name
     that is a path (or a file in the working directory) read that file, the process's
