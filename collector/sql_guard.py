@@ -78,6 +78,9 @@ _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
 # is part of it): literals are printed escaped in EXPLAIN AST, names raw.
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"", re.S)
 _LINE_BREAK = re.compile(r"[\n\r]|\\[nr]|\\x0[adAD]")
+# In a name, what only a path or a glob has: the default database reads such a name as
+# host files wherever the engine takes a name for a table (a second line of defence).
+_PATH_CHARACTERS = re.compile(r"[/{}*?\[\]~\\]")
 # The statements that run (their EXPLAIN AST root): reads only. readonly=2 alone lets
 # through INSERT INTO FUNCTION url(...) and CREATE TEMPORARY TABLE ... ENGINE = URL/SQLite
 # (requests and host files), and a temporary table on a pooled connection would shadow a
@@ -93,8 +96,8 @@ _KINDS = _STATEMENTS | {
     "TableJoin", "TablesInSelectQuery", "TablesInSelectQueryElement", "WindowDefinition", "WindowListElement",
     "WithElement"}
 # The functions whose second argument may name a table (x IN t), which the walk cannot check.
-_IN_FUNCTIONS = frozenset({"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin",
-                           "globalnotnullin", "inignoreset", "notinignoreset"})
+# Matched by pattern, as the engine's isNameOfInFunction does (all 16: nullInIgnoreSet ...).
+_IN_FUNCTION = re.compile(r"(global)?(not)?(null)?in(ignoreset)?")
 # A SHOW's WHERE and LIMIT expressions are not in its dump, and the engine runs them.
 # A table node of the dump: the rest of its line is the name, raw (and its alias).
 _TABLE_IDENTIFIER = re.compile(r"^ *TableIdentifier (.*)$", re.M)
@@ -136,7 +139,7 @@ def outside_reach(ast: str) -> str | None:
             in_arguments[-1][1] += 1
             if in_arguments[-1][1] == 2 and kind == "Identifier":  # the engine would look it up as a table
                 return "IN followed by a table name; write IN (SELECT ... FROM the table)"
-        if kind == "Function" and name.lower() in _IN_FUNCTIONS:
+        if kind == "Function" and _IN_FUNCTION.fullmatch(name.lower()):
             in_arguments.append([depth, 0])
         if kind == "Function" and parent == "TableExpression" and name.lower() not in _SAFE_TABLE_FUNCTIONS:
             return f"table function {name}() reaches outside the store"
@@ -165,6 +168,8 @@ def _broken_name(statement: str) -> str | None:
     for m in _QUOTED.finditer(statement):
         if m.group()[0] != "'" and _LINE_BREAK.search(m.group()):
             return "a name (identifier or alias) with a line break in it"
+        if m.group()[0] != "'" and _PATH_CHARACTERS.search(m.group()[1:-1]):
+            return "a name with / { } * ? [ ] ~ or \\ in it (the engine may read it as a host file)"
     unquoted = _QUOTED.sub("", statement)
     if "\n" in unquoted or "\r" in statement:  # a formatted statement is one line
         return "a line break outside a string"

@@ -270,7 +270,11 @@ def test_what_the_check_cannot_see_is_refused(admin: Running, sql: str, params: 
     "SELECT * FROM default.`otel_traces (alias /../pyproject.toml` AS y",
     # a table name in a string: the default database reads it as a host file too
     "SELECT hasColumnInTable('default', '/etc/passwd', 'c1')", "SELECT joinGet('/etc/passwd', 'c1', 1)",
-    "SELECT joinGetOrNull('pyproject', 'c1', 1)"])
+    "SELECT joinGetOrNull('pyproject', 'c1', 1)",
+    # every IN function takes a table name second: the IgnoreSet ones were not checked
+    *[f"SELECT {f}(1, `/{{etc/hostname,proc/self/environ}}`)" for f in (
+        "nullInIgnoreSet", "notNullInIgnoreSet", "globalInIgnoreSet", "globalNotInIgnoreSet", "globalNullInIgnoreSet",
+        "globalNotNullInIgnoreSet", "notIn", "globalNullIn")]])
 def test_a_name_the_store_does_not_list_is_no_host_file(admin: Running, sql: str) -> None:
     """chdb's default database is an Overlay with a Filesystem database: any table name
     that is a path (or a file in the working directory) read that file, the process's
