@@ -48,8 +48,8 @@ _CLIENT_SETTINGS = frozenset({"cancel_http_readonly_queries_on_client_close", "s
 LIMITS: dict[str, int] = {"max_execution_time": 60, "max_result_rows": 1_000_000, "max_result_bytes": 256 << 20,
                           "max_memory_usage": 2 << 30}
 """Every query's limits (seconds, rows, bytes); a client may ask for lower ones. The result
-is held whole in the collector before it is sent (a constant column counts once towards
-max_result_bytes, so the row limit bounds those)."""
+is held whole in the collector before it is sent; a constant column counts once towards
+max_result_bytes, so the formatted answer is checked against it too (sql_http)."""
 # Output settings that make an answer larger than its result: a client may lower them,
 # not raise them past the engine's defaults (raised, 10,000 rows of Pretty output padded
 # to 1 GB in the collector's memory under a 1 MB max_result_bytes).
@@ -78,6 +78,9 @@ _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
 # is part of it): literals are printed escaped in EXPLAIN AST, names raw.
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"", re.S)
 _LINE_BREAK = re.compile(r"[\n\r]|\\[nr]|\\x0[adAD]")
+# A time zone named 'file:<path>' is that host file, opened as time zone data (a device
+# or a pipe blocked the query past its time limit, and the engine's time zone cache with it).
+_FILE_ZONE = re.compile(r"file:", re.I)
 # In a name, what only a path or a glob has: the default database reads such a name as
 # host files wherever the engine takes a name for a table (a second line of defence).
 _PATH_CHARACTERS = re.compile(r"[/{}*?\[\]~\\]")
@@ -170,6 +173,8 @@ def _broken_name(statement: str) -> str | None:
             return "a name (identifier or alias) with a line break in it"
         if m.group()[0] != "'" and _PATH_CHARACTERS.search(m.group()[1:-1]):
             return "a name with / { } * ? [ ] ~ or \\ in it (the engine may read it as a host file)"
+    if _FILE_ZONE.search(statement):
+        return "'file:' (a time zone so named is a host file the engine opens)"
     unquoted = _QUOTED.sub("", statement)
     if "\n" in unquoted or "\r" in statement:  # a formatted statement is one line
         return "a line break outside a string"
@@ -190,6 +195,8 @@ def settings(requested: Mapping[str, str]) -> dict[str, object]:
             except ValueError:
                 raise ValueError(f"setting {name}={value!r} is not a whole number") from None
         elif name in _CLIENT_SETTINGS or name.startswith(_OUTPUT_PREFIXES):
+            if _FILE_ZONE.search(value):  # session_timezone=file:/dev/ptmx hung the query
+                raise ValueError(f"setting {name}={value!r} names a file")
             chosen[name] = value
         else:
             raise ValueError(f"setting {name} cannot be changed on the SQL endpoint")
@@ -207,6 +214,8 @@ def parameters(statement: str, given: Mapping[str, str | None]) -> dict[str, str
     identifiers = {name for name, kind in placeholders if kind.strip() == "Identifier"}  # printed raw in the dump
     if any(_LINE_BREAK.search(chosen[n] or "") for n in identifiers & chosen.keys()):
         raise PermissionError("an Identifier parameter with a line break in it")
+    if any(_FILE_ZONE.search(value or "") for value in chosen.values()):
+        raise PermissionError("a parameter naming a file ('file:'), which a time zone argument would open")
     if bind_query(statement, chosen)[0] != statement:  # what runs must be what is checked
         raise PermissionError("its parameters would be written into its text; use {name:Type} placeholders")
     return chosen

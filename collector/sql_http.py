@@ -145,6 +145,8 @@ class SqlEndpoint:
             return _error(str(exc))
         except PermissionError as exc:
             return _error(f"Code: 497. DB::Exception: the SQL endpoint reads the store only: {exc}. (ACCESS_DENIED)")
+        except OverflowError as exc:
+            return _error(f"Code: 396. DB::Exception: {exc}. (TOO_MANY_ROWS_OR_BYTES)", 500)
         except LookupError as exc:
             return _error(f"Code: 60. DB::Exception: Table {exc.args[0]} does not exist in the store (on the SQL "
                           "endpoint a CTE's name cannot be used as a table; use a subquery). (UNKNOWN_TABLE)")
@@ -175,4 +177,8 @@ class SqlEndpoint:
                                         lambda: {row["name"] for row in queries.rows(self._clients, "sql_tables", {})})
         if table is not None:
             raise LookupError(table)
-        return self._clients.raw_query(statement, parameters=query_params or None, settings=settings, fmt=fmt)
+        data = self._clients.raw_query(statement, parameters=query_params or None, settings=settings, fmt=fmt)
+        limit = int(settings["max_result_bytes"])  # type: ignore[call-overload]
+        if len(data) > limit:  # a wide constant column counts once towards the engine's limit
+            raise OverflowError(f"the answer has {len(data)} bytes; max_result_bytes is {limit}")
+        return data

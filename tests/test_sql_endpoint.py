@@ -283,6 +283,21 @@ def test_a_name_the_store_does_not_list_is_no_host_file(admin: Running, sql: str
     assert r.status_code in (403, 404) and "SPANHOUSE" not in r.text and "root:" not in r.text, r.text[:300]
 
 
+def test_a_time_zone_that_names_a_file_is_refused_and_answers_stay_within_the_byte_limit(admin: Running) -> None:
+    """'file:/dev/ptmx' as a time zone made the engine read that device (past the time
+    limit, the engine's time zone cache held with it); and a wide constant column,
+    counted once by the engine, made a 1 GB answer under a 256 MiB max_result_bytes."""
+    auth = ("default", admin.key)
+    for params, sql in (({}, "SELECT toTimeZone(now(), 'FILE:/dev/ptmx')"),
+                        ({"param_tz": "file:/dev/ptmx"}, "SELECT toTimeZone(now(), {tz:String})"),
+                        ({"session_timezone": "file:/dev/ptmx"}, "SELECT 1")):
+        r = httpx.post(admin.sql_url, params=params, content=sql, auth=auth, timeout=20)
+        assert r.status_code == 403 and "file" in r.text, r.text[:200]
+    r = httpx.post(admin.sql_url, params={"max_result_bytes": "1000000"}, auth=auth, timeout=60,
+                   content="SELECT repeat('x', 1000) AS a FROM numbers(10000)")
+    assert r.status_code == 500 and "TOO_MANY_ROWS_OR_BYTES" in r.text and len(r.content) < 1000
+
+
 def test_a_second_statement_is_refused_and_never_runs(admin: Running, tmp_path: Path) -> None:
     """The guard parsed the first statement; the embedded engine ran them all, even
     inside the guard's own EXPLAIN."""
