@@ -32,17 +32,13 @@ from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
 from spanhouse.errors import AuthError, Forbidden
 
 
-def _utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (without an offset it is UTC). Aware, the
-    driver binds it as the same instant in the store's time zone; a naive one would be
-    read as local time there (the embedded engine takes the process's TZ)."""
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _storable(value: datetime) -> datetime:
-    """The instant in UTC, so that times given with and without an offset compare; times
-    outside what DateTime64(9) holds (1900-2262) are a parameter error (422)."""
-    value = _utc(value)
+    """The instant, aware in UTC (without an offset it is UTC), so that times given with
+    and without an offset compare, and the driver binds the same instant in the store's
+    time zone (a naive one would be read as local time there: the embedded engine takes
+    the process's TZ). Times outside what DateTime64(9) holds (1900-2262) are a
+    parameter error (422)."""
+    value = history.as_utc(value)
     if not 1900 <= value.year <= 2261:
         raise ValueError("must be between the years 1900 and 2261")
     return value
