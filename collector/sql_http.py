@@ -163,18 +163,21 @@ class SqlEndpoint:
                    "X-ClickHouse-Server-Display-Name": "spanhouse"}
         return Response(data, 200, headers=headers, media_type=_MEDIA.get(fmt, "application/octet-stream"))
 
+    def _tables(self) -> set[str]:
+        """The names a query may use for a table (``queries/sql_tables.sql``)."""
+        return {row["name"] for row in queries.rows(self._clients, "sql_tables", {})}
+
     def _run(self, sql: str, query_params: dict[str, str | None], settings: dict[str, object], fmt: str) -> bytes:
         """Run ``sql`` read-only; ``PermissionError`` if ``sql_guard`` refuses it. What runs
         is the one statement the engine formatted from ``sql``, with the parameters it uses."""
         statement = queries.rows(self._clients, "sql_statement", {"sql": sql})[0]["statement"]
         query_params = sql_guard.parameters(statement, query_params)
         ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None, settings=settings,
-                                     fmt="TabSeparatedRaw")
-        reason = sql_guard.refusal(statement, ast.decode("utf-8", "replace"))
+                                     fmt="TabSeparatedRaw").decode("utf-8", "replace")
+        reason = sql_guard.refusal(statement, ast)
         if reason is not None:
             raise PermissionError(reason)
-        table = sql_guard.unknown_table(ast.decode("utf-8", "replace"),
-                                        lambda: {row["name"] for row in queries.rows(self._clients, "sql_tables", {})})
+        table = sql_guard.unknown_table(ast, self._tables)
         if table is not None:
             raise LookupError(table)
         data = self._clients.raw_query(statement, parameters=query_params or None, settings=settings, fmt=fmt)
