@@ -139,20 +139,20 @@ def _view_on_shard(stmt: str, local_tables: set[str]) -> str:
 
 
 def _render_cluster_alter(stmt: str, on: str, local_tables: set[str]) -> list[str]:
-    """``ALTER TABLE t`` on the cluster. A local table's storage changes on ``t_local``,
-    and a change of its columns also on the Distributed ``t`` in front of it, which
-    keeps a column list of its own. A view's new query (MODIFY QUERY) is wired as its
-    CREATE was."""
-    name = re.search(r"\bALTER TABLE (\w+)", stmt)
+    """``ALTER TABLE t`` or ``TRUNCATE TABLE t`` on the cluster. A local table's storage
+    changes on ``t_local``, and a change of its columns also on the Distributed ``t`` in
+    front of it, which keeps a column list of its own. A view's new query (MODIFY QUERY)
+    is wired as its CREATE was."""
+    name = re.search(r"\b(?:ALTER|TRUNCATE) TABLE (?:IF EXISTS )?(\w+)", stmt)
     if name is None:
         return [stmt]
     table = name.group(1)
     if table not in local_tables:
-        altered = stmt.replace(name.group(0), f"ALTER TABLE {table} {on}", 1)
+        altered = stmt.replace(name.group(0), f"{name.group(0)} {on}", 1)
         return [_view_on_shard(altered, local_tables) if re.search(r"\bMODIFY QUERY\b", stmt) else altered]
-    local = stmt.replace(name.group(0), f"ALTER TABLE {table}_local {on}", 1)
+    local = stmt.replace(name.group(0), f"{name.group(0)}_local {on}", 1)
     if re.search(r"\b(ADD|DROP|MODIFY|RENAME) COLUMN\b", stmt):
-        return [local, stmt.replace(name.group(0), f"ALTER TABLE {table} {on}", 1)]
+        return [local, stmt.replace(name.group(0), f"{name.group(0)} {on}", 1)]
     return [local]
 
 

@@ -101,6 +101,8 @@ def test_cluster_rendering_parses_and_is_cluster_shaped(store: Store) -> None:
     for table in ("feedback_local", "feedback"):
         assert f"ALTER TABLE {table} ON CLUSTER prod MODIFY COLUMN Value Nullable(Float64)" in ddl
     assert re.search(r"ALTER TABLE feedback_mv ON CLUSTER prod MODIFY QUERY\n.*\nFROM otel_traces_local\n", ddl, re.S)
+    # emptying a table empties every shard's
+    assert re.search(r"^TRUNCATE TABLE IF EXISTS tool_stats_1d_local ON CLUSTER prod$", ddl, re.M)
 
 
 def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Path) -> None:
@@ -131,23 +133,34 @@ def test_migration_0010_counts_the_tool_calls_stored_before_it_once(tmp_path: Pa
     ]
 
 
+_TOOL_CALLS_OVER_TWO_DAYS = (
+    "import sys\n"
+    "from spanhouse.clickhouse import open_store, migrate\n"
+    "s = open_store(sys.argv[1]); c = s.client\n"
+    "def at(t): return f\"toDateTime64('2026-01-0{t}:00:00', 9, 'UTC')\"\n"
+    "c.command(f\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName, DurationNs, IsError) VALUES \"\n"
+    "          f\"('t', {at('1 10')}, 'a', 'search', 10, 0), ('t', {at('1 22')}, 'a', 'search', 30, 1), \"\n"
+    "          f\"('t', {at('2 02')}, 'b', 'search', 20, 0), ('u', {at('1 10')}, 'c', 'fetch', 5, 0)\")\n"
+    "def days(t):\n"
+    "    return c.query(f\"SELECT Tenant, toString(toStartOfDay(Time, 'UTC')), ToolName, sum(Calls), sum(Errors), \"\n"
+    "                   f'sum(DurationSumNs), max(DurationMaxNs) FROM {t} GROUP BY ALL ORDER BY ALL').result_rows\n"
+)
+"""A child's script start: four tool calls over two UTC days, and ``days(table)`` reads a
+leaderboard rollup per tenant, day and tool."""
+
+_TWO_DAYS_ROLLED = [("t", "2026-01-01 00:00:00", "search", 2, 1, 40, 30),
+                    ("t", "2026-01-02 00:00:00", "search", 1, 0, 20, 20),
+                    ("u", "2026-01-01 00:00:00", "fetch", 1, 0, 5, 5)]
+"""What ``days`` reads for those calls."""
+
+
 def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) -> None:
     """The hours of tool_stats_1h stored before migration 0011 reach tool_stats_1d (per
     UTC day) and tool_stats_1h_by_time, once however often the file runs; their views
     add what comes later."""
-    script = (
-        "import sys\n"
-        "from spanhouse.clickhouse import open_store, migrate\n"
-        "s = open_store(sys.argv[1]); c = s.client\n"
-        "def at(t): return f\"toDateTime64('2026-01-0{t}:00:00', 9, 'UTC')\"\n"
-        "c.command(f\"INSERT INTO tool_calls (Tenant, Timestamp, TraceId, ToolName, DurationNs, IsError) VALUES \"\n"
-        "          f\"('t', {at('1 10')}, 'a', 'search', 10, 0), ('t', {at('1 22')}, 'a', 'search', 30, 1), \"\n"
-        "          f\"('t', {at('2 02')}, 'b', 'search', 20, 0), ('u', {at('1 10')}, 'c', 'fetch', 5, 0)\")\n"
+    script = _TOOL_CALLS_OVER_TWO_DAYS + (
         "for t in ('tool_stats_1d', 'tool_stats_1h_by_time'):\n"
         "    c.command(f'DROP VIEW {t}_mv'); c.command(f'DROP TABLE {t}')\n"
-        "def days(t):\n"
-        "    return c.query(f\"SELECT Tenant, toString(toStartOfDay(Time, 'UTC')), ToolName, sum(Calls), sum(Errors), \"\n"
-        "                   f'sum(DurationSumNs), max(DurationMaxNs) FROM {t} GROUP BY ALL ORDER BY ALL').result_rows\n"
         "for _ in range(2):\n"
         "    c.command('DELETE FROM spanhouse_migrations WHERE version = 11')\n"
         "    print(migrate(c), days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
@@ -156,12 +169,28 @@ def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) 
         "print(days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
         "s.close()\n"
     )
-    rolled = [("t", "2026-01-01 00:00:00", "search", 2, 1, 40, 30), ("t", "2026-01-02 00:00:00", "search", 1, 0, 20, 20),
-              ("u", "2026-01-01 00:00:00", "fetch", 1, 0, 5, 5)]
+    rolled = _TWO_DAYS_ROLLED
     later = [rolled[0], ("t", "2026-01-02 00:00:00", "search", 2, 0, 60, 40), rolled[2]]
     assert in_child(script, tmp_path) == [f"['0011_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2 + [
         f"{later} {later}"]
 
+
+def test_migration_0016_rebuilds_leaderboard_rollups_left_short(tmp_path: Path) -> None:
+    """A run of 0011 stopped partway left tool_stats_1h_by_time and tool_stats_1d short
+    (emulated by deleting rows of both); 0016 rebuilds them from tool_stats_1h, the
+    same however often it runs (after a stop of its own before it was recorded)."""
+    script = _TOOL_CALLS_OVER_TWO_DAYS + (
+        "c.command(\"DELETE FROM tool_stats_1d WHERE Tenant = 't'\")\n"
+        "c.command(\"DELETE FROM tool_stats_1h_by_time WHERE Tenant = 'u'\")\n"
+        "print(days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
+        "for _ in range(2):\n"
+        "    c.command('DELETE FROM spanhouse_migrations WHERE version = 16')\n"
+        "    print(migrate(c), days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
+        "s.close()\n"
+    )
+    rolled = _TWO_DAYS_ROLLED
+    assert in_child(script, tmp_path) == [f"{rolled[2:]} {rolled[:2]}"] + [
+        f"['0016_rebuild_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2
 
 
 def test_two_migrators_at_once_apply_a_file_once(tmp_path: Path) -> None:
