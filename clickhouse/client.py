@@ -7,6 +7,7 @@ clickhouse-connect ``Client``, so every query and insert is written once.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -75,12 +76,25 @@ def connect(dsn: str | None = None) -> Client:
     try:
         return clickhouse_connect.get_client(dsn=target)
     except Exception as exc:  # clickhouse-connect and chdb raise several unrelated types
-        hint = (
-            "an embedded store can be open in one process only, and a process can hold one "
-            "embedded store at a time: is a running `spanhouse serve` holding this data "
-            "directory (then talk to it instead), or is another store open in this process?"
-            if path is not None
-            else "is the server running and the DSN's host, port and credentials right?"
-        )
+        if path is None:
+            hint = "is the server running and the DSN's host, port and credentials right?"
+        elif (unwritable := _unwritable(path)) is not None:
+            hint = (f"this process cannot write to the data directory {path} ({unwritable}): run it as a user "
+                    "who may, or give it another directory (chdb:///path)")
+        else:
+            hint = ("an embedded store can be open in one process only, and a process can hold one "
+                    "embedded store at a time: is a running `spanhouse serve` holding this data "
+                    "directory (then talk to it instead), or is another store open in this process?")
         raise StoreUnavailable(f"cannot open ClickHouse store {redacted(dsn)!r}: "
                                f"{str(exc).replace(dsn, redacted(dsn))}; {hint}") from exc
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why this process cannot create a file in ``path``, or None if it can. The engine
+    reports a data directory it may not write as a bare BAD_ARGUMENTS (the reason goes to
+    its stderr), which would otherwise be told as the store being held elsewhere."""
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,37 @@ def test_second_embedded_store_in_one_process_is_refused_with_advice(store: Stor
     with pytest.raises(StoreUnavailable, match="one embedded store at a time"):
         connect(f"chdb://{tmp_path}")
 
+
+def test_unwritable_data_directory_is_told_as_such(tmp_path: Path) -> None:
+    """The engine reports a data directory it may not write as a bare BAD_ARGUMENTS; the
+    error says the directory is not writable, not that another process holds it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    script = ("import sys\nfrom spanhouse.clickhouse import connect\nfrom spanhouse.errors import StoreUnavailable\n"
+              "try:\n    connect(sys.argv[1])\nexcept StoreUnavailable as exc:\n    print(exc)\n")
+    with _unwritable(data):
+        out = in_child(script, data)
+    assert len(out) == 1 and f"cannot write to the data directory {data}" in out[0], out
+    assert "another process" not in out[0] and "one embedded store" not in out[0]
+
+
+@contextmanager
+def _unwritable(directory: Path) -> Iterator[None]:
+    """``directory`` made unwritable for this user: by its mode, or for root (whom modes do
+    not stop) by the immutable attribute."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where `chattr +i` is refused: no way to make a directory unwritable")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
 
 def test_migrations_are_idempotent(store: Store) -> None:
     assert migrate(store.client) == []
