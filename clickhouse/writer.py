@@ -9,10 +9,15 @@ same message, so one insert can carry requests of many tenants.
 
 Exact path: when the SQL cannot render a batch exactly (see 0002_otlp_ingest.sql) the
 view raises ``SPANHOUSE_EXACT_PATH`` before anything is written, and the batch is
-decoded in Python (``otlp_rows``) and inserted as exporter-format rows instead.
+decoded in Python (``otlp_rows``) and inserted as exporter-format rows instead. So is a
+batch the engine's protobuf reader refuses (it is stricter than protobuf's own), also
+before anything is written.
 
-Both paths pass the same ``insert_deduplication_token``, so retrying a batch after a
-crash or a timeout never duplicates rows.
+A batch's ``insert_deduplication_token`` makes a retry on the same path a no-op for
+every table that already holds it, so retrying after a crash or a timeout never
+duplicates rows. The two paths' tables see different tokens, though (the fast path's
+views derive theirs): a fast-path failure that may have come after some tables were
+written is retried on the fast path, never sent down the exact one.
 """
 
 from __future__ import annotations
@@ -58,9 +63,16 @@ _TRANSIENT_CODES = frozenset({
     # the disk, possibly after some views were written, so never the exact path (a second
     # insert under other tokens would duplicate those); the same batch is retried instead
     285, 319, 999,  # TOO_FEW_LIVE_REPLICAS, UNKNOWN_STATUS_OF_INSERT, KEEPER_EXCEPTION
+    225, 279,  # NO_ZOOKEEPER, ALL_CONNECTION_TRIES_FAILED
     425,  # SYSTEM_ERROR
 })
 _CODE = re.compile(r"Code: (\d+)\.")
+_READER = "ProtobufRowInputFormat"
+"""Named in the errors of the engine's protobuf reader, which fail before any table is written."""
+_FAST_PATH_ATTEMPTS = 8
+"""How often a batch is tried on the fast path when it fails there for no known reason
+before it is refused (about a minute with the exporter's backoff): some tables may hold
+it already, so only the same path's tokens can complete it without duplicates."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,7 @@ class Writer:
         self._client = client
         self._exact_batches = 0
         self._gate = threading.Lock()  # held for each insert, and by ``paused``
+        self._failing: tuple[str | None, int] = (None, 0)  # a token that failed unexplained, and how often
         self._purge = embedded_dir is not None
         source = resources.files("spanhouse.clickhouse").joinpath(_PROTO)
         if embedded_dir is not None:
@@ -163,7 +176,7 @@ class Writer:
             settings |= {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
         try:
             with self._gate:
-                self._insert(items, settings)
+                self._insert(items, settings, token)
         finally:
             self._release_memory()
 
@@ -173,7 +186,7 @@ class Writer:
         with self._gate:
             yield
 
-    def _insert(self, items: Sequence[IngestItem], settings: dict[str, object]) -> None:
+    def _insert(self, items: Sequence[IngestItem], settings: dict[str, object], token: str | None) -> None:
         try:
             self._client.raw_insert(
                 "otlp_ingest", insert_block=frame(items), fmt="Protobuf",
@@ -185,11 +198,27 @@ class Writer:
                 raise StoreUnavailable(f"ClickHouse insert failed; it will be retried: {text[:500]}") from exc
             if _EXACT_MARKER in text:
                 log.debug("batch takes the exact path: %s", text.split(_EXACT_MARKER, 1)[1][:120])
+            elif _READER in text:
+                log.warning("ClickHouse's protobuf reader refused a batch; taking the exact path: %s", text[:300])
             else:
-                # Refused for its data by the SQL path (e.g. the engine's protobuf reader is
-                # stricter than protobuf's own): the exact path decodes and renders in Python.
-                log.warning("ClickHouse refused a batch on the fast path; taking the exact path: %s", text[:300])
+                raise self._unexplained(token, text) from exc
             self._write_exact(items, settings)
+        self._failing = (None, 0)
+
+    def _unexplained(self, token: str | None, text: str) -> StoreUnavailable | WriteError:
+        """The error for a fast-path failure of no known cause: retry the batch (on the
+        same path, where its token completes it exactly) up to ``_FAST_PATH_ATTEMPTS``
+        times, then refuse it (the spool quarantines it) rather than stall the spool."""
+        failed, attempts = self._failing
+        attempts = attempts + 1 if token and token == failed else 1
+        self._failing = (token, attempts)
+        if not token:
+            return WriteError(f"ClickHouse insert failed, and a batch without a deduplication token cannot be "
+                              f"retried without duplicates: {text[:500]}")
+        if attempts < _FAST_PATH_ATTEMPTS:
+            return StoreUnavailable(f"ClickHouse insert failed (attempt {attempts} of {_FAST_PATH_ATTEMPTS}); "
+                                    f"it will be retried: {text[:500]}")
+        return WriteError(f"ClickHouse insert failed {attempts} times in a row; the batch is refused: {text[:500]}")
 
     def _release_memory(self) -> None:
         """Return the pages the insert freed to the OS (embedded engine only; see the class)."""

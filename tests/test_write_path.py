@@ -16,7 +16,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import IngestItem, Store, Writer, otlp_rows
 from spanhouse.clickhouse.writer import frame
-from spanhouse.errors import InvalidData, StoreUnavailable
+from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
 from tests.collector_harness import in_child
 from tests.conftest import write
 from tests.otlp import AnyValue, KeyValue, KeyValueList, attrs, request, span, span_id, trace_id, value
@@ -438,12 +438,65 @@ def test_a_store_that_is_full_or_misconfigured_keeps_the_batch_for_a_retry(store
     assert writer.exact_batches == 0
 
 
-def test_a_batch_refused_for_its_data_takes_the_exact_path(store: Store, tenant: str) -> None:
-    refusing = _RefusingClient(store.client, "Code: 117. DB::Exception: Incorrect data. (INCORRECT_DATA)")
-    writer = Writer(refusing)  # type: ignore[arg-type]
-    writer.write([IngestItem(tenant, request([span("s", trace_id())]).SerializeToString())])
-    assert writer.exact_batches == 1
+def test_a_batch_the_engines_protobuf_reader_refuses_takes_the_exact_path(store: Store, tenant: str) -> None:
+    """The engine's reader is stricter than protobuf's own: a known field sent with
+    another wire type is an unknown field to protobuf (kept, skipped) and an error to the
+    engine. Nothing is written before the reader fails, so the exact path stores it."""
+    valid = request([span("s", trace_id())]).SerializeToString()
+    payload = valid + bytes([(1 << 3) | 0, 5])  # resource_spans (field 1) as a varint
+    before = store.writer.exact_batches
+    store.writer.write([IngestItem(tenant, payload)], token=f"reader-{tenant}")
+    assert store.writer.exact_batches == before + 1
     assert store.client.command(f"SELECT count() FROM otel_traces WHERE Tenant = '{tenant}'") == 1
+
+
+class _CommittingThenFailingClient(_RefusingClient):
+    """The store's client, except that the fast path's first ``failures`` inserts commit
+    and then fail with ``message`` (the answer lost after the server wrote the batch)."""
+
+    def __init__(self, real: Any, message: str, failures: int) -> None:
+        super().__init__(real, message)
+        self.failures = failures
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> None:
+        self._real.raw_insert(*args, **kwargs)
+        if self.failures:
+            self.failures -= 1
+            raise DatabaseError(self._message)
+
+
+def test_a_fast_path_failure_of_no_known_cause_is_retried_there_not_duplicated(store: Store, tenant: str) -> None:
+    """Some tables may hold the batch when the fast path fails for no known reason; the
+    exact path's tables see other deduplication tokens and stored it a second time. The
+    batch is retried on the fast path, where its token makes the retry exact."""
+    client = _CommittingThenFailingClient(
+        store.client, "Code: 1001. DB::Exception: std::exception: filesystem error. (STD_EXCEPTION)", failures=1)
+    writer = Writer(client)  # type: ignore[arg-type]
+    item = IngestItem(tenant, request([span("s", trace_id())]).SerializeToString())
+    with pytest.raises(StoreUnavailable, match="attempt 1 of"):
+        writer.write([item], token=f"t-{tenant}")
+    writer.write([item], token=f"t-{tenant}")  # the exporter's retry
+    assert writer.exact_batches == 0
+    for table in ("otel_traces", "executions"):
+        assert store.client.command(f"SELECT count() FROM {table} WHERE Tenant = '{tenant}'") == 1, table
+
+
+def test_a_fast_path_failure_that_persists_refuses_the_batch(store: Store, tenant: str) -> None:
+    """Retried a bounded number of times, then refused (the spool quarantines it) rather
+    than stalling the spool behind it; at once without a token to retry under."""
+    message = "Code: 1001. DB::Exception: std::exception. (STD_EXCEPTION)"
+    writer = Writer(_RefusingClient(store.client, message))  # type: ignore[arg-type]
+    item = IngestItem(tenant, request([span("s", trace_id())]).SerializeToString())
+    with pytest.raises(WriteError, match="cannot be retried"):
+        writer.write([item])
+    for _ in range(7):
+        with pytest.raises(StoreUnavailable):
+            writer.write([item], token="same")
+    with pytest.raises(WriteError, match="8 times in a row"):
+        writer.write([item], token="same")
+    with pytest.raises(StoreUnavailable, match="attempt 1 of"):  # another batch starts its own count
+        writer.write([item], token="other")
+    assert writer.exact_batches == 0
 
 
 def test_a_key_sent_twice_reads_the_same_through_both_paths(store: Store, tenant: str) -> None:
