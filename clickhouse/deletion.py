@@ -37,16 +37,15 @@ class _Rollup:
 
 _ROLLUPS = (  # in this order: a rollup read by a later one is rebuilt first
     _Rollup("tool_stats_1m_mv", "tool_stats_1m", "tool_calls",
-            "(ServiceName, ToolName, toStartOfHour(Timestamp))", "(ServiceName, ToolName, toStartOfHour(Minute))",
-            "Array(Tuple(String, String, DateTime))",
+            "(ServiceName, ToolName, toStartOfHour(Timestamp, 'UTC'))",
+            "(ServiceName, ToolName, toStartOfHour(Minute, 'UTC'))",
+            "Array(Tuple(String, String, DateTime('UTC')))",
             (("tool_stats_1h", "(ServiceName, ToolName, Hour)"),
              ("tool_stats_1h_by_time", "(ServiceName, ToolName, Time)"))),
     _Rollup("tool_stats_1d_mv", "tool_stats_1d", "tool_stats_1h_by_time",
             "(ServiceName, ToolName, toStartOfDay(Time, 'UTC'))", "(ServiceName, ToolName, Time)",
             "Array(Tuple(String, String, DateTime('UTC')))",
-            # the day of the call's hour bucket (hours follow the engine's time zone, which
-            # can be half an hour off UTC), as the daily view sees it
-            affected=("tool_calls", "(ServiceName, ToolName, toStartOfDay(toStartOfHour(Timestamp), 'UTC'))")),
+            affected=("tool_calls", "(ServiceName, ToolName, toStartOfDay(Timestamp, 'UTC'))")),
     _Rollup("error_patterns_mv", "error_patterns", "otel_traces",
             "(toDate(Timestamp), ServiceName)", "(Day, ServiceName)", "Array(Tuple(Date, String))"),
 )

@@ -28,7 +28,7 @@ import pytest
 
 from spanhouse.clickhouse import Store
 from spanhouse.collector.auth import add_key
-from tests.collector_harness import Running, grpc_export, running_collector
+from tests.collector_harness import Running, grpc_export, in_child, running_collector
 from tests.otlp import request, span, span_id, trace_id
 
 HOUR = 3600
@@ -849,3 +849,32 @@ def test_openapi_lists_the_analytics_endpoints(world: World) -> None:
     for path in ("/api/v1/stats", "/api/v1/performance", "/api/v1/tools", "/api/v1/tools/{name}", "/api/v1/anomalies"):
         assert path in spec["paths"], sorted(spec["paths"])
         assert spec["paths"][path]["get"]["tags"] == ["analytics"]
+
+
+def test_tool_numbers_keep_to_utc_hours_in_a_half_hour_time_zone(tmp_path: Path) -> None:
+    """The embedded engine takes the process's TZ; the hourly tool rollup grouped by its
+    hours, which in Asia/Kolkata (+05:30) start at :30 UTC while windows are cut at whole
+    UTC hours: a call in the window's first half hour fell out of it, one in the half
+    hour before was counted, and the series was labelled half an hour early."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import IngestItem, analytics, open_store\n"
+        "from tests.otlp import request, span, span_id, trace_id\n"
+        "s = open_store(sys.argv[1])\n"
+        "now = 1767225600 + 12 * 3600 + 1234  # 2026-01-01 12:20:34 UTC\n"
+        "since = analytics.window(1, now).since\n"
+        "spans = []\n"
+        "for at, error in ((since + 600, 'boom'), (since - 600, None), (since + 12 * 3600 + 600, None)):\n"
+        "    t, root = trace_id(), span_id()\n"
+        "    spans += [span('invoke_agent a', t, sid=root, start=at * 10**9, attributes={'gen_ai.operation.name': 'invoke_agent'}),\n"
+        "              span('execute_tool x', t, parent=root, start=at * 10**9 + 1, error=error,\n"
+        "                   attributes={'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'x'})]\n"
+        "s.writer.write([IngestItem('tz', request(spans).SerializeToString())])\n"
+        "x = analytics.tools(s.readers, 'tz', 1, now=now)['tools'][0]\n"
+        "print(x['calls'], x['errors'], x['trend']['previous_calls'])\n"
+        "d = analytics.tool_detail(s.readers, 'tz', 'x', 1, now=now)\n"
+        "print(d['summary']['calls'], [(str(p['time']), p['calls']) for p in d['series']])\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path, tz="Asia/Kolkata") == [
+        "2 1 1", "2 [('2025-12-31T13:00:00+00:00', 1), ('2026-01-01T01:00:00+00:00', 1)]"]

@@ -209,22 +209,31 @@ def test_migration_0011_rolls_up_what_was_stored_before_it_once(tmp_path: Path) 
         f"{later} {later}"]
 
 
-def test_migration_0016_rebuilds_leaderboard_rollups_left_short(tmp_path: Path) -> None:
-    """A run of 0011 stopped partway left tool_stats_1h_by_time and tool_stats_1d short
-    (emulated by deleting rows of both); 0016 rebuilds them from tool_stats_1h, the
-    same however often it runs (after a stop of its own before it was recorded)."""
+def test_migration_0016_rebuilds_tool_rollups_on_utc_hours(tmp_path: Path) -> None:
+    """Before 0016, tool_stats_1h took the engine's hours (in Asia/Kolkata from :30 UTC;
+    emulated by inserting such rows), and a run of 0011 stopped partway left
+    tool_stats_1h_by_time and tool_stats_1d short (emulated by deleting rows of both).
+    0016 rebuilds all three from tool_stats_1m on UTC hours, the same however often it
+    runs (after a stop of its own before it was recorded)."""
     script = _TOOL_CALLS_OVER_TWO_DAYS + (
+        "c.command('INSERT INTO tool_stats_1h (Tenant, ServiceName, ToolName, Hour, Calls) '\n"
+        "          'SELECT Tenant, ServiceName, ToolName, toStartOfHour(Minute), Calls FROM tool_stats_1m')\n"
         "c.command(\"DELETE FROM tool_stats_1d WHERE Tenant = 't'\")\n"
         "c.command(\"DELETE FROM tool_stats_1h_by_time WHERE Tenant = 'u'\")\n"
-        "print(days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
+        "def hours():\n"
+        "    return c.query(\"SELECT toString(Hour, 'UTC'), sum(Calls) FROM tool_stats_1h GROUP BY ALL ORDER BY ALL\")"
+        ".result_rows\n"
+        "print(hours())\n"
         "for _ in range(2):\n"
         "    c.command('DELETE FROM spanhouse_migrations WHERE version = 16')\n"
-        "    print(migrate(c), days('tool_stats_1d'), days('tool_stats_1h_by_time'))\n"
+        "    print(migrate(c), days('tool_stats_1d'), days('tool_stats_1h_by_time'), hours())\n"
         "s.close()\n"
     )
     rolled = _TWO_DAYS_ROLLED
-    assert in_child(script, tmp_path) == [f"{rolled[2:]} {rolled[:2]}"] + [
-        f"['0016_rebuild_tool_leaderboard_rollups.sql'] {rolled} {rolled}"] * 2
+    utc = [("2026-01-01 10:00:00", 2), ("2026-01-01 22:00:00", 1), ("2026-01-02 02:00:00", 1)]
+    kolkata = [("2026-01-01 09:30:00", 2), ("2026-01-01 21:30:00", 1), ("2026-01-02 01:30:00", 1)]
+    assert in_child(script, tmp_path, tz="Asia/Kolkata") == [str(sorted(utc + kolkata))] + [
+        f"['0016_tool_rollups_on_utc_hours.sql'] {rolled} {rolled} {utc}"] * 2
 
 
 def test_two_migrators_at_once_apply_a_file_once(tmp_path: Path) -> None:
