@@ -153,9 +153,15 @@ def check_thresholds(values: Sequence[float]) -> tuple[float, ...]:
                          f"{', '.join(DURATION_BUCKETS[:-1])}), got {len(values)}")
     if not all(math.isfinite(v) and 0 < v <= MAX_THRESHOLD_S for v in values):
         raise ValueError(f"thresholds must be positive numbers of seconds, at most {MAX_THRESHOLD_S:.0f}")
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(f"thresholds must be strictly increasing, got {', '.join(map(str, values))}")
+    ns = _ns(values)  # as the durations are compared: below a nanosecond apart, two are one
+    if ns[0] < 1 or any(b <= a for a, b in zip(ns, ns[1:])):
+        raise ValueError(f"thresholds must be strictly increasing, at least a nanosecond (1e-9 s) apart and from "
+                         f"zero, got {', '.join(map(str, values))}")
     return tuple(values)
+
+
+def _ns(seconds: Sequence[float]) -> list[int]:
+    return [int(round(t * 1e9)) for t in seconds]
 
 
 # ---------------------------------------------------------------------------------- stats
@@ -219,7 +225,7 @@ def _executions(client: Reader, params: Mapping[str, Any], active: Sequence[str]
     """Rows per (type, status) (none unless ``by_group``) and the window's total:
     finished count, average and p50/p95 duration (ms), count per duration bucket, first
     and last start."""
-    thresholds_ns = [int(round(t * 1e9)) for t in check_thresholds(thresholds_s)]
+    thresholds_ns = _ns(check_thresholds(thresholds_s))
     rows = queries.rows(client, "analytics_executions" if by_group else "analytics_executions_total",
                         {**params, "thresholds_ns": thresholds_ns}, EXECUTIONS, active)
     groups = [r for r in rows if not r["is_total"]]

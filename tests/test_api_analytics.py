@@ -798,6 +798,8 @@ BAD_PARAMS = [
     ("/performance", {"thresholds": "0,1,2,3"}, "thresholds"), ("/performance", {"thresholds": "1,5,30,inf"}, "thresholds"),
     ("/performance", {"thresholds": "1,5,30,abc"}, "thresholds"), ("/performance", {"thresholds": "1,5,30,120,600"}, "thresholds"),
     ("/performance", {"thresholds": "1,5,30,1e300"}, "thresholds"),  # its nanoseconds overflowed: a 500
+    ("/performance", {"thresholds": "1e-10,2e-10,3e-10,4e-10"}, "thresholds"),  # all 0 ns: every duration very_slow
+    ("/performance", {"thresholds": "1,1.0000000001,2,3"}, "thresholds"),  # 0.1 ns apart: one bound
     ("/performance", {"min_calls": 0}, "min_calls"), ("/performance", {"min_repeats": 1}, "min_repeats"),
     ("/tools", {"sort": "latency"}, "sort"), ("/tools", {"order": "up"}, "order"), ("/tools", {"limit": 0}, "limit"),
     ("/tools", {"limit": 1001}, "limit"), ("/tools", {"min_calls": 0}, "min_calls"), ("/tools", {"days": 400}, "days"),
