@@ -92,7 +92,7 @@ def tools(who: Reader, ctx: Context, days: Days = 7,
 
 
 @analytics.get("/tools/{name:text}", responses={404: {"description": "this tenant never called this tool"}})
-def tool(who: Reader, ctx: Context, name: Annotated[str, Path(min_length=1, max_length=512)], days: Days = 7,
+def tool(who: Reader, ctx: Context, name: Annotated[str, Path(min_length=1)], days: Days = 7,
          bucket: Annotated[Literal["minute", "hour", "day"], Query(description=(
              f"minute (tool_stats_1m; days <= {numbers.MAX_MINUTE_BUCKET_DAYS}), hour or day (tool_stats_1h)"))] = "hour",
          ) -> dict[str, Any]:

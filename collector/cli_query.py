@@ -69,15 +69,18 @@ def _cell(value: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None) -> None:
-    """Print dict rows as a table (all keys of the first row unless ``columns`` is given)."""
+    """Print dict rows as a table: ``columns``, or every key any row has, in the order
+    they first appear (the tips of one list are of kinds with different figures)."""
     if not rows:
         _console.print(f"[dim]{escape(title) + ': ' if title else ''}nothing found[/dim]")
         return
     rows = [_flat(r) for r in rows]
-    cols = columns or [k for k, v in rows[0].items() if not isinstance(v, (dict, list)) or k == "tools"]
+    cols = columns or list(dict.fromkeys(k for r in rows for k, v in r.items()
+                                         if not isinstance(v, (dict, list)) or k == "tools"))
     t = Table(title=None if title is None else Text(title))
     for c in cols:
-        t.add_column(c, overflow="fold", justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
+        first = next((r[c] for r in rows if r.get(c) is not None), None)
+        t.add_column(c, overflow="fold", justify="right" if isinstance(first, (int, float)) else "left")
     for r in rows:
         t.add_row(*(Text(_cell(r.get(c))) for c in cols))  # data, never markup: '[/x]' is a name too
     _console.print(t)
@@ -211,12 +214,18 @@ def _copy(chunks: Iterable[bytes], out: BinaryIO, progress: str | None) -> None:
             bar.advance(task, len(chunk))
 
 
+def _segment(value: str) -> str:
+    """``value`` (a tool's name) as one path segment, whatever it holds: '/', '#', '?' and
+    '%' are quoted, and so are the dots of '.' and '..', which a URL resolves away (a tool
+    named '.' asked for the leaderboard)."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
 def _get_command(path: str, *params: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         values = {p: getattr(args, p) for p in params if getattr(args, p, None) is not None}
-        # path values (a tool's name) may hold '/', '#', '?' or '%': each is one path segment
-        segments = {field: quote(str(getattr(args, field)), safe="")
-                    for _, field, _, _ in Formatter().parse(path) if field}
+        segments = {field: _segment(str(getattr(args, field))) for _, field, _, _ in Formatter().parse(path) if field}
         return _emit(args, _client(args).get(path.format(**segments), **values))
 
     return run

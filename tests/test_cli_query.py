@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spanhouse.clickhouse import Store
-from spanhouse.collector import cli
+from spanhouse.collector import cli, cli_query
 from tests.collector_harness import Running, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
@@ -124,6 +124,17 @@ def test_a_tool_name_is_one_path_segment(served: tuple[Running, str], capsys: py
     assert body["tool"] == "a#b?c=1 %2F" and sum(p["calls"] for p in body["series"]) == 1
 
 
+@pytest.mark.parametrize("name", [".", "..", "t" * 600])
+def test_every_listed_tool_name_opens_its_detail(served: tuple[Running, str], capsys: pytest.CaptureFixture[str],
+                                                 store: Store, name: str) -> None:
+    """A URL resolves '.' and '..' away ('tool .' printed the leaderboard, 'tool ..' was a
+    404), and names over 512 characters, which ingest takes, were a 422."""
+    write(store, "cli-query", request([span("execute_tool odd", trace_id(), start=time.time_ns(), attributes={
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name})]))
+    body = json.loads(_run(served[0], capsys, "tool", name, "--json"))
+    assert body["tool"] == name and sum(p["calls"] for p in body["series"]) == 1
+
+
 def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture[str], store: Store) -> None:
     c, _ = served
     extra = request([span("invoke_agent doomed", trace_id())])
@@ -210,3 +221,14 @@ def test_sql_pointed_at_another_collectors_api_asks_for_its_sql_url(capsys: pyte
     monkeypatch.delenv("SPANHOUSE_SQL_URL", raising=False)
     assert cli.main(["sql", "SELECT 1", "--url", "http://127.0.0.1:38307"]) == 2
     assert "pass --sql-url" in capsys.readouterr().err
+
+
+def test_a_list_of_rows_of_different_kinds_shows_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    """The performance tips mix kinds with different figures; the columns were the first
+    tip's, so a failing tool's error rate and a token-heavy span's tokens were not shown."""
+    cli_query.show({"tips": [{"kind": "slow_tool", "tool": "search", "p95_ms": 1200},
+                             {"kind": "failing_tool", "tool": "fetch", "error_rate": 0.25, "errors": 7},
+                             {"kind": "token_heavy", "span_name": "chat big", "tokens": 98765}]})
+    out = capsys.readouterr().out
+    for shown in ("error_rate", "0.25", "errors", "span_name", "chat big", "tokens", "98765", "p95_ms", "1200"):
+        assert shown in out, (shown, out)
