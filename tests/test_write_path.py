@@ -16,6 +16,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import IngestItem, Store, Writer, otlp_rows
 from spanhouse.clickhouse.writer import frame
+from spanhouse.clickhouse.history import get_execution
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
 from tests.collector_harness import in_child
 from tests.conftest import write
@@ -501,13 +502,18 @@ def test_a_fast_path_failure_that_persists_refuses_the_batch(store: Store, tenan
 
 def test_a_key_sent_twice_reads_the_same_through_both_paths(store: Store, tenant: str) -> None:
     """Duplicate keys are invalid OTLP but arrive; which path a batch takes depends on the
-    other requests in it, so the views must read the same first value either way."""
+    other requests in it, so the views and the span detail must read the same first value
+    either way (the detail, reading the Map into a dict, showed the fast path's last)."""
     twice = [("gen_ai.operation.name", "execute_tool"), ("gen_ai.tool.name", "first"), ("gen_ai.tool.name", "second"),
              ("error.type", "E"), ("error.type", "")]
+    traces: list[bytes] = []
 
     def tool_span() -> Any:
-        s = span("execute_tool x", trace_id())
+        traces.append(trace_id())
+        s = span("execute_tool x", traces[-1])
         s.attributes.extend(attrs(twice))
+        s.events.add(name="exception", time_unix_nano=s.start_time_unix_nano).attributes.extend(
+            attrs([("exception.type", "First"), ("exception.type", "Second")]))
         return s
 
     write(store, tenant, request([tool_span()]))  # fast path
@@ -517,3 +523,8 @@ def test_a_key_sent_twice_reads_the_same_through_both_paths(store: Store, tenant
     rows = store.client.query("SELECT ToolName, IsError, ErrorType FROM tool_calls WHERE Tenant = {t:String}",
                               parameters={"t": tenant}).result_rows
     assert rows == [("first", 1, "E"), ("first", 1, "E")]
+    for t in traces:
+        (detail,) = get_execution(store.readers, tenant, t.hex())["spans_tree"]  # type: ignore[index]
+        assert detail["attributes"] == {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "first",
+                                        "error.type": "E"}
+        assert detail["events"][0]["attributes"] == {"exception.type": "First"}

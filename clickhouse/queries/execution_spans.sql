@@ -17,7 +17,7 @@ SELECT
     Duration / 1e6 AS duration_ms,
     StatusCode AS status_code,
     StatusMessage AS status_message,
-    SpanAttributes AS attributes,
+    spanhouse_first_entries(SpanAttributes) AS attributes,
     spanhouse_is_tool(SpanAttributes) AS is_tool,
     if(spanhouse_is_tool(SpanAttributes), spanhouse_tool_name(SpanAttributes, SpanName), '') AS tool_name,
     spanhouse_tool_arguments(SpanAttributes) AS tool_arguments,
@@ -25,7 +25,8 @@ SELECT
     spanhouse_is_error(StatusCode, SpanAttributes) AS is_error,
     spanhouse_error_type(SpanAttributes, `Events.Name`, `Events.Attributes`) AS error_type,
     spanhouse_is_marker(SpanAttributes) AS is_marker,
-    arrayMap((n, t, a) -> (n, t, a), `Events.Name`, `Events.Timestamp`, `Events.Attributes`) AS events
+    arrayMap((n, t, a) -> (n, t, spanhouse_first_entries(a)), `Events.Name`, `Events.Timestamp`, `Events.Attributes`)
+        AS events
 FROM otel_traces
 WHERE Tenant = {tenant:String} AND TraceId = {trace_id:String}
   AND Timestamp >= toDateTime64({since:DateTime}, 9) AND Timestamp < toDateTime64({until:DateTime}, 9)
