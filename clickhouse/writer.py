@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from spanhouse.clickhouse import otlp_rows
-from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
+from spanhouse.errors import InsertIncomplete, InvalidData, StoreUnavailable, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ _READER = "ProtobufRowInputFormat"
 """Named in the errors of the engine's protobuf reader, which fail before any table is written."""
 _FAST_PATH_ATTEMPTS = 8
 """How often a batch is tried on the fast path when it fails there for no known reason
-before it is refused (about a minute with the exporter's backoff): some tables may hold
-it already, so only the same path's tokens can complete it without duplicates."""
+before it is refused (over about 25 s with the collector's exporter's backoff): some
+tables may hold it already, so only the same path's tokens can complete it without
+duplicates."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ class Writer:
             self._write_exact(items, settings)
         self._failing = (None, 0)
 
-    def _unexplained(self, token: str | None, text: str) -> StoreUnavailable | WriteError:
+    def _unexplained(self, token: str | None, text: str) -> InsertIncomplete | WriteError:
         """The error for a fast-path failure of no known cause: retry the batch (on the
         same path, where its token completes it exactly) up to ``_FAST_PATH_ATTEMPTS``
         times, then refuse it (the spool quarantines it) rather than stall the spool."""
@@ -216,8 +217,8 @@ class Writer:
             return WriteError(f"ClickHouse insert failed, and a batch without a deduplication token cannot be "
                               f"retried without duplicates: {text[:500]}")
         if attempts < _FAST_PATH_ATTEMPTS:
-            return StoreUnavailable(f"ClickHouse insert failed (attempt {attempts} of {_FAST_PATH_ATTEMPTS}); "
-                                    f"it will be retried: {text[:500]}")
+            return InsertIncomplete(f"ClickHouse insert failed for no known reason (attempt {attempts} of "
+                                    f"{_FAST_PATH_ATTEMPTS}): {text[:500]}")
         return WriteError(f"ClickHouse insert failed {attempts} times in a row; the batch is refused: {text[:500]}")
 
     def _release_memory(self) -> None:

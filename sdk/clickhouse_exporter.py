@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from spanhouse.clickhouse import IngestItem, Store, open_store
 from spanhouse.clickhouse.client import embedded_path, redacted
 from spanhouse.collector.validate import validate
-from spanhouse.errors import SpanhouseError, StoreUnavailable
+from spanhouse.errors import InsertIncomplete, SpanhouseError, StoreUnavailable
 
 logger = logging.getLogger("spanhouse.sdk")
 
@@ -80,10 +80,11 @@ class ClickHouseSpanExporter(SpanExporter):
                         self._store = open_store(self._dsn, retention_days=self._retention_days)
                     self._store.writer.write([item], token=token)
             except SpanhouseError as exc:
-                if isinstance(exc, StoreUnavailable):
+                if isinstance(exc, StoreUnavailable) and not isinstance(exc, InsertIncomplete):
                     # The next attempt opens the store anew: its client may be gone for
                     # good (at interpreter exit, chdb's finalizers close every engine
-                    # handle, possibly before the span processor's last export).
+                    # handle, possibly before the span processor's last export). Not
+                    # after an incomplete insert: its writer counts the attempts.
                     self._drop_store()
                 # Only an unavailable store may come back within the retry window; the
                 # store refusing the data, or a wrong DSN, will not.

@@ -40,6 +40,12 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached or opened right now; retrying later may succeed."""
 
 
+class InsertIncomplete(StoreUnavailable):
+    """An insert failed for no known reason, possibly after some tables took the batch:
+    the same batch is to be tried again through the same writer, whose deduplication
+    token completes it exactly, and which counts how often it failed."""
+
+
 class MigrationError(StoreError):
     """The schema cannot be brought up to date."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -214,3 +215,39 @@ def test_a_driver_error_outside_the_projects_own_fails_the_export_without_raisin
     exporter = ClickHouseSpanExporter("chdb:///nowhere")
     assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
     assert "ProgrammingError: The client has been closed" in caplog.text
+
+
+def test_an_insert_failing_for_no_known_reason_is_retried_on_the_same_store(
+        store: Store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Such a failure may come after some tables took the batch; the writer retries it
+    under its token (which completes it exactly) and counts the attempts. The exporter
+    opened the store anew for each retry, with a new writer counting from one again."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from spanhouse.sdk import clickhouse_exporter
+
+    opened: list[Store] = []
+    real_open = clickhouse_exporter.open_store
+
+    def opening(*args: Any, **kwargs: Any) -> Store:
+        s = real_open(*args, **kwargs)
+        opened.append(s)
+        insert, failures = s.writer._client.raw_insert, [1]
+
+        def committing_then_failing(*a: Any, **k: Any) -> Any:
+            result = insert(*a, **k)
+            if failures[0]:
+                failures[0] -= 1
+                raise DatabaseError("Code: 1001. DB::Exception: std::exception. (STD_EXCEPTION)")
+            return result
+
+        s.writer._client.raw_insert = committing_then_failing
+        return s
+
+    monkeypatch.setattr(clickhouse_exporter, "open_store", opening)
+    exporter = ClickHouseSpanExporter(store.dsn, tenant="exporter-incomplete", retry_timeout=5)
+    spans = _agent_spans()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert len(opened) == 1
+    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = 'exporter-incomplete'") == len(spans)
