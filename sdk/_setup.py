@@ -21,7 +21,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -153,13 +153,18 @@ def shutdown() -> None:
 
 
 def _global_provider(settings: _config.Settings) -> TracerProvider | None:
-    """The application's SDK provider, else a new global one; None if a foreign one is set."""
+    """The application's provider, else a new global one; None if one is set that takes
+    no span processor. A provider that is not the SDK's but takes processors as it does
+    (Logfire's wraps an SDK provider) is added to like the SDK's."""
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         return current
     if not isinstance(current, trace.ProxyTracerProvider):
-        logger.warning("spanhouse: the global TracerProvider %s is not the OpenTelemetry SDK's; spanhouse cannot "
-                       "add its processor to it and will export nothing", type(current).__qualname__)
+        if callable(getattr(current, "add_span_processor", None)):
+            return cast(TracerProvider, current)
+        logger.warning("spanhouse: the global TracerProvider %s is not the OpenTelemetry SDK's and takes no span "
+                       "processor; spanhouse cannot add its processor to it and will export nothing",
+                       type(current).__qualname__)
         return None
     attributes = dict(settings.resource_attributes)
     if settings.service_name:
@@ -199,10 +204,14 @@ def _release_store_exporters(keep: SpanExporter | None) -> None:
 def _attach(provider: TracerProvider, settings: _config.Settings,
             exporter: SpanExporter | None, bulk: bool) -> SpanhouseSpanProcessor:
     """spanhouse's processor on ``provider``: added once, its exporters replaced afterwards."""
-    if settings.service_name and provider.resource.attributes.get(SERVICE_NAME) != settings.service_name:
-        logger.warning("spanhouse: the TracerProvider already exists with service.name=%r; its resource is kept and "
-                       "service_name=%r is not applied", provider.resource.attributes.get(SERVICE_NAME),
-                       settings.service_name)
+    resource = getattr(provider, "resource", Resource.get_empty()).attributes
+    ignored = {k: v for k, v in settings.resource_attributes.items() if resource.get(k) != v}
+    if settings.service_name and resource.get(SERVICE_NAME) != settings.service_name:
+        ignored[SERVICE_NAME] = settings.service_name
+    if ignored:
+        logger.warning("spanhouse: the TracerProvider already exists with its own resource (service.name=%r), which "
+                       "is kept: %s not applied; pass them to the provider when it is created",
+                       resource.get(SERVICE_NAME), ", ".join(f"{k}={v!r}" for k, v in ignored.items()))
     span_exporter = BorrowedExporter(exporter) if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
     marker_exporter = None if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
     processor = _processors.get(provider)

@@ -309,6 +309,45 @@ def test_configure_adds_to_the_applications_provider() -> None:
     assert out.strip() == "['execute_tool step'] ['execute_tool step']"
 
 
+def test_configure_adds_to_a_provider_that_wraps_the_sdks() -> None:
+    """Logfire's global provider is a proxy of its own around an SDK provider, with the
+    SDK's add_span_processor: spanhouse warned it was not the SDK's and recorded nothing."""
+    out = run_python("""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanhouse import sdk
+
+        class WrappingProvider(trace.TracerProvider):  # the shape of logfire's ProxyTracerProvider
+            def __init__(self, provider):
+                self.provider = provider
+            def get_tracer(self, *args, **kwargs):
+                return self.provider.get_tracer(*args, **kwargs)
+            def add_span_processor(self, processor):
+                self.provider.add_span_processor(processor)
+            @property
+            def resource(self):
+                return self.provider.resource
+
+        trace.set_tracer_provider(WrappingProvider(TracerProvider()))
+        ours = InMemorySpanExporter()
+        sdk.configure(exporter=ours)
+        sdk.tool(name="step")(lambda: None)()
+        print(sdk.flush(), [s.name for s in ours.get_finished_spans()])
+    """)
+    assert out.strip() == "True ['execute_tool step']"
+
+
+def test_resource_settings_a_provider_already_has_not_are_said_to_be_ignored(
+        clean_env: pytest.MonkeyPatch, private_provider: TracerProvider, caplog: pytest.LogCaptureFixture) -> None:
+    """A provider's resource is fixed when it is made: a later configure() dropped its
+    resource_attributes without a word (a changed service_name was warned about)."""
+    sdk.configure(tracer_provider=private_provider, exporter=InMemorySpanExporter())
+    with caplog.at_level(logging.WARNING, logger="spanhouse.sdk"):
+        sdk.configure(tracer_provider=private_provider, exporter=InMemorySpanExporter(),
+                      resource_attributes={"deployment.environment": "prod"})
+    assert "deployment.environment='prod' not applied" in caplog.text
+
 def test_otel_sdk_disabled_turns_everything_off() -> None:
     out = run_python("""
         from opentelemetry import trace
