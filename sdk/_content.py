@@ -20,8 +20,9 @@ Those are the caller's to scrub.
 
 A value becomes JSON: mappings, sequences and sets as objects and arrays, dataclasses and
 Pydantic models (anything with ``model_dump``) as objects of their fields, bytes as text
-(or base64 when not UTF-8), dates as ISO 8601, enums as their value, anything else as its
-``repr``. A value that becomes text at the top level (a string, bytes, a date, a repr) is
+(or base64 when not UTF-8), dates as ISO 8601, enums as their value, namespaces
+(``argparse``'s, ``SimpleNamespace``) and attrs classes as objects of their attributes,
+anything else as its ``repr``. A value that becomes text at the top level (a string, bytes, a date, a repr) is
 recorded as that text, not as a quoted JSON string. Nothing is dropped silently: a string,
 container or the whole value over the limit is cut and ends with a ``…[truncated …]``
 marker saying how much was left out.
@@ -39,6 +40,8 @@ import json
 import logging
 import math
 import re
+import sys
+import types
 from collections.abc import Callable, Mapping, Sequence, Set, ValuesView
 from typing import Any, Final
 
@@ -193,6 +196,11 @@ class ContentPolicy:
             return self._sequence(v, depth, budget)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return self._mapping({f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, depth, budget)
+        # Namespaces and attrs classes: their repr shows every attribute, a secret too
+        if isinstance(v, types.SimpleNamespace) or _is_argparse_namespace(v):
+            return self._mapping(vars(v), depth, budget)
+        if isinstance(attrs := getattr(t, "__attrs_attrs__", None), tuple) and not isinstance(v, type):
+            return self._mapping({a.name: getattr(v, a.name, None) for a in attrs}, depth, budget)
         # A Pydantic model: model_dump defined by the class. Asked of the instance, any
         # proxy whose __getattr__ answers everything (a Mock) would pass, and recurse.
         if callable(getattr(t, "model_dump", None)) and not isinstance(v, type):
@@ -218,6 +226,13 @@ class ContentPolicy:
             out.append(walked)
             budget[0] -= (len(walked) if type(walked) is str else 0) + 2
         return out
+
+
+def _is_argparse_namespace(v: Any) -> bool:
+    """Whether ``v`` is an ``argparse.Namespace`` (a CLI agent's parsed arguments); none
+    can exist before argparse is imported, so it is not imported here."""
+    argparse = sys.modules.get("argparse")
+    return argparse is not None and isinstance(v, argparse.Namespace)
 
 
 def _secret_pair(item: Any) -> bool:

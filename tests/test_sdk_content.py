@@ -3,6 +3,7 @@ and the switches that turn capture off globally and per decorator."""
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import datetime
@@ -10,6 +11,7 @@ import enum
 import json
 import logging
 import time
+import types
 import tracemalloc
 import unittest.mock
 import uuid
@@ -309,6 +311,25 @@ def test_a_value_that_cannot_be_captured_changes_nothing_for_the_caller(spans: C
 def test_namedtuple_fields_are_redacted_by_name() -> None:
     creds = collections.namedtuple("creds", "user password")("bob", "hunter2")
     assert json.loads(ContentPolicy(1000).value({"creds": creds})) == {"creds": {"user": "bob", "password": REDACTED}}
+
+
+def test_namespace_attributes_are_redacted_by_name() -> None:
+    """A CLI agent passes its parsed arguments on; their repr showed every attribute."""
+    parsed = argparse.ArgumentParser().parse_args([], argparse.Namespace(api_key="sk-live-123", region="eu"))
+    simple = types.SimpleNamespace(password="hunter2", user="bob")
+
+    class Creds:  # what attrs makes of a class: its fields in __attrs_attrs__, a repr showing them
+        __attrs_attrs__ = (types.SimpleNamespace(name="user"), types.SimpleNamespace(name="token"))
+
+        def __init__(self) -> None:
+            self.user, self.token = "bob", "t0k"
+
+        def __repr__(self) -> str:
+            return f"Creds(user={self.user!r}, token={self.token!r})"
+
+    assert json.loads(ContentPolicy(1000).value({"args": parsed, "cfg": simple, "creds": Creds()})) == {
+        "args": {"api_key": REDACTED, "region": "eu"}, "cfg": {"password": REDACTED, "user": "bob"},
+        "creds": {"user": "bob", "token": REDACTED}}
 
 
 def test_an_object_answering_every_attribute_is_not_taken_for_a_model() -> None:
