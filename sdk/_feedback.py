@@ -14,7 +14,6 @@ and the attribute ``spanhouse.feedback.execution_id`` is what the store reads fi
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Final
 
@@ -27,6 +26,7 @@ from opentelemetry.trace import INVALID_SPAN_ID, Link, SpanContext, SpanKind, Tr
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
 from spanhouse.sdk._session import current_attributes
+from spanhouse.sdk._usage import finite_number
 
 DEFAULT_NAME: Final = "user_rating"
 NOT_RECORDED: Final = context_api.create_key("spanhouse.execution.not_recorded")
@@ -133,6 +133,6 @@ def _score(rating: int | None, value: float | None) -> float:
         if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
             raise ValueError(f"rating must be an int from 1 to 5, not {rating!r}")
         return float(rating)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not finite_number(value):
         raise ValueError(f"value must be a finite number, not {value!r}")
     return float(value)

@@ -56,6 +56,22 @@ use ``register_price``. A variant priced differently from the model its name sta
 with needs an entry of its own (o3-pro is not o3), else the prefix's price applies."""
 
 _PER: Final = 1_000_000
+_MAX_TOKENS: Final = 2**63 - 1  # an OTLP int attribute is an int64: the exporter drops larger ones
+CACHE_READ_PRICE: Final = 0.1
+"""Anthropic's price of a prompt-cache read, as a share of the model's input price."""
+CACHE_WRITE_PRICE: Final = 1.25
+"""Anthropic's price of a prompt-cache write (5-minute cache), as a share of the input price."""
+
+
+def finite_number(value: object) -> bool:
+    """Whether ``value`` is an int or float (not a bool) with a finite float value: an int
+    past float's range (10**400) made ``math.isfinite`` raise OverflowError instead."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 _ADDING: Final = threading.Lock()  # one sum at a time (see record_usage_on)
 
 
@@ -68,7 +84,7 @@ def register_price(model: str, *, input_per_million: float, output_per_million: 
     if not isinstance(model, str) or not model:
         raise ValueError(f"model must be a non-empty string, not {model!r}")
     for label, price in (("input_per_million", input_per_million), ("output_per_million", output_per_million)):
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
+        if not finite_number(price) or price < 0:
             raise ValueError(f"{label} must be a finite number >= 0, not {price!r}")
     PRICES[model] = (float(input_per_million), float(output_per_million))
 
@@ -81,12 +97,17 @@ def price_of(model: str) -> tuple[float, float] | None:
     return PRICES[best] if best is not None else None
 
 
-def cost_of(model: str | None, input_tokens: int, output_tokens: int) -> float | None:
-    """USD for the tokens at ``model``'s price, or None when the price is unknown."""
+def cost_of(model: str | None, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
+            cache_write_tokens: int = 0) -> float | None:
+    """USD for the tokens at ``model``'s price, or None when the price is unknown.
+    ``input_tokens`` includes the cache's tokens, which are priced at their share of the
+    input price (``CACHE_READ_PRICE``, ``CACHE_WRITE_PRICE``)."""
     price = price_of(model) if model else None
     if price is None:
         return None
-    return (input_tokens * price[0] + output_tokens * price[1]) / _PER
+    uncached = input_tokens - cache_read_tokens - cache_write_tokens
+    inputs = uncached + cache_read_tokens * CACHE_READ_PRICE + cache_write_tokens * CACHE_WRITE_PRICE
+    return (inputs * price[0] + output_tokens * price[1]) / _PER
 
 
 def record_usage(input_tokens: int | None = None, output_tokens: int | None = None, model: str | None = None,
@@ -99,19 +120,21 @@ def record_usage(input_tokens: int | None = None, output_tokens: int | None = No
     does nothing.
 
     Raises:
-        ValueError: a token count is negative or not an int, or the cost is negative.
+        ValueError: a token count is negative, past 2**63 - 1 or not an int, or the cost is
+            negative or not finite.
     """
     record_usage_on(trace.get_current_span(), input_tokens, output_tokens, model, cost_usd)
 
 
 def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: int | None, model: str | None,
-                    cost_usd: float | None) -> None:
-    """``record_usage`` for a given span."""
+                    cost_usd: float | None, cached: tuple[int, int] = (0, 0)) -> None:
+    """``record_usage`` for a given span. ``cached``: how many of ``input_tokens`` were
+    read from and written to the model's prompt cache (priced differently)."""
     for label, count in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
-            raise ValueError(f"{label} must be an int >= 0, not {count!r}")
-    if cost_usd is not None and (isinstance(cost_usd, bool) or not isinstance(cost_usd, (int, float))
-                                 or not math.isfinite(cost_usd) or cost_usd < 0):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or not 0 <= count <= _MAX_TOKENS):
+            raise ValueError(f"{label} must be an int from 0 to 2**63 - 1, not {count!r}")
+    if cost_usd is not None and (not finite_number(cost_usd) or cost_usd < 0):
         raise ValueError(f"cost_usd must be a finite number >= 0, not {cost_usd!r}")
     if model is not None and not isinstance(model, str):
         raise ValueError(f"model must be a string, not {model!r}")
@@ -120,14 +143,15 @@ def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: i
     inputs, outputs = input_tokens or 0, output_tokens or 0
     with _ADDING:  # read, add, write: threads recording on one span lost counts without it
         existing: Any = getattr(span, "attributes", None) or {}
-        if input_tokens is not None:
-            span.set_attribute(sc.USAGE_INPUT_TOKENS, existing.get(sc.USAGE_INPUT_TOKENS, 0) + inputs)
+        if input_tokens is not None:  # sums saturate: past an int64 the exporter would drop the attribute
+            span.set_attribute(sc.USAGE_INPUT_TOKENS, min(existing.get(sc.USAGE_INPUT_TOKENS, 0) + inputs, _MAX_TOKENS))
         if output_tokens is not None:
-            span.set_attribute(sc.USAGE_OUTPUT_TOKENS, existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs)
+            span.set_attribute(sc.USAGE_OUTPUT_TOKENS,
+                               min(existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs, _MAX_TOKENS))
         if model:
             span.set_attribute(sc.RESPONSE_MODEL, model)
         if cost_usd is None:
-            cost_usd = cost_of(model or existing.get(sc.REQUEST_MODEL), inputs, outputs)
+            cost_usd = cost_of(model or existing.get(sc.REQUEST_MODEL), inputs, outputs, *cached)
         if cost_usd is not None:
             span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
 
@@ -138,7 +162,9 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     Duck-typed, so no client library is imported: ``response.usage`` (attribute or key)
     with ``input_tokens``/``output_tokens`` (Anthropic, OpenAI Responses) or
     ``prompt_tokens``/``completion_tokens`` (OpenAI Chat Completions), and
-    ``response.model``.
+    ``response.model``. Anthropic counts the prompt cache's tokens apart
+    (``cache_read_input_tokens``, ``cache_creation_input_tokens``); they are added to the
+    input tokens, as the GenAI conventions count them, and priced as Anthropic does.
     """
     usage = _field(response, "usage")
     if usage is None:
@@ -147,9 +173,18 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     outputs = _field(usage, "output_tokens", "completion_tokens")
     if not isinstance(inputs, int) and not isinstance(outputs, int):
         return
+    cached = (_count(_field(usage, "cache_read_input_tokens")), _count(_field(usage, "cache_creation_input_tokens")))
+    if not isinstance(inputs, int):
+        inputs, cached = None, (0, 0)
     model = _field(response, "model")
-    record_usage_on(span, inputs if isinstance(inputs, int) else None, outputs if isinstance(outputs, int) else None,
-                    model if isinstance(model, str) and model else None, None)
+    record_usage_on(span, None if inputs is None else inputs + sum(cached),
+                    outputs if isinstance(outputs, int) else None,
+                    model if isinstance(model, str) and model else None, None, cached)
+
+
+def _count(value: Any) -> int:
+    """A token count a response reports, or 0 when it reports none (or nonsense)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _field(obj: Any, *names: str) -> Any:

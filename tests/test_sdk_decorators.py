@@ -546,6 +546,34 @@ def test_llm_reads_usage_off_the_response(spans: CapturedSpans) -> None:
     assert anthropic_span.attributes["spanhouse.cost_usd"] == pytest.approx((10 * 3 + 20 * 15) / 1e6)  # type: ignore[index]
 
 
+def test_anthropic_prompt_cache_tokens_count_as_input_at_their_price(spans: CapturedSpans) -> None:
+    """Anthropic's input_tokens leaves out the prompt cache's tokens (the GenAI
+    conventions count them as input); reads cost a tenth of the input price, writes 1.25x.
+    Dropping them recorded 12 input tokens and a tenth of the cost for a 50k-token prompt."""
+    @sdk.llm(model="claude-sonnet-4")
+    def message(prompt: str) -> dict[str, Any]:
+        return {"model": "claude-sonnet-4", "usage": {"input_tokens": 12, "output_tokens": 100,
+                                                      "cache_read_input_tokens": 50_000,
+                                                      "cache_creation_input_tokens": 2_000}}
+
+    message("hi")
+    got = spans.by_name("chat claude-sonnet-4").attributes or {}
+    assert got["gen_ai.usage.input_tokens"] == 52_012 and got["gen_ai.usage.output_tokens"] == 100
+    assert got["spanhouse.cost_usd"] == pytest.approx(((12 + 50_000 * 0.1 + 2_000 * 1.25) * 3 + 100 * 15) / 1e6)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: sdk.record_usage(cost_usd=10**400), lambda: sdk.record_usage(input_tokens=2**63),
+    lambda: sdk.register_price("m", input_per_million=10**400, output_per_million=1),
+    lambda: sdk.feedback("0" * 31 + "1", value=10**400),
+])
+def test_numbers_past_what_can_be_stored_are_a_value_error(spans: CapturedSpans, call: Callable[[], None]) -> None:
+    """10**400 made math.isfinite raise OverflowError (not the documented ValueError), and
+    a count past an int64 was accepted and then dropped by the OTLP encoder."""
+    with pytest.raises(ValueError):
+        call()
+
+
 def test_record_false_drops_the_whole_execution_but_not_others(spans: CapturedSpans) -> None:
     @sdk.tool
     def lookup(q: str) -> str:
