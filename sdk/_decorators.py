@@ -310,11 +310,14 @@ def _instrument(func: Any, make_spec: Callable[[Callable[..., Any]], _Spec]) -> 
     spec.bind_signature(func)
     if _runtime.current.disabled:  # decided before decorating: no wrapper at all, zero cost per call
         return func
-    if inspect.isasyncgenfunction(func):
+    # A callable object is the kind of its __call__ (an `async def __call__` is a coroutine
+    # function, which inspect does not see in the object itself)
+    kind = func if inspect.isroutine(func) or isinstance(func, functools.partial) else getattr(func, "__call__", func)
+    if inspect.isasyncgenfunction(kind):
         return _async_generator_wrapper(func, spec)
-    if inspect.iscoroutinefunction(func):
+    if inspect.iscoroutinefunction(kind):
         return _coroutine_wrapper(func, spec)
-    if inspect.isgeneratorfunction(func):
+    if inspect.isgeneratorfunction(kind):
         return _generator_wrapper(func, spec)
     return _function_wrapper(func, spec)
 

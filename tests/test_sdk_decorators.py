@@ -346,6 +346,23 @@ def test_wraps_and_kind_of_function_are_kept() -> None:
         sdk.tool("search")  # type: ignore[call-overload]
 
 
+def test_a_callable_object_with_an_async_call_is_timed_over_its_await(spans: CapturedSpans) -> None:
+    """inspect sees no coroutine function in the object itself: the span ended when the
+    coroutine was made, before it ran (0.05 ms, status UNSET, its failure not recorded)."""
+    class AsyncTool:
+        async def __call__(self, q: str) -> str:
+            await asyncio.sleep(0.05)
+            raise RuntimeError(f"no {q}")
+
+    search = sdk.tool(name="search")(AsyncTool())
+    assert inspect.iscoroutinefunction(search)
+    with pytest.raises(RuntimeError):
+        asyncio.run(search("x"))
+    span = spans.by_name("execute_tool search")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.end_time - span.start_time >= 50_000_000  # type: ignore[operator]
+
+
 def test_generator_protocol_send_throw_close(spans: CapturedSpans) -> None:
     @sdk.tool
     def accumulate() -> Iterator[int]:
