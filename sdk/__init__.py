@@ -17,7 +17,9 @@ An execution is a trace (``@execution``, alias ``@workflow``); inside it ``@agen
 GenAI conventions, which is what spanhouse's views read. ``record_usage()`` adds tokens
 and cost, ``session()`` users and conversations, ``feedback()`` ratings. The SDK is a
 thin layer over the OpenTelemetry SDK: it adds to the application's TracerProvider when
-there is one, and every span it makes is an ordinary OpenTelemetry span.
+there is one (leaving the export to it when it already sends OTLP to the same endpoint,
+as under ``opentelemetry-instrument``), and every span it makes is an ordinary
+OpenTelemetry span.
 """
 
 from types import FunctionType

@@ -62,9 +62,11 @@ class SpanhouseSpanProcessor(SpanProcessor):
     """Sessions, running markers and batched export (see the module docstring).
 
     Args:
-        exporter: where finished spans go.
-        marker_exporter: where markers go; ``exporter`` when not given. A separate
-            instance keeps markers off the connection a large batch is using.
+        exporter: where finished spans go; None when another processor of the provider
+            already sends them to the same place (only markers go out here then).
+        marker_exporter: where markers go; ``exporter`` when not given (it must be given
+            when ``exporter`` is None). A separate instance keeps markers off the
+            connection a large batch is using.
         synchronous: export each span and marker in the calling thread, for tests.
         bulk: the exporter writes each batch in one ClickHouse insert (see ``batch_processor``).
 
@@ -72,11 +74,11 @@ class SpanhouseSpanProcessor(SpanProcessor):
     a second one: ``replace`` swaps the export pipeline inside this one.
     """
 
-    def __init__(self, exporter: SpanExporter, *, marker_exporter: SpanExporter | None = None,
+    def __init__(self, exporter: SpanExporter | None, *, marker_exporter: SpanExporter | None = None,
                  synchronous: bool = False, bulk: bool = False) -> None:
         self._pipeline: _Pipeline | None = _Pipeline(exporter, marker_exporter, synchronous, bulk)
 
-    def replace(self, exporter: SpanExporter, *, marker_exporter: SpanExporter | None = None,
+    def replace(self, exporter: SpanExporter | None, *, marker_exporter: SpanExporter | None = None,
                 bulk: bool = False) -> None:
         """Export through new exporters from now on; flush and shut down the old ones."""
         old, self._pipeline = self._pipeline, _Pipeline(exporter, marker_exporter, synchronous=False, bulk=bulk)
@@ -115,12 +117,15 @@ class _Pipeline:
 
     __slots__ = ("markers", "spans")
 
-    def __init__(self, exporter: SpanExporter, marker_exporter: SpanExporter | None, synchronous: bool,
+    def __init__(self, exporter: SpanExporter | None, marker_exporter: SpanExporter | None, synchronous: bool,
                  bulk: bool) -> None:
-        self.spans: SpanProcessor = (SimpleSpanProcessor(exporter) if synchronous
+        markers = marker_exporter or exporter
+        if markers is None:
+            raise ValueError("a pipeline that exports no spans needs a marker exporter")
+        self.spans: SpanProcessor = (SpanProcessor() if exporter is None  # the base class does nothing
+                                     else SimpleSpanProcessor(exporter) if synchronous
                                      else batch_processor(exporter, bulk=bulk))
-        self.markers = _MarkerSender(marker_exporter or exporter, owns_exporter=marker_exporter is not None,
-                                     synchronous=synchronous)
+        self.markers = _MarkerSender(markers, owns_exporter=marker_exporter is not None, synchronous=synchronous)
 
     def shutdown(self) -> None:
         self.markers.shutdown()

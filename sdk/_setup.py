@@ -212,7 +212,16 @@ def _attach(provider: TracerProvider, settings: _config.Settings,
         logger.warning("spanhouse: the TracerProvider already exists with its own resource (service.name=%r), which "
                        "is kept: %s not applied; pass them to the provider when it is created",
                        resource.get(SERVICE_NAME), ", ".join(f"{k}={v!r}" for k, v in ignored.items()))
-    span_exporter = BorrowedExporter(exporter) if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
+    span_exporter: SpanExporter | None
+    if exporter is not None:
+        span_exporter = BorrowedExporter(exporter)
+    elif _exports_to(provider, settings.endpoint):
+        logger.info("spanhouse: the TracerProvider already exports its spans over OTLP to %s; spanhouse adds its "
+                    "session attributes and running markers and leaves the spans to that exporter",
+                    settings.endpoint)
+        span_exporter = None
+    else:
+        span_exporter = ForkSafeExporter(_otlp_factory(settings))
     marker_exporter = None if exporter is not None else ForkSafeExporter(_otlp_factory(settings))
     processor = _processors.get(provider)
     if processor is None:
@@ -222,6 +231,25 @@ def _attach(provider: TracerProvider, settings: _config.Settings,
     else:
         processor.replace(span_exporter, marker_exporter=marker_exporter, bulk=bulk)
     return processor
+
+
+def _exports_to(provider: TracerProvider, endpoint: str) -> bool:
+    """Whether another processor of ``provider`` already sends spans over OTLP to
+    ``endpoint``: opentelemetry-instrument installs one from the same ``OTEL_*``
+    variables, and spanhouse exporting too stored every span twice. Read from the SDK's
+    processors as they are laid out (their exporter's endpoint); any other layout counts
+    as not exporting there."""
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    exporters = [getattr(p, "span_exporter", None) for p in processors if not isinstance(p, SpanhouseSpanProcessor)]
+    return any(_where(getattr(e, "_endpoint", None)) == _where(endpoint) for e in exporters if e is not None)
+
+
+def _where(endpoint: object) -> str | None:
+    """An OTLP endpoint without its scheme and trailing slash: the gRPC exporter keeps
+    ``host:port``, the HTTP one the whole URL."""
+    if not isinstance(endpoint, str):
+        return None
+    return endpoint.split("://", 1)[-1].rstrip("/")
 
 
 def _retire(keep: SpanhouseSpanProcessor | None) -> None:

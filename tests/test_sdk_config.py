@@ -338,6 +338,57 @@ def test_configure_adds_to_a_provider_that_wraps_the_sdks() -> None:
     assert out.strip() == "True ['execute_tool step']"
 
 
+def test_a_provider_already_exporting_to_the_collector_gets_no_second_copy() -> None:
+    """opentelemetry-instrument sets up OTLP export from the same OTEL_* variables that
+    configure() reads: spanhouse exported every span again, and the collector stored
+    each twice. It now adds its session attributes and markers only."""
+    out = run_python("""
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from spanhouse import sdk
+
+        received = []
+
+        class Collector(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                received.extend((s.name, [a.value.string_value for a in s.attributes if a.key == "session.id"])
+                                for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_port}"
+        provider = TracerProvider()  # what opentelemetry-instrument installs
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url + "/v1/traces")))
+        trace.set_tracer_provider(provider)
+        sdk.configure(endpoint=url, protocol="http/protobuf")
+
+        @sdk.execution
+        def handle():
+            sdk.tool(name="lookup")(lambda: None)()
+
+        with sdk.session("s-1"):
+            handle()
+        sdk.flush()
+        provider.force_flush()
+        print(sorted(received))
+    """)
+    # the workflow twice: one is its running marker; the session stamped by spanhouse's processor
+    assert out.strip() == ("[('execute_tool lookup', ['s-1']), ('invoke_workflow handle', ['s-1']), "
+                           "('invoke_workflow handle', ['s-1'])]")
+
 def test_resource_settings_a_provider_already_has_not_are_said_to_be_ignored(
         clean_env: pytest.MonkeyPatch, private_provider: TracerProvider, caplog: pytest.LogCaptureFixture) -> None:
     """A provider's resource is fixed when it is made: a later configure() dropped its
