@@ -205,7 +205,8 @@ def _attach(provider: TracerProvider, settings: _config.Settings,
             exporter: SpanExporter | None, bulk: bool) -> SpanhouseSpanProcessor:
     """spanhouse's processor on ``provider``: added once, its exporters replaced afterwards."""
     resource = getattr(provider, "resource", Resource.get_empty()).attributes
-    ignored = {k: v for k, v in settings.resource_attributes.items() if resource.get(k) != v}
+    wanted = Resource(dict(settings.resource_attributes)).attributes  # as a resource keeps them: lists as tuples
+    ignored = {k: v for k, v in wanted.items() if resource.get(k) != v}
     if settings.service_name and resource.get(SERVICE_NAME) != settings.service_name:
         ignored[SERVICE_NAME] = settings.service_name
     if ignored:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -398,6 +399,25 @@ def test_resource_settings_a_provider_already_has_not_are_said_to_be_ignored(
         sdk.configure(tracer_provider=private_provider, exporter=InMemorySpanExporter(),
                       resource_attributes={"deployment.environment": "prod"})
     assert "deployment.environment='prod' not applied" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spanhouse.sdk"):  # what the provider has: nothing to say
+        sdk.configure(tracer_provider=private_provider, exporter=InMemorySpanExporter(),
+                      resource_attributes={"service.name": private_provider.resource.attributes["service.name"]})
+    assert "not applied" not in caplog.text
+
+
+def test_list_valued_resource_attributes_the_provider_has_are_not_said_to_be_ignored(
+        clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A resource keeps a list as a tuple: compared as given, the list was 'not applied'."""
+    provider = TracerProvider(resource=Resource.create({"team.tags": ["a", "b"]}))
+    try:
+        with caplog.at_level(logging.WARNING, logger="spanhouse.sdk"):
+            sdk.configure(tracer_provider=provider, exporter=InMemorySpanExporter(),
+                          resource_attributes={"team.tags": ["a", "b"]})
+        assert "not applied" not in caplog.text
+    finally:
+        sdk.shutdown()
+        provider.shutdown()
 
 def test_otel_sdk_disabled_turns_everything_off() -> None:
     out = run_python("""
