@@ -22,8 +22,8 @@ A value becomes JSON: mappings, sequences and sets as objects and arrays, datacl
 Pydantic models (anything with ``model_dump``) as objects of their fields, bytes as text
 (or base64 when not UTF-8), dates as ISO 8601, enums as their value, namespaces
 (``argparse``'s, ``SimpleNamespace``) and attrs classes as objects of their attributes,
-anything else as its ``repr``. A value that becomes text at the top level (a string, bytes, a date, a repr) is
-recorded as that text, not as a quoted JSON string. Nothing is dropped silently: a string,
+anything else as its ``repr``. A value that becomes text at the top level (a string,
+bytes, a date, a repr) is recorded as that text, not as a quoted JSON string. Nothing is dropped silently: a string,
 container or the whole value over the limit is cut and ends with a ``…[truncated …]``
 marker saying how much was left out.
 """

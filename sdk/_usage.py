@@ -72,6 +72,8 @@ def finite_number(value: object) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
 _ADDING: Final = threading.Lock()  # one sum at a time (see record_usage_on)
 
 
