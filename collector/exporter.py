@@ -35,10 +35,11 @@ class ClickHouseExporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spanhouse-exporter", daemon=True)
         self.healthy = True
-        """False while the store refuses inserts (for /readyz)."""
+        """False while the store refuses inserts (said by /readyz and a gauge)."""
         # Read at scrape time, so the gauges are never stale while an insert runs.
         metrics.spool_bytes.set_function(lambda: spool.bytes)
         metrics.spool_segments.set_function(lambda: spool.segment_count)
+        metrics.store_healthy.set_function(lambda: float(self.healthy))
 
     def start(self) -> None:
         self._thread.start()

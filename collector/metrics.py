@@ -31,6 +31,8 @@ class Metrics:
                                         "Bytes of OTLP requests the receivers hold (received, decompressed)", registry=r)
         self.spool_bytes = Gauge("spanhouse_spool_bytes", "Bytes held in the spool", registry=r)
         self.spool_segments = Gauge("spanhouse_spool_segments", "Segments held in the spool", registry=r)
+        self.store_healthy = Gauge("spanhouse_store_healthy", "1 while ClickHouse takes inserts, 0 while it refuses "
+                                   "them (data waits in the spool)", registry=r)
         self.insert_batches = Counter("spanhouse_insert_batches", "Spool segments inserted into ClickHouse",
                                       registry=r)
         self.insert_errors = Counter("spanhouse_insert_errors", "Failed inserts, by kind", ["kind"], registry=r)

@@ -151,12 +151,17 @@ class Collector:
             threading.Event().wait(0.01)
 
     def _readiness(self) -> tuple[bool, str]:
+        """Whether requests are accepted now, and what an operator should know. A store
+        refusing inserts is said but is no reason to be unready: the spool exists to
+        take data through that (as the OpenTelemetry Collector stays ready while an
+        exporter fails), and a load balancer taking every replica out would lose it."""
         if self._stopping:
             return False, "shutting down"
+        refusing = self._spool.refusing if self._spool is not None else None
+        if refusing is not None:
+            return False, refusing
         if self._exporter is not None and not self._exporter.healthy:
-            return False, "ClickHouse is refusing inserts; data is kept in the spool"
-        if self._spool is not None and self._spool.bytes >= self.settings.spool_max_bytes * 0.95:
-            return False, "the spool is full"
+            return True, "ClickHouse is refusing inserts; data is kept in the spool"
         return True, ""
 
     def stop(self) -> bool:

@@ -63,6 +63,7 @@ _QUARANTINE = "quarantine"
 _SEQUENCE_FILE = "sequence"  # the next segment's sequence number
 _LOCK_FILE = ".lock"
 _RETRY_AFTER = 1.0
+_WRITE_FAILURE_S = 5.0  # how long a failed write keeps the spool reported as refusing
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ class Spool:
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
         self._on_seal = on_seal
+        self._refused_at: int | None = None  # bytes held when a record was last refused for room
+        self._write_failed: float | None = None  # when a write last failed, until one succeeds
 
     def open(self) -> RecoveryReport:
         """Create or recover the directory and start the flusher.
@@ -287,6 +290,7 @@ class Spool:
         only if its record is, rather than asked to retry forever.
         """
         if size <= self._max_bytes and self._bytes + size > self._max_bytes:
+            self._refused_at = self._bytes
             raise SpoolFull(f"the spool holds {self._bytes} of {self._max_bytes} bytes: ClickHouse is "
                             f"behind or down; retry later", retry_after=_RETRY_AFTER)
 
@@ -387,11 +391,13 @@ class Spool:
                 self._abandon_active()
                 with self._lock:
                     self._bytes -= group.size
+                self._write_failed = time.monotonic()
                 group.error = exc
                 group.done.set()
                 return
             with self._lock:
                 active.size += len(data)
+            self._write_failed = None
             group.done.set()
             if active.size >= self._segment_bytes:
                 self._seal_active()
@@ -572,6 +578,20 @@ class Spool:
         """Sealed segments plus the active one if it holds records."""
         with self._lock:
             return len(self._sealed) + (self._active is not None and self._active.size > 0)
+
+    @property
+    def refusing(self) -> str | None:
+        """Why records are being refused now, or None: a record was refused for room and
+        nothing has left the spool since, or the last write failed (within
+        ``_WRITE_FAILURE_S``, so that a disk that is fixed is tried again)."""
+        with self._lock:
+            if self._refused_at is not None and self._bytes >= self._refused_at:
+                return f"the spool is full ({self._bytes} of {self._max_bytes} bytes)"
+            self._refused_at = None
+            failed = self._write_failed
+        if failed is not None and time.monotonic() - failed < _WRITE_FAILURE_S:
+            return "the spool's last write failed (see the log)"
+        return None
 
     @property
     def bytes(self) -> int:

@@ -393,7 +393,8 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
                                                                        tenant: str) -> None:
     """A failure that is neither the store's nor the data's (here the disk, while the
     segment is handled) must not end the exporter thread: the segment stays, /readyz says
-    not ready, and once the cause is gone everything acknowledged lands."""
+    so while staying ready (it said 503 while the spool still took data), and once the
+    cause is gone everything acknowledged lands."""
     faulty = FaultyWriter(store.writer, error=lambda: OSError(28, "No space left on device"))
     with running_collector(dataclasses.replace(store, writer=faulty), tmp_path, tenant) as c:  # type: ignore[arg-type]
         body = request([span(f"s{i}", trace_id()) for i in range(5)]).SerializeToString()
@@ -403,12 +404,18 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
         while faulty.attempts < 2 and time.monotonic() < deadline:  # retried: the thread is alive
             time.sleep(0.05)
         assert faulty.attempts >= 2
-        assert httpx.get(c.api_url + "/readyz").status_code == 503
+        # still ready: the spool takes data through the outage (a load balancer taking every
+        # replica out would lose it); the store's state is said, and is a gauge
+        ready = httpx.get(c.api_url + "/readyz")
+        assert ready.status_code == 200 and "ClickHouse is refusing inserts" in ready.json()["reason"]
+        assert "spanhouse_store_healthy 0.0" in httpx.get(c.api_url + "/metrics").text
+        assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200
         faulty.heal()
         c.wait_drained(timeout=60)
-        assert httpx.get(c.api_url + "/readyz").status_code == 200
+        assert httpx.get(c.api_url + "/readyz").json() == {"status": "ready", "reason": ""}
         metrics = httpx.get(c.api_url + "/metrics").text
-    assert _count(store, tenant) == 5
+        assert "spanhouse_store_healthy 1.0" in metrics
+    assert _count(store, tenant) == 10
     assert not (tmp_path / "spool" / "quarantine").exists()
     assert 'spanhouse_insert_errors_total{kind="failed"}' in metrics
 

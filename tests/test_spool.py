@@ -168,9 +168,11 @@ def test_a_full_spool_refuses_and_writes_nothing_until_space_is_freed(spools: Sp
     for _ in range(3):
         spool.append("t", b"x" * 100)
     on_disk = segment_files(spools.directory)
+    assert spool.refusing is None  # full to the byte, but nothing was refused yet
     with pytest.raises(SpoolFull, match="holds") as refused:
         spool.append("t", b"y")
     assert refused.value.retry_after > 0
+    assert spool.refusing is not None and "full" in spool.refusing  # /readyz: not ready
     with pytest.raises(SpoolFull):
         spool.check_room(1)
     spool.check_room(3 * size + 1)  # could never fit: left to append's PayloadTooLarge, not "retry later"
@@ -179,7 +181,7 @@ def test_a_full_spool_refuses_and_writes_nothing_until_space_is_freed(spools: Sp
     oldest = spool.next_sealed(timeout=5)
     assert oldest is not None
     spool.delete(oldest)
-    assert spool.bytes == 2 * size
+    assert spool.bytes == 2 * size and spool.refusing is None  # room again
     spool.check_room(size)
     spool.append("t", b"x" * 100)
     assert spool.bytes == 3 * size
@@ -250,7 +252,9 @@ def test_a_failed_sync_acknowledges_no_record_of_its_group(spools: Spools, syncs
             assert not isinstance(failed.value, SpoolFull)
             assert isinstance(failed.value.__cause__, OSError)
     assert spool.bytes == 2 * size
+    assert spool.refusing is not None and "write failed" in spool.refusing  # /readyz: not ready
     spool.append("t", b"r2")
+    assert spool.refusing is None  # a write works again
     spool.close()
 
     reopened, report = spools.recover()
