@@ -52,8 +52,8 @@ class GrpcReceiver:
         )
         handler = grpc.unary_unary_rpc_method_handler(self._export)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
-        try:
-            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        try:  # an IPv6 address in brackets, as a gRPC target has it ('::1:0' parsed as a name)
+            self.port = self._server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         except RuntimeError:  # grpcio >= 1.5x raises where older ones returned 0: the address is taken
             self.port = 0
 

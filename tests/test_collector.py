@@ -562,3 +562,15 @@ def test_gzip_grpc_compression(store: Store, tmp_path: Path, tenant: str) -> Non
         c.wait_drained()
     assert _count(store, tenant) == 1
 
+
+
+def test_an_ipv6_loopback_host_listens_on_every_transport(store: Store, tmp_path: Path, tenant: str) -> None:
+    """--host ::1 is loopback (no keys needed), but the gRPC address was built as
+    '::1:0', which grpcio parses as a name: start-up failed blaming the port."""
+    with running_collector(store, tmp_path, tenant, host="::1") as c:
+        body = request([span("v6", trace_id())]).SerializeToString()
+        hdrs = {"content-type": "application/x-protobuf", **c.headers()}
+        assert httpx.post(f"http://[::1]:{c.addresses.http_port}/v1/traces", content=body, headers=hdrs).status_code == 200
+        assert grpc_export(f"[::1]:{c.addresses.grpc_port}", body, c.key)[0] is grpc.StatusCode.OK
+        c.wait_drained()
+    assert _count(store, tenant) == 2
