@@ -55,20 +55,29 @@ def _serve(args: argparse.Namespace) -> int:
     settings = config.from_args(args)
     collector = Collector(settings)
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():  # a second one: stop now, what is left stays in the spool
+            logging.getLogger("spanhouse").warning("stopping without draining the spool (a second signal)")
+            collector.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     addresses = collector.start()
-    # The one machine-readable startup line (scripts and tests read the ports from it).
-    print(json.dumps({"spanhouse": "listening", "host": addresses.host, "grpc_port": addresses.grpc_port,
-                      "http_port": addresses.http_port, "api_port": addresses.api_port,
-                      "sql_port": addresses.sql_port,
-                      "dsn": settings.dsn, "spool_dir": str(settings.resolved_spool_dir)}), flush=True)
+    if not stop.is_set():  # told to stop while starting: no line saying it listens
+        # The one machine-readable startup line (scripts and tests read the ports from it).
+        print(json.dumps({"spanhouse": "listening", "host": addresses.host, "grpc_port": addresses.grpc_port,
+                          "http_port": addresses.http_port, "api_port": addresses.api_port,
+                          "sql_port": addresses.sql_port,
+                          "dsn": settings.dsn, "spool_dir": str(settings.resolved_spool_dir)}), flush=True)
     # Woken now and then: a signal that lands on one of the engine's or gRPC's threads only
     # sets a flag, and a main thread blocked in wait() would never run the handler (a
     # SIGTERM under load was lost now and then, and the collector kept running).
     while not stop.wait(0.5):
         pass
-    logging.getLogger("spanhouse").info("shutting down: draining the spool (up to %.0fs)", settings.shutdown_timeout)
+    logging.getLogger("spanhouse").info("shutting down within %.0fs: requests under way finish, then the spool "
+                                        "drains (a second signal stops at once)", settings.shutdown_timeout)
     drained = collector.stop()
     if not drained:
         logging.getLogger("spanhouse").warning("the spool did not drain completely; it is replayed at the next start")

@@ -126,7 +126,7 @@ _HELP = {
                     "request's tenant)",
     "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
     "retention_days": "drop data older than this many days (default: keep everything)",
-    "shutdown_timeout": "seconds to drain the spool into the store on SIGTERM before exiting",
+    "shutdown_timeout": "seconds from SIGTERM to exit: requests under way finish, then the spool drains into the store",
 }
 # The keys file is SPANHOUSE_API_KEYS_FILE: SPANHOUSE_API_KEYS holds inline keys (auth.ENV).
 _ENV_OVERRIDES = {"dsn": DSN_ENV, "api_keys": "SPANHOUSE_API_KEYS_FILE"}

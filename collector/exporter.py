@@ -44,15 +44,17 @@ class ClickHouseExporter:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, drain_timeout: float) -> bool:
-        """Drain what is sealed for up to ``drain_timeout`` s, then stop; True if all drained.
+    def stop(self, drain_timeout: float, hurry: threading.Event | None = None) -> bool:
+        """Drain what is sealed for up to ``drain_timeout`` s (less once ``hurry`` is set),
+        then stop; True if all drained.
 
         An insert already running when the time is up is let finish (the client's own
         timeout bounds it): the store is closed next, and closing the embedded engine
         under a running insert could crash the process. Its segment, if the insert
         did not succeed, stays for the next start."""
         deadline = time.monotonic() + drain_timeout
-        while time.monotonic() < deadline and self._spool.segment_count and self.healthy:
+        while (time.monotonic() < deadline and self._spool.segment_count and self.healthy
+               and not (hurry is not None and hurry.is_set())):
             time.sleep(0.05)
         self._stop.set()
         self._thread.join()

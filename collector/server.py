@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 import uvicorn
@@ -81,6 +82,7 @@ class Collector:
         self._servers: list[uvicorn.Server] = []
         self._loop_thread: threading.Thread | None = None
         self._stopping = False
+        self._hurry = threading.Event()
         self._forwarders: list[Forwarder] = []
         self._sql_clients: ClientPool | None = None
         self._api_context: ApiContext | None = None
@@ -164,17 +166,28 @@ class Collector:
             return True, "ClickHouse is refusing inserts; data is kept in the spool"
         return True, ""
 
+    def hurry(self) -> None:
+        """Make a ``stop`` under way end without draining the spool (a second signal):
+        what is left stays there for the next start."""
+        self._hurry.set()
+
     def stop(self) -> bool:
-        """Graceful shutdown; True if the spool drained completely."""
+        """Graceful shutdown within ``shutdown_timeout`` in all: requests under way finish,
+        then the spool drains for what is left of it; True if it drained completely."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+
+        def left() -> float:
+            return 0.0 if self._hurry.is_set() else max(0.0, deadline - time.monotonic())
+
         self._stopping = True
         if self._grpc is not None:
-            self._grpc.stop(grace=5.0)
+            self._grpc.stop(grace=min(5.0, left()))
         if self._api_context is not None:
             self._api_context.stopping.set()
         for srv in self._servers:
             srv.should_exit = True
-        if self._loop_thread is not None:
-            self._loop_thread.join(timeout=self.settings.shutdown_timeout)
+        while self._loop_thread is not None and self._loop_thread.is_alive() and left() > 0:
+            self._loop_thread.join(timeout=0.1)  # in slices: a second signal (hurry) ends the wait
         if self._sql_clients is not None and self._store is not None:
             # Queries still running (a long one, a client that went away): see close_pool.
             self._store.close_pool(self._sql_clients)
@@ -182,7 +195,7 @@ class Collector:
         if self._spool is not None:
             self._spool.seal()  # nothing is appended any more: hand the active segment to the exporter
         if self._exporter is not None:
-            drained = self._exporter.stop(self.settings.shutdown_timeout)
+            drained = self._exporter.stop(left(), self._hurry)
         if self._spool is not None:
             self._spool.close()
         for forwarder in self._forwarders:

@@ -3,6 +3,9 @@ restart, and every acknowledged span is stored exactly once; SIGTERM drains and 
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -168,3 +171,50 @@ def test_open_event_streams_do_not_hold_the_shutdown(tmp_path: Path) -> None:
     assert proc.proc is not None and proc.proc.stderr is not None and "ERROR" not in proc.proc.stderr.read()
     for t in listeners:
         t.join(timeout=10)
+
+
+def _trickling_request(http_port: int) -> socket.socket:
+    """An OTLP/HTTP request whose body never finishes: uvicorn waits for it when stopping."""
+    sock = socket.create_connection(("127.0.0.1", http_port))
+    sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\ncontent-type: application/x-protobuf\r\n"
+                 b"content-length: 100000\r\n\r\n" + b"\x0a" * 10)
+    return sock
+
+
+def test_a_second_signal_stops_without_draining_and_loses_nothing(tmp_path: Path) -> None:
+    """A second SIGTERM/SIGINT was ignored: the collector went on waiting for a request
+    that never finishes (the whole shutdown timeout), then drained. Now it stops at once;
+    what it acknowledged stays in the spool and lands at the next start."""
+    data = tmp_path / "data"
+    proc = ServeProcess(data, "--shutdown-timeout", "60", "--batch-delay", "60")
+    ports = proc.start()
+    body = request([span(f"keep-{i}", trace_id()) for i in range(30)]).SerializeToString()
+    assert grpc_export(f"127.0.0.1:{ports['grpc_port']}", body, None)[0] is grpc.StatusCode.OK
+    trickle = _trickling_request(ports["http_port"])
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert proc.proc.poll() is None  # still waiting for the trickling request, as it should
+    started = time.monotonic()
+    assert proc.terminate(timeout=30) == 0  # the second signal
+    assert time.monotonic() - started < 20  # not the 60 s the first one allows
+    trickle.close()
+    again = ServeProcess(data)
+    again.start()
+    _wait_drained(again.api_url)
+    assert again.terminate() == 0
+    assert count_in_store(data, "SELECT count() FROM otel_traces") == [[30]]
+
+
+def test_a_signal_during_start_up_prints_no_listening_line(tmp_path: Path) -> None:
+    """Scripts and tests take the startup line for 'up': a SIGTERM while the store was
+    opening still let the collector print it before it stopped."""
+    proc = ServeProcess(tmp_path / "data", env={"SPANHOUSE_LOG_LEVEL": "INFO"})
+    proc.proc = subprocess.Popen(proc.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc.env)
+    assert proc.proc.stderr is not None
+    for line in proc.proc.stderr:  # the signal handlers are in place before the store opens
+        if "migration" in line or "spool" in line:
+            proc.proc.send_signal(signal.SIGTERM)
+            break
+    out, _ = proc.proc.communicate(timeout=90)
+    assert proc.proc.returncode == 0 and "listening" not in out, out
