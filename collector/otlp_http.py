@@ -141,7 +141,7 @@ class HttpReceiver:
         result = outcome(exc)
         if not isinstance(exc, SpanhouseError):
             log.exception("unexpected error in HTTP export; the client is told to retry")
-        self._count(str(result.http_status))
+        self._count(result.grpc_code.name.lower())  # the gRPC receiver's names: one set of outcomes for both
         body = encoding.status(result.grpc_code.value[0], str(exc), result.retry_after,
                                bad_request=result.http_status == 400)
         headers = {"Retry-After": str(max(1, round(result.retry_after)))} if result.retry_after else None

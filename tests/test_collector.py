@@ -509,7 +509,7 @@ def test_a_client_that_hangs_up_mid_body_is_no_error(store: Store, tmp_path: Pat
         while 'outcome="client_disconnected"' not in httpx.get(c.api_url + "/metrics").text:
             assert time.monotonic() < deadline, "the hang-up was not counted"
             time.sleep(0.1)
-        assert 'transport="http",outcome="503"' not in httpx.get(c.api_url + "/metrics").text
+        assert 'transport="http",outcome="unavailable"' not in httpx.get(c.api_url + "/metrics").text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
@@ -574,3 +574,15 @@ def test_an_ipv6_loopback_host_listens_on_every_transport(store: Store, tmp_path
         assert grpc_export(f"[::1]:{c.addresses.grpc_port}", body, c.key)[0] is grpc.StatusCode.OK
         c.wait_drained()
     assert _count(store, tenant) == 2
+
+
+def test_both_transports_count_outcomes_by_the_same_names(store: Store, tmp_path: Path, tenant: str) -> None:
+    """gRPC counted 'unauthenticated' and HTTP '401' for the same refusal: a sum by
+    outcome across transports split every kind in two."""
+    with running_collector(store, tmp_path, tenant) as c:
+        body = request([span("s", trace_id())]).SerializeToString()
+        assert httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf"}).status_code == 401
+        assert grpc_export(c.grpc_target, body, None)[0] is grpc.StatusCode.UNAUTHENTICATED
+        text = httpx.get(c.api_url + "/metrics").text
+    assert 'spanhouse_requests_total{outcome="unauthenticated",transport="http"} 1.0' in text, text
+    assert 'spanhouse_requests_total{outcome="unauthenticated",transport="grpc"} 1.0' in text, text
