@@ -242,6 +242,21 @@ class _MarkerSender:
             self._exporter.shutdown()
 
 
+def _renewed_in_children(owner: BorrowedExporter | ForkSafeExporter) -> threading.Lock:
+    """A lock for ``owner._lock`` that each forked child replaces with a new one: a lock a
+    thread of the parent held when it forked (an export under way) is never released in
+    the child, and every export there waited on it for ever."""
+    ref = weakref.ref(owner)
+
+    def renew() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._lock = threading.Lock()
+
+    os.register_at_fork(after_in_child=renew)
+    return threading.Lock()
+
+
 class BorrowedExporter(SpanExporter):
     """An exporter a pipeline uses but does not own: one passed to ``configure(exporter=)``
     or the store exporter of a DSN. ``configure()`` hands the same object to the next
@@ -253,7 +268,7 @@ class BorrowedExporter(SpanExporter):
         self._exporter = exporter
         # Running markers and batches both leave through it here, from two threads; an
         # exporter may assume (as OpenTelemetry's contract lets it) one export at a time.
-        self._lock = threading.Lock()
+        self._lock = _renewed_in_children(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
@@ -279,7 +294,7 @@ class ForkSafeExporter(SpanExporter):
         self._factory = factory
         self._exporter = factory()
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._lock = _renewed_in_children(self)
         self._abandoned: list[SpanExporter] = []
 
     def _current(self) -> SpanExporter:

@@ -438,6 +438,30 @@ def test_otel_sdk_disabled_turns_everything_off() -> None:
     assert out.strip() == "ok True"
 
 
+def test_a_child_forked_while_an_export_is_under_way_can_export() -> None:
+    """The exporter lock a parent's thread held when the process forked (an export under
+    way: a store insert takes a while) was never released in the child, and every
+    export there, a flush too, waited for ever."""
+    out = run_python("""
+        import os, threading
+        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from spanhouse.sdk._processor import BorrowedExporter, ForkSafeExporter
+
+        borrowed, fork_safe = BorrowedExporter(InMemorySpanExporter()), ForkSafeExporter(InMemorySpanExporter)
+        borrowed._lock.acquire()  # as the parent's exporting thread holds them at the fork
+        fork_safe._lock.acquire()
+        pid = os.fork()
+        if pid == 0:
+            done = []
+            worker = threading.Thread(target=lambda: done.append((borrowed.export([]), fork_safe.export([]))))
+            worker.start()
+            worker.join(10)
+            os._exit(0 if done == [(SpanExportResult.SUCCESS, SpanExportResult.SUCCESS)] else 1)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """, timeout=30)
+    assert out.strip() == "0"
+
 def test_forked_child_has_working_marker_thread_and_batch_worker() -> None:
     out = run_python("""
         import json, os, time
