@@ -95,9 +95,9 @@ def _keys_add(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from spanhouse.collector import demo  # the SDK and OTLP exporter are only needed here
 
-    sent = demo.run(args.endpoint, args.api_key, args.executions, args.hours)
-    print(f"sent {sent} executions to {args.endpoint}; see `spanhouse executions list` or the Grafana dashboards",
-          file=sys.stderr)
+    sent, spans = demo.run(args.endpoint, args.api_key, args.executions, args.hours)
+    print(f"sent {sent} executions ({spans} spans) to {args.endpoint}; see `spanhouse executions list` or the "
+          "Grafana dashboards", file=sys.stderr)
     return 0
 
 
