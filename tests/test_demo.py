@@ -12,13 +12,18 @@ from spanhouse.collector import cli
 from tests.collector_harness import running_collector
 
 
-def test_demo_traffic_fills_every_view(store: Store, tmp_path: Path) -> None:
-    tenant = "demo-traffic"
+def _demo(store: Store, tmp_path: Path, tenant: str, executions: int) -> None:
+    """``spanhouse demo`` over two hours into a collector on ``store``, all of it stored."""
     with running_collector(store, tmp_path, tenant) as c:
         code = cli.main(["demo", "--endpoint", f"http://{c.grpc_target}", "--api-key", c.key,
-                         "--executions", "60", "--hours", "2"])
+                         "--executions", str(executions), "--hours", "2"])
         assert code == 0
         c.wait_drained()
+
+
+def test_demo_traffic_fills_every_view(store: Store, tmp_path: Path) -> None:
+    tenant = "demo-traffic"
+    _demo(store, tmp_path, tenant, 60)
 
     def one(sql: str) -> tuple:
         return store.client.query(sql, parameters={"t": tenant}).result_rows[0]
@@ -54,11 +59,7 @@ def test_a_larger_demo_delivers_every_span(store: Store, tmp_path: Path, capsys:
     SDK-configured service's spans were dropped ('Queue full') while it said it sent
     everything."""
     tenant = "demo-every-span"
-    with running_collector(store, tmp_path, tenant) as c:
-        code = cli.main(["demo", "--endpoint", f"http://{c.grpc_target}", "--api-key", c.key,
-                         "--executions", "2000", "--hours", "2"])
-        assert code == 0
-        c.wait_drained()
+    _demo(store, tmp_path, tenant, 2000)
     said = re.search(r"sent 2000 executions \((\d+) spans\)", capsys.readouterr().err)
     assert said is not None
     stored = store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String} "
