@@ -115,7 +115,8 @@ _HELP = {
     "api_port": "query API, /healthz, /readyz and /metrics port (0 = pick a free port)",
     "sql_port": "read-only ClickHouse-HTTP-compatible SQL port for Grafana and ClickHouse clients (admin key)",
     "api_keys": "API keys file (see `spanhouse keys add`); without it every request is tenant 'default'",
-    "spool_dir": "durable spool directory (default: spool/ inside an embedded store's data directory)",
+    "spool_dir": "durable spool directory (default: spool/ inside an embedded store's data directory, "
+                 "./spanhouse-spool with a server DSN)",
     "spool_max_bytes": "spool bound; when full, clients are told to retry later (e.g. 1GiB)",
     "max_request_bytes": "largest accepted request after decompression (e.g. 64MiB)",
     "batch_bytes": "insert into ClickHouse once this much is spooled (one insert per batch; e.g. 32MiB)",
