@@ -19,8 +19,9 @@ using no table function but the row generators (``numbers``, ``zeros``, ...), no
 ``file()``, no ``INTO OUTFILE``, no ``SETTINGS``, and no table but the store's (the
 embedded engine's default database reads any other name as a host file). The check is
 only as good as the dump is complete, so it fails closed: a node kind not known to
-print all it holds (``* APPLY(lambda)``, a SHOW's WHERE) is refused. Nine rounds of
-review found ways past earlier versions of it; each is a test in
+print all it holds (``* APPLY(lambda)``, a SHOW's WHERE) is refused. So are functions
+whose one row can outlast the time limit, which the engine checks between blocks of
+rows. Ten rounds of review found ways past earlier versions of it; each is a test in
 ``tests/test_sql_endpoint.py``.
 
 Settings come from a short list (output formatting of the text formats and Native, and
@@ -73,6 +74,16 @@ _SAFE_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt",
 # Scalar functions that read the host: file(), and those that look a table up by a name
 # in a string, which the embedded engine's default database resolves as a host file.
 _HOST_FUNCTIONS = frozenset({"file", "hascolumnintable", "joinget", "joingetornull"})
+# Scalar functions whose cost per row has no bound but its arguments' size (quadratic
+# string and array distances, polygon geometry), and the model calls: the engine checks
+# the time limit between blocks of rows, so one block of them ran for minutes
+# (editDistance of two 64k strings: 3.6 s a row) and six held every connection.
+_UNBOUNDED_FUNCTIONS = frozenset({
+    "editdistance", "editdistanceutf8", "levenshteindistance", "levenshteindistanceutf8",
+    "dameraulevenshteindistance", "jarosimilarity", "jarowinklersimilarity", "arraylevenshteindistance",
+    "arraylevenshteindistanceweighted", "arraysimilarity",
+})
+_UNBOUNDED_PREFIXES = ("polygon", "ai")  # polygonsDistance*, polygonsIntersection*...; aiGenerate...
 _AST_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?")
 # A string literal or a quoted name, whichever starts first (a quote inside the other kind
 # is part of it): literals are printed escaped in EXPLAIN AST, names raw.
@@ -148,6 +159,8 @@ def outside_reach(ast: str) -> str | None:
             return f"table function {name}() reaches outside the store"
         if kind == "Function" and name.lower() in _HOST_FUNCTIONS:
             return f"function {name}() reads the host's files (a table name in a string can be one)"
+        if kind == "Function" and (name.lower() in _UNBOUNDED_FUNCTIONS or name.lower().startswith(_UNBOUNDED_PREFIXES)):
+            return f"function {name}() can run past the time limit on a single row"
         if kind == "Literal" and len(ancestors) == 1:  # a statement's only literal child: INTO OUTFILE
             return "INTO OUTFILE writes the host's files"
         if kind not in _KINDS:

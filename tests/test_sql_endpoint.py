@@ -22,6 +22,7 @@ from spanhouse.clickhouse import Store
 from spanhouse.clickhouse.store import READERS
 from spanhouse.collector.sql_guard import LIMITS
 from spanhouse.collector.sql_guard import settings as client_settings
+from spanhouse.collector.sql_http import MAX_QUERY_BYTES
 from tests.collector_harness import Running, in_child, running_collector
 from tests.conftest import write
 from tests.otlp import request, span, trace_id
@@ -282,6 +283,33 @@ def test_a_name_the_store_does_not_list_is_no_host_file(admin: Running, sql: str
     r = httpx.post(admin.sql_url, content=sql, auth=("default", admin.key))
     assert r.status_code in (403, 404) and "SPANHOUSE" not in r.text and "root:" not in r.text, r.text[:300]
 
+
+@pytest.mark.parametrize("sql", [
+    "SELECT sum(editDistance(repeat('a', 65536), repeat(toString(number % 10), 65536))) FROM numbers(3)",
+    "SELECT levenshteinDistanceUTF8('a', 'b')", "SELECT jaroWinklerSimilarity('a', 'b')",
+    "SELECT arrayLevenshteinDistance([1], [2])", "SELECT polygonsDistanceCartesian([[[(0., 0.)]]], [[[(1., 1.)]]])",
+    "SELECT aiGenerate('hello')",
+])
+def test_functions_whose_one_row_outlasts_the_time_limit_are_refused(admin: Running, sql: str) -> None:
+    """The engine checks max_execution_time between blocks of rows: editDistance of two
+    64k strings took 3.6 s a row, a 5 s limit ended after 36 s, and six such queries held
+    every connection of the endpoint for 145 s."""
+    r = httpx.post(admin.sql_url, content=sql, auth=("default", admin.key), timeout=30)
+    assert r.status_code == 403 and "past the time limit" in r.text, r.text[:300]
+
+
+def test_a_query_over_the_engines_size_limit_is_refused_before_it_is_read_whole(admin: Running) -> None:
+    """A 400 MiB body was held, and formatted by the engine with none of the limits, before
+    the engine refused it as over max_query_size: the collector peaked at 10 GB."""
+    def body() -> Iterator[bytes]:
+        yield b"SELECT 1 -- "
+        for _ in range(64):  # 64 MiB, stopped at the first chunk past the limit
+            yield b"x" * (1 << 20)
+
+    r = httpx.post(admin.sql_url, content=body(), auth=("default", admin.key), timeout=60)
+    # the collector's refusal, before the engine sees any of it
+    assert r.status_code == 400 and f"the query is over {MAX_QUERY_BYTES} bytes" in r.text, r.text[:300]
+    assert httpx.post(admin.sql_url, content="SELECT 1 -- " + "x" * 200_000, auth=("default", admin.key)).text == "1\n"
 
 def test_a_time_zone_that_names_a_file_is_refused_and_answers_stay_within_the_byte_limit(admin: Running) -> None:
     """'file:/dev/ptmx' as a time zone made the engine read that device (past the time
