@@ -175,6 +175,9 @@ class Writer:
             # Every table below carries a deduplication window; the token reaches the
             # views' inserts too, so a replayed batch changes no count anywhere.
             settings |= {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
+        else:  # no retry to recognise: a block equal to an earlier one (a trace deleted, then sent
+            # again) is new data, in the views' tables too (which compare blocks by default)
+            settings |= {"insert_deduplicate": 0, "deduplicate_blocks_in_dependent_materialized_views": 0}
         try:
             with self._gate:
                 self._insert(items, settings, token)

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import IngestItem, Store, Writer, otlp_rows
 from spanhouse.clickhouse.writer import frame
+from spanhouse.clickhouse.deletion import delete_traces
 from spanhouse.clickhouse.history import get_execution
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
 from tests.collector_harness import in_child
@@ -266,6 +267,17 @@ def test_retried_batch_with_same_token_is_stored_once(store: Store, tenant: str)
     assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String}",
                                 parameters={"t": tenant}) == 16
 
+
+def test_a_batch_without_a_token_is_never_taken_for_a_repeat(store: Store, tenant: str) -> None:
+    """Without a token the tables' deduplication window compared block contents: a trace
+    deleted and then sent again byte for byte was dropped without a word."""
+    t = trace_id()
+    body = request([span("again", t)])
+    write(store, tenant, body)
+    delete_traces(store.client, tenant, [t.hex()])
+    write(store, tenant, body)
+    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String}",
+                                parameters={"t": tenant}) == 1
 
 def test_retried_batch_changes_no_derived_count(store: Store, tenant: str) -> None:
     t = trace_id()
