@@ -13,12 +13,14 @@ are rebuilt afterwards, whole, from ``tool_stats_1h_by_time``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from spanhouse.clickhouse import queries, sqlfiles
 from spanhouse.clickhouse.pool import Reader
+from spanhouse.errors import StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -53,45 +55,71 @@ _ROLLUPS = (  # in this order: a rollup read by a later one is rebuilt first
 _NO_DEDUP = {"insert_deduplicate": 0, "mutations_sync": 2, "lightweight_deletes_sync": 2}
 
 
+CHUNK = 5_000
+"""Traces deleted together. A statement's ``TraceId IN`` list of 40k ids took 25 s where
+10k took 0.1 s, and a 30k-execution deletion, holding ingest off, took 4 minutes."""
+
+
 def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
-                  ingest_paused: AbstractContextManager[object] | None = None) -> dict[str, int]:
+                  ingest_paused: Callable[[], AbstractContextManager[object]] | None = None,
+                  stopping: threading.Event | None = None) -> dict[str, int]:
     """Remove ``trace_ids`` of ``tenant`` everywhere; returns executions and spans removed.
 
-    ``ingest_paused`` (the store writer's ``paused()``) holds inserts off while the
-    traces are deleted and the rollups rebuilt: a tool call inserted between a group's
-    rows being cleared and recomputed would be counted by its view and by the
-    recomputation. Without it (a script with no writer of its own) nothing else should
-    be writing.
+    The traces go ``CHUNK`` at a time, each chunk from every table and rollup before the
+    next starts. ``ingest_paused`` (the store writer's ``paused``) holds inserts off
+    during each chunk: a tool call inserted between a group's rows being cleared and
+    recomputed would be counted by its view and by the recomputation. Without it (a
+    script with no writer of its own) nothing else should be writing. ``stopping`` set
+    (the collector stopping) ends the deletion between chunks: ``StoreUnavailable`` says
+    how many were deleted, whole, and the rest are untouched.
     """
     ids = sorted(set(trace_ids))
-    if not ids:
-        return {"executions": 0, "spans": 0}
-    # Held off from the counts to the rebuild: a span of a trace being deleted (one still
-    # running) that landed between two of the DELETEs stayed in some tables and not in
-    # others, and a tool call in a group found unaffected was counted by the views with no
-    # raw row left. Inserts wait in the spool meanwhile; what arrives after is stored whole.
-    with ingest_paused or nullcontext():
-        params = {"tenant": tenant, "trace_ids": ids}
-        spans = queries.rows(client, "trace_span_counts", params)[0]["spans"]
-        executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
-        feedback_traces = [r["trace_id"] for r in queries.rows(client, "feedback_only_traces", params)]
-        params = {"tenant": tenant, "trace_ids": sorted({*ids, *feedback_traces})}
-        # Every read comes before the first change: a read cancelled (the collector
-        # stopping) then ends the deletion with nothing changed, not half done.
-        affected = {r: _affected(client, r, params) for r in _ROLLUPS}
-        selects = {r: queries.rows(client, "view_select", {"view": r.view})[0]["as_select"] for r in _ROLLUPS}
-        projected = [row["table"] for row in queries.rows(client, "tables_with_projections", {})]
-        for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
-            client.command(stmt, parameters=params, settings=_NO_DEDUP)
-        for rollup, groups in affected.items():
-            if groups:
-                _recompute(client, rollup, selects[rollup], tenant, groups)
-    # A projection keeps the rows a lightweight DELETE masked (the engine does not rebuild
-    # it) until its part is merged: reads it serves (a trace by id, a rollup window) would
-    # still return them. Applying the mask rewrites the masked parts and their projections.
+    removed = {"executions": 0, "spans": 0}
+    # read before any change, as each chunk's reads are: a read cancelled (the collector
+    # stopping) then ends the deletion with nothing changed
+    projected = [row["table"] for row in queries.rows(client, "tables_with_projections", {})] if ids else []
+    started = False
+    try:
+        for start in range(0, len(ids), CHUNK):
+            if stopping is not None and stopping.is_set():
+                raise StoreUnavailable(f"the collector is stopping: {start} of {len(ids)} trace ids were deleted "
+                                       "(each from every table); delete again for the rest")
+            started = True
+            with ingest_paused() if ingest_paused is not None else nullcontext():
+                chunk = _delete_chunk(client, tenant, ids[start:start + CHUNK])
+            removed = {k: removed[k] + chunk[k] for k in removed}
+    finally:
+        if started:
+            _apply_masks(client, projected)
+    return removed
+
+
+def _delete_chunk(client: Reader, tenant: str, ids: list[str]) -> dict[str, int]:
+    """Remove ``ids`` from every table and rebuild the rollup groups they touched."""
+    params = {"tenant": tenant, "trace_ids": ids}
+    spans = queries.rows(client, "trace_span_counts", params)[0]["spans"]
+    executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
+    feedback_traces = [r["trace_id"] for r in queries.rows(client, "feedback_only_traces", params)]
+    params = {"tenant": tenant, "trace_ids": sorted({*ids, *feedback_traces})}
+    # Every read comes before the first change: a read cancelled (the collector
+    # stopping) then ends the chunk with nothing changed, not half done.
+    affected = {r: _affected(client, r, params) for r in _ROLLUPS}
+    selects = {r: queries.rows(client, "view_select", {"view": r.view})[0]["as_select"] for r in _ROLLUPS}
+    for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
+        client.command(stmt, parameters=params, settings=_NO_DEDUP)
+    for rollup, groups in affected.items():
+        if groups:
+            _recompute(client, rollup, selects[rollup], tenant, groups)
+    return {"executions": int(executions), "spans": int(spans)}
+
+
+def _apply_masks(client: Reader, projected: list[str]) -> None:
+    """A projection keeps the rows a lightweight DELETE masked (the engine does not
+    rebuild it) until its part is merged: reads it serves (a trace by id, a rollup
+    window) would still return them. Applying the mask to the ``projected`` tables
+    rewrites the masked parts and their projections."""
     for table in projected:
         client.command(f"ALTER TABLE {table} APPLY DELETED MASK", settings=_NO_DEDUP)
-    return {"executions": int(executions), "spans": int(spans)}
 
 
 def _affected(client: Reader, r: _Rollup, params: dict[str, object]) -> list[tuple[object, ...]]:

@@ -29,7 +29,7 @@ from spanhouse import TRACE_ID, __version__
 from spanhouse.clickhouse import Store, deletion, history
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
 from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
-from spanhouse.errors import AuthError, Forbidden
+from spanhouse.errors import AuthError, Forbidden, StoreUnavailable
 
 
 def _storable(value: datetime) -> datetime:
@@ -230,7 +230,7 @@ def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pat
     trace_id = trace_id.lower()
     if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
         raise HTTPException(404, f"no execution {trace_id}")
-    return deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id], ctx.store.writer.paused())
+    return deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id], ctx.store.writer.paused, ctx.stopping)
 
 
 @executions.delete("/executions")
@@ -245,7 +245,7 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
     ids = history.matching_ids(ctx.store.readers, who.tenant, values)
     if dry_run:
         return {"executions": len(ids)}
-    return deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused())
+    return deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused, ctx.stopping)
 
 
 @executions.post("/feedback", status_code=201, responses={404: {"description": "no such execution"}})
@@ -286,12 +286,18 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
 
 
+async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    """503 for a store that cannot answer now (closing, unreachable), saying why."""
+    return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "5"})
+
+
 def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> FastAPI:
     """The API app; ``readiness`` returns (ready, why-not)."""
     app = FastAPI(title="spanhouse", version=__version__,
                   description="Execution history for AI agents and workflows.")
     app.state.context = context
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreUnavailable, _unavailable)  # type: ignore[arg-type]
     app.include_router(executions)
     from spanhouse.collector.api_analytics import analytics  # here: that module imports this one
     app.include_router(analytics)

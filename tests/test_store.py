@@ -323,7 +323,7 @@ def test_a_tool_call_written_while_a_deletion_rebuilds_its_hour_counts_once(stor
     late_batch = [IngestItem(tenant, request([span("execute_tool search", late, start=hour + 120 * 10**9,
                                                    attributes=tool)]).SerializeToString())]
     reader = _WriteWhileDeleting(store, late_batch)
-    delete_traces(reader, tenant, [gone.hex()], store.writer.paused())
+    delete_traces(reader, tenant, [gone.hex()], store.writer.paused)
     assert reader.writing is not None
     reader.writing.join()
     calls = {table: store.client.command(f"SELECT sum(Calls) FROM {table} WHERE Tenant = {{t:String}}",
@@ -344,7 +344,7 @@ def test_a_span_of_a_trace_arriving_while_it_is_deleted_is_stored_whole(store: S
     late = [IngestItem(tenant, request([span("execute_tool search", running, start=hour + 7_200 * 10**9,
                                               attributes=tool)]).SerializeToString())]
     reader = _WriteWhileDeleting(store, late, after="DELETE FROM otel_traces WHERE Tenant = {tenant:String} AND TraceId")
-    delete_traces(reader, tenant, [running.hex()], store.writer.paused())
+    delete_traces(reader, tenant, [running.hex()], store.writer.paused)
     assert reader.writing is not None
     reader.writing.join()
     counts = [store.client.command(sql, parameters={"t": tenant}) for sql in (
@@ -355,6 +355,40 @@ def test_a_span_of_a_trace_arriving_while_it_is_deleted_is_stored_whole(store: S
         "SELECT sum(Spans) FROM execution_rollup WHERE Tenant = {t:String}")]
     assert counts == [1] * 5  # the late span alone, in every table
 
+
+def test_a_deletion_goes_in_chunks_and_a_stop_ends_it_between_them(store: Store, tenant: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 30k-execution deletion took 4 minutes with ingest held off throughout (a TraceId
+    IN list of 40k ids took 25 s a statement, 10k 0.1 s), and the collector stopping
+    under it left tables disagreeing. Chunks are deleted whole, ingest may go on between
+    them, and a stop ends the deletion there."""
+    from spanhouse.clickhouse import deletion
+
+    monkeypatch.setattr(deletion, "CHUNK", 2)
+    tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+    traces = [trace_id() for _ in range(5)]
+    write(store, tenant, *[request([span("invoke_agent a", t), span("execute_tool search", t, attributes=tool)])
+                           for t in traces])
+    stopping, pauses = threading.Event(), []
+
+    @contextmanager
+    def paused() -> Iterator[None]:
+        with store.writer.paused():
+            pauses.append(1)
+            yield
+        stopping.set()  # the collector is told to stop while the first chunk is deleted
+
+    with pytest.raises(StoreUnavailable, match="2 of 5 trace ids were deleted"):
+        delete_traces(store.readers, tenant, [t.hex() for t in traces], paused, stopping)
+    assert pauses == [1]  # ingest held off for the chunk, not the whole deletion
+    left = {table: store.client.command(f"SELECT {n} FROM {table} WHERE Tenant = {{t:String}}",
+                                        parameters={"t": tenant})
+            for table, n in (("otel_traces", "uniqExact(TraceId)"), ("tool_calls", "count()"),
+                             ("tool_stats_1m", "sum(Calls)"), ("tool_stats_1d", "sum(Calls)"),
+                             ("executions FINAL", "count()"), ("execution_rollup", "uniqExact(TraceId)"))}
+    assert left == dict.fromkeys(left, 3), left  # the first chunk from every table, the rest untouched
+    assert delete_traces(store.readers, tenant, [t.hex() for t in traces], store.writer.paused) == {
+        "executions": 3, "spans": 6}
 
 class _CancelledAt:
     """A reader for ``delete_traces`` whose read of ``marker`` is cancelled, as the
