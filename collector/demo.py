@@ -132,6 +132,14 @@ class _Counted(SpanExporter):
         return self._exporter.force_flush(timeout_millis)
 
 
+def _check_accepted(endpoint: str, exporters: Sequence[_Counted]) -> None:
+    failed = sum(e.failed for e in exporters)
+    if failed:
+        raise ConfigError(f"the collector at {endpoint} did not accept {failed} batch(es) of spans (the errors are "
+                          "above): is it running there? If it has API keys, pass --api-key (or SPANHOUSE_API_KEY) "
+                          "with the ingest scope")
+
+
 class _Ended(SpanProcessor):
     """Counts the spans that ended: what the exporters should have delivered."""
 
@@ -188,15 +196,13 @@ def run(endpoint: str, api_key: str | None, executions: int, hours: float, seed:
             if n % _FLUSH_EVERY == _FLUSH_EVERY - 1:
                 for provider in providers.values():
                     provider.force_flush()
+                _check_accepted(endpoint, exporters)  # a collector that is not there: say so now
     sdk.flush()
     for provider in providers.values():
         provider.shutdown()
     sdk.shutdown()
     exporters[0].shutdown()  # the SDK flushes an exporter it is given but leaves it open
-    failed = sum(e.failed for e in exporters)
-    if failed:
-        raise ConfigError(f"the collector at {endpoint} did not accept {failed} batch(es) of spans (the errors are "
-                          "above): if it has API keys, pass --api-key (or SPANHOUSE_API_KEY) with the ingest scope")
+    _check_accepted(endpoint, exporters)
     delivered = sum(e.spans for e in exporters)
     if delivered < ended.spans:
         raise ConfigError(f"{ended.spans - delivered} of {ended.spans} spans were dropped before they could be sent")

@@ -229,7 +229,7 @@ class Spool:
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
         self._on_seal = on_seal
-        self._refused_at: int | None = None  # bytes held when a record was last refused for room
+        self._refused = False  # a record was refused for room, and nothing has left since
         self._write_failed: float | None = None  # when a write last failed, until one succeeds
 
     def open(self) -> RecoveryReport:
@@ -290,7 +290,7 @@ class Spool:
         only if its record is, rather than asked to retry forever.
         """
         if size <= self._max_bytes and self._bytes + size > self._max_bytes:
-            self._refused_at = self._bytes
+            self._refused = True  # until something leaves the spool (_forget)
             raise SpoolFull(f"the spool holds {self._bytes} of {self._max_bytes} bytes: ClickHouse is "
                             f"behind or down; retry later", retry_after=_RETRY_AFTER)
 
@@ -391,6 +391,7 @@ class Spool:
                 self._abandon_active()
                 with self._lock:
                     self._bytes -= group.size
+                    self._refused = False
                 self._write_failed = time.monotonic()
                 group.error = exc
                 group.done.set()
@@ -545,6 +546,7 @@ class Spool:
             if segment in self._sealed:
                 self._sealed.remove(segment)
                 self._bytes -= segment.size
+                self._refused = False  # something left: a refused record may fit now
 
     def _quarantine_dir(self) -> Path:
         path = self._dir / _QUARANTINE
@@ -585,9 +587,8 @@ class Spool:
         nothing has left the spool since, or the last write failed (within
         ``_WRITE_FAILURE_S``, so that a disk that is fixed is tried again)."""
         with self._lock:
-            if self._refused_at is not None and self._bytes >= self._refused_at:
+            if self._refused:
                 return f"the spool is full ({self._bytes} of {self._max_bytes} bytes)"
-            self._refused_at = None
             failed = self._write_failed
         if failed is not None and time.monotonic() - failed < _WRITE_FAILURE_S:
             return "the spool's last write failed (see the log)"

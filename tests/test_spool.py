@@ -187,6 +187,24 @@ def test_a_full_spool_refuses_and_writes_nothing_until_space_is_freed(spools: Sp
     assert spool.bytes == 3 * size
 
 
+def test_refusing_ends_once_something_leaves_even_if_the_spool_fills_again(spools: Spools) -> None:
+    """The refusal was compared with the bytes held at its moment: one large record
+    refused by a nearly empty spool left it 'full' for /readyz for as long as small
+    records kept it above that level, all of them accepted."""
+    size = spools.record_size("t", b"x" * 100)
+    spool = spools.open(max_bytes=4 * size, segment_bytes=size)
+    spool.append("t", b"x" * 100)
+    with pytest.raises(SpoolFull):
+        spool.check_room(4 * size)  # a large record that does not fit beside the first
+    assert spool.refusing is not None
+    spool.append("t", b"x" * 100)  # smaller ones still do: it is not full, but nothing left yet
+    oldest = spool.next_sealed(timeout=5)
+    assert oldest is not None
+    spool.delete(oldest)
+    spool.append("t", b"x" * 100)
+    spool.append("t", b"x" * 100)  # above the level at the refusal again
+    assert spool.refusing is None
+
 def test_records_waiting_to_be_written_count_against_the_bound(spools: Spools, syncs: Syncs) -> None:
     size = spools.record_size("t", b"x" * 100)
     spool = spools.open(max_bytes=size + size // 2)
