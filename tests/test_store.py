@@ -356,39 +356,48 @@ def test_a_span_of_a_trace_arriving_while_it_is_deleted_is_stored_whole(store: S
     assert counts == [1] * 5  # the late span alone, in every table
 
 
-def test_a_deletion_goes_in_chunks_and_a_stop_ends_it_between_them(store: Store, tenant: str,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_deletion_goes_in_chunks_and_a_stop_ends_it_between_them(tmp_path: Path) -> None:
     """A 30k-execution deletion took 4 minutes with ingest held off throughout (a TraceId
     IN list of 40k ids took 25 s a statement, 10k 0.1 s), and the collector stopping
     under it left tables disagreeing. Chunks are deleted whole, ingest may go on between
-    them, and a stop ends the deletion there."""
-    from spanhouse.clickhouse import deletion
+    them, and a stop ends the deletion there. In a child with a store of its own: a
+    deletion's mutations visit every part of the shared store."""
+    script = (
+        "import sys, threading\n"
+        "from contextlib import contextmanager\n"
+        "from spanhouse.clickhouse import IngestItem, deletion, open_store\n"
+        "from spanhouse.errors import StoreUnavailable\n"
+        "from tests.otlp import request, span, trace_id\n"
+        "s = open_store(sys.argv[1])\n"
+        "deletion.CHUNK = 2\n"
+        "tool = {'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search'}\n"
+        "ids = [trace_id() for _ in range(5)]\n"
+        "s.writer.write([IngestItem('t', request([span('invoke_agent a', t), span('execute_tool search', t, "
+        "attributes=tool)]).SerializeToString()) for t in ids], token='all')\n"
+        "stopping, pauses = threading.Event(), []\n"
+        "@contextmanager\n"
+        "def paused():\n"
+        "    with s.writer.paused():\n"
+        "        pauses.append(1)\n"
+        "        yield\n"
+        "    stopping.set()  # the collector is told to stop while the first chunk is deleted\n"
+        "try:\n"
+        "    deletion.delete_traces(s.readers, 't', [t.hex() for t in ids], paused, stopping)\n"
+        "except StoreUnavailable as exc:\n"
+        "    print(exc)\n"
+        "print(pauses)\n"
+        "print([s.client.command(f\"SELECT {n} FROM {table} WHERE Tenant = 't'\") for table, n in (\n"
+        "    ('otel_traces', 'uniqExact(TraceId)'), ('tool_calls', 'count()'), ('tool_stats_1m', 'sum(Calls)'),\n"
+        "    ('tool_stats_1d', 'sum(Calls)'), ('executions FINAL', 'count()'), ('execution_rollup', 'uniqExact(TraceId)'))])\n"
+        "print(deletion.delete_traces(s.readers, 't', [t.hex() for t in ids], s.writer.paused))\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path) == [
+        "the collector is stopping: 2 of 5 trace ids were deleted (each from every table); delete again for the rest",
+        "[1]",  # ingest held off for the chunk, not the whole deletion
+        str([3] * 6),  # the first chunk from every table, the rest untouched
+        "{'executions': 3, 'spans': 6}"]
 
-    monkeypatch.setattr(deletion, "CHUNK", 2)
-    tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
-    traces = [trace_id() for _ in range(5)]
-    write(store, tenant, *[request([span("invoke_agent a", t), span("execute_tool search", t, attributes=tool)])
-                           for t in traces])
-    stopping, pauses = threading.Event(), []
-
-    @contextmanager
-    def paused() -> Iterator[None]:
-        with store.writer.paused():
-            pauses.append(1)
-            yield
-        stopping.set()  # the collector is told to stop while the first chunk is deleted
-
-    with pytest.raises(StoreUnavailable, match="2 of 5 trace ids were deleted"):
-        delete_traces(store.readers, tenant, [t.hex() for t in traces], paused, stopping)
-    assert pauses == [1]  # ingest held off for the chunk, not the whole deletion
-    left = {table: store.client.command(f"SELECT {n} FROM {table} WHERE Tenant = {{t:String}}",
-                                        parameters={"t": tenant})
-            for table, n in (("otel_traces", "uniqExact(TraceId)"), ("tool_calls", "count()"),
-                             ("tool_stats_1m", "sum(Calls)"), ("tool_stats_1d", "sum(Calls)"),
-                             ("executions FINAL", "count()"), ("execution_rollup", "uniqExact(TraceId)"))}
-    assert left == dict.fromkeys(left, 3), left  # the first chunk from every table, the rest untouched
-    assert delete_traces(store.readers, tenant, [t.hex() for t in traces], store.writer.paused) == {
-        "executions": 3, "spans": 6}
 
 class _CancelledAt:
     """A reader for ``delete_traces`` whose read of ``marker`` is cancelled, as the

@@ -16,7 +16,6 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import IngestItem, Store, Writer, otlp_rows
 from spanhouse.clickhouse.writer import frame
-from spanhouse.clickhouse.deletion import delete_traces
 from spanhouse.clickhouse.history import get_execution
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
 from tests.collector_harness import in_child
@@ -268,16 +267,26 @@ def test_retried_batch_with_same_token_is_stored_once(store: Store, tenant: str)
                                 parameters={"t": tenant}) == 16
 
 
-def test_a_batch_without_a_token_is_never_taken_for_a_repeat(store: Store, tenant: str) -> None:
+def test_a_batch_without_a_token_is_never_taken_for_a_repeat(tmp_path: Path) -> None:
     """Without a token the tables' deduplication window compared block contents: a trace
-    deleted and then sent again byte for byte was dropped without a word."""
-    t = trace_id()
-    body = request([span("again", t)])
-    write(store, tenant, body)
-    delete_traces(store.client, tenant, [t.hex()])
-    write(store, tenant, body)
-    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String}",
-                                parameters={"t": tenant}) == 1
+    deleted and then sent again byte for byte was dropped without a word. In a child
+    with a store of its own: a deletion's mutations visit every part of the shared store."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import IngestItem, open_store\n"
+        "from spanhouse.clickhouse.deletion import delete_traces\n"
+        "from tests.otlp import request, span, trace_id\n"
+        "s = open_store(sys.argv[1])\n"
+        "t = trace_id()\n"
+        "item = IngestItem('t', request([span('again', t)]).SerializeToString())\n"
+        "s.writer.write([item])\n"
+        "delete_traces(s.client, 't', [t.hex()])\n"
+        "s.writer.write([item])\n"
+        "print(s.client.command('SELECT count() FROM otel_traces'), s.client.command('SELECT count() FROM tool_calls'),\n"
+        "      s.client.command('SELECT count() FROM executions FINAL'))\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path) == ["1 0 1"]
 
 def test_retried_batch_changes_no_derived_count(store: Store, tenant: str) -> None:
     t = trace_id()
