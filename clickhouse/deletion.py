@@ -75,9 +75,10 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
     """
     ids = sorted(set(trace_ids))
     removed = {"executions": 0, "spans": 0}
-    # read before any change, as each chunk's reads are: a read cancelled (the collector
-    # stopping) then ends the deletion with nothing changed
+    # read once, before any change, as each chunk's reads are: a read cancelled (the
+    # collector stopping) then ends the deletion with nothing changed
     projected = [row["table"] for row in queries.rows(client, "tables_with_projections", {})] if ids else []
+    selects = {r: queries.rows(client, "view_select", {"view": r.view})[0]["as_select"] for r in _ROLLUPS} if ids else {}
     started = False
     try:
         for start in range(0, len(ids), CHUNK):
@@ -86,7 +87,7 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
                                        "(each from every table); delete again for the rest")
             started = True
             with ingest_paused() if ingest_paused is not None else nullcontext():
-                chunk = _delete_chunk(client, tenant, ids[start:start + CHUNK])
+                chunk = _delete_chunk(client, tenant, ids[start:start + CHUNK], selects)
             removed = {k: removed[k] + chunk[k] for k in removed}
     finally:
         if started:
@@ -94,8 +95,9 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
     return removed
 
 
-def _delete_chunk(client: Reader, tenant: str, ids: list[str]) -> dict[str, int]:
-    """Remove ``ids`` from every table and rebuild the rollup groups they touched."""
+def _delete_chunk(client: Reader, tenant: str, ids: list[str], selects: dict[_Rollup, str]) -> dict[str, int]:
+    """Remove ``ids`` from every table and rebuild the rollup groups they touched with
+    their views' ``selects``."""
     params = {"tenant": tenant, "trace_ids": ids}
     spans = queries.rows(client, "trace_span_counts", params)[0]["spans"]
     executions = queries.rows(client, "executions_count", params, "executions", ["trace_ids"])[0]["total"]
@@ -104,7 +106,6 @@ def _delete_chunk(client: Reader, tenant: str, ids: list[str]) -> dict[str, int]
     # Every read comes before the first change: a read cancelled (the collector
     # stopping) then ends the chunk with nothing changed, not half done.
     affected = {r: _affected(client, r, params) for r in _ROLLUPS}
-    selects = {r: queries.rows(client, "view_select", {"view": r.view})[0]["as_select"] for r in _ROLLUPS}
     for stmt in sqlfiles.split_statements(queries.render("delete_traces")):
         client.command(stmt, parameters=params, settings=_NO_DEDUP)
     for rollup, groups in affected.items():
