@@ -75,10 +75,12 @@ def delete_traces(client: Reader, tenant: str, trace_ids: Sequence[str],
     """
     ids = sorted(set(trace_ids))
     removed = {"executions": 0, "spans": 0}
+    if not ids:
+        return removed
     # read once, before any change, as each chunk's reads are: a read cancelled (the
     # collector stopping) then ends the deletion with nothing changed
-    projected = [row["table"] for row in queries.rows(client, "tables_with_projections", {})] if ids else []
-    selects = {r: queries.rows(client, "view_select", {"view": r.view})[0]["as_select"] for r in _ROLLUPS} if ids else {}
+    projected = [row["table"] for row in queries.rows(client, "tables_with_projections", {})]
+    selects = {r: queries.rows(client, "view_select", {"view": r.view})[0]["as_select"] for r in _ROLLUPS}
     started = False
     try:
         for start in range(0, len(ids), CHUNK):
