@@ -178,14 +178,7 @@ class _MarkerSender:
         self._closed = False
         self._start()
         if not synchronous:
-            weak_restart = weakref.WeakMethod(self._start)
-
-            def after_fork_in_child() -> None:
-                restart = weak_restart()
-                if restart is not None:
-                    restart()
-
-            os.register_at_fork(after_in_child=after_fork_in_child)
+            _in_each_child(self._start)
 
     def _start(self) -> None:
         """(Re)create the lock, queue state and thread; in a forked child, the parent's are gone."""
@@ -242,22 +235,35 @@ class _MarkerSender:
             self._exporter.shutdown()
 
 
-def _renewed_in_children(owner: BorrowedExporter | ForkSafeExporter) -> threading.Lock:
-    """A lock for ``owner._lock`` that each forked child replaces with a new one: a lock a
-    thread of the parent held when it forked (an export under way) is never released in
-    the child, and every export there waited on it for ever."""
-    ref = weakref.ref(owner)
+def _in_each_child(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in every forked child, as long as its object lives (the
+    hook holds it weakly: a hook cannot be unregistered)."""
+    weak = weakref.WeakMethod(method)
 
-    def renew() -> None:
-        alive = ref()
+    def after_fork_in_child() -> None:
+        alive = weak()
         if alive is not None:
-            alive._lock = threading.Lock()
+            alive()
 
-    os.register_at_fork(after_in_child=renew)
-    return threading.Lock()
+    os.register_at_fork(after_in_child=after_fork_in_child)
 
 
-class BorrowedExporter(SpanExporter):
+class _LockRenewedInChildren:
+    """``_lock``, replaced by a new one in each forked child: a lock a thread of the parent
+    held when it forked (an export under way) is never released in the child, and every
+    export there waited on it for ever."""
+
+    _lock: threading.Lock
+
+    def _init_lock(self) -> None:
+        self._renew_lock()
+        _in_each_child(self._renew_lock)
+
+    def _renew_lock(self) -> None:
+        self._lock = threading.Lock()
+
+
+class BorrowedExporter(_LockRenewedInChildren, SpanExporter):
     """An exporter a pipeline uses but does not own: one passed to ``configure(exporter=)``
     or the store exporter of a DSN. ``configure()`` hands the same object to the next
     pipeline when the settings change, so retiring a pipeline flushes it and leaves it
@@ -268,7 +274,7 @@ class BorrowedExporter(SpanExporter):
         self._exporter = exporter
         # Running markers and batches both leave through it here, from two threads; an
         # exporter may assume (as OpenTelemetry's contract lets it) one export at a time.
-        self._lock = _renewed_in_children(self)
+        self._init_lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
@@ -281,7 +287,7 @@ class BorrowedExporter(SpanExporter):
         return self._exporter.force_flush(timeout_millis)
 
 
-class ForkSafeExporter(SpanExporter):
+class ForkSafeExporter(_LockRenewedInChildren, SpanExporter):
     """An exporter made by ``factory``, made again in each forked child before its first export.
 
     The parent's exporter object is abandoned in the child, never shut down there: closing
@@ -294,7 +300,7 @@ class ForkSafeExporter(SpanExporter):
         self._factory = factory
         self._exporter = factory()
         self._pid = os.getpid()
-        self._lock = _renewed_in_children(self)
+        self._init_lock()
         self._abandoned: list[SpanExporter] = []
 
     def _current(self) -> SpanExporter:
