@@ -124,7 +124,7 @@ _HELP = {
     "allow_unauthenticated": "allow a non-loopback --host without API keys",
     "forward_otlp": "also send every accepted request to this OTLP endpoint (repeatable): grpc://host:port or "
                     "http(s)://host:port/v1/traces, optionally ;header=value ({tenant} in a value: each "
-                    "request's tenant)",
+                    "request's tenant; values percent-decoded, a comma as %%2C)",
     "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds from SIGTERM to exit: requests under way finish, then the spool drains into the store",

@@ -3,7 +3,8 @@
 Each destination (``--forward-otlp URL``, repeatable; ``grpc://host:port`` or
 ``http(s)://host:port/v1/traces``, optional ``;header=value`` parts, where ``{tenant}``
 in a value is the tenant of each request: the destination sees one stream otherwise,
-every tenant's spans together) has its own
+every tenant's spans together; values are percent-decoded, as in
+``OTEL_EXPORTER_OTLP_HEADERS``, so '%2C' is a comma and '%3B' a semicolon) has its own
 directory under the spool, into which every sealed spool segment is hard-linked as it
 is sealed: no copy, no extra write on the acknowledgement path, and the segment
 survives the main spool deleting it after its ClickHouse insert. A thread per
@@ -34,7 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import grpc
 import httpx
@@ -73,7 +74,11 @@ class Destination:
 
     @classmethod
     def parse(cls, spec: str) -> Destination:
-        """``URL[;name=value...]``; ``ConfigError`` for anything else."""
+        """``URL[;name=value...]``; ``ConfigError`` for anything else.
+
+        A value is percent-decoded, as ``OTEL_EXPORTER_OTLP_HEADERS`` values are: the
+        list of destinations is split on commas and each one on semicolons, so a
+        credential holding either could not be passed otherwise."""
         url, *parts = [p.strip() for p in spec.split(";")]
         scheme = urlsplit(url).scheme
         if scheme not in ("grpc", "http", "https") or not urlsplit(url).netloc:
@@ -82,10 +87,12 @@ class Destination:
         headers = []
         for part in parts:
             name, sep, value = (x.strip() for x in part.partition("="))
+            value = unquote(value)
             if not sep or not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value) \
                     or name.lower().endswith("-bin"):
                 raise ConfigError(f"--forward-otlp {spec!r}: header {part!r} must look like name=value, the name "
-                                  "letters, digits and -_. (not ending in -bin), the value printable ASCII")
+                                  "letters, digits and -_. (not ending in -bin), the value printable ASCII once "
+                                  "percent-decoded (write a comma as %2C, a semicolon as %3B, '%' as %25)")
             headers.append((name.lower(), value))
         return cls(url, tuple(headers))
 

@@ -407,3 +407,22 @@ def test_one_url_with_two_header_sets_is_two_destinations_and_twice_the_same_is_
     assert made[2]._dir.name == hashlib.sha256(url.encode()).hexdigest()[:16]  # as before: kept across an upgrade
     with pytest.raises(ConfigError, match="given twice"):
         forwarders((f"{url};x-scope-orgid=a", f"{url};x-scope-orgid=a"), tmp_path, 1 << 20, Metrics())
+
+
+def test_a_header_value_with_a_comma_or_semicolon_reaches_the_destination_percent_decoded() -> None:
+    """Destinations are split on commas and headers on semicolons, so a credential with
+    either could not be passed at all; values are percent-decoded now, as the OTel
+    exporters decode OTEL_EXPORTER_OTLP_HEADERS."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recording.got = []
+    url = f"http://127.0.0.1:{server.server_address[1]}/otel/v1/traces"
+    sender = Sender(Destination.parse(f"{url};authorization=Basic%20a%2Cb%3Bc%25"), Metrics())
+    try:
+        assert sender.send(b"a", "acme") is True
+    finally:
+        sender.close()
+        server.shutdown()
+    assert [h["authorization"] for _, h in _Recording.got] == ["Basic a,b;c%"]
+    with pytest.raises(ConfigError, match="percent-decoded"):
+        Destination.parse(f"{url};x-k=a%0Ab")  # a newline is no header value, encoded or not
