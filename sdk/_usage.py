@@ -55,10 +55,40 @@ PRICES: dict[str, tuple[float, float]] = {
 use ``register_price``. A variant priced differently from the model its name starts
 with needs an entry of its own (o3-pro is not o3), else the prefix's price applies."""
 
+CACHED_INPUT_PRICES: dict[str, float] = {
+    # model of PRICES: USD per 1M input tokens read from the provider's prompt cache, as
+    # published in 2025. OpenAI caches long prompts by itself, so an agent that resends
+    # its history pays this for most of its input: at the full input price its cost was
+    # 2x (gpt-4o), 4x (gpt-4.1, o3) or 10x (gpt-5) too high on those tokens.
+    "gpt-4o": 1.25,
+    "gpt-4o-mini": 0.075,
+    "gpt-4.1": 0.50,
+    "gpt-4.1-mini": 0.10,
+    "gpt-4.1-nano": 0.025,
+    "gpt-5": 0.125,
+    "gpt-5-mini": 0.025,
+    "gpt-5-nano": 0.005,
+    "o1": 7.50,
+    "o1-mini": 0.55,
+    "o3": 0.50,
+    "o3-mini": 0.55,
+    "o4-mini": 0.275,
+    "claude-3-5-haiku": 0.08,
+    "claude-3-5-sonnet": 0.30,
+    "claude-3-7-sonnet": 0.30,
+    "claude-sonnet-4": 0.30,
+    "claude-haiku-4-5": 0.10,
+    "claude-opus-4": 1.50,
+    "claude-opus-4-5": 0.50,
+    "gemini-2.5-pro": 0.31,
+    "gemini-2.5-flash": 0.075,
+    "gemini-2.5-flash-lite": 0.025,
+}
+"""PRICES key → USD per million cached input tokens (prompt-cache reads). Looked up by the
+key PRICES matched, so a model without an entry here pays its full input price for them."""
+
 _PER: Final = 1_000_000
 _MAX_TOKENS: Final = 2**63 - 1  # an OTLP int attribute is an int64: the exporter drops larger ones
-CACHE_READ_PRICE: Final = 0.1
-"""Anthropic's price of a prompt-cache read, as a share of the model's input price."""
 CACHE_WRITE_PRICE: Final = 1.25
 """Anthropic's price of a prompt-cache write (5-minute cache), as a share of the input price."""
 
@@ -77,39 +107,54 @@ def finite_number(value: object) -> bool:
 _ADDING: Final = threading.Lock()  # one sum at a time (see record_usage_on)
 
 
-def register_price(model: str, *, input_per_million: float, output_per_million: float) -> None:
-    """Set the price of ``model`` (or of every model whose name starts with it).
+def register_price(model: str, *, input_per_million: float, output_per_million: float,
+                   cached_input_per_million: float | None = None) -> None:
+    """Set the price of ``model`` (or of every model whose name starts with it);
+    ``cached_input_per_million`` is its prompt-cache read price (else the input price).
 
     Raises:
         ValueError: the name is empty or a price is negative or not finite.
     """
     if not isinstance(model, str) or not model:
         raise ValueError(f"model must be a non-empty string, not {model!r}")
-    for label, price in (("input_per_million", input_per_million), ("output_per_million", output_per_million)):
-        if not finite_number(price) or price < 0:
+    for label, price in (("input_per_million", input_per_million), ("output_per_million", output_per_million),
+                         ("cached_input_per_million", cached_input_per_million)):
+        if price is not None and (not finite_number(price) or price < 0):
             raise ValueError(f"{label} must be a finite number >= 0, not {price!r}")
     PRICES[model] = (float(input_per_million), float(output_per_million))
+    if cached_input_per_million is None:  # a price set again without one drops the old model's
+        CACHED_INPUT_PRICES.pop(model, None)
+    else:
+        CACHED_INPUT_PRICES[model] = float(cached_input_per_million)
+
+
+def _price_key(model: str) -> str | None:
+    """The PRICES entry of ``model``: its own, else the longest prefix entry, else None."""
+    if model in PRICES:
+        return model
+    return max((key for key in PRICES if model.startswith(key)), key=len, default=None)
 
 
 def price_of(model: str) -> tuple[float, float] | None:
     """The price entry for ``model``: its own, else the longest prefix entry, else None."""
-    if model in PRICES:
-        return PRICES[model]
-    best = max((key for key in PRICES if model.startswith(key)), key=len, default=None)
-    return PRICES[best] if best is not None else None
+    key = _price_key(model)
+    return None if key is None else PRICES[key]
 
 
 def cost_of(model: str | None, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
             cache_write_tokens: int = 0) -> float | None:
     """USD for the tokens at ``model``'s price, or None when the price is unknown.
-    ``input_tokens`` includes the cache's tokens, which are priced at their share of the
-    input price (``CACHE_READ_PRICE``, ``CACHE_WRITE_PRICE``)."""
-    price = price_of(model) if model else None
-    if price is None:
+    ``input_tokens`` includes the cache's tokens: reads are priced from
+    ``CACHED_INPUT_PRICES`` (the input price for a model not there), writes (which only
+    Anthropic reports) at ``CACHE_WRITE_PRICE`` times the input price."""
+    key = _price_key(model) if model else None
+    if key is None:
         return None
+    price_in, price_out = PRICES[key]
+    price_read = CACHED_INPUT_PRICES.get(key, price_in)
     uncached = input_tokens - cache_read_tokens - cache_write_tokens
-    inputs = uncached + cache_read_tokens * CACHE_READ_PRICE + cache_write_tokens * CACHE_WRITE_PRICE
-    return (inputs * price[0] + output_tokens * price[1]) / _PER
+    inputs = uncached * price_in + cache_read_tokens * price_read + cache_write_tokens * CACHE_WRITE_PRICE * price_in
+    return (inputs + output_tokens * price_out) / _PER
 
 
 def record_usage(input_tokens: int | None = None, output_tokens: int | None = None, model: str | None = None,
@@ -166,7 +211,9 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     ``prompt_tokens``/``completion_tokens`` (OpenAI Chat Completions), and
     ``response.model``. Anthropic counts the prompt cache's tokens apart
     (``cache_read_input_tokens``, ``cache_creation_input_tokens``); they are added to the
-    input tokens, as the GenAI conventions count them, and priced as Anthropic does.
+    input tokens, as the GenAI conventions count them. OpenAI counts its cache reads in
+    the input tokens and names them (``prompt_tokens_details.cached_tokens``; the
+    Responses API's ``input_tokens_details``). Either way they are priced as cache reads.
     """
     usage = _field(response, "usage")
     if usage is None:
@@ -175,12 +222,16 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     outputs = _field(usage, "output_tokens", "completion_tokens")
     if not isinstance(inputs, int) and not isinstance(outputs, int):
         return
-    cached = (_count(_field(usage, "cache_read_input_tokens")), _count(_field(usage, "cache_creation_input_tokens")))
+    apart = (_count(_field(usage, "cache_read_input_tokens")), _count(_field(usage, "cache_creation_input_tokens")))
     if not isinstance(inputs, int):
         inputs, cached = None, (0, 0)
+    else:
+        details = _field(usage, "prompt_tokens_details", "input_tokens_details")
+        included = 0 if details is None else min(_count(_field(details, "cached_tokens")), max(inputs, 0))
+        inputs += sum(apart)
+        cached = (apart[0] + included, apart[1])
     model = _field(response, "model")
-    record_usage_on(span, None if inputs is None else inputs + sum(cached),
-                    outputs if isinstance(outputs, int) else None,
+    record_usage_on(span, inputs, outputs if isinstance(outputs, int) else None,
                     model if isinstance(model, str) and model else None, None, cached)
 
 

@@ -172,6 +172,26 @@ def test_price_table_is_extendable_and_prefix_matched() -> None:
         _usage.PRICES.update(saved)
 
 
+def test_cache_reads_are_priced_by_the_entry_the_model_matched() -> None:
+    """o3-pro matches its own entry, which has no cache price (its full input price
+    applies), not o3's; a registered model's cache price goes and comes with its price."""
+    saved, saved_cached = dict(_usage.PRICES), dict(_usage.CACHED_INPUT_PRICES)
+    try:
+        assert _usage.cost_of("gpt-5-2025-08-07", 1_000_000, 0, cache_read_tokens=800_000) == pytest.approx(
+            0.2 * 1.25 + 0.8 * 0.125)
+        assert _usage.cost_of("o3-pro-2025-06-10", 1_000_000, 0, cache_read_tokens=1_000_000) == pytest.approx(20.0)
+        sdk.register_price("acme", input_per_million=4.0, output_per_million=8.0, cached_input_per_million=1.0)
+        assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(2.0 + 0.5)
+        sdk.register_price("acme", input_per_million=4.0, output_per_million=8.0)
+        assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(4.0)
+        with pytest.raises(ValueError, match="cached_input_per_million"):
+            sdk.register_price("acme", input_per_million=1.0, output_per_million=1.0, cached_input_per_million=-1)
+    finally:
+        for table, was in ((_usage.PRICES, saved), (_usage.CACHED_INPUT_PRICES, saved_cached)):
+            table.clear()
+            table.update(was)  # type: ignore[arg-type]
+
+
 def test_record_usage_validates_and_is_a_noop_outside_spans(spans: CapturedSpans) -> None:
     sdk.record_usage(input_tokens=5)  # no current span: nothing happens
     for bad in ({"input_tokens": -1}, {"output_tokens": 1.5}, {"input_tokens": True}, {"cost_usd": -0.1},

@@ -579,6 +579,24 @@ def test_anthropic_prompt_cache_tokens_count_as_input_at_their_price(spans: Capt
     assert got["spanhouse.cost_usd"] == pytest.approx(((12 + 50_000 * 0.1 + 2_000 * 1.25) * 3 + 100 * 15) / 1e6)
 
 
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": 10_000, "completion_tokens": 50, "prompt_tokens_details": {"cached_tokens": 9_000}},
+    {"input_tokens": 10_000, "output_tokens": 50, "input_tokens_details": {"cached_tokens": 9_000}},
+])
+def test_openai_cached_prompt_tokens_are_priced_as_cache_reads(spans: CapturedSpans, usage: dict[str, Any]) -> None:
+    """OpenAI counts its (automatic) prompt-cache reads inside the input tokens and names
+    them in the details (Chat Completions and Responses). They were priced at the full
+    input price: for an agent resending its history, gpt-5's input cost was ~7x too high."""
+    @sdk.llm(model="gpt-5")
+    def complete(prompt: str) -> dict[str, Any]:
+        return {"model": "gpt-5-2025-08-07", "usage": usage}
+
+    complete("hi")
+    got = spans.by_name("chat gpt-5").attributes or {}
+    assert got["gen_ai.usage.input_tokens"] == 10_000 and got["gen_ai.usage.output_tokens"] == 50
+    assert got["spanhouse.cost_usd"] == pytest.approx((1_000 * 1.25 + 9_000 * 0.125 + 50 * 10.0) / 1e6)
+
+
 @pytest.mark.parametrize("call", [
     lambda: sdk.record_usage(cost_usd=10**400), lambda: sdk.record_usage(input_tokens=2**63),
     lambda: sdk.register_price("m", input_per_million=10**400, output_per_million=1),
