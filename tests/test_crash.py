@@ -117,7 +117,11 @@ def test_sigterm_while_a_long_sql_query_runs_exits_zero(tmp_path: Path) -> None:
 
     asking = threading.Thread(target=long_query)
     asking.start()
-    time.sleep(1.5)  # the query is running
+    probe = "SELECT count() FROM system.processes WHERE query LIKE '%sipHash64%' AND query NOT LIKE '%system.processes%'"
+    deadline = time.monotonic() + 30  # a slow machine takes a while to start it: stop only once it runs
+    while httpx.post(f"http://127.0.0.1:{ports['sql_port']}/", content=probe).text.strip() != "1":
+        assert time.monotonic() < deadline, "the long query never started"
+        time.sleep(0.1)
     assert proc.terminate() == 0
     asking.join(timeout=30)
     assert answers
