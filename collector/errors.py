@@ -45,6 +45,11 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
 )
 
 
+OUTCOMES: tuple[str, ...] = tuple(dict.fromkeys(
+    ["ok", *(code.name.lower() for _, code, _ in _TABLE), grpc.StatusCode.UNAVAILABLE.name.lower()]))
+"""Every ``outcome`` label a receiver gives an answer from this map (``spanhouse_requests_total``)."""
+
+
 def outcome(exc: BaseException) -> Outcome:
     """The gRPC code, HTTP status and retry delay for ``exc``."""
     for kind, code, status in _TABLE:

@@ -236,6 +236,9 @@ class Forwarder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"spanhouse-forward-{destination.key}", daemon=True)
+        for counter in (metrics.forward_sent, metrics.forward_rejected, metrics.forward_rejected_spans,
+                        metrics.forward_dropped_bytes):  # from the start: rate() misses a new series' first event
+            counter.labels(destination=destination.label)
         self._dir.mkdir(parents=True, exist_ok=True)
         done = self._dir / _DONE_FILE
         self._done = int(done.read_text()) if done.exists() else -1
@@ -328,10 +331,12 @@ class Forwarder:
         """Send one segment from its recorded position; False to retry later."""
         progress = path.with_suffix(".pos")
         try:
-            records = Segment(path.stem, path, path.stat().st_size).records()
+            size = path.stat().st_size
+            records = Segment(path.stem, path, size).records()
         except FileNotFoundError:
             return True  # dropped by the bound meanwhile
-        except InvalidData as exc:
+        except InvalidData as exc:  # counted: a drop is never silent (the main spool quarantines its link)
+            self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(size)
             log.error("forwarding to %s: segment %s is unreadable (%s); dropped", self.destination.label,
                       path.name, exc)
             records = []

@@ -25,8 +25,8 @@ from spanhouse.collector import encoding
 from spanhouse.collector.auth import Principal
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Spool
-from spanhouse.collector.validate import validate
-from spanhouse.errors import Backpressure, SpoolFull
+from spanhouse.collector.validate import REASONS, validate
+from spanhouse.errors import Backpressure
 
 
 class Held:
@@ -58,16 +58,19 @@ class Ingest:
         self._held = 0
         self._lock = threading.Lock()
         metrics.request_bytes_held.set_function(lambda: self._held)
+        for reason in REASONS:  # every series from the start: rate() misses the first event of a new one
+            metrics.spans_rejected.labels(reason=reason)
 
     @contextmanager
     def hold(self) -> Iterator[Held]:
         """The bytes of one request, given back when it is answered. Every receiver
-        handles a request inside it, so a full spool is counted here, once, whichever
-        step (``admit`` or ``export``) found it full."""
+        handles a request inside it, so a request asked to retry is counted here, once,
+        whichever step refused it: the bound of held bytes, ``admit`` (spool full) or
+        ``export`` (spool full, or its write failed: a full disk)."""
         held = Held(self)
         try:
             yield held
-        except SpoolFull:
+        except Backpressure:
             self._metrics.backpressure.inc()
             raise
         finally:
@@ -77,7 +80,6 @@ class Ingest:
     def _take(self, held: Held, size: int) -> None:
         with self._lock:
             if self._held + size > self._max_held:
-                self._metrics.backpressure.inc()
                 raise Backpressure(f"the collector is receiving {self._held} bytes of requests at once, its "
                                    f"bound; retry shortly")
             self._held += size
@@ -102,12 +104,14 @@ class Ingest:
         """
         principal.require("ingest")
         verdict = validate(request)
-        self._metrics.spans_received.inc(verdict.accepted + verdict.rejected_count)
-        for reason, n in verdict.rejected.items():
-            self._metrics.spans_rejected.labels(reason=reason).inc(n)
         if verdict.accepted:
             self._spool.append(principal.tenant, _payload(request, raw if not verdict.rejected else None))
-            self._metrics.spans_accepted.inc(verdict.accepted)
+        # Counted once answered: a request the spool refused is sent again, and was
+        # counted as received on every try, its spans neither accepted nor rejected.
+        self._metrics.spans_received.inc(verdict.accepted + verdict.rejected_count)
+        self._metrics.spans_accepted.inc(verdict.accepted)
+        for reason, n in verdict.rejected.items():
+            self._metrics.spans_rejected.labels(reason=reason).inc(n)
         return encoding.response(verdict.rejected_count, verdict.message())
 
 

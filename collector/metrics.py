@@ -18,15 +18,19 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("spanhouse_requests", "OTLP export requests by transport and outcome",
-                                ["transport", "outcome"], registry=r)
-        self.spans_received = Counter("spanhouse_spans_received", "Spans in decoded export requests", registry=r)
+        self.requests = Counter("spanhouse_requests", "OTLP export requests by transport and outcome (a gRPC "
+                                "message over the size limit is refused by grpcio before the collector sees it, "
+                                "uncounted)", ["transport", "outcome"], registry=r)
+        self.spans_received = Counter("spanhouse_spans_received", "Spans in decoded export requests that were "
+                                      "answered: accepted plus rejected (a request asked to retry counts in "
+                                      "spanhouse_backpressure_events_total instead)", registry=r)
         self.spans_accepted = Counter("spanhouse_spans_accepted", "Spans acknowledged (durable in the spool)",
                                       registry=r)
         self.spans_rejected = Counter("spanhouse_spans_rejected", "Spans rejected, by reason", ["reason"],
                                       registry=r)
         self.backpressure = Counter("spanhouse_backpressure_events", "Requests asked to retry: the spool was full, "
-                                    "or the receivers held their bound of request bytes", registry=r)
+                                    "closed or could not write (a full disk), or the receivers held their bound of "
+                                    "request bytes", registry=r)
         self.request_bytes_held = Gauge("spanhouse_request_bytes_held",
                                         "Bytes of OTLP requests the receivers hold (received, decompressed)", registry=r)
         self.spool_bytes = Gauge("spanhouse_spool_bytes", "Bytes held in the spool", registry=r)

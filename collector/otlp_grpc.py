@@ -2,7 +2,9 @@
 
 Registered as a generic handler with no deserializer, so the request arrives as bytes
 and is decoded once, here. gzip is gRPC message compression, handled by grpcio; a
-message over the size limit is refused by grpcio itself with RESOURCE_EXHAUSTED.
+message over the size limit is refused by grpcio itself with RESOURCE_EXHAUSTED, before
+the handler runs, so no metric counts it (as in the OpenTelemetry Collector): letting
+larger ones through to count them would let each worker hold more than the limit.
 Calls beyond the worker threads wait in grpcio's queue, as in the OpenTelemetry
 Collector (no concurrent-call limit): a queued call holds no message yet (grpcio reads
 it on the worker), so memory stays bounded by the workers. grpcio's own limit would
@@ -23,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from spanhouse.collector import encoding
 from spanhouse.collector.auth import KeyRing, key_from_headers
-from spanhouse.collector.errors import outcome
+from spanhouse.collector.errors import OUTCOMES, outcome
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
 from spanhouse.errors import InvalidData, SpanhouseError
@@ -50,6 +52,8 @@ class GrpcReceiver:
                      # two stores. Off, a taken port fails to bind like the other ports.
                      ("grpc.so_reuseport", 0)],
         )
+        for name in OUTCOMES:  # every series from the start: rate() misses the first event of a new one
+            metrics.requests.labels(transport="grpc", outcome=name)
         handler = grpc.unary_unary_rpc_method_handler(self._export)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
         try:  # an IPv6 address in brackets, as a gRPC target has it ('::1:0' parsed as a name)

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from spanhouse.collector import encoding
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
-from spanhouse.collector.errors import outcome
+from spanhouse.collector.errors import OUTCOMES, outcome
 from spanhouse.collector.ingest import Held, Ingest
 from spanhouse.collector.metrics import Metrics
 from spanhouse.errors import InvalidData, PayloadTooLarge, SpanhouseError, UnsupportedMediaType
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _MEDIA_TYPES = (encoding.PROTOBUF, encoding.JSON)
 # Every method reaches the handler, which answers all but POST with 405 itself.
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Outcomes of this transport's own, besides the error map's (spanhouse_requests_total).
+_OUTCOMES = ("method_not_allowed", "unsupported_media_type", "client_disconnected")
 
 
 def media_type(content_type: str | None) -> str:
@@ -99,6 +101,8 @@ class HttpReceiver:
         self._limit = max_request_bytes
         self._threads = anyio.CapacityLimiter(concurrency)
         self.app = Starlette(routes=[Route("/v1/traces", self._traces, methods=_ALL_METHODS)])
+        for name in (*OUTCOMES, *_OUTCOMES):  # every series from the start: rate() misses a new one's first event
+            self._count(name, 0)
 
     async def _traces(self, request: Request) -> Response:
         if request.method != "POST":
@@ -141,11 +145,13 @@ class HttpReceiver:
         result = outcome(exc)
         if not isinstance(exc, SpanhouseError):
             log.exception("unexpected error in HTTP export; the client is told to retry")
-        self._count(result.grpc_code.name.lower())  # the gRPC receiver's names: one set of outcomes for both
+        # The gRPC receiver's names, one set of outcomes for both; but a 415 (gRPC has
+        # none: INVALID_ARGUMENT) is counted as the unknown media type's 415 is.
+        self._count("unsupported_media_type" if result.http_status == 415 else result.grpc_code.name.lower())
         body = encoding.status(result.grpc_code.value[0], str(exc), result.retry_after,
                                bad_request=result.http_status == 400)
         headers = {"Retry-After": str(max(1, round(result.retry_after)))} if result.retry_after else None
         return Response(encoding.encode(body, kind), result.http_status, headers=headers, media_type=kind)
 
-    def _count(self, what: str) -> None:
-        self._metrics.requests.labels(transport="http", outcome=what).inc()
+    def _count(self, what: str, n: int = 1) -> None:
+        self._metrics.requests.labels(transport="http", outcome=what).inc(n)

@@ -8,6 +8,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import gunzip
 from spanhouse.collector.spool import Spool
-from spanhouse.errors import ConfigError, Forbidden, InvalidData, PayloadTooLarge, SpoolFull
+from spanhouse.errors import Backpressure, ConfigError, Forbidden, InvalidData, PayloadTooLarge, SpoolFull
 from tests.collector_harness import EXPORT, FaultyWriter, Running, grpc_export, metric, running_collector
 from tests.otlp import request, span, trace_id
 
@@ -331,6 +332,56 @@ def test_admission_checks_the_key_scope_before_the_spool(tmp_path: Path) -> None
 
 
 
+class _FailingSpool(Spool):
+    """A spool whose writes fail as on a full disk (its group write raised)."""
+
+    def append(self, tenant: str, payload: bytes) -> None:
+        raise Backpressure("the spool could not store the record ([Errno 28] No space left on device); retry")
+
+
+def test_a_request_asked_to_retry_is_counted_as_backpressure_not_as_received(tmp_path: Path) -> None:
+    """A failed spool write (a full disk) asked the client to retry without counting a
+    backpressure event, and the request's spans were counted as received on every try,
+    neither accepted nor rejected: received drifted from accepted + rejected."""
+    spool = _FailingSpool(tmp_path, max_bytes=1 << 20, seal_after=60.0)
+    spool.open()
+    metrics = Metrics()
+    ingest = Ingest(spool, metrics)
+    sample = metrics.registry.get_sample_value
+    try:
+        message = request([span("ok", trace_id()), span("", trace_id())])  # one valid, one without a name
+        for _ in range(3):  # the client retries
+            with pytest.raises(Backpressure), ingest.hold():
+                ingest.export(message, Principal("t", frozenset({"ingest"})))
+    finally:
+        spool.close()
+    assert sample("spanhouse_backpressure_events_total") == 3
+    assert (sample("spanhouse_spans_received_total"), sample("spanhouse_spans_accepted_total")) == (0, 0)
+    assert sum(s.value for m in metrics.registry.collect() if m.name == "spanhouse_spans_rejected"
+               for s in m.samples if s.name.endswith("_total")) == 0
+
+
+def test_every_outcome_and_kind_has_a_series_from_the_start(store: Store, tmp_path: Path, tenant: str) -> None:
+    """A labelled series appeared only with its first event, and Prometheus's rate() and
+    increase() take a series' first sample as its start: the first quarantine after a
+    start (insert_errors{kind="rejected"}) raised no alert. And an unsupported
+    Content-Encoding (415) was counted as 'invalid_argument' with the real 400s."""
+    with running_collector(store, tmp_path, tenant) as c:
+        text = httpx.get(c.api_url + "/metrics").text
+        r = httpx.post(c.http_url, content=b"x", headers={"content-type": "application/x-protobuf",
+                                                          "content-encoding": "br", **c.headers()})
+        after = httpx.get(c.api_url + "/metrics").text
+    for series in ('spanhouse_requests_total{outcome="unavailable",transport="grpc"} 0.0',
+                   'spanhouse_requests_total{outcome="resource_exhausted",transport="http"} 0.0',
+                   'spanhouse_requests_total{outcome="unsupported_media_type",transport="http"} 0.0',
+                   'spanhouse_spans_rejected_total{reason="invalid_trace_id"} 0.0',
+                   'spanhouse_insert_errors_total{kind="rejected"} 0.0'):
+        assert series in text, series
+    assert r.status_code == 415
+    assert 'spanhouse_requests_total{outcome="unsupported_media_type",transport="http"} 1.0' in after
+    assert 'spanhouse_requests_total{outcome="invalid_argument",transport="http"} 0.0' in after
+
+
 def test_a_grpc_port_another_server_holds_is_refused_not_shared() -> None:
     """grpcio binds with SO_REUSEPORT by default: a second collector on a taken gRPC port
     shared it silently (the kernel split clients between two stores) while its HTTP, API
@@ -386,7 +437,8 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
         c.wait_drained()
         metrics = httpx.get(c.api_url + "/metrics").text
     assert _count(store, tenant) == (acked + 1) * 20
-    assert "spanhouse_backpressure_events_total" in metrics and 'spanhouse_insert_errors_total{kind="unavailable"}' in metrics
+    assert re.search(r"^spanhouse_backpressure_events_total [1-9]", metrics, re.M)
+    assert re.search(r'^spanhouse_insert_errors_total\{kind="unavailable"\} [1-9]', metrics, re.M)
 
 
 def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: Store, tmp_path: Path,
@@ -417,7 +469,7 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
         assert "spanhouse_store_healthy 1.0" in metrics
     assert _count(store, tenant) == 10
     assert not (tmp_path / "spool" / "quarantine").exists()
-    assert 'spanhouse_insert_errors_total{kind="failed"}' in metrics
+    assert re.search(r'^spanhouse_insert_errors_total\{kind="failed"\} [1-9]', metrics, re.M)
 
 
 class _HeldIngest(Ingest):
@@ -506,10 +558,10 @@ def test_a_client_that_hangs_up_mid_body_is_no_error(store: Store, tmp_path: Pat
                          + f"Authorization: Bearer {c.key}\r\nContent-Length: 1000\r\n\r\n".encode() + b"\n\x10" * 8)
             time.sleep(0.3)
         deadline = time.monotonic() + 10
-        while 'outcome="client_disconnected"' not in httpx.get(c.api_url + "/metrics").text:
+        while 'outcome="client_disconnected",transport="http"} 1.0' not in httpx.get(c.api_url + "/metrics").text:
             assert time.monotonic() < deadline, "the hang-up was not counted"
             time.sleep(0.1)
-        assert 'outcome="unavailable",transport="http"' not in httpx.get(c.api_url + "/metrics").text
+        assert 'outcome="unavailable",transport="http"} 0.0' in httpx.get(c.api_url + "/metrics").text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 

@@ -142,6 +142,29 @@ def test_a_segment_the_forwarder_cannot_take_is_counted_as_dropped(tmp_path: Pat
     assert not list((tmp_path / "fwd").glob("*.seg"))
 
 
+def test_an_unreadable_segment_is_counted_as_dropped(tmp_path: Path) -> None:
+    """It was dropped with a log line only, though a drop is never to be silent."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=60.0)
+    spool.open()
+    try:
+        spool.append("t", b"r0")
+        spool.seal()
+        segment = spool.next_sealed(timeout=5)
+    finally:
+        spool.close()
+    assert segment is not None
+    metrics = Metrics()
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
+    forwarder.adopt(segment)
+    linked = tmp_path / "fwd" / segment.path.name
+    data = bytearray(linked.read_bytes())
+    data[-1] ^= 0xFF  # the payload's last byte: its checksum fails
+    linked.write_bytes(bytes(data))
+    assert forwarder._forward(linked, _Destination(fail_at=99)) is True  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("spanhouse_forward_dropped_bytes_total",
+                                             {"destination": "grpc://127.0.0.1:9"}) == len(data)
+
+
 class _Answers(http.server.BaseHTTPRequestHandler):
     """Answers a POST to /<status> with that status."""
 
