@@ -151,6 +151,20 @@ def test_rollup_is_right_for_out_of_order_multi_insert_traces(store: Store, tena
     assert len(per_trace) == 20 and {c for _, c in per_trace} == {1}
 
 
+def test_a_cost_that_is_no_number_counts_as_zero_not_as_nan(store: Store, tenant: str) -> None:
+    """A span whose cost said 'NaN' (any OTLP client can send that) made its execution's
+    rollup NaN for good, and with it every cost total of the tenant; two costs near
+    1e308 summed to infinity alike. Only finite costs from 0 to 1e12 USD count."""
+    t = trace_id()
+    costs = ["NaN", "-nan", "inf", "1e308", "1e308", "-3", "garbage", "0.25", 0.5]
+    spans = [span("root", t, sid=(root := span_id()), start=BASE)] + [
+        span(f"llm{i}", t, parent=root, start=BASE + i, attributes={"spanhouse.cost_usd": c})
+        for i, c in enumerate(costs)]
+    write(store, tenant, request(spans))
+    rows = _q(store, "SELECT cost_usd FROM v_executions WHERE Tenant = {t:String}", tenant)
+    assert rows == [(0.75,)]
+
+
 def test_execution_row_from_root_span_and_running_marker(store: Store, tenant: str) -> None:
     t, root = trace_id(), span_id()
     marker = span("invoke_agent helper", t, sid=span_id(), start=BASE, duration_ns=0,
