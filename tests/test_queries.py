@@ -75,3 +75,17 @@ def test_error_patterns_end_with_the_window_not_the_day_after_it(store: Store, t
     write(store, tenant, request([*failing(now - 600, "in the window"), *failing(midnight + 15 * 3_600, "later")]))
     patterns = analytics.performance(store.client, tenant, days=1, now=now)["error_patterns"]
     assert [p["pattern"] for p in patterns] == ["in the window"]
+
+
+def test_the_feedback_average_of_values_near_the_float_maximum_is_a_number(store: Store, tenant: str) -> None:
+    """Any finite value is taken, but avg() sums first: two ratings of 1e308 summed to
+    infinity and the stats said average null beside min and max of 1e308."""
+    now = time.time_ns()
+    t = trace_id()
+    scores = [span("spanhouse.feedback", trace_id(), start=now - 10**9,
+                   attributes={"spanhouse.feedback.execution_id": t.hex(), "spanhouse.feedback.name": name,
+                               "spanhouse.feedback.value": value})
+              for name, value in (("big", 1e308), ("big", 1e308), ("big", 1.5e308), ("small", 2.0), ("small", 3.0))]
+    write(store, tenant, request([span("invoke_agent rated", t, start=now - 2 * 10**9), *scores]))
+    got = {f["name"]: f for f in analytics.stats(store.client, tenant, days=1)["feedback"]}
+    assert got["big"]["average"] == pytest.approx(1e308 / 3 * 3.5) and got["small"]["average"] == 2.5

@@ -1,12 +1,14 @@
 -- Feedback on the executions started in the window, per feedback name: how many, how
 -- many with a value, and the average, min and max of those (feedback without a value,
 -- a comment alone, is NULL: skipped). Feedback is the small side: its trace ids bound
--- the executions probed.
+-- the executions probed. Values near the float maximum (any finite one is taken)
+-- overflow avg's sum to infinity: the mean is then taken of the values scaled down
+-- (by a materialized constant: the engine moves a literal one out of the aggregate).
 SELECT
     Name AS name,
     count() AS count,
     count(Value) AS with_value,
-    avg(Value) AS average,
+    if(isFinite(avg(Value)), avg(Value), avg(Value / materialize(1e300)) * 1e300) AS average,
     min(Value) AS min,
     max(Value) AS max
 FROM feedback FINAL
