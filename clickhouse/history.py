@@ -125,6 +125,9 @@ MAX_SPANS = 5000
 It bounds the response for a runaway trace, and a span read with a LIMIT this far under
 ClickHouse's lazy-materialization threshold (10000 rows) reads the attribute maps of
 the matching rows only, not of every granule they sit in."""
+MAX_TREE_DEPTH = 100
+"""Levels of the detail's span tree; the spans below a node of the last level are its
+children, flat (see ``_flatten_below``)."""
 
 
 def get_execution(client: Reader, tenant: str, trace_id: str) -> dict[str, Any] | None:
@@ -198,7 +201,25 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             nodes[on_cycle["parent_span_id"]]["children"].remove(on_cycle)
             roots.append(on_cycle)
             stack.append(on_cycle)
+    _flatten_below(roots, MAX_TREE_DEPTH)
     return roots
+
+
+def _flatten_below(roots: list[dict[str, Any]], depth: int) -> None:
+    """Give each node at ``depth`` all its descendants as direct children, in depth-first
+    order (each keeps its ``parent_span_id``). A JSON encoder nests once per level: a
+    chain of 3,000 spans (a recursive agent, or any client) made the detail a 500."""
+    level = roots
+    for _ in range(depth - 1):
+        level = [child for node in level for child in node["children"]]
+    for node in level:
+        below, stack = [], list(reversed(node["children"]))
+        while stack:
+            n = stack.pop()
+            below.append(n)
+            stack.extend(reversed(n["children"]))
+            n["children"] = []
+        node["children"] = below
 
 
 def execution_exists(client: Reader, tenant: str, trace_id: str) -> bool:

@@ -4,6 +4,7 @@ running executions, traces without a lookup row and oversized trees are checked 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -147,3 +148,24 @@ def test_spans_whose_parents_form_a_cycle_stay_in_the_tree(store: Store, tenant:
 
     assert sorted(shape(root) for root in found["spans_tree"]) == [
         ("a", [("b", []), ("c", [("e", [])])]), ("invoke_agent planner", [])]
+
+
+def test_a_chain_deeper_than_the_tree_keeps_every_span_below_its_last_level(store: Store, tenant: str) -> None:
+    """A chain of 3,000 spans (a recursive agent; any client can send one) nested 3,000
+    levels deep, and the API's JSON encoder gave up: the detail was a 500. Below
+    MAX_TREE_DEPTH the spans are the last level's children, in order, each with its
+    real parent's id."""
+    t, ids = trace_id(), [span_id() for _ in range(3000)]
+    write(store, tenant, request([span(f"s{i}", t, sid=sid, parent=ids[i - 1] if i else b"", start=T0 + i)
+                                  for i, sid in enumerate(ids)]))
+    found = history.get_execution(store.client, tenant, t.hex())
+    assert found is not None
+    json.dumps(found)  # as the API answers it
+    node, depth = found["spans_tree"][0], 1
+    while len(node["children"]) == 1:
+        node, depth = node["children"][0], depth + 1
+    assert depth == history.MAX_TREE_DEPTH and node["name"] == f"s{depth - 1}"
+    below = node["children"]
+    assert [n["name"] for n in below] == [f"s{i}" for i in range(depth, 3000)]
+    assert [n["parent_span_id"] for n in below] == [sid.hex() for sid in ids[depth - 1:2999]]
+    assert all(n["children"] == [] for n in below)
