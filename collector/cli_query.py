@@ -271,11 +271,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
          "per tool: calls, success rate, latency percentiles, trend"),
         ("stats", "/api/v1/stats", ("days", "name"), (("--days", int), ("--name", str)),
          "execution totals, success rate, durations, tokens, cost"),
-        ("performance", "/api/v1/performance", ("days", "name", "thresholds"),
-         (("--days", int), ("--name", str), ("--thresholds", str)),
+        ("performance", "/api/v1/performance", ("days", "name", "thresholds", "min_calls", "min_repeats"),
+         (("--days", int), ("--name", str), ("--thresholds", str), ("--min-calls", int), ("--min-repeats", int)),
          "duration buckets, top error patterns, optimization tips"),
-        ("anomalies", "/api/v1/anomalies", ("metric", "method", "threshold", "days", "bucket"),
-         (("--metric", str), ("--method", str), ("--threshold", float), ("--days", int), ("--bucket", str)),
+        ("anomalies", "/api/v1/anomalies", ("metric", "method", "threshold", "days", "bucket", "min_calls", "limit"),
+         (("--metric", str), ("--method", str), ("--threshold", float), ("--days", int), ("--bucket", str),
+          ("--min-calls", int), ("--limit", int)),
          "per-tool latency or error-rate anomalies"),
     ):
         p = sub.add_parser(name, help=help_text)
