@@ -252,7 +252,7 @@ def test_migration_0018_resets_a_rollup_cost_that_is_no_number(tmp_path: Path) -
         "              'ORDER BY TraceId').result_rows)\n"
         "s.close()\n"
     )
-    assert in_child(script, tmp_path) == ["['0018_finite_costs.sql']", "[('a', 3, 0.0), ('b', 2, 0.0), ('c', 1, 0.5)]"]
+    assert in_child(script, tmp_path) == ["['0018_classification_by_the_conventions.sql']", "[('a', 3, 0.0), ('b', 2, 0.0), ('c', 1, 0.5)]"]
 
 
 def test_two_migrators_at_once_apply_a_file_once(tmp_path: Path) -> None:

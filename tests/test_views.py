@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from spanhouse.clickhouse import Store
+from spanhouse.clickhouse import Store, history
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
 
@@ -163,6 +163,42 @@ def test_a_cost_that_is_no_number_counts_as_zero_not_as_nan(store: Store, tenant
     write(store, tenant, request(spans))
     rows = _q(store, "SELECT cost_usd FROM v_executions WHERE Tenant = {t:String}", tenant)
     assert rows == [(0.75,)]
+
+
+def test_spans_are_read_as_the_conventions_say(store: Store, tenant: str) -> None:
+    """Four misreadings a review found against what instrumentations send:
+    - status OK is final (the OTel API: analysis tools suppress errors on it, e.g. a
+      handled 404), but error.type on such a span counted as a failure;
+    - a span that handled an exception (an exception event, status unset) did not fail,
+      yet its execution and tool call took the exception as their error message;
+    - OpenLLMetry's token names (gen_ai.usage.prompt_tokens/completion_tokens, the
+      GenAI conventions' up to 1.26) were read as 0;
+    - an execute_tool span without gen_ai.tool.name, named `execute_tool {tool}` as
+      the conventions name it, was counted under its whole span name."""
+    ok, handled = 1, 0  # Status codes: OK, UNSET
+    t, root = trace_id(), span_id()
+    exception = [(BASE, "exception", {"exception.type": "KeyError", "exception.message": "retried"})]
+    write(store, tenant, request([
+        span("invoke_agent a", t, sid=root, start=BASE, status_code=handled, events=exception),
+        span("execute_tool lookup", t, parent=root, start=BASE + 1, status_code=ok,
+             attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup", "error.type": "404"}),
+        span("execute_tool search", t, parent=root, start=BASE + 2, status_code=handled, events=exception,
+             attributes={"gen_ai.operation.name": "execute_tool"}),
+        span("openai.chat", t, parent=root, start=BASE + 3,
+             attributes={"gen_ai.usage.prompt_tokens": 120, "gen_ai.usage.completion_tokens": 45}),
+    ]))
+    assert _q(store, "SELECT Status, StatusMessage, ErrorType FROM executions WHERE Tenant = {t:String}",
+              tenant) == [("ok", "", "")]
+    assert _q(store, "SELECT ToolName, IsError, ErrorType, ErrorMessage FROM tool_calls WHERE Tenant = {t:String} "
+                     "ORDER BY Timestamp", tenant) == [("lookup", 0, "", ""), ("search", 0, "", "")]
+    assert _q(store, "SELECT ErrorSpans, FailedToolCalls, InputTokens, OutputTokens FROM execution_rollup "
+                     "WHERE Tenant = {t:String}", tenant) == [(0, 0, 120, 45)]
+    assert _q(store, "SELECT count() FROM error_patterns WHERE Tenant = {t:String}", tenant) == [(0,)]
+    detail = history.get_execution(store.client, tenant, t.hex())
+    assert detail is not None
+    tools = [(n["status"], n["tool"]) for n in detail["spans_tree"][0]["children"] if "tool" in n]
+    assert [(status, tool["name"], tool["error_type"]) for status, tool in tools] == [
+        ("ok", "lookup", None), ("ok", "search", None)]
 
 
 def test_execution_row_from_root_span_and_running_marker(store: Store, tenant: str) -> None:

@@ -23,7 +23,7 @@ SELECT
     spanhouse_tool_arguments(SpanAttributes) AS tool_arguments,
     spanhouse_tool_result(SpanAttributes) AS tool_result,
     spanhouse_is_error(StatusCode, SpanAttributes) AS is_error,
-    spanhouse_error_type(SpanAttributes, `Events.Name`, `Events.Attributes`) AS error_type,
+    spanhouse_failure_type(StatusCode, SpanAttributes, `Events.Name`, `Events.Attributes`) AS error_type,
     spanhouse_is_marker(SpanAttributes) AS is_marker,
     arrayMap((n, t, a) -> (n, t, spanhouse_first_entries(a)), `Events.Name`, `Events.Timestamp`, `Events.Attributes`)
         AS events
