@@ -104,8 +104,8 @@ def _merge_tree_tables() -> frozenset[str]:
 
 def _render_cluster(stmt: str, cluster: str, local_tables: set[str]) -> list[str]:
     on = f"ON CLUSTER {cluster}"
-    head = re.search(r"CREATE (?:(TABLE|MATERIALIZED VIEW|VIEW|FUNCTION) IF NOT EXISTS|OR REPLACE (FUNCTION)) (\w+)",
-                     stmt)
+    head = re.search(r"CREATE (?:(TABLE|MATERIALIZED VIEW|VIEW|FUNCTION) IF NOT EXISTS|OR REPLACE (FUNCTION|VIEW)) "
+                     r"(\w+)", stmt)
     if head is None:
         return _render_cluster_alter(stmt, on, local_tables)
     kind, name = head.group(1) or head.group(2), head.group(3)

@@ -274,7 +274,7 @@ def _build_demo(tenant: str) -> tuple[Demo, list[Any]]:
         t, root = trace_id(), span_id()
         start = BASE + i * 67 * 1_000_000_000 + rng.randrange(1_000_000_000)
         user = USERS[i % 4]
-        spans, cursor, cost, tokens = [], start + 5_000_000, 0.0, 0
+        spans, cursor, cost, tokens, tokens_in = [], start + 5_000_000, 0.0, 0, 0
         for call in range(1 + (i % 2)):
             request_model, response_model, price_in, price_out = MODELS[(i + call) % 2]
             tin, tout = rng.randint(200, 3000), rng.randint(50, 800)
@@ -288,7 +288,7 @@ def _build_demo(tenant: str) -> tuple[Demo, list[Any]]:
             model = response_model or request_model
             demo.model_tokens[model] += tin + tout
             demo.model_cost[model] += usd
-            cost, tokens, cursor = cost + usd, tokens + tin + tout, cursor + d
+            cost, tokens, tokens_in, cursor = cost + usd, tokens + tin + tout, tokens_in + tin, cursor + d
             for _ in range(rng.randint(1, 3)):
                 tool = rng.choice(tools)
                 median, failure, how = TOOLS[tool]
@@ -316,6 +316,9 @@ def _build_demo(tenant: str) -> tuple[Demo, list[Any]]:
                       ("gen_ai.workflow.name" if op == "invoke_workflow" else "gen_ai.agent.name"): name}
         if not user:
             del root_attrs["user.id"]
+        if i % 5 == 0:  # the agent span also carries its calls' total, as pydantic-ai records it: counted once
+            root_attrs |= {"gen_ai.request.model": MODELS[0][0], "gen_ai.usage.input_tokens": tokens_in,
+                           "gen_ai.usage.output_tokens": tokens - tokens_in, "spanhouse.cost_usd": round(cost, 6)}
         spans.insert(0, span(f"{op} {name}", t, sid=root, start=start, duration_ns=cursor - start + 2_000_000,
                              attributes=root_attrs, error="agent gave up after 3 attempts" if failed else None))
         demo.executions[t.hex()] = {"name": name, "service": service, "cost": cost, "tokens": tokens,

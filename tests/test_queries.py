@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 
-from spanhouse.clickhouse import Store, analytics, queries, sqlfiles
+from spanhouse.clickhouse import Store, analytics, history, queries, sqlfiles
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
 
@@ -89,3 +89,35 @@ def test_the_feedback_average_of_values_near_the_float_maximum_is_a_number(store
     write(store, tenant, request([span("invoke_agent rated", t, start=now - 2 * 10**9), *scores]))
     got = {f["name"]: f for f in analytics.stats(store.client, tenant, days=1)["feedback"]}
     assert got["big"]["average"] == pytest.approx(1e308 / 3 * 3.5) and got["small"]["average"] == 2.5
+
+
+def test_an_agent_span_carrying_its_calls_usage_is_not_counted_twice(store: Store, tenant: str) -> None:
+    """The GenAI conventions allow usage on invoke_agent as the total of the model calls
+    under it (pydantic-ai records it so): the execution's tokens and cost came out twice,
+    and the agent span was a token-heavy tip beside its own calls. An execution whose
+    only usage is on its agent span (record_usage inside @agent) keeps that usage."""
+    now = time.time_ns()
+    totals, alone = trace_id(), trace_id()
+    agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "weather"}
+
+    def usage(i: int, o: int, cost: float) -> dict[str, object]:
+        return {"gen_ai.usage.input_tokens": i, "gen_ai.usage.output_tokens": o, "spanhouse.cost_usd": cost}
+
+    write(store, tenant, request([
+        span("invoke_agent weather", totals, sid=(root := span_id()), start=now - 10**9,
+             attributes={**agent, **usage(300, 30, 0.3)}),
+        span("chat gpt-4o", totals, parent=root, start=now - 10**9, attributes=usage(100, 10, 0.1)),
+        span("chat gpt-4o", totals, parent=root, start=now - 10**9, attributes=usage(200, 20, 0.2)),
+        span("invoke_agent weather", alone, start=now - 10**9, attributes={**agent, **usage(50, 5, 0.05)}),
+    ]))
+    listed = {e["trace_id"]: (e["input_tokens"], e["output_tokens"], e["cost_usd"])
+              for e in history.list_executions(store.client, tenant, {}).items}
+    assert listed == {totals.hex(): (300, 30, 0.3), alone.hex(): (50, 5, 0.05)}
+    got = analytics.stats(store.client, tenant, days=1)
+    assert (got["tokens"]["input"], got["tokens"]["output"], got["cost_usd"]) == (350, 35, pytest.approx(0.35))
+    tips = {t["span_name"]: t["tokens"] for t in analytics.performance(store.client, tenant, days=1)["tips"]
+            if t["kind"] == "token_heavy"}
+    assert tips == {"chat gpt-4o": 330, "invoke_agent weather": 55}
+    view = store.client.query("SELECT TraceId, input_tokens, cost_usd FROM v_executions WHERE Tenant = {t:String} "
+                              "ORDER BY input_tokens", parameters={"t": tenant}).result_rows
+    assert [(r[0], r[1], round(r[2], 6)) for r in view] == [(alone.hex(), 50, 0.05), (totals.hex(), 300, 0.3)]

@@ -1,13 +1,16 @@
--- Rollup numbers of the given executions (sums over every insert of each trace).
+-- Rollup numbers of the given executions (sums over every insert of each trace; usage
+-- from the model calls, else the agent spans: spanhouse_trace_usage).
+WITH spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
+                           sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd)) AS usage
 SELECT
     TraceId AS trace_id,
     sum(Spans) AS spans,
     sum(ErrorSpans) AS error_spans,
     sum(ToolCalls) AS tool_calls,
     sum(FailedToolCalls) AS failed_tool_calls,
-    sum(InputTokens) AS input_tokens,
-    sum(OutputTokens) AS output_tokens,
-    round(sum(CostUsd), 8) AS cost_usd,
+    usage.1 AS input_tokens,
+    usage.2 AS output_tokens,
+    round(usage.3, 8) AS cost_usd,
     arraySort(groupUniqArrayArray(ToolNames)) AS tools
 FROM execution_rollup
 WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}

@@ -14,7 +14,9 @@ FROM executions AS e FINAL
 LEFT JOIN
 (
     SELECT TraceId, sum(Spans) AS spans, sum(ToolCalls) AS tool_calls, sum(FailedToolCalls) AS failed_tool_calls,
-           sum(InputTokens) AS input_tokens, sum(OutputTokens) AS output_tokens, round(sum(CostUsd), 8) AS cost_usd
+           spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
+                                 sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd)) AS usage,
+           usage.1 AS input_tokens, usage.2 AS output_tokens, round(usage.3, 8) AS cost_usd
     FROM execution_rollup
     WHERE Tenant = {tenant:String}
     GROUP BY TraceId

@@ -11,6 +11,13 @@
 --   (gen_ai.usage.prompt_tokens, gen_ai.usage.completion_tokens) were read as 0.
 -- * An execute_tool span without gen_ai.tool.name, named `execute_tool {tool}` as the
 --   conventions name it, was filed under its whole span name: one tool's calls in two.
+-- * Usage on an agent or workflow span was added to its model calls' usage, but the GenAI
+--   conventions allow usage on invoke_agent as the total of the calls under it (so
+--   pydantic-ai records it): an execution's tokens and cost came out twice. The rollup
+--   now keeps the usage of such spans apart (Agent* columns), and an execution's figure
+--   is its model calls' when they carry any, else its agents' (an SDK user's
+--   record_usage inside an agent): spanhouse_trace_usage. Rows stored before hold all
+--   usage in the model columns, so they read as they did.
 -- * A cost that said 'NaN' or 'inf' (any OTLP client can send that) put NaN or infinity
 --   into its execution's rollup, whose sums keep it for good: the execution's cost, and
 --   every window's cost total of its tenant, read null from then on; two costs near
@@ -54,6 +61,24 @@ CREATE FUNCTION IF NOT EXISTS spanhouse_usd AS (c) -> if(isFinite(c) AND c >= 0 
 CREATE OR REPLACE FUNCTION spanhouse_cost_usd AS (attrs) ->
     spanhouse_usd(toFloat64OrZero(if(attrs['spanhouse.cost_usd'] != '', attrs['spanhouse.cost_usd'],
                                      attrs['llm.cost.total'])));
+
+-- A span that stands for the work under it (an agent, a workflow, a chain) rather
+-- than for one model call.
+CREATE FUNCTION IF NOT EXISTS spanhouse_is_aggregate AS (attrs) ->
+    attrs['gen_ai.operation.name'] IN ('invoke_agent', 'create_agent', 'invoke_workflow')
+    OR attrs['openinference.span.kind'] IN ('AGENT', 'CHAIN')
+    OR attrs['traceloop.span.kind'] IN ('workflow', 'agent', 'task');
+
+-- An execution's (input tokens, output tokens, cost) from its rollup sums: its model
+-- calls' when they carry any usage, else its agent and workflow spans'.
+CREATE FUNCTION IF NOT EXISTS spanhouse_trace_usage AS (model_in, model_out, model_cost, agent_in, agent_out, agent_cost) ->
+    if(model_in + model_out > 0 OR model_cost > 0, (model_in, model_out, model_cost),
+       (agent_in, agent_out, agent_cost));
+
+ALTER TABLE execution_rollup
+    ADD COLUMN IF NOT EXISTS AgentInputTokens SimpleAggregateFunction(sum, UInt64) DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS AgentOutputTokens SimpleAggregateFunction(sum, UInt64) DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS AgentCostUsd SimpleAggregateFunction(sum, Float64) DEFAULT 0;
 
 -- 0004's view, with a failed call's error type and message only.
 ALTER TABLE tool_calls_mv MODIFY QUERY
@@ -130,12 +155,15 @@ SELECT
     countIf(spanhouse_is_error(StatusCode, SpanAttributes)) AS ErrorSpans,
     countIf(spanhouse_is_tool(SpanAttributes)) AS ToolCalls,
     countIf(spanhouse_is_tool(SpanAttributes) AND spanhouse_is_error(StatusCode, SpanAttributes)) AS FailedToolCalls,
-    sum(spanhouse_input_tokens(SpanAttributes)) AS InputTokens,
-    sum(spanhouse_output_tokens(SpanAttributes)) AS OutputTokens,
-    sum(spanhouse_cost_usd(SpanAttributes)) AS CostUsd,
+    sumIf(spanhouse_input_tokens(SpanAttributes), NOT spanhouse_is_aggregate(SpanAttributes)) AS InputTokens,
+    sumIf(spanhouse_output_tokens(SpanAttributes), NOT spanhouse_is_aggregate(SpanAttributes)) AS OutputTokens,
+    sumIf(spanhouse_cost_usd(SpanAttributes), NOT spanhouse_is_aggregate(SpanAttributes)) AS CostUsd,
     min(Timestamp) AS FirstSeen,
     max(Timestamp + toIntervalNanosecond(Duration)) AS LastSeen,
-    groupUniqArrayIf(spanhouse_tool_name(SpanAttributes, SpanName), spanhouse_is_tool(SpanAttributes)) AS ToolNames
+    groupUniqArrayIf(spanhouse_tool_name(SpanAttributes, SpanName), spanhouse_is_tool(SpanAttributes)) AS ToolNames,
+    sumIf(spanhouse_input_tokens(SpanAttributes), spanhouse_is_aggregate(SpanAttributes)) AS AgentInputTokens,
+    sumIf(spanhouse_output_tokens(SpanAttributes), spanhouse_is_aggregate(SpanAttributes)) AS AgentOutputTokens,
+    sumIf(spanhouse_cost_usd(SpanAttributes), spanhouse_is_aggregate(SpanAttributes)) AS AgentCostUsd
 FROM otel_traces
 WHERE NOT spanhouse_is_marker(SpanAttributes) AND SpanName != 'spanhouse.feedback'
 GROUP BY Tenant, TraceId;
@@ -164,3 +192,41 @@ GROUP BY Tenant, Day, ServiceName, ToolName, IsTool, Pattern;
 -- unknown one; its other figures are kept. Waited for, so the collector starts serving
 -- repaired sums.
 ALTER TABLE execution_rollup UPDATE CostUsd = 0 WHERE NOT isFinite(CostUsd) SETTINGS mutations_sync = 2;
+
+-- 0007's analyst view, with each execution's usage as above.
+CREATE OR REPLACE VIEW v_executions AS
+SELECT
+    e.Tenant AS Tenant,
+    e.TraceId AS TraceId,
+    e.StartTime AS StartTime,
+    e.ServiceName AS ServiceName,
+    e.Name AS Name,
+    e.Type AS Type,
+    e.Status AS Status,
+    e.StatusMessage AS StatusMessage,
+    e.ErrorType AS ErrorType,
+    round(e.DurationNs / 1e6, 3) AS duration_ms,
+    e.UserId AS UserId,
+    e.SessionId AS SessionId,
+    e.Input AS Input,
+    e.Output AS Output,
+    r.spans AS spans,
+    r.error_spans AS error_spans,
+    r.tool_calls AS tool_calls,
+    r.failed_tool_calls AS failed_tool_calls,
+    r.usage.1 AS input_tokens,
+    r.usage.2 AS output_tokens,
+    r.usage.3 AS cost_usd,
+    r.tool_names AS tool_names
+FROM executions AS e FINAL
+LEFT JOIN
+(
+    SELECT Tenant, TraceId,
+           sum(Spans) AS spans, sum(ErrorSpans) AS error_spans, sum(ToolCalls) AS tool_calls,
+           sum(FailedToolCalls) AS failed_tool_calls,
+           spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
+                                 sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd)) AS usage,
+           groupUniqArrayArray(ToolNames) AS tool_names
+    FROM execution_rollup
+    GROUP BY Tenant, TraceId
+) AS r ON r.Tenant = e.Tenant AND r.TraceId = e.TraceId;
