@@ -167,11 +167,11 @@ def main() -> int:
         payloads = generate_payloads(args.spans // args.request_spans, args.request_spans, args.seed)
         payload_file = PayloadFile.write(workdir / "payloads.bin", payloads, args.request_spans)
         del payloads
-        print(f"\n--- baseline: no forwarding", flush=True)
+        print("\n--- baseline: no forwarding", flush=True)
         base = run_e2e("grpc", payload_file, args, workdir / "base", False)
-        print(f"\n--- forwarding to a sink", flush=True)
+        print("\n--- forwarding to a sink", flush=True)
         sink = with_sink(payload_file, args, workdir / "sink")
-        print(f"\n--- forwarding to a second spanhouse collector", flush=True)
+        print("\n--- forwarding to a second spanhouse collector", flush=True)
         chain = with_spanhouse(payload_file, args, workdir / "chain")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -703,6 +703,10 @@ def run_e2e(transport: str, payloads: PayloadFile, args: argparse.Namespace, wor
     finally:
         serve.kill()
     acked = run.spans_acked
+    # Every span sent must be acknowledged: a client stops at --timeout or on a refusal
+    # for good, and the counts of such a run (checked against what was acknowledged)
+    # agreed while the ceiling wrote every payload: a cut-short run passed as verified.
+    complete = acked == limit * payloads.request_spans and run.total("spans_rejected") == 0
     counts = count_in_store(serve.data, COUNT_QUERIES)
     result = E2E(
         transport=transport, spans=acked, acked_s=run.last_ack - run.started, visible_s=visible_at - run.started,
@@ -712,7 +716,7 @@ def run_e2e(transport: str, payloads: PayloadFile, args: argparse.Namespace, wor
         client_cpu_s=run.total("cpu_s"), collector_cpu_s=collector_cpu, others_cpu_s=others,
         start_rss_mb=start_rss,
         peak_rss_mb=rss.peak_kb / 1024, peak_anon_mb=rss.anon_kb / 1024,
-        exit_code=exit_code, counts=counts, verified=counts == expected_counts(acked) and exit_code == 0,
+        exit_code=exit_code, counts=counts, verified=complete and counts == expected_counts(acked) and exit_code == 0,
         request_spans=payloads.request_spans, idle_cpu_pct=idle, idle_after_cpu_pct=idle_after)
     errors = [e for r in run.results for e in r.errors]
     print(f"\n{transport}: {acked:,} spans acknowledged by {args.clients} clients "
@@ -737,6 +741,9 @@ def run_e2e(transport: str, payloads: PayloadFile, args: argparse.Namespace, wor
     for table, got in counts.items():
         verdict = "ok" if got == expected[table] else "MISMATCH"
         print(f"  {table:<17} {got:>12,}  expected {expected[table]:>12,}  {verdict}")
+    if not complete:
+        print(f"  only {acked:,} of {limit * payloads.request_spans:,} spans acknowledged "
+              f"({int(run.total('spans_rejected'))} rejected): the clients stopped at --timeout or on a refusal")
     print(f"  {'verified' if result.verified else 'NOT VERIFIED'}", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     return result
