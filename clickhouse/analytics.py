@@ -315,7 +315,6 @@ def _token_tips(client: Reader, params: dict[str, Any], active: list[str]) -> li
         if covered <= MAX_LOOKUP_SECONDS else []
     spans = queries.rows(client, "analytics_token_spans", {
         "tenant": params["tenant"], "trace_ids": [r["trace_id"] for r in top], "limit": TIPS_PER_KIND,
-        "agent_trace_ids": [r["trace_id"] for r in top if r["from_agents"]],
         "start_s": min(r["first_seen_s"] for r in top), "end_s": max(r["last_seen_s"] for r in top),
         "seconds": seconds})
     tips = []

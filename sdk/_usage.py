@@ -89,6 +89,9 @@ key PRICES matched, so a model without an entry here pays its full input price f
 
 _PER: Final = 1_000_000
 _MAX_TOKENS: Final = 2**63 - 1  # an OTLP int attribute is an int64: the exporter drops larger ones
+ANTHROPIC_CACHE_READ_PRICE: Final = 0.1
+"""Anthropic's price of a prompt-cache read, as a share of the input price, for every
+Claude model: the cache price of a ``claude*`` entry without one in CACHED_INPUT_PRICES."""
 CACHE_WRITE_PRICE: Final = 1.25
 """Anthropic's price of a prompt-cache write (5-minute cache), as a share of the input price."""
 
@@ -110,7 +113,8 @@ _ADDING: Final = threading.Lock()  # one sum at a time (see record_usage_on)
 def register_price(model: str, *, input_per_million: float, output_per_million: float,
                    cached_input_per_million: float | None = None) -> None:
     """Set the price of ``model`` (or of every model whose name starts with it);
-    ``cached_input_per_million`` is its prompt-cache read price (else the input price).
+    ``cached_input_per_million`` is its prompt-cache read price (when not given, the one
+    it has stays; a model without one pays its input price, a Claude model a tenth of it).
 
     Raises:
         ValueError: the name is empty or a price is negative or not finite.
@@ -122,9 +126,7 @@ def register_price(model: str, *, input_per_million: float, output_per_million: 
         if price is not None and (not finite_number(price) or price < 0):
             raise ValueError(f"{label} must be a finite number >= 0, not {price!r}")
     PRICES[model] = (float(input_per_million), float(output_per_million))
-    if cached_input_per_million is None:  # a price set again without one drops the old model's
-        CACHED_INPUT_PRICES.pop(model, None)
-    else:
+    if cached_input_per_million is not None:  # else a cache price the model has stays
         CACHED_INPUT_PRICES[model] = float(cached_input_per_million)
 
 
@@ -145,13 +147,15 @@ def cost_of(model: str | None, input_tokens: int, output_tokens: int, cache_read
             cache_write_tokens: int = 0) -> float | None:
     """USD for the tokens at ``model``'s price, or None when the price is unknown.
     ``input_tokens`` includes the cache's tokens: reads are priced from
-    ``CACHED_INPUT_PRICES`` (the input price for a model not there), writes (which only
-    Anthropic reports) at ``CACHE_WRITE_PRICE`` times the input price."""
+    ``CACHED_INPUT_PRICES`` (for a model not there, a Claude model's at
+    ``ANTHROPIC_CACHE_READ_PRICE`` and any other's at the input price), writes (which
+    only Anthropic reports) at ``CACHE_WRITE_PRICE`` times the input price."""
     key = _price_key(model) if model else None
     if key is None:
         return None
     price_in, price_out = PRICES[key]
-    price_read = CACHED_INPUT_PRICES.get(key, price_in)
+    price_read = CACHED_INPUT_PRICES.get(
+        key, price_in * (ANTHROPIC_CACHE_READ_PRICE if key.startswith("claude") else 1.0))
     uncached = input_tokens - cache_read_tokens - cache_write_tokens
     inputs = uncached * price_in + cache_read_tokens * price_read + cache_write_tokens * CACHE_WRITE_PRICE * price_in
     return (inputs + output_tokens * price_out) / _PER

@@ -97,7 +97,7 @@ def test_an_agent_span_carrying_its_calls_usage_is_not_counted_twice(store: Stor
     and the agent span was a token-heavy tip beside its own calls. An execution whose
     only usage is on its agent span (record_usage inside @agent) keeps that usage."""
     now = time.time_ns()
-    totals, alone = trace_id(), trace_id()
+    totals, alone, priced = trace_id(), trace_id(), trace_id()
     agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "weather"}
 
     def usage(i: int, o: int, cost: float) -> dict[str, object]:
@@ -109,15 +109,25 @@ def test_an_agent_span_carrying_its_calls_usage_is_not_counted_twice(store: Stor
         span("chat gpt-4o", totals, parent=root, start=now - 10**9, attributes=usage(100, 10, 0.1)),
         span("chat gpt-4o", totals, parent=root, start=now - 10**9, attributes=usage(200, 20, 0.2)),
         span("invoke_agent weather", alone, start=now - 10**9, attributes={**agent, **usage(50, 5, 0.05)}),
+        # calls with tokens but no cost (OpenLLMetry's), the cost on the agent: each figure is picked on its own
+        span("invoke_agent weather", priced, sid=(top := span_id()), start=now - 10**9,
+             attributes={**agent, **usage(7, 1, 0.02)}),
+        span("chat gpt-4o", priced, parent=top, start=now - 10**9,
+             attributes={"gen_ai.usage.prompt_tokens": 7, "gen_ai.usage.completion_tokens": 1}),
     ]))
     listed = {e["trace_id"]: (e["input_tokens"], e["output_tokens"], e["cost_usd"])
               for e in history.list_executions(store.client, tenant, {}).items}
-    assert listed == {totals.hex(): (300, 30, 0.3), alone.hex(): (50, 5, 0.05)}
+    assert listed == {totals.hex(): (300, 30, 0.3), alone.hex(): (50, 5, 0.05), priced.hex(): (7, 1, 0.02)}
     got = analytics.stats(store.client, tenant, days=1)
-    assert (got["tokens"]["input"], got["tokens"]["output"], got["cost_usd"]) == (350, 35, pytest.approx(0.35))
+    assert (got["tokens"]["input"], got["tokens"]["output"], got["cost_usd"]) == (357, 36, pytest.approx(0.37))
+    # a rollup row from before 0018 holds an agent span's usage as its calls': the tips read spans
+    store.client.command("ALTER TABLE execution_rollup UPDATE InputTokens = AgentInputTokens, OutputTokens = "
+                         "AgentOutputTokens, AgentInputTokens = 0, AgentOutputTokens = 0 WHERE TraceId = {t:String} "
+                         "SETTINGS mutations_sync = 2", parameters={"t": alone.hex()})
     tips = {t["span_name"]: t["tokens"] for t in analytics.performance(store.client, tenant, days=1)["tips"]
             if t["kind"] == "token_heavy"}
-    assert tips == {"chat gpt-4o": 330, "invoke_agent weather": 55}
+    assert tips == {"chat gpt-4o": 338, "invoke_agent weather": 55}
     view = store.client.query("SELECT TraceId, input_tokens, cost_usd FROM v_executions WHERE Tenant = {t:String} "
                               "ORDER BY input_tokens", parameters={"t": tenant}).result_rows
-    assert [(r[0], r[1], round(r[2], 6)) for r in view] == [(alone.hex(), 50, 0.05), (totals.hex(), 300, 0.3)]
+    assert [(r[0], r[1], round(r[2], 6)) for r in view] == [
+        (priced.hex(), 7, 0.02), (alone.hex(), 50, 0.05), (totals.hex(), 300, 0.3)]

@@ -174,7 +174,9 @@ def test_price_table_is_extendable_and_prefix_matched() -> None:
 
 def test_cache_reads_are_priced_by_the_entry_the_model_matched() -> None:
     """o3-pro matches its own entry, which has no cache price (its full input price
-    applies), not o3's; a registered model's cache price goes and comes with its price."""
+    applies), not o3's. A price registered again without a cache price keeps the one it
+    has (claude-sonnet-4's dropped, and its reads cost 10x); a Claude model without one
+    pays Anthropic's tenth of the input price for reads, not all of it."""
     saved, saved_cached = dict(_usage.PRICES), dict(_usage.CACHED_INPUT_PRICES)
     try:
         assert _usage.cost_of("gpt-5-2025-08-07", 1_000_000, 0, cache_read_tokens=800_000) == pytest.approx(
@@ -183,7 +185,12 @@ def test_cache_reads_are_priced_by_the_entry_the_model_matched() -> None:
         sdk.register_price("acme", input_per_million=4.0, output_per_million=8.0, cached_input_per_million=1.0)
         assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(2.0 + 0.5)
         sdk.register_price("acme", input_per_million=4.0, output_per_million=8.0)
-        assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(4.0)
+        assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(2.5)
+        sdk.register_price("plain", input_per_million=4.0, output_per_million=8.0)
+        assert _usage.cost_of("plain", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(4.0)
+        sdk.register_price("claude-3-opus", input_per_million=15.0, output_per_million=75.0)
+        assert _usage.cost_of("claude-3-opus", 1_000_000, 0, cache_read_tokens=900_000) == pytest.approx(
+            1.5 + 0.9 * 1.5)
         with pytest.raises(ValueError, match="cached_input_per_million"):
             sdk.register_price("acme", input_per_million=1.0, output_per_million=1.0, cached_input_per_million=-1)
     finally:

@@ -237,7 +237,8 @@ def test_migration_0016_rebuilds_tool_rollups_on_utc_hours(tmp_path: Path) -> No
 
 
 def test_migration_0018_resets_a_rollup_cost_that_is_no_number(tmp_path: Path) -> None:
-    """Rollup rows stored with a NaN or infinite cost before 0018 read null for good: the
+    """Rollup rows stored with a NaN, infinite, negative or huge (1e308: sums overflow)
+    cost before 0018 read null for good: the
     migration makes their cost 0 (an unknown one), keeps their other figures and every
     finite cost, and waits for its mutation, so the collector serves the repaired sums."""
     script = (
@@ -245,14 +246,16 @@ def test_migration_0018_resets_a_rollup_cost_that_is_no_number(tmp_path: Path) -
         "from spanhouse.clickhouse import open_store, migrate\n"
         "s = open_store(sys.argv[1]); c = s.client\n"
         "c.command(\"INSERT INTO execution_rollup (Tenant, TraceId, Spans, CostUsd) VALUES \"\n"
-        "          \"('t', 'a', 3, nan), ('t', 'b', 2, inf), ('t', 'c', 1, 0.5)\")\n"
+        "          \"('t', 'a', 3, nan), ('t', 'b', 2, inf), ('t', 'c', 1, 0.5), ('t', 'd', 1, 1e308), \"\n"
+        "          \"('t', 'e', 1, -2)\")\n"
         "c.command('DELETE FROM spanhouse_migrations WHERE version = 18')\n"
         "print(migrate(c))\n"
         "print(c.query('SELECT TraceId, sum(Spans), sum(CostUsd) FROM execution_rollup GROUP BY TraceId '\n"
         "              'ORDER BY TraceId').result_rows)\n"
         "s.close()\n"
     )
-    assert in_child(script, tmp_path) == ["['0018_classification_by_the_conventions.sql']", "[('a', 3, 0.0), ('b', 2, 0.0), ('c', 1, 0.5)]"]
+    assert in_child(script, tmp_path) == ["['0018_classification_by_the_conventions.sql']",
+                                          "[('a', 3, 0.0), ('b', 2, 0.0), ('c', 1, 0.5), ('d', 1, 0.0), ('e', 1, 0.0)]"]
 
 
 def test_two_migrators_at_once_apply_a_file_once(tmp_path: Path) -> None:

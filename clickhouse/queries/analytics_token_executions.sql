@@ -2,15 +2,13 @@
 -- from execution_rollup rows of the window, then their exact sums (primary-key lookup),
 -- with the time range their spans cover (to bound a span lookup in otel_traces). Ties
 -- at the cut are broken arbitrarily (a tie-break column would be read for every row).
--- An execution's tokens are its model calls', else its agent spans' (spanhouse_trace_usage);
--- `from_agents` says which.
+-- An execution's tokens are its model calls', else its agent spans' (spanhouse_trace_usage).
 WITH spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
                            sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd)) AS usage
 SELECT
     TraceId AS trace_id,
     usage.1 AS input_tokens,
     usage.2 AS output_tokens,
-    sum(InputTokens) + sum(OutputTokens) = 0 AND sum(CostUsd) = 0 AS from_agents,
     toUnixTimestamp(min(FirstSeen)) AS first_seen_s,
     toUnixTimestamp(max(LastSeen)) AS last_seen_s
 FROM execution_rollup

@@ -70,10 +70,12 @@ CREATE FUNCTION IF NOT EXISTS spanhouse_is_aggregate AS (attrs) ->
     OR attrs['traceloop.span.kind'] IN ('workflow', 'agent', 'task');
 
 -- An execution's (input tokens, output tokens, cost) from its rollup sums: its model
--- calls' when they carry any usage, else its agent and workflow spans'.
+-- calls' tokens when they carry any, else its agent and workflow spans'; the same for
+-- the cost on its own (calls that carry tokens but no cost, as OpenLLMetry's, keep the
+-- cost an agent span records). Each is compared with 0 apart: a sum would wrap.
 CREATE FUNCTION IF NOT EXISTS spanhouse_trace_usage AS (model_in, model_out, model_cost, agent_in, agent_out, agent_cost) ->
-    if(model_in + model_out > 0 OR model_cost > 0, (model_in, model_out, model_cost),
-       (agent_in, agent_out, agent_cost));
+    (if(model_in > 0 OR model_out > 0, model_in, agent_in), if(model_in > 0 OR model_out > 0, model_out, agent_out),
+     if(model_cost > 0, model_cost, agent_cost));
 
 ALTER TABLE execution_rollup
     ADD COLUMN IF NOT EXISTS AgentInputTokens SimpleAggregateFunction(sum, UInt64) DEFAULT 0,
@@ -187,11 +189,12 @@ FROM otel_traces
 WHERE spanhouse_is_error(StatusCode, SpanAttributes)
 GROUP BY Tenant, Day, ServiceName, ToolName, IsTool, Pattern;
 
--- A rollup row already holding NaN or infinity cannot be told apart into its spans'
--- costs any more (the mutation may not read otel_traces): its cost becomes 0, as an
--- unknown one; its other figures are kept. Waited for, so the collector starts serving
--- repaired sums.
-ALTER TABLE execution_rollup UPDATE CostUsd = 0 WHERE NOT isFinite(CostUsd) SETTINGS mutations_sync = 2;
+-- A rollup row already holding a cost no span may have now (NaN, infinity, negative, or
+-- past 1e12, which summed to infinity) cannot be told apart into its spans' costs any
+-- more (the mutation may not read otel_traces): its cost becomes 0, as an unknown one;
+-- its other figures are kept. Waited for, so the collector starts serving repaired sums.
+ALTER TABLE execution_rollup UPDATE CostUsd = 0 WHERE NOT (isFinite(CostUsd) AND CostUsd >= 0 AND CostUsd < 1e12)
+SETTINGS mutations_sync = 2;
 
 -- 0007's analyst view, with each execution's usage as above.
 CREATE OR REPLACE VIEW v_executions AS
