@@ -6,8 +6,8 @@ Values never enter SQL text: they are bound as ClickHouse query parameters
 ``queries/filters/<group>.sql`` — blocks headed ``-- name`` — that the caller picks by
 name; ``{{filters}}`` in a query becomes ``AND (<snippet>) AND (…)`` of the chosen ones
 (or nothing), so a filter that is not asked for costs nothing at run time. A column
-list several queries share lives once in ``queries/parts/<name>.sql`` and stands in a
-query as ``{{include:<name>}}``.
+list (or expression) several queries share lives once in ``queries/parts/<name>.sql``
+and stands in a query or a filter snippet as ``{{include:<name>}}``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _INCLUDE = re.compile(r"\{\{include:(\w+)\}\}")
 @cache
 def filter_snippets(group: str) -> dict[str, str]:
     """The snippets of ``queries/filters/<group>.sql`` by name."""
-    text = sqlfiles.read_text(f"queries/filters/{group}.sql")
+    text = _INCLUDE.sub(lambda m: _part(m.group(1)), sqlfiles.read_text(f"queries/filters/{group}.sql"))
     snippets: dict[str, str] = {}
     for block in re.split(r"^-- (?=\w+\s*$)", text, flags=re.M)[1:]:
         name, _, sql = block.partition("\n")

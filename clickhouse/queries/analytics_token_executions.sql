@@ -3,8 +3,7 @@
 -- with the time range their spans cover (to bound a span lookup in otel_traces). Ties
 -- at the cut are broken arbitrarily (a tie-break column would be read for every row).
 -- An execution's tokens are its model calls', else its agent spans' (spanhouse_trace_usage).
-WITH spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
-                           sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd)) AS usage
+WITH {{include:trace_usage}} AS usage
 SELECT
     TraceId AS trace_id,
     usage.1 AS input_tokens,

@@ -1,7 +1,6 @@
 -- Rollup numbers of the given executions (sums over every insert of each trace; usage
 -- from the model calls, else the agent spans: spanhouse_trace_usage).
-WITH spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
-                           sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd)) AS usage
+WITH {{include:trace_usage}} AS usage
 SELECT
     TraceId AS trace_id,
     sum(Spans) AS spans,

@@ -14,8 +14,7 @@ FROM executions AS e FINAL
 LEFT JOIN
 (
     SELECT TraceId, sum(Spans) AS spans, sum(ToolCalls) AS tool_calls, sum(FailedToolCalls) AS failed_tool_calls,
-           spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
-                                 sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd)) AS usage,
+           {{include:trace_usage}} AS usage,
            usage.1 AS input_tokens, usage.2 AS output_tokens, round(usage.3, 8) AS cost_usd
     FROM execution_rollup
     WHERE Tenant = {tenant:String}

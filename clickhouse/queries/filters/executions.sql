@@ -31,8 +31,7 @@ positionCaseInsensitiveUTF8(e.Input, {q:String}) > 0
 ({min_cost:Float64} <= 0  -- an execution with no rollup row yet (only its start marker) costs 0
  OR e.TraceId IN (SELECT TraceId FROM execution_rollup WHERE Tenant = {tenant:String}
                   GROUP BY TraceId
-                  HAVING round(spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd), sum(AgentInputTokens),
-                                                     sum(AgentOutputTokens), sum(AgentCostUsd)).3, 8) >= {min_cost:Float64}))
+                  HAVING round({{include:trace_usage}}.3, 8) >= {min_cost:Float64}))
 -- tool
 e.TraceId IN (SELECT TraceId FROM tool_calls WHERE Tenant = {tenant:String} AND ToolName = {tool:String})
 -- has_errors

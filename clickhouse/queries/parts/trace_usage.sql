@@ -1,0 +1,2 @@
+spanhouse_trace_usage(sum(InputTokens), sum(OutputTokens), sum(CostUsd),
+                      sum(AgentInputTokens), sum(AgentOutputTokens), sum(AgentCostUsd))
