@@ -176,7 +176,7 @@ def stats(client: Reader, tenant: str, days: int, name: str | None = None, now: 
     (groups, total), (usage,), feedback = gather(
         client,
         lambda: _executions(client, params, active, DEFAULT_THRESHOLDS_S),
-        lambda: queries.rows(client, "analytics_usage", params, ANALYTICS, active),
+        lambda: _usage(client, params, active),
         lambda: queries.rows(client, "analytics_feedback", params, EXECUTIONS, active),
     )
 
@@ -214,6 +214,15 @@ def stats(client: Reader, tenant: str, days: int, name: str | None = None, now: 
                       "average": None if f["average"] is None else round(f["average"], 6),
                       "min": f["min"], "max": f["max"]} for f in feedback],
     }
+
+
+def _usage(client: Reader, params: dict[str, Any], active: list[str]) -> list[dict[str, Any]]:
+    """The window's tokens and cost: the model-call sums, unless some row carries usage
+    of agent spans, which needs each trace grouped (see analytics_usage.sql)."""
+    rows = queries.rows(client, "analytics_usage", params, ANALYTICS, active)
+    if rows[0]["agent_rows"]:
+        return queries.rows(client, "analytics_usage_by_trace", params, ANALYTICS, active)
+    return rows
 
 
 def _params(tenant: str, w: Window, name: str | None) -> dict[str, Any]:

@@ -91,7 +91,8 @@ _PER: Final = 1_000_000
 _MAX_TOKENS: Final = 2**63 - 1  # an OTLP int attribute is an int64: the exporter drops larger ones
 ANTHROPIC_CACHE_READ_PRICE: Final = 0.1
 """Anthropic's price of a prompt-cache read, as a share of the input price, for every
-Claude model: the cache price of a ``claude*`` entry without one in CACHED_INPUT_PRICES."""
+Claude model: the cache price of an entry naming Claude (``claude-3-opus``,
+``anthropic.claude-3-haiku``) without one in CACHED_INPUT_PRICES."""
 CACHE_WRITE_PRICE: Final = 1.25
 """Anthropic's price of a prompt-cache write (5-minute cache), as a share of the input price."""
 
@@ -113,8 +114,9 @@ _ADDING: Final = threading.Lock()  # one sum at a time (see record_usage_on)
 def register_price(model: str, *, input_per_million: float, output_per_million: float,
                    cached_input_per_million: float | None = None) -> None:
     """Set the price of ``model`` (or of every model whose name starts with it);
-    ``cached_input_per_million`` is its prompt-cache read price (when not given, the one
-    it has stays; a model without one pays its input price, a Claude model a tenth of it).
+    ``cached_input_per_million`` is its prompt-cache read price (when not given, one it
+    has moves with the input price, keeping its discount; a model without one pays its
+    input price, a Claude model a tenth of it).
 
     Raises:
         ValueError: the name is empty or a price is negative or not finite.
@@ -125,9 +127,15 @@ def register_price(model: str, *, input_per_million: float, output_per_million: 
                          ("cached_input_per_million", cached_input_per_million)):
         if price is not None and (not finite_number(price) or price < 0):
             raise ValueError(f"{label} must be a finite number >= 0, not {price!r}")
-    PRICES[model] = (float(input_per_million), float(output_per_million))
-    if cached_input_per_million is not None:  # else a cache price the model has stays
+    if cached_input_per_million is not None:
         CACHED_INPUT_PRICES[model] = float(cached_input_per_million)
+    elif model in CACHED_INPUT_PRICES:  # its cache discount stays: the cache price moves with the input price
+        old_input = PRICES[model][0] if model in PRICES else 0.0
+        if old_input > 0:
+            CACHED_INPUT_PRICES[model] *= float(input_per_million) / old_input
+        else:
+            del CACHED_INPUT_PRICES[model]
+    PRICES[model] = (float(input_per_million), float(output_per_million))
 
 
 def _price_key(model: str) -> str | None:
@@ -155,7 +163,7 @@ def cost_of(model: str | None, input_tokens: int, output_tokens: int, cache_read
         return None
     price_in, price_out = PRICES[key]
     price_read = CACHED_INPUT_PRICES.get(
-        key, price_in * (ANTHROPIC_CACHE_READ_PRICE if key.startswith("claude") else 1.0))
+        key, price_in * (ANTHROPIC_CACHE_READ_PRICE if "claude" in key.lower() else 1.0))
     uncached = input_tokens - cache_read_tokens - cache_write_tokens
     inputs = uncached * price_in + cache_read_tokens * price_read + cache_write_tokens * CACHE_WRITE_PRICE * price_in
     return (inputs + output_tokens * price_out) / _PER

@@ -131,3 +131,21 @@ def test_an_agent_span_carrying_its_calls_usage_is_not_counted_twice(store: Stor
                               "ORDER BY input_tokens", parameters={"t": tenant}).result_rows
     assert [(r[0], r[1], round(r[2], 6)) for r in view] == [
         (priced.hex(), 7, 0.02), (alone.hex(), 50, 0.05), (totals.hex(), 300, 0.3)]
+
+
+def test_the_token_sample_holds_each_execution_once_whatever_its_inserts(store: Store, tenant: str) -> None:
+    """The candidates were the rollup's rows, one per insert: an execution whose agent span
+    and calls arrived in two inserts took two of the sample's places, and a third
+    execution's tokens were left out of the tip's shares."""
+    now = time.time_ns()
+    agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "weather"}
+    split, others = trace_id(), [(trace_id(), 50, 5), (trace_id(), 40, 4)]
+    tokens = {"gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 10}
+    write(store, tenant, request([span("invoke_agent weather", split, sid=(root := span_id()), start=now - 10**9,
+                                       attributes={**agent, **tokens})]))
+    write(store, tenant, request([span("chat gpt-4o", split, parent=root, start=now - 10**9, attributes=tokens)]))
+    write(store, tenant, request([span("invoke_agent weather", t, start=now - 10**9,
+                                       attributes={**agent, "gen_ai.usage.input_tokens": i,
+                                                   "gen_ai.usage.output_tokens": o}) for t, i, o in others]))
+    tips = [t for t in analytics.performance(store.client, tenant, days=1)["tips"] if t["kind"] == "token_heavy"]
+    assert {t["sampled_executions"] for t in tips} == {3} and {t["sampled_tokens"] for t in tips} == {209}

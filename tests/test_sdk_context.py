@@ -174,9 +174,10 @@ def test_price_table_is_extendable_and_prefix_matched() -> None:
 
 def test_cache_reads_are_priced_by_the_entry_the_model_matched() -> None:
     """o3-pro matches its own entry, which has no cache price (its full input price
-    applies), not o3's. A price registered again without a cache price keeps the one it
-    has (claude-sonnet-4's dropped, and its reads cost 10x); a Claude model without one
-    pays Anthropic's tenth of the input price for reads, not all of it."""
+    applies), not o3's. A price registered again without a cache price keeps its cache
+    discount (claude-sonnet-4's was dropped, its reads costing 10x; then kept as it was,
+    a model made free still charged for reads); a model naming Claude without one pays
+    Anthropic's tenth of the input price for reads, not all of it."""
     saved, saved_cached = dict(_usage.PRICES), dict(_usage.CACHED_INPUT_PRICES)
     try:
         assert _usage.cost_of("gpt-5-2025-08-07", 1_000_000, 0, cache_read_tokens=800_000) == pytest.approx(
@@ -184,13 +185,18 @@ def test_cache_reads_are_priced_by_the_entry_the_model_matched() -> None:
         assert _usage.cost_of("o3-pro-2025-06-10", 1_000_000, 0, cache_read_tokens=1_000_000) == pytest.approx(20.0)
         sdk.register_price("acme", input_per_million=4.0, output_per_million=8.0, cached_input_per_million=1.0)
         assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(2.0 + 0.5)
-        sdk.register_price("acme", input_per_million=4.0, output_per_million=8.0)
-        assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(2.5)
+        sdk.register_price("acme", input_per_million=2.0, output_per_million=8.0)  # a price cut: reads a quarter still
+        assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(1.0 + 0.25)
+        sdk.register_price("acme", input_per_million=0.0, output_per_million=0.0)
+        assert _usage.cost_of("acme-2", 1_000_000, 0, cache_read_tokens=500_000) == 0.0
         sdk.register_price("plain", input_per_million=4.0, output_per_million=8.0)
         assert _usage.cost_of("plain", 1_000_000, 0, cache_read_tokens=500_000) == pytest.approx(4.0)
         sdk.register_price("claude-3-opus", input_per_million=15.0, output_per_million=75.0)
         assert _usage.cost_of("claude-3-opus", 1_000_000, 0, cache_read_tokens=900_000) == pytest.approx(
             1.5 + 0.9 * 1.5)
+        sdk.register_price("anthropic.claude-3-haiku", input_per_million=0.25, output_per_million=1.25)  # Bedrock's
+        assert _usage.cost_of("anthropic.claude-3-haiku-20240307-v1:0", 1_000_000, 0,
+                              cache_read_tokens=900_000) == pytest.approx(0.025 + 0.9 * 0.025)
         with pytest.raises(ValueError, match="cached_input_per_million"):
             sdk.register_price("acme", input_per_million=1.0, output_per_million=1.0, cached_input_per_million=-1)
     finally:

@@ -2,6 +2,7 @@
 -- from execution_rollup rows of the window, then their exact sums (primary-key lookup),
 -- with the time range their spans cover (to bound a span lookup in otel_traces). Ties
 -- at the cut are broken arbitrarily (a tie-break column would be read for every row).
+-- A trace counts once among the candidates, whatever number of rows (inserts) it has.
 -- An execution's tokens are its model calls', else its agent spans' (spanhouse_trace_usage).
 WITH {{include:trace_usage}} AS usage
 SELECT
@@ -16,6 +17,7 @@ WHERE Tenant = {tenant:String}
                   WHERE Tenant = {tenant:String} AND FirstSeen >= toDateTime64({since:DateTime}, 9) AND FirstSeen < toDateTime64({until:DateTime}, 9)
                     AND greatest(InputTokens + OutputTokens, AgentInputTokens + AgentOutputTokens) > 0 {{filters}}
                   ORDER BY greatest(InputTokens + OutputTokens, AgentInputTokens + AgentOutputTokens) DESC
+                  LIMIT 1 BY TraceId
                   LIMIT {limit:UInt32})
 GROUP BY trace_id
 HAVING input_tokens + output_tokens > 0
