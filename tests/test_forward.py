@@ -144,15 +144,7 @@ def test_a_segment_the_forwarder_cannot_take_is_counted_as_dropped(tmp_path: Pat
 
 def test_an_unreadable_segment_is_counted_as_dropped(tmp_path: Path) -> None:
     """It was dropped with a log line only, though a drop is never to be silent."""
-    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=60.0)
-    spool.open()
-    try:
-        spool.append("t", b"r0")
-        spool.seal()
-        segment = spool.next_sealed(timeout=5)
-    finally:
-        spool.close()
-    assert segment is not None
+    segment = _segments(tmp_path, 1, 2)[0]
     metrics = Metrics()
     forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
     forwarder.adopt(segment)
