@@ -33,6 +33,16 @@ class Outcome:
     http_status: int
     retry_after: float | None = None
 
+    @property
+    def label(self) -> str:
+        """Its ``outcome`` label in ``spanhouse_requests_total``: the gRPC code's name, one
+        set for both transports; a 415 (which gRPC answers as INVALID_ARGUMENT) apart."""
+        return _label(self.grpc_code, self.http_status)
+
+
+def _label(code: grpc.StatusCode, http_status: int) -> str:
+    return "unsupported_media_type" if http_status == 415 else code.name.lower()
+
 
 # Most specific first: the first matching class wins.
 _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
@@ -46,7 +56,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
 
 
 OUTCOMES: tuple[str, ...] = tuple(dict.fromkeys(
-    ["ok", *(code.name.lower() for _, code, _ in _TABLE), grpc.StatusCode.UNAVAILABLE.name.lower()]))
+    ["ok", *(_label(code, status) for _, code, status in _TABLE), _label(grpc.StatusCode.UNAVAILABLE, 503)]))
 """Every ``outcome`` label a receiver gives an answer from this map (``spanhouse_requests_total``)."""
 
 

@@ -89,7 +89,7 @@ class GrpcReceiver:
         result = outcome(exc)
         if not isinstance(exc, SpanhouseError):
             log.exception("unexpected error in gRPC export; the client is told to retry")
-        self._metrics.requests.labels(transport="grpc", outcome=result.grpc_code.name.lower()).inc()
+        self._metrics.requests.labels(transport="grpc", outcome=result.label).inc()
         details = encoding.status(result.grpc_code.value[0], str(exc), result.retry_after,
                                   bad_request=result.grpc_code is grpc.StatusCode.INVALID_ARGUMENT)
         context.set_trailing_metadata((("grpc-status-details-bin", details.SerializeToString()),))

@@ -33,7 +33,7 @@ _MEDIA_TYPES = (encoding.PROTOBUF, encoding.JSON)
 # Every method reaches the handler, which answers all but POST with 405 itself.
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Outcomes of this transport's own, besides the error map's (spanhouse_requests_total).
-_OUTCOMES = ("method_not_allowed", "unsupported_media_type", "client_disconnected")
+_OUTCOMES = ("method_not_allowed", "client_disconnected")
 
 
 def media_type(content_type: str | None) -> str:
@@ -145,9 +145,7 @@ class HttpReceiver:
         result = outcome(exc)
         if not isinstance(exc, SpanhouseError):
             log.exception("unexpected error in HTTP export; the client is told to retry")
-        # The gRPC receiver's names, one set of outcomes for both; but a 415 (gRPC has
-        # none: INVALID_ARGUMENT) is counted as the unknown media type's 415 is.
-        self._count("unsupported_media_type" if result.http_status == 415 else result.grpc_code.name.lower())
+        self._count(result.label)
         body = encoding.status(result.grpc_code.value[0], str(exc), result.retry_after,
                                bad_request=result.http_status == 400)
         headers = {"Retry-After": str(max(1, round(result.retry_after)))} if result.retry_after else None
