@@ -7,6 +7,8 @@ and (through it) the CLI are thin layers over them. Every query is tenant-scoped
 from __future__ import annotations
 
 import base64
+import io
+import itertools
 import json
 import uuid
 from collections.abc import Iterator, Mapping
@@ -14,14 +16,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from spanhouse.clickhouse import queries
 from spanhouse.clickhouse.pool import Reader, gather
 
 GROUP = "executions"
-FILTERS = frozenset(queries.filter_snippets(GROUP)) - {"trace_ids", "cursor"}
+FILTERS = frozenset(queries.filter_snippets(GROUP)) - {"trace_ids", "cursor", "through"}
 """The filter names a caller may set (see queries/filters/executions.sql)."""
 
-EXPORT_FORMATS = {"csv": "CSVWithNames", "json": "JSONEachRow", "parquet": "Parquet"}
+EXPORT_FORMATS = ("csv", "json", "parquet")
+EXPORT_PAGE = 10_000
+"""Executions per query of an export. The collector holds one page's answer at a time,
+so an export of any size needs the memory of one page, not of its whole result."""
+_EXPORT_QUERY_FORMATS = {"csv": ("CSVWithNames", "CSV"), "json": ("JSONEachRow", "JSONEachRow"),
+                         "parquet": ("Arrow", "Arrow")}
+"""The engine's output format of an export's first page and of the pages after it (the
+CSV header once; Parquet is written here from the pages' Arrow, see ``_parquet``)."""
 
 
 @dataclass(frozen=True)
@@ -237,10 +249,87 @@ def add_feedback(client: Reader, tenant: str, trace_id: str, name: str, value: f
             "comment": comment, "user_id": user_id, "source": "api"}
 
 
-def export_executions(client: Reader, tenant: str, filters: Mapping[str, Any], fmt: str) -> Iterator[bytes]:
-    """Executions matching ``filters`` as csv, json (one object per line) or parquet bytes."""
+def export_executions(client: Reader, tenant: str, filters: Mapping[str, Any], fmt: str,
+                      page: int = EXPORT_PAGE) -> Iterator[bytes]:
+    """Executions matching ``filters``, newest first, as csv, json (one object per line) or
+    parquet bytes, read ``page`` executions per query as the bytes are consumed.
+
+    The first page is read before this returns, so a query the engine refuses raises here
+    (an error status) rather than cutting the body short. An execution stored during the
+    export is in it if its start time is below the page being read.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     params, active = _filters(tenant, filters)
-    return queries.stream(client, "executions_export", params, EXPORT_FORMATS[fmt], GROUP, active)
+    pages = _export_pages(client, params, active, _EXPORT_QUERY_FORMATS[fmt], page)
+    if fmt == "parquet":
+        pages = _parquet(pages)
+    first = next(pages)
+    return itertools.chain([first], pages)
+
+
+def _export_pages(client: Reader, params: dict[str, Any], active: list[str], formats: tuple[str, str],
+                  page: int) -> Iterator[bytes]:
+    """Each page of an export in the engine's output format: ``formats[0]`` for the first
+    page, ``formats[1]`` for the rest. Pages end at an execution (executions_export_bound)
+    and the next starts below it, so none is read twice or skipped whatever is stored
+    meanwhile; an execution's rollup numbers are read with its page."""
+    cursor: dict[str, Any] = {}
+    fmt = formats[0]
+    while True:
+        where = active + (["cursor"] if cursor else [])
+        bound = queries.rows(client, "executions_export_bound", {**params, **cursor, "offset": page - 1}, GROUP, where)
+        through = {"through_ns": bound[0]["start_ns"], "through_id": bound[0]["trace_id"]} if bound else {}
+        yield queries.raw(client, "executions_export", {**params, **cursor, **through}, fmt, GROUP,
+                          where + (["through"] if through else []))
+        if not through:
+            return
+        cursor = {"cursor_ns": through["through_ns"], "cursor_id": through["through_id"]}
+        fmt = formats[1]
+
+
+def _parquet(arrow_pages: Iterator[bytes]) -> Iterator[bytes]:
+    """One Parquet file, a row group per page, from pages in the engine's Arrow format:
+    the bytes written so far after each page, the footer last."""
+    sink = _Chunks()
+    writer: pq.ParquetWriter | None = None
+    for data in arrow_pages:
+        table = pa.ipc.open_file(data).read_all()
+        if writer is None:
+            writer = pq.ParquetWriter(sink, table.schema)
+        writer.write_table(table)
+        yield sink.take()
+    if writer is not None:
+        writer.close()
+    yield sink.take()
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only file that hands over what was written since the last ``take``; its
+    position counts every byte ever written (Parquet's footer records offsets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        """The bytes written since the last call."""
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
 
 
 def executions_after(client: Reader, tenant: str, after: datetime, after_id: str = "") -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ and stands in a query or a filter snippet as ``{{include:<name>}}``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
@@ -61,11 +61,7 @@ def rows(client: Reader, name: str, params: Mapping[str, Any], group: str | None
     return list(result.named_results())
 
 
-def stream(client: Reader, name: str, params: Mapping[str, Any], fmt: str, group: str | None = None,
-           active: Iterable[str] = (), chunk: int = 1 << 16) -> Iterator[bytes]:
-    """Run a named query now and return its result in ClickHouse output format ``fmt`` as
-    chunks. The result is read before returning: the embedded engine materialises it
-    anyway, and its connection must not stay mid-stream while the chunks are sent from
-    other threads."""
-    data = client.raw_query(render(name, group, active), parameters=dict(params), fmt=fmt)
-    return (data[i:i + chunk] for i in range(0, len(data), chunk))
+def raw(client: Reader, name: str, params: Mapping[str, Any], fmt: str, group: str | None = None,
+        active: Iterable[str] = ()) -> bytes:
+    """Run a named query and return its whole result in ClickHouse output format ``fmt``."""
+    return client.raw_query(render(name, group, active), parameters=dict(params), fmt=fmt)

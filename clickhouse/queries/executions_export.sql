@@ -1,4 +1,7 @@
--- Executions with their rollup numbers, for export (streamed in the requested format).
+-- One page of an export: executions with their rollup numbers, in the requested format.
+-- The page is the filters' "cursor" (below the last page) and "through" (down to this
+-- page's last execution, executions_export_bound); its rollups are read for its own
+-- executions only.
 -- Times in text formats are ISO 8601 in UTC (2025-11-18T21:06:40.000000000Z), as the
 -- rest of the API returns them; Parquet keeps its timestamp type.
 SELECT
@@ -18,6 +21,7 @@ LEFT JOIN
            usage.1 AS input_tokens, usage.2 AS output_tokens, round(usage.3, 8) AS cost_usd
     FROM execution_rollup
     WHERE Tenant = {tenant:String}
+      AND TraceId IN (SELECT e.TraceId FROM executions AS e WHERE e.Tenant = {tenant:String} {{filters}})
     GROUP BY TraceId
 ) AS r ON r.TraceId = e.TraceId
 WHERE e.Tenant = {tenant:String} {{filters}}

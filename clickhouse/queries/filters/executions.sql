@@ -40,4 +40,10 @@ e.TraceId IN (SELECT TraceId FROM tool_calls WHERE Tenant = {tenant:String} AND 
 -- trace_ids
 e.TraceId IN {trace_ids:Array(String)}
 -- cursor
-(e.StartTime, e.TraceId) < (fromUnixTimestamp64Nano({cursor_ns:Int64}), {cursor_id:String})
+-- the tuple alone would not narrow the key range: the StartTime bound does
+e.StartTime <= fromUnixTimestamp64Nano({cursor_ns:Int64})
+    AND (e.StartTime, e.TraceId) < (fromUnixTimestamp64Nano({cursor_ns:Int64}), {cursor_id:String})
+-- through
+-- down to an export page's last execution, itself included (the next page's cursor)
+e.StartTime >= fromUnixTimestamp64Nano({through_ns:Int64})
+    AND (e.StartTime, e.TraceId) >= (fromUnixTimestamp64Nano({through_ns:Int64}), {through_id:String})
