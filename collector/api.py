@@ -84,9 +84,28 @@ def caller(scope: str) -> Callable[..., Principal]:
             raise HTTPException(403, str(exc)) from exc
         except AuthError as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+        _refuse_unknown_query(request)
         return principal
 
     return dependency
+
+
+def _refuse_unknown_query(request: Request) -> None:
+    """422 for a query parameter the endpoint does not take. Ignored, a misspelt filter
+    (``servce=``) widened what a call reads, and what a bulk delete removes, to everything."""
+    route = request.scope["route"]
+    allowed = _query_names(request.app, route.path_format, request.method.lower())
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise HTTPException(422, f"unknown query parameter {', '.join(map(repr, unknown))}: "
+                                 f"{request.method} {route.path_format} takes {', '.join(sorted(allowed)) or 'none'}")
+
+
+def _query_names(app: FastAPI, path: str, method: str) -> frozenset[str]:
+    """The query parameters of an endpoint, as its OpenAPI document lists them (a filter
+    model's fields one by one)."""
+    operation = app.openapi()["paths"][path][method]
+    return frozenset(p["name"] for p in operation.get("parameters", ()) if p["in"] == "query")
 
 
 Reader = Annotated[Principal, Depends(caller("read"))]
@@ -98,11 +117,13 @@ class ExecutionFilters(BaseModel):
     """Filters shared by list, export and bulk delete."""
 
     status: Literal["ok", "error", "running"] | None = None
-    service: str | None = Field(None, max_length=256)
-    name: str | None = Field(None, max_length=512)
-    type: str | None = Field(None, max_length=128)
-    user: str | None = Field(None, max_length=512)
-    session: str | None = Field(None, max_length=512)
+    # An empty value is refused, not read as "any": a bulk delete with ``service=`` took
+    # every service's executions.
+    service: str | None = Field(None, min_length=1, max_length=256)
+    name: str | None = Field(None, min_length=1, max_length=512)
+    type: str | None = Field(None, min_length=1, max_length=128)
+    user: str | None = Field(None, min_length=1, max_length=512)
+    session: str | None = Field(None, min_length=1, max_length=512)
     since: Timestamp | None = Field(None, description="start time >= (ISO 8601, UTC without an offset; "
                                                       "years 1900-2261)")
     until: Timestamp | None = Field(None, description="start time < (ISO 8601, UTC without an offset; years "
@@ -110,7 +131,7 @@ class ExecutionFilters(BaseModel):
     min_duration: float | None = Field(None, ge=0, description="milliseconds")
     max_duration: float | None = Field(None, ge=0, description="milliseconds")
     min_cost: float | None = Field(None, ge=0, description="USD")
-    tool: str | None = Field(None, max_length=256, description="called this tool")
+    tool: str | None = Field(None, min_length=1, max_length=256, description="called this tool")
     has_errors: bool | None = Field(None, description="any failed span")
     q: str | None = Field(None, min_length=1, max_length=512, description="text in input, output or error messages")
 
@@ -177,10 +198,13 @@ def _resume_point(last_event_id: str) -> tuple[datetime, str]:
     an id this stream sends."""
     try:
         ms, trace_id = history.decode_cursor(last_event_id)
-    except ValueError:
+        after = datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000)
+        if after > datetime.now(timezone.utc) + timedelta(days=1):  # would wait for nothing, silently
+            raise ValueError("a time to come")
+    except (ValueError, OverflowError, OSError):  # OverflowError, OSError: past the platform's dates
         raise HTTPException(422, f"Last-Event-ID {last_event_id[:80]!r} is not an id this stream sent; "
                                  "reconnect without it to start from now") from None
-    return datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000), trace_id
+    return after, trace_id
 
 
 @executions.get("/executions/stream", response_class=StreamingResponse,

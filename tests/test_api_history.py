@@ -177,6 +177,17 @@ def test_bad_parameters_are_422_naming_the_problem(dataset: tuple[Running, dict[
     assert any(k in detail for k in params) or "since must be before until" in detail
 
 
+@pytest.mark.parametrize("path", ["/api/v1/executions", "/api/v1/export", "/api/v1/stats", "/api/v1/tools",
+                                  "/api/v1/tools/search", "/api/v1/performance", "/api/v1/anomalies"])
+def test_an_unknown_query_parameter_is_a_422_naming_it_and_what_is_taken(
+        dataset: tuple[Running, dict[str, str]], path: str) -> None:
+    c, _ = dataset
+    r = _get(c, path, has_error="true", limit=5) if path == "/api/v1/executions" else _get(c, path, dayz=3)
+    assert r.status_code == 422, r.text
+    assert ("'has_error'" if path == "/api/v1/executions" else "'dayz'") in r.json()["detail"]
+    assert ("has_errors" if path in ("/api/v1/executions", "/api/v1/export") else "days") in r.json()["detail"]
+
+
 @pytest.mark.parametrize("field", ["service", "name", "type", "user", "session", "tool", "q"])
 def test_sql_injection_in_string_filters_changes_nothing(dataset: tuple[Running, dict[str, str]], field: str) -> None:
     c, _ = dataset
@@ -356,6 +367,12 @@ def test_bulk_delete_by_time_and_filters(store: Store, tmp_path: Path) -> None:
     write(store, tenant, *(req for _, req in made))
     with running_collector(store, tmp_path, tenant, scopes="admin") as c:
         assert _delete(c.api_url + "/api/v1/executions", headers=c.headers()).status_code == 422  # before required
+        # a misspelt or empty filter is refused, not read as "every execution"
+        for mistake in ({"servce": "old"}, {"service": ""}):
+            r = _delete(c.api_url + "/api/v1/executions", headers=c.headers(),
+                        params={"before": "2025-11-18T21:10:00Z", **mistake})
+            assert r.status_code == 422 and next(iter(mistake)) in r.text, r.text
+        assert _get(c, "/api/v1/executions").json()["total"] == 5
         r = _delete(c.api_url + "/api/v1/executions", headers=c.headers(),
                          params={"before": "2025-11-18T21:10:00Z", "service": "old"})
         assert r.json() == {"executions": 3, "spans": 3}
@@ -543,8 +560,10 @@ def test_a_reconnecting_stream_resumes_after_its_last_event(store: Store, tmp_pa
         write(store, tenant, gap_req)
         resumed, _ = _first_event(c.api_url, {**c.headers(), "Last-Event-ID": event_id})
         assert resumed["trace_id"] == gap_id
-        r = httpx.get(c.api_url + "/api/v1/executions/stream", headers={**c.headers(), "Last-Event-ID": "nonsense"})
-        assert r.status_code == 422 and "Last-Event-ID" in r.text
+        # not ours, past every date (was a 500), or in the year 9999 (waited for nothing)
+        for bad in ("nonsense", history.encode_cursor(2**62, "x"), history.encode_cursor(253402300799000, "x")):
+            r = httpx.get(c.api_url + "/api/v1/executions/stream", headers={**c.headers(), "Last-Event-ID": bad})
+            assert r.status_code == 422 and "Last-Event-ID" in r.text
 
 
 def test_stream_event_ids_read_a_naive_time_as_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
