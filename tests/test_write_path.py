@@ -288,6 +288,29 @@ def test_a_batch_without_a_token_is_never_taken_for_a_repeat(tmp_path: Path) -> 
     )
     assert in_child(script, tmp_path) == ["1 0 1"]
 
+def test_a_replayed_batch_over_more_than_a_thousand_days_is_stored_once(tmp_path: Path) -> None:
+    """A block per day a batch touches, each an entry of the deduplication window: past
+    1000 days (a backfill) the replay pushed its own first entries out and stored every
+    row again. In a child with a store of its own: 1,100 daily parts stay out of the
+    shared one."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import IngestItem, open_store\n"
+        "from tests.otlp import request, span, trace_id\n"
+        "s = open_store(sys.argv[1])\n"
+        "day = 86_400 * 10**9\n"
+        "spans = [span('execute_tool t', trace_id(), start=1_600_000_000 * 10**9 + d * day,\n"
+        "              attributes={'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 't'})\n"
+        "         for d in range(1_100)]\n"
+        "item = IngestItem('t', request(spans).SerializeToString())\n"
+        "for _ in range(2):\n"
+        "    s.writer.write([item], token='spool-backfill')\n"
+        "print(s.client.command('SELECT count() FROM otel_traces'), s.client.command('SELECT count() FROM tool_calls'))\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path) == ["1100 1100"]
+
+
 def test_retried_batch_changes_no_derived_count(store: Store, tenant: str) -> None:
     t = trace_id()
     reqs = [request([span("execute_tool x", t, attributes={"gen_ai.operation.name": "execute_tool"}, error="e 1"),
