@@ -21,7 +21,8 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -216,7 +217,7 @@ def _attach(provider: TracerProvider, settings: _config.Settings,
     span_exporter: SpanExporter | None
     if exporter is not None:
         span_exporter = BorrowedExporter(exporter)
-    elif _exports_to(provider, settings.endpoint):
+    elif _exports_to(provider, settings.endpoint, grpc=settings.protocol == "grpc"):
         logger.info("spanhouse: the TracerProvider already exports its spans over OTLP to %s; spanhouse adds its "
                     "session attributes and running markers and leaves the spans to that exporter",
                     settings.endpoint)
@@ -234,7 +235,7 @@ def _attach(provider: TracerProvider, settings: _config.Settings,
     return processor
 
 
-def _exports_to(provider: TracerProvider, endpoint: str) -> bool:
+def _exports_to(provider: TracerProvider, endpoint: str, *, grpc: bool) -> bool:
     """Whether another processor of ``provider`` already sends spans over OTLP to
     ``endpoint``: opentelemetry-instrument installs one from the same ``OTEL_*``
     variables, and spanhouse exporting too stored every span twice. Read from the SDK's
@@ -242,15 +243,33 @@ def _exports_to(provider: TracerProvider, endpoint: str) -> bool:
     as not exporting there."""
     processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
     exporters = [getattr(p, "span_exporter", None) for p in processors if not isinstance(p, SpanhouseSpanProcessor)]
-    return any(_where(getattr(e, "_endpoint", None)) == _where(endpoint) for e in exporters if e is not None)
+    endpoints = [e for e in (getattr(x, "_endpoint", None) for x in exporters) if isinstance(e, str)]
+    ours = _where(endpoint, grpc=grpc)
+    return ours is not None and any(_where(e, grpc="://" not in e) == ours for e in endpoints)
 
 
-def _where(endpoint: object) -> str | None:
-    """An OTLP endpoint without its scheme and trailing slash: the gRPC exporter keeps
-    ``host:port``, the HTTP one the whole URL."""
-    if not isinstance(endpoint, str):
+_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _where(endpoint: str, *, grpc: bool) -> tuple[bool, str, int, str] | None:
+    """Where an OTLP exporter given ``endpoint`` sends, as ``(grpc, host, port, path)``,
+    so that two spellings of one collector compare equal: OpenTelemetry's exporters
+    default to ``localhost``, spanhouse to ``127.0.0.1``, and the textual comparison took
+    them for two collectors (every span was stored twice). The loopback names are one
+    host; a missing port is the one the exporter would use (gRPC's 443, else the
+    scheme's); the gRPC exporter keeps only ``host:port`` (its ``_endpoint`` has no scheme)
+    and ignores any path. None: not a URL either exporter could use."""
+    url = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    try:
+        port = url.port
+    except ValueError:  # a port that is not a number
         return None
-    return endpoint.split("://", 1)[-1].rstrip("/")
+    host = (url.hostname or "").lower()
+    if not host:
+        return None
+    if port is None:
+        port = 443 if grpc or url.scheme == "https" else 80
+    return grpc, "localhost" if host in _LOOPBACK else host, port, "" if grpc else url.path.rstrip("/")
 
 
 def _retire(keep: SpanhouseSpanProcessor | None) -> None:

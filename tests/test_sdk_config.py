@@ -16,12 +16,17 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from spanhouse import sdk
@@ -350,7 +355,7 @@ def test_a_provider_already_exporting_to_the_collector_gets_no_second_copy() -> 
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
         from spanhouse import sdk
 
         received = []
@@ -389,6 +394,66 @@ def test_a_provider_already_exporting_to_the_collector_gets_no_second_copy() -> 
     # the workflow twice: one is its running marker; the session stamped by spanhouse's processor
     assert out.strip() == ("[('execute_tool lookup', ['s-1']), ('invoke_workflow handle', ['s-1']), "
                            "('invoke_workflow handle', ['s-1'])]")
+
+@pytest.mark.parametrize(("make_exporter", "exporter_kwargs", "configure_kwargs", "same"), [
+    # opentelemetry-instrument's defaults (localhost) against spanhouse's (127.0.0.1)
+    (GrpcExporter, {}, {}, True),
+    (HttpExporter, {}, {"protocol": "http/protobuf"}, True),
+    (GrpcExporter, {"endpoint": "http://[::1]:4317"}, {"endpoint": "http://localhost:4317/"}, True),
+    (HttpExporter, {"endpoint": "http://[::1]:4318/v1/traces/"},
+     {"endpoint": "http://localhost:4318", "protocol": "http/protobuf"}, True),
+    (GrpcExporter, {"endpoint": "https://collector.example"}, {"endpoint": "https://Collector.example:443"}, True),
+    (HttpExporter, {"endpoint": "http://collector.example/v1/traces"},
+     {"endpoint": "http://collector.example:80/v1/traces", "protocol": "http/protobuf"}, True),
+    # other collectors: another port, path, host or protocol
+    (GrpcExporter, {}, {"endpoint": "http://127.0.0.1:4318"}, False),
+    (HttpExporter, {}, {"endpoint": "http://localhost:4318/otlp/v1/traces", "protocol": "http/protobuf"}, False),
+    (HttpExporter, {"endpoint": "http://collector.example:4318/v1/traces"}, {"protocol": "http/protobuf"}, False),
+    (HttpExporter, {"endpoint": "http://localhost:4317/v1/traces"}, {}, False),
+])
+def test_one_collector_spelled_two_ways_is_exported_to_once(
+        clean_env: pytest.MonkeyPatch, private_provider: TracerProvider, caplog: pytest.LogCaptureFixture,
+        make_exporter: type[SpanExporter], exporter_kwargs: dict[str, str], configure_kwargs: dict[str, str],
+        same: bool) -> None:
+    """OpenTelemetry's exporters default to localhost, spanhouse to 127.0.0.1: compared as
+    text they were two collectors, and under opentelemetry-instrument with default
+    endpoints every span was exported twice."""
+    private_provider.add_span_processor(BatchSpanProcessor(make_exporter(**exporter_kwargs)))
+    caplog.set_level(logging.INFO, logger="spanhouse.sdk")
+    sdk.configure(tracer_provider=private_provider, **configure_kwargs)
+    assert ("leaves the spans to that exporter" in caplog.text) is same
+
+
+def test_spans_reach_a_collector_named_localhost_and_127_0_0_1_once(
+        clean_env: pytest.MonkeyPatch, private_provider: TracerProvider) -> None:
+    received: list[bytes] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["content-length"])))
+            received.extend(s.span_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_port
+        private_provider.add_span_processor(  # what opentelemetry-instrument installs
+            BatchSpanProcessor(HttpExporter(endpoint=f"http://localhost:{port}/v1/traces")))
+        sdk.configure(tracer_provider=private_provider, endpoint=f"http://127.0.0.1:{port}", protocol="http/protobuf")
+        sdk.tool(name="lookup")(lambda: None)()
+        sdk.flush()
+        private_provider.force_flush()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 1
+
 
 def test_resource_settings_a_provider_already_has_not_are_said_to_be_ignored(
         clean_env: pytest.MonkeyPatch, private_provider: TracerProvider, caplog: pytest.LogCaptureFixture) -> None:
