@@ -175,6 +175,8 @@ class ContentPolicy:
         if t is dict:
             return self._mapping(v, depth, budget)
         if t is list or t is tuple:
+            if _secret_pair(v):  # wherever it is: an argument, a return value, an item, an entry
+                return [self._walk(v[0], depth + 1, budget), REDACTED]
             return self._sequence(v, depth, budget)
         if isinstance(v, enum.Enum):
             return self._walk(v.value, depth + 1, budget)
@@ -219,10 +221,7 @@ class ContentPolicy:
             if i == self._max_items or budget[0] <= 0:
                 out.append(f"[truncated {len(items) - i} more items]")
                 break
-            # A (name, value) pair named like a secret: HTTP headers as ASGI and most
-            # clients keep them ([(b"authorization", b"Bearer ...")]), dict.items().
-            walked = [self._walk(item[0], depth + 2, budget), REDACTED] if _secret_pair(item) else \
-                self._walk(item, depth + 1, budget)
+            walked = self._walk(item, depth + 1, budget)
             out.append(walked)
             budget[0] -= (len(walked) if type(walked) is str else 0) + 2
         return out
@@ -236,7 +235,9 @@ def _is_argparse_namespace(v: Any) -> bool:
 
 
 def _secret_pair(item: Any) -> bool:
-    """Whether ``item`` is a two-item tuple or list whose first item names a secret."""
+    """Whether ``item`` is a two-item tuple or list whose first item names a secret: HTTP
+    headers as ASGI and most clients keep them (``[(b"authorization", b"Bearer ...")]``),
+    ``dict.items()``, or one such pair passed or returned on its own."""
     if type(item) not in (tuple, list) or len(item) != 2:
         return False
     name = item[0]

@@ -20,7 +20,9 @@ extra Python call).
 
 Generators: the span opens at the first ``next()`` and closes when the generator is
 exhausted, closed or raises, so it covers the whole iteration; the span is the current
-span only while the generator's own code runs, never in the consumer between items.
+span only while the generator's own code runs, never in the consumer between items. As
+in a plain generator, ContextVars the consumer sets between items are seen inside and
+those the generator sets are seen outside (``_Steps``; OpenTelemetry's context excepted).
 
 Executions are roots. ``@execution`` always starts a new trace (an execution *is* a
 trace), linked to whatever span was current, so an execution started inside, say, an
@@ -250,17 +252,12 @@ class ActiveCall:
             context_api.detach(self._token)
             self._token = None
 
-    def steps(self) -> contextvars.Context:
-        """For generators: the one context every step of the wrapped generator runs in,
-        with the call's span current, so that what the generator's code made current and
-        has not left yet (a model call, a session) is current again at its next step, and
-        nothing else. One context, whoever drives the steps: Starlette runs each next() of
-        a sync iterator in a worker thread with a copy of its own, and wait_for runs each
-        __anext__ in a task of its own; a ``with`` across a yield entered in one copy and
-        left in another could not be undone (its span stayed current for good)."""
-        steps = contextvars.copy_context()
+    def steps(self) -> _Steps:
+        """For generators: the context every step of the wrapped generator runs in (see ``_Steps``)."""
+        seen = contextvars.copy_context()
+        steps = seen.copy()
         steps.run(context_api.attach, self._context)
-        return steps
+        return _Steps(steps, seen)
 
     def collect(self, item: Any) -> None:
         """Keep a yielded item for the result, up to what could fit in the captured value:
@@ -275,7 +272,7 @@ class ActiveCall:
         limit = self._content.max_length
         if self._kept < limit and len(self._items) < limit // 2 + 1:
             self._items.append(item)
-            self._kept += len(item) if isinstance(item, (str, bytes, bytearray)) else sys.getsizeof(item)
+            self._kept += _size_of(item, unknown=limit)
 
     def yielded(self) -> list[Any] | None:
         """The items kept by ``collect``, with a marker for those left out."""
@@ -283,6 +280,18 @@ class ActiveCall:
             return None if self._content is None else []
         left_out = self._item_count - len(self._items)
         return [*self._items, f"[truncated {left_out} more items]"] if left_out else self._items
+
+
+def _size_of(item: Any, *, unknown: int) -> int:
+    """About how much of the captured value ``item`` could take: its length for text, its
+    own size otherwise, ``unknown`` when that cannot be told (a proxy whose ``__sizeof__``
+    raises, which broke the consumer's iteration: capture must never break the call)."""
+    if isinstance(item, (str, bytes, bytearray)):
+        return len(item)
+    try:
+        return sys.getsizeof(item)
+    except Exception:  # noqa: BLE001
+        return unknown
 
 
 def _message(exc: BaseException) -> str:
@@ -314,12 +323,45 @@ def _instrument(func: Any, make_spec: Callable[[Callable[..., Any]], _Spec]) -> 
     # function, which inspect does not see in the object itself)
     kind = func if inspect.isroutine(func) or isinstance(func, functools.partial) else getattr(func, "__call__", func)
     if inspect.isasyncgenfunction(kind):
-        return _async_generator_wrapper(func, spec)
-    if inspect.iscoroutinefunction(kind):
-        return _coroutine_wrapper(func, spec)
-    if inspect.isgeneratorfunction(kind):
-        return _generator_wrapper(func, spec)
-    return _function_wrapper(func, spec)
+        wrapper = _async_generator_wrapper(func, spec)
+    elif inspect.iscoroutinefunction(kind):
+        wrapper = _coroutine_wrapper(func, spec)
+    elif inspect.isgeneratorfunction(kind):
+        wrapper = _generator_wrapper(func, spec)
+    else:
+        wrapper = _function_wrapper(func, spec)
+    return wrapper if _binds(func) else _Unbound(wrapper)
+
+
+def _binds(func: Any) -> bool:
+    """Whether ``func``, as a class attribute, is bound to the instance it is read from:
+    a function, or a method descriptor (``str.upper``; ``functools.partial`` from Python
+    3.14). A callable object, a partial before 3.14, a class, a builtin or a bound method
+    is not, and its wrapper must not be either."""
+    return inspect.isfunction(func) or inspect.ismethoddescriptor(func)
+
+
+_FUNCTION_LIKE: Final = ("__code__", "__defaults__", "__kwdefaults__")
+
+
+class _Unbound:
+    """The wrapper of a callable that does not bind as a method (see ``_binds``).
+
+    The wrappers are functions, which bind: stored as a class attribute, a decorated
+    callable object or partial was handed the instance, which it never got undecorated
+    (a ``TypeError``, or a wrong first argument). This has no ``__get__``, so it is called
+    as the callable itself would be. It carries the wrapper's code object, which is how
+    ``inspect`` recognises function-like objects (Cython's functions): its
+    ``iscoroutinefunction`` and ``isgeneratorfunction`` answer as for the wrapper.
+    """
+
+    def __init__(self, wrapper: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, wrapper, assigned=(*functools.WRAPPER_ASSIGNMENTS, *_FUNCTION_LIKE))
+        self.__wrapped__ = wrapper.__wrapped__  # type: ignore[attr-defined]  # the decorated callable, not the wrapper
+        self._wrapper = wrapper
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper(*args, **kwargs)
 
 
 def _function_wrapper(func: Callable[P, R], spec: _Spec) -> Callable[P, R]:
@@ -356,29 +398,105 @@ def _coroutine_wrapper(func: Callable[P, Any], spec: _Spec) -> Callable[P, Any]:
     return wrapper
 
 
+def _runtime_context_var() -> contextvars.ContextVar[Any] | None:
+    """The ContextVar OpenTelemetry keeps its current context in (found by attaching a
+    context in a scratch copy: its name and place are private to OpenTelemetry)."""
+    probe = context_api.Context()
+
+    def holder() -> contextvars.ContextVar[Any] | None:
+        context_api.attach(probe)
+        return next((var for var, value in contextvars.copy_context().items() if value is probe), None)
+    return contextvars.copy_context().run(holder)
+
+
+_OTEL_CONTEXT: Final = _runtime_context_var()
+
+
+class _Steps:
+    """The one context every step of a decorated generator runs in, kept in step with
+    the consumer's as a plain generator's would be.
+
+    One context, whoever drives the steps: what the generator's code made current and
+    has not left yet (a model call, a session) is current again at its next step, and a
+    ``with`` across a yield is left in the context it was entered in. Starlette runs
+    each next() of a sync iterator in a worker thread with a copy of its own, and
+    wait_for runs each __anext__ in a task of its own: stepped in the caller's context, a
+    block entered in one copy could not be left in another (its span stayed current).
+
+    A plain generator runs in its caller's context, so it sees the ContextVars its
+    consumer set between steps and its consumer sees those it set. Both are carried
+    over here: before a step, what the consumer's context changed since the previous
+    one; after it, what the step changed. OpenTelemetry's context (current span,
+    session, baggage) is not: inside, it is the one at the first step under the
+    generator's span plus what the generator entered; outside, the consumer's.
+    """
+
+    __slots__ = ("_seen", "context")
+
+    def __init__(self, context: contextvars.Context, seen: contextvars.Context) -> None:
+        self.context = context
+        self._seen = seen  # the consumer's context as the previous step began
+
+    def run(self, step: Callable[..., Any], *args: Any) -> Any:
+        """One step of a generator, called from the consumer's context."""
+        before = self.enter()
+        try:
+            return self.context.run(step, *args)
+        finally:
+            self.leave(before)
+
+    def enter(self) -> contextvars.Context:
+        """Before a step: bring in what the consumer changed; return the steps' context as it was."""
+        consumer = contextvars.copy_context()
+        changed = _changes(self._seen, consumer)
+        if changed:
+            self.context.run(_set_all, changed)
+        self._seen = consumer
+        return self.context.copy()
+
+    def leave(self, before: contextvars.Context) -> None:
+        """After a step: set in the consumer's context what the step changed."""
+        _set_all(_changes(before, self.context))
+
+
+def _changes(before: contextvars.Context, after: contextvars.Context) -> list[tuple[contextvars.ContextVar[Any], Any]]:
+    """The ContextVars set differently in ``after`` than in ``before``, OpenTelemetry's own excepted."""
+    return [(var, value) for var, value in after.items()
+            if var is not _OTEL_CONTEXT and before.get(var, _NOTHING) is not value]
+
+
+def _set_all(changes: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
+    for var, value in changes:
+        var.set(value)
+
+
 class _InContext:
-    """Await ``awaitable`` with its code running in ``context``: what asyncio does for a
-    task's coroutine, here for one step of an async generator (see ``ActiveCall.steps``)."""
+    """Await ``awaitable`` with its code running in the steps' context: what asyncio does
+    for a task's coroutine, here for one step of an async generator (see ``_Steps``)."""
 
-    __slots__ = ("_awaitable", "_context")
+    __slots__ = ("_awaitable", "_steps")
 
-    def __init__(self, context: contextvars.Context, awaitable: Awaitable[Any]) -> None:
-        self._context = context
+    def __init__(self, steps: _Steps, awaitable: Awaitable[Any]) -> None:
+        self._steps = steps
         self._awaitable = awaitable
 
     def __await__(self) -> Generator[Any, Any, Any]:
         it = self._awaitable.__await__()
         resume: Callable[[Any], Any] = it.send
         value: Any = None
-        while True:
-            try:
-                signal = self._context.run(resume, value)
-            except StopIteration as stop:
-                return stop.value
-            try:  # hand the event loop what the step waits on; pass back what it answers
-                value, resume = (yield signal), it.send
-            except BaseException as exc:  # thrown into the await (a cancellation): into the step
-                value, resume = exc, it.throw
+        before = self._steps.enter()
+        try:
+            while True:
+                try:
+                    signal = self._steps.context.run(resume, value)
+                except StopIteration as stop:
+                    return stop.value
+                try:  # hand the event loop what the step waits on; pass back what it answers
+                    value, resume = (yield signal), it.send
+                except BaseException as exc:  # thrown into the await (a cancellation): into the step
+                    value, resume = exc, it.throw
+        finally:
+            self._steps.leave(before)
 
 
 Gen = Generator[Any, Any, Any]

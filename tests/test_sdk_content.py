@@ -137,6 +137,22 @@ def test_secrets_in_name_value_pairs_and_undumpable_models_are_redacted() -> Non
     assert '["authorization","[REDACTED]"]' in out and '["accept","*/*"]' in out and '"region":"eu"' in out
 
 
+def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans: CapturedSpans) -> None:
+    """A (name, value) pair was redacted only as an item of a sequence: one passed as an
+    argument or returned on its own was recorded with its secret."""
+    @sdk.tool
+    def credential(header: tuple[str, str], options: dict[str, Any]) -> tuple[str, str]:
+        return ("api_key", "sk-live-RETURNED")
+
+    credential(("Authorization", "Bearer sk-live-ARG"), {"auth": ["user", "x"], "h": (b"cookie", b"s=COOKIE")})
+    span = spans.by_name("execute_tool credential")
+    assert json.loads(span.attributes[ARGS]) == {  # type: ignore[index,arg-type]
+        "header": ["Authorization", REDACTED], "options": {"auth": REDACTED, "h": ["cookie", REDACTED]}}
+    assert json.loads(span.attributes[RESULT]) == ["api_key", REDACTED]  # type: ignore[index,arg-type]
+    assert ContentPolicy(100).value(["password", "hunter2"]) == '["password","[REDACTED]"]'
+    assert ContentPolicy(100).value(("user", "ada")) == '["user","ada"]'
+
+
 @pytest.mark.parametrize("key", ["password", "db_password", "passwd", "pwd", "db_pwd", "id_jwt", "token",
                                  "access_token", "refresh-token", "refresh_tokens", "api_tokens", "accessTokens",
                                  "id_tokens", "oauth_tokens",
@@ -358,6 +374,27 @@ def test_a_generator_streaming_large_chunks_holds_only_what_is_captured(spans: C
     assert total == 50_000_000 and peak < 10_000_000
     result = spans.spans()[0].attributes[RESULT]
     assert result.startswith('["AAAA') and len(result) <= 16_384 + 100  # the first chunk already fills it
+
+
+def test_an_item_whose_size_cannot_be_told_does_not_break_the_iteration(spans: CapturedSpans) -> None:
+    """Collecting a generator's items asked each its size unguarded: a proxy whose
+    ``__sizeof__`` raises ended the consumer's loop with that error."""
+    class Unsized:
+        def __sizeof__(self) -> int:
+            raise TypeError("unsized")
+
+        def __repr__(self) -> str:
+            return "<Unsized>"
+
+    @sdk.tool
+    def items() -> Iterator[object]:
+        yield Unsized()
+        yield "after"
+
+    assert len(list(items())) == 2
+    # its size unknown, it counts as filling the captured value: nothing more is held
+    result = spans.spans()[0].attributes[RESULT]
+    assert json.loads(result) == ["<Unsized>", "[truncated 1 more items]"]  # type: ignore[arg-type]
 
 
 def test_a_huge_value_is_walked_only_as_far_as_it_can_be_shown() -> None:

@@ -6,6 +6,7 @@ the disabled mode."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import json
@@ -450,6 +451,61 @@ def test_a_generator_keeps_what_it_entered_across_a_yield(spans: CapturedSpans, 
     assert got["invoke_agent streamer"][2] is None  # the usage is the model call's
 
 
+_step_var: contextvars.ContextVar[str] = contextvars.ContextVar("step_var", default="start")
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["generator", "async generator"])
+def test_a_generator_and_its_consumer_see_each_others_context_changes(spans: CapturedSpans,
+                                                                      asynchronous: bool) -> None:
+    """Every step ran in one context copied at the first: what the consumer set between
+    steps was never seen inside, unlike in a plain generator. Both ways now, as a plain
+    generator: the consumer's changes inside, the generator's outside; and the span is
+    still current in every step and only there."""
+    inside: list[tuple[str, str]] = []
+
+    def step(span_name: str) -> str:
+        inside.append((_step_var.get(), span_name))
+        return _step_var.get()
+
+    if asynchronous:
+        @sdk.tool(name="stream")
+        async def agen() -> AsyncIterator[str]:
+            yield step(trace.get_current_span().name)  # type: ignore[attr-defined]
+            yield step(trace.get_current_span().name)  # type: ignore[attr-defined]
+            _step_var.set("set inside")
+            yield step(trace.get_current_span().name)  # type: ignore[attr-defined]
+
+        async def consume() -> list[str]:
+            items = agen()
+            got = [await items.__anext__()]
+            _step_var.set("set by the consumer")
+            got += [await items.__anext__(), await items.__anext__()]
+            got.append(_step_var.get())
+            await items.aclose()
+            return got
+
+        got = asyncio.run(consume())
+    else:
+        @sdk.tool(name="stream")
+        def gen() -> Iterator[str]:
+            yield step(trace.get_current_span().name)  # type: ignore[attr-defined]
+            yield step(trace.get_current_span().name)  # type: ignore[attr-defined]
+            _step_var.set("set inside")
+            yield step(trace.get_current_span().name)  # type: ignore[attr-defined]
+
+        def consume() -> list[str]:
+            items = gen()
+            got = [next(items)]
+            _step_var.set("set by the consumer")
+            got += [next(items), next(items)]
+            assert trace.get_current_span() is trace.INVALID_SPAN
+            return [*got, _step_var.get()]
+
+        got = contextvars.copy_context().run(consume)
+    assert got == ["start", "set by the consumer", "set inside", "set inside"]
+    assert [name for _, name in inside] == ["execute_tool stream"] * 3
+
+
 def test_a_disabled_async_generator_keeps_what_it_entered_across_a_yield(spans: CapturedSpans) -> None:
     """Disabled, an async generator runs through the same loop with a call that records
     nothing; its code's context must survive a ``yield`` there too."""
@@ -730,6 +786,43 @@ def test_functools_partial_and_callable_objects_are_sync(spans: CapturedSpans) -
     partial_tool = sdk.tool(name="add")(functools.partial(add, 1))
     assert partial_tool(2) == 3
     assert spans.by_name("execute_tool add").attributes["gen_ai.tool.call.arguments"] == '{"b":2}'  # type: ignore[index]
+
+
+def test_callables_that_do_not_bind_stay_unbound_as_class_attributes(spans: CapturedSpans) -> None:
+    """The wrapper was a function, which binds: a decorated callable object or partial
+    stored on a class was handed the instance, which it never got undecorated."""
+    class Adder:
+        def __call__(self, x: int) -> int:
+            return x + 1
+
+    class AsyncAdder:
+        async def __call__(self, x: int) -> int:
+            return x + 2
+
+    def count(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    class Holder:
+        add = sdk.tool(name="add")(Adder())
+        add_async = sdk.tool(name="add_async")(AsyncAdder())
+        largest = sdk.tool(name="largest")(functools.partial(max, 0))
+        counted = sdk.tool(name="count")(functools.partial(count, 2))
+        length = sdk.tool(name="len")(len)
+
+        @sdk.tool
+        def method(self, x: int) -> int:  # a function still binds
+            return x
+
+    holder = Holder()
+    assert holder.add(1) == 2 and asyncio.run(holder.add_async(1)) == 3 and holder.largest(5) == 5
+    assert list(holder.counted()) == [0, 1] and holder.length("abc") == 3 and holder.method(7) == 7
+    assert sorted(s.name.removeprefix("execute_tool ") for s in spans.spans()) == [
+        "add", "add_async", "count", "largest", "len", "method"]
+    assert inspect.iscoroutinefunction(Holder.add_async) and inspect.isgeneratorfunction(Holder.counted)
+    assert not inspect.iscoroutinefunction(Holder.add) and not inspect.isgeneratorfunction(Holder.largest)
+    assert Holder.largest.__wrapped__.func is max and Holder.length.__wrapped__ is len
+    assert Holder.length.__name__ == "len"
+    assert inspect.signature(Holder.add) == inspect.signature(Adder())
 
 
 def _parents(spans: CapturedSpans) -> dict[str, str | None]:
