@@ -24,11 +24,13 @@ arrive meanwhile form the next group. If the write or sync fails, no appender of
 group is acknowledged (each gets ``Backpressure``, so its client retries), and the
 active segment is cut back to its last synced byte and sealed.
 
-Recovery (``open``): every segment on disk counts as sealed. A segment whose tail is not
-a sequence of intact records (a crash mid-write, a crash right after creating the file,
-garbage, a flipped bit) is cut at the end of its last intact record; the cut bytes are
-copied to ``quarantine/`` first, since a corrupt record mid-segment also cuts the
-acknowledged records after it. A segment left with nothing is deleted.
+Recovery (``open``): every segment on disk counts as sealed. Bytes that are not intact
+records (a crash mid-write, a crash right after creating the file, garbage, a flipped
+bit) are copied to ``quarantine/`` and taken out: a torn tail is cut off; past a record
+that fails its check mid-segment, the next intact record is looked for at each later
+magic, and the segment is rewritten with the intact records before and after the
+damage, so one bad record does not take the acknowledged records behind it. A segment
+left with nothing is deleted.
 """
 
 from __future__ import annotations
@@ -120,19 +122,50 @@ def _header(tenant: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(_MAGIC, crc, len(tenant), len(payload))
 
 
+def _record_at(data: bytes, offset: int) -> tuple[int, int, int] | None:
+    """(start of tenant, tenant length, payload length) of the record at ``offset``, or
+    None if there is none there that is complete and passes its magic and CRC."""
+    if offset + _HEADER.size > len(data):
+        return None
+    magic, crc, tenant_len, payload_len = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    end = start + tenant_len + payload_len
+    if magic != _MAGIC or end > len(data) or zlib.crc32(memoryview(data)[offset + _CRC_START:end]) != crc:
+        return None
+    return start, tenant_len, payload_len
+
+
 def _intact(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(start of tenant, tenant length, payload length) of each record in ``data``, in
-    order, up to the first that is incomplete or fails its magic or CRC."""
-    view = memoryview(data)
+    """``_record_at`` of each record in ``data``, in order, up to the first that is not intact."""
     offset = 0
-    while offset + _HEADER.size <= len(data):
-        magic, crc, tenant_len, payload_len = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
-        end = start + tenant_len + payload_len
-        if magic != _MAGIC or end > len(data) or zlib.crc32(view[offset + _CRC_START:end]) != crc:
-            return
-        yield start, tenant_len, payload_len
-        offset = end
+    while (record := _record_at(data, offset)) is not None:
+        yield record
+        start, tenant_len, payload_len = record
+        offset = start + tenant_len + payload_len
+
+
+def _salvage(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The (start, end) byte ranges of ``data``'s intact records, and of the damaged bytes
+    between and after them. Past damage, a record is looked for at each later magic; one
+    whose CRC checks out there is taken as the next record (a false match would need the
+    magic and a 32-bit CRC to agree by chance)."""
+    kept: list[tuple[int, int]] = []
+    damaged: list[tuple[int, int]] = []
+    offset = 0
+    while offset < len(data):
+        record = _record_at(data, offset)
+        if record is not None:
+            start, tenant_len, payload_len = record
+            kept.append((offset, start + tenant_len + payload_len))
+            offset = kept[-1][1]
+            continue
+        resume = data.find(_MAGIC, offset + 1)
+        while resume != -1 and _record_at(data, resume) is None:
+            resume = data.find(_MAGIC, resume + 1)
+        resume = len(data) if resume == -1 else resume
+        damaged.append((offset, resume))
+        offset = resume
+    return kept, damaged
 
 
 def sync_dir(path: Path) -> None:
@@ -503,20 +536,17 @@ class Spool:
                 log.warning("spool ignores %s: not a segment name", path)
                 continue
             data = path.read_bytes()
-            count = end = 0
-            for start, tenant_len, payload_len in _intact(data):
-                count += 1
-                end = start + tenant_len + payload_len
-            if end < len(data):
-                self._cut(path, data, end)
-                torn += len(data) - end
+            kept, damaged = _salvage(data)
+            if damaged:
+                self._cut(path, data, kept, damaged)
+                torn += sum(end - start for start, end in damaged)
                 cut.append(name)
-            if end == 0:  # torn to nothing, or a crash right after creating the file
+            if not kept:  # torn to nothing, or a crash right after creating the file
                 path.unlink()
                 self._sync_dir(self._dir)
                 continue
-            sealed.append(Segment(name, path, end))
-            records += count
+            sealed.append(Segment(name, path, sum(end - start for start, end in kept)))
+            records += len(kept)
         self._sealed = sealed
         for segment in sealed if self._on_seal is not None else ():
             self._on_seal(segment)  # type: ignore[misc]
@@ -526,20 +556,31 @@ class Spool:
                         int(stored.read_text()) if stored.exists() else 0)
         return RecoveryReport(len(sealed), records, torn, tuple(cut))
 
-    def _cut(self, path: Path, data: bytes, end: int) -> None:
-        log.warning("spool segment %s: cutting %d torn or corrupt bytes after byte %d",
-                    path.name, len(data) - end, end)
-        # Best effort: failing to keep the copy must not keep the collector from starting.
-        try:
-            self._write_file(self._quarantine_dir() / f"{path.name[:-len(_SUFFIX)]}.{end}.torn", data[end:])
-        except OSError as exc:
-            log.error("spool could not keep a copy of the tail cut from %s: %s", path.name, exc)
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.ftruncate(fd, end)
-            self._sync(fd)
-        finally:
-            os.close(fd)
+    def _cut(self, path: Path, data: bytes, kept: list[tuple[int, int]], damaged: list[tuple[int, int]]) -> None:
+        """Take the ``damaged`` ranges out of a segment, each copied to the quarantine as
+        ``<segment>.<offset>.torn``: a tail is cut off, damage with intact records after it
+        is taken out by rewriting the segment with its ``kept`` records (renamed over it,
+        so a crash meanwhile leaves the old file, to be salvaged again)."""
+        for start, end in damaged:
+            log.warning("spool segment %s: taking out %d torn or corrupt bytes at byte %d",
+                        path.name, end - start, start)
+            # Best effort: failing to keep the copy must not keep the collector from starting.
+            try:
+                self._write_file(self._quarantine_dir() / f"{path.name[:-len(_SUFFIX)]}.{start}.torn", data[start:end])
+            except OSError as exc:
+                log.error("spool could not keep a copy of the bytes taken out of %s: %s", path.name, exc)
+        if damaged[0][0] >= (kept[-1][1] if kept else 0):  # only a tail
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, damaged[0][0])
+                self._sync(fd)
+            finally:
+                os.close(fd)
+            return
+        rewritten = path.with_suffix(".salvaged")
+        self._write_file(rewritten, b"".join(data[start:end] for start, end in kept))
+        os.replace(rewritten, path)
+        self._sync_dir(self._dir)
 
     def _forget(self, segment: Segment) -> None:
         with self._lock:
