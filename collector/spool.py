@@ -551,10 +551,23 @@ class Spool:
         for segment in sealed if self._on_seal is not None else ():
             self._on_seal(segment)  # type: ignore[misc]
         self._bytes = sum(s.size for s in sealed)
-        stored = self._dir / _SEQUENCE_FILE
-        self._seq = max(sequence(sealed[-1].name) + 1 if sealed else 0,
-                        int(stored.read_text()) if stored.exists() else 0)
+        self._seq = max(sequence(sealed[-1].name) + 1 if sealed else 0, self._stored_sequence())
         return RecoveryReport(len(sealed), records, torn, tuple(cut))
+
+    def _stored_sequence(self) -> int:
+        """The next sequence number as last stored, 0 if none was. ``ConfigError`` if the
+        file is not a number: starting lower could reuse numbers a forwarder has already
+        sent (it skips segments numbered at or below its progress), so a person decides."""
+        stored = self._dir / _SEQUENCE_FILE
+        if not stored.exists():
+            return 0
+        text = stored.read_text(errors="replace").strip()
+        if not text.isdigit():
+            raise ConfigError(f"spool file {stored} should hold the next segment number but holds {text[:40]!r}; "
+                              f"write a number above every segment name's first part ever used there (with "
+                              f"--forward-otlp: above the number in every forward/*/forwarded), or delete it "
+                              f"if nothing is forwarded")
+        return int(text)
 
     def _cut(self, path: Path, data: bytes, kept: list[tuple[int, int]], damaged: list[tuple[int, int]]) -> None:
         """Take the ``damaged`` ranges out of a segment, each copied to the quarantine as

@@ -548,3 +548,11 @@ def test_sequence_numbers_go_on_after_a_restart_with_an_empty_spool(spools: Spoo
         spool.delete(segment)
         spool.close()
     assert [int(n[:12]) for n in names] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("content", ["", "garbage", "12x", "\x00\x00"])
+def test_an_unreadable_sequence_file_stops_the_start_saying_what_to_do(spools: Spools, content: str) -> None:
+    spools.open().close()
+    (spools.directory / "sequence").write_text(content)
+    with pytest.raises(ConfigError, match="should hold the next segment number"):
+        spools.open()
