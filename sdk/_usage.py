@@ -226,9 +226,11 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     input tokens, as the GenAI conventions count them. OpenAI counts its cache reads in
     the input tokens and names them (``prompt_tokens_details.cached_tokens``; the
     Responses API's ``input_tokens_details``). Either way they are priced as cache reads.
+    Gemini's ``usage_metadata`` is read by ``_gemini_usage``.
     """
     usage = _field(response, "usage")
     if usage is None:
+        _gemini_usage(span, response)
         return
     inputs = _field(usage, "input_tokens", "prompt_tokens")
     outputs = _field(usage, "output_tokens", "completion_tokens")
@@ -245,6 +247,28 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     model = _field(response, "model")
     record_usage_on(span, inputs, outputs if isinstance(outputs, int) else None,
                     model if isinstance(model, str) and model else None, None, cached)
+
+
+def _gemini_usage(span: trace.Span, response: Any) -> None:
+    """Record the usage of a Gemini response (google-genai's ``GenerateContentResponse``,
+    or its REST JSON as a dict), if it reports any: ``usage_metadata`` counts the input
+    as ``prompt_token_count`` (cached content included: ``cached_content_token_count``,
+    priced as cache reads) plus ``tool_use_prompt_token_count``, and the output as
+    ``candidates_token_count`` plus ``thoughts_token_count`` (billed as output); the
+    model that answered is ``model_version``."""
+    meta = _field(response, "usage_metadata", "usageMetadata")
+    if meta is None:
+        return
+    prompt = _field(meta, "prompt_token_count", "promptTokenCount")
+    candidates = _field(meta, "candidates_token_count", "candidatesTokenCount")
+    thoughts = _field(meta, "thoughts_token_count", "thoughtsTokenCount")
+    if not any(isinstance(n, int) and not isinstance(n, bool) for n in (prompt, candidates, thoughts)):
+        return
+    inputs = _count(prompt) + _count(_field(meta, "tool_use_prompt_token_count", "toolUsePromptTokenCount"))
+    cached = min(_count(_field(meta, "cached_content_token_count", "cachedContentTokenCount")), _count(prompt))
+    model = _field(response, "model_version", "modelVersion")
+    record_usage_on(span, inputs, _count(candidates) + _count(thoughts),
+                    model if isinstance(model, str) and model else None, None, (cached, 0))
 
 
 def _count(value: Any) -> int:

@@ -11,6 +11,7 @@ import functools
 import inspect
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -651,6 +652,29 @@ def test_openai_cached_prompt_tokens_are_priced_as_cache_reads(spans: CapturedSp
     got = spans.by_name("chat gpt-5").attributes or {}
     assert got["gen_ai.usage.input_tokens"] == 10_000 and got["gen_ai.usage.output_tokens"] == 50
     assert got["spanhouse.cost_usd"] == pytest.approx((1_000 * 1.25 + 9_000 * 0.125 + 50 * 10.0) / 1e6)
+
+
+@pytest.mark.parametrize("response", [
+    # google-genai's GenerateContentResponse (attributes), and the REST API's JSON
+    SimpleNamespace(model_version="gemini-2.5-flash", usage_metadata=SimpleNamespace(
+        prompt_token_count=10_000, cached_content_token_count=8_000, tool_use_prompt_token_count=500,
+        candidates_token_count=40, thoughts_token_count=300, total_token_count=10_840)),
+    {"modelVersion": "gemini-2.5-flash", "usageMetadata": {
+        "promptTokenCount": 10_000, "cachedContentTokenCount": 8_000, "toolUsePromptTokenCount": 500,
+        "candidatesTokenCount": 40, "thoughtsTokenCount": 300, "totalTokenCount": 10_840}},
+])
+def test_gemini_usage_metadata_is_read_with_thinking_as_output_and_cache_reads_priced(
+        spans: CapturedSpans, response: Any) -> None:
+    """Gemini reports usage as usage_metadata, not usage: its calls had no tokens and no cost."""
+    @sdk.llm(model="gemini-2.5-flash")
+    def generate(prompt: str) -> Any:
+        return response
+
+    generate("hi")
+    got = spans.by_name("chat gemini-2.5-flash").attributes or {}
+    assert got["gen_ai.usage.input_tokens"] == 10_500 and got["gen_ai.usage.output_tokens"] == 340
+    assert got["gen_ai.response.model"] == "gemini-2.5-flash"
+    assert got["spanhouse.cost_usd"] == pytest.approx((2_500 * 0.30 + 8_000 * 0.075 + 340 * 2.50) / 1e6)
 
 
 @pytest.mark.parametrize("call", [
