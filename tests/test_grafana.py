@@ -809,6 +809,22 @@ def _agent_run(at_ns: int, *, tool_error: str | None = None, service: str = "svc
                    service=service)
 
 
+def test_execution_percentiles_are_exact_as_the_apis(store: Store) -> None:
+    """The panels took ``quantile``, which samples 8,192 values: past that many executions
+    in a bucket their p95 drifted from the API's exact one (quantilesExactInclusive)."""
+    tenant, n = "grafana-exact-quantiles", 10_000
+    roots = [span("invoke_agent a", trace_id(), start=BASE + i * 1_000_000, duration_ns=(i + 1) * 1_000_000,
+                  attributes={"gen_ai.operation.name": "invoke_agent"}) for i in range(n)]
+    write(store, tenant, request(roots, service="svc"))
+    ctx = TimeContext("one bucket", BASE_S, BASE_S + 3600, 3600)
+    current = {"tenant": tenant, "service": ALL, "tool": ALL}
+    exact = {q: round((1 + q * (n - 1)), 3) for q in (0.5, 0.9, 0.95, 0.99)}  # ms: durations 1..n ms
+    (by_type,) = _panel_rows(store, "executions", "Executions by type", current, ctx)
+    assert by_type[-1] == exact[0.95]
+    (series,) = _panel_rows(store, "executions", "Execution duration p50 / p90 / p99", current, ctx)
+    assert series[1:] == (exact[0.5], exact[0.9], exact[0.99])
+
+
 def test_tool_tables_over_days_leave_out_the_hour_after_the_range(store: Store) -> None:
     """The hourly branch read ``Hour <= $__toTime``: a range ending on the hour counted
     the whole hour after it (two failures after the range made a clean tool 'least reliable')."""
