@@ -104,12 +104,19 @@ class KeyRing:
                         raise ConfigError(f"{path}:{n}: this key's hash is already on an earlier line; remove one")
                     found[digest] = principal
         raw = (os.environ if environ is None else environ).get(ENV, "")
+        from_env: set[str] = set()
         for item in filter(None, (i.strip() for i in raw.split(","))):
             key, sep, rest = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"{ENV}: expected '<key>=<tenant>[:<scope>+<scope>]', got an item without '='")
             tenant, _, scopes = rest.partition(":")
-            found[hash_key(key)] = _principal(tenant, (scopes or "ingest+read").split("+"), ENV)
+            digest = hash_key(key)
+            if digest in found:  # the later one won silently: a key of one tenant became another's admin key
+                where = "earlier in it" if digest in from_env else f"in {path}"
+                raise ConfigError(f"{ENV}: the key given for tenant {tenant!r} is already given {where}; "
+                                  "give each key once")
+            found[digest] = _principal(tenant, (scopes or "ingest+read").split("+"), ENV)
+            from_env.add(digest)
         if not found and (path is not None or raw.strip()):
             # Keys were asked for: starting without any would let every caller in as an admin.
             raise ConfigError(f"no API key in {path or ENV}; create one with `spanhouse keys add --file FILE "

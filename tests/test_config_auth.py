@@ -132,6 +132,16 @@ def test_a_key_hash_twice_is_an_error(tmp_path: Path) -> None:
         KeyRing.load(tmp_path / "k", environ={})
 
 
+def test_a_key_given_twice_in_the_environment_or_also_in_the_file_is_an_error(tmp_path: Path) -> None:
+    """The later one won silently: a key meant for tenant acme became a beta admin key."""
+    with pytest.raises(ConfigError, match="already given earlier in it"):
+        KeyRing.load(None, environ={"SPANHOUSE_API_KEYS": "k1=acme,k1=beta:admin"})
+    (tmp_path / "k").write_text(f"sha256:{hash_key('k1')} tenant=acme scopes=ingest,read\n")
+    with pytest.raises(ConfigError, match=f"already given in {tmp_path / 'k'}"):
+        KeyRing.load(tmp_path / "k", environ={"SPANHOUSE_API_KEYS": "k1=beta:admin"})
+    assert KeyRing.load(None, environ={"SPANHOUSE_API_KEYS": "k1=acme,k2=beta"}).authenticate("k2").tenant == "beta"
+
+
 @pytest.mark.parametrize("text,env", [("", ""), ("# only a comment\n", ""), (None, ","), (None, " , ")])
 def test_keys_asked_for_but_none_found_refuses_to_start(tmp_path: Path, text: str | None, env: str) -> None:
     """Otherwise every caller would be the anonymous admin, on any address."""
