@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import Counter
@@ -44,8 +45,8 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import Segment, sequence, sync_dir, write_atomic
-from spanhouse.errors import ConfigError, InvalidData
+from spanhouse.collector.spool import Segment, intact_records, sequence, sync_dir, write_atomic
+from spanhouse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
+_LABEL_FILE = "destination"  # the destination's label: who takes the backlog over when its headers change
 TENANT = "{tenant}"  # in a header value: the tenant of the request being sent
 
 
@@ -239,12 +241,40 @@ class Forwarder:
         for counter in (metrics.forward_sent, metrics.forward_rejected, metrics.forward_rejected_spans,
                         metrics.forward_dropped_bytes):  # from the start: rate() misses a new series' first event
             counter.labels(destination=destination.label)
+        self._damage_counted: set[str] = set()  # segments whose damaged bytes were counted as dropped
         self._dir.mkdir(parents=True, exist_ok=True)
+        label = self._dir / _LABEL_FILE
+        if not label.exists():
+            write_atomic(label, destination.label)
         done = self._dir / _DONE_FILE
         self._done = int(done.read_text()) if done.exists() else -1
         for path in self._segments():  # finished just before a crash, not yet removed
             if sequence(path.stem) <= self._done:
                 _discard(path)
+        with self._lock:  # the backlog on disk, reported (and bounded) from the start, not once data comes
+            self._keep_bound()
+
+    def take_over(self, directory: Path) -> int:
+        """Move the backlog of a directory this destination had under other headers (a
+        rotated token) into its own: what the old one had not sent is sent with the new
+        headers, and what it had finished is not sent again. The bytes moved."""
+        moved = 0
+        with self._lock:
+            old_done = _done_in(directory)
+            for path in sorted(directory.glob("*.seg")):
+                target = self._dir / path.name
+                if sequence(path.stem) > max(self._done, old_done) and not target.exists():
+                    pos = path.with_suffix(".pos")
+                    if pos.exists():
+                        os.replace(pos, target.with_suffix(".pos"))
+                    os.replace(path, target)
+                    moved += target.stat().st_size
+            if old_done > self._done:
+                write_atomic(self._dir / _DONE_FILE, str(old_done))
+                self._done = old_done
+            sync_dir(self._dir)
+            self._keep_bound()
+        return moved
 
     def adopt(self, segment: Segment) -> None:
         """Take a sealed segment (a hard link, so idempotent and cheap), then keep the bound.
@@ -281,23 +311,31 @@ class Forwarder:
         while total > self._max_bytes and droppable:
             oldest = droppable.pop(0)
             size = oldest.stat().st_size
+            unsent = _unsent_bytes(oldest, size)
             if self._sending is not None and sequence(oldest.stem) > sequence(self._sending.stem):
                 _discard(oldest)
             else:
                 self._finished(oldest)
             total -= size
-            self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(size)
-            log.warning("forwarding to %s is %d bytes behind (bound %d): dropped segment %s",
-                        self.destination.label, total + size, self._max_bytes, oldest.name)
+            self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(unsent)
+            log.warning("forwarding to %s is %d bytes behind (bound %d): dropped segment %s (%d bytes not sent)",
+                        self.destination.label, total + size, self._max_bytes, oldest.name, unsent)
         self._report_backlog()
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Send no further request: the thread records its progress and ends (``join``)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=15)
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the thread to end. A request in flight to a
+        destination that does not answer can outlast it (up to its 10 s timeout): the
+        process then ends without that request's progress recorded, and a restart sends
+        it again (at-least-once)."""
+        self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         sender = Sender(self.destination, self._metrics)
@@ -331,15 +369,14 @@ class Forwarder:
         """Send one segment from its recorded position; False to retry later."""
         progress = path.with_suffix(".pos")
         try:
-            size = path.stat().st_size
-            records = Segment(path.stem, path, size).records()
+            records, _, damaged = intact_records(path.read_bytes())
         except FileNotFoundError:
             return True  # dropped by the bound meanwhile
-        except InvalidData as exc:  # counted: a drop is never silent (the main spool quarantines its link)
-            self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(size)
-            log.error("forwarding to %s: segment %s is unreadable (%s); dropped", self.destination.label,
-                      path.name, exc)
-            records = []
+        if damaged and path.name not in self._damage_counted:  # counted: a drop is never silent
+            self._damage_counted.add(path.name)
+            self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(damaged)
+            log.error("forwarding to %s: %d bytes of segment %s are corrupt; its %d intact requests are sent",
+                      self.destination.label, damaged, path.name, len(records))
         start = int(progress.read_text()) if progress.exists() else 0
         sent = saved = start
         saved_at = time.monotonic()
@@ -373,6 +410,22 @@ class Forwarder:
         self._metrics.forward_backlog.labels(destination=self.destination.label).set(total)
 
 
+def _done_in(directory: Path) -> int:
+    """The last segment a forward directory records finished, -1 if none."""
+    done = directory / _DONE_FILE
+    return int(done.read_text()) if done.exists() else -1
+
+
+def _unsent_bytes(segment: Path, size: int) -> int:
+    """The bytes of a linked segment's requests its destination has not taken: all of
+    them, or those after its recorded progress."""
+    progress = segment.with_suffix(".pos")
+    if not progress.exists():
+        return size
+    _, ranges, _ = intact_records(segment.read_bytes())
+    return sum(end - start for start, end in ranges[int(progress.read_text()):])
+
+
 def _discard(segment: Path) -> None:
     """Remove a linked segment and its progress record (either may be gone already)."""
     segment.unlink(missing_ok=True)
@@ -390,4 +443,30 @@ def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics:
         same_url[d.label] += 1
         d = replace(d, ordinal=same_url[d.label])
         made[d.key] = Forwarder(d, spool_dir / "forward" / d.key, max_bytes, metrics)
+    _leftovers(spool_dir / "forward", made, metrics)
     return list(made.values())
+
+
+def _leftovers(root: Path, made: dict[str, Forwarder], metrics: Metrics) -> None:
+    """Backlogs of destinations no longer configured as they were. A directory is keyed
+    on its URL and headers, so a rotated token made a new one and the old backlog waited
+    on disk for good, unsent and uncounted. The one destination with the same label
+    (URL without credentials, and its ordinal) takes it over; with none, it is dropped,
+    counted and logged."""
+    if not root.is_dir():
+        return
+    by_label = {f.destination.label: f for f in made.values()}
+    for directory in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in made):
+        label_file = directory / _LABEL_FILE
+        label = label_file.read_text() if label_file.exists() else ""
+        heir = by_label.get(label)
+        if heir is not None:
+            moved = heir.take_over(directory)
+            log.warning("forwarding to %s: its headers changed; %d bytes of backlog under the old ones are sent "
+                        "with the new ones", label, moved)
+        else:
+            waiting = sum(p.stat().st_size for p in directory.glob("*.seg"))
+            metrics.forward_dropped_bytes.labels(destination=label or "(unknown)").inc(waiting)
+            log.warning("forwarding: %d bytes of backlog for %s, which is no longer a --forward-otlp destination, "
+                        "are dropped", waiting, label or f"a destination of an earlier version ({directory.name})")
+        shutil.rmtree(directory)

@@ -180,6 +180,8 @@ class Collector:
             return 0.0 if self._hurry.is_set() else max(0.0, deadline - time.monotonic())
 
         self._stopping = True
+        for forwarder in self._forwarders:  # their backlogs wait on disk for the next start
+            forwarder.request_stop()
         if self._grpc is not None:
             self._grpc.stop(grace=min(5.0, left()))
         if self._api_context is not None:
@@ -199,7 +201,7 @@ class Collector:
         if self._spool is not None:
             self._spool.close()
         for forwarder in self._forwarders:
-            forwarder.stop()
+            forwarder.join(left())
         if self._store is not None and self._own_store:
             self._store.close()
         return drained

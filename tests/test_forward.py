@@ -441,3 +441,108 @@ def test_a_header_value_with_a_comma_or_semicolon_reaches_the_destination_percen
     assert [h["authorization"] for _, h in _Recording.got] == ["Basic a,b;c%"]
     with pytest.raises(ConfigError, match="percent-decoded"):
         Destination.parse(f"{url};x-k=a%0Ab")  # a newline is no header value, encoded or not
+
+
+def _backlog(tmp_path: Path, n: int) -> Segment:
+    """A sealed segment of ``n`` requests ``r0``, ``r1``... of equal size, numbered after
+    the ones made before (drained from the spool, kept in ``kept/``)."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=60.0)
+    spool.open()
+    try:
+        for i in range(n):
+            spool.append("t", b"r%d" % i)
+        spool.seal()
+        segment = spool.next_sealed(timeout=5)
+        assert segment is not None
+        (tmp_path / "kept").mkdir(exist_ok=True)
+        kept = tmp_path / "kept" / segment.path.name
+        os.link(segment.path, kept)
+        spool.delete(segment)
+    finally:
+        spool.close()
+    return Segment(segment.name, kept, segment.size)
+
+
+def _dropped(metrics: Metrics, destination: str) -> float | None:
+    return metrics.registry.get_sample_value("spanhouse_forward_dropped_bytes_total", {"destination": destination})
+
+
+def test_a_restart_reports_the_backlog_on_disk_at_once(tmp_path: Path) -> None:
+    """The gauge was set only when new data came or a send succeeded: after a restart
+    with the destination still down, a backlog alert stayed quiet."""
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, Metrics())
+    forwarder.adopt(segment := _backlog(tmp_path, 3))
+    metrics = Metrics()
+    Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
+    assert metrics.registry.get_sample_value("spanhouse_forward_backlog_bytes",
+                                             {"destination": "grpc://127.0.0.1:9"}) == segment.size
+
+
+def test_a_destination_whose_headers_changed_takes_its_backlog_over(tmp_path: Path) -> None:
+    """Its directory is keyed on URL and headers: a rotated token made a new one, and the
+    old backlog stayed on disk for good, unsent and uncounted. A destination no longer
+    configured at all has its backlog dropped, counted and logged."""
+    old = Forwarder(Destination.parse("http://127.0.0.1:9/v1/traces;authorization=Bearer OLD"),
+                    tmp_path / "spool" / "forward" / "old-key-placeholder", 1 << 20, Metrics())
+    old.adopt(segment := _backlog(tmp_path, 4))
+    linked = old._dir / segment.path.name
+    assert old._forward(linked, _Destination(fail_at=1)) is False  # type: ignore[arg-type]  # r0 went
+    gone = Forwarder(Destination.parse("grpc://127.0.0.1:7"), tmp_path / "spool" / "forward" / "gone", 1 << 20,
+                     Metrics())
+    gone.adopt(segment)
+
+    metrics = Metrics()
+    (new,) = forwarders(("http://127.0.0.1:9/v1/traces;authorization=Bearer NEW",), tmp_path / "spool", 1 << 20,
+                        metrics)
+    assert sorted(p.name for p in (tmp_path / "spool" / "forward").iterdir()) == [new.destination.key]
+    resumed = _Destination(fail_at=99)
+    assert new._forward(new._dir / segment.path.name, resumed) is True  # type: ignore[arg-type]
+    assert resumed.got == [b"r1", b"r2", b"r3"]  # from where the old headers stopped
+    assert _dropped(metrics, "grpc://127.0.0.1:7") == segment.size
+
+
+def test_a_partly_sent_segment_dropped_by_the_bound_counts_only_what_was_not_sent(tmp_path: Path) -> None:
+    metrics = Metrics()
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
+    forwarder.adopt(segment := _backlog(tmp_path, 10))
+    linked = tmp_path / "fwd" / segment.path.name
+    assert forwarder._forward(linked, _Destination(fail_at=9)) is False  # type: ignore[arg-type]
+    forwarder._max_bytes = 0  # the bound drops it (the newest stays: another segment comes after it)
+    forwarder.adopt(_backlog(tmp_path, 1))
+    assert _dropped(metrics, "grpc://127.0.0.1:9") == segment.size // 10  # the tenth request alone
+
+
+def test_a_corrupt_request_in_a_linked_segment_drops_that_request_only(tmp_path: Path) -> None:
+    """The main spool's recovery keeps the intact records around a corrupt one; the
+    forwarder's hard link keeps the old bytes and dropped the whole segment."""
+    metrics = Metrics()
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
+    forwarder.adopt(segment := _backlog(tmp_path, 10))
+    linked = tmp_path / "fwd" / segment.path.name
+    data = bytearray(linked.read_bytes())
+    size = segment.size // 10
+    data[5 * size + size - 1] ^= 0x01  # r5's last byte
+    linked.write_bytes(bytes(data))
+    destination = _Destination(fail_at=99)
+    assert forwarder._forward(linked, destination) is True  # type: ignore[arg-type]
+    assert destination.got == [b"r%d" % i for i in range(10) if i != 5]
+    assert _dropped(metrics, "grpc://127.0.0.1:9") == size
+
+
+def test_a_destination_that_never_answers_does_not_hold_the_stop_past_its_timeout(tmp_path: Path) -> None:
+    """The forwarders were stopped after the drain with 15 s each, and a send waits 10 s
+    for an answer: --shutdown-timeout 1 took 9 s, past a pod's grace period."""
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(8)  # accepts connections (the kernel does), never answers
+    try:
+        url = f"http://127.0.0.1:{blackhole.getsockname()[1]}/v1/traces"
+        a = ServeProcess(tmp_path / "a", "--forward-otlp", url, "--shutdown-timeout", "1", "--batch-delay", "0.1")
+        ports = a.start()
+        _send(ports, "x", 1)
+        _wait(lambda: metric(a.api_url, "spanhouse_spool_segments") == 0)
+        started = time.monotonic()
+        assert a.terminate() == 0
+        assert time.monotonic() - started < 5
+    finally:
+        blackhole.close()
