@@ -50,9 +50,9 @@ def _migrate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from spanhouse.collector.server import Collector  # keeps `spanhouse migrate` light
 
-    logging.basicConfig(level=os.environ.get("SPANHOUSE_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = config.from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     collector = Collector(settings)
     stop = threading.Event()
 

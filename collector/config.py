@@ -56,6 +56,7 @@ class Settings:
     forward_otlp: tuple[str, ...] = ()
     forward_max_bytes: int = 256 << 20
     shutdown_timeout: float = 15.0
+    log_level: str = "info"
 
     def validate(self, environ: Mapping[str, str] | None = None) -> None:
         """Raise ``ConfigError`` for settings that cannot work together (``environ``, default
@@ -76,6 +77,8 @@ class Settings:
             raise ConfigError("--forward-max-bytes must be at least 64KiB")
         if not 0 < self.shutdown_timeout <= 3600:
             raise ConfigError("--shutdown-timeout must be between 0 and 3600 seconds")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"--log-level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         if self.retention_days is not None and not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
             raise ConfigError(f"--retention-days must be from 1 to {MAX_RETENTION_DAYS} (leave it unset to keep "
                               "everything)")
@@ -95,6 +98,9 @@ class Settings:
             return self.spool_dir.resolve()
         data = embedded_path(self.dsn)
         return data / "spool" if data else Path("spanhouse-spool").resolve()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def is_loopback(host: str) -> bool:
@@ -128,6 +134,7 @@ _HELP = {
     "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds from SIGTERM to exit: requests under way finish, then the spool drains into the store",
+    "log_level": "what is logged to stderr: debug, info, warning or error",
 }
 # The keys file is SPANHOUSE_API_KEYS_FILE: SPANHOUSE_API_KEYS holds inline keys (auth.ENV).
 _ENV_OVERRIDES = {"dsn": DSN_ENV, "api_keys": "SPANHOUSE_API_KEYS_FILE"}
