@@ -146,9 +146,13 @@ def _intact(data: bytes) -> Iterator[tuple[int, int, int]]:
 
 def _salvage(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """The (start, end) byte ranges of ``data``'s intact records, and of the damaged bytes
-    between and after them. Past damage, a record is looked for at each later magic; one
-    whose CRC checks out there is taken as the next record (a false match would need the
-    magic and a 32-bit CRC to agree by chance)."""
+    between and after them.
+
+    A record that fails its CRC but whose header holds the magic is skipped whole, to the
+    end its lengths claim; one claiming to end past the data is a torn tail, cut. The
+    bytes inside a record are never searched: its payload is a client's, who could
+    embed a well-formed record with a tenant of their choosing. Only where the magic
+    itself is damaged is the next record looked for at each later magic."""
     kept: list[tuple[int, int]] = []
     damaged: list[tuple[int, int]] = []
     offset = 0
@@ -159,13 +163,27 @@ def _salvage(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]
             kept.append((offset, start + tenant_len + payload_len))
             offset = kept[-1][1]
             continue
-        resume = data.find(_MAGIC, offset + 1)
-        while resume != -1 and _record_at(data, resume) is None:
-            resume = data.find(_MAGIC, resume + 1)
-        resume = len(data) if resume == -1 else resume
+        resume = _claimed_end(data, offset)
+        if resume is None:  # no header here: look for the next record
+            resume = data.find(_MAGIC, offset + 1)
+            while resume != -1 and _record_at(data, resume) is None:
+                resume = data.find(_MAGIC, resume + 1)
+        resume = len(data) if resume == -1 or resume > len(data) else resume
+        if damaged and damaged[-1][1] == offset:  # one range for damage that runs on
+            offset = damaged.pop()[0]
         damaged.append((offset, resume))
         offset = resume
     return kept, damaged
+
+
+def _claimed_end(data: bytes, offset: int) -> int | None:
+    """Where the record whose header starts at ``offset`` says it ends (maybe past the
+    data: a torn tail; the data's end for bytes too few for a header), or None when the
+    header there lacks the magic."""
+    if offset + _HEADER.size > len(data):  # too short for any record: a tail
+        return len(data)
+    magic, _, tenant_len, payload_len = _HEADER.unpack_from(data, offset)
+    return offset + _HEADER.size + tenant_len + payload_len if magic == _MAGIC else None
 
 
 def intact_records(data: bytes) -> tuple[list[Record], list[tuple[int, int]], int]:

@@ -352,6 +352,23 @@ def test_corrupt_records_mid_segment_are_taken_out_and_the_records_after_them_ke
     assert [r.payload[:1] for segment in drain(again) for r in segment] == [b"%d" % i for i in kept]
 
 
+def test_a_record_inside_a_torn_requests_payload_is_not_taken_for_one(spools: Spools) -> None:
+    """A payload is a client's bytes: one can embed a well-formed record with another
+    tenant. Were a crash to tear that request, salvage searching its bytes kept the
+    embedded record as acknowledged data of the other tenant."""
+    forged = _valid_record(spools, "victim", b"spans for someone else")
+    spool = spools.open()
+    spool.append("a", b"honest request")
+    spool.append("attacker", b"attribute: " + forged + b" ...the rest of a large request" * 10)
+    spool.close()
+    (path,) = spools.directory.glob("*.seg")
+    path.write_bytes(path.read_bytes()[:-50])  # the crash: the request's last bytes never reached the disk
+
+    reopened, report = spools.recover()
+    assert report.records == 1
+    assert [(r.tenant, r.payload) for segment in drain(reopened) for r in segment] == [("a", b"honest request")]
+
+
 def test_empty_and_garbage_only_segments_are_removed(spools: Spools) -> None:
     spool = spools.open()
     spool.append("t", b"kept")
