@@ -25,6 +25,7 @@ A slow or dead destination never slows ingest: its backlog is bounded by
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -62,7 +63,7 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
-_LABEL_FILE = "destination"  # the destination's label: who takes the backlog over when its headers change
+_IDENTITY_FILE = "destination.json"  # its label (logs) and its URL and header names, hashed (see take_over)
 TENANT = "{tenant}"  # in a header value: the tenant of the request being sent
 
 
@@ -105,6 +106,13 @@ class Destination:
         parts = urlsplit(self.url)
         url = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
         return url if self.ordinal == 1 else f"{url} #{self.ordinal}"
+
+    @property
+    def lineage(self) -> str:
+        """What stays when only header values change (a rotated token): the URL and the
+        header names, hashed (the URL may hold credentials)."""
+        spec = self.url + "".join(f";{name}" for name, _ in sorted(self.headers))
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     @property
     def key(self) -> str:
@@ -243,11 +251,12 @@ class Forwarder:
             counter.labels(destination=destination.label)
         self._damage_counted: set[str] = set()  # segments whose damaged bytes were counted as dropped
         self._dir.mkdir(parents=True, exist_ok=True)
-        label = self._dir / _LABEL_FILE
-        if not label.exists():
-            write_atomic(label, destination.label)
         done = self._dir / _DONE_FILE
         self._done = int(done.read_text()) if done.exists() else -1
+        self.fresh = self._done == -1 and not self._segments()  # nothing of its own yet: it may take a backlog over
+        identity = self._dir / _IDENTITY_FILE
+        if not identity.exists():
+            write_atomic(identity, json.dumps({"label": destination.label, "lineage": destination.lineage}))
         for path in self._segments():  # finished just before a crash, not yet removed
             if sequence(path.stem) <= self._done:
                 _discard(path)
@@ -255,11 +264,13 @@ class Forwarder:
             self._keep_bound()
 
     def take_over(self, directory: Path) -> int:
-        """Move the backlog of a directory this destination had under other headers (a
-        rotated token) into its own: what the old one had not sent is sent with the new
-        headers, and what it had finished is not sent again. The bytes moved."""
+        """Move the backlog of a directory this destination had under other header values
+        (a rotated token) into its own, which holds nothing yet: what the old one had not
+        sent is sent with the new headers, and what it had finished is not sent again.
+        The bytes moved."""
         moved = 0
         with self._lock:
+            self.fresh = False
             old_done = _done_in(directory)
             for path in sorted(directory.glob("*.seg")):
                 target = self._dir / path.name
@@ -450,23 +461,32 @@ def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics:
 def _leftovers(root: Path, made: dict[str, Forwarder], metrics: Metrics) -> None:
     """Backlogs of destinations no longer configured as they were. A directory is keyed
     on its URL and headers, so a rotated token made a new one and the old backlog waited
-    on disk for good, unsent and uncounted. The one destination with the same label
-    (URL without credentials, and its ordinal) takes it over; with none, it is dropped,
-    counted and logged."""
+    on disk for good, unsent and uncounted. A backlog goes to the destination of the same
+    URL and header names when that is the only such pair and the destination's directory
+    is new (so no other destination's backlog or progress is mixed in); otherwise it is
+    dropped, counted and logged."""
     if not root.is_dir():
         return
-    by_label = {f.destination.label: f for f in made.values()}
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in made):
-        label_file = directory / _LABEL_FILE
-        label = label_file.read_text() if label_file.exists() else ""
-        heir = by_label.get(label)
-        if heir is not None:
-            moved = heir.take_over(directory)
-            log.warning("forwarding to %s: its headers changed; %d bytes of backlog under the old ones are sent "
-                        "with the new ones", label, moved)
+    leftovers = {p: _identity(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name not in made}
+    for directory, (label, lineage) in leftovers.items():
+        heirs = [f for f in made.values() if f.fresh and f.destination.lineage == lineage]
+        twins = [d for d, (_, other) in leftovers.items() if other == lineage]
+        if lineage and len(heirs) == 1 and len(twins) == 1:
+            moved = heirs[0].take_over(directory)
+            log.warning("forwarding to %s: its header values changed; %d bytes of backlog under the old ones are "
+                        "sent with the new ones", heirs[0].destination.label, moved)
         else:
             waiting = sum(p.stat().st_size for p in directory.glob("*.seg"))
             metrics.forward_dropped_bytes.labels(destination=label or "(unknown)").inc(waiting)
             log.warning("forwarding: %d bytes of backlog for %s, which is no longer a --forward-otlp destination, "
                         "are dropped", waiting, label or f"a destination of an earlier version ({directory.name})")
         shutil.rmtree(directory)
+
+
+def _identity(directory: Path) -> tuple[str, str]:
+    """(label, lineage) a forward directory records; empty where it records none."""
+    try:
+        found = json.loads((directory / _IDENTITY_FILE).read_text())
+        return str(found["label"]), str(found["lineage"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", ""

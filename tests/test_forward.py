@@ -546,3 +546,26 @@ def test_a_destination_that_never_answers_does_not_hold_the_stop_past_its_timeou
         assert time.monotonic() - started < 5
     finally:
         blackhole.close()
+
+
+def test_removing_one_of_two_destinations_on_a_url_leaves_the_others_backlog_alone(tmp_path: Path) -> None:
+    """The one left became ordinal 1, took the label of the one removed and, taking its
+    backlog over, its finished mark: its own unsent requests were discarded at the next
+    start, uncounted. A destination with a backlog of its own takes no other's."""
+    url = "http://127.0.0.1:9/v1/traces"
+    a_spec, b_spec = f"{url};x-scope-orgid=a", f"{url};x-scope-orgid=b"
+    a, b = forwarders((a_spec, b_spec), tmp_path / "spool", 1 << 20, Metrics())
+    for _ in range(3):
+        segment = _backlog(tmp_path, 1)
+        a.adopt(segment)
+        b.adopt(segment)
+    for path in a._segments():  # A's destination took everything; B's is down
+        with a._lock:
+            a._finished(path)
+    b_backlog = sorted(p.name for p in b._segments())
+
+    metrics = Metrics()
+    for _ in range(2):  # a start without A, then another
+        (b,) = forwarders((b_spec,), tmp_path / "spool", 1 << 20, metrics)
+        assert sorted(p.name for p in b._segments()) == b_backlog
+    assert _dropped(metrics, url) == 0  # A had nothing left to drop
