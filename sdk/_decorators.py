@@ -21,8 +21,8 @@ extra Python call).
 Generators: the span opens at the first ``next()`` and closes when the generator is
 exhausted, closed or raises, so it covers the whole iteration; the span is the current
 span only while the generator's own code runs, never in the consumer between items. As
-in a plain generator, ContextVars the consumer sets between items are seen inside and
-those the generator sets are seen outside (``_Steps``; OpenTelemetry's context excepted).
+in a plain generator, ContextVars the consumer sets between items are seen inside; those
+the generator sets stay inside (``_Steps``).
 
 Executions are roots. ``@execution`` always starts a new trace (an execution *is* a
 trace), linked to whatever span was current, so an execution started inside, say, an
@@ -424,11 +424,12 @@ class _Steps:
     block entered in one copy could not be left in another (its span stayed current).
 
     A plain generator runs in its caller's context, so it sees the ContextVars its
-    consumer set between steps and its consumer sees those it set. Both are carried
-    over here: before a step, what the consumer's context changed since the previous
-    one; after it, what the step changed. OpenTelemetry's context (current span,
-    session, baggage) is not: inside, it is the one at the first step under the
-    generator's span plus what the generator entered; outside, the consumer's.
+    consumer sets between steps: before each step, what the consumer's context changed
+    since the previous one is set here too (OpenTelemetry's context excepted: inside,
+    the current span is the generator's). What the generator sets stays inside, as it
+    did before this carried anything: set out in the consumer's context, a variable the
+    generator set and then reset (structlog's bound_contextvars) stayed set there, a
+    ContextVar having no way to be unset without the token of its setting.
     """
 
     __slots__ = ("_seen", "context")
@@ -439,24 +440,19 @@ class _Steps:
 
     def run(self, step: Callable[..., Any], *args: Any) -> Any:
         """One step of a generator, called from the consumer's context."""
-        before = self.enter()
-        try:
-            return self.context.run(step, *args)
-        finally:
-            self.leave(before)
+        self.enter()
+        return self.context.run(step, *args)
 
-    def enter(self) -> contextvars.Context:
-        """Before a step: bring in what the consumer changed; return the steps' context as it was."""
+    def enter(self) -> None:
+        """Before a step: bring in what the consumer changed since the last one. Contexts
+        compare in constant time when one is a copy of the other unchanged (the usual
+        case: nothing changed), so only a change costs a walk over the variables."""
         consumer = contextvars.copy_context()
-        changed = _changes(self._seen, consumer)
-        if changed:
-            self.context.run(_set_all, changed)
-        self._seen = consumer
-        return self.context.copy()
-
-    def leave(self, before: contextvars.Context) -> None:
-        """After a step: set in the consumer's context what the step changed."""
-        _set_all(_changes(before, self.context))
+        if consumer != self._seen:
+            changed = _changes(self._seen, consumer)
+            if changed:
+                self.context.run(_set_all, changed)
+            self._seen = consumer
 
 
 def _changes(before: contextvars.Context, after: contextvars.Context) -> list[tuple[contextvars.ContextVar[Any], Any]]:
@@ -484,19 +480,16 @@ class _InContext:
         it = self._awaitable.__await__()
         resume: Callable[[Any], Any] = it.send
         value: Any = None
-        before = self._steps.enter()
-        try:
-            while True:
-                try:
-                    signal = self._steps.context.run(resume, value)
-                except StopIteration as stop:
-                    return stop.value
-                try:  # hand the event loop what the step waits on; pass back what it answers
-                    value, resume = (yield signal), it.send
-                except BaseException as exc:  # thrown into the await (a cancellation): into the step
-                    value, resume = exc, it.throw
-        finally:
-            self._steps.leave(before)
+        self._steps.enter()
+        while True:
+            try:
+                signal = self._steps.context.run(resume, value)
+            except StopIteration as stop:
+                return stop.value
+            try:  # hand the event loop what the step waits on; pass back what it answers
+                value, resume = (yield signal), it.send
+            except BaseException as exc:  # thrown into the await (a cancellation): into the step
+                value, resume = exc, it.throw
 
 
 Gen = Generator[Any, Any, Any]
