@@ -138,11 +138,19 @@ def _tree(node: dict[str, Any], into: Tree) -> None:
     if node["status"] == "error":
         label += f"  [red]error[/red] {escape(node.get('status_message') or '')}"
     branch = into.add(label)
-    if node.get("tool"):
-        branch.add(f"[dim]arguments[/dim] {escape(str(node['tool'].get('arguments')))}")
-        branch.add(f"[dim]result[/dim] {escape(str(node['tool'].get('result')))}")
+    for part in ("arguments", "result"):  # a failed call has no result: no "result None" line
+        if (node.get("tool") or {}).get(part) is not None:
+            branch.add(f"[dim]{part}[/dim] {escape(str(node['tool'][part]))}")
+    attrs = node.get("attributes") or {}
+    usage = [f"{attrs[key]} {word}" for key, word in _USAGE if attrs.get(key)]
+    if usage:  # what a model call cost, which the tree otherwise left to --json
+        branch.add("[dim]usage[/dim] " + escape(", ".join(usage)))
     for child in node["children"]:
         _tree(child, branch)
+
+
+_USAGE = (("gen_ai.usage.input_tokens", "input tokens"), ("gen_ai.usage.output_tokens", "output tokens"),
+          ("spanhouse.cost_usd", "USD"))
 
 
 def _trace_id(text: str) -> str:

@@ -30,6 +30,8 @@ def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
                                                                 "gen_ai.tool.name": "search",
                                                                 "gen_ai.tool.call.arguments": "{\"q\": 1}"},
              error="search down"),
+        span("chat gpt-4o", t, parent=root, attributes={"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 420,
+                                                        "gen_ai.usage.output_tokens": 35, "spanhouse.cost_usd": 0.0014}),
     ]))
     with running_collector(store, tmp_path_factory.mktemp("cli"), tenant, scopes="ingest,read,admin") as c:
         yield c, t.hex()
@@ -59,6 +61,8 @@ def test_executions_show_prints_the_span_tree(served: tuple[Running, str], capsy
     c, tid = served
     text = _run(c, capsys, "executions", "show", tid)
     assert "invoke_agent helper" in text and "execute_tool search" in text and "search down" in text
+    assert 'arguments {"q": 1}' in text and "result" not in text  # the failed call has no result to show
+    assert "usage 420 input tokens, 35 output tokens, 0.0014 USD" in text  # the model call's
 
 
 def test_export_writes_a_file(served: tuple[Running, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
