@@ -49,7 +49,7 @@ _ROLLUPS = (  # in this order: a rollup read by a later one is rebuilt first
             "Array(Tuple(String, String, DateTime('UTC')))",
             affected=("tool_calls", "(ServiceName, ToolName, toStartOfDay(Timestamp, 'UTC'))")),
     _Rollup("error_patterns_mv", "error_patterns", "otel_traces",
-            "(toDate(Timestamp), ServiceName)", "(Day, ServiceName)", "Array(Tuple(Date, String))"),
+            "(toDate(Timestamp, 'UTC'), ServiceName)", "(Day, ServiceName)", "Array(Tuple(Date, String))"),
 )
 
 _NO_DEDUP = {"insert_deduplicate": 0, "mutations_sync": 2, "lightweight_deletes_sync": 2}

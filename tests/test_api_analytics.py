@@ -880,3 +880,28 @@ def test_tool_numbers_keep_to_utc_hours_in_a_half_hour_time_zone(tmp_path: Path)
     )
     assert in_child(script, tmp_path, tz="Asia/Kolkata") == [
         "2 1 1", "2 [('2025-12-31T13:00:00+00:00', 1), ('2026-01-01T01:00:00+00:00', 1)]"]
+
+
+def test_error_patterns_count_by_utc_day_whatever_the_engines_zone(tmp_path: Path) -> None:
+    """error_patterns kept days of the engine's time zone (the process's TZ for the
+    embedded engine) while windows are cut in UTC: in Asia/Kolkata a failure at 10:00 UTC
+    the day after a window counted in it (a Kolkata day's 15:30)."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import IngestItem, analytics, open_store\n"
+        "from tests.otlp import request, span, span_id, trace_id\n"
+        "s = open_store(sys.argv[1])\n"
+        "day = 1_749_513_600  # 2025-06-10T00:00:00Z\n"
+        "def failure(at_s):\n"
+        "    t, root = trace_id(), span_id()\n"
+        "    return IngestItem('tz', request([\n"
+        "        span('invoke_agent a', t, sid=root, start=at_s * 10**9, attributes={'gen_ai.operation.name': 'invoke_agent'}),\n"
+        "        span('execute_tool search', t, parent=root, start=at_s * 10**9 + 1, error='boom', attributes={\n"
+        "            'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search', 'error.type': 'E'})])\n"
+        "        .SerializeToString())\n"
+        "s.writer.write([failure(day + 2 * 3600), failure(day + 34 * 3600)])  # 02:00 that day, 10:00 the next\n"
+        "got = analytics.performance(s.client, 'tz', days=1, now=day + 22 * 3600)  # the window ends 23:00 UTC\n"
+        "print([(p['tool'], p['count']) for p in got['error_patterns']])\n"
+        "s.close()\n"
+    )
+    assert in_child(script, tmp_path, tz="Asia/Kolkata") == ["[('search', 1)]"]
