@@ -25,12 +25,11 @@ group is acknowledged (each gets ``Backpressure``, so its client retries), and t
 active segment is cut back to its last synced byte and sealed.
 
 Recovery (``open``): every segment on disk counts as sealed. Bytes that are not intact
-records (a crash mid-write, a crash right after creating the file, garbage, a flipped
-bit) are copied to ``quarantine/`` and taken out: a torn tail is cut off; past a record
-that fails its check mid-segment, the next intact record is looked for at each later
-magic, and the segment is rewritten with the intact records before and after the
-damage, so one bad record does not take the acknowledged records behind it. A segment
-left with nothing is deleted.
+records are copied to ``quarantine/`` and taken out (``_salvage``): a record whose bytes
+changed but whose lengths still lead to the next intact record (a flipped bit) alone,
+the segment then rewritten with the records before and after it; from any other damage
+(a crash mid-write, a crash right after creating the file, garbage, a damaged magic or
+length) to the segment's end, as a torn tail. A segment left with nothing is deleted.
 """
 
 from __future__ import annotations
@@ -148,11 +147,12 @@ def _salvage(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]
     """The (start, end) byte ranges of ``data``'s intact records, and of the damaged bytes
     between and after them.
 
-    A record that fails its CRC but whose header holds the magic is skipped whole, to the
-    end its lengths claim; one claiming to end past the data is a torn tail, cut. The
-    bytes inside a record are never searched: its payload is a client's, who could
-    embed a well-formed record with a tenant of their choosing. Only where the magic
-    itself is damaged is the next record looked for at each later magic."""
+    A record that fails its CRC is skipped to the end its lengths claim only when an
+    intact record starts there (or the data ends there): its lengths were then right and
+    only its other bytes changed (a flipped bit). Anything else (a torn tail, a damaged
+    magic or length) is cut from that record on, as recovery always did. The bytes inside
+    a record are never searched for the next one: a payload is a client's, who could
+    embed a well-formed record with a tenant of their choosing."""
     kept: list[tuple[int, int]] = []
     damaged: list[tuple[int, int]] = []
     offset = 0
@@ -163,12 +163,9 @@ def _salvage(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]
             kept.append((offset, start + tenant_len + payload_len))
             offset = kept[-1][1]
             continue
-        resume = _claimed_end(data, offset)
-        if resume is None:  # no header here: look for the next record
-            resume = data.find(_MAGIC, offset + 1)
-            while resume != -1 and _record_at(data, resume) is None:
-                resume = data.find(_MAGIC, resume + 1)
-        resume = len(data) if resume == -1 or resume > len(data) else resume
+        claimed = _claimed_end(data, offset)
+        resume = claimed if claimed is not None and (
+            claimed == len(data) or (claimed < len(data) and _record_at(data, claimed) is not None)) else len(data)
         if damaged and damaged[-1][1] == offset:  # one range for damage that runs on
             offset = damaged.pop()[0]
         damaged.append((offset, resume))
@@ -178,10 +175,9 @@ def _salvage(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]
 
 def _claimed_end(data: bytes, offset: int) -> int | None:
     """Where the record whose header starts at ``offset`` says it ends (maybe past the
-    data: a torn tail; the data's end for bytes too few for a header), or None when the
-    header there lacks the magic."""
-    if offset + _HEADER.size > len(data):  # too short for any record: a tail
-        return len(data)
+    data), or None when no whole header with the magic is there."""
+    if offset + _HEADER.size > len(data):
+        return None
     magic, _, tenant_len, payload_len = _HEADER.unpack_from(data, offset)
     return offset + _HEADER.size + tenant_len + payload_len if magic == _MAGIC else None
 

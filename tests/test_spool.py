@@ -369,6 +369,31 @@ def test_a_record_inside_a_torn_requests_payload_is_not_taken_for_one(spools: Sp
     assert [(r.tenant, r.payload) for segment in drain(reopened) for r in segment] == [("a", b"honest request")]
 
 
+@pytest.mark.parametrize("damage", ["magic", "length longer", "length shorter"])
+def test_a_record_with_a_damaged_header_cuts_the_segment_and_nothing_inside_it_is_taken(
+        spools: Spools, damage: str) -> None:
+    """Its lengths cannot be trusted (the CRC covers them): skipping to where they point
+    kept records forged inside the payload, or threw the records after it out as a torn
+    tail, and searching on from a damaged magic went through the payload. The segment is
+    cut there, as recovery always did (the cut bytes are kept in the quarantine)."""
+    forged = _valid_record(spools, "victim", b"spans for someone else")
+    spool = spools.open()
+    spool.append("a", b"first request")
+    spool.append("attacker", b"attribute: " + forged + b" ...the rest of a large request" * 10)  # > 256 bytes
+    spool.append("a", b"third request")
+    spool.close()
+    (path,) = spools.directory.glob("*.seg")
+    data = bytearray(path.read_bytes())
+    second = spools.record_size("a", b"first request")
+    where = {"magic": second, "length longer": second + 13, "length shorter": second + 11}[damage]
+    data[where] ^= {"magic": 0x01, "length longer": 0x01, "length shorter": 0x01}[damage]
+    path.write_bytes(bytes(data))
+
+    reopened, report = spools.recover()
+    assert report.records == 1 and report.torn_bytes == len(data) - second
+    assert [(r.tenant, r.payload) for segment in drain(reopened) for r in segment] == [("a", b"first request")]
+
+
 def test_empty_and_garbage_only_segments_are_removed(spools: Spools) -> None:
     spool = spools.open()
     spool.append("t", b"kept")
