@@ -250,10 +250,12 @@ class Forwarder:
                         metrics.forward_dropped_bytes):  # from the start: rate() misses a new series' first event
             counter.labels(destination=destination.label)
         self._damage_counted: set[str] = set()  # segments whose damaged bytes were counted as dropped
+        # New in this start: only such a destination may take a leftover backlog over (one
+        # added at an earlier start and idle since is another destination, not a successor).
+        self.fresh = not self._dir.exists()
         self._dir.mkdir(parents=True, exist_ok=True)
         done = self._dir / _DONE_FILE
         self._done = int(done.read_text()) if done.exists() else -1
-        self.fresh = self._done == -1 and not self._segments()  # nothing of its own yet: it may take a backlog over
         identity = self._dir / _IDENTITY_FILE
         if not identity.exists():
             write_atomic(identity, json.dumps({"label": destination.label, "lineage": destination.lineage}))
@@ -267,22 +269,26 @@ class Forwarder:
         """Move the backlog of a directory this destination had under other header values
         (a rotated token) into its own, which holds nothing yet: what the old one had not
         sent is sent with the new headers, and what it had finished is not sent again.
-        The bytes moved."""
+        The bytes moved.
+
+        The finished mark is recorded first: after a crash midway, a restart finds this
+        directory not new (the rest of the old backlog is then dropped, counted) and
+        does not send again what the old one had finished."""
         moved = 0
         with self._lock:
             self.fresh = False
             old_done = _done_in(directory)
+            if old_done > self._done:
+                write_atomic(self._dir / _DONE_FILE, str(old_done))
+                self._done = old_done
             for path in sorted(directory.glob("*.seg")):
                 target = self._dir / path.name
-                if sequence(path.stem) > max(self._done, old_done) and not target.exists():
+                if sequence(path.stem) > self._done and not target.exists():
                     pos = path.with_suffix(".pos")
                     if pos.exists():
                         os.replace(pos, target.with_suffix(".pos"))
                     os.replace(path, target)
                     moved += target.stat().st_size
-            if old_done > self._done:
-                write_atomic(self._dir / _DONE_FILE, str(old_done))
-                self._done = old_done
             sync_dir(self._dir)
             self._keep_bound()
         return moved
@@ -462,9 +468,9 @@ def _leftovers(root: Path, made: dict[str, Forwarder], metrics: Metrics) -> None
     """Backlogs of destinations no longer configured as they were. A directory is keyed
     on its URL and headers, so a rotated token made a new one and the old backlog waited
     on disk for good, unsent and uncounted. A backlog goes to the destination of the same
-    URL and header names when that is the only such pair and the destination's directory
-    is new (so no other destination's backlog or progress is mixed in); otherwise it is
-    dropped, counted and logged."""
+    URL and header names when that is the only such pair and the destination is new in
+    this start (so no other destination's backlog or progress is mixed in); otherwise it
+    is dropped, counted and logged."""
     if not root.is_dir():
         return
     leftovers = {p: _identity(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name not in made}

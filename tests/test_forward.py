@@ -569,3 +569,48 @@ def test_removing_one_of_two_destinations_on_a_url_leaves_the_others_backlog_alo
         (b,) = forwarders((b_spec,), tmp_path / "spool", 1 << 20, metrics)
         assert sorted(p.name for p in b._segments()) == b_backlog
     assert _dropped(metrics, url) == 0  # A had nothing left to drop
+
+
+def test_a_destination_added_at_an_earlier_start_takes_no_backlog_over(tmp_path: Path) -> None:
+    """Idle since it was added, it held nothing and passed for a successor: team-a's
+    backlog went to team-b and was sent with team-b's org id."""
+    url = "http://127.0.0.1:9/v1/traces"
+    a_spec, b_spec = f"{url};x-scope-orgid=team-a", f"{url};x-scope-orgid=team-b"
+    (a,) = forwarders((a_spec,), tmp_path / "spool", 1 << 20, Metrics())  # team-a's endpoint is down
+    a.adopt(segment := _backlog(tmp_path, 1))
+    forwarders((a_spec, b_spec), tmp_path / "spool", 1 << 20, Metrics())  # team-b added, no traffic
+    metrics = Metrics()
+    (b,) = forwarders((b_spec,), tmp_path / "spool", 1 << 20, metrics)  # team-a removed
+    assert b._segments() == []
+    assert _dropped(metrics, url) == segment.size
+
+
+def test_a_crash_during_a_take_over_sends_nothing_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finished mark was copied after the segments were moved: a crash in between
+    left the new directory without it, and a restart sent again what the old headers
+    had sent."""
+    old_spec, new_spec = "http://127.0.0.1:9/v1/traces;authorization=Bearer OLD", \
+        "http://127.0.0.1:9/v1/traces;authorization=Bearer NEW"
+    (old,) = forwarders((old_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    segments = [_backlog(tmp_path, 1) for _ in range(3)]
+    for segment in segments:
+        old.adopt(segment)
+    assert old._forward(old._dir / segments[0].path.name, _Destination(fail_at=99)) is True  # type: ignore[arg-type]
+
+    moved: list[object] = []
+
+    def crash_at_the_second_segment_moved(src: object, dst: object) -> None:
+        if str(src).endswith(".seg"):
+            if moved:
+                raise KeyboardInterrupt("the crash")
+            moved.append(src)
+        os.rename(src, dst)  # type: ignore[arg-type]  # also the marks' own write_atomic
+
+    monkeypatch.setattr("spanhouse.collector.forward.os.replace", crash_at_the_second_segment_moved)
+    with pytest.raises(KeyboardInterrupt):
+        forwarders((new_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    monkeypatch.undo()
+    (new,) = forwarders((new_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    for segment in segments:  # the restart's spool hands over what it still holds
+        new.adopt(segment)
+    assert segments[0].path.name not in {p.name for p in new._segments()}
