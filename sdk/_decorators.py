@@ -446,9 +446,15 @@ class _Steps:
     def enter(self) -> None:
         """Before a step: bring in what the consumer changed since the last one. Contexts
         compare in constant time when one is a copy of the other unchanged (the usual
-        case: nothing changed), so only a change costs a walk over the variables."""
+        case: nothing changed), so only a change costs a walk over the variables. The
+        comparison calls ``__eq__`` of a value set anew: one that raises (a numpy array)
+        counts as changed, and one equal to the value it replaced is not brought in."""
         consumer = contextvars.copy_context()
-        if consumer != self._seen:
+        try:
+            unchanged = bool(consumer == self._seen)
+        except Exception:  # noqa: BLE001  # the consumer's values' __eq__ must not break its iteration
+            unchanged = False
+        if not unchanged:
             changed = _changes(self._seen, consumer)
             if changed:
                 self.context.run(_set_all, changed)

@@ -507,6 +507,34 @@ def test_a_generator_sees_its_consumers_context_changes_and_keeps_its_own(spans:
     assert [name for _, name in inside] == ["execute_tool stream"] * 3
 
 
+class _Ambiguous:
+    """A value whose comparison raises, as a numpy array's truth value does."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("The truth value of an array with more than one element is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_a_consumer_value_whose_comparison_raises_does_not_break_the_generator(spans: CapturedSpans) -> None:
+    """Checking whether the consumer changed its context compares the values it set:
+    an array set between items made next() raise ValueError."""
+    @sdk.tool(name="stream")
+    def gen() -> Iterator[object]:
+        yield _step_var.get()
+        yield _step_var.get()
+
+    def consume() -> list[object]:
+        _step_var.set(_Ambiguous())
+        items = gen()
+        got = [next(items)]
+        _step_var.set(array := _Ambiguous())
+        return [*got, next(items), array]
+
+    first, second, array = contextvars.copy_context().run(consume)
+    assert second is array and first is not array
+
+
 def test_a_disabled_async_generator_keeps_what_it_entered_across_a_yield(spans: CapturedSpans) -> None:
     """Disabled, an async generator runs through the same loop with a call that records
     nothing; its code's context must survive a ``yield`` there too."""
