@@ -100,7 +100,7 @@ class Settings:
         return data / "spool" if data else Path("spanhouse-spool").resolve()
 
 
-LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
+LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical", "fatal", "notset")
 """Python's level names, as SPANHOUSE_LOG_LEVEL took them when it went to logging unchecked."""
 
 
@@ -135,7 +135,7 @@ _HELP = {
     "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds from SIGTERM to exit: requests under way finish, then the spool drains into the store",
-    "log_level": "what is logged to stderr: debug, info, warning, error or critical",
+    "log_level": "what is logged to stderr: debug, info, warning, error or critical (Python's level names)",
 }
 # The keys file is SPANHOUSE_API_KEYS_FILE: SPANHOUSE_API_KEYS holds inline keys (auth.ENV).
 _ENV_OVERRIDES = {"dsn": DSN_ENV, "api_keys": "SPANHOUSE_API_KEYS_FILE"}

@@ -34,7 +34,7 @@ def test_flags_beat_environment_beats_defaults() -> None:
     (["--retention-days", "36500"], "from 1 to 10000"),
     (["--shutdown-timeout", "-5"], "between 0 and 3600"),
     (["--forward-max-bytes", "0"], "at least 64KiB"),
-    (["--log-level", "verbose"], "is not one of debug, info, warning, warn, error, critical"),
+    (["--log-level", "verbose"], "is not one of debug, info, warning, warn, error, critical, fatal, notset"),
 ])
 def test_bad_settings_say_what_to_do(argv: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -108,7 +108,7 @@ def test_cli_serve_refuses_a_public_address_without_keys(capsys: pytest.CaptureF
     assert "refusing to listen on 0.0.0.0 without API keys" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("level", ["DEBUG", "info", "WARN", "warning", "error", "Critical"])
+@pytest.mark.parametrize("level", ["DEBUG", "info", "WARN", "warning", "error", "Critical", "FATAL", "NOTSET"])
 def test_every_level_name_python_knows_is_taken(level: str) -> None:
     assert _settings([], {"SPANHOUSE_LOG_LEVEL": level}).log_level == level
 
