@@ -24,12 +24,11 @@ arrive meanwhile form the next group. If the write or sync fails, no appender of
 group is acknowledged (each gets ``Backpressure``, so its client retries), and the
 active segment is cut back to its last synced byte and sealed.
 
-Recovery (``open``): every segment on disk counts as sealed. Bytes that are not intact
-records are copied to ``quarantine/`` and taken out (``_salvage``): a record whose bytes
-changed but whose lengths still lead to the next intact record (a flipped bit) alone,
-the segment then rewritten with the records before and after it; from any other damage
-(a crash mid-write, a crash right after creating the file, garbage, a damaged magic or
-length) to the segment's end, as a torn tail. A segment left with nothing is deleted.
+Recovery (``open``): every segment on disk counts as sealed. A segment whose tail is not
+a sequence of intact records (a crash mid-write, a crash right after creating the file,
+garbage, a flipped bit) is cut at the end of its last intact record; the cut bytes are
+copied to ``quarantine/`` first, since a corrupt record mid-segment also cuts the
+acknowledged records after it. A segment left with nothing is deleted.
 """
 
 from __future__ import annotations
@@ -121,78 +120,34 @@ def _header(tenant: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(_MAGIC, crc, len(tenant), len(payload))
 
 
-def _record_at(data: bytes, offset: int) -> tuple[int, int, int] | None:
-    """(start of tenant, tenant length, payload length) of the record at ``offset``, or
-    None if there is none there that is complete and passes its magic and CRC."""
-    if offset + _HEADER.size > len(data):
-        return None
-    magic, crc, tenant_len, payload_len = _HEADER.unpack_from(data, offset)
-    start = offset + _HEADER.size
-    end = start + tenant_len + payload_len
-    if magic != _MAGIC or end > len(data) or zlib.crc32(memoryview(data)[offset + _CRC_START:end]) != crc:
-        return None
-    return start, tenant_len, payload_len
-
-
 def _intact(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """``_record_at`` of each record in ``data``, in order, up to the first that is not intact."""
+    """(start of tenant, tenant length, payload length) of each record in ``data``, in
+    order, up to the first that is incomplete or fails its magic or CRC."""
+    view = memoryview(data)
     offset = 0
-    while (record := _record_at(data, offset)) is not None:
-        yield record
-        start, tenant_len, payload_len = record
-        offset = start + tenant_len + payload_len
-
-
-def _salvage(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """The (start, end) byte ranges of ``data``'s intact records, and of the damaged bytes
-    between and after them.
-
-    A record that fails its CRC is skipped to the end its lengths claim only when an
-    intact record starts there (or the data ends there): its lengths were then right and
-    only its other bytes changed (a flipped bit). Anything else (a torn tail, a damaged
-    magic or length) is cut from that record on, as recovery always did. The bytes inside
-    a record are never searched for the next one: a payload is a client's, who could
-    embed a well-formed record with a tenant of their choosing."""
-    kept: list[tuple[int, int]] = []
-    damaged: list[tuple[int, int]] = []
-    offset = 0
-    while offset < len(data):
-        record = _record_at(data, offset)
-        if record is not None:
-            start, tenant_len, payload_len = record
-            kept.append((offset, start + tenant_len + payload_len))
-            offset = kept[-1][1]
-            continue
-        claimed = _claimed_end(data, offset)
-        resume = claimed if claimed is not None and (
-            claimed == len(data) or (claimed < len(data) and _record_at(data, claimed) is not None)) else len(data)
-        if damaged and damaged[-1][1] == offset:  # one range for damage that runs on
-            offset = damaged.pop()[0]
-        damaged.append((offset, resume))
-        offset = resume
-    return kept, damaged
-
-
-def _claimed_end(data: bytes, offset: int) -> int | None:
-    """Where the record whose header starts at ``offset`` says it ends (maybe past the
-    data), or None when no whole header with the magic is there."""
-    if offset + _HEADER.size > len(data):
-        return None
-    magic, _, tenant_len, payload_len = _HEADER.unpack_from(data, offset)
-    return offset + _HEADER.size + tenant_len + payload_len if magic == _MAGIC else None
+    while offset + _HEADER.size <= len(data):
+        magic, crc, tenant_len, payload_len = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        end = start + tenant_len + payload_len
+        if magic != _MAGIC or end > len(data) or zlib.crc32(view[offset + _CRC_START:end]) != crc:
+            return
+        yield start, tenant_len, payload_len
+        offset = end
 
 
 def intact_records(data: bytes) -> tuple[list[Record], list[tuple[int, int]], int]:
-    """A segment's intact records, their (start, end) byte ranges and how many bytes are
-    damaged between or after them (``_salvage``): for a reader of a segment that recovery
-    did not see (a forwarder's hard link keeps the bytes recovery rewrote)."""
-    kept, damaged = _salvage(data)
-    records = []
-    for start, _ in kept:
-        tenant_start, tenant_len, payload_len = _record_at(data, start)  # type: ignore[misc]  # kept: intact
-        tenant_end = tenant_start + tenant_len
-        records.append(Record(data[tenant_start:tenant_end].decode(), data[tenant_end:tenant_end + payload_len]))
-    return records, kept, sum(end - start for start, end in damaged)
+    """A segment's records up to the first that is not intact, their (start, end) byte
+    ranges, and how many bytes follow them: what recovery would keep of the segment, for
+    a reader whose copy recovery did not cut (a forwarder's hard link, read later)."""
+    records: list[Record] = []
+    ranges: list[tuple[int, int]] = []
+    offset = 0
+    for start, tenant_len, payload_len in _intact(data):
+        tenant_end = start + tenant_len
+        records.append(Record(data[start:tenant_end].decode(), data[tenant_end:tenant_end + payload_len]))
+        ranges.append((offset, tenant_end + payload_len))
+        offset = tenant_end + payload_len
+    return records, ranges, len(data) - offset
 
 
 def sync_dir(path: Path) -> None:
@@ -563,17 +518,20 @@ class Spool:
                 log.warning("spool ignores %s: not a segment name", path)
                 continue
             data = path.read_bytes()
-            kept, damaged = _salvage(data)
-            if damaged:
-                self._cut(path, data, kept, damaged)
-                torn += sum(end - start for start, end in damaged)
+            count = end = 0
+            for start, tenant_len, payload_len in _intact(data):
+                count += 1
+                end = start + tenant_len + payload_len
+            if end < len(data):
+                self._cut(path, data, end)
+                torn += len(data) - end
                 cut.append(name)
-            if not kept:  # torn to nothing, or a crash right after creating the file
+            if end == 0:  # torn to nothing, or a crash right after creating the file
                 path.unlink()
                 self._sync_dir(self._dir)
                 continue
-            sealed.append(Segment(name, path, sum(end - start for start, end in kept)))
-            records += len(kept)
+            sealed.append(Segment(name, path, end))
+            records += count
         self._sealed = sealed
         for segment in sealed if self._on_seal is not None else ():
             self._on_seal(segment)  # type: ignore[misc]
@@ -596,31 +554,20 @@ class Spool:
                               f"if nothing is forwarded")
         return int(text)
 
-    def _cut(self, path: Path, data: bytes, kept: list[tuple[int, int]], damaged: list[tuple[int, int]]) -> None:
-        """Take the ``damaged`` ranges out of a segment, each copied to the quarantine as
-        ``<segment>.<offset>.torn``: a tail is cut off, damage with intact records after it
-        is taken out by rewriting the segment with its ``kept`` records (renamed over it,
-        so a crash meanwhile leaves the old file, to be salvaged again)."""
-        for start, end in damaged:
-            log.warning("spool segment %s: taking out %d torn or corrupt bytes at byte %d",
-                        path.name, end - start, start)
-            # Best effort: failing to keep the copy must not keep the collector from starting.
-            try:
-                self._write_file(self._quarantine_dir() / f"{path.name[:-len(_SUFFIX)]}.{start}.torn", data[start:end])
-            except OSError as exc:
-                log.error("spool could not keep a copy of the bytes taken out of %s: %s", path.name, exc)
-        if damaged[0][0] >= (kept[-1][1] if kept else 0):  # only a tail
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.ftruncate(fd, damaged[0][0])
-                self._sync(fd)
-            finally:
-                os.close(fd)
-            return
-        rewritten = path.with_suffix(".salvaged")
-        self._write_file(rewritten, b"".join(data[start:end] for start, end in kept))
-        os.replace(rewritten, path)
-        self._sync_dir(self._dir)
+    def _cut(self, path: Path, data: bytes, end: int) -> None:
+        log.warning("spool segment %s: cutting %d torn or corrupt bytes after byte %d",
+                    path.name, len(data) - end, end)
+        # Best effort: failing to keep the copy must not keep the collector from starting.
+        try:
+            self._write_file(self._quarantine_dir() / f"{path.name[:-len(_SUFFIX)]}.{end}.torn", data[end:])
+        except OSError as exc:
+            log.error("spool could not keep a copy of the tail cut from %s: %s", path.name, exc)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, end)
+            self._sync(fd)
+        finally:
+            os.close(fd)
 
     def _forget(self, segment: Segment) -> None:
         with self._lock:

@@ -512,9 +512,10 @@ def test_a_partly_sent_segment_dropped_by_the_bound_counts_only_what_was_not_sen
     assert _dropped(metrics, "grpc://127.0.0.1:9") == segment.size // 10  # the tenth request alone
 
 
-def test_a_corrupt_request_in_a_linked_segment_drops_that_request_only(tmp_path: Path) -> None:
-    """The main spool's recovery keeps the intact records around a corrupt one; the
-    forwarder's hard link keeps the old bytes and dropped the whole segment."""
+def test_a_corrupt_request_in_a_linked_segment_drops_it_and_keeps_the_ones_before(tmp_path: Path) -> None:
+    """A linked segment that rots after recovery: the forwarder dropped the whole
+    segment, the requests before the corrupt one too. It sends what recovery would keep
+    (the intact requests before it) and counts the rest as dropped."""
     metrics = Metrics()
     forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
     forwarder.adopt(segment := _backlog(tmp_path, 10))
@@ -525,8 +526,8 @@ def test_a_corrupt_request_in_a_linked_segment_drops_that_request_only(tmp_path:
     linked.write_bytes(bytes(data))
     destination = _Destination(fail_at=99)
     assert forwarder._forward(linked, destination) is True  # type: ignore[arg-type]
-    assert destination.got == [b"r%d" % i for i in range(10) if i != 5]
-    assert _dropped(metrics, "grpc://127.0.0.1:9") == size
+    assert destination.got == [b"r%d" % i for i in range(5)]
+    assert _dropped(metrics, "grpc://127.0.0.1:9") == 5 * size
 
 
 def test_a_destination_that_never_answers_does_not_hold_the_stop_past_its_timeout(tmp_path: Path) -> None:
