@@ -63,6 +63,7 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
+_SETTLED_FILE = "settled"  # a start dealt with the leftovers while this destination was configured
 _IDENTITY_FILE = "destination.json"  # its label (logs) and its URL and header names, hashed (see take_over)
 TENANT = "{tenant}"  # in a header value: the tenant of the request being sent
 
@@ -250,12 +251,14 @@ class Forwarder:
                         metrics.forward_dropped_bytes):  # from the start: rate() misses a new series' first event
             counter.labels(destination=destination.label)
         self._damage_counted: set[str] = set()  # segments whose damaged bytes were counted as dropped
-        # New in this start: only such a destination may take a leftover backlog over (one
-        # added at an earlier start and idle since is another destination, not a successor).
-        self.fresh = not self._dir.exists()
         self._dir.mkdir(parents=True, exist_ok=True)
         done = self._dir / _DONE_FILE
         self._done = int(done.read_text()) if done.exists() else -1
+        # Never through a start's leftovers (``settle``), and nothing of its own: only such
+        # a destination may take a leftover backlog over. One added at an earlier start
+        # and idle since is another destination, not a successor; one whose start
+        # stopped (a crash, a refused setting) before its leftovers were dealt with is new.
+        self.fresh = not (self._dir / _SETTLED_FILE).exists() and self._done == -1 and not self._segments()
         identity = self._dir / _IDENTITY_FILE
         if not identity.exists():
             write_atomic(identity, json.dumps({"label": destination.label, "lineage": destination.lineage}))
@@ -264,6 +267,12 @@ class Forwarder:
                 _discard(path)
         with self._lock:  # the backlog on disk, reported (and bounded) from the start, not once data comes
             self._keep_bound()
+
+    def settle(self) -> None:
+        """Record that a start dealt with the leftovers while this destination was configured."""
+        if not (self._dir / _SETTLED_FILE).exists():
+            write_atomic(self._dir / _SETTLED_FILE, "")
+        self.fresh = False
 
     def take_over(self, directory: Path) -> int:
         """Move the backlog of a directory this destination had under other header values
@@ -450,17 +459,21 @@ def _discard(segment: Path) -> None:
 
 
 def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics: Metrics) -> list[Forwarder]:
-    """One forwarder per ``--forward-otlp`` value, each in ``<spool>/forward/<key>``."""
-    made: dict[str, Forwarder] = {}
+    """One forwarder per ``--forward-otlp`` value, each in ``<spool>/forward/<key>``.
+    Every value is checked before any directory is made: a start refused for a typo in
+    the second value must not leave the first one's directory looking settled."""
+    destinations: dict[str, Destination] = {}
     same_url: Counter[str] = Counter()
     for spec in specs:
         d = Destination.parse(spec)
-        if d.key in made:  # two threads would share one backlog, each sending part of it
+        if d.key in destinations:  # two threads would share one backlog, each sending part of it
             raise ConfigError(f"--forward-otlp {spec!r} is given twice")
         same_url[d.label] += 1
-        d = replace(d, ordinal=same_url[d.label])
-        made[d.key] = Forwarder(d, spool_dir / "forward" / d.key, max_bytes, metrics)
+        destinations[d.key] = replace(d, ordinal=same_url[d.label])
+    made = {key: Forwarder(d, spool_dir / "forward" / key, max_bytes, metrics) for key, d in destinations.items()}
     _leftovers(spool_dir / "forward", made, metrics)
+    for forwarder in made.values():
+        forwarder.settle()
     return list(made.values())
 
 

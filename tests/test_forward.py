@@ -615,3 +615,19 @@ def test_a_crash_during_a_take_over_sends_nothing_again(tmp_path: Path, monkeypa
     for segment in segments:  # the restart's spool hands over what it still holds
         new.adopt(segment)
     assert segments[0].path.name not in {p.name for p in new._segments()}
+
+
+def test_a_start_refused_for_a_typo_leaves_the_rotated_destination_its_inheritance(tmp_path: Path) -> None:
+    """The refused start had made the new token's directory before reading the second,
+    misspelt value; the corrected start took it for settled and dropped the old token's
+    backlog instead of sending it."""
+    url = "http://127.0.0.1:9/v1/traces"
+    old_spec, new_spec = f"{url};authorization=Bearer OLD", f"{url};authorization=Bearer NEW"
+    (old,) = forwarders((old_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    old.adopt(segment := _backlog(tmp_path, 2))
+    with pytest.raises(ConfigError):
+        forwarders((new_spec, "htp://typo"), tmp_path / "spool", 1 << 20, Metrics())
+    metrics = Metrics()
+    (new,) = forwarders((new_spec,), tmp_path / "spool", 1 << 20, metrics)
+    assert [p.name for p in new._segments()] == [segment.path.name]
+    assert _dropped(metrics, url) == 0
