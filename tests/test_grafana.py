@@ -825,6 +825,18 @@ def test_execution_percentiles_are_exact_as_the_apis(store: Store) -> None:
     assert series[1:] == (exact[0.5], exact[0.9], exact[0.99])
 
 
+def test_the_error_patterns_panel_leaves_out_the_day_after_a_range_ending_at_midnight(store: Store) -> None:
+    """The range's end is exclusive, as the API's window is: toDate($__toTime) took the
+    whole next UTC day in when a range ended at midnight."""
+    tenant, hour = "grafana-patterns-midnight", 3600 * 10**9
+    write(store, tenant, _agent_run(BASE + 12 * hour, tool_error="inside"),
+          _agent_run(BASE + 26 * hour, tool_error="the next day"))
+    ctx = TimeContext("one UTC day", BASE_S, BASE_S + 24 * 3600, 300)
+    rows = _panel_rows(store, "tool-health", "Top tool error patterns", {"tenant": tenant, "service": ALL, "tool": ALL},
+                       ctx)
+    assert [r[0] for r in rows] == ["inside"]
+
+
 def test_tool_tables_over_days_leave_out_the_hour_after_the_range(store: Store) -> None:
     """The hourly branch read ``Hour <= $__toTime``: a range ending on the hour counted
     the whole hour after it (two failures after the range made a clean tool 'least reliable')."""

@@ -635,3 +635,25 @@ def test_closing_an_embedded_store_cancels_its_running_reads(tmp_path: Path) -> 
         "print(out, time.monotonic() - started < 5)\n"
     )
     assert in_child(script, tmp_path) == ["['DatabaseError'] True"]
+
+
+def test_an_error_pattern_expires_with_the_last_failure_it_counts_east_of_utc(tmp_path: Path) -> None:
+    """Its Day is a UTC day; a Date's TTL starts at the server's local midnight: in
+    Asia/Kolkata the row of a failure at 20:00 UTC expired 1.5 h before the failure."""
+    script = (
+        "import sys\n"
+        "from spanhouse.clickhouse import IngestItem, open_store\n"
+        "from tests.otlp import request, span, trace_id\n"
+        "s = open_store(sys.argv[1], retention_days=1000)\n"
+        "at = 1_749_513_600 + 20 * 3600  # 2025-06-10T20:00:00Z\n"
+        "s.writer.write([IngestItem('ttl', request([span('execute_tool search', trace_id(), start=at * 10**9,\n"
+        "    error='boom', attributes={'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search'})])\n"
+        "    .SerializeToString())])\n"
+        "for r in s.client.query(\"SELECT table, toUnixTimestamp(delete_ttl_info_max) FROM system.parts WHERE active \"\n"
+        "        \"AND database = currentDatabase() AND table IN ('otel_traces', 'error_patterns') AND rows > 0 \"\n"
+        "        \"ORDER BY table\").result_rows:\n"
+        "    print(r[0], r[1])\n"
+        "s.close()\n"
+    )
+    expiry = dict(line.split() for line in in_child(script, tmp_path, tz="Asia/Kolkata"))
+    assert int(expiry["error_patterns"]) >= int(expiry["otel_traces"])

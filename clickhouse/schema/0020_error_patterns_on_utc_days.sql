@@ -7,8 +7,10 @@
 -- before, so a window's error patterns gained or lost the failures of up to a day at
 -- its edges. The view now takes UTC days, and the table is rebuilt from the failed
 -- spans still stored (emptied first, so that a rerun after a stop starts over;
--- deduplication off for the refill, as in 0016). On a UTC machine it holds the same
--- rows afterwards.
+-- deduplication off for the refill, as in 0016). Its rows then classify the spans as
+-- today's functions do (rows from before 0018 counted an OK span with error.type as a
+-- failure). On a ClickHouse server that other writers insert into, run it while they
+-- are stopped: a failure inserted between the emptying and the refill counts twice.
 ALTER TABLE error_patterns_mv MODIFY QUERY
 SELECT
     Tenant,
