@@ -46,7 +46,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import Segment, intact_records, sequence, sync_dir, write_atomic
+from spanhouse.collector.spool import SEGMENT_NAME, Segment, intact_records, sequence, sync_dir, write_atomic
 from spanhouse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class Forwarder:
         for counter in (metrics.forward_sent, metrics.forward_rejected, metrics.forward_rejected_spans,
                         metrics.forward_dropped_bytes):  # from the start: rate() misses a new series' first event
             counter.labels(destination=destination.label)
-        self._damage_counted: set[str] = set()  # segments whose damaged bytes were counted as dropped
+        self._damage_counted: dict[str, int] = {}  # damaged bytes counted as dropped, by segment
         self._dir.mkdir(parents=True, exist_ok=True)
         done = self._dir / _DONE_FILE
         self._done = int(done.read_text()) if done.exists() else -1
@@ -259,9 +259,9 @@ class Forwarder:
         # and idle since is another destination, not a successor; one whose start
         # stopped (a crash, a refused setting) before its leftovers were dealt with is new.
         self.fresh = not (self._dir / _SETTLED_FILE).exists() and self._done == -1 and not self._segments()
-        identity = self._dir / _IDENTITY_FILE
-        if not identity.exists():
-            write_atomic(identity, json.dumps({"label": destination.label, "lineage": destination.lineage}))
+        if _identity(self._dir) != (destination.label, destination.lineage):  # new, or its ordinal moved
+            write_atomic(self._dir / _IDENTITY_FILE, json.dumps({"label": destination.label,
+                                                                 "lineage": destination.lineage}))
         for path in self._segments():  # finished just before a crash, not yet removed
             if sequence(path.stem) <= self._done:
                 _discard(path)
@@ -290,7 +290,7 @@ class Forwarder:
             if old_done > self._done:
                 write_atomic(self._dir / _DONE_FILE, str(old_done))
                 self._done = old_done
-            for path in sorted(directory.glob("*.seg")):
+            for path in _segments_in(directory):
                 target = self._dir / path.name
                 if sequence(path.stem) > self._done and not target.exists():
                     pos = path.with_suffix(".pos")
@@ -324,7 +324,7 @@ class Forwarder:
         self._wake.set()
 
     def _segments(self) -> list[Path]:
-        return sorted(self._dir.glob("*.seg"))
+        return _segments_in(self._dir)
 
     def _keep_bound(self) -> None:
         """Drop the oldest segments past the bound, never the one being sent: it is in
@@ -337,7 +337,7 @@ class Forwarder:
         while total > self._max_bytes and droppable:
             oldest = droppable.pop(0)
             size = oldest.stat().st_size
-            unsent = _unsent_bytes(oldest, size)
+            unsent = _unsent_bytes(oldest, size) - self._damage_counted.pop(oldest.name, 0)
             if self._sending is not None and sequence(oldest.stem) > sequence(self._sending.stem):
                 _discard(oldest)
             else:
@@ -399,7 +399,7 @@ class Forwarder:
         except FileNotFoundError:
             return True  # dropped by the bound meanwhile
         if damaged and path.name not in self._damage_counted:  # counted: a drop is never silent
-            self._damage_counted.add(path.name)
+            self._damage_counted[path.name] = damaged
             self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(damaged)
             log.error("forwarding to %s: %d bytes of segment %s are corrupt; its %d intact requests are sent",
                       self.destination.label, damaged, path.name, len(records))
@@ -436,6 +436,11 @@ class Forwarder:
         self._metrics.forward_backlog.labels(destination=self.destination.label).set(total)
 
 
+def _segments_in(directory: Path) -> list[Path]:
+    """The linked segments of a forward directory, oldest first (other files ignored, as the spool does)."""
+    return sorted(p for p in directory.glob("*.seg") if SEGMENT_NAME.fullmatch(p.stem))
+
+
 def _done_in(directory: Path) -> int:
     """The last segment a forward directory records finished, -1 if none."""
     done = directory / _DONE_FILE
@@ -443,13 +448,13 @@ def _done_in(directory: Path) -> int:
 
 
 def _unsent_bytes(segment: Path, size: int) -> int:
-    """The bytes of a linked segment's requests its destination has not taken: all of
-    them, or those after its recorded progress."""
+    """The bytes of a linked segment its destination has not taken: all of them, or
+    those after its recorded progress (the damaged bytes after its intact requests too)."""
     progress = segment.with_suffix(".pos")
     if not progress.exists():
         return size
-    _, ranges, _ = intact_records(segment.read_bytes())
-    return sum(end - start for start, end in ranges[int(progress.read_text()):])
+    _, ranges, damaged = intact_records(segment.read_bytes())
+    return sum(end - start for start, end in ranges[int(progress.read_text()):]) + damaged
 
 
 def _discard(segment: Path) -> None:
@@ -481,24 +486,37 @@ def _leftovers(root: Path, made: dict[str, Forwarder], metrics: Metrics) -> None
     """Backlogs of destinations no longer configured as they were. A directory is keyed
     on its URL and headers, so a rotated token made a new one and the old backlog waited
     on disk for good, unsent and uncounted. A backlog goes to the destination of the same
-    URL and header names when that is the only such pair and the destination is new in
-    this start (so no other destination's backlog or progress is mixed in); otherwise it
-    is dropped, counted and logged."""
+    URL and header names when it is the only such backlog, that destination the only one
+    configured with them, and new (never settled, nothing of its own); otherwise it is
+    dropped, its unsent bytes counted and logged.
+
+    Every destination of a URL and header names whose backlogs are dropped is settled
+    first: a stop midway must not leave a later start to hand over what this one
+    counted as dropped."""
     if not root.is_dir():
         return
     leftovers = {p: _identity(p) for p in sorted(root.iterdir()) if p.is_dir() and p.name not in made}
-    for directory, (label, lineage) in leftovers.items():
-        heirs = [f for f in made.values() if f.fresh and f.destination.lineage == lineage]
+    heirs: dict[Path, Forwarder] = {}
+    for directory, (_, lineage) in leftovers.items():
+        matching = [f for f in made.values() if f.destination.lineage == lineage]
         twins = [d for d, (_, other) in leftovers.items() if other == lineage]
-        if lineage and len(heirs) == 1 and len(twins) == 1:
-            moved = heirs[0].take_over(directory)
-            log.warning("forwarding to %s: its header values changed; %d bytes of backlog under the old ones are "
-                        "sent with the new ones", heirs[0].destination.label, moved)
+        if lineage and len(matching) == 1 and matching[0].fresh and len(twins) == 1:
+            heirs[directory] = matching[0]
         else:
-            waiting = sum(p.stat().st_size for p in directory.glob("*.seg"))
-            metrics.forward_dropped_bytes.labels(destination=label or "(unknown)").inc(waiting)
+            for forwarder in matching:
+                forwarder.settle()
+    for directory, (label, _) in leftovers.items():
+        heir = heirs.get(directory)
+        if heir is not None:
+            moved = heir.take_over(directory)
+            log.warning("forwarding to %s: its header values changed; %d bytes of backlog under the old ones are "
+                        "sent with the new ones", heir.destination.label, moved)
+        else:
+            done = _done_in(directory)
+            unsent = sum(_unsent_bytes(p, p.stat().st_size) for p in _segments_in(directory) if sequence(p.stem) > done)
+            metrics.forward_dropped_bytes.labels(destination=label or "(unknown)").inc(unsent)
             log.warning("forwarding: %d bytes of backlog for %s, which is no longer a --forward-otlp destination, "
-                        "are dropped", waiting, label or f"a destination of an earlier version ({directory.name})")
+                        "are dropped", unsent, label or f"a destination of an earlier version ({directory.name})")
         shutil.rmtree(directory)
 
 

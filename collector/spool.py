@@ -58,7 +58,7 @@ _CRC_START = 8  # the CRC covers a record from its lengths (byte 8) to its end
 _MAX_TENANT = 0xFFFF
 _MAX_PAYLOAD = 0xFFFFFFFF
 _SUFFIX = ".seg"
-_NAME = re.compile(r"\d{12}-[0-9a-f]{32}")
+SEGMENT_NAME = re.compile(r"\d{12}-[0-9a-f]{32}")
 _QUARANTINE = "quarantine"
 _SEQUENCE_FILE = "sequence"  # the next segment's sequence number
 _LOCK_FILE = ".lock"
@@ -514,7 +514,7 @@ class Spool:
         cut: list[str] = []
         for path in sorted(self._dir.glob(f"*{_SUFFIX}")):
             name = path.name[:-len(_SUFFIX)]
-            if not _NAME.fullmatch(name):
+            if not SEGMENT_NAME.fullmatch(name):
                 log.warning("spool ignores %s: not a segment name", path)
                 continue
             data = path.read_bytes()

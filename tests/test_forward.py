@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import http.server
 import os
+import shutil
 import socket
 import threading
 import time
@@ -631,3 +632,76 @@ def test_a_start_refused_for_a_typo_leaves_the_rotated_destination_its_inheritan
     (new,) = forwarders((new_spec,), tmp_path / "spool", 1 << 20, metrics)
     assert [p.name for p in new._segments()] == [segment.path.name]
     assert _dropped(metrics, url) == 0
+
+
+def test_a_removed_destinations_backlog_never_goes_to_another_of_its_url_and_header_names(tmp_path: Path) -> None:
+    """team-b removed and team-c added while team-a stays: team-c is not the one
+    destination with that URL and those header names, and took team-b's backlog."""
+    url = "http://127.0.0.1:9/v1/traces"
+    a_spec, b_spec, c_spec = (f"{url};x-scope-orgid=team-{t}" for t in "abc")
+    _, b = forwarders((a_spec, b_spec), tmp_path / "spool", 1 << 20, Metrics())
+    b.adopt(segment := _backlog(tmp_path, 2))
+    metrics = Metrics()
+    _, c = forwarders((a_spec, c_spec), tmp_path / "spool", 1 << 20, metrics)
+    assert c._segments() == [] and _dropped(metrics, f"{url} #2") == segment.size
+
+
+def test_a_start_stopped_while_dropping_leftovers_hands_none_over_later(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two backlogs of one URL and header names are dropped; a stop after the first left
+    one, which the next start handed to the still-new destination (already counted as
+    dropped, then sent with another org id)."""
+    url = "http://127.0.0.1:9/v1/traces"
+    a_spec, b_spec, c_spec = (f"{url};x-scope-orgid=team-{t}" for t in "abc")
+    a, b = forwarders((a_spec, b_spec), tmp_path / "spool", 1 << 20, Metrics())
+    a.adopt(_backlog(tmp_path, 1))
+    b.adopt(_backlog(tmp_path, 1))
+    removed: list[object] = []
+    real_rmtree = shutil.rmtree
+
+    def stop_at_the_second(path: object, *args: object, **kwargs: object) -> None:
+        if removed:
+            raise KeyboardInterrupt("the stop")
+        removed.append(path)
+        real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("spanhouse.collector.forward.shutil.rmtree", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        forwarders((c_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    monkeypatch.undo()
+    (c,) = forwarders((c_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    assert c._segments() == []
+
+
+def test_a_dropped_leftover_counts_only_what_was_not_sent(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9/v1/traces"
+    (old,) = forwarders((f"{url};x-scope-orgid=x",), tmp_path / "spool", 1 << 20, Metrics())
+    old.adopt(segment := _backlog(tmp_path, 10))
+    assert old._forward(old._dir / segment.path.name, _Destination(fail_at=9)) is False  # type: ignore[arg-type]
+    metrics = Metrics()
+    forwarders(("grpc://127.0.0.1:7",), tmp_path / "spool", 1 << 20, metrics)
+    assert _dropped(metrics, url) == segment.size // 10
+
+
+def test_damaged_bytes_are_counted_once_when_the_bound_drops_their_segment(tmp_path: Path) -> None:
+    metrics = Metrics()
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
+    forwarder.adopt(segment := _backlog(tmp_path, 10))
+    linked = tmp_path / "fwd" / segment.path.name
+    data = bytearray(linked.read_bytes())
+    data[6 * (segment.size // 10) - 1] ^= 0x01  # r5 rots
+    linked.write_bytes(bytes(data))
+    assert forwarder._forward(linked, _Destination(fail_at=0)) is False  # type: ignore[arg-type]  # down at once
+    forwarder._max_bytes = 0
+    forwarder.adopt(_backlog(tmp_path, 1))
+    assert _dropped(metrics, "grpc://127.0.0.1:9") == segment.size  # each byte once
+
+
+@pytest.mark.parametrize("odd", ["notes.seg", "copy-of-000000000001.seg"])
+def test_a_file_that_is_no_segment_in_a_forward_directory_is_ignored(tmp_path: Path, odd: str) -> None:
+    """The spool ignores such names; the forwarder's start raised ValueError on them."""
+    d = Destination.parse("grpc://127.0.0.1:9")
+    (tmp_path / "spool" / "forward" / d.key).mkdir(parents=True)
+    (tmp_path / "spool" / "forward" / d.key / odd).write_bytes(b"x")
+    (forwarder,) = forwarders(("grpc://127.0.0.1:9",), tmp_path / "spool", 1 << 20, Metrics())
+    assert forwarder._segments() == []
