@@ -294,8 +294,8 @@ class Forwarder:
                 target = self._dir / path.name
                 if sequence(path.stem) > self._done and not target.exists():
                     pos = path.with_suffix(".pos")
-                    if pos.exists():
-                        os.replace(pos, target.with_suffix(".pos"))
+                    if pos.exists():  # copied, not moved: a crash before the segment moves keeps its progress
+                        write_atomic(target.with_suffix(".pos"), pos.read_text())
                     os.replace(path, target)
                     moved += target.stat().st_size
             sync_dir(self._dir)
@@ -514,6 +514,10 @@ def _leftovers(root: Path, made: dict[str, Forwarder], metrics: Metrics) -> None
         else:
             done = _done_in(directory)
             unsent = sum(_unsent_bytes(p, p.stat().st_size) for p in _segments_in(directory) if sequence(p.stem) > done)
+            # Without its identity it is never handed over: a stop before its removal
+            # must not let a later start send what is counted here as dropped.
+            (directory / _IDENTITY_FILE).unlink(missing_ok=True)
+            sync_dir(directory)
             metrics.forward_dropped_bytes.labels(destination=label or "(unknown)").inc(unsent)
             log.warning("forwarding: %d bytes of backlog for %s, which is no longer a --forward-otlp destination, "
                         "are dropped", unsent, label or f"a destination of an earlier version ({directory.name})")

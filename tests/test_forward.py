@@ -705,3 +705,57 @@ def test_a_file_that_is_no_segment_in_a_forward_directory_is_ignored(tmp_path: P
     (tmp_path / "spool" / "forward" / d.key / odd).write_bytes(b"x")
     (forwarder,) = forwarders(("grpc://127.0.0.1:9",), tmp_path / "spool", 1 << 20, Metrics())
     assert forwarder._segments() == []
+
+
+def test_a_backlog_counted_as_dropped_is_never_handed_over_by_a_later_start(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """{a, b} then {other}, stopped while removing the second dropped backlog, then {c}:
+    team-b's backlog, counted and logged as dropped, went to team-c."""
+    url = "http://127.0.0.1:9/v1/traces"
+    a_spec, b_spec, c_spec = (f"{url};x-scope-orgid=team-{t}" for t in "abc")
+    a, b = forwarders((a_spec, b_spec), tmp_path / "spool", 1 << 20, Metrics())
+    a.adopt(_backlog(tmp_path, 1))
+    b.adopt(_backlog(tmp_path, 1))
+    removed: list[object] = []
+    real_rmtree = shutil.rmtree
+
+    def stop_at_the_second(path: object, *args: object, **kwargs: object) -> None:
+        if removed:
+            raise KeyboardInterrupt("the stop")
+        removed.append(path)
+        real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("spanhouse.collector.forward.shutil.rmtree", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        forwarders(("grpc://127.0.0.1:7",), tmp_path / "spool", 1 << 20, Metrics())
+    monkeypatch.undo()
+    (c,) = forwarders((c_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    assert c._segments() == []
+
+
+def test_a_crash_inside_a_take_over_keeps_the_progress_of_the_segment_not_yet_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The progress file moved before its segment: a crash in between left the segment
+    without it, and the next start counted the requests the destination had taken as
+    dropped."""
+    url = "http://127.0.0.1:9/v1/traces"
+    old_spec, new_spec = f"{url};authorization=Bearer OLD", f"{url};authorization=Bearer NEW"
+    (old,) = forwarders((old_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    sent, partly = _backlog(tmp_path, 1), _backlog(tmp_path, 10)
+    old.adopt(sent)
+    old.adopt(partly)
+    assert old._forward(old._dir / sent.path.name, _Destination(fail_at=99)) is True  # type: ignore[arg-type]
+    assert old._forward(old._dir / partly.path.name, _Destination(fail_at=9)) is False  # type: ignore[arg-type]
+
+    def crash_at_the_segment_move(src: object, dst: object) -> None:
+        if str(src).endswith(".seg"):
+            raise KeyboardInterrupt("the crash")
+        os.rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("spanhouse.collector.forward.os.replace", crash_at_the_segment_move)
+    with pytest.raises(KeyboardInterrupt):
+        forwarders((new_spec,), tmp_path / "spool", 1 << 20, Metrics())
+    monkeypatch.undo()
+    metrics = Metrics()
+    forwarders((new_spec,), tmp_path / "spool", 1 << 20, metrics)
+    assert _dropped(metrics, url) == partly.size // 10  # the one request not taken
