@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from spanhouse.clickhouse import IngestItem, Store, open_store
+from tests.collector_harness import stop_all
 from tests.otlp import ExportTraceServiceRequest
 
 
@@ -23,6 +24,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     s = open_store(f"chdb://{path}")
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_collector_outlives_the_session() -> Iterator[None]:
+    """A test that fails before stopping its ``spanhouse serve`` child left it running
+    after the session; it is killed at the end."""
+    yield
+    stop_all()
 
 
 @pytest.fixture
