@@ -252,8 +252,7 @@ class Forwarder:
             counter.labels(destination=destination.label)
         self._damage_counted: dict[str, int] = {}  # damaged bytes counted as dropped, by segment
         self._dir.mkdir(parents=True, exist_ok=True)
-        done = self._dir / _DONE_FILE
-        self._done = int(done.read_text()) if done.exists() else -1
+        self._done = _done_in(self._dir)
         # Never through a start's leftovers (``settle``), and nothing of its own: only such
         # a destination may take a leftover backlog over. One added at an earlier start
         # and idle since is another destination, not a successor; one whose start
