@@ -102,12 +102,8 @@ class Segment:
         """Every record in append order; ``InvalidData`` if any fails its check."""
         with self.path.open("rb") as f:
             data = f.read(self.size)
-        records: list[Record] = []
-        end = 0
-        for start, tenant_len, payload_len in _intact(data):
-            tenant_end = start + tenant_len
-            end = tenant_end + payload_len
-            records.append(Record(data[start:tenant_end].decode(), data[tenant_end:end]))
+        records, ranges, _ = intact_records(data)
+        end = ranges[-1][1] if ranges else 0
         if end != self.size:
             raise InvalidData(f"spool segment {self.name} is corrupt after byte {end} of {self.size}; "
                               f"quarantine it")
