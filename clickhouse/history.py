@@ -189,6 +189,9 @@ def span_tree(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if s["is_tool"]:
             node["tool"] = {"name": s["tool_name"], "arguments": s["tool_arguments"] or None,
                             "result": s["tool_result"] or None, "error_type": s["error_type"] or None}
+        if s["input_tokens"] or s["output_tokens"] or s["cost_usd"]:  # as the rollups read a span's usage
+            node["usage"] = {"input_tokens": s["input_tokens"], "output_tokens": s["output_tokens"],
+                             "cost_usd": s["cost_usd"]}
         nodes[s["span_id"]] = node
     roots = []
     for node in nodes.values():

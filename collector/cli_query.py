@@ -141,16 +141,12 @@ def _tree(node: dict[str, Any], into: Tree) -> None:
     for part in ("arguments", "result"):  # a failed call has no result: no "result None" line
         if (node.get("tool") or {}).get(part) is not None:
             branch.add(f"[dim]{part}[/dim] {escape(str(node['tool'][part]))}")
-    attrs = node.get("attributes") or {}
-    usage = [f"{attrs[key]} {word}" for key, word in _USAGE if attrs.get(key)]
+    usage = node.get("usage")
     if usage:  # what a model call cost, which the tree otherwise left to --json
-        branch.add("[dim]usage[/dim] " + escape(", ".join(usage)))
+        branch.add(f"[dim]usage[/dim] {usage['input_tokens']} input tokens, {usage['output_tokens']} output tokens, "
+                   f"{usage['cost_usd']} USD")
     for child in node["children"]:
         _tree(child, branch)
-
-
-_USAGE = (("gen_ai.usage.input_tokens", "input tokens"), ("gen_ai.usage.output_tokens", "output tokens"),
-          ("spanhouse.cost_usd", "USD"))
 
 
 def _trace_id(text: str) -> str:
