@@ -26,7 +26,6 @@ GROUP = "executions"
 FILTERS = frozenset(queries.filter_snippets(GROUP)) - {"trace_ids", "cursor", "through"}
 """The filter names a caller may set (see queries/filters/executions.sql)."""
 
-EXPORT_FORMATS = ("csv", "json", "parquet")
 EXPORT_PAGE = 10_000
 """Executions per query of an export. The collector holds one page's answer at a time,
 so an export of any size needs the memory of one page, not of its whole result."""
@@ -34,6 +33,7 @@ _EXPORT_QUERY_FORMATS = {"csv": ("CSVWithNames", "CSV"), "json": ("JSONEachRow",
                          "parquet": ("Arrow", "Arrow")}
 """The engine's output format of an export's first page and of the pages after it (the
 CSV header once; Parquet is written here from the pages' Arrow, see ``_parquet``)."""
+EXPORT_FORMATS = tuple(_EXPORT_QUERY_FORMATS)
 
 
 @dataclass(frozen=True)
