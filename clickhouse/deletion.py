@@ -25,31 +25,22 @@ from spanhouse.errors import StoreUnavailable
 
 @dataclass(frozen=True)
 class _Rollup:
-    """An aggregate table, the view feeding it, and how to name a group of it."""
+    """An aggregate table, the view feeding it and the table that view reads. How its
+    groups are named, found and cleared is in ``queries/rollups/<target>.sql``."""
 
     view: str
     target: str
     source: str
-    source_key: str  # over the source's columns
-    target_key: str  # the same groups over the target's columns
-    key_type: str
-    also_clear: tuple[tuple[str, str], ...] = ()  # (table, key expression) fed from target
-    affected: tuple[str, str] | None = None  # (table, key) naming the groups by trace, if not the source
+
+    def sql(self, block: str) -> str:
+        """Block ``affected``, ``clear`` or ``source`` of the rollup's file."""
+        return queries.blocks(f"rollups/{self.target}")[block]
 
 
 _ROLLUPS = (  # in this order: a rollup read by a later one is rebuilt first
-    _Rollup("tool_stats_1m_mv", "tool_stats_1m", "tool_calls",
-            "(ServiceName, ToolName, toStartOfHour(Timestamp, 'UTC'))",
-            "(ServiceName, ToolName, toStartOfHour(Minute, 'UTC'))",
-            "Array(Tuple(String, String, DateTime('UTC')))",
-            (("tool_stats_1h", "(ServiceName, ToolName, Hour)"),
-             ("tool_stats_1h_by_time", "(ServiceName, ToolName, Time)"))),
-    _Rollup("tool_stats_1d_mv", "tool_stats_1d", "tool_stats_1h_by_time",
-            "(ServiceName, ToolName, toStartOfDay(Time, 'UTC'))", "(ServiceName, ToolName, Time)",
-            "Array(Tuple(String, String, DateTime('UTC')))",
-            affected=("tool_calls", "(ServiceName, ToolName, toStartOfDay(Timestamp, 'UTC'))")),
-    _Rollup("error_patterns_mv", "error_patterns", "otel_traces",
-            "(toDate(Timestamp, 'UTC'), ServiceName)", "(Day, ServiceName)", "Array(Tuple(Date, String))"),
+    _Rollup("tool_stats_1m_mv", "tool_stats_1m", "tool_calls"),
+    _Rollup("tool_stats_1d_mv", "tool_stats_1d", "tool_stats_1h_by_time"),
+    _Rollup("error_patterns_mv", "error_patterns", "otel_traces"),
 )
 
 _NO_DEDUP = {"insert_deduplicate": 0, "mutations_sync": 2, "lightweight_deletes_sync": 2}
@@ -122,26 +113,19 @@ def _apply_masks(client: Reader, projected: list[str]) -> None:
     window) would still return them. Applying the mask to the ``projected`` tables
     rewrites the masked parts and their projections."""
     for table in projected:
-        client.command(f"ALTER TABLE {table} APPLY DELETED MASK", settings=_NO_DEDUP)
+        client.command(queries.render("apply_deleted_mask"), parameters={"table": table}, settings=_NO_DEDUP)
 
 
 def _affected(client: Reader, r: _Rollup, params: dict[str, object]) -> list[tuple[object, ...]]:
-    table, key = r.affected or (r.source, r.source_key)
-    sql = (f"SELECT DISTINCT {key} FROM {table} "
-           "WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}")
-    return [row[0] for row in client.query(sql, parameters=params).result_rows]
+    return [row[0] for row in client.query(r.sql("affected"), parameters=params).result_rows]
 
 
 def _recompute(client: Reader, r: _Rollup, select: str, tenant: str, groups: list[tuple[object, ...]]) -> None:
-    """Clear ``groups`` of ``r``'s target and run its view's ``select`` again over them."""
+    """Clear ``groups`` of ``r``'s target (and the tables it feeds) and run its view's
+    ``select`` again over the groups' source rows."""
     params = {"tenant": tenant, "groups": groups}
-
-    def where(key: str) -> str:
-        return f"Tenant = {{tenant:String}} AND {key} IN {{groups:{r.key_type}}}"
-
-    for table, key in ((r.target, r.target_key), *r.also_clear):
-        client.command(f"DELETE FROM {table} WHERE {where(key)}", parameters=params, settings=_NO_DEDUP)
-    filtered = f"(SELECT * FROM {r.source} WHERE {where(r.source_key)})"
-    select, n = re.subn(rf"\bFROM\s+(?:\w+\.)?{r.source}\b", lambda _: f"FROM {filtered}", select, count=1)
+    for stmt in sqlfiles.split_statements(r.sql("clear")):
+        client.command(stmt, parameters=params, settings=_NO_DEDUP)
+    select, n = re.subn(rf"\bFROM\s+(?:\w+\.)?{r.source}\b", lambda _: f"FROM ({r.sql('source')})", select, count=1)
     assert n == 1, f"view {r.view} does not read {r.source}"
     client.command(f"INSERT INTO {r.target} {select}", parameters=params, settings=_NO_DEDUP)

@@ -260,8 +260,8 @@ def remove_retention(client: Client) -> list[str]:
     managed with ``spanhouse migrate --cluster``."""
     tables = re.findall(r"^ALTER TABLE (\w+) MODIFY TTL", sqlfiles.read_text(f"{_SCHEMA}/retention.sql"), re.M)
     with_ttl = [r["name"] for r in queries.rows(client, "tables_with_ttl", {"tables": tables})]
-    for name in with_ttl:  # names from retention.sql, not from anyone's input
-        client.command(f"ALTER TABLE {name} REMOVE TTL")
+    for name in with_ttl:
+        client.command(queries.render("remove_ttl"), parameters={"table": name})
     return with_ttl
 
 

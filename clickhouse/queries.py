@@ -25,14 +25,20 @@ _INCLUDE = re.compile(r"\{\{include:(\w+)\}\}")
 
 
 @cache
-def filter_snippets(group: str) -> dict[str, str]:
-    """The snippets of ``queries/filters/<group>.sql`` by name."""
-    text = _INCLUDE.sub(lambda m: _part(m.group(1)), sqlfiles.read_text(f"queries/filters/{group}.sql"))
-    snippets: dict[str, str] = {}
+def blocks(relative: str) -> dict[str, str]:
+    """The blocks of ``queries/<relative>.sql`` by name: each is headed by a comment
+    line holding its name alone (``-- name``), with its parts in place."""
+    text = _INCLUDE.sub(lambda m: _part(m.group(1)), sqlfiles.read_text(f"queries/{relative}.sql"))
+    found: dict[str, str] = {}
     for block in re.split(r"^-- (?=\w+\s*$)", text, flags=re.M)[1:]:
         name, _, sql = block.partition("\n")
-        snippets[name.strip()] = sql.strip()
-    return snippets
+        found[name.strip()] = sql.strip()
+    return found
+
+
+def filter_snippets(group: str) -> dict[str, str]:
+    """The snippets of ``queries/filters/<group>.sql`` by name."""
+    return blocks(f"filters/{group}")
 
 
 @cache
