@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from google.protobuf import json_format
@@ -28,6 +29,11 @@ from spanhouse.errors import InvalidData
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _ID_FIELDS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
+_EXTENSION_KEY = re.compile(r"\[[a-zA-Z0-9._]*\]$")  # as json_format tells an extension's name
+_MAY_BRACKET = re.compile(rb'"\[|\\u005[bB]')  # a string starting with "[", or a "[" escaped
+MAX_MESSAGE = 1024
+"""Characters of an error message sent back: the parser's messages quote the offending
+value whole, and OTLP says a server MUST limit its response body."""
 
 
 def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
@@ -44,10 +50,33 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
     if not isinstance(doc, dict):
         raise InvalidData("an OTLP/JSON request must be a JSON object with resourceSpans")
     _hex_ids_to_base64(doc)
+    if _MAY_BRACKET.search(body):  # a cheap test that keeps the walk off other bodies
+        _drop_extension_keys(doc)
     try:
         return json_format.ParseDict(doc, ExportTraceServiceRequest(), ignore_unknown_fields=True)
-    except (json_format.ParseError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Parsing is a function of the body alone, so whatever it raises the same body
+        # raises again: a 400, never the retry an unexpected error gets. (A lone UTF-16
+        # surrogate escape in a key or an enum's name makes upb raise SystemError.)
         raise InvalidData(f"the body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from exc
+
+
+def _drop_extension_keys(obj: Any) -> None:
+    """Remove keys written as extension names (``"[a.b]"``) at every depth. OTLP has no
+    extensions, so they are unknown fields, which receivers must ignore; proto3 JSON
+    parsing looks them up as extensions even with ``ignore_unknown_fields`` and fails."""
+    if isinstance(obj, dict):
+        for key in [k for k in obj if _EXTENSION_KEY.match(k)]:
+            del obj[key]
+        values: Any = obj.values()
+    elif isinstance(obj, list):
+        values = obj
+    else:
+        return
+    for value in values:
+        _drop_extension_keys(value)
 
 
 def _hex_ids_to_base64(doc: dict[str, Any]) -> None:
@@ -100,6 +129,8 @@ def response(rejected: int = 0, message: str = "") -> ExportTraceServiceResponse
 def status(grpc_code: int, message: str, retry_after: float | None = None,
            bad_request: bool = False) -> status_pb2.Status:
     """A ``google.rpc.Status`` with RetryInfo or BadRequest details, for error bodies/trailers."""
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE - 1] + "…"
     st = status_pb2.Status(code=grpc_code, message=message)
     if retry_after is not None:
         info = error_details_pb2.RetryInfo()

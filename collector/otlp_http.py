@@ -148,7 +148,9 @@ class HttpReceiver:
         self._count(result.label)
         body = encoding.status(result.grpc_code.value[0], str(exc), result.retry_after,
                                bad_request=result.http_status == 400)
-        headers = {"Retry-After": str(max(1, round(result.retry_after)))} if result.retry_after else None
+        headers = {"Retry-After": str(max(1, round(result.retry_after)))} if result.retry_after else {}
+        if result.http_status == 401:  # RFC 9110: a 401 MUST say how to authenticate
+            headers["WWW-Authenticate"] = "Bearer"
         return Response(encoding.encode(body, kind), result.http_status, headers=headers, media_type=kind)
 
     def _count(self, what: str, n: int = 1) -> None:

@@ -260,6 +260,42 @@ def test_protobuf_bodies_that_are_not_canonical_are_stored_as_protobuf_reads_the
                            (t2.hex(), "tenant field last")], key=lambda r: r[1])
 
 
+def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_400_not_a_retry(
+        store: Store, tmp_path: Path, tenant: str) -> None:
+    """A key written as an extension name (``"[x.y]"``) is an unknown field, which OTLP
+    says to ignore: it was a 400 for the whole request. A lone surrogate escape in a key
+    or an enum's name made the parser raise SystemError, answered 503 + Retry-After: a
+    retry of a body that can never be read. An error's message quoted a bad value whole
+    (a 400 twice the request's size)."""
+    doc = json.loads(json.dumps(SPEC_EXAMPLE))
+    doc["[vendor.top]"] = 1
+    the_span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    the_span["[vendor.ext]"] = {"nested": [{"[deeper]": 2}]}
+    the_span["attributes"][0]["value"]["[x]"] = "y"
+    escaped = json.loads(json.dumps(SPEC_EXAMPLE))  # the bracket written as an escape alone
+    escaped["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "eee19b7ec3c1b175"
+    escaped["resourceSpans"][0]["[escaped]"] = {"a": 1}
+    escaped_body = json.dumps(escaped).replace('"[escaped]"', '"\\u005bescaped]"').encode()
+    assert b'"\\u005bescaped]"' in escaped_body and b'"[' not in escaped_body
+    surrogate_kind = json.loads(json.dumps(SPEC_EXAMPLE))
+    surrogate_kind["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = "\ud800"
+    surrogate_key = json.loads(json.dumps(SPEC_EXAMPLE))
+    surrogate_key["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["x\ud800"] = 1
+    huge_value = json.loads(json.dumps(SPEC_EXAMPLE))
+    huge_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["startTimeUnixNano"] = "1 " + "9" * 1_000_000
+    with running_collector(store, tmp_path, tenant) as c:
+        assert _json_post(c, doc).status_code == 200
+        r = httpx.post(c.http_url, content=escaped_body, headers={"content-type": "application/json", **c.headers()})
+        assert r.status_code == 200, r.text
+        for bad in (surrogate_kind, surrogate_key):
+            r = _json_post(c, bad)
+            assert r.status_code == 400 and "Retry-After" not in r.headers, r.text
+        r = _json_post(c, huge_value)
+        assert r.status_code == 400 and len(r.content) < 4096 and r.json()["message"].endswith("…")
+        c.wait_drained()
+    assert _count(store, tenant) == 2
+
+
 def test_json_with_a_non_hex_id_is_400(store: Store, tmp_path: Path, tenant: str) -> None:
     doc = json.loads(json.dumps(SPEC_EXAMPLE))
     doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"] = "not-hex"
@@ -303,8 +339,9 @@ def test_missing_unknown_and_underprivileged_keys(store: Store, tmp_path: Path, 
         hdrs = {"content-type": "application/x-protobuf"}
         r = httpx.post(c.http_url, content=body, headers=hdrs)
         assert r.status_code == 401 and "missing API key" in status_pb2.Status.FromString(r.content).message
+        assert r.headers["www-authenticate"] == "Bearer"  # RFC 9110: a 401 says how to authenticate
         r = httpx.post(c.http_url, content=body, headers={**hdrs, "x-api-key": "nope"})
-        assert r.status_code == 401
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert grpc_export(c.grpc_target, body, None)[0] is grpc.StatusCode.UNAUTHENTICATED
         assert grpc_export(c.grpc_target, body, "nope")[0] is grpc.StatusCode.UNAUTHENTICATED
         r = httpx.post(c.http_url, content=body, headers={**hdrs, "x-api-key": c.key})
