@@ -40,11 +40,14 @@ _DEFAULT_URL = "http://127.0.0.1:8080"
 _DEFAULT_SQL_URL = "http://127.0.0.1:8124"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, json_help: str | None = "print the API's JSON") -> None:
+    """The connection flags, and ``--json`` (saying ``json_help``) unless that is None:
+    a command whose output is not a table (export) has no use for it."""
     parser.add_argument("--url", default=os.environ.get("SPANHOUSE_URL", _DEFAULT_URL),
                         help="the collector's API (env SPANHOUSE_URL)")
     parser.add_argument("--api-key", default=os.environ.get("SPANHOUSE_API_KEY"), help="env SPANHOUSE_API_KEY")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    if json_help is not None:
+        parser.add_argument("--json", action="store_true", help=json_help)
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -197,14 +200,19 @@ def _export(args: argparse.Namespace) -> int:
         _copy(chunks, sys.stdout.buffer, None)
         return 0
     target = Path(args.output)
+    if target.is_dir():
+        raise ConfigError(f"--output {target} is a directory; name a file in it")
     partial = target.with_name(f".{target.name}.partial")
     try:
         with open(partial, "wb") as out:
             _copy(chunks, out, f"export {args.format}")
+        partial.replace(target)
+    except OSError as exc:  # not the collector's errors: the file's, said as the user's to mend
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write the export to {target}: {exc.strerror or exc}") from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(target)
     return 0
 
 
@@ -242,8 +250,11 @@ def _sql(args: argparse.Namespace) -> int:
                               "--sql-url http://HOST:PORT with that collector's --sql-port (its startup line "
                               "prints sql_port), or set SPANHOUSE_SQL_URL")
         args.sql_url = _DEFAULT_SQL_URL
-    text = _client(args).sql(args.query, "JSONEachRow" if args.json else args.format)
-    sys.stdout.write(text)
+    if args.json:
+        rows = [json.loads(line) for line in _client(args).sql(args.query, "JSONEachRow").splitlines() if line]
+        print(json.dumps(rows, indent=2))
+    else:
+        sys.stdout.write(_client(args).sql(args.query, args.format))
     return 0
 
 
@@ -296,14 +307,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     tool.set_defaults(run=_get_command("/api/v1/tools/{tool_name}", "days", "bucket"))
 
     exp = sub.add_parser("export", help="stream executions to a file (csv, json lines, parquet)")
-    _common(exp)
+    _common(exp, json_help=None)
     _filters(exp)
     exp.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
     exp.add_argument("--output", "-o", default="-", help="file (default: stdout)")
     exp.set_defaults(run=_export)
 
     sql = sub.add_parser("sql", help="run a read-only SQL query on the collector's store (admin key)")
-    _common(sql)
+    _common(sql, json_help="print the rows as one JSON array")
     sql.add_argument("query")
     sql.add_argument("--sql-url", default=os.environ.get("SPANHOUSE_SQL_URL"),
                      help=f"the collector's SQL endpoint (env SPANHOUSE_SQL_URL; default {_DEFAULT_SQL_URL})")

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from spanhouse.errors import SpanhouseError, StoreUnavailable
+from spanhouse.errors import ConfigError, SpanhouseError, StoreUnavailable
 
 
 class ApiError(SpanhouseError):
@@ -29,7 +29,11 @@ class ApiClient:
     def __init__(self, url: str, api_key: str | None = None, sql_url: str | None = None,
                  timeout: float = 60.0) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        try:
+            self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"--url {url!r} is not a URL ({exc}); give the collector's API as "
+                              "http://HOST:PORT (or set SPANHOUSE_URL)") from exc
         self._sql_url = sql_url
         self._key = api_key
 
@@ -47,13 +51,22 @@ class ApiClient:
         return resp
 
     def get(self, path: str, **params: Any) -> Any:
-        return self._send("GET", path, params).json()
+        return self._json(self._send("GET", path, params))
 
     def delete(self, path: str, **params: Any) -> Any:
-        return self._send("DELETE", path, params).json()
+        return self._json(self._send("DELETE", path, params))
 
     def post(self, path: str, body: Any) -> Any:
-        return self._send("POST", path, body=body).json()
+        return self._json(self._send("POST", path, body=body))
+
+    def _json(self, resp: httpx.Response) -> Any:
+        """The answer's JSON; an answer that is none comes from something else than the API."""
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise ApiError(f"{self._http.base_url} answered {resp.request.url.path} with something other than "
+                           f"the API's JSON ({resp.headers.get('content-type', 'no content type')}): is --url "
+                           "the collector's API (its --api-port, 8080 by default)?") from exc
 
     def stream(self, path: str, **params: Any) -> Iterator[bytes]:
         """Chunks of a streamed response (export)."""

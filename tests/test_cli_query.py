@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import http.server
 import io
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,11 +78,32 @@ def test_export_writes_a_file(served: tuple[Running, str], capsys: pytest.Captur
     assert out.read_text().splitlines() == lines and [p.name for p in tmp_path.iterdir()] == ["x.csv"]
 
 
+def test_export_to_a_path_it_cannot_write_is_a_message(served: tuple[Running, str], capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path) -> None:
+    """A missing folder or a directory as --output was a traceback (and a directory left a
+    stray partial file beside it); --json, which export does not use, was taken silently."""
+    c, _ = served
+    connect = ["--url", c.api_url, "--api-key", c.key]
+    assert cli.main(["export", "--output", str(tmp_path / "missing" / "x.csv"), *connect]) == 2
+    assert "cannot write the export to" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    assert cli.main(["export", "--output", str(tmp_path / "out"), *connect]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any((tmp_path / "out").iterdir())
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--json", *connect])
+    assert "unrecognized arguments: --json" in capsys.readouterr().err
+
+
 def test_sql_runs_read_only_queries(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
     c, _ = served
     text = _run(c, capsys, "sql", "SELECT ToolName, calls, errors FROM v_tool_stats WHERE Tenant = 'cli-query'")
     assert "search" in text
-    assert json.loads(_run(c, capsys, "sql", "--json", "SELECT 1 AS one")) == {"one": 1}
+    # one JSON document whatever the rows: JSONEachRow's lines were printed as they came
+    assert json.loads(_run(c, capsys, "sql", "--json", "SELECT 1 AS one")) == [{"one": 1}]
+    assert json.loads(_run(c, capsys, "sql", "--json", "SELECT number AS n FROM numbers(3)")) == [
+        {"n": 0}, {"n": 1}, {"n": 2}]
+    assert json.loads(_run(c, capsys, "sql", "--json", "SELECT 1 WHERE 0")) == []
     code = cli.main(["sql", "DROP TABLE otel_traces", "--url", c.api_url, "--api-key", c.key, "--sql-url", c.sql_url])
     assert code == 2 and "ACCESS_DENIED" in capsys.readouterr().err
 
@@ -95,6 +118,27 @@ def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys
     assert "is `spanhouse serve` running" in capsys.readouterr().err
     assert cli.main(["executions", "list", "--url", c.api_url, "--api-key", ""]) == 2  # no key, keys required
     assert "pass --api-key KEY or set SPANHOUSE_API_KEY" in capsys.readouterr().err
+    # a URL that is none, and one of another web server (Grafana's port, say), were tracebacks
+    assert cli.main(["executions", "list", "--url", "http://127.0.0.1:8080x"]) == 2
+    assert "is not a URL" in capsys.readouterr().err
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the handler's name
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>Grafana</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            assert cli.main(["stats", "--url", f"http://127.0.0.1:{web.server_address[1]}"]) == 2
+        finally:
+            web.shutdown()
+    assert "is --url the collector's API" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["show", "delete"])
