@@ -192,6 +192,11 @@ def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture
     doomed = extra.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
     body = json.loads(_run(c, capsys, "executions", "delete", doomed, "--json"))
     assert body == {"executions": 1, "spans": 1}
+    # the counts are read before the change: that it happened shows here
+    assert cli.main(["executions", "show", doomed, "--url", c.api_url, "--api-key", c.key]) == 2
+    assert "404: no execution" in capsys.readouterr().err
+    assert store.client.command("SELECT count() FROM otel_traces WHERE TraceId = {t:String}",
+                                parameters={"t": doomed}) == 0
 
 
 class _Terminal(io.StringIO):
