@@ -6,10 +6,13 @@ clickhouse-connect ``Client``, so every query and insert is written once.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Final
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -22,6 +25,10 @@ DSN_ENV = "SPANHOUSE_CLICKHOUSE_DSN"
 DEFAULT_DSN = "chdb://./spanhouse-data"
 """The embedded store in ``./spanhouse-data``: the default, no server needed."""
 
+SERVER_SCHEMES: Final = ("http", "https", "clickhouse", "clickhouses")
+
+_HOW: Final = "use chdb:///path for the embedded store or http(s)://user:pass@host:8123/db for a ClickHouse server"
+
 
 def resolve_dsn(dsn: str | None = None) -> str:
     """The DSN to use: the argument, else ``$SPANHOUSE_CLICKHOUSE_DSN``, else the default."""
@@ -29,12 +36,39 @@ def resolve_dsn(dsn: str | None = None) -> str:
 
 
 def redacted(dsn: str) -> str:
-    """``dsn`` with its password (if any) replaced by ``***``: for logs and messages."""
-    parts = urlsplit(dsn)
+    """``dsn`` with its password (if any) replaced by ``***``: for logs and messages.
+
+    Never raises: it is what the messages about a malformed DSN show, so a DSN that is
+    no URL has everything before its host's ``@`` replaced instead."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        credentials = _credentials(dsn)
+        return dsn.replace(f"{credentials}@", "***@", 1) if credentials else dsn
     if parts.password is None:
         return dsn
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _credentials(dsn: str) -> str:
+    """The ``user:password`` of ``dsn`` as written (empty if none), found without parsing
+    it as a URL, which it may not be."""
+    netloc = re.split(r"[/?#]", dsn.partition("://")[2], maxsplit=1)[0]
+    return netloc.rpartition("@")[0]
+
+
+def _split(dsn: str) -> SplitResult:
+    """``dsn`` parsed; ``ConfigError`` if it is no URL (an unclosed ``[``, a port that is
+    not a number), which urllib reports as a ValueError that named neither the DSN nor the fix."""
+    try:
+        parts = urlsplit(dsn)
+        _ = parts.port  # a port that is not a number raises only when it is read
+    except ValueError as exc:
+        credentials = _credentials(dsn)
+        reason = str(exc).replace(credentials, "***") if credentials else str(exc)
+        raise ConfigError(f"DSN {redacted(dsn)!r} is not a valid URL ({reason}): {_HOW}") from None
+    return parts
 
 
 def embedded_path(dsn: str) -> Path | None:
@@ -43,7 +77,7 @@ def embedded_path(dsn: str) -> Path | None:
     ``chdb:///abs/path`` is absolute; ``chdb://./rel`` and ``chdb://rel`` are relative to
     the current directory, resolved once here so that later ``chdir``s change nothing.
     """
-    parts = urlsplit(dsn)
+    parts = _split(dsn)
     if parts.scheme != "chdb":
         return None
     raw = (parts.netloc + parts.path) if parts.netloc else parts.path
@@ -52,29 +86,41 @@ def embedded_path(dsn: str) -> Path | None:
     return Path(raw).expanduser().resolve()
 
 
-def connect(dsn: str | None = None) -> Client:
+def store_dsn(dsn: str) -> str:
+    """``dsn`` as it is connected to: an embedded store's data directory made absolute
+    against the current directory now (a later ``chdir`` must not move the store), a
+    server's DSN as it is. Raises ``ConfigError``, saying what to write instead, for a
+    DSN that can name no store."""
+    path = embedded_path(dsn)
+    if path is not None:
+        return f"chdb://{path}"
+    scheme = _split(dsn).scheme
+    if scheme not in SERVER_SCHEMES:
+        raise ConfigError(f"unsupported DSN scheme {scheme!r} in {redacted(dsn)!r}: {_HOW}")
+    return dsn
+
+
+def connect(dsn: str | None = None, *, timeout: float | None = None) -> Client:
     """Open a clickhouse-connect client for ``dsn`` (see ``resolve_dsn``).
 
     ``chdb://path`` opens the embedded engine on that data directory (created if missing);
     only one process may hold it open. ``http(s)://user:pass@host:port/db`` connects to a
-    server. Raises ``ConfigError`` for an unknown scheme and ``StoreUnavailable`` when
-    the store cannot be opened or reached.
+    server; ``timeout`` (seconds) bounds each of its requests instead of clickhouse-connect's
+    300 s, for a caller that must not wait on a server that accepts connections but never
+    answers. Raises ``ConfigError`` for a DSN that names no store (see ``store_dsn``) and
+    ``StoreUnavailable`` when the store cannot be opened or reached.
     """
     dsn = resolve_dsn(dsn)
-    scheme = urlsplit(dsn).scheme
-    path = embedded_path(dsn)
+    target = store_dsn(dsn)
+    path = embedded_path(target)
+    bounds: dict[str, int] = {}
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
-        target = f"chdb://{path}"
-    elif scheme in ("http", "https", "clickhouse", "clickhouses"):
-        target = dsn
-    else:
-        raise ConfigError(
-            f"unsupported DSN scheme {scheme!r} in {redacted(dsn)!r}: use chdb:///path for the embedded "
-            "store or http(s)://user:pass@host:8123/db for a ClickHouse server"
-        )
+    elif timeout is not None:
+        seconds = max(1, math.ceil(timeout))  # clickhouse-connect takes whole seconds, and 0 as no wait at all
+        bounds = {"connect_timeout": seconds, "send_receive_timeout": seconds}
     try:
-        return clickhouse_connect.get_client(dsn=target)
+        return clickhouse_connect.get_client(dsn=target, **bounds)
     except Exception as exc:  # clickhouse-connect and chdb raise several unrelated types
         if path is None:
             hint = "is the server running and the DSN's host, port and credentials right?"

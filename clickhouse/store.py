@@ -86,15 +86,23 @@ def retention_from_env() -> int | None:
 
 
 def open_store(dsn: str | None = None, *, retention_days: int | None = None,
-               cluster: str | None = None) -> Store:
-    """Connect to ``dsn`` (see ``resolve_dsn``), migrate, and apply ``retention_days``."""
+               cluster: str | None = None, timeout: float | None = None) -> Store:
+    """Connect to ``dsn`` (see ``resolve_dsn``), migrate, and apply ``retention_days``.
+
+    ``timeout`` bounds each request to a server (see ``connect``) but the migrations': a
+    migration refilling a table, cut off by the client while the server goes on, would
+    run again at the next opening and count its rows twice. A server that never answers
+    fails within it all the same, at a first connection whose opening asks the server
+    its version."""
     dsn = resolve_dsn(dsn)
+    if timeout is not None and embedded_path(dsn) is None:
+        connect(dsn, timeout=timeout).close()
     client = connect(dsn)
     try:
         migrate(client, cluster=cluster, exclusive=embedded_path(dsn) is not None)
         if retention_days is not None:
             apply_retention(client, retention_days, cluster=cluster)
-        writer_client = connect(dsn)
+        writer_client = connect(dsn, timeout=timeout)
         try:
             writer = Writer(writer_client, embedded_path(dsn))
         except BaseException:
@@ -103,4 +111,4 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
     except BaseException:
         client.close()  # for the embedded engine: else the data directory stays held by this process
         raise
-    return Store(dsn, client, ClientPool(lambda: connect(dsn), READERS), writer)
+    return Store(dsn, client, ClientPool(lambda: connect(dsn, timeout=timeout), READERS), writer)

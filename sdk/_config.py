@@ -42,8 +42,9 @@ SPANHOUSE_DSN: Final = "SPANHOUSE_DSN"
 """.. envvar:: SPANHOUSE_DSN
 
 A spanhouse store to write into directly instead of sending OTLP: ``chdb:///path``
-(embedded; the store belongs to this process while it runs) or ``http(s)://…`` (a
-ClickHouse server). Unset by default. Argument: ``configure(dsn=...)``.
+(embedded; the store belongs to this process while it runs; a relative ``chdb://./path``
+is resolved when ``configure()`` runs) or ``http(s)://…`` (a ClickHouse server). Unset by
+default; a value that names no store is logged and ignored. Argument: ``configure(dsn=...)``.
 """
 
 OTEL_EXPORTER_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"

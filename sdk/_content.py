@@ -84,6 +84,20 @@ def truncated(text: str, limit: int) -> str:
     return f"{text[:limit]}…[truncated {len(text) - limit} of {len(text)} chars]"
 
 
+def utf8_safe(text: str) -> str:
+    """``text`` with each lone surrogate written as its escape (``\\udcff``): how Python
+    decodes a byte of a non-UTF-8 file name (``os.listdir``, ``open``'s errors). UTF-8
+    cannot carry one, and the OTLP encoder raised on a span's name or status holding one,
+    losing the whole batch, or dropped the attribute."""
+    if text.isascii():  # most text, told without reading it
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class ContentPolicy:
     """How captured values are turned into attribute strings."""
 
@@ -124,12 +138,12 @@ class ContentPolicy:
             return REDACTED
         try:
             walked = self._walk(self._hooked(key, value), 0, [self.max_length])
-            return walked if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
+            return utf8_safe(walked) if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
         except Exception as exc:  # noqa: BLE001 - capturing must never break the call it records
             return _not_captured(exc)
 
     def _dump(self, obj: Any) -> str:
-        return truncated(_encode(obj), self.max_length)
+        return truncated(utf8_safe(_encode(obj)), self.max_length)
 
     def _hooked(self, key: str, value: Any) -> Any:
         if self.hook is None:

@@ -39,6 +39,7 @@ import contextvars
 import functools
 import inspect
 import sys
+import traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, ParamSpec, TypeVar, overload
@@ -50,7 +51,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
-from spanhouse.sdk._content import RETURN_KEY, logger
+from spanhouse.sdk._content import RETURN_KEY, logger, utf8_safe
 from spanhouse.sdk._feedback import NOT_RECORDED
 from spanhouse.sdk._usage import record_response_usage
 
@@ -237,9 +238,10 @@ class ActiveCall:
             span = self.span
             if span.is_recording():
                 error_type = qualified_name(type(exc))
+                message = _message(exc)
                 span.set_attribute(sc.ERROR_TYPE, error_type)
-                span.set_status(Status(StatusCode.ERROR, _message(exc) or error_type))
-                span.record_exception(exc, escaped=True)
+                span.set_status(Status(StatusCode.ERROR, utf8_safe(message) or error_type))
+                span.record_exception(exc, _utf8_exception_text(exc, message), escaped=True)
         except Exception:  # noqa: BLE001
             logger.debug("spanhouse could not record an exception of %s", self._spec.name, exc_info=True)
         finally:
@@ -300,6 +302,18 @@ def _message(exc: BaseException) -> str:
         return str(exc)
     except Exception:  # noqa: BLE001
         return ""
+
+
+def _utf8_exception_text(exc: BaseException, message: str) -> dict[str, str] | None:
+    """The message and stack trace ``record_exception`` writes, made UTF-8-safe where
+    ``message`` is not (it names a non-UTF-8 file, say): the OTLP encoder drops an
+    attribute UTF-8 cannot carry, and the exception event kept neither. None (what
+    OpenTelemetry writes) otherwise, so the stack trace is not formatted twice."""
+    safe = utf8_safe(message)
+    if safe == message:
+        return None
+    return {sc.EXCEPTION_MESSAGE: safe,
+            sc.EXCEPTION_STACKTRACE: utf8_safe("".join(traceback.format_exception(exc)))}
 
 
 def qualified_name(cls: type) -> str:

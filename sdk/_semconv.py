@@ -45,8 +45,10 @@ SESSION_ID: Final = "session.id"
 CONVERSATION_ID: Final = "gen_ai.conversation.id"
 USER_ID: Final = "user.id"
 
-# Errors (Stable in the general conventions).
+# Errors (Stable in the general conventions); the exception event's text, as OpenTelemetry's record_exception writes it.
 ERROR_TYPE: Final = "error.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
 
 # Captured content of spans that are not tool calls (executions, agents, model calls).
 INPUT: Final = "spanhouse.input"

@@ -102,7 +102,7 @@ def configure(
         raise ValueError(f"tracer_provider must be an opentelemetry.sdk.trace.TracerProvider, not {tracer_provider!r}")
     if exporter is not None and not isinstance(exporter, SpanExporter):
         raise ValueError(f"exporter must be an opentelemetry.sdk.trace.export.SpanExporter, not {exporter!r}")
-    dsn = dsn or os.environ.get(_config.SPANHOUSE_DSN) or None
+    dsn = _store_dsn(dsn)
     bulk = False  # the exporter writes each batch in one insert
     if exporter is None and dsn:
         exporter, bulk = _store_exporter(dsn), True
@@ -173,6 +173,31 @@ def _global_provider(settings: _config.Settings) -> TracerProvider | None:
     provider = TracerProvider(resource=Resource.create(attributes))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def _store_dsn(arg: str | None) -> str | None:
+    """The store to write into: the ``dsn`` argument, else ``SPANHOUSE_DSN``, else None
+    (send OTLP), with a relative data directory made absolute now (see ``store_dsn``).
+    A DSN that can name no store failed only at the first export, dropping every span:
+    as an argument it raises ValueError here, from the environment it is logged and
+    ignored (``_config``'s rule).
+
+    Imported here: only applications that write to a store need the storage layer."""
+    raw = arg or os.environ.get(_config.SPANHOUSE_DSN, "").strip()
+    if not raw:
+        return None
+    if not isinstance(raw, str):
+        raise ValueError(f"dsn must be a string such as chdb:///path or http://user:pass@host:8123/db, not {raw!r}")
+    from spanhouse.errors import ConfigError
+    from spanhouse.sdk.clickhouse_exporter import store_dsn
+
+    try:
+        return store_dsn(raw)
+    except ConfigError as exc:
+        if arg:
+            raise ValueError(str(exc)) from None
+        logger.warning("spanhouse: ignoring %s, so spans are sent over OTLP instead: %s", _config.SPANHOUSE_DSN, exc)
+        return None
 
 
 _store_exporters: dict[str, SpanExporter] = {}

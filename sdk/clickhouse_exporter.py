@@ -12,12 +12,14 @@ server.
 
 Each export is one insert, and an insert has a fixed cost (~0.1 s): use it under a
 ``BatchSpanProcessor`` with large batches (``configure(dsn=...)`` sets one up). A store
-that fails is retried within ``retry_timeout`` seconds; then the export returns
-FAILURE and logs once what to do. It never raises into the application.
+that fails is retried within ``retry_timeout`` seconds, which also bounds each request
+to a server; then the export returns FAILURE and logs once what to do. It never raises
+into the application.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -26,13 +28,16 @@ import uuid
 from collections.abc import Sequence
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
 from spanhouse.clickhouse import IngestItem, Store, open_store
-from spanhouse.clickhouse.client import embedded_path, redacted
+from spanhouse.clickhouse.client import embedded_path, redacted, store_dsn
 from spanhouse.collector.validate import validate
-from spanhouse.errors import InsertIncomplete, SpanhouseError, StoreUnavailable
+from spanhouse.errors import ConfigError, InsertIncomplete, SpanhouseError, StoreUnavailable
+from spanhouse.sdk._content import utf8_safe
 
 logger = logging.getLogger("spanhouse.sdk")
 
@@ -43,7 +48,10 @@ class ClickHouseSpanExporter(SpanExporter):
     def __init__(self, dsn: str, tenant: str = "default", *, retry_timeout: float = 10.0,
                  retention_days: int | None = None) -> None:
         """The store is opened (and migrated) at the first export, so that an unreachable
-        store never breaks the application's start."""
+        store never breaks the application's start. A relative data directory is resolved
+        here, once: resolved at each opening, a ``chdir`` in between moved the store."""
+        with contextlib.suppress(ConfigError):  # kept as given: every export fails, saying why
+            dsn = store_dsn(dsn)
         self._dsn = dsn
         self._retention_days = retention_days
         self._store: Store | None = None
@@ -59,7 +67,7 @@ class ClickHouseSpanExporter(SpanExporter):
 
         if self._shutdown:
             return SpanExportResult.FAILURE
-        request = encode_spans(spans)
+        request = _encoded(spans)
         # The collector's rules: a span the store cannot hold (e.g. an end time past 2262)
         # would fail the whole insert, after otel_traces took its rows and before the views did.
         verdict = validate(request)
@@ -77,7 +85,8 @@ class ClickHouseSpanExporter(SpanExporter):
             try:
                 with self._lock:
                     if self._store is None:
-                        self._store = open_store(self._dsn, retention_days=self._retention_days)
+                        self._store = open_store(self._dsn, retention_days=self._retention_days,
+                                                 timeout=self._retry_timeout)
                     self._store.writer.write([item], token=token)
             except SpanhouseError as exc:
                 if isinstance(exc, StoreUnavailable) and not isinstance(exc, InsertIncomplete):
@@ -131,6 +140,42 @@ class ClickHouseSpanExporter(SpanExporter):
                 self._shutdown = True
                 if self._store is not None:
                     self._store.close()
+
+
+def _encoded(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+    """``spans`` as one OTLP request. A span whose name, event name or status holds text
+    UTF-8 cannot carry (see ``utf8_safe``) made the encoder raise, out of ``export()``,
+    and the whole batch was lost: then each span is encoded alone, with that text
+    repaired, and one that still fails is dropped alone, saying so."""
+    try:
+        return encode_spans(spans)
+    except Exception:  # noqa: BLE001 - the encoder raises whatever protobuf does (UnicodeEncodeError, ValueError)
+        logger.debug("spanhouse encodes the batch span by span", exc_info=True)
+    kept: list[ReadableSpan] = []
+    failures: list[str] = []
+    for span in spans:
+        try:
+            repaired = _utf8_span(span)
+            encode_spans([repaired])
+        except Exception as exc:  # noqa: BLE001 - as above
+            failures.append(f"{utf8_safe(str(span.name))!r}: {type(exc).__name__}: {exc}")
+            continue
+        kept.append(repaired)
+    if failures:
+        logger.warning("spanhouse drops %d span(s) it cannot encode, e.g. %s", len(failures), failures[0])
+    return encode_spans(kept)
+
+
+def _utf8_span(span: ReadableSpan) -> ReadableSpan:
+    """``span`` with its name, event names and status description made UTF-8-safe: the
+    text the encoder fails on rather than drops (as it drops an attribute)."""
+    status = span.status
+    return ReadableSpan(
+        name=utf8_safe(span.name), context=span.get_span_context(), parent=span.parent, resource=span.resource,
+        attributes=span.attributes, links=span.links, kind=span.kind, start_time=span.start_time,
+        end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
+        events=[Event(utf8_safe(e.name), e.attributes, e.timestamp) for e in span.events],
+        status=Status(status.status_code, None if status.description is None else utf8_safe(status.description)))
 
 
 class ParentsStore(SpanExporter):

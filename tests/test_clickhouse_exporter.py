@@ -3,6 +3,9 @@ rows and view results the collector gives for the same spans."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -251,3 +254,121 @@ def test_an_insert_failing_for_no_known_reason_is_retried_on_the_same_store(
     exporter.shutdown()
     assert len(opened) == 1
     assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = 'exporter-incomplete'") == len(spans)
+
+
+def test_spans_with_text_utf8_cannot_carry_are_stored_with_their_batch(store: Store) -> None:
+    """A name, event name or status naming a file as os.listdir decodes it (a lone
+    surrogate): the encoder raised out of export(), which promises never to raise, and
+    the batch processor lost the whole batch."""
+    bad = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("plain"):
+        pass
+    with tracer.start_as_current_span(f"read {bad}") as span:
+        span.add_event(f"opened {bad}")
+        span.set_status(Status(StatusCode.ERROR, f"cannot read {bad}"))
+    provider.shutdown()
+    exporter = ClickHouseSpanExporter(store.dsn, tenant="exporter-surrogates")
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    rows = store.client.query("SELECT SpanName, Events.Name, StatusMessage FROM otel_traces "
+                              "WHERE Tenant = 'exporter-surrogates' ORDER BY SpanName").result_rows
+    assert rows == [("plain", [], ""), ("read report-\\udcff.csv", ["opened report-\\udcff.csv"],
+                                        "cannot read report-\\udcff.csv")]
+
+
+def test_a_span_that_cannot_be_encoded_is_dropped_alone(store: Store, caplog) -> None:  # type: ignore[no-untyped-def]
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("kept"):
+        tracer.start_span("unencodable").end(end_time=2**64)  # past protobuf's fixed64
+    provider.shutdown()
+    exporter = ClickHouseSpanExporter(store.dsn, tenant="exporter-unencodable")
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert store.client.query("SELECT SpanName FROM otel_traces WHERE Tenant = 'exporter-unencodable'").result_rows \
+        == [("kept",)]
+    assert "drops 1 span(s) it cannot encode, e.g. 'unencodable'" in caplog.text
+
+
+def test_a_relative_embedded_dsn_is_resolved_when_the_exporter_is_made(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Resolved at each opening, a chdir between configure() and the first export (or a
+    reopening after a failure) put the store somewhere else."""
+    from spanhouse.errors import StoreUnavailable
+    from spanhouse.sdk import clickhouse_exporter
+
+    opened: list[str] = []
+
+    def unavailable(dsn: str, **_: object) -> Store:
+        opened.append(dsn)
+        raise StoreUnavailable("not now")
+
+    monkeypatch.setattr(clickhouse_exporter, "open_store", unavailable)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    exporter = ClickHouseSpanExporter("chdb://./spanhouse-data", retry_timeout=0.3)
+    monkeypatch.chdir(tmp_path / "checkout")
+    assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
+    assert len(opened) > 1 and set(opened) == {f"chdb://{tmp_path / 'app' / 'spanhouse-data'}"}
+
+
+def test_configure_with_a_relative_dsn_keeps_the_store_where_it_was_configured(tmp_path: Path) -> None:
+    script = (
+        "import os, sys\n"
+        "from spanhouse import sdk\n"
+        "os.chdir(sys.argv[1])\n"
+        "sdk.configure(dsn='chdb://./spanhouse-data')\n"
+        "@sdk.tool\n"
+        "def step():\n"
+        "    return 1\n"
+        "os.chdir(sys.argv[2])\n"
+        "step()\n"
+    )
+    (tmp_path / "app").mkdir()
+    (tmp_path / "checkout").mkdir()
+    run_child(script, str(tmp_path / "app"), str(tmp_path / "checkout"))
+    assert not (tmp_path / "checkout" / "spanhouse-data").exists()
+    assert count_in_store(tmp_path / "app" / "spanhouse-data", "SELECT count() FROM otel_traces") == [[1]]
+
+
+def test_a_server_that_never_answers_fails_the_export_within_its_bound() -> None:
+    """It accepts connections and reads nothing back (hung, overloaded): one attempt was
+    bounded by clickhouse-connect's read timeout only, and export() blocked ~300 s."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # until the server is closed
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    exporter = ClickHouseSpanExporter(f"http://default:@127.0.0.1:{server.getsockname()[1]}/default",
+                                      retry_timeout=1)
+    results: list[SpanExportResult] = []
+    export = threading.Thread(target=lambda: results.append(exporter.export(_agent_spans())), daemon=True)
+    try:
+        export.start()
+        export.join(timeout=6)
+        assert results == [SpanExportResult.FAILURE]
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+        export.join(timeout=10)
+
+
+def test_a_malformed_dsn_fails_the_export_saying_why_without_its_password(caplog) -> None:  # type: ignore[no-untyped-def]
+    exporter = ClickHouseSpanExporter("http://writer:s3cret-pw@[::1:8123/default")
+    assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
+    assert "'http://***@[::1:8123/default' is not a valid URL (Invalid IPv6 URL)" in caplog.text
+    assert "s3cret-pw" not in caplog.text

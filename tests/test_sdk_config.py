@@ -169,6 +169,27 @@ def test_configure_arguments_checked_before_anything_changes(clean_env: pytest.M
     assert _runtime.current is before
 
 
+@pytest.mark.parametrize(("dsn", "why"), [
+    ("postgres://db.internal/traces", "unsupported DSN scheme 'postgres'"), ("chdb://", "names no data directory"),
+    ("file:///tmp/store", "unsupported DSN scheme 'file'"),
+    ("http://writer:s3cret-pw@[::1:8123/db", r"'http://\*\*\*@\[::1:8123/db' is not a valid URL")])
+def test_a_dsn_that_names_no_store_raises_at_configure(clean_env: pytest.MonkeyPatch, dsn: str, why: str) -> None:
+    """As a bad endpoint does: it was accepted, and every span was dropped at the first export."""
+    before = _runtime.current
+    with pytest.raises(ValueError, match=why):
+        sdk.configure(dsn=dsn)
+    assert _runtime.current is before
+
+
+def test_a_spanhouse_dsn_that_names_no_store_is_logged_and_ignored(
+        clean_env: pytest.MonkeyPatch, private_provider: TracerProvider, caplog: pytest.LogCaptureFixture) -> None:
+    clean_env.setenv("SPANHOUSE_DSN", "postgres://db.internal/traces")
+    with caplog.at_level(logging.WARNING, logger="spanhouse.sdk"):
+        sdk.configure(tracer_provider=private_provider)
+    assert "ignoring SPANHOUSE_DSN, so spans are sent over OTLP instead: unsupported DSN scheme 'postgres'" \
+        in caplog.text
+
+
 def spanhouse_processors(provider: TracerProvider) -> list[SpanhouseSpanProcessor]:
     return [p for p in provider._active_span_processor._span_processors
             if isinstance(p, SpanhouseSpanProcessor)]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -217,6 +218,28 @@ def test_exceptions_are_recorded_and_propagate_unchanged(spans: CapturedSpans, d
     assert "CustomError: bad input 7" in event.attributes["exception.stacktrace"]  # type: ignore[index,operator]
     output_key = "gen_ai.tool.call.result" if dec == "tool" else "spanhouse.output"
     assert output_key not in (span.attributes or {})
+
+
+def test_an_exception_naming_a_non_utf8_file_is_recorded_in_text_utf8_can_carry(spans: CapturedSpans) -> None:
+    """A file name as os.listdir decodes it (a lone surrogate for a byte that is not
+    UTF-8) in the message and the arguments: the OTLP encoder raised on the status
+    description, losing the span's whole batch, and dropped the exception event's message
+    and stack trace and the captured arguments."""
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+    @sdk.tool
+    def parse(file: str) -> None:
+        raise ValueError(f"cannot parse {file}")
+
+    with pytest.raises(ValueError):
+        parse(name)
+    encoded = encode_spans(spans.spans()).resource_spans[0].scope_spans[0].spans[0]  # what OTLP and dsn= send
+    assert encoded.status.message == "cannot parse report-\\udcff.csv"
+    event = {kv.key: kv.value.string_value for kv in encoded.events[0].attributes}
+    assert event["exception.message"] == "cannot parse report-\\udcff.csv"
+    assert "ValueError: cannot parse report-\\udcff.csv" in event["exception.stacktrace"]
+    attributes = {kv.key: kv.value.string_value for kv in encoded.attributes}
+    assert json.loads(attributes["gen_ai.tool.call.arguments"]) == {"file": name}  # a JSON escape: read back as was
 
 
 def test_builtin_exception_type_is_unqualified_and_empty_message_falls_back(spans: CapturedSpans) -> None:
