@@ -63,7 +63,8 @@ def _split(dsn: str) -> SplitResult:
     not a number), which urllib reports as a ValueError that named neither the DSN nor the fix."""
     try:
         parts = urlsplit(dsn)
-        _ = parts.port  # a port that is not a number raises only when it is read
+        if parts.scheme != "chdb":  # chdb's "host" is a path, which may hold a colon
+            _ = parts.port  # a port that is not a number raises only when it is read
     except ValueError as exc:
         credentials = _credentials(dsn)
         reason = str(exc).replace(credentials, "***") if credentials else str(exc)
@@ -116,7 +117,7 @@ def connect(dsn: str | None = None, *, timeout: float | None = None) -> Client:
     bounds: dict[str, int] = {}
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
-    elif timeout is not None:
+    elif timeout is not None and math.isfinite(timeout):  # an endless retry waits as long as the driver does
         seconds = max(1, math.ceil(timeout))  # clickhouse-connect takes whole seconds, and 0 as no wait at all
         bounds = {"connect_timeout": seconds, "send_receive_timeout": seconds}
     try:

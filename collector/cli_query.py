@@ -9,6 +9,7 @@ is a readable table, or the API's JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -208,7 +209,8 @@ def _export(args: argparse.Namespace) -> int:
             _copy(chunks, out, f"export {args.format}")
         partial.replace(target)
     except OSError as exc:  # not the collector's errors: the file's, said as the user's to mend
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # there may be no such folder to remove it from
+            partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the export to {target}: {exc.strerror or exc}") from exc
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -251,7 +253,15 @@ def _sql(args: argparse.Namespace) -> int:
                               "prints sql_port), or set SPANHOUSE_SQL_URL")
         args.sql_url = _DEFAULT_SQL_URL
     if args.json:
-        rows = [json.loads(line) for line in _client(args).sql(args.query, "JSONEachRow").splitlines() if line]
+        text = _client(args).sql(args.query, "JSONEachRow")
+        rows: list[Any] | None
+        try:  # on "\n" only: splitlines() also cuts at characters a row's strings hold (U+0085)
+            rows = [json.loads(line) for line in text.split("\n") if line]
+        except ValueError:
+            rows = None
+        if rows is None or not all(isinstance(row, dict) for row in rows):  # a FORMAT in the query won
+            raise ConfigError("--json reads the rows as JSONEachRow: leave the FORMAT clause out of the query "
+                              "(or drop --json to print the format it names)")
         print(json.dumps(rows, indent=2))
     else:
         sys.stdout.write(_client(args).sql(args.query, args.format))

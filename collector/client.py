@@ -87,6 +87,9 @@ class ApiClient:
         try:
             resp = httpx.post(self._sql_url, content=query.encode(), params={"default_format": fmt},
                               headers={"X-ClickHouse-Key": self._key or ""}, timeout=self._http.timeout)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"--sql-url {self._sql_url!r} is not a URL ({exc}); give the collector's SQL "
+                              "endpoint as http://HOST:PORT (or set SPANHOUSE_SQL_URL)") from exc
         except httpx.TransportError as exc:
             raise StoreUnavailable(f"no SQL endpoint answers at {self._sql_url}: {exc}") from exc
         if resp.status_code >= 400:

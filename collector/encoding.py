@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from spanhouse.errors import InvalidData
+from spanhouse.text import utf8_safe
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -131,6 +132,7 @@ def status(grpc_code: int, message: str, retry_after: float | None = None,
     """A ``google.rpc.Status`` with RetryInfo or BadRequest details, for error bodies/trailers."""
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE - 1] + "…"
+    message = utf8_safe(message)  # it may quote a lone surrogate the client sent, which a Status refuses
     st = status_pb2.Status(code=grpc_code, message=message)
     if retry_after is not None:
         info = error_details_pb2.RetryInfo()

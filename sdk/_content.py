@@ -45,6 +45,8 @@ import types
 from collections.abc import Callable, Mapping, Sequence, Set, ValuesView
 from typing import Any, Final
 
+from spanhouse.text import utf8_safe
+
 logger = logging.getLogger("spanhouse.sdk")
 
 REDACTED: Final = "[REDACTED]"
@@ -82,20 +84,6 @@ def truncated(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}…[truncated {len(text) - limit} of {len(text)} chars]"
-
-
-def utf8_safe(text: str) -> str:
-    """``text`` with each lone surrogate written as its escape (``\\udcff``): how Python
-    decodes a byte of a non-UTF-8 file name (``os.listdir``, ``open``'s errors). UTF-8
-    cannot carry one, and the OTLP encoder raised on a span's name or status holding one,
-    losing the whole batch, or dropped the attribute."""
-    if text.isascii():  # most text, told without reading it
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 class ContentPolicy:
@@ -137,8 +125,11 @@ class ContentPolicy:
         if is_secret_key(key):
             return REDACTED
         try:
-            walked = self._walk(self._hooked(key, value), 0, [self.max_length])
-            return utf8_safe(walked) if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
+            hooked = self._hooked(key, value)
+            if isinstance(hooked, str):  # text is kept as it is: escaped (an escape is six characters) before the cut
+                hooked = utf8_safe(str(hooked))
+            walked = self._walk(hooked, 0, [self.max_length])
+            return walked if type(walked) is str else self._dump(walked)  # text (str, bytes, dates) as it is
         except Exception as exc:  # noqa: BLE001 - capturing must never break the call it records
             return _not_captured(exc)
 

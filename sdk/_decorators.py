@@ -51,9 +51,10 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
-from spanhouse.sdk._content import RETURN_KEY, logger, utf8_safe
+from spanhouse.sdk._content import RETURN_KEY, logger
 from spanhouse.sdk._feedback import NOT_RECORDED
 from spanhouse.sdk._usage import record_response_usage
+from spanhouse.text import utf8_safe
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -37,7 +37,7 @@ from spanhouse.clickhouse import IngestItem, Store, open_store
 from spanhouse.clickhouse.client import embedded_path, redacted, store_dsn
 from spanhouse.collector.validate import validate
 from spanhouse.errors import ConfigError, InsertIncomplete, SpanhouseError, StoreUnavailable
-from spanhouse.sdk._content import utf8_safe
+from spanhouse.text import utf8_safe
 
 logger = logging.getLogger("spanhouse.sdk")
 

@@ -90,6 +90,9 @@ def test_export_to_a_path_it_cannot_write_is_a_message(served: tuple[Running, st
     assert cli.main(["export", "--output", str(tmp_path / "out"), *connect]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any((tmp_path / "out").iterdir())
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["export", "--output", str(tmp_path / "a-file" / "x.csv"), *connect]) == 2
+    assert "cannot write the export to" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["export", "--json", *connect])
     assert "unrecognized arguments: --json" in capsys.readouterr().err
@@ -104,6 +107,11 @@ def test_sql_runs_read_only_queries(served: tuple[Running, str], capsys: pytest.
     assert json.loads(_run(c, capsys, "sql", "--json", "SELECT number AS n FROM numbers(3)")) == [
         {"n": 0}, {"n": 1}, {"n": 2}]
     assert json.loads(_run(c, capsys, "sql", "--json", "SELECT 1 WHERE 0")) == []
+    assert json.loads(_run(c, capsys, "sql", "--json", "SELECT concat('a', char(0xC2, 0x85), 'b') AS s")) == [
+        {"s": "a\u0085b"}]  # a character splitlines() cuts at
+    code = cli.main(["sql", "--json", "SELECT 1 FORMAT TSV", "--url", c.api_url, "--api-key", c.key,
+                     "--sql-url", c.sql_url])
+    assert code == 2 and "leave the FORMAT clause out" in capsys.readouterr().err
     code = cli.main(["sql", "DROP TABLE otel_traces", "--url", c.api_url, "--api-key", c.key, "--sql-url", c.sql_url])
     assert code == 2 and "ACCESS_DENIED" in capsys.readouterr().err
 
@@ -121,6 +129,8 @@ def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys
     # a URL that is none, and one of another web server (Grafana's port, say), were tracebacks
     assert cli.main(["executions", "list", "--url", "http://127.0.0.1:8080x"]) == 2
     assert "is not a URL" in capsys.readouterr().err
+    assert cli.main(["sql", "SELECT 1", "--sql-url", "http://127.0.0.1:abc"]) == 2
+    assert "--sql-url 'http://127.0.0.1:abc' is not a URL" in capsys.readouterr().err
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the handler's name

@@ -281,13 +281,16 @@ def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_400_not_a_retry
     surrogate_kind["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = "\ud800"
     surrogate_key = json.loads(json.dumps(SPEC_EXAMPLE))
     surrogate_key["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["x\ud800"] = 1
+    surrogate_quoted = json.loads(json.dumps(SPEC_EXAMPLE))  # the parser's message quotes it: a 500 then
+    surrogate_quoted["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][3]["value"] = {
+        "doubleValue": "\ud800 not a number"}
     huge_value = json.loads(json.dumps(SPEC_EXAMPLE))
     huge_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["startTimeUnixNano"] = "1 " + "9" * 1_000_000
     with running_collector(store, tmp_path, tenant) as c:
         assert _json_post(c, doc).status_code == 200
         r = httpx.post(c.http_url, content=escaped_body, headers={"content-type": "application/json", **c.headers()})
         assert r.status_code == 200, r.text
-        for bad in (surrogate_kind, surrogate_key):
+        for bad in (surrogate_kind, surrogate_key, surrogate_quoted):
             r = _json_post(c, bad)
             assert r.status_code == 400 and "Retry-After" not in r.headers, r.text
         r = _json_post(c, huge_value)

@@ -408,3 +408,13 @@ def test_a_huge_value_is_walked_only_as_far_as_it_can_be_shown() -> None:
     assert out.startswith("[[0.123456789,") and len(out) <= 16384 + 100
     small = {"a": [1, 2, 3], "b": "x" * 100}
     assert json.loads(policy.value(small)) == small  # what fits is recorded whole, as before
+
+
+def test_text_utf8_cannot_carry_is_escaped_before_it_is_cut() -> None:
+    """A lone surrogate (a non-UTF-8 file name's byte) is written as its six-character
+    escape; escaped after the cut, a value came out up to six times its limit."""
+    policy = ContentPolicy(100)
+    out = policy.value("\udcff" * 300)
+    assert out.startswith("\\udcff" * 16) and len(out) <= 100 + len("…[truncated 1700 of 1800 chars]")
+    out.encode("utf-8")
+    assert policy.value("naïve ☃") == "naïve ☃"  # text UTF-8 carries is left alone

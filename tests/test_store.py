@@ -32,6 +32,7 @@ def test_embedded_paths_resolve_absolute_and_relative(monkeypatch: pytest.Monkey
     assert embedded_path("chdb:///var/data") == Path("/var/data")
     assert embedded_path("chdb://./rel/dir") == tmp_path / "rel" / "dir"
     assert embedded_path("chdb://rel") == tmp_path / "rel"
+    assert embedded_path("chdb://backup:old") == tmp_path / "backup:old"  # a path, not a host and port
     assert embedded_path("http://localhost:8123/db") is None
     with pytest.raises(ConfigError, match="names no data directory"):
         embedded_path("chdb://")
@@ -53,6 +54,8 @@ def test_unknown_scheme_is_a_config_error() -> None:
 def test_unreachable_server_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable, match="is the server running"):
         connect("http://127.0.0.1:1/default")
+    with pytest.raises(StoreUnavailable, match="is the server running"):  # an endless bound was an OverflowError
+        connect("http://127.0.0.1:1/default", timeout=float("inf"))
 
 
 def test_second_embedded_store_in_one_process_is_refused_with_advice(store: Store, tmp_path: Path) -> None:
