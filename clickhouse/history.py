@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -335,11 +335,20 @@ class _Chunks(io.RawIOBase):
         return data
 
 
-def executions_after(client: Reader, tenant: str, after: datetime, after_id: str = "") -> list[dict[str, Any]]:
+def executions_after(client: Reader, tenant: str, after: datetime, after_id: str,
+                     until: datetime) -> list[dict[str, Any]]:
     """Executions stored after the one stored at ``after`` with trace id ``after_id``
-    (oldest first, at most 500): the feed. Continue from the last row's ``stored_at``
-    and ``trace_id``."""
-    return queries.rows(client, "executions_new", {"tenant": tenant, "after": after, "after_id": after_id})
+    and stamped before ``until`` (a ``feed_watermark``), oldest first, at most 500: the
+    feed. Continue from the last row's ``stored_at`` and ``trace_id``."""
+    return queries.rows(client, "executions_new",
+                        {"tenant": tenant, "after": after, "after_id": after_id, "until": until})
+
+
+def feed_watermark(client: Reader) -> datetime:
+    """The store's clock now (UTC). Read while no insert runs (the caller sees to it),
+    every row stamped before it is visible: an insert stamps its rows when it starts."""
+    ms = queries.rows(client, "store_now", {})[0]["now_ms"]
+    return datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000)
 
 
 def matching_ids(client: Reader, tenant: str, filters: Mapping[str, Any]) -> list[str]:

@@ -207,6 +207,17 @@ def _resume_point(last_event_id: str) -> tuple[datetime, str]:
     return after, trace_id
 
 
+def _watermark(ctx: ApiContext) -> datetime:
+    """How far the feed may read: the store's clock, read while none of this collector's
+    inserts runs. An insert stamps its rows (InsertedAt) when it starts and shows them
+    when it ends; a position taken in between was past rows that showed later, so a
+    stream connecting then never sent them (nor had the client listed them yet). Between
+    inserts, every row stamped before the watermark is visible. Other processes writing
+    to the same server are not waited for."""
+    with ctx.store.writer.paused():
+        return history.feed_watermark(ctx.store.readers)
+
+
 @executions.get("/executions/stream", response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}}}})
 async def stream_executions(who: Reader, ctx: Context, request: Request,
@@ -215,14 +226,16 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
     """Server-sent events: one ``execution`` event per execution stored from now on, or
     after the event a reconnecting client names in ``Last-Event-ID`` (each event's
     ``id``), so nothing stored while it was away is missed."""
-    after, after_id = _resume_point(last_event_id) if last_event_id else (datetime.now(timezone.utc), "")
+    after, after_id = _resume_point(last_event_id) if last_event_id else (await asyncio.to_thread(_watermark, ctx), "")
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal after, after_id
         yield b": connected\n\n"
         quiet_since = time.monotonic()
         while not ctx.stopping.is_set() and not await request.is_disconnected():
-            rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after, after_id)
+            until = await asyncio.to_thread(_watermark, ctx)
+            rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after, after_id,
+                                           until)
             for row in rows:
                 after, after_id = row["stored_at"], row["trace_id"]
                 payload = json.dumps({k: history.iso(v) for k, v in row.items()})

@@ -4,6 +4,7 @@ feedback, export, the live stream, scopes and tenant isolation."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -413,6 +414,46 @@ def test_stream_sends_newly_stored_executions(store: Store, tmp_path: Path) -> N
     assert [(e["trace_id"], e["name"]) for e, _ in got] == [(new_id, "fresh")]
 
 
+def test_a_stream_connecting_during_an_insert_misses_none_of_its_executions(store: Store, tmp_path: Path) -> None:
+    """An insert stamps its rows (InsertedAt) when it starts and shows them when it ends.
+    A stream connecting in between started past them: the client, listing what was
+    stored once connected, did not see them yet, and the stream never sent them (a
+    review reproduced it with a batch of 150k executions: 100 ms). The writer's gate,
+    held here, stands for that insert; its row is stamped before the stream connects and
+    shows after."""
+    tenant = "stream-mid-insert"
+    with running_collector(store, tmp_path, tenant) as c:
+        stamped = store.client.command("SELECT toUnixTimestamp64Milli(now64(3))")
+        trace = trace_id().hex()
+        listed: list[str] = []
+        streamed: list[str] = []
+        has_listed = threading.Event()
+
+        def client() -> None:
+            with contextlib.suppress(httpx.ReadTimeout), httpx.stream(  # read until 3 s pass without a line
+                    "GET", c.api_url + "/api/v1/executions/stream", params={"poll": 0.2}, headers=c.headers(),
+                    timeout=httpx.Timeout(30, read=3)) as r:
+                for line in r.iter_lines():
+                    if line == ": connected":  # what was stored before: the client draws its table
+                        page = httpx.get(c.api_url + "/api/v1/executions", headers=c.headers()).json()
+                        listed.extend(i["trace_id"] for i in page["items"])
+                        has_listed.set()
+                    elif line.startswith("data: "):
+                        streamed.append(json.loads(line[6:])["trace_id"])
+
+        reader = threading.Thread(target=client, daemon=True)
+        with store.writer.paused():  # an insert under way
+            reader.start()
+            has_listed.wait(1.5)  # at once before the fix; after it the stream waits for the insert
+            store.client.command(
+                "INSERT INTO executions (Tenant, StartTime, TraceId, SpanId, Name, SpanName, Status, Version, "
+                "InsertedAt) VALUES ({t:String}, now64(9), {id:String}, 'ab', 'mid-insert', 'invoke_agent', 'ok', 1, "
+                "fromUnixTimestamp64Milli({at:Int64}))", parameters={"t": tenant, "id": trace, "at": stamped})
+        reader.join(10)
+    assert has_listed.is_set()
+    assert trace in listed + streamed, (listed, streamed)
+
+
 def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store: Store, tenant: str) -> None:
     """One insert stores 700 executions at one InsertedAt; the feed pages by 500, so its
     position is (stored at, trace id), not the time alone (which skipped the last 200)."""
@@ -420,8 +461,9 @@ def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store:
     write(store, tenant, *[_execution(i)[1] for i in range(700)])
     seen: list[str] = []
     after, after_id = before, ""
+    until = history.feed_watermark(store.client)
     for _ in range(5):
-        rows = history.executions_after(store.client, tenant, after, after_id)
+        rows = history.executions_after(store.client, tenant, after, after_id, until)
         if not rows:
             break
         seen += [r["trace_id"] for r in rows]
