@@ -24,7 +24,8 @@ rollups, within 1% of a value at that rank.
   failure, the ``TIPS_PER_KIND`` with the highest error rate (ties: more failures first).
 - ``token_heavy``: the span names that used the most tokens within the
   ``TOKEN_SAMPLE`` executions of the window with the most tokens (found in
-  ``execution_rollup``; only those traces are read from ``otel_traces``, within the
+  ``execution_rollup``, each execution by the sum of its rows in the window; only
+  those traces are read from ``otel_traces``, within the
   seconds their spans cover), with their share of those executions' tokens. Per-span
   tokens exist only in ``otel_traces``, whose attribute maps cost ~3 ms per granule
   read, so the sample is small.

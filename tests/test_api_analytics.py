@@ -905,3 +905,39 @@ def test_error_patterns_count_by_utc_day_whatever_the_engines_zone(tmp_path: Pat
         "s.close()\n"
     )
     assert in_child(script, tmp_path, tz="Asia/Kolkata") == ["[('search', 1)]"]
+
+
+def test_the_token_sample_ranks_an_execution_by_all_its_inserts(store: Store) -> None:
+    """execution_rollup holds a row per insert until its parts merge. The sample of the
+    executions with the most tokens ranked each by its largest row: one whose three
+    model calls (400 tokens each) came in three inserts lost to three of 1,000 tokens
+    stored at once, and its span name never showed in the token-heavy tip."""
+    from spanhouse.clickhouse import analytics
+    from tests.conftest import write
+
+    tenant = f"token-sample-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns() - 3_600 * 10**9
+
+    def chat(name: str, trace: bytes, tokens: int, at: int, parent: bytes) -> Any:
+        return span(name, trace, start=at, parent=parent, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": tokens // 2,
+            "gen_ai.usage.output_tokens": tokens - tokens // 2})
+
+    long_run, root = trace_id(), span_id()
+    store.client.command("SYSTEM STOP MERGES execution_rollup")  # the rows stay one per insert
+    try:
+        write(store, tenant, request([span("invoke_agent long", long_run, sid=root, start=now, attributes={
+            "gen_ai.operation.name": "invoke_agent"})]))
+        for i in range(3):
+            write(store, tenant, request([chat("chat long-run", long_run, 400, now + i, root)]))
+        for i in range(3):
+            t, r = trace_id(), span_id()
+            write(store, tenant, request([
+                span("invoke_agent short", t, sid=r, start=now + 10 + i, attributes={
+                    "gen_ai.operation.name": "invoke_agent"}),
+                chat("chat one-shot", t, 1_000, now + 10 + i, r)]))
+        tips = analytics.performance(store.client, tenant, days=1, min_calls=1)["tips"]
+    finally:
+        store.client.command("SYSTEM START MERGES execution_rollup")
+    heavy = {t["span_name"]: t["tokens"] for t in tips if t["kind"] == "token_heavy"}
+    assert heavy == {"chat long-run": 1_200, "chat one-shot": 2_000}, heavy

@@ -2,7 +2,9 @@
 -- from execution_rollup rows of the window, then their exact sums (primary-key lookup),
 -- with the time range their spans cover (to bound a span lookup in otel_traces). Ties
 -- at the cut are broken arbitrarily (a tie-break column would be read for every row).
--- A trace counts once among the candidates, whatever number of rows (inserts) it has.
+-- A trace is ranked by the sum of its window rows (one per insert until the rollup's
+-- parts merge), not by its largest row: an execution whose model calls came in several
+-- inserts lost to smaller ones stored at once.
 -- An execution's tokens are its model calls', else its agent spans' (spanhouse_trace_usage).
 WITH {{include:trace_usage}} AS usage
 SELECT
@@ -16,8 +18,8 @@ WHERE Tenant = {tenant:String}
   AND TraceId IN (SELECT TraceId FROM execution_rollup
                   WHERE Tenant = {tenant:String} AND FirstSeen >= toDateTime64({since:DateTime}, 9) AND FirstSeen < toDateTime64({until:DateTime}, 9)
                     AND greatest(InputTokens + OutputTokens, AgentInputTokens + AgentOutputTokens) > 0 {{filters}}
-                  ORDER BY greatest(InputTokens + OutputTokens, AgentInputTokens + AgentOutputTokens) DESC
-                  LIMIT 1 BY TraceId
+                  GROUP BY TraceId
+                  ORDER BY ({{include:trace_usage}}).1 + ({{include:trace_usage}}).2 DESC
                   LIMIT {limit:UInt32})
 GROUP BY trace_id
 HAVING input_tokens + output_tokens > 0
