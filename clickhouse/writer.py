@@ -132,6 +132,7 @@ class Writer:
         self._client = client
         self._exact_batches = 0
         self._gate = threading.Lock()  # held for each insert, and by ``paused``
+        self._inserting = threading.Lock()  # held for each insert only (see ``between_inserts``)
         self._failing: tuple[str | None, int] = (None, 0)  # a token that failed unexplained, and how often
         self._purge = embedded_dir is not None
         source = resources.files("spanhouse.clickhouse").joinpath(_PROTO)
@@ -179,7 +180,7 @@ class Writer:
             # again) is new data, in the views' tables too (which compare blocks by default)
             settings |= {"insert_deduplicate": 0, "deduplicate_blocks_in_dependent_materialized_views": 0}
         try:
-            with self._gate:
+            with self._gate, self._inserting:
                 self._insert(items, settings, token)
         finally:
             self._release_memory()
@@ -188,6 +189,14 @@ class Writer:
     def paused(self) -> Iterator[None]:
         """No batch is inserted while the block runs; an insert under way finishes first."""
         with self._gate:
+            yield
+
+    @contextmanager
+    def between_inserts(self) -> Iterator[None]:
+        """No insert runs while the block does; an insert under way finishes first. For a
+        short block: unlike ``paused``, it does not wait for a caller holding inserts off
+        (a deletion's chunks), since no insert runs then either."""
+        with self._inserting:
             yield
 
     def _insert(self, items: Sequence[IngestItem], settings: dict[str, object], token: str | None) -> None:

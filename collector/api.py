@@ -213,9 +213,10 @@ def _watermark(ctx: ApiContext) -> datetime:
     when it ends; a position taken in between was past rows that showed later, so a
     stream connecting then never sent them (nor had the client listed them yet). Between
     inserts, every row stamped before the watermark is visible. Other processes writing
-    to the same server are not waited for."""
-    with ctx.store.writer.paused():
-        return history.feed_watermark(ctx.store.readers)
+    to the same server are not waited for. The reader is taken first: waiting for one
+    while inserts are held off would hold them off for as long."""
+    with ctx.store.readers.borrow() as client, ctx.store.writer.between_inserts():
+        return history.feed_watermark(client)
 
 
 @executions.get("/executions/stream", response_class=StreamingResponse,

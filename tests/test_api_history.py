@@ -418,8 +418,8 @@ def test_a_stream_connecting_during_an_insert_misses_none_of_its_executions(stor
     """An insert stamps its rows (InsertedAt) when it starts and shows them when it ends.
     A stream connecting in between started past them: the client, listing what was
     stored once connected, did not see them yet, and the stream never sent them (a
-    review reproduced it with a batch of 150k executions: 100 ms). The writer's gate,
-    held here, stands for that insert; its row is stamped before the stream connects and
+    review reproduced it with a batch of 150k executions: 100 ms). The writer's locks,
+    held here, stand for that insert; its row is stamped before the stream connects and
     shows after."""
     tenant = "stream-mid-insert"
     with running_collector(store, tmp_path, tenant) as c:
@@ -442,7 +442,7 @@ def test_a_stream_connecting_during_an_insert_misses_none_of_its_executions(stor
                         streamed.append(json.loads(line[6:])["trace_id"])
 
         reader = threading.Thread(target=client, daemon=True)
-        with store.writer.paused():  # an insert under way
+        with store.writer.paused(), store.writer.between_inserts():  # what an insert under way holds
             reader.start()
             has_listed.wait(1.5)  # at once before the fix; after it the stream waits for the insert
             store.client.command(
@@ -452,6 +452,41 @@ def test_a_stream_connecting_during_an_insert_misses_none_of_its_executions(stor
         reader.join(10)
     assert has_listed.is_set()
     assert trace in listed + streamed, (listed, streamed)
+
+
+def test_a_stream_waits_neither_for_a_deletion_nor_holds_inserts_off_waiting_for_a_reader(
+        store: Store, tmp_path: Path) -> None:
+    """A deletion holds inserts off chunk after chunk (75k executions: 68 s): a stream
+    waiting for the writer's gate got no answer, not even ': connected', and its
+    keep-alives slipped past 15 s; no insert runs then, so it need not wait. And a
+    stream took the gate before a reader: with every reader busy, inserts waited for
+    the slowest read."""
+    tenant = "stream-beside-deletion"
+
+    def connected_within(c: Running, seconds: float) -> bool:
+        try:
+            with httpx.stream("GET", c.api_url + "/api/v1/executions/stream", headers=c.headers(),
+                              timeout=httpx.Timeout(30, read=seconds)) as r:
+                return next(r.iter_lines()) == ": connected"
+        except httpx.ReadTimeout:
+            return False
+
+    with running_collector(store, tmp_path, tenant) as c:
+        with store.writer.paused():  # a deletion's chunk
+            assert connected_within(c, 2.0)
+        with contextlib.ExitStack() as busy:  # every reader taken by a long read
+            for _ in range(store.readers.size):
+                busy.enter_context(store.readers.borrow())
+            waiting = threading.Thread(target=connected_within, args=(c, 10.0), daemon=True)
+            waiting.start()
+            time.sleep(0.5)  # the stream is waiting for a reader now
+            done = threading.Thread(target=write, args=(store, tenant, _execution(0)[1]), daemon=True)
+            done.start()
+            done.join(3.0)
+            blocked = done.is_alive()  # the insert waiting for the readers to come back
+        waiting.join(10)
+        done.join(10)
+    assert not blocked
 
 
 def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store: Store, tenant: str) -> None:
