@@ -941,3 +941,30 @@ def test_the_token_sample_ranks_an_execution_by_all_its_inserts(store: Store) ->
         store.client.command("SYSTEM START MERGES execution_rollup")
     heavy = {t["span_name"]: t["tokens"] for t in tips if t["kind"] == "token_heavy"}
     assert heavy == {"chat long-run": 1_200, "chat one-shot": 2_000}, heavy
+
+
+def test_the_token_sample_counts_an_agents_own_usage_beside_its_calls_once(store: Store) -> None:
+    """An agent span often records the total of its model calls, and ends (and so is
+    stored) after them: with the rollup's rows unmerged, a rank summing each row's larger
+    usage counted such an execution twice (150 tokens ranked as 300, above 250, 240, 230)."""
+    from spanhouse.clickhouse import analytics
+    from tests.conftest import write
+
+    tenant = f"token-twice-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns() - 3_600 * 10**9
+    usage = {"gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 50}
+    doubled, root = trace_id(), span_id()
+    store.client.command("SYSTEM STOP MERGES execution_rollup")
+    try:
+        write(store, tenant, request([span("chat doubled", doubled, start=now + 1, parent=root, attributes={
+            "gen_ai.operation.name": "chat", **usage})]))
+        write(store, tenant, request([span("invoke_agent doubled", doubled, sid=root, start=now, attributes={
+            "gen_ai.operation.name": "invoke_agent", **usage})]))
+        for i, tokens in enumerate((250, 240, 230)):
+            write(store, tenant, request([span("chat single", trace_id(), start=now + 10 + i, attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": tokens})]))
+        tips = analytics.performance(store.client, tenant, days=1, min_calls=1)["tips"]
+    finally:
+        store.client.command("SYSTEM START MERGES execution_rollup")
+    heavy = {t["span_name"]: t["tokens"] for t in tips if t["kind"] == "token_heavy"}
+    assert heavy == {"chat single": 720}, heavy
