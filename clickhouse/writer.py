@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from spanhouse.clickhouse import otlp_rows
+from spanhouse.clickhouse import history, otlp_rows
 from spanhouse.errors import InsertIncomplete, InvalidData, StoreUnavailable, WriteError
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class Writer:
         self._client = client
         self._exact_batches = 0
         self._gate = threading.Lock()  # held for each insert, and by ``paused``
-        self._inserting = threading.Lock()  # held for each insert only (see ``between_inserts``)
+        self._inserting = threading.Lock()  # held for each insert only (see ``clock_between_inserts``)
         self._failing: tuple[str | None, int] = (None, 0)  # a token that failed unexplained, and how often
         self._purge = embedded_dir is not None
         source = resources.files("spanhouse.clickhouse").joinpath(_PROTO)
@@ -179,11 +180,11 @@ class Writer:
         else:  # no retry to recognise: a block equal to an earlier one (a trace deleted, then sent
             # again) is new data, in the views' tables too (which compare blocks by default)
             settings |= {"insert_deduplicate": 0, "deduplicate_blocks_in_dependent_materialized_views": 0}
-        try:
-            with self._gate, self._inserting:
+        with self._gate, self._inserting:
+            try:
                 self._insert(items, settings, token)
-        finally:
-            self._release_memory()
+            finally:
+                self._release_memory()  # on this writer's connection, which no one else uses meanwhile
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -191,13 +192,15 @@ class Writer:
         with self._gate:
             yield
 
-    @contextmanager
-    def between_inserts(self) -> Iterator[None]:
-        """No insert runs while the block does; an insert under way finishes first. For a
-        short block: unlike ``paused``, it does not wait for a caller holding inserts off
-        (a deletion's chunks), since no insert runs then either."""
+    def clock_between_inserts(self) -> datetime:
+        """The store's clock, read on this writer's connection while none of its inserts
+        runs (an insert under way finishes first): every row an insert stamped before it
+        (``executions.InsertedAt``, taken when the insert starts) is visible by then.
+        The live stream's watermark. Neither ``paused``, which waits through a deletion's
+        chunks (no insert runs then either), nor a reader of the pool, which would be
+        held while an insert ends and keep the API's reads waiting for it."""
         with self._inserting:
-            yield
+            return history.feed_watermark(self._client)
 
     def _insert(self, items: Sequence[IngestItem], settings: dict[str, object], token: str | None) -> None:
         try:

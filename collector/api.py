@@ -207,18 +207,6 @@ def _resume_point(last_event_id: str) -> tuple[datetime, str]:
     return after, trace_id
 
 
-def _watermark(ctx: ApiContext) -> datetime:
-    """How far the feed may read: the store's clock, read while none of this collector's
-    inserts runs. An insert stamps its rows (InsertedAt) when it starts and shows them
-    when it ends; a position taken in between was past rows that showed later, so a
-    stream connecting then never sent them (nor had the client listed them yet). Between
-    inserts, every row stamped before the watermark is visible. Other processes writing
-    to the same server are not waited for. The reader is taken first: waiting for one
-    while inserts are held off would hold them off for as long."""
-    with ctx.store.readers.borrow() as client, ctx.store.writer.between_inserts():
-        return history.feed_watermark(client)
-
-
 @executions.get("/executions/stream", response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}}}})
 async def stream_executions(who: Reader, ctx: Context, request: Request,
@@ -227,14 +215,18 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
     """Server-sent events: one ``execution`` event per execution stored from now on, or
     after the event a reconnecting client names in ``Last-Event-ID`` (each event's
     ``id``), so nothing stored while it was away is missed."""
-    after, after_id = _resume_point(last_event_id) if last_event_id else (await asyncio.to_thread(_watermark, ctx), "")
+    # Positions are the store's clock read between inserts (see clock_between_inserts): a
+    # stream starting, or reading up to, a time read while an insert ran would pass over
+    # that insert's rows, stamped before and shown after.
+    watermark = ctx.store.writer.clock_between_inserts
+    after, after_id = _resume_point(last_event_id) if last_event_id else (await asyncio.to_thread(watermark), "")
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal after, after_id
         yield b": connected\n\n"
         quiet_since = time.monotonic()
         while not ctx.stopping.is_set() and not await request.is_disconnected():
-            until = await asyncio.to_thread(_watermark, ctx)
+            until = await asyncio.to_thread(watermark)
             rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after, after_id,
                                            until)
             for row in rows:

@@ -442,7 +442,7 @@ def test_a_stream_connecting_during_an_insert_misses_none_of_its_executions(stor
                         streamed.append(json.loads(line[6:])["trace_id"])
 
         reader = threading.Thread(target=client, daemon=True)
-        with store.writer.paused(), store.writer.between_inserts():  # what an insert under way holds
+        with store.writer.paused(), store.writer._inserting:  # what an insert under way holds
             reader.start()
             has_listed.wait(1.5)  # at once before the fix; after it the stream waits for the insert
             store.client.command(
@@ -487,6 +487,38 @@ def test_a_stream_waits_neither_for_a_deletion_nor_holds_inserts_off_waiting_for
         waiting.join(10)
         done.join(10)
     assert not blocked
+
+
+def test_streams_waiting_for_an_insert_hold_no_reader(store: Store, tmp_path: Path) -> None:
+    """A stream's start waits for an insert under way. It waited holding one of the
+    store's six readers: six streams starting during an insert took them all, and every
+    API read waited for the insert to end (the store promises a read never waits for an
+    insert of spans)."""
+    tenant = "stream-no-reader-held"
+    with running_collector(store, tmp_path, tenant) as c:
+        streams: list[threading.Thread] = []
+
+        def start_stream() -> None:
+            with contextlib.suppress(httpx.ReadTimeout), httpx.stream(
+                    "GET", c.api_url + "/api/v1/executions/stream", headers=c.headers(),
+                    timeout=httpx.Timeout(30, read=6)) as r:
+                next(r.iter_lines())
+
+        with store.writer._inserting:  # an insert under way, for 4 s
+            for _ in range(store.readers.size + 2):
+                streams.append(threading.Thread(target=start_stream, daemon=True))
+                streams[-1].start()
+            time.sleep(1.0)  # every stream is waiting for the insert now
+            started = time.monotonic()
+            try:
+                answered = httpx.get(c.api_url + "/api/v1/executions", headers=c.headers(), timeout=3).status_code
+            except httpx.ReadTimeout:  # waiting for a reader the streams hold until the insert ends
+                answered = None
+            took = time.monotonic() - started
+            time.sleep(max(0.0, 3.0 - took))
+        for t in streams:
+            t.join(10)
+    assert answered == 200 and took < 2.0, (answered, took)
 
 
 def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store: Store, tenant: str) -> None:
