@@ -151,8 +151,11 @@ class Writer:
             }
 
     def close(self) -> None:
-        """Close the client: the store gives its writer a connection of its own."""
-        self._client.close()
+        """Close the client: the store gives its writer a connection of its own. A clock
+        read under way (``clock_between_inserts``, from another thread) ends first: the
+        embedded engine closed under a running query can crash the process."""
+        with self._inserting:
+            self._client.close()
 
     @property
     def exact_batches(self) -> int:
@@ -200,7 +203,10 @@ class Writer:
         chunks (no insert runs then either), nor a reader of the pool, which would be
         held while an insert ends and keep the API's reads waiting for it."""
         with self._inserting:
-            return history.feed_watermark(self._client)
+            try:
+                return history.feed_watermark(self._client)
+            except ClickHouseError as exc:  # closed (the collector stopping) or unreachable
+                raise StoreUnavailable(f"the store's clock could not be read: {str(exc)[:200]}") from exc
 
     def _insert(self, items: Sequence[IngestItem], settings: dict[str, object], token: str | None) -> None:
         try:

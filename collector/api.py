@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import threading
 import time
@@ -30,6 +31,8 @@ from spanhouse.clickhouse import Store, deletion, history
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
 from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
 from spanhouse.errors import AuthError, Forbidden, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def _storable(value: datetime) -> datetime:
@@ -226,9 +229,14 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
         yield b": connected\n\n"
         quiet_since = time.monotonic()
         while not ctx.stopping.is_set() and not await request.is_disconnected():
-            until = await asyncio.to_thread(watermark)
-            rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after, after_id,
-                                           until)
+            try:
+                until = await asyncio.to_thread(watermark)
+                rows = await asyncio.to_thread(history.executions_after, ctx.store.readers, who.tenant, after,
+                                               after_id, until)
+            except StoreUnavailable as exc:  # the answer has begun: end it, and the client reconnects
+                log.warning("a live stream ends: %s", exc)
+                yield b": the store is unavailable; reconnect with Last-Event-ID\n\n"
+                return
             for row in rows:
                 after, after_id = row["stored_at"], row["trace_id"]
                 payload = json.dumps({k: history.iso(v) for k, v in row.items()})

@@ -521,6 +521,31 @@ def test_streams_waiting_for_an_insert_hold_no_reader(store: Store, tmp_path: Pa
     assert answered == 200 and took < 2.0, (answered, took)
 
 
+def test_a_stream_whose_store_becomes_unavailable_ends_with_a_word(store: Store, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of the feed that fails once the answer has begun (the store closing at a
+    shutdown past its timeout, or down) escaped the stream's generator: the server
+    logged a traceback and dropped the connection without a word."""
+    from spanhouse.errors import StoreUnavailable
+
+    tenant = "stream-store-gone"
+    with running_collector(store, tmp_path, tenant) as c:
+        clock = store.writer.clock_between_inserts
+        calls: list[int] = []
+
+        def failing_after_the_start() -> datetime:
+            calls.append(1)
+            if len(calls) > 1:
+                raise StoreUnavailable("the store's clock could not be read: The client has been closed")
+            return clock()
+
+        monkeypatch.setattr(store.writer, "clock_between_inserts", failing_after_the_start)
+        with httpx.stream("GET", c.api_url + "/api/v1/executions/stream", params={"poll": 0.2}, headers=c.headers(),
+                          timeout=10) as r:
+            lines = [line for line in r.iter_lines() if line]
+    assert lines == [": connected", ": the store is unavailable; reconnect with Last-Event-ID"]
+
+
 def test_the_feed_resumes_inside_an_insert_of_more_executions_than_a_page(store: Store, tenant: str) -> None:
     """One insert stores 700 executions at one InsertedAt; the feed pages by 500, so its
     position is (stored at, trace id), not the time alone (which skipped the last 200)."""

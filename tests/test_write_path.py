@@ -572,3 +572,34 @@ def test_a_key_sent_twice_reads_the_same_through_both_paths(store: Store, tenant
         assert detail["attributes"] == {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "first",
                                         "error.type": "E"}
         assert detail["events"][0]["attributes"] == {"exception.type": "First"}
+
+
+def test_closing_the_writer_waits_for_a_clock_read_and_later_reads_say_the_store_is_unavailable(
+        store: Store) -> None:
+    """The live stream reads the store's clock on the writer's connection from another
+    thread. ``close`` did not wait for such a read (the embedded engine closed under a
+    running query can crash the process), and a read after it raised the driver's
+    ProgrammingError, which the stream let out as a 500 or a broken response."""
+    import threading
+
+    from spanhouse.clickhouse import connect, embedded_path
+
+    writer = Writer(connect(store.dsn), embedded_path(store.dsn))
+    writer.clock_between_inserts()
+    reading = threading.Event()
+
+    def hold_like_a_read() -> None:
+        with writer._inserting:  # what a clock read holds
+            reading.set()
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold_like_a_read)
+    holder.start()
+    reading.wait(5)
+    started = time.monotonic()
+    writer.close()
+    waited = time.monotonic() - started
+    holder.join()
+    assert waited >= 0.3, waited
+    with pytest.raises(StoreUnavailable, match="clock could not be read"):
+        writer.clock_between_inserts()

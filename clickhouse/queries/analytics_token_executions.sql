@@ -6,7 +6,8 @@
 -- are grouped by trace and a trace ranked by its sums: ranked by its largest row, an
 -- execution whose model calls came in several inserts lost to smaller ones stored at
 -- once. The rank is spanhouse_trace_usage's tokens (the calls' if they carry any, else
--- the agent spans'), spelt with the two sums it needs, not the function's six.
+-- the agent spans'), spelt with two sums, not the function's six (the two differ only
+-- where a trace's input and output tokens add up past 2^64).
 -- An execution's tokens are its model calls', else its agent spans' (spanhouse_trace_usage).
 WITH {{include:trace_usage}} AS usage
 SELECT
