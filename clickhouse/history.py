@@ -347,7 +347,13 @@ def executions_after(client: Reader, tenant: str, after: datetime, after_id: str
 def feed_watermark(client: Reader) -> datetime:
     """The store's clock now (UTC). Read while no insert runs (the caller sees to it),
     every row stamped before it is visible: an insert stamps its rows when it starts."""
-    ms = queries.rows(client, "store_now", {})[0]["now_ms"]
+    return utc_from_ms(queries.rows(client, "store_now", {})[0]["now_ms"])
+
+
+def utc_from_ms(ms: int) -> datetime:
+    """Milliseconds since the epoch as an aware UTC datetime, exactly (a float of seconds
+    would round some to the next or previous millisecond). ``OverflowError`` or
+    ``OSError`` past the platform's dates."""
     return datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000)
 
 

@@ -201,7 +201,7 @@ def _resume_point(last_event_id: str) -> tuple[datetime, str]:
     an id this stream sends."""
     try:
         ms, trace_id = history.decode_cursor(last_event_id)
-        after = datetime.fromtimestamp(ms // 1000, timezone.utc) + timedelta(milliseconds=ms % 1000)
+        after = history.utc_from_ms(ms)
         if after > datetime.now(timezone.utc) + timedelta(days=1):  # would wait for nothing, silently
             raise ValueError("a time to come")
     except (ValueError, OverflowError, OSError):  # OverflowError, OSError: past the platform's dates
