@@ -242,7 +242,7 @@ class ActiveCall:
                 message = _message(exc)
                 span.set_attribute(sc.ERROR_TYPE, error_type)
                 span.set_status(Status(StatusCode.ERROR, utf8_safe(message) or error_type))
-                span.record_exception(exc, _utf8_exception_text(exc, message), escaped=True)
+                span.add_event("exception", _exception_event(exc, error_type, message))
         except Exception:  # noqa: BLE001
             logger.debug("spanhouse could not record an exception of %s", self._spec.name, exc_info=True)
         finally:
@@ -305,16 +305,16 @@ def _message(exc: BaseException) -> str:
         return ""
 
 
-def _utf8_exception_text(exc: BaseException, message: str) -> dict[str, str] | None:
-    """The message and stack trace ``record_exception`` writes, made UTF-8-safe where
-    ``message`` is not (it names a non-UTF-8 file, say): the OTLP encoder drops an
-    attribute UTF-8 cannot carry, and the exception event kept neither. None (what
-    OpenTelemetry writes) otherwise, so the stack trace is not formatted twice."""
-    safe = utf8_safe(message)
-    if safe == message:
-        return None
-    return {sc.EXCEPTION_MESSAGE: safe,
-            sc.EXCEPTION_STACKTRACE: utf8_safe("".join(traceback.format_exception(exc)))}
+def _exception_event(exc: BaseException, error_type: str, message: str) -> dict[str, str]:
+    """The attributes of the exception event, as ``Span.record_exception`` writes them
+    (type, message, stack trace, escaped), with the text made UTF-8-safe: the OTLP
+    encoder drops an attribute UTF-8 cannot carry, and a message naming a non-UTF-8
+    file, or a chained exception's, would lose the message or the whole stack trace.
+    Written here rather than by ``record_exception``, which formats the stack trace
+    itself (twice the work to repair it) and loses the event if ``str(exc)`` raises."""
+    return {sc.EXCEPTION_TYPE: error_type, sc.EXCEPTION_MESSAGE: utf8_safe(message),
+            sc.EXCEPTION_STACKTRACE: utf8_safe("".join(traceback.format_exception(exc))),
+            sc.EXCEPTION_ESCAPED: "True"}
 
 
 def qualified_name(cls: type) -> str:
@@ -600,13 +600,25 @@ def _check_name(label: str, value: object) -> None:
         raise ValueError(f"{label} must be a non-empty string, not {value!r}")
 
 
+@overload
+def _named(label: str, value: str) -> str: ...
+@overload
+def _named(label: str, value: str | None) -> str | None: ...
+def _named(label: str, value: str | None) -> str | None:
+    """``value`` checked (``_check_name``) and made UTF-8-safe: it becomes part of a span
+    name and an attribute, which OpenTelemetry's OTLP encoder cannot carry otherwise (it
+    raised on such a name, losing the span's whole batch; see ``utf8_safe``)."""
+    _check_name(label, value)
+    return None if value is None else utf8_safe(value)
+
+
 def _check_capture(value: object) -> None:
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"capture_content must be True, False or None, not {value!r}")
 
 
 def _execution_spec(name: str, record: bool, capture: bool | None) -> _Spec:
-    _check_name("name", name)
+    name = _named("name", name)
     _check_capture(capture)
     if not isinstance(record, bool):
         raise ValueError(f"record must be True or False, not {record!r}")
@@ -616,8 +628,7 @@ def _execution_spec(name: str, record: bool, capture: bool | None) -> _Spec:
 
 
 def _agent_spec(name: str, description: str | None, capture: bool | None) -> _Spec:
-    _check_name("name", name)
-    _check_name("description", description)
+    name, description = _named("name", name), _named("description", description)
     _check_capture(capture)
     attributes = {sc.OPERATION_NAME: sc.OP_INVOKE_AGENT, sc.AGENT_NAME: name}
     if description:
@@ -628,9 +639,10 @@ def _agent_spec(name: str, description: str | None, capture: bool | None) -> _Sp
 
 def _tool_spec(name: str, description: str | None, tool_type: str, call_id: str | None, call_id_arg: str | None,
                capture: bool | None) -> _Spec:
-    for label, value in (("name", name), ("description", description), ("tool_type", tool_type),
-                         ("call_id", call_id), ("call_id_arg", call_id_arg)):
-        _check_name(label, value)
+    name, description = _named("name", name), _named("description", description)
+    tool_type = _named("tool_type", tool_type)
+    call_id = _named("call_id", call_id)
+    _check_name("call_id_arg", call_id_arg)  # a parameter's name: matched against the signature, never recorded
     _check_capture(capture)
     attributes = {sc.OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.TOOL_NAME: name, sc.TOOL_TYPE: tool_type}
     if description:
@@ -643,8 +655,9 @@ def _tool_spec(name: str, description: str | None, tool_type: str, call_id: str 
 
 def _llm_spec(model: str | None, fallback_name: str, provider: str | None, operation: str,
               capture: bool | None) -> _Spec:
-    for label, value in (("model", model), ("provider", provider), ("operation", operation)):
-        _check_name(label, value)
+    model, provider = _named("model", model), _named("provider", provider)
+    operation = _named("operation", operation)
+    fallback_name = utf8_safe(fallback_name)
     _check_capture(capture)
     attributes = {sc.OPERATION_NAME: operation}
     if model:

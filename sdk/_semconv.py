@@ -47,8 +47,10 @@ USER_ID: Final = "user.id"
 
 # Errors (Stable in the general conventions); the exception event's text, as OpenTelemetry's record_exception writes it.
 ERROR_TYPE: Final = "error.type"
+EXCEPTION_TYPE: Final = "exception.type"
 EXCEPTION_MESSAGE: Final = "exception.message"
 EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
+EXCEPTION_ESCAPED: Final = "exception.escaped"
 
 # Captured content of spans that are not tool calls (executions, agents, model calls).
 INPUT: Final = "spanhouse.input"

@@ -242,6 +242,69 @@ def test_an_exception_naming_a_non_utf8_file_is_recorded_in_text_utf8_can_carry(
     assert json.loads(attributes["gen_ai.tool.call.arguments"]) == {"file": name}  # a JSON escape: read back as was
 
 
+def test_a_chained_exception_naming_a_non_utf8_file_keeps_the_stack_trace(spans: CapturedSpans) -> None:
+    """The message UTF-8 carries, the exception it was raised from does not: the stack
+    trace (which quotes both) was dropped by the OTLP encoder."""
+    name = b"cache-\xfe.db".decode("utf-8", "surrogateescape")
+
+    @sdk.tool
+    def load() -> None:
+        try:
+            raise OSError(f"cannot open {name}")
+        except OSError as exc:
+            raise RuntimeError("cache unavailable") from exc
+
+    with pytest.raises(RuntimeError):
+        load()
+    encoded = encode_spans(spans.spans()).resource_spans[0].scope_spans[0].spans[0]
+    event = {kv.key: kv.value.string_value for kv in encoded.events[0].attributes}
+    assert event["exception.message"] == "cache unavailable"
+    assert event["exception.escaped"] == "True"
+    assert "OSError: cannot open cache-\\udcfe.db" in event["exception.stacktrace"]
+    assert "RuntimeError: cache unavailable" in event["exception.stacktrace"]
+
+
+def test_names_given_by_the_user_are_sent_in_text_utf8_can_carry(spans: CapturedSpans) -> None:
+    """A tool or execution named after a non-UTF-8 file: the OTLP encoder raised on the
+    span name (OpenTelemetry's exporter then lost the span's whole batch) and dropped
+    the name attributes."""
+    name = b"import-\xff.csv".decode("utf-8", "surrogateescape")
+
+    @sdk.execution(name=name)
+    def run_import() -> None:
+        with sdk.tool_call(name, description=name):
+            pass
+        with sdk.llm_call(name):
+            pass
+
+    run_import()
+    encoded = {s.name: {kv.key: kv.value.string_value for kv in s.attributes}
+               for s in encode_spans(spans.spans()).resource_spans[0].scope_spans[0].spans}
+    safe = "import-\\udcff.csv"
+    assert encoded[f"invoke_workflow {safe}"]["gen_ai.workflow.name"] == safe
+    tool = encoded[f"execute_tool {safe}"]
+    assert (tool["gen_ai.tool.name"], tool["gen_ai.tool.description"]) == (safe, safe)
+    assert encoded[f"chat {safe}"]["gen_ai.request.model"] == safe
+
+
+def test_an_exception_whose_message_cannot_be_read_is_still_recorded(spans: CapturedSpans) -> None:
+    """``str(exc)`` raising lost the exception event (record_exception calls it)."""
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message")
+
+    @sdk.tool
+    def explode() -> None:
+        raise Unprintable()
+
+    with pytest.raises(Unprintable):
+        explode()
+    event = only(list(spans.by_name("execute_tool explode").events))  # type: ignore[arg-type]
+    assert event.attributes["exception.type"].endswith("Unprintable")  # type: ignore[index,union-attr]
+    assert event.attributes["exception.message"] == ""  # type: ignore[index]
+    assert "Unprintable" in event.attributes["exception.stacktrace"]  # type: ignore[index,operator]
+
+
 def test_builtin_exception_type_is_unqualified_and_empty_message_falls_back(spans: CapturedSpans) -> None:
     @sdk.tool
     def divide(a: int, b: int) -> float:
