@@ -98,25 +98,28 @@ class ClickHouseSpanExporter(SpanExporter):
                 # Only an unavailable store may come back within the retry window; the
                 # store refusing the data, or a wrong DSN, will not.
                 if not isinstance(exc, StoreUnavailable) or time.monotonic() + delay > deadline:
-                    return self._give_up(len(spans), str(exc))
+                    return self._give_up(len(spans), str(exc), unreachable=isinstance(exc, StoreUnavailable))
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             except Exception as exc:  # noqa: BLE001 - the driver's own, e.g. a client closed by chdb's finalizers at exit
                 self._drop_store()
                 logger.debug("the store's driver raised", exc_info=True)
-                return self._give_up(len(spans), f"{type(exc).__name__}: {exc}")
+                return self._give_up(len(spans), f"{type(exc).__name__}: {exc}", unreachable=True)
             if self._failing:
                 logger.info("spanhouse stores spans in %s again", redacted(self._dsn))
             self._failing = False
             return SpanExportResult.SUCCESS
 
-    def _give_up(self, spans: int, why: str) -> SpanExportResult:
-        """Fail the export of ``spans`` spans, saying why once per failing stretch."""
+    def _give_up(self, spans: int, why: str, *, unreachable: bool) -> SpanExportResult:
+        """Fail the export of ``spans`` spans, saying why once per failing stretch. The
+        reachability hint only when the store could not be reached: another error (a
+        schema that cannot be migrated, data the store refuses) says what to do itself."""
         if not self._failing:
-            logger.error("spanhouse could not store %d spans in %s and drops them: %s. Check that the store is "
-                         "reachable (and, for an embedded store, that no other process holds it open).", spans,
-                         redacted(self._dsn), why)
+            hint = (" Check that the store is reachable (and, for an embedded store, that no other process "
+                    "holds it open)." if unreachable else "")
+            logger.error("spanhouse could not store %d spans in %s and drops them: %s.%s", spans,
+                         redacted(self._dsn), why, hint)
         self._failing = True
         return SpanExportResult.FAILURE
 

@@ -77,6 +77,32 @@ def test_unreachable_store_fails_the_export_within_its_bound_and_never_raises(ca
     assert exporter.export(_agent_spans()) is SpanExportResult.FAILURE
 
 
+def test_a_store_that_cannot_be_migrated_is_not_called_unreachable(tmp_path: Path) -> None:
+    """The give-up log said "check that the store is reachable" for every failure: for a
+    schema file edited after it was applied it is the migration error that says what to do."""
+    script = (
+        "import logging, sys\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "from spanhouse.clickhouse import open_store\n"
+        "from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter\n"
+        "logging.basicConfig(level=logging.ERROR)\n"
+        "store = open_store(sys.argv[1])\n"
+        "store.client.command(\"ALTER TABLE spanhouse_migrations UPDATE checksum = 'edited' WHERE version = 1 \"\n"
+        "                     \"SETTINGS mutations_sync = 1\")\n"
+        "store.close()\n"
+        "memory = InMemorySpanExporter(); provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(memory))\n"
+        "provider.get_tracer('t').start_span('execute_tool t').end()\n"
+        "print(ClickHouseSpanExporter(sys.argv[1], retry_timeout=1).export(memory.get_finished_spans()).name)\n"
+    )
+    done = run_child(script, f"chdb://{tmp_path / 'store'}")
+    assert done.stdout.split() == ["FAILURE"]
+    assert "could not store 1 spans" in done.stderr and "was changed after it was applied" in done.stderr
+    assert "reachable" not in done.stderr, done.stderr
+
+
 def test_configure_with_a_dsn_writes_into_the_store(tmp_path: Path) -> None:
     """In a child process (configure() sets the global provider), with an embedded store
     of its own; read back afterwards in another child, as `spanhouse serve` would."""
