@@ -14,6 +14,7 @@ and the attribute ``spanhouse.feedback.execution_id`` is what the store reads fi
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Final
 
@@ -23,6 +24,7 @@ from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN_ID, Link, SpanContext, SpanKind, TraceFlags
 
+from spanhouse import TRACE_ID
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
 from spanhouse.sdk._session import current_attributes
@@ -85,6 +87,8 @@ def feedback(execution_id: str, *, rating: int | None = None, value: float | Non
     if comment is not None:
         attributes[sc.FEEDBACK_COMMENT] = comment
     tracer = rt.tracer
+    if isinstance(tracer, trace.ProxyTracer):  # not configure()d: the provider the application set since
+        tracer = trace.get_tracer_provider().get_tracer(_runtime.SCOPE_NAME, _runtime.SCOPE_VERSION)
     if not isinstance(tracer, sdk_trace.Tracer):  # the application's own tracing: its sampler decides
         tracer.start_span(sc.FEEDBACK_SPAN_NAME, context_api.Context(), SpanKind.INTERNAL, attributes,
                           [_link_to(trace_id)]).end()
@@ -116,11 +120,10 @@ def _link_to(trace_id: int) -> Link:
 
 
 def _parse_execution_id(execution_id: str) -> int:
-    if isinstance(execution_id, str) and len(execution_id) == 32:
-        try:
-            trace_id = int(execution_id, 16)
-        except ValueError:
-            trace_id = 0
+    # Matched before int(), which also takes a sign, spaces, "_" and "0x": " 1234…" named
+    # another id, and "-1234…" made the exporter raise, losing the span's whole batch.
+    if isinstance(execution_id, str) and re.fullmatch(TRACE_ID, execution_id):
+        trace_id = int(execution_id, 16)
         if trace_id:
             return trace_id
     raise ValueError(f"execution_id must be a trace id of 32 hex digits (not all zero), not {execution_id!r}")

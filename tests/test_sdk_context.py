@@ -20,6 +20,7 @@ from spanhouse.sdk import _runtime, _usage
 from spanhouse.sdk._content import ContentPolicy
 from spanhouse.sdk._processor import SpanhouseSpanProcessor
 from spanhouse.sdk.testing import CapturedSpans, capture_spans
+from tests.collector_harness import run_child
 
 S1 = {"session.id": "s1", "gen_ai.conversation.id": "s1", "user.id": "u1"}
 
@@ -267,7 +268,11 @@ def test_feedback_rejects_bad_values(kwargs: dict[str, object]) -> None:
         sdk.feedback("0123456789abcdef0123456789abcdef", **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad_id", ["", "xyz", "0" * 32, "0123456789abcdef0123456789abcde", "g" * 32, 123])
+@pytest.mark.parametrize("bad_id", ["", "xyz", "0" * 32, "0123456789abcdef0123456789abcde", "g" * 32, 123,
+                                    # int(x, 16) takes these: another id, or a negative one that broke the export
+                                    " 123456789abcdef0123456789abcdef", "+123456789abcdef0123456789abcdef",
+                                    "-123456789abcdef0123456789abcdef", "0x23456789abcdef0123456789abcdef",
+                                    "0123456789abcdef_123456789abcdef"])
 def test_feedback_rejects_bad_execution_ids(bad_id: object) -> None:
     with pytest.raises(ValueError, match="execution_id"):
         sdk.feedback(bad_id, rating=5)  # type: ignore[arg-type]
@@ -291,6 +296,26 @@ def test_feedback_is_kept_whatever_the_sampler(sampler: Sampler) -> None:
     (span,) = exporter.get_finished_spans()
     assert span.name == "spanhouse.feedback" and span.context.trace_flags.sampled
     assert (span.attributes or {})["spanhouse.feedback.value"] == 5.0 and (span.attributes or {})["user.id"] == "u1"
+
+
+def test_feedback_passes_the_sampler_of_a_provider_set_after_the_import() -> None:
+    """Without configure(), the SDK's tracer is OpenTelemetry's proxy for the provider the
+    application sets later: feedback was left to that provider's sampler, which dropped
+    ratings of executions it had kept."""
+    script = (
+        "from spanhouse import sdk\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "from opentelemetry.sdk.trace.sampling import TraceIdRatioBased\n"
+        "memory = InMemorySpanExporter(); provider = TracerProvider(sampler=TraceIdRatioBased(0.0))\n"
+        "provider.add_span_processor(SimpleSpanProcessor(memory)); trace.set_tracer_provider(provider)\n"
+        "for _ in range(10):\n"
+        "    sdk.feedback('ab' * 16, rating=5)\n"
+        "print(sorted({s.name for s in memory.get_finished_spans()}), len(memory.get_finished_spans()))\n"
+    )
+    assert run_child(script).stdout.split("\n")[0] == "['spanhouse.feedback'] 10"
 
 
 def test_an_execution_the_sampler_left_out_still_has_an_id_for_feedback() -> None:
