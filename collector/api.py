@@ -24,13 +24,15 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import AfterValidator, BaseModel, Field, StrictInt, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from spanhouse import TRACE_ID, __version__
 from spanhouse.clickhouse import Store, deletion, history
+from spanhouse.collector.asgi import BodyLimit, HeadAsGet
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
 from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
 from spanhouse.errors import AuthError, Forbidden, StoreUnavailable
+from spanhouse.text import utf8_safe
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +96,21 @@ def caller(scope: str) -> Callable[..., Principal]:
 
 
 def _refuse_unknown_query(request: Request) -> None:
-    """422 for a query parameter the endpoint does not take. Ignored, a misspelt filter
-    (``servce=``) widened what a call reads, and what a bulk delete removes, to everything."""
+    """422 for a query parameter the endpoint does not take, or one given twice. Ignored,
+    a misspelt filter (``servce=``) widened what a call reads, and what a bulk delete
+    removes, to everything; given twice, the last value was read (``before=2000-01-01
+    &before=2261-01-01`` deleted everything)."""
     route = request.scope["route"]
     allowed = _query_names(request.app, route.path_format, request.method.lower())
     unknown = sorted(set(request.query_params) - allowed)
     if unknown:
         raise HTTPException(422, f"unknown query parameter {', '.join(map(repr, unknown))}: "
                                  f"{request.method} {route.path_format} takes {', '.join(sorted(allowed)) or 'none'}")
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise HTTPException(422, f"query parameter {', '.join(map(repr, repeated))} given more than once; "
+                                 "give each once")
 
 
 def _query_names(app: FastAPI, path: str, method: str) -> frozenset[str]:
@@ -154,7 +163,10 @@ Filters = Annotated[ExecutionFilters, Query()]
 
 
 class FeedbackIn(BaseModel):
-    """Feedback on one execution: a 1-5 rating, or any named numeric value."""
+    """Feedback on one execution: a 1-5 rating, or any named numeric value. A field it
+    does not know is refused (``coment``, ``userId`` were dropped without a word)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     execution_id: str = Field(pattern=TRACE_ID)
     rating: StrictInt | None = Field(None, ge=1, le=5)  # strict: true and "3" are not ratings
@@ -291,7 +303,8 @@ def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]
     """Rate an execution (rating 1-5) or attach a named score; shows in detail and stats."""
     trace_id = body.execution_id.lower()
     if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
-        raise HTTPException(404, f"no execution {body.execution_id}")
+        raise HTTPException(404, f"no execution {body.execution_id} is stored; one sent a moment ago may still be "
+                                 "on its way from the spool: try again in a few seconds")
     value = float(body.rating) if body.rating is not None else float(body.value)  # type: ignore[arg-type]
     return history.add_feedback(ctx.store.readers, who.tenant, trace_id, body.name, value, body.comment, body.user_id)
 
@@ -308,9 +321,13 @@ def export(who: Reader, ctx: Context, filters: Filters,
 
 
 def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as strings: strict JSON has no word for them."""
+    """``value`` with NaN and infinities as strings (strict JSON has no word for them) and
+    text UTF-8-safe (a JSON ``"\\ud83d"`` escape, half an emoji cut by a client, is a lone
+    surrogate, which the answer could not encode: a 500)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return utf8_safe(value)
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -319,14 +336,18 @@ def _json_safe(value: Any) -> Any:
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422, also when the refused input is NaN or infinite (which its default
-    handler cannot encode, answering 500 instead)."""
+    """FastAPI's 422, also when the refused input is NaN, infinite or a lone surrogate
+    (which its default handler cannot encode, answering 500 instead)."""
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
 
 
 async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
     """503 for a store that cannot answer now (closing, unreachable), saying why."""
     return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "5"})
+
+
+MAX_BODY_BYTES = 1 << 20
+"""The largest request body the API reads: feedback, its one body, takes at most ~64 KB."""
 
 
 def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> FastAPI:
@@ -336,6 +357,8 @@ def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tu
     app.state.context = context
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _unavailable)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # type: ignore[arg-type]
+    app.add_middleware(HeadAsGet)  # type: ignore[arg-type]
     app.include_router(executions)
     from spanhouse.collector.api_analytics import analytics  # here: that module imports this one
     app.include_router(analytics)

@@ -249,6 +249,71 @@ def test_feedback_shows_in_detail(dataset: tuple[Running, dict[str, str]]) -> No
                       json={"execution_id": "f" * 32, "rating": 3}).status_code == 404
 
 
+def test_feedback_refuses_fields_it_does_not_know_and_answers_any_text(dataset: tuple[Running, dict[str, str]]) -> None:
+    """A misspelt field (``coment``, ``userId``) was dropped and the rest stored; half an
+    emoji (a lone surrogate escape, as JSON.stringify writes a string cut inside one) in
+    a refused body made the 422 itself fail (a 500)."""
+    c, ids = dataset
+    r = _post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+              json={"execution_id": ids["a"], "rating": 2, "coment": "typo", "userId": "ada"})
+    assert r.status_code == 422 and "coment" in r.text and "userId" in r.text, r.text
+    for field in ("comment", "user_id", "name"):
+        raw = f'{{"execution_id": "{ids["a"]}", "rating": 2, "{field}": "great \\ud83d"}}'
+        r = _post(c.api_url + "/api/v1/feedback", headers={**c.headers(), "content-type": "application/json"},
+                  content=raw)
+        assert r.status_code == 422, (field, r.status_code, r.text)
+
+
+def test_the_api_refuses_a_large_body_before_reading_it(dataset: tuple[Running, dict[str, str]]) -> None:
+    """Every body was read whole (before the key was checked): 300 MB without a key grew
+    the collector by ~1 GB."""
+    c, ids = dataset
+    big = b"x" * (2 << 20)
+    r = _post(c.api_url + "/api/v1/feedback", headers={"content-type": "application/json"}, content=big)
+    assert r.status_code == 413 and "1,048,576 bytes" in r.json()["detail"], r.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it is read
+        yield b'{"execution_id": "' + ids["a"].encode() + b'", "rating": 3, "comment": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}'
+
+    r = _post(c.api_url + "/api/v1/feedback", headers={**c.headers(), "content-type": "application/json"},
+              content=chunks())
+    assert r.status_code == 413, r.text
+    comments = [f["comment"] for f in _get(c, f"/api/v1/executions/{ids['a']}").json()["feedback"]]
+    assert not any(x.startswith("yyy") for x in comments)
+    r = _post(c.api_url + "/api/v1/feedback", headers=c.headers(),
+              json={"execution_id": ids["a"], "rating": 3, "comment": "z" * 10_000})  # the largest there is
+    assert r.status_code == 201, r.text
+
+
+def test_a_query_parameter_given_twice_is_refused(dataset: tuple[Running, dict[str, str]]) -> None:
+    """The last value was read: ``before=2000-01-01&before=2261-01-01`` deleted everything."""
+    c, _ = dataset
+    r = httpx.delete(c.api_url + "/api/v1/executions", headers=c.headers(), timeout=30,
+                     params=[("before", "2000-01-01T00:00:00"), ("before", "2261-01-01T00:00:00"),
+                             ("dry_run", "true")])
+    assert r.status_code == 422 and "'before' given more than once" in r.text, r.text
+    r = httpx.get(c.api_url + "/api/v1/executions", headers=c.headers(), timeout=30,
+                  params=[("service", "nope"), ("service", "svc-b")])
+    assert r.status_code == 422, r.text
+
+
+def test_head_answers_as_get_without_a_body(dataset: tuple[Running, dict[str, str]]) -> None:
+    """HTTP requires HEAD wherever GET is served (load balancers probe with it): every GET
+    endpoint answered 405."""
+    c, ids = dataset
+    for path, headers in [("/healthz", {}), ("/readyz", {}), (f"/api/v1/executions/{ids['a']}", c.headers()),
+                          ("/api/v1/executions?limit=2", c.headers())]:
+        got = httpx.get(c.api_url + path, headers=headers, timeout=30)
+        head = httpx.head(c.api_url + path, headers=headers, timeout=30)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert int(head.headers["content-length"]) > 0, path
+    assert httpx.head(c.api_url + "/api/v1/executions", timeout=30).status_code == 401  # the key still counts
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
 def test_export_streams_filtered_executions(dataset: tuple[Running, dict[str, str]], fmt: str) -> None:
     c, ids = dataset
@@ -614,6 +679,36 @@ def test_deleting_an_execution_deletes_the_feedback_spans_about_it(store: Store,
                                 parameters={"t": tenant, "x": own_trace.hex()}) == 0
     assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String} AND TraceId = {x:String}",
                                 parameters={"t": tenant, "x": host.hex()}) == 1  # the host trace keeps its own span
+
+
+def test_deleting_an_execution_keeps_feedback_about_another_sent_in_the_same_trace(store: Store,
+                                                                                  tenant: str) -> None:
+    """A trace of feedback spans only, about two executions: deleting one execution took
+    the trace whole, and the other execution's rating left otel_traces (its feedback row
+    stayed: the two disagreed). The count deleted is the spans the detail shows (the
+    SDK's running marker was counted too)."""
+    gone_id, gone = _execution(0)
+    keep_id, keep = _execution(1)
+    shared = trace_id()
+    marker = span("invoke_agent triage", bytes.fromhex(gone_id), start=T0, duration_ns=0,
+                  attributes={"spanhouse.execution.state": "running"})
+
+    def feedback(execution: str, comment: str) -> Any:
+        return span("spanhouse.feedback", shared, start=T0 + 10**9, attributes={
+            "spanhouse.feedback.execution_id": execution, "spanhouse.feedback.value": "1",
+            "spanhouse.feedback.comment": comment})
+
+    write(store, tenant, gone, keep, request([marker]),
+          request([feedback(gone_id, "about the one deleted"), feedback(keep_id, "about the one kept")]))
+    shown = history.get_execution(store.client, tenant, gone_id)
+    assert shown is not None and shown["spans"] == 1  # the marker is not a span there
+    assert deletion.delete_traces(store.client, tenant, [gone_id]) == {"executions": 1, "spans": 1}
+    comments = store.client.query(
+        "SELECT SpanAttributes['spanhouse.feedback.comment'] FROM otel_traces WHERE Tenant = {t:String} "
+        "AND SpanName = 'spanhouse.feedback'", parameters={"t": tenant}).result_rows
+    assert comments == [("about the one kept",)]
+    kept = history.get_execution(store.client, tenant, keep_id)
+    assert kept is not None and [f["comment"] for f in kept["feedback"]] == ["about the one kept"]
 
 
 def test_times_are_utc_whatever_the_collectors_time_zone(tmp_path: Path) -> None:

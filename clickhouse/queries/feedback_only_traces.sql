@@ -1,6 +1,8 @@
 -- Traces holding nothing but feedback spans about the given executions (the SDK sends
 -- feedback as a span of a trace of its own; feedback.FeedbackId is that span's id):
--- deleting an execution deletes them with it, so its feedback leaves nothing behind.
+-- deleting an execution deletes them with it, so its feedback leaves nothing behind. A
+-- trace also holding feedback about another execution stays (its span about the deleted
+-- one goes with the feedback rows): deleting it took the other execution's rating too.
 SELECT TraceId AS trace_id
 FROM otel_traces
 WHERE Tenant = {tenant:String}
@@ -8,4 +10,4 @@ WHERE Tenant = {tenant:String}
                   WHERE Tenant = {tenant:String} AND SpanName = 'spanhouse.feedback'
                     AND SpanId IN {{include:feedback_span_ids}})
 GROUP BY TraceId
-HAVING countIf(SpanName != 'spanhouse.feedback') = 0
+HAVING countIf(SpanName != 'spanhouse.feedback' OR SpanId NOT IN {{include:feedback_span_ids}}) = 0
