@@ -53,6 +53,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings = config.from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    # httpx logs every request's whole URL at info: a forwarding destination's
+    # credentials and query (api_key=...), once per forwarded request. The forwarder
+    # logs what matters about its requests itself, without them.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     collector = Collector(settings)
     stop = threading.Event()
 

@@ -58,10 +58,12 @@ _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _RETRYABLE_GRPC = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
                    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
 _RETRYABLE_HTTP = {429, 502, 503, 504}
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")  # a name, IPv4, or IPv6 (brackets gone)
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
+FAILURE_LOG_EVERY_S = 60.0  # a destination failing for good is said again this often (and counted every time)
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
 _SETTLED_FILE = "settled"  # a start dealt with the leftovers while this destination was configured
 _IDENTITY_FILE = "destination.json"  # its label (logs) and its URL and header names, hashed (see take_over)
@@ -84,9 +86,16 @@ class Destination:
         list of destinations is split on commas and each one on semicolons, so a
         credential holding either could not be passed otherwise."""
         url, *parts = [p.strip() for p in spec.split(";")]
-        scheme = urlsplit(url).scheme
-        if scheme not in ("grpc", "http", "https") or not urlsplit(url).netloc:
-            raise ConfigError(f"--forward-otlp {spec!r}: use grpc://host:port or http(s)://host:port/v1/traces, "
+        # Messages name the destination by its label: the URL's credentials and query, and
+        # header values, may be secrets, and the message goes to the log.
+        try:
+            split = urlsplit(url)
+            shown = _label(url)  # reads the port: ValueError if it is no number or out of range
+            valid = split.scheme in ("grpc", "http", "https") and bool(_HOST.fullmatch(split.hostname or ""))
+        except ValueError:  # a port that is no number or out of range, a malformed IPv6 address
+            valid, shown = False, "a URL that cannot be parsed"
+        if not valid:
+            raise ConfigError(f"--forward-otlp {shown}: use grpc://host:port or http(s)://host:port/v1/traces, "
                               "optionally followed by ;header=value")
         headers = []
         for part in parts:
@@ -94,9 +103,9 @@ class Destination:
             value = unquote(value)
             if not sep or not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value) \
                     or name.lower().endswith("-bin"):
-                raise ConfigError(f"--forward-otlp {spec!r}: header {part!r} must look like name=value, the name "
-                                  "letters, digits and -_. (not ending in -bin), the value printable ASCII once "
-                                  "percent-decoded (write a comma as %2C, a semicolon as %3B, '%' as %25)")
+                raise ConfigError(f"--forward-otlp {shown}: header {name[:64]!r} must look like name=value, the "
+                                  "name letters, digits and -_. (not ending in -bin), the value printable ASCII "
+                                  "once percent-decoded (write a comma as %2C, a semicolon as %3B, '%' as %25)")
             headers.append((name.lower(), value))
         return cls(url, tuple(headers))
 
@@ -104,8 +113,7 @@ class Destination:
     def label(self) -> str:
         """The URL without credentials or query, for metrics and logs; ``#2``... after
         it for further destinations with the same URL (header values may be secrets)."""
-        parts = urlsplit(self.url)
-        url = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+        url = _label(self.url)
         return url if self.ordinal == 1 else f"{url} #{self.ordinal}"
 
     @property
@@ -127,15 +135,24 @@ class Destination:
         return tuple((name, value.replace(TENANT, tenant)) for name, value in self.headers)
 
 
+def _label(url: str) -> str:
+    """``url`` without credentials or query; ``ValueError`` if its port cannot be read."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+    return f"{parts.scheme}://{host}:{parts.port or ''}{parts.path}"
+
+
 class Sender:
     """One OTLP client: True when the destination took the request (counted as sent) or
     refused it for good (counted as rejected), False when it should be retried, not
-    before ``retry_after`` seconds when the destination said so (Retry-After, RetryInfo)."""
+    before ``retry_after`` seconds when the destination said so (Retry-After, RetryInfo),
+    ``failure`` saying why."""
 
     def __init__(self, destination: Destination, metrics: Metrics) -> None:
         self._d = destination
         self._metrics = metrics
         self.retry_after = 0.0
+        self.failure = ""
         parts = urlsplit(destination.url)
         if parts.scheme == "grpc":
             self._channel: grpc.Channel | None = grpc.insecure_channel(parts.netloc)
@@ -151,12 +168,13 @@ class Sender:
             self._path = f"{path}?{parts.query}" if parts.query else path
 
     def send(self, payload: bytes, tenant: str) -> bool:
-        self.retry_after = 0.0
+        self.retry_after, self.failure = 0.0, ""
         headers = self._d.headers_for(tenant)
         if self._http is not None:
             try:
                 response = self._http.post(self._path, content=payload, headers=dict(headers))
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:  # its message names no URL (which may hold credentials)
+                self.failure = f"{type(exc).__name__}: {str(exc)[:200]}"
                 return False
             status = response.status_code
             if 200 <= status < 300:
@@ -177,6 +195,7 @@ class Sender:
                 answer = code.name
                 self.retry_after = delay or 0.0
         if retry:
+            self.failure = answer
             return False
         self._metrics.forward_rejected.labels(destination=self._d.label).inc()
         log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, answer)
@@ -248,7 +267,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"spanhouse-forward-{destination.key}", daemon=True)
         for counter in (metrics.forward_sent, metrics.forward_rejected, metrics.forward_rejected_spans,
-                        metrics.forward_dropped_bytes):  # from the start: rate() misses a new series' first event
+                        metrics.forward_dropped_bytes, metrics.forward_failed_attempts):  # from the start: rate() misses a new series' first event
             counter.labels(destination=destination.label)
         self._damage_counted: dict[str, int] = {}  # damaged bytes counted as dropped, by segment
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -365,6 +384,7 @@ class Forwarder:
     def _run(self) -> None:
         sender = Sender(self.destination, self._metrics)
         backoff = 0.2
+        warned_at: float | None = None  # when a failing stretch was last logged; None while sends succeed
         try:
             while not self._stop.is_set():
                 segments = self._segments()
@@ -384,9 +404,18 @@ class Forwarder:
                         self._sending = None
                 if done:
                     backoff = 0.2
-                else:
-                    self._stop.wait(max(backoff, sender.retry_after))
-                    backoff = min(backoff * 2, 5.0)
+                    if warned_at is not None:
+                        log.info("forwarding to %s works again", self.destination.label)
+                        warned_at = None
+                    continue
+                if sender.failure:  # not a stop: the destination failed a request
+                    self._metrics.forward_failed_attempts.labels(destination=self.destination.label).inc()
+                    if warned_at is None or time.monotonic() - warned_at >= FAILURE_LOG_EVERY_S:
+                        log.warning("forwarding to %s fails (%s); retrying. Its backlog waits on disk meanwhile, "
+                                    "bounded by --forward-max-bytes", self.destination.label, sender.failure)
+                        warned_at = time.monotonic()
+                self._stop.wait(max(backoff, sender.retry_after))
+                backoff = min(backoff * 2, 5.0)
         finally:
             sender.close()
 
@@ -471,7 +500,7 @@ def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics:
     for spec in specs:
         d = Destination.parse(spec)
         if d.key in destinations:  # two threads would share one backlog, each sending part of it
-            raise ConfigError(f"--forward-otlp {spec!r} is given twice")
+            raise ConfigError(f"--forward-otlp {d.label} is given twice (with the same headers)")
         same_url[d.label] += 1
         destinations[d.key] = replace(d, ordinal=same_url[d.label])
     made = {key: Forwarder(d, spool_dir / "forward" / key, max_bytes, metrics) for key, d in destinations.items()}

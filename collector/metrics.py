@@ -49,6 +49,10 @@ class Metrics:
         self.forward_rejected_spans = Counter("spanhouse_forward_rejected_spans",
                                               "Spans a destination took a forwarded request without (partial success)",
                                               ["destination"], registry=r)
+        self.forward_failed_attempts = Counter("spanhouse_forward_failed_attempts",
+                                               "Forwarded requests a destination failed and that are retried "
+                                               "(unreachable, timed out, or asked to retry)", ["destination"],
+                                               registry=r)
         self.forward_dropped_bytes = Counter("spanhouse_forward_dropped_bytes",
                                              "Bytes not forwarded: a destination fell too far behind, or a "
                                              "segment could not be handed to it",

@@ -95,6 +95,12 @@ class Collector:
     def start(self) -> Addresses:
         """Open everything and start listening; returns the bound ports."""
         s = self.settings
+        # The spool's directory first: a start refused because another collector holds
+        # it must change nothing there (forwarders() clears leftover backlogs in it; they
+        # were the running collector's own) nor in the store.
+        self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes, segment_bytes=s.batch_bytes,
+                            seal_after=s.batch_delay, on_seal=self._forward)
+        self._spool.lock()
         if self._store is None:
             self._store = open_store(s.dsn, retention_days=s.retention_days)
             # The collector owns the retention setting, so unset means keep everything: a
@@ -103,8 +109,6 @@ class Collector:
             if s.retention_days is None and (kept := remove_retention(self._store.client)):
                 log.info("retention is unset: data is kept again in %s", ", ".join(kept))
         self._forwarders = forwarders(s.forward_otlp, s.resolved_spool_dir, s.forward_max_bytes, self.metrics)
-        self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes, segment_bytes=s.batch_bytes,
-                            seal_after=s.batch_delay, on_seal=self._forward)
         report = self._spool.open()
         if report.segments:
             log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",

@@ -251,7 +251,8 @@ class Spool:
         if self._flusher is not None or self._closed:
             raise RuntimeError("a Spool opens once; make a new one to reopen its directory")
         try:
-            self._lock_directory()
+            if self._lock_fd is None:
+                self._lock_directory()
             report = self._recover()
         except OSError as exc:
             self._unlock_directory()
@@ -261,6 +262,15 @@ class Spool:
         self._flusher = threading.Thread(target=self._run, name="spanhouse-spool-flusher", daemon=True)
         self._flusher.start()
         return report
+
+    def lock(self) -> None:
+        """Take the directory before ``open`` (which takes it otherwise): whoever keeps
+        files in it beside the spool (the forward backlogs) must not touch them while
+        another collector holds it. ``ConfigError`` if another spool does."""
+        try:
+            self._lock_directory()
+        except OSError as exc:
+            raise ConfigError(f"spool directory {self._dir} cannot be used: {exc}") from exc
 
     def append(self, tenant: str, payload: bytes) -> None:
         """Return once the record is written and synced: only then may it be acknowledged.

@@ -737,3 +737,90 @@ def test_a_crash_inside_a_take_over_keeps_the_progress_of_the_segment_not_yet_mo
     metrics = Metrics()
     forwarders((new_spec,), tmp_path / "spool", 1 << 20, metrics)
     assert _dropped(metrics, url) == partly.size // 10  # the one request not taken
+
+
+class _Taking(http.server.BaseHTTPRequestHandler):
+    """Takes every POST (200), counting them."""
+
+    got = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers["content-length"]))
+        type(self).got += 1
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_destinations_credentials_are_never_logged(tmp_path: Path) -> None:
+    """httpx logs each request's whole URL at info, the default level: a destination's
+    password and query token were written once per forwarded request."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Taking)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Taking.got = 0
+    url = f"http://alice:S3CRET-PW@127.0.0.1:{server.server_address[1]}/v1/traces?api_key=S3CRET-QUERY"
+    a = ServeProcess(tmp_path / "a", "--forward-otlp", url, "--batch-delay", "0.1", env={"SPANHOUSE_LOG_LEVEL": "INFO"})
+    try:
+        _send(a.start(), "x", 3)
+        _wait(lambda: _Taking.got >= 3)
+        assert a.terminate() == 0
+    finally:
+        server.shutdown()
+    assert a.proc is not None and a.proc.stderr is not None
+    log = a.proc.stderr.read()
+    assert "spanhouse" in log and "S3CRET" not in log, log
+
+
+def test_a_start_refused_on_a_spool_in_use_leaves_its_forward_backlogs_alone(tmp_path: Path) -> None:
+    """The second start cleared the forward directories as leftovers before it found the
+    spool taken: the running collector's backlog was gone and every segment after it
+    dropped ('cannot take segment')."""
+    spool = tmp_path / "spool"
+    dead = f"grpc://127.0.0.1:{_free_port()}"
+    a = ServeProcess(tmp_path / "a", "--spool-dir", str(spool), "--forward-otlp", dead, "--batch-delay", "0.1")
+    ports = a.start()
+    _send(ports, "before", 5)
+    _wait(lambda: metric(a.api_url, "spanhouse_forward_backlog_bytes") > 0)
+    with pytest.raises(AssertionError, match="in use by another spool"):
+        ServeProcess(tmp_path / "b", "--spool-dir", str(spool)).start()
+    assert list((spool / "forward").iterdir())
+    backlog = metric(a.api_url, "spanhouse_forward_backlog_bytes")
+    _send(ports, "after", 5)
+    _wait(lambda: metric(a.api_url, "spanhouse_forward_backlog_bytes") > backlog)
+    assert metric(a.api_url, "spanhouse_forward_dropped_bytes_total") == 0
+    assert a.terminate() == 0
+
+
+@pytest.mark.parametrize("spec", ["http://127.0.0.1:43l8/v1/traces", "grpc://127.0.0.1:99999",
+                                  "http://[::1:4318/v1/traces", "http://my host:4318/v1/traces",
+                                  "https://bob:URL-PW@api.example.com/v1/traces?k=Q-SECRET;x-api-key=TOKEN;x y=z"])
+def test_a_malformed_destination_is_a_config_error_quoting_no_secret(spec: str) -> None:
+    """A port typo or a malformed IPv6 address was a traceback (ValueError), a host with
+    a space was taken; a refused value was quoted whole, credentials and header values
+    included, into the log."""
+    with pytest.raises(ConfigError, match="--forward-otlp") as refused:
+        Destination.parse(spec)
+    assert not any(secret in str(refused.value) for secret in ("URL-PW", "Q-SECRET", "TOKEN"))
+
+
+def test_a_failing_destination_is_said_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Sends to an unreachable destination failed without a word until the bound began
+    to drop (hours at the default bound)."""
+    segment = _segments(tmp_path, 1, 2)[0]
+    metrics, dead = Metrics(), f"http://127.0.0.1:{_free_port()}/v1/traces"
+    forwarder = Forwarder(Destination.parse(dead), tmp_path / "fwd", 1 << 20, metrics)
+    forwarder.adopt(segment)
+    caplog.set_level("INFO", logger="spanhouse.collector.forward")
+    forwarder.start()
+    try:
+        _wait(lambda: (metrics.registry.get_sample_value("spanhouse_forward_failed_attempts_total",
+                                                          {"destination": forwarder.destination.label}) or 0) >= 3,
+              timeout=30)
+    finally:
+        forwarder.request_stop()
+        forwarder.join(10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "fails (ConnectError" in warnings[0], warnings
