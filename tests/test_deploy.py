@@ -4,7 +4,10 @@ file exists, and the collector's command and environment match the CLI."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import yaml
 
@@ -80,3 +83,45 @@ def test_clickhouse_system_logs_have_ttls() -> None:
     text = (ROOT / "deploy/clickhouse/system-logs.xml").read_text()
     for log in ("query_log", "part_log", "text_log"):
         assert f"<{log}>" in text and "INTERVAL" in text
+
+
+def _compose_value(value: object) -> str:
+    """A compose environment value with ``${VAR:-default}`` read as its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
+def test_grafana_reads_clickhouse_as_a_read_only_user_of_its_own() -> None:
+    """Grafana logged in as the collector's write user, which also has access management: a
+    dashboard editor's SQL could write, drop or create users. It has a user of its own."""
+    services = _compose()["services"]
+    writer = urlsplit(services["collector"]["environment"]["SPANHOUSE_CLICKHOUSE_DSN"]).username
+    clickhouse_env = {k: _compose_value(v) for k, v in services["clickhouse"]["environment"].items()}
+    grafana_env = {k: _compose_value(v) for k, v in services["grafana"]["environment"].items()}
+    user = grafana_env["SPANHOUSE_CLICKHOUSE_USER"]
+    assert user not in (writer, clickhouse_env["CLICKHOUSE_USER"], "default")
+
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in services["clickhouse"]["volumes"]}
+    users_xml = next(src for src, dst in mounts.items() if dst.startswith("/etc/clickhouse-server/users.d/"))
+    root = ElementTree.parse(ROOT / users_xml).getroot()
+    (entry,) = root.findall(f"users/{user}")
+    assert entry.findtext("access_management", "0").strip() == "0"
+    assert entry.find("grants") is None and entry.find("named_collection_control") is None
+    password = entry.find("password")
+    assert password is not None and password.get("from_env") in clickhouse_env, "a password set in compose"
+    assert clickhouse_env[password.get("from_env")] == grafana_env["SPANHOUSE_CLICKHOUSE_PASSWORD"] != ""
+    assert "${" in str(services["grafana"]["environment"]["SPANHOUSE_CLICKHOUSE_PASSWORD"]), "a variable of its own"
+
+    (profile,) = root.findall(f"profiles/{entry.findtext('profile')}")
+    assert profile.findtext("readonly") == "1"
+    # the plugin sets max_execution_time (the data source's queryTimeout) on every query:
+    # readonly=1 refuses that unless it is changeable_in_readonly, which needs this server setting
+    constraint = profile.find("constraints/max_execution_time")
+    assert constraint is not None and constraint.find("changeable_in_readonly") is not None
+    datasource = yaml.safe_load((ROOT / "grafana/provisioning/datasources/spanhouse.yaml").read_text())
+    (ds,) = datasource["datasources"]
+    assert int(constraint.findtext("min")) <= int(ds["jsonData"]["queryTimeout"]) <= int(constraint.findtext("max"))
+    config = [ElementTree.parse(ROOT / src).getroot() for src, dst in mounts.items()
+              if dst.startswith("/etc/clickhouse-server/config.d/")]
+    assert any(c.findtext("access_control_improvements/settings_constraints_replace_previous") == "true"
+               for c in config)
+    assert ds["editable"] is False, "a provisioned data source Grafana's UI cannot point elsewhere"

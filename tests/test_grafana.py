@@ -5,8 +5,8 @@ statement it sends in three steps, reproduced here exactly:
 
 1. ``applyConditionalAll`` (frontend, src/data/CHDatasource.ts): ``$__conditionalAll(cond,
    $var)`` becomes ``cond``, or ``1=1`` when the variable's current value is '' or All.
-2. Grafana's template service with the plugin's format function: ``${var:singlequote}``
-   and friends (All = every option of the variable).
+2. Grafana's template service (Scenes' interpolator in Grafana 12) with the plugin's format
+   function: ``${var:json}``, ``${var:raw}`` and friends (All = every option of the variable).
 3. The backend's macros (pkg/macros/macros.go, innermost first): ``$__timeFilter``,
    ``$__fromTime``, ``$__timeInterval``, ``$__interval_s``, ``$__dateFilter`` ...
 
@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from spanhouse.clickhouse import Store
+from spanhouse.clickhouse import Store, analytics
 from tests.collector_harness import in_child
 from tests.conftest import write
 from tests.otlp import request, span, span_id, trace_id
@@ -122,9 +122,18 @@ def _single_quote(value: Any) -> str:
     return ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
 
 
+def _json_format(value: Any) -> str:
+    """Scenes' ``json`` format (formatRegistry.ts): a string goes in as it is, anything else
+    (a multi-value variable's array) as JSON.stringify writes it."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+HEREDOC = re.compile(r"\$sh\$.*?\$sh\$", re.S)  # the dashboards' literals: $sh$...$sh$, no escapes inside
+
+
 def interpolate(sql: str, current: Mapping[str, Any], options: Mapping[str, list[str]]) -> str:
     """getTemplateSrv().replace(sql, scopedVars, plugin format): names that are not dashboard
-    variables (the $__ macros) are left for the backend."""
+    variables (the $__ macros, a heredoc's $sh$) are left as they are."""
     def replace(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2) or m.group(4)
         fmt = m.group(3) or m.group(6)
@@ -137,6 +146,8 @@ def interpolate(sql: str, current: Mapping[str, Any], options: Mapping[str, list
             return _plugin_format(value)
         if fmt == "singlequote":
             return _single_quote(value)
+        if fmt == "json":
+            return _json_format(value)
         if fmt in ("raw", "csv"):
             return ",".join(value) if isinstance(value, list) else str(value)
         raise AssertionError(f"variable format {fmt!r} is not emulated by this test")
@@ -208,7 +219,7 @@ def render(sql: str, current: Mapping[str, Any], options: Mapping[str, list[str]
     """What the plugin sends for ``sql``: frontend conditionalAll, then variables, then backend macros."""
     assert "--" not in sql and "/*" not in sql, "keep comments out of panel SQL (the backend strips them)"
     out = expand_macros(interpolate(apply_conditional_all(sql, current), current, options), ctx)
-    assert "$" not in out, f"something was left unexpanded:\n{out}"
+    assert "$" not in HEREDOC.sub("", out), f"something was left unexpanded:\n{out}"
     return out
 
 
@@ -229,6 +240,10 @@ def test_the_emulation_matches_the_plugins_own_test_cases() -> None:
     assert apply_conditional_all(sql, {"x": "", "y": ALL}) == "WHERE 1=1 AND 1=1"
     assert interpolate("IN ($x) AND t = ${t:singlequote} AND $__timeFilter(c)", {"x": ["a", "b"], "t": "o'k"},
                        {}) == "IN ('a','b') AND t = 'o\\'k' AND $__timeFilter(c)"
+    # Scenes' json format: JSON.stringify of an array, a string as it is; $sh is no variable
+    assert interpolate("$sh$${x:json}$sh$ $sh$${t:json}$sh$ $sh$${t:raw}$sh$", {"x": ["a\\b", 'q"', "é"], "t": "o\\k"},
+                       {}) == '$sh$["a\\\\b","q\\"","é"]$sh$ $sh$o\\k$sh$ $sh$o\\k$sh$'
+    assert interpolate("${x:json}", {"x": ALL}, {"x": ["p", "q"]}) == '["p","q"]'
 
 
 # ---------------------------------------------------------------- demo data through the real write path
@@ -529,9 +544,17 @@ def test_dashboard_files_are_valid_and_consistent() -> None:
             assert v["includeAll"] and v["multi"] and v["allValue"] is None
         ids = [p["id"] for p in d["panels"]] + [q["id"] for r in d["panels"] for q in r.get("panels", [])]
         assert len(ids) == len(set(ids)), f"{path.name}: panel ids must be unique"
+        queries = [_query_sql(v) for v in d["templating"]["list"] if v["type"] == "query"]
+        for sql in queries + [p["targets"][0]["rawSql"] for p in _panels(d)]:
+            # Grafana's singlequote escapes ' but not \, which ClickHouse reads as an escape: names go in
+            # heredocs, as written (raw: one value) or as a JSON array (json: multi-value, All = the options)
+            assert ":singlequote" not in sql and not re.search(r"\$\{?(tenant|min_calls)\b(?!:raw\}\$sh\$)", sql), sql
+            for m in re.finditer(r"\$\{(service|tool)(:\w+)?\}", sql):
+                assert sql[m.start() - 4:m.end() + 4] == f"$sh$${{{m.group(1)}:json}}$sh$", sql
+            assert len(HEREDOC.findall(sql)) == sql.count("$sh$") // 2
         for p in _panels(d):
             sql = p["targets"][0]["rawSql"]
-            assert "${tenant:singlequote}" in sql, f"{p['title']}: every panel filters by tenant"
+            assert "Tenant = $sh$${tenant:raw}$sh$" in sql, f"{p['title']}: every panel filters by tenant"
             assert "$service" in sql and "$tool" in sql, f"{p['title']}: honours the service and tool variables"
             if re.search(r"\botel_traces\b", sql):  # raw spans only when bounded by the range, and said so
                 assert "$__timeFilter(Timestamp)" in sql, p["title"]
@@ -799,13 +822,13 @@ def _panel_rows(store: Store, dashboard: str, title: str, current: Mapping[str, 
 
 
 def _agent_run(at_ns: int, *, tool_error: str | None = None, service: str = "svc",
-               cost: float = 0.0) -> Any:
-    """One execution calling the tool ``search`` at ``at_ns``."""
+               cost: float = 0.0, tool: str = "search") -> Any:
+    """One execution calling ``tool`` at ``at_ns``."""
     t, root = trace_id(), span_id()
     return request([span("invoke_agent a", t, sid=root, start=at_ns, duration_ns=10**9, attributes={
                         "gen_ai.operation.name": "invoke_agent", **({"spanhouse.cost_usd": cost} if cost else {})}),
-                    span("execute_tool search", t, parent=root, start=at_ns + 1, duration_ns=10**8, error=tool_error,
-                         attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"})],
+                    span(f"execute_tool {tool}", t, parent=root, start=at_ns + 1, duration_ns=10**8, error=tool_error,
+                         attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool})],
                    service=service)
 
 
@@ -887,3 +910,104 @@ def test_a_service_without_a_name_is_no_option_that_would_mean_all(store: Store)
         assert options == ["svc-a"], name
     current = {"tenant": tenant, "service": ALL, "tool": ALL}
     assert _panel_rows(store, "cost-and-tokens", "Cost", current, ctx, {"service": ["svc-a"]}) == [(3.0,)]
+
+
+def test_tool_tables_over_hours_leave_out_the_minute_after_the_range(store: Store) -> None:
+    """The per-minute branch read ``$__timeFilter(Minute)``, ``Minute <= $__toTime``: a range
+    ending on a minute counted the whole minute after it (a failure 10 s after the range
+    made a clean tool 'least reliable')."""
+    tenant, hour = "grafana-minute-end", 3600 * 10**9
+    write(store, tenant, _agent_run(BASE + 2 * hour + MIN_NS),
+          _agent_run(BASE + 3 * hour + 10 * 10**9, tool_error="after the range"))
+    ctx = TimeContext("02:00-03:00", BASE_S + 2 * 3600, BASE_S + 3 * 3600, 60)
+    current = {"tenant": tenant, "service": ALL, "tool": ALL, "min_calls": "1"}
+    assert _panel_rows(store, "tool-health", "Success rate by tool", current, ctx) == [("search", 1, 1.0)]
+    assert _panel_rows(store, "tool-health", "Least reliable tools", current, ctx) == []
+    assert [r[:3] for r in _panel_rows(store, "tool-health", "Slowest tools", current, ctx)] == [("search", "svc", 1)]
+    for title in ("Calls per minute by tool", "Error rate by tool", "Latency p50 / p90 / p99 by tool"):
+        times = [r[0].timestamp() for r in _panel_rows(store, "tool-health", title, current, ctx)]
+        assert times == [BASE_S + 2 * 3600 + 60], title
+    assert [r[0].timestamp() for r in _panel_rows(store, "tool-health", "Latency distribution (heatmap)", current, ctx)
+            ] == [BASE_S + 2 * 3600 + 60]
+
+
+ODD_TOOLS = ["fs\\read", "x\\", "it's", 'say "hi"', "a\\'b", "$tool"]
+ODD_SERVICES = ["svc\\1", "o'svc"]
+
+
+def test_names_with_backslashes_and_quotes_select_their_own_rows(store: Store) -> None:
+    r"""Grafana's singlequote format escapes ' but not \, which ClickHouse reads as an escape
+    in a string literal: a tool fs\read offered as an option selected nothing (\r is a
+    carriage return), and x\ made every panel a syntax error. The names now go in as JSON
+    arrays in heredocs."""
+    tenant = "grafana-odd-names"
+    at = BASE + 30 * MIN_NS
+    runs = [(tool, ODD_SERVICES[i % 2], float(i + 1)) for i, tool in enumerate(ODD_TOOLS)]
+    write(store, tenant, *[_agent_run(at + i * 10**9, service=svc, cost=cost, tool=tool, tool_error=f"{tool} failed")
+                           for i, (tool, svc, cost) in enumerate(runs)],
+          _agent_run(at, service="plain", tool="plain", cost=100.0))
+    ctx = TimeContext("1h", BASE_S, BASE_S + 3600, 60)
+    for name in ("cost-and-tokens", "executions", "tool-health"):
+        dashboard = _load(GRAFANA / "dashboards" / f"{name}.json")
+        sel = Selection({"tenant": tenant, "service": ALL}, {})
+        for v in dashboard["templating"]["list"]:
+            if v["name"] in ("service", "tool"):
+                sel.options[v["name"]] = [r[0] for r in _run(store, render(_query_sql(v), sel.current, sel.options,
+                                                                           ctx))[2]]
+        assert sorted(sel.options["service"]) == sorted(ODD_SERVICES + ["plain"]), name
+        assert sorted(sel.options["tool"]) == sorted(ODD_TOOLS + ["plain"]), name
+    options = {"service": ODD_SERVICES + ["plain"], "tool": ODD_TOOLS + ["plain"]}
+
+    def rows(dashboard: str, title: str, service: Any, tool: Any) -> list[tuple]:
+        current = {"tenant": tenant, "service": service, "tool": tool, "min_calls": "1"}
+        return _panel_rows(store, dashboard, title, current, ctx, options)
+
+    for tool, svc, cost in runs:
+        assert rows("tool-health", "Success rate by tool", ALL, [tool]) == [(tool, 1, 0.0)], tool
+        assert [r[:3] for r in rows("tool-health", "Slowest tools", ALL, [tool])] == [(tool, svc, 1)], tool
+        assert {r[1] for r in rows("tool-health", "Calls per minute by tool", ALL, [tool])} == {tool}, tool
+        assert [r[1] for r in rows("tool-health", "Top tool error patterns", ALL, [tool])] == [tool], tool
+        assert rows("executions", "Executions", ALL, [tool]) == [(1,)], tool
+        assert rows("cost-and-tokens", "Cost", ALL, [tool]) == [(cost,)], tool
+    for svc in ODD_SERVICES:
+        mine = {tool for tool, s, _ in runs if s == svc}
+        assert {r[0] for r in rows("tool-health", "Slowest tools", [svc], ALL)} == mine, svc
+        assert rows("executions", "Executions", [svc], ALL) == [(len(mine),)], svc
+        assert {r[1] for r in rows("cost-and-tokens", "Cost by service", [svc], ALL)} == {svc}, svc
+    assert {r[0] for r in rows("tool-health", "Slowest tools", ODD_SERVICES, ODD_TOOLS)} == set(ODD_TOOLS)
+    assert rows("cost-and-tokens", "Cost", ODD_SERVICES, ALL) == [(sum(c for _, _, c in runs),)]
+
+
+def test_cost_and_tokens_are_the_apis_stats_also_for_traces_rooted_elsewhere(store: Store) -> None:
+    """/api/v1/stats and Cost by model count every trace's usage in the window; Cost and
+    Tokens counted only traces with an execution, so an LLM gateway's calls whose caller
+    sends no spans (a parent that never arrives) were left out of them alone."""
+    tenant, at = "grafana-remote-parent", BASE + 20 * MIN_NS
+    t, root = trace_id(), span_id()
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt"}
+    write(store, tenant,
+          request([span("invoke_agent a", t, sid=root, start=at, duration_ns=10**9,
+                        attributes={"gen_ai.operation.name": "invoke_agent"}),
+                   span("chat gpt", t, parent=root, start=at + 1, attributes={
+                       **chat, "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 10,
+                       "spanhouse.cost_usd": 1.0})], service="svc"),
+          request([span("chat gpt", trace_id(), parent=span_id(), start=at + 5 * 10**9, attributes={
+              **chat, "gen_ai.usage.input_tokens": 1000, "gen_ai.usage.output_tokens": 100,
+              "spanhouse.cost_usd": 5.0})], service="llm-gateway"))
+    now = BASE_S + 1800
+    stats, window = analytics.stats(store.client, tenant, days=1, now=now), analytics.window(1, now)
+    ctx = TimeContext("the API's window", window.since, window.until, 60)
+    current = {"tenant": tenant, "service": ALL, "tool": ALL}
+    options = {"service": ["svc"], "tool": ["search"]}
+    assert stats["cost_usd"] == 6.0 and stats["tokens"] == {"input": 1100, "output": 110, "total": 1210}
+    ((cost,),) = _panel_rows(store, "cost-and-tokens", "Cost", current, ctx, options)
+    ((tokens_in, tokens_out),) = _panel_rows(store, "cost-and-tokens", "Tokens", current, ctx, options)
+    by_model = _panel_rows(store, "cost-and-tokens", "Cost by model", current, ctx, options)
+    assert cost == pytest.approx(stats["cost_usd"]) and cost == pytest.approx(sum(r[2] for r in by_model))
+    assert (tokens_in, tokens_out) == (stats["tokens"]["input"], stats["tokens"]["output"])
+    # a selected service: its executions' traces, in both
+    current["service"] = ["svc"]
+    ((cost,),) = _panel_rows(store, "cost-and-tokens", "Cost", current, ctx, options)
+    by_model = _panel_rows(store, "cost-and-tokens", "Cost by model", current, ctx, options)
+    assert cost == 1.0 == sum(r[2] for r in by_model)
+    assert _panel_rows(store, "cost-and-tokens", "Tokens", current, ctx, options) == [(100, 10)]
