@@ -17,6 +17,11 @@ resends what the destination acknowledged since the last record, about
 ``PROGRESS_EVERY_S`` of sending: forwarding is at-least-once, like the OTel Collector's
 exporters with a persistent queue.
 
+Requests go one at a time, in order; consecutive requests of a tenant are merged into
+one of up to ``MERGE_BYTES`` (their encodings concatenated: protobuf merges the repeated
+``resource_spans``), so a destination a round trip away takes many per round trip. A
+destination that refuses a merged request for good gets its requests one by one.
+
 A slow or dead destination never slows ingest: its backlog is bounded by
 ``--forward-max-bytes``; past that its oldest segments are dropped, counted in
 ``/metrics`` and logged, never silently.
@@ -46,7 +51,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import SEGMENT_NAME, Segment, intact_records, sequence, sync_dir, write_atomic
+from spanhouse.collector.spool import SEGMENT_NAME, Record, Segment, intact_records, sequence, sync_dir, write_atomic
 from spanhouse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,9 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
+MERGE_BYTES = 3 << 20
+"""Consecutive requests of a tenant are sent as one of up to this many bytes: below the
+4 MiB a gRPC server takes by default (the OpenTelemetry Collector's OTLP receiver too)."""
 FAILURE_LOG_EVERY_S = 60.0  # a destination failing for good is said again this often (and counted every time)
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
 _SETTLED_FILE = "settled"  # a start dealt with the leftovers while this destination was configured
@@ -146,13 +154,14 @@ class Sender:
     """One OTLP client: True when the destination took the request (counted as sent) or
     refused it for good (counted as rejected), False when it should be retried, not
     before ``retry_after`` seconds when the destination said so (Retry-After, RetryInfo),
-    ``failure`` saying why."""
+    ``failure`` saying why. ``refused`` says the last request was refused for good."""
 
     def __init__(self, destination: Destination, metrics: Metrics) -> None:
         self._d = destination
         self._metrics = metrics
         self.retry_after = 0.0
         self.failure = ""
+        self.refused = False
         parts = urlsplit(destination.url)
         if parts.scheme == "grpc":
             self._channel: grpc.Channel | None = grpc.insecure_channel(parts.netloc)
@@ -167,8 +176,10 @@ class Sender:
                                       follow_redirects=True, headers={"content-type": "application/x-protobuf"})
             self._path = f"{path}?{parts.query}" if parts.query else path
 
-    def send(self, payload: bytes, tenant: str) -> bool:
-        self.retry_after, self.failure = 0.0, ""
+    def send(self, payload: bytes, tenant: str, *, merged: bool = False) -> bool:
+        """Send one request. A ``merged`` one (several requests as one) refused for good is
+        neither counted nor logged: its requests are sent again one by one."""
+        self.retry_after, self.failure, self.refused = 0.0, "", False
         headers = self._d.headers_for(tenant)
         if self._http is not None:
             try:
@@ -197,8 +208,10 @@ class Sender:
         if retry:
             self.failure = answer
             return False
-        self._metrics.forward_rejected.labels(destination=self._d.label).inc()
-        log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, answer)
+        self.refused = True
+        if not merged:
+            self._metrics.forward_rejected.labels(destination=self._d.label).inc()
+            log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, answer)
         return True
 
     def _partial_success(self, body: bytes) -> None:
@@ -256,8 +269,10 @@ def _retry_after_header(value: str | None) -> float:
 class Forwarder:
     """One destination: its directory of linked segments, its bound and its thread."""
 
-    def __init__(self, destination: Destination, directory: Path, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, destination: Destination, directory: Path, max_bytes: int, metrics: Metrics, *,
+                 merge_bytes: int = MERGE_BYTES) -> None:
         self.destination = destination
+        self._merge_bytes = merge_bytes
         self._dir = directory
         self._max_bytes = max_bytes
         self._metrics = metrics
@@ -435,10 +450,14 @@ class Forwarder:
         sent = saved = start
         saved_at = time.monotonic()
         try:
-            for i in range(start, len(records)):
-                if self._stop.is_set() or not sender.send(records[i].payload, records[i].tenant):
+            while sent < len(records):
+                if self._stop.is_set():
                     return False
-                sent = i + 1
+                end = _merge_end(records, sent, self._merge_bytes)
+                taken = self._send(sender, records[sent:end])
+                sent += taken
+                if sent < end:
+                    return False
                 if time.monotonic() - saved_at >= PROGRESS_EVERY_S:
                     write_atomic(progress, str(sent))
                     saved, saved_at = sent, time.monotonic()
@@ -449,6 +468,22 @@ class Forwarder:
             self._finished(path)
         self._report_backlog()
         return True
+
+    def _send(self, sender: Sender, group: list[Record]) -> int:
+        """Send ``group`` (requests of one tenant) as one request; how many of them the
+        destination took (or refused for good) before a failure to retry. A merged
+        request it refuses for good (too large for it, say) is sent again one request
+        at a time, so only what it refuses alone is dropped."""
+        if len(group) == 1:
+            return 1 if sender.send(group[0].payload, group[0].tenant) else 0
+        if not sender.send(b"".join(r.payload for r in group), group[0].tenant, merged=True):
+            return 0
+        if not sender.refused:
+            return len(group)
+        for taken, record in enumerate(group):
+            if self._stop.is_set() or not sender.send(record.payload, record.tenant):
+                return taken
+        return len(group)
 
     def _finished(self, path: Path) -> None:
         """Done with a segment (sent or dropped): recorded first, so that a restart never
@@ -462,6 +497,20 @@ class Forwarder:
     def _report_backlog(self) -> None:
         total = sum(p.stat().st_size for p in self._segments())
         self._metrics.forward_backlog.labels(destination=self.destination.label).set(total)
+
+
+def _merge_end(records: list[Record], start: int, limit: int) -> int:
+    """Where the request merged from ``records[start:]`` ends: the records after it of the
+    same tenant while the bytes stay within ``limit`` (one record alone however large).
+    Serialized ExportTraceServiceRequests concatenated are one request holding all their
+    spans (protobuf merges repeated fields): one round trip for many, where sending each
+    as it came capped forwarding at one request per round trip to the destination."""
+    end, size = start + 1, len(records[start].payload)
+    while end < len(records) and records[end].tenant == records[start].tenant \
+            and size + len(records[end].payload) <= limit:
+        size += len(records[end].payload)
+        end += 1
+    return end
 
 
 def _segments_in(directory: Path) -> list[Path]:

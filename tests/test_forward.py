@@ -26,10 +26,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from spanhouse.collector.forward import Destination, Forwarder, Sender, forwarders
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import Segment, Spool
+from spanhouse.collector.spool import Segment, Spool, intact_records
 from spanhouse.errors import ConfigError
 from tests.collector_harness import ServeProcess, count_in_store, grpc_export, metric
-from tests.otlp import request, span, trace_id
+from tests.otlp import ExportTraceServiceRequest, request, span, trace_id
 
 
 def _free_port() -> int:
@@ -97,13 +97,20 @@ def test_dead_destination_is_bounded_counted_and_never_slows_ingest(tmp_path: Pa
 
 
 class _Destination:
-    """A sender taking requests until ``fail_at`` of them have arrived, then refusing."""
+    """A sender taking requests until ``fail_at`` of them have arrived, then failing (to
+    be retried). It refuses a merged request for good, as a destination with a small
+    size limit would: the forwarder then sends its requests one by one, so these tests
+    follow progress request by request (merging has tests of its own)."""
 
     def __init__(self, fail_at: int) -> None:
         self.fail_at = fail_at
         self.got: list[bytes] = []
+        self.refused = False
 
-    def send(self, payload: bytes, tenant: str) -> bool:
+    def send(self, payload: bytes, tenant: str, *, merged: bool = False) -> bool:
+        self.refused = merged
+        if merged:
+            return True
         if len(self.got) == self.fail_at:
             return False
         self.got.append(payload)
@@ -765,7 +772,7 @@ def test_a_destinations_credentials_are_never_logged(tmp_path: Path) -> None:
     a = ServeProcess(tmp_path / "a", "--forward-otlp", url, "--batch-delay", "0.1", env={"SPANHOUSE_LOG_LEVEL": "INFO"})
     try:
         _send(a.start(), "x", 3)
-        _wait(lambda: _Taking.got >= 3)
+        _wait(lambda: _Taking.got >= 1 and metric(a.api_url, "spanhouse_forward_backlog_bytes") == 0)
         assert a.terminate() == 0
     finally:
         server.shutdown()
@@ -824,3 +831,97 @@ def test_a_failing_destination_is_said_and_counted(tmp_path: Path, caplog: pytes
         forwarder.join(10)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "fails (ConnectError" in warnings[0], warnings
+
+
+class _Merging(http.server.BaseHTTPRequestHandler):
+    """Takes POSTs of up to ``limit`` bytes (200), refuses larger ones for good (413);
+    records what it took: (tenant header, the request's span names)."""
+
+    limit = 1 << 30
+    got: list[tuple[str, list[str]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if len(body) > self.limit:
+            self.send_response(413)
+        else:
+            names = [s.name for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                     for ss in rs.scope_spans for s in ss.spans]
+            type(self).got.append((self.headers["x-tenant"], names))
+            self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _segment_of(tmp_path: Path, requests: list[tuple[str, str]]) -> Segment:
+    """One sealed segment of OTLP requests, each (tenant, span name)."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 26, seal_after=60.0)
+    spool.open()
+    try:
+        for tenant, name in requests:
+            spool.append(tenant, request([span(name, trace_id())]).SerializeToString())
+        spool.seal()
+        segment = spool.next_sealed(timeout=5)
+        assert segment is not None
+        (tmp_path / "kept").mkdir()
+        kept = tmp_path / "kept" / segment.path.name
+        os.link(segment.path, kept)  # the spool's copy goes when it closes
+        return Segment(segment.name, kept, segment.size)
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("small_limit", [False, True])
+def test_consecutive_requests_of_a_tenant_are_forwarded_as_one(tmp_path: Path, small_limit: bool) -> None:
+    """Each request went on its own, one per round trip: a destination 50 ms away took 20
+    requests a second, and a collector taking 100 a second dropped most of its backlog.
+    Requests of one tenant in a row go as one (their spans in order, each once); a
+    destination refusing the merged request for good (413: too large for it) gets them
+    one by one, and refuses nothing."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Merging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sent = [("acme", f"a{i}") for i in range(40)] + [("globex", f"g{i}") for i in range(5)] + [("acme", "last")]
+    segment = _segment_of(tmp_path, sent)
+    largest = max(len(r.payload) for r in intact_records(segment.path.read_bytes())[0])
+    _Merging.limit, _Merging.got = largest if small_limit else 1 << 30, []
+    metrics = Metrics()
+    destination = Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/v1/traces;x-tenant={{tenant}}")
+    forwarder = Forwarder(destination, tmp_path / "fwd", 1 << 20, metrics)
+    forwarder.adopt(segment)
+    sender = Sender(destination, metrics)
+    try:
+        assert forwarder._forward(tmp_path / "fwd" / segment.path.name, sender) is True
+    finally:
+        sender.close()
+        server.shutdown()
+    assert [(tenant, name) for tenant, names in _Merging.got for name in names] == sent
+    if not small_limit:
+        assert [(tenant, len(names)) for tenant, names in _Merging.got] == [("acme", 40), ("globex", 5), ("acme", 1)]
+    else:
+        assert len(_Merging.got) == len(sent)  # each merged request refused: every request alone
+    assert metrics.registry.get_sample_value("spanhouse_forward_rejected_total",
+                                             {"destination": destination.label}) == 0
+
+
+def test_a_merged_request_stays_within_the_merge_bound(tmp_path: Path) -> None:
+    segment = _segment_of(tmp_path, [("t", f"s{i:03d}") for i in range(30)])
+    records, _, _ = intact_records(segment.path.read_bytes())
+    bound = sum(len(r.payload) for r in records[:7]) + 1  # seven requests fit, eight do not
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, Metrics(),
+                          merge_bytes=bound)
+    forwarder.adopt(segment)
+    taken: list[bytes] = []
+
+    class Taking:
+        refused = False
+
+        def send(self, payload: bytes, tenant: str, *, merged: bool = False) -> bool:
+            taken.append(payload)
+            return True
+
+    assert forwarder._forward(tmp_path / "fwd" / segment.path.name, Taking()) is True  # type: ignore[arg-type]
+    assert [len(ExportTraceServiceRequest.FromString(p).resource_spans) for p in taken] == [7, 7, 7, 7, 2]
+    assert b"".join(taken) == b"".join(r.payload for r in records)
