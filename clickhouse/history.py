@@ -243,9 +243,13 @@ def execution_exists(client: Reader, tenant: str, trace_id: str) -> bool:
 
 
 def add_feedback(client: Reader, tenant: str, trace_id: str, name: str, value: float,
-                 comment: str = "", user_id: str = "") -> dict[str, Any]:
-    """Store one feedback row (Source 'api'); the caller checks the execution exists."""
-    row = {"Tenant": tenant, "TraceId": trace_id, "FeedbackId": uuid.uuid4().hex, "Timestamp": datetime.now(timezone.utc),
+                 comment: str = "", user_id: str = "", *, feedback_id: str | None = None) -> dict[str, Any]:
+    """Store one feedback row (Source 'api'); the caller checks the execution exists.
+    ``feedback_id``, the client's own, makes a resend replace the row of that id and name
+    (``feedback`` is a ReplacingMergeTree on them, read with FINAL): a client retrying a
+    request whose answer it lost does not count its rating twice."""
+    row = {"Tenant": tenant, "TraceId": trace_id, "FeedbackId": feedback_id or uuid.uuid4().hex,
+           "Timestamp": datetime.now(timezone.utc),
            "Name": name, "Value": float(value), "Comment": comment, "UserId": user_id, "Source": "api"}
     client.insert("feedback", [list(row.values())], column_names=list(row))
     return {"id": row["FeedbackId"], "execution_id": trace_id, "name": name, "value": float(value),

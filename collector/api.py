@@ -174,6 +174,10 @@ class FeedbackIn(BaseModel):
     name: str = Field("user_rating", min_length=1, max_length=128)
     comment: str = Field("", max_length=10_000)
     user_id: str = Field("", max_length=512)
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                           description="the client's own id of this feedback: sent again (a retry, a changed "
+                                       "rating) it replaces the feedback of that id and name, as Langfuse's "
+                                       "score id does")
 
     @model_validator(mode="after")
     def _one_value(self) -> FeedbackIn:
@@ -306,7 +310,8 @@ def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]
         raise HTTPException(404, f"no execution {body.execution_id} is stored; one sent a moment ago may still be "
                                  "on its way from the spool: try again in a few seconds")
     value = float(body.rating) if body.rating is not None else float(body.value)  # type: ignore[arg-type]
-    return history.add_feedback(ctx.store.readers, who.tenant, trace_id, body.name, value, body.comment, body.user_id)
+    return history.add_feedback(ctx.store.readers, who.tenant, trace_id, body.name, value, body.comment, body.user_id,
+                                feedback_id=body.id)
 
 
 @executions.get("/export", response_class=StreamingResponse, responses={200: {"content": {

@@ -264,6 +264,26 @@ def test_feedback_refuses_fields_it_does_not_know_and_answers_any_text(dataset: 
         assert r.status_code == 422, (field, r.status_code, r.text)
 
 
+def test_feedback_sent_again_with_its_id_replaces_itself(dataset: tuple[Running, dict[str, str]]) -> None:
+    """Without an id of the client's own, a retry whose answer was lost stored the rating
+    twice (and counted it twice in averages). With one (Langfuse's score id), a resend
+    replaces it; a changed rating too."""
+    c, ids = dataset
+    url = c.api_url + "/api/v1/feedback"
+    for rating in (2, 2, 4):
+        r = _post(url, headers=c.headers(), json={"execution_id": ids["c"], "name": "helpful", "rating": rating,
+                                                  "id": "client-7f3a:1"})
+        assert r.status_code == 201 and r.json()["id"] == "client-7f3a:1", r.text
+    for _ in range(2):
+        assert _post(url, headers=c.headers(), json={"execution_id": ids["c"], "name": "helpful",
+                                                     "rating": 1}).status_code == 201
+    values = sorted(f["value"] for f in _get(c, f"/api/v1/executions/{ids['c']}").json()["feedback"]
+                    if f["name"] == "helpful")
+    assert values == [1, 1, 4]
+    assert _post(url, headers=c.headers(), json={"execution_id": ids["c"], "rating": 1,
+                                                 "id": "no spaces"}).status_code == 422
+
+
 def test_the_api_refuses_a_large_body_before_reading_it(dataset: tuple[Running, dict[str, str]]) -> None:
     """Every body was read whole (before the key was checked): 300 MB without a key grew
     the collector by ~1 GB."""
