@@ -65,7 +65,7 @@ _RETRYABLE_GRPC = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
 _RETRYABLE_HTTP = {429, 502, 503, 504}
 _HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")  # a name, IPv4, or IPv6 (brackets gone)
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+_HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?)?")  # HTTP's: no space at either end
 MAX_RETRY_AFTER_S = 60.0  # a destination asking to wait longer is asked again after this
 PROGRESS_EVERY_S = 0.5
 MERGE_BYTES = 3 << 20
@@ -99,7 +99,7 @@ class Destination:
         try:
             split = urlsplit(url)
             shown = _label(url)  # reads the port: ValueError if it is no number or out of range
-            valid = split.scheme in ("grpc", "http", "https") and bool(_HOST.fullmatch(split.hostname or ""))
+            valid = split.scheme in ("grpc", "http", "https") and bool(_HOST.fullmatch(_ascii(split.hostname or "")))
         except ValueError:  # a port that is no number or out of range, a malformed IPv6 address
             valid, shown = False, "a URL that cannot be parsed"
         if not valid:
@@ -143,6 +143,15 @@ class Destination:
         return tuple((name, value.replace(TENANT, tenant)) for name, value in self.headers)
 
 
+def _ascii(host: str) -> str:
+    """``host`` as DNS has it (an internationalized name in punycode, as httpx sends it);
+    unchanged where IDNA cannot encode it (the check then refuses it)."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
 def _label(url: str) -> str:
     """``url`` without credentials or query; ``ValueError`` if its port cannot be read."""
     parts = urlsplit(url)
@@ -176,28 +185,32 @@ class Sender:
                                       follow_redirects=True, headers={"content-type": "application/x-protobuf"})
             self._path = f"{path}?{parts.query}" if parts.query else path
 
-    def send(self, payload: bytes, tenant: str, *, merged: bool = False) -> bool:
-        """Send one request. A ``merged`` one (several requests as one) refused for good is
-        neither counted nor logged: its requests are sent again one by one."""
+    def send(self, payload: bytes, tenant: str, *, merged: int = 0) -> bool:
+        """Send one request. A ``merged`` one (that many requests as one) is counted as
+        that many sent; refused for good it is neither counted nor logged: its requests
+        are sent again one by one."""
         self.retry_after, self.failure, self.refused = 0.0, "", False
         headers = self._d.headers_for(tenant)
         if self._http is not None:
             try:
                 response = self._http.post(self._path, content=payload, headers=dict(headers))
-            except httpx.HTTPError as exc:  # its message names no URL (which may hold credentials)
-                self.failure = f"{type(exc).__name__}: {str(exc)[:200]}"
+            except httpx.HTTPError as exc:
+                # A connection's message (refused, reset, a certificate) says what to fix; a
+                # request's own (a header value, the URL) may quote a secret.
+                own = isinstance(exc, (httpx.LocalProtocolError, httpx.InvalidURL, httpx.UnsupportedProtocol))
+                self.failure = type(exc).__name__ if own else f"{type(exc).__name__}: {str(exc)[:200]}"
                 return False
             status = response.status_code
             if 200 <= status < 300:
                 self._partial_success(response.content)
-                self._metrics.forward_sent.labels(destination=self._d.label).inc()
+                self._metrics.forward_sent.labels(destination=self._d.label).inc(merged or 1)
                 return True
             retry, answer = status in _RETRYABLE_HTTP, f"HTTP {status}"
             self.retry_after = _retry_after_header(response.headers.get("retry-after"))
         else:
             try:
                 self._partial_success(self._call(payload, metadata=headers, timeout=10.0))
-                self._metrics.forward_sent.labels(destination=self._d.label).inc()
+                self._metrics.forward_sent.labels(destination=self._d.label).inc(merged or 1)
                 return True
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
@@ -476,7 +489,7 @@ class Forwarder:
         at a time, so only what it refuses alone is dropped."""
         if len(group) == 1:
             return 1 if sender.send(group[0].payload, group[0].tenant) else 0
-        if not sender.send(b"".join(r.payload for r in group), group[0].tenant, merged=True):
+        if not sender.send(b"".join(r.payload for r in group), group[0].tenant, merged=len(group)):
             return 0
         if not sender.refused:
             return len(group)

@@ -42,7 +42,8 @@ class Metrics:
         self.insert_errors = Counter("spanhouse_insert_errors", "Failed inserts, by kind", ["kind"], registry=r)
         self.insert_seconds = Histogram("spanhouse_insert_seconds", "Insert latency per spool segment",
                                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        self.forward_sent = Counter("spanhouse_forward_sent", "Requests forwarded, by destination",
+        self.forward_sent = Counter("spanhouse_forward_sent", "Requests forwarded, by destination (as clients "
+                                    "sent them: several can go in one merged request)",
                                     ["destination"], registry=r)
         self.forward_rejected = Counter("spanhouse_forward_rejected",
                                         "Forwarded requests a destination refused for good", ["destination"], registry=r)
