@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -183,6 +184,10 @@ class FeedbackIn(BaseModel):
     def _one_value(self) -> FeedbackIn:
         if (self.rating is None) == (self.value is None):
             raise ValueError("give exactly one of rating (1-5) or value")
+        if self.id is not None and re.fullmatch(r"[0-9a-fA-F]{16}", self.id):
+            # Feedback sent over OTLP (the SDK's) has its span's id, 16 hex digits: replaced by
+            # a row of this API's, the span would be lost to the deletion of its execution.
+            raise ValueError("an id of 16 hex digits is a feedback span's (sent over OTLP); choose another id")
         return self
 
 
@@ -302,7 +307,8 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
     return deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused, ctx.stopping)
 
 
-@executions.post("/feedback", status_code=201, responses={404: {"description": "no such execution"}})
+@executions.post("/feedback", status_code=201, responses={404: {"description": "no such execution"},
+                                                          413: {"description": "a body over 1 MiB"}})
 def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]:
     """Rate an execution (rating 1-5) or attach a named score; shows in detail and stats."""
     trace_id = body.execution_id.lower()

@@ -38,9 +38,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max:  # the server checked its form
-            drained = await self._drain(receive, more=True)
+            # A client that asked to be told first (Expect: 100-continue, curl's way past
+            # 1 MiB) has sent nothing yet: it is told now, and sends nothing.
+            waiting = headers.get(b"expect", b"").lower() == b"100-continue"
+            drained = not waiting and await self._drain(receive, more=True)
             await _refuse(send, self._message(), close=not drained)
             return
         read = 0
@@ -81,9 +85,15 @@ async def _refuse(send: Send, detail: str, *, close: bool) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _Answered(Exception):
+    """Raised out of a HEAD's endpoint once its headers are sent: the body is not wanted."""
+
+
 class HeadAsGet:
     """HEAD runs the GET endpoint and sends its status and headers (Content-Length
-    included), never its body."""
+    included), never its body. The endpoint is stopped at its first body message: a
+    stream (the live feed, an export) would otherwise run on, for nothing, and hold the
+    connection until the client went away."""
 
     def __init__(self, app: App) -> None:
         self._app = app
@@ -94,8 +104,13 @@ class HeadAsGet:
             return
 
         async def headers_only(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                message = {**message, "body": b""}
-            await send(message)
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            raise _Answered
 
-        await self._app({**scope, "method": "GET"}, receive, headers_only)
+        try:
+            await self._app({**scope, "method": "GET"}, receive, headers_only)
+        except _Answered:
+            pass

@@ -93,7 +93,19 @@ class Collector:
         return self._store
 
     def start(self) -> Addresses:
-        """Open everything and start listening; returns the bound ports."""
+        """Open everything and start listening; returns the bound ports. A start that
+        fails stops what it had started, the spool directory's lock included (what
+        reached the spool stays there): fixed settings can then start in this process."""
+        if self._spool is not None:
+            raise RuntimeError("a Collector starts once; make a new one to start again")
+        try:
+            return self._start()
+        except BaseException:
+            self._hurry.set()
+            self.stop()
+            raise
+
+    def _start(self) -> Addresses:
         s = self.settings
         # The spool's directory first: a start refused because another collector holds
         # it must change nothing there (forwarders() clears leftover backlogs in it; they

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -280,8 +281,9 @@ def test_feedback_sent_again_with_its_id_replaces_itself(dataset: tuple[Running,
     values = sorted(f["value"] for f in _get(c, f"/api/v1/executions/{ids['c']}").json()["feedback"]
                     if f["name"] == "helpful")
     assert values == [1, 1, 4]
-    assert _post(url, headers=c.headers(), json={"execution_id": ids["c"], "rating": 1,
-                                                 "id": "no spaces"}).status_code == 422
+    for bad in ("no spaces", "0123456789abcdef"):  # a feedback span's id: the SDK's rating would be replaced
+        assert _post(url, headers=c.headers(), json={"execution_id": ids["c"], "rating": 1, "id": bad}
+                     ).status_code == 422, bad
 
 
 def test_the_api_refuses_a_large_body_before_reading_it(dataset: tuple[Running, dict[str, str]]) -> None:
@@ -332,6 +334,24 @@ def test_head_answers_as_get_without_a_body(dataset: tuple[Running, dict[str, st
         assert head.headers["content-type"] == got.headers["content-type"], path
         assert int(head.headers["content-length"]) > 0, path
     assert httpx.head(c.api_url + "/api/v1/executions", timeout=30).status_code == 401  # the key still counts
+    with httpx.Client(headers=c.headers(), timeout=10) as client:  # a stream's HEAD ends, and the connection serves on
+        for path in ("/api/v1/executions/stream", "/api/v1/export"):
+            head = client.head(c.api_url + path)
+            assert head.status_code == 200 and head.content == b"", path
+            assert client.get(c.api_url + "/healthz").json() == {"status": "ok"}, path
+
+
+def test_a_client_waiting_to_send_a_large_body_is_refused_before_it_sends(dataset: tuple[Running, dict[str, str]]
+                                                                         ) -> None:
+    """With Expect: 100-continue (curl's way for bodies past 1 MiB) the client was told to
+    go on and sent up to 8 MiB before it was refused."""
+    c, _ = dataset
+    port = int(c.api_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])

@@ -35,6 +35,7 @@ from spanhouse.collector.auth import KeyRing, Principal
 from spanhouse.collector.config import Settings
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.server import Collector
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import gunzip
 from spanhouse.collector.spool import Spool
@@ -678,3 +679,23 @@ def test_both_transports_count_outcomes_by_the_same_names(store: Store, tmp_path
         text = httpx.get(c.api_url + "/metrics").text
     assert 'spanhouse_requests_total{outcome="unauthenticated",transport="http"} 1.0' in text, text
     assert 'spanhouse_requests_total{outcome="unauthenticated",transport="grpc"} 1.0' in text, text
+
+
+def test_a_start_that_fails_lets_go_of_the_spool(store: Store, tmp_path: Path) -> None:
+    """The spool's directory is locked first (so a refused start touches nothing in it): a
+    start that failed after that (a --forward-otlp typo) kept the lock, and the corrected
+    settings could not start in this process ('in use by another spool')."""
+    settings = Settings(dsn=store.dsn, grpc_port=0, http_port=0, api_port=0, sql_port=0, spool_dir=tmp_path / "spool",
+                        forward_otlp=("http://127.0.0.1:43l8/v1/traces",))
+    with pytest.raises(ConfigError, match="--forward-otlp"):
+        Collector(settings, store=store).start()
+    fixed = Collector(dataclasses.replace(settings, forward_otlp=()), store=store)
+    fixed.start()
+    try:
+        with pytest.raises(RuntimeError, match="starts once"):  # it replaced its running spool with one refused
+            fixed.start()
+    finally:
+        assert fixed.stop()
+    again = Collector(dataclasses.replace(settings, forward_otlp=()), store=store)
+    again.start()  # the stopped one let go of the directory, its lock included
+    assert again.stop()
