@@ -99,7 +99,7 @@ class Destination:
         try:
             split = urlsplit(url)
             shown = _label(url)  # reads the port: ValueError if it is no number or out of range
-            valid = split.scheme in ("grpc", "http", "https") and bool(_HOST.fullmatch(_ascii(split.hostname or "")))
+            valid = split.scheme in ("grpc", "http", "https") and _usable_host(url, split.scheme, split.hostname or "")
         except ValueError:  # a port that is no number or out of range, a malformed IPv6 address
             valid, shown = False, "a URL that cannot be parsed"
         if not valid:
@@ -143,13 +143,19 @@ class Destination:
         return tuple((name, value.replace(TENANT, tenant)) for name, value in self.headers)
 
 
-def _ascii(host: str) -> str:
-    """``host`` as DNS has it (an internationalized name in punycode, as httpx sends it);
-    unchanged where IDNA cannot encode it (the check then refuses it)."""
+def _usable_host(url: str, scheme: str, host: str) -> bool:
+    """Whether the sender can reach ``host``: for http(s) as httpx reads it (IDNA 2008: an
+    internationalized name goes out in punycode; one it cannot encode, or a punycode
+    name it cannot decode, would fail every send, or kill the forwarder's client); for
+    gRPC an ASCII name or address, all its resolver takes (write such a name in
+    punycode, ``xn--...``)."""
+    if scheme == "grpc":
+        return bool(_HOST.fullmatch(host))
     try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
-        return host
+        parsed = httpx.URL(url)
+        return bool(parsed.host) and bool(_HOST.fullmatch(parsed.raw_host.decode("ascii")))
+    except (httpx.InvalidURL, UnicodeError):  # IDNA's errors are UnicodeErrors
+        return False
 
 
 def _label(url: str) -> str:
@@ -194,10 +200,11 @@ class Sender:
         if self._http is not None:
             try:
                 response = self._http.post(self._path, content=payload, headers=dict(headers))
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, UnicodeError) as exc:  # UnicodeError: IDNA, were a name to get past parse
                 # A connection's message (refused, reset, a certificate) says what to fix; a
                 # request's own (a header value, the URL) may quote a secret.
-                own = isinstance(exc, (httpx.LocalProtocolError, httpx.InvalidURL, httpx.UnsupportedProtocol))
+                own = isinstance(exc, (httpx.LocalProtocolError, httpx.InvalidURL, httpx.UnsupportedProtocol,
+                                       UnicodeError))
                 self.failure = type(exc).__name__ if own else f"{type(exc).__name__}: {str(exc)[:200]}"
                 return False
             status = response.status_code

@@ -806,6 +806,10 @@ def test_a_start_refused_on_a_spool_in_use_leaves_its_forward_backlogs_alone(tmp
 
 @pytest.mark.parametrize("spec", ["http://127.0.0.1:43l8/v1/traces", "grpc://127.0.0.1:99999",
                                   "http://[::1:4318/v1/traces", "http://my host:4318/v1/traces",
+                                  # names httpx's IDNA cannot send (its client, made in the forwarder's thread,
+                                  # raised there), and one gRPC's resolver cannot read (retried for ever)
+                                  "http://\u2603.example/v1/traces", "http://xn--n3h.example/v1/traces",
+                                  "grpc://b\u00fccher.example:4317",
                                   "https://bob:URL-PW@api.example.com/v1/traces?k=Q-SECRET;x-api-key=TOKEN;x y=z"])
 def test_a_malformed_destination_is_a_config_error_quoting_no_secret(spec: str) -> None:
     """A port typo or a malformed IPv6 address was a traceback (ValueError), a host with
