@@ -130,14 +130,17 @@ class Collector:
         for forwarder in self._forwarders:
             forwarder.start()
         ingest = Ingest(self._spool, self.metrics, max_held_bytes=2 * s.max_request_bytes)
+        http_sock, api_sock, sql_sock = (_bind(s.host, p) for p in (s.http_port, s.api_port, s.sql_port))
         self._grpc = GrpcReceiver(ingest, self._keys, self.metrics, s.host, s.grpc_port, s.max_request_bytes)
         if not self._grpc.port:
             raise ConfigError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}; pick another --grpc-port")
-        http_sock, api_sock, sql_sock = (_bind(s.host, p) for p in (s.http_port, s.api_port, s.sql_port))
+        # Started as soon as it is bound: grpcio keeps the port of a server that never
+        # started for the life of the process, stopped or not, so a start failing after
+        # this point could not free it for the corrected settings.
+        self._grpc.start()
         http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
         self._api_context = ApiContext(self._store, self._keys)
         api = create_app(self._api_context, self.metrics, self._readiness)
-        self._grpc.start()
         # Its own connections: read-only settings must never reach the sessions that ingest or serve the API.
         dsn = self._store.dsn
         self._sql_clients = ClientPool(lambda: connect(dsn), READERS)

@@ -9,6 +9,7 @@ import gzip
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -699,3 +700,21 @@ def test_a_start_that_fails_lets_go_of_the_spool(store: Store, tmp_path: Path) -
     again = Collector(dataclasses.replace(settings, forward_otlp=()), store=store)
     again.start()  # the stopped one let go of the directory, its lock included
     assert again.stop()
+
+
+def test_a_start_failing_on_a_taken_port_frees_the_ports_it_had(store: Store, tmp_path: Path) -> None:
+    """grpcio keeps the port of a server that was bound but never started, even stopped:
+    a start failing on a taken HTTP port held its gRPC port for the rest of the process."""
+    with socket.socket() as taken, socket.socket() as probe:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
+        probe.close()
+        settings = Settings(dsn=store.dsn, grpc_port=grpc_port, http_port=taken.getsockname()[1], api_port=0,
+                            sql_port=0, spool_dir=tmp_path / "spool")
+        with pytest.raises(ConfigError, match="cannot listen"):
+            Collector(settings, store=store).start()
+    fixed = Collector(dataclasses.replace(settings, http_port=0), store=store)
+    assert fixed.start().grpc_port == grpc_port
+    assert fixed.stop()
