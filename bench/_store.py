@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from clickhouse_connect.driver.client import Client
 
 from spanhouse.clickhouse import Store, open_store
 
@@ -22,3 +25,16 @@ def temporary_store() -> Iterator[Store]:
             store.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def settle(client: Client, timeout: float = 600.0, poll: float = 1.0) -> None:
+    """Wait until no merge or mutation runs: on 2 cores, background merges of the freshly
+    generated parts would otherwise take CPU from the timed calls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = client.command("SELECT (SELECT count() FROM system.merges) + "
+                              "(SELECT count() FROM system.mutations WHERE NOT is_done)")
+        if not int(busy):
+            return
+        time.sleep(poll)
+    raise RuntimeError(f"merges were still running after {timeout:.0f} s")

@@ -31,8 +31,8 @@ from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
 def emit(exporter: SpanExporter, spans: int, batch: int) -> float:
     """Seconds to create ``spans`` spans and flush them through ``exporter``."""
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=spans + 1, max_export_batch_size=batch,
-                                                   schedule_delay_millis=200))
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=max(spans, batch) + 1,
+                                                   max_export_batch_size=batch, schedule_delay_millis=200))
     tracer = provider.get_tracer("bench")
     started = time.perf_counter()
     for _ in range(spans // 10):
@@ -58,17 +58,22 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=20_000, help="BatchSpanProcessor max_export_batch_size")
     args = parser.parse_args()
-    with temporary_store() as store:
+    if args.spans < 10 or args.spans % 10 or args.batch < 1:
+        parser.error("--spans must be a positive multiple of 10 (executions of 10 spans), --batch at least 1")
+    with temporary_store() as store, tempfile.TemporaryDirectory(prefix="spanhouse-bench-spool-") as spool:
         direct_s = emit(ClickHouseSpanExporter(store.dsn, tenant="direct"), args.spans, args.batch)
         assert count(store, "direct") == args.spans
         settings = Settings(dsn=store.dsn, grpc_port=0, http_port=0, api_port=0, sql_port=0, batch_delay=0.5,
-                            spool_dir=Path(tempfile.mkdtemp(prefix="spanhouse-bench-spool-")))
+                            spool_dir=Path(spool))
         collector = Collector(settings, store=store)
         ports = collector.start()
         try:
             otlp_s = emit(OTLPSpanExporter(endpoint=f"127.0.0.1:{ports.grpc_port}", insecure=True), args.spans,
                           args.batch)
-            while count(store, "default") < args.spans:
+            deadline = time.monotonic() + 600
+            while count(store, "default") < args.spans:  # acknowledged, then stored: every one must arrive
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {count(store, 'default'):,} of {args.spans:,} spans were stored in 600 s")
                 time.sleep(0.05)
         finally:
             collector.stop()

@@ -904,8 +904,10 @@ def print_summary(args: argparse.Namespace, runs: Sequence[E2E], overload: Overl
                      met(ratio >= TARGET_RATIO)))
     if overload is not None:
         peak = max(overload.peak_rss_mb, overload.hwm_mb)
+        # The target is over 300 s of overload: a shorter run can miss it, not meet it.
+        verdict = met(False) if peak >= TARGET_RSS_MB else met(True) if overload.seconds >= 300 else "(run < 300 s)"
         rows.append((f"peak RSS, {overload.seconds:.0f}s overload", f"{peak:.0f} MB",
-                     f"< {TARGET_RSS_MB} MB (over 300 s)", met(peak < TARGET_RSS_MB)))
+                     f"< {TARGET_RSS_MB} MB over 300 s", verdict))
         rows.append(("  of which anonymous (RssAnon peak)", f"{overload.peak_anon_mb:.0f} MB", "(reported)", ""))
     if idle is not None:
         rows.append((f"idle CPU, fresh collector, {args.idle_seconds:.0f}s", f"{idle.idle_cpu_pct:.1f}% of a core",

@@ -67,10 +67,13 @@ SELECT
     'agent.sdk',
     '1.4.0',
     if(is_root,
-       map('gen_ai.operation.name', 'invoke_agent', 'gen_ai.agent.name', agent,
+       mapFilter((k, v) -> v != '', map(
+           'gen_ai.operation.name', 'invoke_agent', 'gen_ai.agent.name', agent,
            'session.id', concat('sess-', toString(cityHash64(trace, 7) % 5000)),
            'user.id', concat('user-', toString(cityHash64(trace, 8) % 1000)),
-           'input.value', concat('Please ', repeat('check the latest order status and report ', 4))),
+           'input.value', concat('Please ', repeat('check the latest order status and report ', 4)),
+           'gen_ai.usage.input_tokens', if({usage:UInt8}, toString(200 + cityHash64(trace, 13) % 4000), ''),
+           'gen_ai.usage.output_tokens', if({usage:UInt8}, toString(20 + cityHash64(trace, 14) % 800), ''))),
        mapFilter((k, v) -> v != '', map(
            'gen_ai.operation.name', 'execute_tool', 'gen_ai.tool.name', tool,
            'gen_ai.tool.call.id', concat('call_', toString(number)),
@@ -122,10 +125,13 @@ class Stats:
     quantiles_ns: tuple[float, ...]
 
 
-def generate(client: Client, spans: int, chunk: int, end_s: int, days: int = 7) -> float:
+def generate(client: Client, spans: int, chunk: int, end_s: int, days: int = 7, *, usage: bool = False) -> float:
     """Insert ``spans`` spans, ``chunk`` per INSERT, in the ``days`` days before ``end_s`` less
-    its last hour; return the seconds taken."""
-    params = {"start_ns": (end_s - days * 86400) * 10**9, "spread_ns": (days * 86400 - 3600) * 10**9}
+    its last hour; return the seconds taken. ``usage`` puts token usage (200-4,200 input,
+    20-820 output) on every root span, as agent frameworks that total a run on its agent
+    span do (pydantic-ai): the usage figures then need each trace grouped."""
+    params = {"start_ns": (end_s - days * 86400) * 10**9, "spread_ns": (days * 86400 - 3600) * 10**9,
+              "usage": int(usage)}
     start = time.perf_counter()
     for first in range(0, spans, chunk):
         client.command(GENERATE, parameters={**params, "first": first, "count": min(chunk, spans - first)})

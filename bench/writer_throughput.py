@@ -16,8 +16,8 @@ some token counts, durations from milliseconds to seconds), ``--request-spans`` 
 per serialized OTLP ``ExportTraceServiceRequest`` over two tenants. For each batch size
 both sides insert the same ``--spans`` spans (fresh ones per size, so that no insert
 can be deduplicated against an earlier one), one writer insert and one ceiling insert
-in turn; requests are serialized and ceiling rows computed before any timing, so only
-the inserts are timed.
+in turn, each once no merge runs; requests are serialized and ceiling rows computed
+before any timing, so only the inserts are timed (not the merges they start).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from _store import temporary_store
+from _store import settle, temporary_store
 
 from spanhouse.clickhouse import IngestItem, Writer, otlp_rows
 
@@ -177,9 +177,13 @@ def measure(client: Client, writer: Writer, rng: random.Random, spans: int, batc
     gc.freeze()
     writer_s = ceiling_s = 0.0
     try:
-        # Interleaved, so that both sides see the same background merges and machine noise.
+        # Interleaved, so that both sides see the same machine noise; each insert starts on
+        # a quiet engine (no merge running): the writer's inserts start merges of a dozen
+        # tables, which took CPU from the bare inserts timed after them (8-25% slower).
         for item_batch, row_batch in zip(item_batches, row_batches):
+            settle(client, poll=0.05)
             writer_s += timed(lambda: writer.write(item_batch))
+            settle(client, poll=0.05)
             ceiling_s += timed(lambda: client.insert("bare", row_batch, column_names=COLUMNS))
     finally:
         gc.unfreeze()
