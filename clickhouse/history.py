@@ -99,20 +99,26 @@ def _filters(tenant: str, filters: Mapping[str, Any]) -> tuple[dict[str, Any], l
 
 def list_executions(client: Reader, tenant: str, filters: Mapping[str, Any], limit: int = 50,
                     cursor: str | None = None) -> Page:
-    """Executions matching ``filters``, newest first, ``limit`` per page."""
+    """Executions matching ``filters``, newest first, ``limit`` per page. The total is
+    counted beside the page and its rollups (``gather``): each reads every part of
+    ``executions`` with FINAL, and one after the other they were the list's whole time."""
     params, active = _filters(tenant, filters)
-    total = queries.rows(client, "executions_count", params, GROUP, active)[0]["total"]
     page_params, page_active = {**params, "limit": limit + 1}, list(active)
     if cursor:
         page_params["cursor_ns"], page_params["cursor_id"] = decode_cursor(cursor)
         page_active.append("cursor")
-    items = queries.rows(client, "executions_page", page_params, GROUP, page_active)
+
+    def page() -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        items = queries.rows(client, "executions_page", page_params, GROUP, page_active)
+        return items, _rollups(client, tenant, [i["trace_id"] for i in items[:limit]])
+
+    counted, (items, rollups) = gather(client, lambda: queries.rows(client, "executions_count", params, GROUP, active),
+                                       page)
     more = len(items) > limit
     items = items[:limit]
     next_cursor = encode_cursor(items[-1]["start_ns"], items[-1]["trace_id"]) if more and items else None
-    rollups = _rollups(client, tenant, [i["trace_id"] for i in items])
     out = [jsonable({**_without_cursor(i), **rollups.get(i["trace_id"], _EMPTY_ROLLUP)}) for i in items]
-    return Page(out, int(total), next_cursor)
+    return Page(out, int(counted[0]["total"]), next_cursor)
 
 
 def _without_cursor(row: Mapping[str, Any]) -> dict[str, Any]:
