@@ -11,8 +11,8 @@ Workload: ``--spans`` spans generated inside ClickHouse by ``INSERT INTO otel_tr
 SELECT ... FROM numbers(...)`` in chunks, so that every materialized view fires as it
 does for ingested spans: traces of one ``invoke_agent`` root and nine ``execute_tool``
 spans (20 tools, 3 services, tenants split 70/30), ~5% of tool calls failing, tool
-latencies log-uniform over milliseconds to seconds, start times over the last 7 days in the order a live
-store receives them.
+latencies log-uniform over milliseconds to seconds, start times over the last 7 days in
+the order a live store receives them.
 Both queries compute the stats of one tenant over that window, grouped by tool; each
 runs once to warm up and then ``--runs`` times, and the median is reported.
 """
@@ -131,9 +131,10 @@ def generate(client: Client, spans: int, chunk: int, end_s: int, days: int = 7, 
     """Insert ``spans`` spans, ``chunk`` per INSERT, in the ``days`` days before ``end_s`` less
     its last hour, in time order as a live store receives them (each chunk a stretch of the
     days after the one before; a trace starts up to 5 minutes after its place, so
-    neighbouring chunks overlap a little, as late arrivals do); return the seconds taken. ``usage`` puts token usage (200-4,200 input,
-    20-820 output) on every root span, as agent frameworks that total a run on its agent
-    span do (pydantic-ai): the usage figures then need each trace grouped."""
+    neighbouring chunks overlap a little, as late arrivals do); return the seconds taken.
+    ``usage`` puts token usage (200-4,200 input, 20-820 output) on every root span, as agent
+    frameworks that total a run on its agent span do (pydantic-ai): the usage figures then
+    need each trace grouped."""
     params = {"start_ns": (end_s - days * 86400) * 10**9, "spread_ns": (days * 86400 - 3600) * 10**9,
               "usage": int(usage), "traces": max(spans // 10, 1)}
     start = time.perf_counter()

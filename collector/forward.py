@@ -71,7 +71,7 @@ PROGRESS_EVERY_S = 0.5
 MERGE_BYTES = 3 << 20
 """Consecutive requests of a tenant are sent as one of up to this many bytes: below the
 4 MiB a gRPC server takes by default (the OpenTelemetry Collector's OTLP receiver too)."""
-FAILURE_LOG_EVERY_S = 60.0  # a destination failing for good is said again this often (and counted every time)
+FAILURE_LOG_EVERY_S = 60.0  # a destination that keeps failing is said again this often (counted every time)
 _DONE_FILE = "forwarded"  # the sequence number of the last segment finished (sent or dropped)
 _SETTLED_FILE = "settled"  # a start dealt with the leftovers while this destination was configured
 _IDENTITY_FILE = "destination.json"  # its label (logs) and its URL and header names, hashed (see take_over)
@@ -301,8 +301,9 @@ class Forwarder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"spanhouse-forward-{destination.key}", daemon=True)
+        # Every series from the start: rate() misses a new series' first event.
         for counter in (metrics.forward_sent, metrics.forward_rejected, metrics.forward_rejected_spans,
-                        metrics.forward_dropped_bytes, metrics.forward_failed_attempts):  # from the start: rate() misses a new series' first event
+                        metrics.forward_dropped_bytes, metrics.forward_failed_attempts):
             counter.labels(destination=destination.label)
         self._damage_counted: dict[str, int] = {}  # damaged bytes counted as dropped, by segment
         self._dir.mkdir(parents=True, exist_ok=True)
