@@ -130,7 +130,22 @@ class Collector:
         for forwarder in self._forwarders:
             forwarder.start()
         ingest = Ingest(self._spool, self.metrics, max_held_bytes=2 * s.max_request_bytes)
-        http_sock, api_sock, sql_sock = (_bind(s.host, p) for p in (s.http_port, s.api_port, s.sql_port))
+        socks: list[socket.socket] = []
+        try:
+            for port in (s.http_port, s.api_port, s.sql_port):
+                socks.append(_bind(s.host, port))
+            return self._listen(ingest, *socks)
+        except BaseException:
+            # Closed here, not whenever the failed frame is collected: an error kept alive
+            # (a caller's, a log record's) kept the ports, and fixed settings could not start.
+            for sock in socks:
+                sock.close()
+            raise
+
+    def _listen(self, ingest: Ingest, http_sock: socket.socket, api_sock: socket.socket,
+                sql_sock: socket.socket) -> Addresses:
+        """Start the receivers, the API and the SQL endpoint on their bound sockets."""
+        s = self.settings
         self._grpc = GrpcReceiver(ingest, self._keys, self.metrics, s.host, s.grpc_port, s.max_request_bytes)
         if not self._grpc.port:
             raise ConfigError(f"cannot listen for gRPC on {s.host}:{s.grpc_port}; pick another --grpc-port")
@@ -142,7 +157,7 @@ class Collector:
         self._api_context = ApiContext(self._store, self._keys)
         api = create_app(self._api_context, self.metrics, self._readiness)
         # Its own connections: read-only settings must never reach the sessions that ingest or serve the API.
-        dsn = self._store.dsn
+        dsn = self.store.dsn
         self._sql_clients = ClientPool(lambda: connect(dsn), READERS)
         sql = SqlEndpoint(self._sql_clients, self._keys)
         self._serve_asgi([(http.app, http_sock), (api, api_sock), (sql.app, sql_sock)])

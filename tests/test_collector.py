@@ -718,3 +718,23 @@ def test_a_start_failing_on_a_taken_port_frees_the_ports_it_had(store: Store, tm
     fixed = Collector(dataclasses.replace(settings, http_port=0), store=store)
     assert fixed.start().grpc_port == grpc_port
     assert fixed.stop()
+
+
+def test_a_start_failing_on_the_grpc_port_frees_the_http_ports(store: Store, tmp_path: Path) -> None:
+    """The HTTP, API and SQL sockets are bound before the gRPC port: a start failing on a
+    taken gRPC port left them bound while its error was kept alive (pytest's, a log
+    record's), so the same HTTP port could not be used by the corrected settings."""
+    with socket.socket() as taken, socket.socket() as probe:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        probe.bind(("127.0.0.1", 0))
+        http_port = probe.getsockname()[1]
+        probe.close()
+        settings = Settings(dsn=store.dsn, grpc_port=taken.getsockname()[1], http_port=http_port, api_port=0,
+                            sql_port=0, spool_dir=tmp_path / "spool")
+        with pytest.raises(ConfigError, match="cannot listen for gRPC") as failed:
+            Collector(settings, store=store).start()
+    assert failed.value is not None  # the error, and its frames, still alive here
+    fixed = Collector(dataclasses.replace(settings, grpc_port=0), store=store)
+    assert fixed.start().http_port == http_port
+    assert fixed.stop()
