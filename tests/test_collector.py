@@ -4,6 +4,7 @@ OTLP/JSON, every error path with its status and body, auth, backpressure, recove
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -702,17 +703,24 @@ def test_a_start_that_fails_lets_go_of_the_spool(store: Store, tmp_path: Path) -
     assert again.stop()
 
 
-def test_a_start_failing_on_a_taken_port_frees_the_ports_it_had(store: Store, tmp_path: Path) -> None:
-    """grpcio keeps the port of a server that was bound but never started, even stopped:
-    a start failing on a taken HTTP port held its gRPC port for the rest of the process."""
+@contextlib.contextmanager
+def _a_taken_port_and_a_free_one() -> Iterator[tuple[int, int]]:
+    """A loopback port held (listening) while the block runs, and one free to bind."""
     with socket.socket() as taken, socket.socket() as probe:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         probe.bind(("127.0.0.1", 0))
-        grpc_port = probe.getsockname()[1]
+        free = probe.getsockname()[1]
         probe.close()
-        settings = Settings(dsn=store.dsn, grpc_port=grpc_port, http_port=taken.getsockname()[1], api_port=0,
-                            sql_port=0, spool_dir=tmp_path / "spool")
+        yield taken.getsockname()[1], free
+
+
+def test_a_start_failing_on_a_taken_port_frees_the_ports_it_had(store: Store, tmp_path: Path) -> None:
+    """grpcio keeps the port of a server that was bound but never started, even stopped:
+    a start failing on a taken HTTP port held its gRPC port for the rest of the process."""
+    with _a_taken_port_and_a_free_one() as (taken, grpc_port):
+        settings = Settings(dsn=store.dsn, grpc_port=grpc_port, http_port=taken, api_port=0, sql_port=0,
+                            spool_dir=tmp_path / "spool")
         with pytest.raises(ConfigError, match="cannot listen"):
             Collector(settings, store=store).start()
     fixed = Collector(dataclasses.replace(settings, http_port=0), store=store)
@@ -724,14 +732,9 @@ def test_a_start_failing_on_the_grpc_port_frees_the_http_ports(store: Store, tmp
     """The HTTP, API and SQL sockets are bound before the gRPC port: a start failing on a
     taken gRPC port left them bound while its error was kept alive (pytest's, a log
     record's), so the same HTTP port could not be used by the corrected settings."""
-    with socket.socket() as taken, socket.socket() as probe:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
-        probe.close()
-        settings = Settings(dsn=store.dsn, grpc_port=taken.getsockname()[1], http_port=http_port, api_port=0,
-                            sql_port=0, spool_dir=tmp_path / "spool")
+    with _a_taken_port_and_a_free_one() as (taken, http_port):
+        settings = Settings(dsn=store.dsn, grpc_port=taken, http_port=http_port, api_port=0, sql_port=0,
+                            spool_dir=tmp_path / "spool")
         with pytest.raises(ConfigError, match="cannot listen for gRPC") as failed:
             Collector(settings, store=store).start()
     assert failed.value is not None  # the error, and its frames, still alive here
