@@ -218,12 +218,28 @@ def stats(client: Reader, tenant: str, days: int, name: str | None = None, now: 
 
 
 def _usage(client: Reader, params: dict[str, Any], active: list[str]) -> list[dict[str, Any]]:
-    """The window's tokens and cost: the model-call sums, unless some row carries usage
-    of agent spans, which needs each trace grouped (see analytics_usage.sql)."""
-    rows = queries.rows(client, "analytics_usage", params, ANALYTICS, active)
-    if rows[0]["agent_rows"]:
+    """The window's tokens and cost, each the model-call sum or the agent-span sum where
+    the window's rows decide it for every execution alike, else each trace grouped (see
+    analytics_usage.sql)."""
+    (r,) = queries.rows(client, "analytics_usage", params, ANALYTICS, active)
+    tokens = _uniform(r["call_token_rows"], r["agent_only_token_rows"])
+    cost = _uniform(r["call_cost_rows"], r["agent_only_cost_rows"])
+    if tokens is None or cost is None:
         return queries.rows(client, "analytics_usage_by_trace", params, ANALYTICS, active)
-    return rows
+    return [{"input_tokens": r[f"{tokens}input_tokens"], "output_tokens": r[f"{tokens}output_tokens"],
+             "cost_usd": r[f"{cost}cost_usd"]}]
+
+
+def _uniform(call_rows: int, agent_only_rows: int) -> str | None:
+    """Which sum is every execution's figure ('' the model calls', 'agent_' the agent
+    spans'), or None when the rows leave it to each trace: without agent usage lacking
+    calls' beside it, an execution's calls decide (its agent usage, if any, sits in a
+    row with usage of calls); without any calls' usage, its agent spans do."""
+    if not agent_only_rows:
+        return ""
+    if not call_rows:
+        return "agent_"
+    return None
 
 
 def _params(tenant: str, w: Window, name: str | None) -> dict[str, Any]:

@@ -149,3 +149,58 @@ def test_the_token_sample_holds_each_execution_once_whatever_its_inserts(store: 
                                                    "gen_ai.usage.output_tokens": o}) for t, i, o in others]))
     tips = [t for t in analytics.performance(store.client, tenant, days=1)["tips"] if t["kind"] == "token_heavy"]
     assert {t["sampled_executions"] for t in tips} == {3} and {t["sampled_tokens"] for t in tips} == {209}
+
+
+@pytest.mark.parametrize("shape", ["agent spans only", "calls only", "agent total beside its calls",
+                                   "agent total in a later insert", "some executions each way"])
+def test_the_windows_usage_is_the_per_trace_rule_whatever_path_computes_it(store: Store, tenant: str,
+                                                                           shape: str) -> None:
+    """Stats group each trace of the window (70 ms on 1M executions) only where its rows
+    hold both kinds of usage; where none carries calls' usage, or none carries agent usage
+    without calls' beside it, the sums are every execution's figure. Each shape, with
+    executions stored in several inserts, against the grouped query and the rule by hand."""
+    now = time.time_ns()
+    agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "a"}
+
+    def usage(i: int, o: int, cost: float) -> dict[str, object]:
+        return {"gen_ai.usage.input_tokens": i, "gen_ai.usage.output_tokens": o, "spanhouse.cost_usd": cost}
+
+    inserts: list[list] = [[], []]
+    expected = (0, 0, 0.0)
+    for k in range(3):
+        t, root = trace_id(), span_id()
+        # the agent's own figure differs from its calls' sum (30, 3, 0.3): which one counted shows
+        top = span("invoke_agent a", t, sid=root, start=now - 10**9, attributes={**agent, **usage(31, 4, 0.31)})
+        calls = [span("chat m", t, parent=root, start=now - 10**9, attributes=usage(10, 1, 0.1)) for _ in range(3)]
+        if shape == "agent spans only":  # a nested agent's usage in a later insert too
+            inner = span("invoke_agent b", t, parent=root, start=now - 10**9, attributes={**agent, **usage(5, 1, 0.05)})
+            inserts[0].append(top)
+            inserts[1].append(inner)
+            expected = (expected[0] + 36, expected[1] + 5, expected[2] + 0.36)
+        elif shape == "calls only":
+            inserts[0] += [span("invoke_agent a", t, sid=root, start=now - 10**9, attributes=agent), *calls[:2]]
+            inserts[1].append(calls[2])
+            expected = (expected[0] + 30, expected[1] + 3, expected[2] + 0.3)
+        elif shape == "agent total beside its calls":
+            inserts[k % 2] += [top, *calls]
+            expected = (expected[0] + 30, expected[1] + 3, expected[2] + 0.3)
+        elif shape == "agent total in a later insert":  # the calls end (and are exported) before their agent span
+            inserts[0] += calls
+            inserts[1].append(top)
+            expected = (expected[0] + 30, expected[1] + 3, expected[2] + 0.3)
+        elif k == 0:  # some executions each way: this one's usage on its agent span alone
+            inserts[0].append(top)
+            expected = (expected[0] + 31, expected[1] + 4, expected[2] + 0.31)
+        else:  # the others' on their calls alone
+            inserts[1] += [span("invoke_agent a", t, sid=root, start=now - 10**9, attributes=agent), *calls]
+            expected = (expected[0] + 30, expected[1] + 3, expected[2] + 0.3)
+    for spans in inserts:
+        if spans:
+            write(store, tenant, request(spans))
+    got = analytics.stats(store.client, tenant, days=1)
+    w = analytics.window(1)
+    (grouped,) = queries.rows(store.client, "analytics_usage_by_trace", {"tenant": tenant, **w.params()},
+                              analytics.ANALYTICS, [])
+    figures = (got["tokens"]["input"], got["tokens"]["output"], got["cost_usd"])
+    assert figures == (grouped["input_tokens"], grouped["output_tokens"], pytest.approx(grouped["cost_usd"]))
+    assert figures == (expected[0], expected[1], pytest.approx(expected[2]))
