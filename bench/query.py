@@ -88,9 +88,8 @@ def main() -> None:
               f"{gen_s:.0f} s, {'with' if args.usage else 'without'} token usage on agent spans; {args.runs} runs "
               "each after a warm-up")
         report(calls, args.runs, f"after the background merges settled ({parts(client)})")
-        # The generator writes rows of every hour of the week in each of its chunks, so
-        # right after it a rollup key has a row per chunk; a live store writes an hour's
-        # rows during that hour, and its merges fold them together in time.
+        # The best case: every rollup folded into one part per partition, what a quiet
+        # store's merges reach in time (a busy one keeps several parts, as above).
         for table in ("executions", "execution_rollup", "tool_stats_1m", "tool_stats_1h", "tool_stats_1h_by_time",
                       "tool_stats_1d", "error_patterns"):
             client.command(f"OPTIMIZE TABLE {table} FINAL")

@@ -15,6 +15,7 @@ import math
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -64,6 +65,10 @@ class ApiContext:
     shutdown for its whole timeout (and being cancelled with tracebacks)."""
 
 
+MAX_BODY_BYTES = 1 << 20
+"""The largest request body the API reads: feedback, its one body, takes at most ~64 KB."""
+
+
 def _context(request: Request) -> ApiContext:
     return request.app.state.context  # type: ignore[no-any-return]
 
@@ -107,8 +112,8 @@ def _refuse_unknown_query(request: Request) -> None:
     if unknown:
         raise HTTPException(422, f"unknown query parameter {', '.join(map(repr, unknown))}: "
                                  f"{request.method} {route.path_format} takes {', '.join(sorted(allowed)) or 'none'}")
-    names = [name for name, _ in request.query_params.multi_items()]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    given = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = sorted(name for name, times in given.items() if times > 1)
     if repeated:
         raise HTTPException(422, f"query parameter {', '.join(map(repr, repeated))} given more than once; "
                                  "give each once")
@@ -307,8 +312,8 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
     return deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused, ctx.stopping)
 
 
-@executions.post("/feedback", status_code=201, responses={404: {"description": "no such execution"},
-                                                          413: {"description": "a body over 1 MiB"}})
+@executions.post("/feedback", status_code=201, responses={
+    404: {"description": "no such execution"}, 413: {"description": f"a body over {MAX_BODY_BYTES:,} bytes"}})
 def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]:
     """Rate an execution (rating 1-5) or attach a named score; shows in detail and stats."""
     trace_id = body.execution_id.lower()
@@ -355,10 +360,6 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
     """503 for a store that cannot answer now (closing, unreachable), saying why."""
     return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "5"})
-
-
-MAX_BODY_BYTES = 1 << 20
-"""The largest request body the API reads: feedback, its one body, takes at most ~64 KB."""
 
 
 def create_app(context: ApiContext, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> FastAPI:
