@@ -107,6 +107,38 @@ def _delete_chunk(client: Reader, tenant: str, ids: list[str], selects: dict[_Ro
     return {"executions": int(executions), "spans": int(spans)}
 
 
+def delete_feedback(client: Reader, tenant: str, feedback_id: str,
+                    ingest_paused: Callable[[], AbstractContextManager[object]] | None = None) -> dict[str, int] | None:
+    """Remove the feedback item ``feedback_id`` (as stored: ``history.feedback_key``) of
+    ``tenant``; returns the items and spans removed, None if there is no such item.
+
+    Feedback sent over OTLP is also a span (its id the item's), removed with it from
+    ``otel_traces`` (and a trace it leaves empty from ``otel_traces_trace_id_ts``). No
+    view counts a feedback span but ``error_patterns``, for one sent with an error
+    status: then the days it counted in are recomputed as ``delete_traces`` does, with
+    ingest held off by ``ingest_paused``.
+    """
+    params: dict[str, object] = {"tenant": tenant, "feedback_id": feedback_id}
+    items = queries.rows(client, "feedback", params, "feedback", ["id"])
+    if not items:
+        return None
+    traces = queries.rows(client, "feedback_span_traces", params)
+    params.update(emptied=[t["trace_id"] for t in traces if t["alone"]],
+                  trace_ids=[t["trace_id"] for t in traces if t["errors"]])
+    errors = next(r for r in _ROLLUPS if r.target == "error_patterns")
+    projected = [row["table"] for row in queries.rows(client, "tables_with_projections", {})] if traces else []
+    recompute = bool(params["trace_ids"])
+    with ingest_paused() if recompute and ingest_paused is not None else nullcontext():
+        groups = _affected(client, errors, params) if recompute else []
+        select = queries.rows(client, "view_select", {"view": errors.view})[0]["as_select"] if groups else ""
+        for stmt in sqlfiles.split_statements(queries.render("delete_feedback")):
+            client.command(stmt, parameters=params, settings=_NO_DEDUP)
+        if groups:
+            _recompute(client, errors, select, tenant, groups)
+    _apply_masks(client, projected)
+    return {"feedback": len(items), "spans": sum(int(t["spans"]) for t in traces)}
+
+
 def _apply_masks(client: Reader, projected: list[str]) -> None:
     """A projection keeps the rows a lightweight DELETE masked (the engine does not
     rebuild it) until its part is merged: reads it serves (a trace by id, a rollup

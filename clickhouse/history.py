@@ -10,6 +10,7 @@ import base64
 import io
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from spanhouse.clickhouse import queries
 from spanhouse.clickhouse.pool import Reader, gather
 
 GROUP = "executions"
+FEEDBACK = "feedback"  # filter group of queries/feedback.sql
 FILTERS = frozenset(queries.filter_snippets(GROUP)) - {"trace_ids", "cursor", "through"}
 """The filter names a caller may set (see queries/filters/executions.sql)."""
 
@@ -166,7 +168,7 @@ def get_execution(client: Reader, tenant: str, trace_id: str) -> dict[str, Any] 
         lambda: queries.rows(client, "executions_page", {**params, **window, "trace_ids": [trace_id], "limit": 1},
                              GROUP, ["trace_ids", *window]),
         lambda: _rollups(client, tenant, [trace_id]),
-        lambda: queries.rows(client, "execution_feedback", params),
+        lambda: queries.rows(client, "feedback", params, FEEDBACK, ["execution"]),
     )
     spans = [s for s in rows[:MAX_SPANS] if not s["is_marker"]]
     if not spans and not listed:
@@ -260,6 +262,20 @@ def add_feedback(client: Reader, tenant: str, trace_id: str, name: str, value: f
     client.insert("feedback", [list(row.values())], column_names=list(row))
     return {"id": row["FeedbackId"], "execution_id": trace_id, "name": name, "value": float(value),
             "comment": comment, "user_id": user_id, "source": "api"}
+
+
+def feedback_key(feedback_id: str) -> str:
+    """``feedback_id`` as stored: the span id of feedback sent over OTLP (16 hex digits,
+    an id the API refuses for its own) is lower-case hex there, as trace ids are."""
+    return feedback_id.lower() if re.fullmatch(r"[0-9a-fA-F]{16}", feedback_id) else feedback_id
+
+
+def feedback_items(client: Reader, tenant: str, feedback_id: str) -> list[dict[str, Any]]:
+    """The feedback items of ``feedback_id``, oldest first: one, unless two requests
+    gave the same id to different executions or names at the same moment."""
+    rows = queries.rows(client, "feedback", {"tenant": tenant, "feedback_id": feedback_key(feedback_id)},
+                        FEEDBACK, ["id"])
+    return [jsonable(r) for r in rows]
 
 
 def export_executions(client: Reader, tenant: str, filters: Mapping[str, Any], fmt: str,

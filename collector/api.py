@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from spanhouse import TRACE_ID, __version__
+from spanhouse import FEEDBACK_ID, TRACE_ID, __version__
 from spanhouse.clickhouse import Store, deletion, history
 from spanhouse.collector.asgi import BodyLimit, HeadAsGet
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
@@ -180,10 +180,10 @@ class FeedbackIn(BaseModel):
     name: str = Field("user_rating", min_length=1, max_length=128)
     comment: str = Field("", max_length=10_000)
     user_id: str = Field("", max_length=512)
-    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
-                           description="the client's own id of this feedback: sent again (a retry, a changed "
-                                       "rating) it replaces the feedback of that id and name, as Langfuse's "
-                                       "score id does")
+    id: str | None = Field(None, pattern=FEEDBACK_ID,
+                           description="the client's own id of this feedback, as Langfuse's score id: sent "
+                                       "again (a retry, a changed rating) it replaces that item; given to "
+                                       "another execution or name it is refused (409)")
 
     @model_validator(mode="after")
     def _one_value(self) -> FeedbackIn:
@@ -313,16 +313,47 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
 
 
 @executions.post("/feedback", status_code=201, responses={
-    404: {"description": "no such execution"}, 413: {"description": f"a body over {MAX_BODY_BYTES:,} bytes"}})
+    404: {"description": "no such execution"}, 409: {"description": "the id names feedback of another execution or name"},
+    413: {"description": f"a body over {MAX_BODY_BYTES:,} bytes"}})
 def post_feedback(who: Reader, ctx: Context, body: FeedbackIn) -> dict[str, Any]:
     """Rate an execution (rating 1-5) or attach a named score; shows in detail and stats."""
     trace_id = body.execution_id.lower()
     if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
         raise HTTPException(404, f"no execution {body.execution_id} is stored; one sent a moment ago may still be "
                                  "on its way from the spool: try again in a few seconds")
+    if body.id is not None:
+        for item in history.feedback_items(ctx.store.readers, who.tenant, body.id):
+            if (item["execution_id"], item["name"]) != (trace_id, body.name):
+                raise HTTPException(409, f"feedback id {body.id!r} is already {item['name']!r} on execution "
+                                         f"{item['execution_id']}: an id names one item; choose another id, or "
+                                         f"delete that one first (DELETE /api/v1/feedback/{body.id})")
     value = float(body.rating) if body.rating is not None else float(body.value)  # type: ignore[arg-type]
     return history.add_feedback(ctx.store.readers, who.tenant, trace_id, body.name, value, body.comment, body.user_id,
                                 feedback_id=body.id)
+
+
+FeedbackKey = Annotated[str, Path(pattern=FEEDBACK_ID, description="the id POST /feedback answered with, or "
+                                                                      "the span id of feedback sent over OTLP")]
+
+
+@executions.get("/feedback/{feedback_id}", responses={404: {"description": "no such feedback"}})
+def get_feedback(who: Reader, ctx: Context, feedback_id: FeedbackKey) -> dict[str, Any]:
+    """One feedback item: the execution it rates, its name, value, comment and source."""
+    items = history.feedback_items(ctx.store.readers, who.tenant, feedback_id)
+    if not items:
+        raise HTTPException(404, f"no feedback {feedback_id}")
+    return items[-1]  # the newest, where two requests gave one id to two items at once
+
+
+@executions.delete("/feedback/{feedback_id}", responses={404: {"description": "no such feedback"}})
+def delete_feedback(who: Admin, ctx: Context, feedback_id: FeedbackKey) -> dict[str, int]:
+    """Remove one feedback item (and, sent over OTLP, its span); says how many items and
+    spans went. Its execution stays."""
+    removed = deletion.delete_feedback(ctx.store.readers, who.tenant, history.feedback_key(feedback_id),
+                                       ctx.store.writer.paused)
+    if removed is None:
+        raise HTTPException(404, f"no feedback {feedback_id}")
+    return removed
 
 
 @executions.get("/export", response_class=StreamingResponse, responses={200: {"content": {

@@ -1,5 +1,6 @@
-"""The CLI's query commands: ``executions list|show|delete``, ``tools``, ``stats``,
-``performance``, ``anomalies``, ``export``, ``sql``.
+"""The CLI's query commands: ``executions list|show|delete``, ``feedback
+add|show|delete``, ``tools``, ``stats``, ``performance``, ``anomalies``, ``export``,
+``sql``.
 
 They talk to a running collector (``--url``, ``--api-key``; env ``SPANHOUSE_URL``,
 ``SPANHOUSE_API_KEY``), since only the collector may open the embedded store. Output
@@ -27,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from spanhouse import TRACE_ID
+from spanhouse import FEEDBACK_ID, TRACE_ID
 from spanhouse.collector.client import ApiClient
 from spanhouse.errors import ConfigError
 
@@ -192,6 +193,20 @@ def _delete(args: argparse.Namespace) -> int:
     return _emit(args, client.delete("/api/v1/executions", before=args.before, **_filter_values(args)))
 
 
+def _feedback_id(text: str) -> str:
+    """A feedback id as an argument: checked here, as ``_trace_id`` is, because it
+    becomes part of a path."""
+    if not re.match(FEEDBACK_ID, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a feedback id (1-128 letters, digits or _.:-)")
+    return text
+
+
+def _feedback_add(args: argparse.Namespace) -> int:
+    body = {"execution_id": args.execution_id, "name": args.name, "comment": args.comment, "user_id": args.user_id,
+            "id": args.id, **({"rating": args.rating} if args.rating is not None else {"value": args.value})}
+    return _emit(args, _client(args).post("/api/v1/feedback", {k: v for k, v in body.items() if v is not None}))
+
+
 def _export(args: argparse.Namespace) -> int:
     """Write the export to ``--output`` (or stdout). A file is written beside it and renamed
     over it only once the export is complete: a refused or broken export leaves an
@@ -237,10 +252,22 @@ def _segment(value: str) -> str:
 
 
 def _get_command(path: str, *params: str) -> Any:
+    return _path_command("GET", path, *params)
+
+
+def _delete_command(path: str) -> Any:
+    return _path_command("DELETE", path)
+
+
+def _path_command(method: str, path: str, *params: str) -> Any:
+    """A command sending ``method`` to ``path`` (its ``{fields}`` the arguments of those
+    names, each one path segment) with the query ``params`` given, printing the answer."""
     def run(args: argparse.Namespace) -> int:
         values = {p: getattr(args, p) for p in params if getattr(args, p, None) is not None}
         segments = {field: _segment(str(getattr(args, field))) for _, field, _, _ in Formatter().parse(path) if field}
-        return _emit(args, _client(args).get(path.format(**segments), **values))
+        client = _client(args)
+        send = client.get if method == "GET" else client.delete
+        return _emit(args, send(path.format(**segments), **values))
 
     return run
 
@@ -289,6 +316,27 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rm.add_argument("--before", help="bulk: executions started before this time (ISO 8601)")
     rm.add_argument("--yes", action="store_true", help="do not ask")
     rm.set_defaults(run=_delete)
+
+    fb = sub.add_parser("feedback", help="rate an execution, read or delete one feedback item").add_subparsers(
+        dest="feedback_command", required=True)
+    add = fb.add_parser("add", help="rate an execution (--rating 1-5) or attach a named score (--value)")
+    _common(add)
+    add.add_argument("execution_id", type=_trace_id)
+    value = add.add_mutually_exclusive_group(required=True)
+    value.add_argument("--rating", type=int)
+    value.add_argument("--value", type=float)
+    add.add_argument("--name", help="default user_rating")
+    add.add_argument("--comment")
+    add.add_argument("--user-id")
+    add.add_argument("--id", type=_feedback_id, help="your own id: adding it again replaces that item")
+    add.set_defaults(run=_feedback_add)
+    for command, help_text, run in (("show", "one feedback item", _get_command("/api/v1/feedback/{feedback_id}")),
+                                    ("delete", "delete one feedback item (admin key)", _delete_command(
+                                        "/api/v1/feedback/{feedback_id}"))):
+        p = fb.add_parser(command, help=help_text)
+        _common(p)
+        p.add_argument("feedback_id", type=_feedback_id)
+        p.set_defaults(run=run)
 
     for name, path, params, extra, help_text in (
         ("tools", "/api/v1/tools", ("days", "sort", "order", "min_calls", "limit"),

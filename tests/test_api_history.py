@@ -286,6 +286,38 @@ def test_feedback_sent_again_with_its_id_replaces_itself(dataset: tuple[Running,
                      ).status_code == 422, bad
 
 
+def test_one_feedback_item_is_read_refused_a_second_use_of_its_id_and_deleted(
+        dataset: tuple[Running, dict[str, str]]) -> None:
+    """There was no way to read, or take back, one rating (Langfuse: GET and DELETE
+    /scores/{id}); an id reused for another name or execution made a second item."""
+    c, ids = dataset
+    url = c.api_url + "/api/v1/feedback"
+    r = _post(url, headers=c.headers(), json={"execution_id": ids["d"].upper(), "name": "tone", "value": 0.25,
+                                              "comment": "curt", "user_id": "ada", "id": "fb.tone:1"})
+    assert r.status_code == 201, r.text
+    got = _get(c, "/api/v1/feedback/fb.tone:1")
+    assert got.status_code == 200, got.text
+    assert {k: v for k, v in got.json().items() if k != "time"} == {
+        "id": "fb.tone:1", "execution_id": ids["d"], "name": "tone", "value": 0.25, "comment": "curt",
+        "user_id": "ada", "source": "api"}
+    for other in ({"execution_id": ids["d"], "name": "accuracy"}, {"execution_id": ids["e"], "name": "tone"}):
+        r = _post(url, headers=c.headers(), json={**other, "value": 1.0, "id": "fb.tone:1"})
+        assert r.status_code == 409 and "DELETE /api/v1/feedback/fb.tone:1" in r.text, r.text
+    assert [f["name"] for f in _get(c, f"/api/v1/executions/{ids['e']}").json()["feedback"]] == []
+    assert _post(url, headers=c.headers(), json={"execution_id": ids["d"], "name": "tone", "value": 0.5,
+                                                 "id": "fb.tone:1"}).status_code == 201  # a change: same item
+    assert _get(c, "/api/v1/feedback/fb.tone:1").json()["value"] == 0.5
+    for missing in ("fb.tone:2", "0123456789abcdef"):
+        assert _get(c, f"/api/v1/feedback/{missing}").status_code == 404
+        assert _delete(f"{url}/{missing}", headers=c.headers()).status_code == 404
+    assert _get(c, "/api/v1/feedback/no%20spaces").status_code == 422
+    r = _delete(f"{url}/fb.tone:1", headers=c.headers())
+    assert r.status_code == 200 and r.json() == {"feedback": 1, "spans": 0}, r.text
+    assert _get(c, "/api/v1/feedback/fb.tone:1").status_code == 404
+    assert "tone" not in [f["name"] for f in _get(c, f"/api/v1/executions/{ids['d']}").json()["feedback"]]
+    assert _get(c, f"/api/v1/executions/{ids['d']}").status_code == 200  # the execution stays
+
+
 def test_the_api_refuses_a_large_body_before_reading_it(dataset: tuple[Running, dict[str, str]]) -> None:
     """Every body was read whole (before the key was checked): 300 MB without a key grew
     the collector by ~1 GB."""
@@ -749,6 +781,49 @@ def test_deleting_an_execution_keeps_feedback_about_another_sent_in_the_same_tra
     assert comments == [("about the one kept",)]
     kept = history.get_execution(store.client, tenant, keep_id)
     assert kept is not None and [f["comment"] for f in kept["feedback"]] == ["about the one kept"]
+
+
+def test_deleting_feedback_sent_over_otlp_removes_its_span_and_what_counted_it(store: Store, tenant: str) -> None:
+    """Feedback sent over OTLP is a span: deleting the item removes it from otel_traces
+    (a trace of its own, as the SDK sends, also from the trace-time lookup), and a
+    feedback span sent with an error status from the error patterns it counted in.
+    Feedback sent inside another trace leaves that trace's spans alone."""
+    rated_id, rated = _execution(0)
+    own, host, root = trace_id(), trace_id(), span_id()
+    own_sid, inside_sid = span_id(), span_id()
+
+    def feedback(trace: bytes, sid: bytes, comment: str, **kw: Any) -> Any:
+        return span("spanhouse.feedback", trace, sid=sid, start=T0 + 10**9, attributes={
+            "spanhouse.feedback.execution_id": rated_id, "spanhouse.feedback.value": "1",
+            "spanhouse.feedback.comment": comment}, **kw)
+
+    def count(sql: str, **params: Any) -> int:
+        return int(store.client.command(sql, parameters={"t": tenant, **params}))
+
+    write(store, tenant, rated, request([feedback(own, own_sid, "bad", error="rated in anger")]),
+          request([span("invoke_agent host", host, sid=root, start=T0),
+                   feedback(host, inside_sid, "inside", parent=root)]))
+    patterns = "SELECT sum(Count) FROM error_patterns WHERE Tenant = {t:String} AND ToolName = 'spanhouse.feedback'"
+    assert count(patterns) == 1
+    item = history.feedback_items(store.client, tenant, own_sid.hex().upper())
+    assert [(f["id"], f["execution_id"], f["source"]) for f in item] == [(own_sid.hex(), rated_id, "otlp")]
+
+    removed = deletion.delete_feedback(store.client, tenant, history.feedback_key(own_sid.hex().upper()))
+    assert removed == {"feedback": 1, "spans": 1}
+    assert count("SELECT count() FROM otel_traces WHERE Tenant = {t:String} AND TraceId = {x:String}", x=own.hex()) == 0
+    assert count("SELECT count() FROM otel_traces_trace_id_ts WHERE Tenant = {t:String} AND TraceId = {x:String}",
+                 x=own.hex()) == 0
+    assert count(patterns) == 0
+    assert history.feedback_items(store.client, tenant, own_sid.hex()) == []
+    assert deletion.delete_feedback(store.client, tenant, own_sid.hex()) is None
+
+    assert deletion.delete_feedback(store.client, tenant, inside_sid.hex()) == {"feedback": 1, "spans": 1}
+    assert count("SELECT count() FROM otel_traces WHERE Tenant = {t:String} AND TraceId = {x:String}", x=host.hex()) == 1
+    assert count("SELECT count() FROM otel_traces_trace_id_ts WHERE Tenant = {t:String} AND TraceId = {x:String}",
+                 x=host.hex()) == 1
+    shown = history.get_execution(store.client, tenant, rated_id)
+    assert shown is not None and shown["feedback"] == []
+    assert count("SELECT count() FROM feedback WHERE Tenant = {t:String}") == 0
 
 
 def test_times_are_utc_whatever_the_collectors_time_zone(tmp_path: Path) -> None:

@@ -209,6 +209,26 @@ def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture
                                 parameters={"t": doomed}) == 0
 
 
+def test_feedback_is_added_shown_and_deleted(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
+    c, tid = served
+    added = json.loads(_run(c, capsys, "feedback", "add", tid, "--rating", "2", "--comment", "slow answer",
+                            "--id", "cli:1", "--json"))
+    assert added["id"] == "cli:1" and added["value"] == 2 and added["name"] == "user_rating"
+    text = _run(c, capsys, "feedback", "show", "cli:1")
+    assert "slow answer" in text and tid in text
+    assert json.loads(_run(c, capsys, "feedback", "delete", "cli:1", "--json")) == {"feedback": 1, "spans": 0}
+    assert cli.main(["feedback", "show", "cli:1", "--url", c.api_url, "--api-key", c.key]) == 2
+    assert "404: no feedback cli:1" in capsys.readouterr().err
+    score = json.loads(_run(c, capsys, "feedback", "add", tid, "--value", "0.75", "--name", "accuracy", "--json"))
+    assert (score["name"], score["value"]) == ("accuracy", 0.75)
+    for argv in (["feedback", "add", tid], ["feedback", "add", tid, "--rating", "1", "--value", "1"],
+                 ["feedback", "show", "../executions"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*argv, "--url", c.api_url])
+        assert exc.value.code == 2, argv
+    capsys.readouterr()
+
+
 class _Terminal(io.StringIO):
     """A terminal's stdin with ``answer`` typed."""
 
