@@ -13,6 +13,7 @@ the original name, and materialized views wired to the local tables.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -25,7 +26,9 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import queries, sqlfiles
-from spanhouse.errors import ConfigError, MigrationError
+from spanhouse.errors import ConfigError, MigrationError, Stopped
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = "schema"
 _FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -168,11 +171,12 @@ LOCK_WAIT_S = 600.0
 
 
 def migrate(client: Client, cluster: str | None = None, *, exclusive: bool = False,
-            lock_wait_s: float = LOCK_WAIT_S) -> list[str]:
+            lock_wait_s: float = LOCK_WAIT_S, stopping: threading.Event | None = None) -> list[str]:
     """Bring the schema up to date; return the names of the files applied now.
 
     One migrator at a time (``migration_lock_take.sql``): another one waits up to
-    ``lock_wait_s`` for it. ``exclusive``: no other process can reach this store (the
+    ``lock_wait_s`` for it, or until ``stopping`` is set (a collector told to stop while
+    it starts: ``Stopped``). ``exclusive``: no other process can reach this store (the
     embedded engine); migrators in this process take turns, so a lock found then was
     left by a killed run and is dropped rather than waited for.
 
@@ -182,7 +186,7 @@ def migrate(client: Client, cluster: str | None = None, *, exclusive: bool = Fal
     """
     known = schema_files()
     _run(client, known[0], cluster)  # the bookkeeping table itself (idempotent DDL)
-    with _migration_lock(client, exclusive, lock_wait_s):
+    with _migration_lock(client, exclusive, lock_wait_s, stopping):
         done = applied(client)  # read under the lock: what a migrator before us applied counts
         ran: list[str] = []
         for m in known:
@@ -208,17 +212,19 @@ may open one embedded store more than once (the SDK's exporter and the applicati
 
 
 @contextmanager
-def _migration_lock(client: Client, exclusive: bool, wait_s: float) -> Iterator[None]:
+def _migration_lock(client: Client, exclusive: bool, wait_s: float,
+                    stopping: threading.Event | None) -> Iterator[None]:
     with _IN_THIS_PROCESS:
         if exclusive:
             client.command(sqlfiles.query("migration_lock_release"))
-        with _store_lock(client, wait_s):
+        with _store_lock(client, wait_s, stopping or threading.Event()):
             yield
 
 
 @contextmanager
-def _store_lock(client: Client, wait_s: float) -> Iterator[None]:
+def _store_lock(client: Client, wait_s: float, stopping: threading.Event) -> Iterator[None]:
     deadline = time.monotonic() + wait_s
+    waited = False
     while True:
         try:
             client.command(sqlfiles.query("migration_lock_take"))
@@ -226,6 +232,10 @@ def _store_lock(client: Client, wait_s: float) -> Iterator[None]:
         except DatabaseError as exc:
             if "TABLE_ALREADY_EXISTS" not in str(exc):
                 raise
+        if not waited:  # else a start waiting here looks hung
+            log.warning("another migrator holds the lock on the store's schema (table spanhouse_migration_lock); "
+                        "waiting up to %.0f s for it", wait_s)
+            waited = True
         if time.monotonic() >= deadline:
             held = queries.rows(client, "migration_lock_held", {})
             since = f" since {held[0]['since']}" if held else ""
@@ -233,7 +243,9 @@ def _store_lock(client: Client, wait_s: float) -> Iterator[None]:
                 f"another migrator has held the migration lock{since} (table spanhouse_migration_lock) for over "
                 f"{wait_s:.0f} s. If none is running (one was killed), DROP TABLE spanhouse_migration_lock and "
                 "start again")
-        time.sleep(0.5)
+        if stopping.wait(0.5):  # a signal would otherwise wait out the whole lock_wait_s
+            raise Stopped("stopped while waiting for another migrator's lock on the store (table "
+                          "spanhouse_migration_lock); nothing was changed")
     try:
         yield
     finally:
@@ -245,13 +257,18 @@ MAX_RETENTION_DAYS = 10_000
 around past it: 36,500 days from 2026 is 1989, a TTL that deletes everything at once."""
 
 
-def apply_retention(client: Client, days: int, cluster: str | None = None) -> None:
-    """Set every table's TTL to ``days`` (``schema/retention.sql``); parts older are dropped."""
+def retention(days: int) -> Migration:
+    """The statements setting every table's TTL to ``days`` (``schema/retention.sql``);
+    ``ConfigError`` for a number of days out of range."""
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_RETENTION_DAYS:
         raise ConfigError(f"retention must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, not {days!r}; "
                           "to keep everything, leave it unset")
-    sql = sqlfiles.read_text(f"{_SCHEMA}/retention.sql").replace("{days}", str(days))
-    _run(client, Migration(0, "retention.sql", sql), cluster)
+    return Migration(0, "retention.sql", sqlfiles.read_text(f"{_SCHEMA}/retention.sql").replace("{days}", str(days)))
+
+
+def apply_retention(client: Client, days: int, cluster: str | None = None) -> None:
+    """Set every table's TTL to ``days``; parts older are dropped."""
+    _run(client, retention(days), cluster)
 
 
 def remove_retention(client: Client) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
@@ -86,20 +87,21 @@ def retention_from_env() -> int | None:
 
 
 def open_store(dsn: str | None = None, *, retention_days: int | None = None,
-               cluster: str | None = None, timeout: float | None = None) -> Store:
+               cluster: str | None = None, timeout: float | None = None,
+               stopping: threading.Event | None = None) -> Store:
     """Connect to ``dsn`` (see ``resolve_dsn``), migrate, and apply ``retention_days``.
 
     ``timeout`` bounds each request to a server (see ``connect``) but the migrations': a
     migration refilling a table, cut off by the client while the server goes on, would
     run again at the next opening and count its rows twice. A server that never answers
     fails within it all the same, at a first connection whose opening asks the server
-    its version."""
+    its version. ``stopping`` set ends a wait for another migrator (``Stopped``)."""
     dsn = resolve_dsn(dsn)
     if timeout is not None and embedded_path(dsn) is None:
         connect(dsn, timeout=timeout).close()
     client = connect(dsn)
     try:
-        migrate(client, cluster=cluster, exclusive=embedded_path(dsn) is not None)
+        migrate(client, cluster=cluster, exclusive=embedded_path(dsn) is not None, stopping=stopping)
         if retention_days is not None:
             apply_retention(client, retention_days, cluster=cluster)
         writer_client = connect(dsn, timeout=timeout)

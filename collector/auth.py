@@ -27,7 +27,7 @@ from spanhouse.errors import AuthError, ConfigError, Forbidden
 
 SCOPES = frozenset({"ingest", "read", "admin"})
 ENV = "SPANHOUSE_API_KEYS"
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def hash_key(key: str) -> str:
 
 
 def _principal(tenant: str, scopes: Iterable[str], where: str) -> Principal:
-    if not _TENANT.match(tenant):
+    if not _TENANT.fullmatch(tenant):  # match() let a final newline through ('$' matches before it)
         raise ConfigError(f"{where}: tenant {tenant!r} must be 1-64 letters, digits, '_', '.' or '-'")
     scope_set = frozenset(s for s in scopes if s)
     if not scope_set or scope_set - SCOPES:
@@ -96,6 +96,9 @@ class KeyRing:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read API keys file {path}: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"API keys file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                  "save it as UTF-8") from exc
             for n, line in enumerate(text.splitlines(), 1):
                 line = line.split("#", 1)[0].strip()
                 if line:

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spanhouse.clickhouse import DEFAULT_DSN, DSN_ENV, RETENTION_ENV, open_store, retention_from_env
-from spanhouse.clickhouse.migrations import schema_files
+from spanhouse.clickhouse.migrations import retention, schema_files
 from spanhouse.collector import cli_query, config
 from spanhouse.collector.auth import SCOPES, add_key
-from spanhouse.errors import SpanhouseError
+from spanhouse.errors import SpanhouseError, Stopped
 
 
 def _dsn_arg(parser: argparse.ArgumentParser) -> None:
@@ -34,14 +34,14 @@ def _dsn_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    if args.print:
-        for m in schema_files():
+    days = args.retention_days if args.retention_days is not None else retention_from_env()
+    if args.print:  # what a run with the same flags would apply (a cluster's DBA reviews it)
+        for m in [*schema_files(), *([retention(days)] if days is not None else [])]:
             print(f"-- {m.name}")
             for stmt in m.statements(args.cluster):
                 print(stmt.rstrip() + ";\n")
         return 0
-    retention = args.retention_days if args.retention_days is not None else retention_from_env()
-    store = open_store(args.dsn, retention_days=retention, cluster=args.cluster)
+    store = open_store(args.dsn, retention_days=days, cluster=args.cluster)
     store.close()
     print(f"schema of {args.dsn} is up to date")
     return 0
@@ -66,10 +66,15 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger("spanhouse").warning("stopping without draining the spool (a second signal)")
             collector.hurry()
         stop.set()
+        collector.ask_stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    addresses = collector.start()
+    try:
+        addresses = collector.start()
+    except Stopped as exc:  # told to stop while it waited to start: nothing was listening
+        logging.getLogger("spanhouse").info("%s", exc)
+        return 0
     if not stop.is_set():  # told to stop while starting: no line saying it listens
         # The one machine-readable startup line (scripts and tests read the ports from it).
         print(json.dumps({"spanhouse": "listening", "host": addresses.host, "grpc_port": addresses.grpc_port,
@@ -90,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys_add(args: argparse.Namespace) -> int:
-    key = add_key(Path(args.file), args.tenant, args.scopes.split(","))
+    key = add_key(Path(args.file).expanduser(), args.tenant, args.scopes.split(","))  # as serve reads --api-keys
     print(key)
     print(f"added a key for tenant {args.tenant!r} to {args.file}; this is the only time it is shown",
           file=sys.stderr)

@@ -157,7 +157,7 @@ def _tree(node: dict[str, Any], into: Tree) -> None:
 def _trace_id(text: str) -> str:
     """An execution id as an argument. Checked here because it becomes part of a path:
     ``show stream`` reached the live stream and waited on it for ever."""
-    if not re.match(TRACE_ID, text):
+    if not re.fullmatch(TRACE_ID, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an execution id (a trace id of 32 hex digits)")
     return text
 
@@ -196,7 +196,7 @@ def _delete(args: argparse.Namespace) -> int:
 def _feedback_id(text: str) -> str:
     """A feedback id as an argument: checked here, as ``_trace_id`` is, because it
     becomes part of a path."""
-    if not re.match(FEEDBACK_ID, text):
+    if not re.fullmatch(FEEDBACK_ID, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a feedback id (1-128 letters, digits or _.:-)")
     return text
 

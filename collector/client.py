@@ -28,6 +28,9 @@ class ApiClient:
 
     def __init__(self, url: str, api_key: str | None = None, sql_url: str | None = None,
                  timeout: float = 60.0) -> None:
+        if api_key and not api_key.isascii():  # httpx cannot send it: a traceback at the first request
+            raise ConfigError("the API key (--api-key or SPANHOUSE_API_KEY) holds a character that is not ASCII "
+                              "(a non-breaking space or a typographic quote, pasted with it?); copy the key again")
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         try:
             self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)

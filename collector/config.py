@@ -71,8 +71,8 @@ class Settings:
             raise ConfigError("--batch-delay must be between 0 and 60 seconds")
         if self.batch_bytes < 1 << 16:
             raise ConfigError("--batch-bytes must be at least 64KiB")
-        if self.max_request_bytes < 1024:
-            raise ConfigError("--max-request-bytes must be at least 1KiB")
+        if not 1024 <= self.max_request_bytes < 1 << 31:  # gRPC's limit is a signed 32-bit int
+            raise ConfigError("--max-request-bytes must be from 1KiB to just under 2GiB (gRPC's largest message)")
         if self.forward_max_bytes < 1 << 16:
             raise ConfigError("--forward-max-bytes must be at least 64KiB")
         if not 0 < self.shutdown_timeout <= 3600:

@@ -83,6 +83,7 @@ class Collector:
         self._loop_thread: threading.Thread | None = None
         self._stopping = False
         self._hurry = threading.Event()
+        self._stop_asked = threading.Event()
         self._forwarders: list[Forwarder] = []
         self._sql_clients: ClientPool | None = None
         self._api_context: ApiContext | None = None
@@ -114,7 +115,7 @@ class Collector:
                             seal_after=s.batch_delay, on_seal=self._forward)
         self._spool.lock()
         if self._store is None:
-            self._store = open_store(s.dsn, retention_days=s.retention_days)
+            self._store = open_store(s.dsn, retention_days=s.retention_days, stopping=self._stop_asked)
             # The collector owns the retention setting, so unset means keep everything: a
             # TTL left by an earlier --retention-days goes. (Other openers of a store, such
             # as the SDK's store exporter, leave the tables' TTLs alone.)
@@ -199,6 +200,11 @@ class Collector:
         if self._exporter is not None and not self._exporter.healthy:
             return True, "ClickHouse is refusing inserts; data is kept in the spool"
         return True, ""
+
+    def ask_stop(self) -> None:
+        """Say a stop is coming (a signal): a start still waiting for another migrator's
+        lock on the store gives up (``Stopped``) rather than wait up to its 10 minutes."""
+        self._stop_asked.set()
 
     def hurry(self) -> None:
         """Make a ``stop`` under way end without draining the spool (a second signal):

@@ -12,6 +12,7 @@ translated at the boundary that calls them.
     │   ├── StoreUnavailable   cannot reach or open it; retrying later may succeed
     │   ├── MigrationError     the schema cannot be brought up to date
     │   └── WriteError         an insert failed for a reason retrying will not fix
+    ├── Stopped                a stop asked for while waiting (not a failure)
     ├── InvalidData            input that can never be stored as sent (bad OTLP)
     │   └── PayloadTooLarge    a request over the size limit
     ├── UnsupportedMediaType   a body in an encoding we do not read
@@ -52,6 +53,11 @@ class MigrationError(StoreError):
 
 class WriteError(StoreError):
     """An insert failed for a reason that retrying the same data will not fix."""
+
+
+class Stopped(SpanhouseError):
+    """A stop was asked for while this waited (a collector told to stop while it
+    started): not a failure, and nothing was left half done."""
 
 
 class InvalidData(SpanhouseError):
@@ -96,6 +102,7 @@ __all__ = [
     "PayloadTooLarge",
     "SpanhouseError",
     "SpoolFull",
+    "Stopped",
     "StoreError",
     "StoreUnavailable",
     "UnsupportedMediaType",

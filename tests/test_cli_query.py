@@ -229,6 +229,16 @@ def test_feedback_is_added_shown_and_deleted(served: tuple[Running, str], capsys
     capsys.readouterr()
 
 
+def test_an_api_key_that_is_not_ascii_is_a_message(served: tuple[Running, str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A key pasted with a non-breaking space or typographic quotes was a
+    UnicodeEncodeError traceback from httpx in every command."""
+    c, _ = served
+    for key in (c.key + "\xa0", "\u201c" + c.key + "\u201d"):
+        assert cli.main(["executions", "list", "--url", c.api_url, "--api-key", key]) == 2
+        assert "not ASCII" in capsys.readouterr().err
+
+
 class _Terminal(io.StringIO):
     """A terminal's stdin with ``answer`` typed."""
 

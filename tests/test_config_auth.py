@@ -34,6 +34,7 @@ def test_flags_beat_environment_beats_defaults() -> None:
     (["--retention-days", "36500"], "from 1 to 10000"),
     (["--shutdown-timeout", "-5"], "between 0 and 3600"),
     (["--forward-max-bytes", "0"], "at least 64KiB"),
+    (["--max-request-bytes", "2GiB"], "just under 2GiB"),  # passed, then grpcio's OverflowError at start
     (["--log-level", "verbose"], "is not one of debug, info, warning, warn, error, critical, fatal, notset"),
 ])
 def test_bad_settings_say_what_to_do(argv: list[str], match: str) -> None:
@@ -88,6 +89,31 @@ def test_malformed_keys_file_lines_are_config_errors(tmp_path: Path, line: str) 
     (tmp_path / "k").write_text(line + "\n")
     with pytest.raises(ConfigError):
         KeyRing.load(tmp_path / "k", environ={})
+
+
+def test_a_keys_file_not_in_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """A Latin-1 comment (`# clé`) stopped `serve` with a UnicodeDecodeError traceback."""
+    (tmp_path / "k").write_bytes(f"# cl\xe9 de l'équipe\nsha256:{'0' * 64} tenant=x scopes=read\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text .*save it as UTF-8"):
+        KeyRing.load(tmp_path / "k", environ={})
+
+
+def test_a_tenant_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    """`keys add --tenant $'acme\\n'` wrote the key's line in two, and the next start
+    refused the whole file: every key in it stopped working."""
+    with pytest.raises(ConfigError, match=r"tenant 'acme\\n' must be"):
+        add_key(tmp_path / "k", "acme\n", ["read"])
+    assert not (tmp_path / "k").exists()
+
+
+def test_keys_add_reads_a_home_path_as_serve_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`keys add --file ~/keys` wrote ./~/keys, and serve (which expands it) read another file."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    assert cli.main(["keys", "add", "--file", "~/keys", "--tenant", "acme"]) == 0
+    assert (tmp_path / "home" / "keys").exists() and not (tmp_path / "~").exists()
+    assert _settings(["--api-keys", "~/keys"], {}).api_keys == tmp_path / "home" / "keys"
 
 
 def test_key_headers() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -301,6 +302,40 @@ def test_a_held_migration_lock_is_waited_for_then_explained(store: Store) -> Non
         store.client.command(sqlfiles.query("migration_lock_release"))
 
 
+def test_a_signal_ends_a_start_waiting_for_the_migration_lock(tmp_path: Path) -> None:
+    """`serve` waiting for another migrator's lock (on a server; a killed one's is
+    reported after 10 minutes) took neither SIGTERM nor a second signal: only SIGKILL
+    ended it. The child takes a server's path (no lock dropped as a killed run's) on an
+    embedded store, whose lock the test holds as another migrator would."""
+    data = tmp_path / "data"
+    dsn = f"chdb://{data}"
+    in_child("import sys\nfrom spanhouse.clickhouse import connect, migrate, sqlfiles\n"
+             "c = connect(sys.argv[1]); migrate(c, exclusive=True)\n"
+             "c.command(sqlfiles.query('migration_lock_take')); c.close()\n", data)
+    child = ("import sys\n"
+             "from spanhouse.clickhouse import migrations, store\n"
+             "store.migrate = lambda client, **kw: migrations.migrate(client, **{**kw, 'exclusive': False})\n"
+             "from spanhouse.collector import cli\n"
+             f"sys.exit(cli.main(['serve', '--dsn', {dsn!r}, '--grpc-port', '0', '--http-port', '0',\n"
+             "                    '--api-port', '0', '--sql-port', '0']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SPANHOUSE_LOG_LEVEL": "INFO"})
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the handlers are in place before the store opens
+            if "waiting up to 600 s" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "listening" not in out, err
+    assert "stopped while waiting for another migrator's lock" in err, err
+    held = in_child("import sys\nfrom spanhouse.clickhouse import connect, queries\n"
+                    "print(len(queries.rows(connect(sys.argv[1]), 'migration_lock_held', {})))\n", data)
+    assert held == ["1"]  # the other migrator's lock is left alone
+
+
 def test_tool_rollups_read_by_time_after_a_deletion_count_what_remains(store: Store, tenant: str) -> None:
     """Deletion recomputes a tool's hour: the rows it deletes must not stay in the
     time-ordered projections (0008), which window reads use, next to the recomputed ones."""
@@ -590,6 +625,22 @@ def test_cli_migrate_prints_cluster_ddl(capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["migrate", "--print", "--cluster", "prod"]) == 0
     out = capsys.readouterr().out
     assert "-- 0001_otel_traces.sql" in out and "ON CLUSTER prod" in out
+    assert "MODIFY TTL" not in out
+
+
+def test_cli_migrate_prints_the_retention_it_would_set(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--print` left out the TTLs of `--retention-days` (the DDL a cluster's DBA reviews
+    before `migrate --cluster NAME --retention-days N`) and took any number of days."""
+    assert cli.main(["migrate", "--print", "--cluster", "prod", "--retention-days", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "-- retention.sql" in out and "toIntervalDay(30)" in out
+    assert re.search(r"ALTER TABLE otel_traces_local ON CLUSTER prod\s+MODIFY TTL", out), out
+    monkeypatch.setenv("SPANHOUSE_RETENTION_DAYS", "7")
+    assert cli.main(["migrate", "--print"]) == 0
+    assert "toIntervalDay(7)" in capsys.readouterr().out
+    assert cli.main(["migrate", "--print", "--retention-days", "0"]) == 2
+    assert "from 1 to 10000" in capsys.readouterr().err
 
 
 def test_cli_migrate_creates_a_store_in_another_process(tmp_path: Path) -> None:
