@@ -37,6 +37,7 @@ from spanhouse.collector.auth import KeyRing, Principal
 from spanhouse.collector.config import Settings
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.validate import validate
 from spanhouse.collector.server import Collector
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import gunzip
@@ -195,6 +196,25 @@ def test_partial_success_rejects_invalid_spans_and_stores_the_rest(store: Store,
         metrics = httpx.get(c.api_url + "/metrics").text
     assert _count(store, tenant) == 2
     assert 'spanhouse_spans_rejected_total{reason="empty_name"} 2.0' in metrics
+
+
+def test_spans_starting_at_implausible_times_are_rejected_with_the_reason() -> None:
+    """A request spread over more days than migration 0019's deduplication window (a
+    span per day since 1971: a broken clock, seconds sent as nanoseconds) was stored
+    twice whole when replayed from the spool after a crash, and its 10,000 parts (one
+    per day) took the insert 53 s."""
+    now = 1_790_000_000 * 10**9  # 2026-09-21
+    day, year = 86_400 * 10**9, 365 * 86_400 * 10**9
+    starts = {"1971": 365 * day, "21 years ago": now - 21 * year, "19 years ago": now - 19 * year,
+              "now": now, "11 months ahead": now + 335 * day, "2 years ahead": now + 2 * year,
+              "seconds as ns": 1_790_000_000}
+    req = request([span(name, trace_id(), start=start) for name, start in starts.items()])
+    verdict = validate(req, now_ns=now)
+    kept = [s.name for s in req.resource_spans[0].scope_spans[0].spans]
+    assert kept == ["19 years ago", "now", "11 months ahead"]
+    assert verdict.rejected == {"implausible_start": 4}
+    assert "4 starting more than 20 years before the collector's clock" in verdict.message()
+    assert not validate(request([span("now", trace_id(), start=time.time_ns())])).rejected  # the system's clock
 
 
 def _status(body: bytes, kind: str) -> status_pb2.Status:
@@ -564,8 +584,10 @@ def test_a_large_json_request_does_not_stall_the_other_http_clients(tmp_path: Pa
     serve = ServeProcess(tmp_path / "store")
     ports = serve.start()
     url, health = f"http://127.0.0.1:{ports['http_port']}/v1/traces", serve.api_url + "/healthz"
-    spans = [{"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "s", "startTimeUnixNano": "1",
-              "endTimeUnixNano": "2", "attributes": [{"key": f"k{j}", "value": {"stringValue": "v"}} for j in range(5)]}
+    start = time.time_ns()
+    spans = [{"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "s", "startTimeUnixNano": str(start),
+              "endTimeUnixNano": str(start + 1), "attributes": [{"key": f"k{j}", "value": {"stringValue": "v"}}
+                                                                for j in range(5)]}
              for i in range(40_000)]
     big = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode()
     small = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans[:1]}]}]}).encode()
