@@ -289,7 +289,8 @@ class Spool:
         with self._lock:
             if not self._accepting:
                 raise Backpressure("the spool is closed; retry once the collector runs again", retry_after=_RETRY_AFTER)
-            self.check_room(size)  # under the lock here; size <= max_bytes was checked above
+            self._room_for(size)  # size <= max_bytes was checked above
+            self._refused = False  # this one fits: refusing no longer
             self._bytes += size
             group = self._pending
             group.parts += (header, tenant_bytes, payload)
@@ -310,8 +311,14 @@ class Spool:
         a body larger than the whole spool passes: it is decoded, and refused as too large
         only if its record is, rather than asked to retry forever.
         """
+        with self._lock:
+            self._room_for(size)
+
+    def _room_for(self, size: int) -> None:
+        """``check_room`` under ``_lock``. A refusal makes ``refusing`` say so until a
+        record fits again or something leaves the spool."""
         if size <= self._max_bytes and self._bytes + size > self._max_bytes:
-            self._refused = True  # until something leaves the spool (_forget)
+            self._refused = True
             raise SpoolFull(f"the spool holds {self._bytes} of {self._max_bytes} bytes: ClickHouse is "
                             f"behind or down; retry later", retry_after=_RETRY_AFTER)
 
@@ -617,12 +624,12 @@ class Spool:
 
     @property
     def refusing(self) -> str | None:
-        """Why records are being refused now, or None: a record was refused for room and
-        nothing has left the spool since, or the last write failed (within
+        """Why records are being refused now, or None: the last record offered was refused
+        for room (and nothing has left the spool since), or the last write failed (within
         ``_WRITE_FAILURE_S``, so that a disk that is fixed is tried again)."""
         with self._lock:
             if self._refused:
-                return f"the spool is full ({self._bytes} of {self._max_bytes} bytes)"
+                return f"the spool is full for the requests offered ({self._bytes} of {self._max_bytes} bytes held)"
             failed = self._write_failed
         if failed is not None and time.monotonic() - failed < _WRITE_FAILURE_S:
             return "the spool's last write failed (see the log)"

@@ -205,6 +205,20 @@ def test_refusing_ends_once_something_leaves_even_if_the_spool_fills_again(spool
     spool.append("t", b"x" * 100)  # above the level at the refusal again
     assert spool.refusing is None
 
+def test_refusing_ends_once_a_record_fits_again(spools: Spools) -> None:
+    """One request too large for the room left made /readyz say the spool was full for
+    as long as nothing left it (the store down: for hours), while every smaller request
+    was accepted; a load balancer took the collector out just when it should stay."""
+    size = spools.record_size("t", b"x" * 100)
+    spool = spools.open(max_bytes=4 * size, segment_bytes=size)
+    spool.append("t", b"x" * 100)
+    with pytest.raises(SpoolFull):
+        spool.append("t", b"x" * (3 * size))
+    assert spool.refusing is not None and "full" in spool.refusing
+    spool.append("t", b"x" * 100)
+    assert spool.refusing is None
+
+
 def test_records_waiting_to_be_written_count_against_the_bound(spools: Spools, syncs: Syncs) -> None:
     size = spools.record_size("t", b"x" * 100)
     spool = spools.open(max_bytes=size + size // 2)
