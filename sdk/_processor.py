@@ -36,6 +36,7 @@ import collections
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -89,7 +90,9 @@ class SpanhouseSpanProcessor(SpanProcessor):
         stamp = context_api.get_value(SESSION_KEY)
         if stamp:
             span.set_attributes(stamp)  # type: ignore[arg-type]
-        if span.parent is None and is_execution(span):
+        # A span recorded but not sampled (a sampler's RECORD_ONLY) is never exported:
+        # its marker would leave the execution 'running' for good.
+        if span.parent is None and span.get_span_context().trace_flags.sampled and is_execution(span):
             pipeline = self._pipeline
             if pipeline is not None:
                 pipeline.markers.send(running_marker(span))
@@ -108,8 +111,10 @@ class SpanhouseSpanProcessor(SpanProcessor):
         pipeline = self._pipeline
         if pipeline is None:
             return True
-        pipeline.markers.flush()
-        return pipeline.spans.force_flush(timeout_millis)
+        deadline = time.monotonic() + timeout_millis / 1000
+        if not pipeline.markers.flush(timeout_millis / 1000):
+            return False
+        return pipeline.spans.force_flush(max(0, int((deadline - time.monotonic()) * 1000)))
 
 
 class _Pipeline:
@@ -206,22 +211,32 @@ class _MarkerSender:
             self._wake.clear()
             self.flush()
 
-    def flush(self) -> None:
-        """Export every pending marker now, in the calling thread."""
-        with self._lock:
-            batch: list[ReadableSpan] = []
-            while self._pending:
-                batch.append(self._pending.popleft())
-            if not batch:
-                return
-            token = context_api.attach(context_api.set_value(context_api._SUPPRESS_INSTRUMENTATION_KEY, True))
-            try:
-                if self._exporter.export(batch) is not SpanExportResult.SUCCESS:
-                    logger.warning("spanhouse: %d running marker(s) were not exported", len(batch))
-            except Exception:  # an exporter must never break the application
-                logger.exception("spanhouse: exporting running markers failed")
-            finally:
-                context_api.detach(token)
+    def flush(self, timeout_s: float = -1) -> bool:
+        """Export every pending marker now, in the calling thread; False if another
+        export held the sender past ``timeout_s`` (an unreachable collector's retries
+        take ~10 s), default no limit."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            self._export_pending()
+        finally:
+            self._lock.release()
+        return True
+
+    def _export_pending(self) -> None:
+        batch: list[ReadableSpan] = []
+        while self._pending:
+            batch.append(self._pending.popleft())
+        if not batch:
+            return
+        token = context_api.attach(context_api.set_value(context_api._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            if self._exporter.export(batch) is not SpanExportResult.SUCCESS:
+                logger.warning("spanhouse: %d running marker(s) were not exported", len(batch))
+        except Exception:  # an exporter must never break the application
+            logger.exception("spanhouse: exporting running markers failed")
+        finally:
+            context_api.detach(token)
 
     def shutdown(self) -> None:
         if self._closed:

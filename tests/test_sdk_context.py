@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
 from spanhouse import sdk
@@ -278,6 +281,18 @@ def test_feedback_rejects_bad_execution_ids(bad_id: object) -> None:
         sdk.feedback(bad_id, rating=5)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def _sdk_on(provider: TracerProvider) -> Iterator[None]:
+    """The SDK's decorators on ``provider``'s tracer meanwhile; the provider shut down after."""
+    previous = _runtime.install(_runtime.Runtime(provider.get_tracer(_runtime.SCOPE_NAME), disabled=False,
+                                                 capture_content=True, content=ContentPolicy(1000)))
+    try:
+        yield
+    finally:
+        _runtime.install(previous)
+        provider.shutdown()
+
+
 @pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.0), ParentBased(TraceIdRatioBased(0.0))])
 def test_feedback_is_kept_whatever_the_sampler(sampler: Sampler) -> None:
     """A ratio sampler decided on the feedback span's own random trace id, so it dropped
@@ -285,14 +300,9 @@ def test_feedback_is_kept_whatever_the_sampler(sampler: Sampler) -> None:
     provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SpanhouseSpanProcessor(exporter, synchronous=True))
-    previous = _runtime.install(_runtime.Runtime(provider.get_tracer(_runtime.SCOPE_NAME), disabled=False,
-                                                 capture_content=True, content=ContentPolicy(1000)))
-    try:
+    with _sdk_on(provider):
         with sdk.session(user_id="u1"):
             sdk.feedback("ab" * 16, rating=5)
-    finally:
-        _runtime.install(previous)
-        provider.shutdown()
     (span,) = exporter.get_finished_spans()
     assert span.name == "spanhouse.feedback" and span.context.trace_flags.sampled
     assert (span.attributes or {})["spanhouse.feedback.value"] == 5.0 and (span.attributes or {})["user.id"] == "u1"
@@ -325,9 +335,7 @@ def test_an_execution_the_sampler_left_out_still_has_an_id_for_feedback() -> Non
     provider = TracerProvider(sampler=TraceIdRatioBased(0.0), shutdown_on_exit=False)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SpanhouseSpanProcessor(exporter, synchronous=True))
-    previous = _runtime.install(_runtime.Runtime(provider.get_tracer(_runtime.SCOPE_NAME), disabled=False,
-                                                 capture_content=True, content=ContentPolicy(1000)))
-    try:
+    with _sdk_on(provider):
         @sdk.execution
         def handle() -> str | None:
             return sdk.current_execution_id()
@@ -341,10 +349,67 @@ def test_an_execution_the_sampler_left_out_still_has_an_id_for_feedback() -> Non
         sdk.feedback(execution_id, rating=5)
         hidden, nested = private()
         assert hidden is None and nested is not None
-    finally:
-        _runtime.install(previous)
-        provider.shutdown()
     assert [s.name for s in exporter.get_finished_spans()] == ["spanhouse.feedback"]
+
+
+class _RecordOnly(Sampler):
+    """Records every span but samples none (OpenTelemetry's RECORD_ONLY decision)."""
+
+    def should_sample(self, parent_context: object, trace_id: int, name: str, kind: object = None,
+                      attributes: object = None, links: object = None, trace_state: object = None) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY, attributes)  # type: ignore[arg-type]
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+def test_an_execution_recorded_but_not_sampled_sends_no_running_marker() -> None:
+    """OpenTelemetry's processors export no span of a trace a sampler left recording but
+    unsampled; its running marker went out all the same, and the store showed the
+    execution 'running' for ever (its root span never came)."""
+    provider = TracerProvider(sampler=_RecordOnly(), shutdown_on_exit=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SpanhouseSpanProcessor(exporter, synchronous=True))
+    with _sdk_on(provider):
+        @sdk.execution
+        def handle() -> bool:
+            return trace.get_current_span().is_recording()
+
+        assert handle()  # recorded: the application's own processors see it
+    assert exporter.get_finished_spans() == ()
+
+
+class _Stuck(InMemorySpanExporter):
+    """An exporter whose markers hang until ``release`` (an unreachable collector, which
+    OTLP's exporters retry for ~10 s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.exporting = threading.Event(), threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exporting.set()
+        self.release.wait(30)
+        return super().export(spans)
+
+
+def test_flush_keeps_to_its_timeout_while_a_marker_export_hangs() -> None:
+    """flush(timeout_millis=500) with the collector down took 12 s and said True: it
+    waited without a limit for the marker thread's export first."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    markers = _Stuck()
+    processor = SpanhouseSpanProcessor(InMemorySpanExporter(), marker_exporter=markers)
+    provider.add_span_processor(processor)
+    with _sdk_on(provider):
+        try:
+            sdk.execution(lambda: None)()
+            assert markers.exporting.wait(10)  # the sender thread is inside the export now
+            started = time.monotonic()
+            assert processor.force_flush(timeout_millis=300) is False
+            assert time.monotonic() - started < 2
+        finally:
+            markers.release.set()
+    assert [s.name for s in markers.get_finished_spans()] == ["invoke_workflow <lambda>"]  # sent once released
 
 
 def test_another_traces_span_inside_an_unrecorded_execution_has_its_id(spans: CapturedSpans) -> None:
