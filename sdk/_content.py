@@ -11,7 +11,9 @@ choice). Three reasons:
   dataclass field, a ``(name, value)`` pair such as an ASGI header) instead of by
   pattern-matching a JSON string afterwards. What cannot be walked by name is not shown:
   a value nested deeper than ``MAX_DEPTH`` is named by its type, a Pydantic model that
-  cannot dump itself is walked by its fields.
+  cannot dump itself is walked by its fields. Strings are searched for URLs only: a
+  URL's password and its secret-named query parameters (``api_key=``, ``key=``) are
+  redacted, as no key names a secret passed inside one.
 * It costs nothing on spans that carry no content: a processor would inspect every
   attribute of every span, including the many that other instrumentations produce.
 
@@ -61,22 +63,52 @@ key) whose key does not already look secret; what it returns is recorded instead
 ``value``. If it raises, the value is recorded as ``[REDACTED]``: failing closed."""
 
 SECRET_KEY_PATTERN: Final = re.compile(
-    r"passw(or)?d|pwd|secret|token(?!s|_?(count|limit|usage|type)|izer)|api[._ -]?key|auth(?!ors?\b)"
+    r"passw(or)?d|passphrase|pwd|secret"
+    r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
+    r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?)|izer)"
+    r"|api[._ -]?key|auth(?!ors?\b)"
     r"|(access|refresh|api|id|session|oauth|bearer|personal)[._ -]?tokens"
-    r"|credential|private[._ -]?key|access[._ -]?key|session[._ -]?key|cookie|jwt|bearer|signature",
+    r"|credential|(private|access|session|encryption|signing|hmac|master|ssh|subscription|license)[._ -]?key"
+    r"|cookie|jwt|bearer|signature|csrf|xsrf|credit[._ -]?card|card[._ -]?number|cvv|(?<![a-z])ssn(?![a-z])"
+    r"|social[._ -]?security",
     re.IGNORECASE,
 )
-"""Keys whose values are replaced by ``[REDACTED]``: password, secret, token (but not the
-token *counts* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``, nor
+"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, secret, token
+(but not the token *data* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``,
+``token_ids``, ``token_logprobs``, a tokenizer's ``eos_token`` and the like, nor
 ``tokenizer``; plural credentials such as ``refresh_tokens`` or ``api_tokens`` are
-secret), api_key, authorization, credentials, private/access/session keys, cookies,
-JWTs, signatures."""
+secret), api_key, authorization, credentials, private, access, session, encryption,
+signing, HMAC, master, SSH, subscription (Azure's ``Ocp-Apim-Subscription-Key``) and
+license keys, cookies, JWTs, signatures, CSRF tokens, card numbers and social security
+numbers (Logfire's list, but ``session``: sessions are a spanhouse concept)."""
+
+_URL_SECRET: Final = re.compile(r"(://[^/\s:@]+:)([^/\s@]+)(@)|([?&;])([^=&#\s?;/]{1,64})=([^&#\s]+)")
+"""In a string holding a URL: the password of ``scheme://user:password@host``, and
+query parameters ``name=value`` (the name is judged by ``is_secret_key``, or is
+``key`` or ``sig``: Google's API keys, signed URLs)."""
 
 
 @functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Whether ``key`` names a secret. Cached: the same parameter names come back on every call."""
     return SECRET_KEY_PATTERN.search(key) is not None
+
+
+def scrub_urls(text: str) -> str:
+    """``text`` with the secrets of the URLs it holds redacted (``_URL_SECRET``): a tool
+    fetching ``https://maps.example.com/geocode?address=…&key=AIza…`` is called with its
+    key in a string, where no key names it."""
+    if "://" not in text:
+        return text
+    return _URL_SECRET.sub(_redact_url_part, text)
+
+
+def _redact_url_part(m: re.Match[str]) -> str:
+    if m.group(1) is not None:
+        return f"{m.group(1)}{REDACTED}{m.group(3)}"
+    name = m.group(5)
+    secret = name.lower() in ("key", "sig") or is_secret_key(name)
+    return f"{m.group(4)}{name}={REDACTED}" if secret else m.group(0)
 
 
 def truncated(text: str, limit: int) -> str:
@@ -153,7 +185,9 @@ class ContentPolicy:
                 out["…"] = f"[truncated {len(items) - i} more entries]"
                 break
             key = k if type(k) is str else str(k)
-            walked = REDACTED if is_secret_key(key) else \
+            # OpenAI's logprobs: {"token": "Hello", "logprob": -0.01, ...} is text, not a credential
+            secret = is_secret_key(key) and not (key == "token" and "logprob" in items)
+            walked = REDACTED if secret else \
                 self._walk(v if hook is None else self._hooked(key, v), depth + 1, budget)
             out[key] = walked
             budget[0] -= len(key) + (len(walked) if type(walked) is str else 0) + 4
@@ -170,6 +204,7 @@ class ContentPolicy:
         """
         t = type(v)
         if t is str:
+            v = scrub_urls(v)
             return v if len(v) <= self.max_length else truncated(v, self.max_length)
         if t is int or t is bool or v is None:
             return v
@@ -186,7 +221,7 @@ class ContentPolicy:
         if isinstance(v, enum.Enum):
             return self._walk(v.value, depth + 1, budget)
         if isinstance(v, str):  # subclasses of the JSON scalars, as their plain values
-            return truncated(str(v), self.max_length)
+            return truncated(scrub_urls(str(v)), self.max_length)
         if isinstance(v, int):
             return int(v)
         if isinstance(v, float):

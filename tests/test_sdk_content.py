@@ -158,17 +158,43 @@ def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans
                                  "id_tokens", "oauth_tokens",
                                  "api_key", "apiKey", "x-api-key", "secret", "client_secret", "authorization",
                                  "Authorization", "auth", "credentials", "private_key", "aws_access_key_id",
-                                 "cookie", "session_key", "jwt", "bearer", "signature"])
+                                 "cookie", "session_key", "jwt", "bearer", "signature", "passphrase",
+                                 "encryption_key", "hmac_key", "Ocp-Apim-Subscription-Key", "ssh_key", "csrf_token",
+                                 "X-XSRF-TOKEN", "credit_card", "card_number", "cvv", "ssn", "user_ssn", "SSN",
+                                 "social_security_number"])
 def test_secret_looking_keys(key: str) -> None:
     assert is_secret_key(key)
 
 
 @pytest.mark.parametrize("key", ["max_tokens", "input_tokens", "tokens_used", "token_count", "token_type", "tokenizer",
                                  "tokens", "output_tokens", "completion_tokens", "total_tokens", "max_new_tokens",
-                                 "author",
+                                 "author", "token_ids", "prompt_token_ids", "token_logprobs", "eos_token_id",
+                                 "pad_token_id", "bos_token", "mask_token", "sort_key", "monkey", "lesson",
                                  "authors", "user", "query", "session_id", "name"])
 def test_ordinary_keys(key: str) -> None:
     assert not is_secret_key(key)
+
+
+def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
+    """A key passed inside a URL (Google's ``key=``, ``api_key=``, a password in the
+    userinfo) was recorded as it was: no key named it."""
+    policy = ContentPolicy(1000)
+    url = ("https://maps.example.com/geocode?address=Main%20St&key=AIzaSyEXAMPLE&access_token=ya29.x&sort_key=name"
+           "#top")
+    assert policy.value(url) == ("https://maps.example.com/geocode?address=Main%20St&key=[REDACTED]"
+                                 "&access_token=[REDACTED]&sort_key=name#top")
+    assert json.loads(policy.mapping({"dsn": "postgres://ada:hunter2@db:5432/app?sslmode=require"})) == {
+        "dsn": "postgres://ada:[REDACTED]@db:5432/app?sslmode=require"}
+    prose = "set key=value in the config; email ada@example.com"  # no URL: kept
+    assert policy.value(prose) == prose
+
+
+def test_a_token_beside_its_logprob_is_text() -> None:
+    """OpenAI's logprobs hold each token as ``{"token": ..., "logprob": ...}``: every
+    token of the answer was recorded as [REDACTED]."""
+    logprobs = {"content": [{"token": "Hello", "logprob": -0.01}, {"token": "!", "logprob": -0.2}]}
+    assert json.loads(ContentPolicy(1000).value(logprobs)) == logprobs
+    assert json.loads(ContentPolicy(1000).value({"token": "sk-live", "user": "ada"}))["token"] == REDACTED
 
 
 def test_redaction_in_arguments_at_any_depth(spans: CapturedSpans) -> None:
