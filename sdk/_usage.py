@@ -40,6 +40,13 @@ PRICES: dict[str, tuple[float, float]] = {
     "o3-pro": (20.00, 80.00),
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
+    # variants priced apart from the model their names start with
+    "gpt-4o-2024-05-13": (5.00, 15.00),
+    "gpt-4o-realtime-preview": (5.00, 20.00),  # text tokens (audio ones cost more)
+    "gpt-4o-mini-realtime-preview": (0.60, 2.40),
+    "gpt-5-pro": (15.00, 120.00),
+    "o3-deep-research": (10.00, 40.00),
+    "o4-mini-deep-research": (2.00, 8.00),
     "claude-3-5-haiku": (0.80, 4.00),
     "claude-3-5-sonnet": (3.00, 15.00),
     "claude-3-7-sonnet": (3.00, 15.00),
@@ -73,6 +80,10 @@ CACHED_INPUT_PRICES: dict[str, float] = {
     "o3": 0.50,
     "o3-mini": 0.55,
     "o4-mini": 0.275,
+    "gpt-4o-realtime-preview": 2.50,
+    "gpt-4o-mini-realtime-preview": 0.30,
+    "o3-deep-research": 2.50,
+    "o4-mini-deep-research": 0.50,
     "claude-3-5-haiku": 0.08,
     "claude-3-5-sonnet": 0.30,
     "claude-3-7-sonnet": 0.30,
@@ -226,6 +237,8 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     input tokens, as the GenAI conventions count them. OpenAI counts its cache reads in
     the input tokens and names them (``prompt_tokens_details.cached_tokens``; the
     Responses API's ``input_tokens_details``). Either way they are priced as cache reads.
+    ``prompt_tokens`` holds the cache's tokens whatever else the usage says: LiteLLM's
+    usage for a Claude call has Anthropic's cache fields too (counted twice before).
     Gemini's ``usage_metadata`` is read by ``_gemini_usage``.
     """
     usage = _field(response, "usage")
@@ -241,9 +254,13 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
         inputs, cached = None, (0, 0)
     else:
         details = _field(usage, "prompt_tokens_details", "input_tokens_details")
-        included = 0 if details is None else min(_count(_field(details, "cached_tokens")), max(inputs, 0))
-        inputs += sum(apart)
-        cached = (apart[0] + included, apart[1])
+        included = 0 if details is None else _count(_field(details, "cached_tokens"))
+        if isinstance(_field(usage, "input_tokens"), int):  # Anthropic's: the cache's tokens are apart
+            inputs += sum(apart)
+            cached = (apart[0] + min(included, max(inputs, 0)), apart[1])
+        else:  # prompt_tokens (OpenAI's, LiteLLM's for any provider): they are in it already
+            read = min(max(included, apart[0]), max(inputs, 0))
+            cached = (read, min(apart[1], max(inputs, 0) - read))
     model = _field(response, "model")
     record_usage_on(span, inputs, outputs if isinstance(outputs, int) else None,
                     model if isinstance(model, str) and model else None, None, cached)

@@ -162,6 +162,13 @@ def test_price_table_is_extendable_and_prefix_matched() -> None:
         assert _usage.price_of("gpt-4o-2024-08-06") == _usage.PRICES["gpt-4o"]
         assert _usage.price_of("o3-pro-2025-06-10") == (20.0, 80.0)  # not o3's: 10x cheaper
         assert _usage.price_of("claude-opus-4-5-20251101") == (5.0, 25.0)  # not claude-opus-4's
+        # variants that took their base model's price (gpt-5-pro 12x under its list price)
+        assert _usage.price_of("gpt-5-pro-2025-10-06") == (15.0, 120.0)
+        assert _usage.price_of("o3-deep-research-2025-06-26") == (10.0, 40.0)
+        assert _usage.price_of("o4-mini-deep-research-2025-06-26") == (2.0, 8.0)
+        assert _usage.price_of("gpt-4o-realtime-preview-2024-12-17") == (5.0, 20.0)
+        assert _usage.price_of("gpt-4o-mini-realtime-preview-2024-12-17") == (0.6, 2.4)
+        assert _usage.price_of("gpt-4o-2024-05-13") == (5.0, 15.0)  # the first gpt-4o, not today's
         assert _usage.cost_of("unknown", 1, 1) is None and _usage.cost_of(None, 1, 1) is None
         sdk.PRICES["gpt-4o"] = (0.0, 0.0)  # the table itself is public
         assert _usage.cost_of("gpt-4o", 10, 10) == 0.0

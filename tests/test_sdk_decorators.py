@@ -750,6 +750,25 @@ def test_anthropic_prompt_cache_tokens_count_as_input_at_their_price(spans: Capt
     assert got["spanhouse.cost_usd"] == pytest.approx(((12 + 50_000 * 0.1 + 2_000 * 1.25) * 3 + 100 * 15) / 1e6)
 
 
+def test_litellm_usage_of_a_claude_call_counts_the_cache_once(spans: CapturedSpans) -> None:
+    """LiteLLM's usage for a Claude call counts the cache's tokens in prompt_tokens (as
+    OpenAI does) and also carries Anthropic's cache fields: they were added again, the
+    cache reads priced twice (12,100 input tokens recorded as 24,100, the cost 49% high)."""
+    usage = {"prompt_tokens": 12_100, "completion_tokens": 500, "total_tokens": 12_600,
+             "prompt_tokens_details": {"cached_tokens": 10_000, "cache_creation_tokens": 2_000},
+             "cache_read_input_tokens": 10_000, "cache_creation_input_tokens": 2_000}
+
+    @sdk.llm(model="claude-sonnet-4")
+    def complete(prompt: str) -> dict[str, Any]:
+        return {"model": "claude-sonnet-4-20250514", "usage": usage}
+
+    complete("hi")
+    got = spans.by_name("chat claude-sonnet-4").attributes or {}
+    assert got["gen_ai.usage.input_tokens"] == 12_100 and got["gen_ai.usage.output_tokens"] == 500
+    assert got["spanhouse.cost_usd"] == pytest.approx((100 * 3.0 + 10_000 * 0.30 + 2_000 * 3.0 * 1.25
+                                                       + 500 * 15.0) / 1e6)
+
+
 @pytest.mark.parametrize("usage", [
     {"prompt_tokens": 10_000, "completion_tokens": 50, "prompt_tokens_details": {"cached_tokens": 9_000}},
     {"input_tokens": 10_000, "output_tokens": 50, "input_tokens_details": {"cached_tokens": 9_000}},
