@@ -44,6 +44,7 @@ import math
 import re
 import sys
 import types
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence, Set, ValuesView
 from typing import Any, Final
 
@@ -82,10 +83,16 @@ signing, HMAC, master, SSH, subscription (Azure's ``Ocp-Apim-Subscription-Key``)
 license keys, cookies, JWTs, signatures, CSRF tokens, card numbers and social security
 numbers (Logfire's list, but ``session``: sessions are a spanhouse concept)."""
 
-_URL_SECRET: Final = re.compile(r"(://[^/\s:@]+:)([^/\s@]+)(@)|([?&;])([^=&#\s?;/]{1,64})=([^&#\s]+)")
-"""In a string holding a URL: the password of ``scheme://user:password@host``, and
-query parameters ``name=value`` (the name is judged by ``is_secret_key``, or is
-``key`` or ``sig``: Google's API keys, signed URLs)."""
+_URL_PARTS: Final = (urllib.parse.SplitResult, urllib.parse.ParseResult, urllib.parse.SplitResultBytes,
+                     urllib.parse.ParseResultBytes)
+_URL_SECRET: Final = re.compile(
+    r"(://[^/?#\s:@]*:)(?!\d{1,5}/)([^?#\s]*?)(@)(?=[^@/?#\s]*(?:[/?#\s]|$))"
+    r"|([?&;])([^=&#\s?;/]{1,64})=([^&#\s]+)")
+"""In a string holding a URL: the password of ``scheme://user:password@host`` (the user
+may be empty, as in Redis URLs; an ``@`` or ``/`` left unencoded in the password, as
+SQLAlchemy takes them, is taken up to the host's ``@``; ``host:8080/…@…`` is a port and
+a path), and query parameters ``name=value`` (the name is judged by ``is_secret_key``,
+or is ``key`` or ``sig``: Google's API keys, signed URLs)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -232,6 +239,8 @@ class ContentPolicy:
             return _bytes_text(bytes(v), self.max_length)
         if isinstance(v, (datetime.date, datetime.time)):
             return v.isoformat()
+        if isinstance(v, _URL_PARTS):  # a namedtuple, but its secrets are in the URL it splits
+            return self._walk(v.geturl(), depth, budget)
         if isinstance(v, tuple) and isinstance(getattr(t, "_fields", None), tuple):  # a namedtuple: by field,
             return self._mapping(v._asdict(), depth, budget)  # type: ignore[attr-defined]  # so secrets are redacted
         if isinstance(v, (Sequence, Set, collections.deque, ValuesView)):
@@ -253,7 +262,7 @@ class ContentPolicy:
                 if isinstance(fields, Mapping):
                     return self._mapping({name: getattr(v, name, None) for name in fields}, depth, budget)
                 return f"<{t.__qualname__} (not captured)>"
-        return truncated(_repr(v), self.max_length)
+        return truncated(scrub_urls(_repr(v)), self.max_length)  # httpx.URL, pydantic's HttpUrl: a URL in it
 
     def _sequence(self, items: Any, depth: int, budget: list[int]) -> list[Any]:
         out: list[Any] = []
@@ -307,7 +316,7 @@ _encode: Final = _c_encoder()
 
 def _bytes_text(data: bytes, limit: int) -> str:
     try:
-        return truncated(data.decode("utf-8"), limit)
+        return truncated(scrub_urls(data.decode("utf-8")), limit)
     except UnicodeDecodeError:
         head = data[: limit * 3 // 4]  # base64 grows by 4/3: encode only what can be kept
         text = "base64:" + base64.b64encode(head).decode("ascii")

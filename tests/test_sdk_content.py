@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import types
+import urllib.parse
 import tracemalloc
 import unittest.mock
 import uuid
@@ -187,6 +188,30 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         "dsn": "postgres://ada:[REDACTED]@db:5432/app?sslmode=require"}
     prose = "set key=value in the config; email ada@example.com"  # no URL: kept
     assert policy.value(prose) == prose
+    for url, scrubbed in [
+        ("redis://:s3cret@cache:6379/0", "redis://:[REDACTED]@cache:6379/0"),  # no user, as redis-py writes it
+        ("postgresql://ada:Ab/Cd+Ef@db:5432/app", "postgresql://ada:[REDACTED]@db:5432/app"),  # as SQLAlchemy takes it
+        ("redis://:p@ss@cache:6379", "redis://:[REDACTED]@cache:6379"),  # as urllib takes it (the last @)
+        ("https://u:p@h.io/mail/x@y.com", "https://u:[REDACTED]@h.io/mail/x@y.com"),
+        ("http://localhost:8080?email=ada@example.com", None),  # a port and a query: no password
+        ("http://registry:4873/@scope/pkg", None),  # a port and a path
+        ("ftp://anonymous@host/f", None),
+    ]:
+        assert policy.value(url) == (scrubbed or url), url
+
+
+def test_url_objects_are_scrubbed_as_their_text() -> None:
+    """A URL held as an object (httpx.URL, pydantic's HttpUrl, urllib's SplitResult) was
+    recorded by its repr or its fields, where the string check never looked."""
+    import httpx
+    import pydantic
+
+    url = "https://ada:hunter2@maps.example.com/geocode?address=x&key=AIzaSyEXAMPLE"
+    policy = ContentPolicy(1000)
+    for value in (httpx.URL(url), pydantic.TypeAdapter(pydantic.HttpUrl).validate_python(url),
+                  urllib.parse.urlsplit(url), urllib.parse.urlparse(url), url.encode()):
+        text = policy.value(value)
+        assert "hunter2" not in text and "AIzaSyEXAMPLE" not in text and "maps.example.com" in text, text
 
 
 def test_a_token_beside_its_logprob_is_text() -> None:
