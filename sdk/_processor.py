@@ -187,8 +187,10 @@ class _MarkerSender:
 
     def _start(self) -> None:
         """(Re)create the lock, queue state and thread; in a forked child, the parent's are gone."""
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _flushes
+        self._exporting = threading.Lock()  # one export at a time
         self._wake = threading.Event()
+        self._flushes: list[threading.Event] = []  # set once what was pending when they were asked for is sent
         self._pending.clear()
         if not self._synchronous and not self._closed:
             self._thread = threading.Thread(target=self._run, name="SpanhouseMarkerSender", daemon=True)
@@ -201,7 +203,7 @@ class _MarkerSender:
             logger.warning("spanhouse: running-marker queue full (collector unreachable?); dropping the oldest")
         self._pending.append(marker)
         if self._synchronous:
-            self.flush()
+            self._export_now()
         else:
             self._wake.set()
 
@@ -209,34 +211,41 @@ class _MarkerSender:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
-            self.flush()
+            with self._lock:
+                asked, self._flushes = self._flushes, []
+            self._export_now()
+            for done in asked:
+                done.set()
 
-    def flush(self, timeout_s: float = -1) -> bool:
-        """Export every pending marker now, in the calling thread; False if another
-        export held the sender past ``timeout_s`` (an unreachable collector's retries
-        take ~10 s), default no limit."""
-        if not self._lock.acquire(timeout=timeout_s):
-            return False
-        try:
-            self._export_pending()
-        finally:
-            self._lock.release()
-        return True
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Export every pending marker; False if that took past ``timeout_s`` (default
+        no limit). The export runs on the sender's thread, so an unreachable collector
+        (OTLP's exporters retry for ~10 s) holds the caller no longer than it asked."""
+        if self._synchronous or self._closed:
+            self._export_now()
+            return True
+        done = threading.Event()
+        with self._lock:
+            self._flushes.append(done)
+        self._wake.set()
+        return done.wait(timeout_s)
 
-    def _export_pending(self) -> None:
-        batch: list[ReadableSpan] = []
-        while self._pending:
-            batch.append(self._pending.popleft())
-        if not batch:
-            return
-        token = context_api.attach(context_api.set_value(context_api._SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
-            if self._exporter.export(batch) is not SpanExportResult.SUCCESS:
-                logger.warning("spanhouse: %d running marker(s) were not exported", len(batch))
-        except Exception:  # an exporter must never break the application
-            logger.exception("spanhouse: exporting running markers failed")
-        finally:
-            context_api.detach(token)
+    def _export_now(self) -> None:
+        """Export what is pending, in the calling thread, one export at a time."""
+        with self._exporting:
+            batch: list[ReadableSpan] = []
+            while self._pending:
+                batch.append(self._pending.popleft())
+            if not batch:
+                return
+            token = context_api.attach(context_api.set_value(context_api._SUPPRESS_INSTRUMENTATION_KEY, True))
+            try:
+                if self._exporter.export(batch) is not SpanExportResult.SUCCESS:
+                    logger.warning("spanhouse: %d running marker(s) were not exported", len(batch))
+            except Exception:  # an exporter must never break the application
+                logger.exception("spanhouse: exporting running markers failed")
+            finally:
+                context_api.detach(token)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -245,7 +254,7 @@ class _MarkerSender:
         self._wake.set()
         if not self._synchronous:
             self._thread.join(timeout=5)
-        self.flush()
+        self._export_now()
         if self._owns_exporter:
             self._exporter.shutdown()
 
