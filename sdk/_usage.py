@@ -237,8 +237,9 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     input tokens, as the GenAI conventions count them. OpenAI counts its cache reads in
     the input tokens and names them (``prompt_tokens_details.cached_tokens``; the
     Responses API's ``input_tokens_details``). Either way they are priced as cache reads.
-    ``prompt_tokens`` holds the cache's tokens whatever else the usage says: LiteLLM's
-    usage for a Claude call has Anthropic's cache fields too (counted twice before).
+    ``prompt_tokens`` holds the cache's reads whatever else the usage says (LiteLLM's
+    usage for a Claude call has Anthropic's cache fields too: counted twice before),
+    and its writes when ``prompt_tokens_details.cache_creation_tokens`` says so.
     Gemini's ``usage_metadata`` is read by ``_gemini_usage``.
     """
     usage = _field(response, "usage")
@@ -258,7 +259,10 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
         if isinstance(_field(usage, "input_tokens"), int):  # Anthropic's: the cache's tokens are apart
             inputs += sum(apart)
             cached = (apart[0] + min(included, max(inputs, 0)), apart[1])
-        else:  # prompt_tokens (OpenAI's, LiteLLM's for any provider): they are in it already
+        else:  # prompt_tokens (OpenAI's, LiteLLM's for any provider): the cache's reads are in it,
+            # and its writes where the details name them (LiteLLM before late 2025 left them out)
+            if _field(details, "cache_creation_tokens") is None:
+                inputs += apart[1]
             read = min(max(included, apart[0]), max(inputs, 0))
             cached = (read, min(apart[1], max(inputs, 0) - read))
     model = _field(response, "model")

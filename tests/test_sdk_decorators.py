@@ -750,13 +750,20 @@ def test_anthropic_prompt_cache_tokens_count_as_input_at_their_price(spans: Capt
     assert got["spanhouse.cost_usd"] == pytest.approx(((12 + 50_000 * 0.1 + 2_000 * 1.25) * 3 + 100 * 15) / 1e6)
 
 
-def test_litellm_usage_of_a_claude_call_counts_the_cache_once(spans: CapturedSpans) -> None:
-    """LiteLLM's usage for a Claude call counts the cache's tokens in prompt_tokens (as
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": 12_100, "completion_tokens": 500, "total_tokens": 12_600,
+     "prompt_tokens_details": {"cached_tokens": 10_000, "cache_creation_tokens": 2_000},
+     "cache_read_input_tokens": 10_000, "cache_creation_input_tokens": 2_000},
+    # LiteLLM before late 2025: the cache's writes are not in prompt_tokens
+    {"prompt_tokens": 10_100, "completion_tokens": 500, "total_tokens": 10_600,
+     "prompt_tokens_details": {"cached_tokens": 10_000},
+     "cache_read_input_tokens": 10_000, "cache_creation_input_tokens": 2_000},
+])
+def test_litellm_usage_of_a_claude_call_counts_the_cache_once(spans: CapturedSpans, usage: dict[str, Any]) -> None:
+    """LiteLLM's usage for a Claude call counts the cache's reads in prompt_tokens (as
     OpenAI does) and also carries Anthropic's cache fields: they were added again, the
-    cache reads priced twice (12,100 input tokens recorded as 24,100, the cost 49% high)."""
-    usage = {"prompt_tokens": 12_100, "completion_tokens": 500, "total_tokens": 12_600,
-             "prompt_tokens_details": {"cached_tokens": 10_000, "cache_creation_tokens": 2_000},
-             "cache_read_input_tokens": 10_000, "cache_creation_input_tokens": 2_000}
+    cache reads priced twice (12,100 input tokens recorded as 24,100, the cost 49% high).
+    Its cache writes are in prompt_tokens only where the details name them."""
 
     @sdk.llm(model="claude-sonnet-4")
     def complete(prompt: str) -> dict[str, Any]:
