@@ -240,7 +240,7 @@ class Spool:
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False
         self._on_seal = on_seal
-        self._refused = False  # a record was refused for room, and nothing has left since
+        self._refused = False  # the last record offered was refused for room (see refusing)
         self._write_failed: float | None = None  # when a write last failed, until one succeeds
 
     def open(self) -> RecoveryReport:
@@ -250,13 +250,13 @@ class Spool:
         """
         if self._flusher is not None or self._closed:
             raise RuntimeError("a Spool opens once; make a new one to reopen its directory")
+        if self._lock_fd is None:
+            self.lock()
         try:
-            if self._lock_fd is None:
-                self._lock_directory()
             report = self._recover()
         except OSError as exc:
             self._unlock_directory()
-            raise ConfigError(f"spool directory {self._dir} cannot be used: {exc}") from exc
+            raise self._unusable(exc) from exc
         log.info("spool %s opened: %s", self._dir, report)
         self._accepting = True
         self._flusher = threading.Thread(target=self._run, name="spanhouse-spool-flusher", daemon=True)
@@ -270,7 +270,10 @@ class Spool:
         try:
             self._lock_directory()
         except OSError as exc:
-            raise ConfigError(f"spool directory {self._dir} cannot be used: {exc}") from exc
+            raise self._unusable(exc) from exc
+
+    def _unusable(self, exc: OSError) -> ConfigError:
+        return ConfigError(f"spool directory {self._dir} cannot be used: {exc}")
 
     def append(self, tenant: str, payload: bytes) -> None:
         """Return once the record is written and synced: only then may it be acknowledged.
