@@ -55,7 +55,7 @@ calls; buckets without enough calls are neither scored nor part of a baseline.
   ``MIN_BASELINE`` buckets only warm it up.
 
 The standard deviation is floored (``STD_FLOOR``: 1% of the baseline for latency, the
-sketch's accuracy; 0.02 for the error rate) so a perfectly flat baseline does not turn
+sketch's accuracy, and at least 1 ms; 0.02 for the error rate) so a perfectly flat baseline does not turn
 every small change into an infinite score. Buckets with ``|score| >= threshold`` are
 returned, newest first.
 """
@@ -100,7 +100,11 @@ RECENT_ERRORS = 20
 
 ALPHA = 0.3
 MIN_BASELINE = 3
-STD_FLOOR = {"latency_p95": ("relative", 0.01), "error_rate": ("absolute", 0.02)}
+STD_FLOOR = {"latency_p95": ("relative", 0.01, 1.0), "error_rate": ("absolute", 0.02, 0.02)}
+"""Per metric: the smallest standard deviation a score divides by, as (kind, share of
+the mean or absolute amount, least amount): 1% of the mean latency but at least 1 ms
+(a baseline of 0 ms, calls as short as the clock's step, scored 1 ms at 995,000,000
+sigma), 2 points of error rate."""
 MAX_MINUTE_BUCKET_DAYS = 7
 
 
@@ -498,8 +502,11 @@ def anomalies(client: Reader, tenant: str, metric: str = "latency_p95", method: 
                                         "errors": int(r["errors"])})
     score = _zscores if method == "zscore" else _ewma_scores
     found = []
+    scored = 0  # tools with a baseline long enough for a score
     for tool, points in per_tool.items():
-        for p, (s, baseline, std) in zip(points, score([p["value"] for p in points], metric)):
+        scores = score([p["value"] for p in points], metric)
+        scored += any(s is not None for s, _, _ in scores)
+        for p, (s, baseline, std) in zip(points, scores):
             if s is not None and abs(s) >= threshold:
                 found.append({"tool": tool, "time": p["time"], "value": p["value"], "baseline": round(baseline, 6),
                               "std": round(std, 6), "score": round(s, 3), "calls": p["calls"], "errors": p["errors"],
@@ -507,7 +514,7 @@ def anomalies(client: Reader, tenant: str, metric: str = "latency_p95", method: 
                               "hint": _hint(tool, metric, method, p, s, baseline, days)})
     found.sort(key=lambda a: (a["time"], abs(a["score"])), reverse=True)
     out = {"window": w.describe(), "metric": metric, "method": method, "threshold": threshold, "bucket": bucket,
-           "min_calls": min_calls, "tools_scored": len(per_tool), "total": len(found),
+           "min_calls": min_calls, "tools_scored": scored, "total": len(found),
            "anomalies": [{**a, "time": iso(a["time"])} for a in found[:limit]]}
     if method == "ewma":
         out["alpha"] = ALPHA
@@ -515,8 +522,8 @@ def anomalies(client: Reader, tenant: str, metric: str = "latency_p95", method: 
 
 
 def _floor(metric: str, mean: float) -> float:
-    kind, amount = STD_FLOOR[metric]
-    return max(amount * abs(mean), 1e-9) if kind == "relative" else amount
+    kind, amount, least = STD_FLOOR[metric]
+    return max(amount * abs(mean), least) if kind == "relative" else amount
 
 
 def _zscores(values: list[float], metric: str) -> list[tuple[float | None, float, float]]:

@@ -204,3 +204,44 @@ def test_the_windows_usage_is_the_per_trace_rule_whatever_path_computes_it(store
     figures = (got["tokens"]["input"], got["tokens"]["output"], got["cost_usd"])
     assert figures == (grouped["input_tokens"], grouped["output_tokens"], pytest.approx(grouped["cost_usd"]))
     assert figures == (expected[0], expected[1], pytest.approx(expected[2]))
+
+
+def _tool_call(name: str, start: int, duration_ns: int) -> object:
+    return span(f"execute_tool {name}", trace_id(), start=start, duration_ns=duration_ns,
+                attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name})
+
+
+def test_a_zero_latency_baseline_is_no_billion_sigma_anomaly_and_unscored_tools_are_not_counted(
+        store: Store, tenant: str) -> None:
+    """The latency floor was 1% of the baseline: calls as short as the clock's step (0 ns)
+    for hours, then 1 ms calls, scored 995,000,000 sigma. tools_scored counted every tool
+    with a bucket, scored or not (one bucket is no baseline)."""
+    hour = 3600 * 10**9
+    start = (time.time_ns() // hour - 9) * hour
+    calls = [_tool_call("cached", start + h * hour + i * 10**9, 0 if h < 7 else 1_000_000)
+             for h in range(8) for i in range(6)]
+    calls += [_tool_call("lonely", start + 2 * hour + i * 10**9, 5_000_000) for i in range(6)]
+    write(store, tenant, request(calls))
+    for method in ("zscore", "ewma"):
+        got = analytics.anomalies(store.client, tenant, days=1, method=method)
+        assert got["anomalies"] == [] and got["tools_scored"] == 1, got
+
+
+def test_the_token_tip_counts_the_spans_that_used_tokens(store: Store, tenant: str) -> None:
+    """Its spans and executions counted every span of the name in the sampled
+    executions, agent spans whose usage is their calls' (counted at the calls) among
+    them: '800 tokens in 2 spans' for one span in one execution."""
+    now = time.time_ns() - 3600 * 10**9
+    agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "x"}
+    used, summed = trace_id(), trace_id()
+    spans = [span("invoke_agent x", used, start=now, attributes={**agent, "gen_ai.usage.input_tokens": 800})]
+    root = span_id()
+    spans += [span("invoke_agent x", summed, sid=root, start=now, attributes={**agent, "gen_ai.usage.input_tokens": 300}),
+              span("chat m", summed, parent=root, start=now, attributes={
+                  "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 300})]
+    write(store, tenant, request(spans))
+    tips = {t["span_name"]: t for t in analytics.performance(store.client, tenant, days=1)["tips"]
+            if t["kind"] == "token_heavy"}
+    assert (tips["invoke_agent x"]["tokens"], tips["invoke_agent x"]["spans"], tips["invoke_agent x"]["executions"]) \
+        == (800, 1, 1)
+    assert (tips["chat m"]["spans"], tips["chat m"]["executions"]) == (1, 1)

@@ -7,8 +7,8 @@
 -- rollup, whose rows from before migration 0018 hold agent usage as the calls').
 SELECT
     SpanName AS span_name,
-    count() AS spans,
-    uniqExact(TraceId) AS executions,
+    countIf(used) AS spans,
+    uniqExactIf(TraceId, used) AS executions,
     sumIf(input, counted) AS input_tokens,
     sumIf(output, counted) AS output_tokens
 FROM
@@ -16,7 +16,8 @@ FROM
     SELECT SpanName, TraceId, spanhouse_input_tokens(SpanAttributes) AS input,
            spanhouse_output_tokens(SpanAttributes) AS output, spanhouse_is_aggregate(SpanAttributes) AS aggregate,
            NOT aggregate OR countIf(NOT aggregate AND (input > 0 OR output > 0)) OVER (PARTITION BY TraceId) = 0
-               AS counted
+               AS counted,
+           counted AND (input > 0 OR output > 0) AS used  -- spans and executions say where the tokens went
     FROM otel_traces
     WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}
       AND toDateTime(Timestamp) >= toDateTime({start_s:UInt32}) AND toDateTime(Timestamp) <= toDateTime({end_s:UInt32})
