@@ -13,8 +13,10 @@ length just before it. Error patterns are counted per day, so their window start
 the beginning of the day that holds the window's start.
 
 **Percentiles.** Execution durations: exact (``quantilesExactInclusive``, linear
-interpolation between closest ranks). Tool latencies: merged DDSketch states of the
-rollups, within 1% of a value at that rank.
+interpolation between closest ranks). Tool latencies: the same, from the tool's calls,
+for a tool with fewer than ``EXACT_BELOW`` calls in the window (each bucket of a series
+too); for busier tools, merged DDSketch states of the rollups, within 1% of the value
+at rank floor(q * (n - 1)).
 
 **Tips** (``performance``), each with the figures behind it:
 
@@ -91,6 +93,13 @@ DEFAULT_THRESHOLDS_S = (1.0, 5.0, 30.0, 120.0)
 """Upper bounds (seconds, exclusive) of very_fast, fast, normal and slow; very_slow is the rest."""
 
 QUANTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99}  # the levels of tool_stats_* (0004)
+EXACT_BELOW = 10_000
+"""A tool with fewer calls than this in a window has its percentiles (of the window and
+of each bucket of a series) computed exactly from its calls (analytics_tool_exact.sql),
+not from the rollups' DDSketch, whose lower-rank answer hid the slowest of few calls (a
+30 s call among ten of 100 ms: p99 100 ms). Busier tools read the sketch: within 1% of
+the value at rank floor(q * (n - 1)), which from a thousand calls on is the exact
+percentile's neighbour."""
 TIPS_PER_KIND = 3
 TOKEN_SAMPLE = 3  # executions whose spans are read from otel_traces (~6 granules each)
 REPEAT_SAMPLE = 50  # candidate executions looked up in tool_calls (beyond ~20 that scan its TraceIds)
@@ -389,9 +398,32 @@ def _tool_stats(client: Reader, params: dict[str, Any], min_calls: int,
     """analytics_tool_stats.sql over the windows [since, until) and [prev_since, since)
     of ``params``, each one's whole UTC days read from the daily rollup."""
     days, prev_days = _whole_days(params["since"], params["until"]), _whole_days(params["prev_since"], params["since"])
-    return queries.rows(client, "analytics_tool_stats", {
+    rows = queries.rows(client, "analytics_tool_stats", {
         **params, "min_calls": min_calls, "days_since": days[0], "days_until": days[1],
         "prev_days_since": prev_days[0], "prev_days_until": prev_days[1]}, ANALYTICS, active)
+    for calls, key, since, until in (("calls", "quantiles_ns", params["since"], params["until"]),
+                                     ("prev_calls", "prev_quantiles_ns", params["prev_since"], params["since"])):
+        few = [r for r in rows if 0 < r[calls] < EXACT_BELOW]
+        exact = _exact(client, {**params, "since": since, "until": until}, active, [r["tool"] for r in few], 0)
+        for r in few:
+            r[key] = exact.get((r["tool"], since), r[key])
+    return rows
+
+
+def _exact(client: Reader, params: Mapping[str, Any], active: Sequence[str], tools: list[str],
+           bucket_s: int) -> dict[tuple[str, int], list[float]]:
+    """Exact percentiles of ``tools`` in ``params``' window, by (tool, bucket start in
+    Unix seconds); ``bucket_s`` 0: one bucket, the window's."""
+    if not tools:
+        return {}
+    rows = queries.rows(client, "analytics_tool_exact", {**params, "tools": tools, "bucket_s": bucket_s},
+                        ANALYTICS, active)
+    return {(r["tool"], _unix(r["bucket"])): r["quantiles_ns"] for r in rows}
+
+
+def _unix(at: datetime) -> int:
+    """A bucket's start in Unix seconds, whatever time zone the driver gave it."""
+    return int((at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp())
 
 
 def _whole_days(since: int, until: int) -> tuple[int, int]:
@@ -479,8 +511,16 @@ def _series(client: Reader, params: dict[str, Any], bucket: str, active: list[st
             quantiles: bool = True) -> list[dict[str, Any]]:
     """Per tool and bucket: calls, errors and (if ``quantiles``) duration sum and percentiles."""
     rollup, at, bucket_s = BUCKETS[bucket]
-    return queries.rows(client, "analytics_tool_series" if quantiles else "analytics_tool_counts",
+    rows = queries.rows(client, "analytics_tool_series" if quantiles else "analytics_tool_counts",
                         {**params, "rollup": rollup, "at": at, "bucket_s": bucket_s}, ANALYTICS, active)
+    if quantiles:
+        calls: dict[str, int] = defaultdict(int)
+        for r in rows:
+            calls[r["tool"]] += r["calls"]
+        exact = _exact(client, params, active, sorted(t for t, n in calls.items() if n < EXACT_BELOW), bucket_s)
+        for r in rows:
+            r["quantiles_ns"] = exact.get((r["tool"], _unix(r["bucket"])), r["quantiles_ns"])
+    return rows
 
 
 # ------------------------------------------------------------------------------ anomalies

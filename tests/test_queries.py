@@ -245,3 +245,19 @@ def test_the_token_tip_counts_the_spans_that_used_tokens(store: Store, tenant: s
     assert (tips["invoke_agent x"]["tokens"], tips["invoke_agent x"]["spans"], tips["invoke_agent x"]["executions"]) \
         == (800, 1, 1)
     assert (tips["chat m"]["spans"], tips["chat m"]["executions"]) == (1, 1)
+
+
+def test_one_slow_call_among_few_shows_in_the_percentiles_and_the_anomalies(store: Store, tenant: str) -> None:
+    """The rollups' DDSketch answers the lower of the two ranks around a quantile: one
+    30 s call among ten of 100 ms left p99 at 100 ms, and a 4 s call in an hour of six
+    (a 40x spike) moved no hour's p95, so no anomaly was found."""
+    hour = 3600 * 10**9
+    start = (time.time_ns() // hour - 9) * hour
+    calls = [_tool_call("fetch", start + i * 10**9, 30 * 10**9 if i == 0 else 100_000_000) for i in range(10)]
+    calls += [_tool_call("lookup", start + h * hour + i * 10**9, 4 * 10**9 if (h, i) == (4, 0) else 100_000_000)
+              for h in range(8) for i in range(6)]
+    write(store, tenant, request(calls))
+    fetch = next(t for t in analytics.tools(store.client, tenant, days=1)["tools"] if t["tool"] == "fetch")
+    assert (fetch["p50_ms"], fetch["p95_ms"], fetch["p99_ms"]) == (100.0, 16545.0, 27309.0)  # linear, as executions'
+    found = analytics.anomalies(store.client, tenant, days=1)["anomalies"]
+    assert [(a["tool"], a["value"]) for a in found] == [("lookup", 3025.0)]  # 100 + 0.75 * 3900
