@@ -33,6 +33,8 @@ class ClickHouseExporter:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._stop = threading.Event()
+        self._wake = threading.Event()  # ends a failure's backoff early (stop)
+        self._attempts = 0  # inserts tried, for stop to know one was tried since it began
         self._thread = threading.Thread(target=self._run, name="spanhouse-exporter", daemon=True)
         self.healthy = True
         """False while the store refuses inserts (said by /readyz and a gauge)."""
@@ -53,12 +55,19 @@ class ClickHouseExporter:
         An insert already running when the time is up is let finish (the client's own
         timeout bounds it): the store is closed next, and closing the embedded engine
         under a running insert could crash the process. Its segment, if the insert
-        did not succeed, stays for the next start."""
+        did not succeed, stays for the next start.
+
+        A store that failed before the stop is tried once more at once (its backoff, up
+        to 30 s, would outlast the drain): a store back by then is drained into; one
+        still failing ends the drain, rather than be waited for."""
         deadline = time.monotonic() + drain_timeout
-        while (time.monotonic() < deadline and self._spool.segment_count and self.healthy
-               and not (hurry is not None and hurry.is_set())):
+        tried = self._attempts
+        self._wake.set()
+        while (time.monotonic() < deadline and self._spool.segment_count
+               and (self.healthy or self._attempts == tried) and not (hurry is not None and hurry.is_set())):
             time.sleep(0.05)
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         return self._spool.segment_count == 0
 
@@ -69,7 +78,10 @@ class ClickHouseExporter:
                 segment = self._spool.next_sealed(timeout=0.2)
                 if segment is None:
                     continue
-                done = self._export(segment)
+                try:
+                    done = self._export(segment)
+                finally:
+                    self._attempts += 1
             except Exception:  # noqa: BLE001 - the thread must outlive any one failure
                 # e.g. the disk is full while quarantining or deleting a segment. The
                 # segment stays in the spool and is tried again (its token makes a
@@ -81,7 +93,8 @@ class ClickHouseExporter:
             if done:
                 backoff = self._backoff_initial
             else:
-                self._stop.wait(backoff)
+                self._wake.wait(backoff)
+                self._wake.clear()
                 backoff = min(backoff * 2, self._backoff_max)
 
     def _export(self, segment: Segment) -> bool:

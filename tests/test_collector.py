@@ -35,6 +35,7 @@ from spanhouse.clickhouse import Store
 from spanhouse.clickhouse.writer import _varint
 from spanhouse.collector.auth import KeyRing, Principal
 from spanhouse.collector.config import Settings
+from spanhouse.collector.exporter import ClickHouseExporter
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.validate import validate
@@ -533,6 +534,46 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
     assert _count(store, tenant) == 10
     assert not (tmp_path / "spool" / "quarantine").exists()
     assert re.search(r'^spanhouse_insert_errors_total\{kind="failed"\} [1-9]', metrics, re.M)
+
+
+def test_a_stop_tries_a_failed_store_again_at_once_and_drains_into_it(store: Store, tmp_path: Path,
+                                                                      tenant: str) -> None:
+    """One failed insert just before a stop skipped the whole drain: the stop ended as
+    soon as the store was unhealthy, its 30 s backoff unexpired, though the store was
+    back; the spans waited in the spool for the next start."""
+    faulty = FaultyWriter(store.writer)
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=0.05)
+    spool.open()
+    exporter = ClickHouseExporter(spool, faulty, Metrics(), backoff_initial=30)  # type: ignore[arg-type]
+    spool.append(tenant, request([span(f"s{i}", trace_id()) for i in range(5)]).SerializeToString())
+    spool.seal()
+    exporter.start()
+    try:
+        deadline = time.monotonic() + 30
+        while faulty.attempts < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        faulty.heal()  # back, while the exporter waits out its backoff
+        started = time.monotonic()
+        assert exporter.stop(drain_timeout=10) is True
+        assert time.monotonic() - started < 5
+    finally:
+        spool.close()
+    assert _count(store, tenant) == 5
+    broken = FaultyWriter(store.writer)  # still down at the stop: one try, then the stop ends
+    spool = Spool(tmp_path / "spool2", max_bytes=1 << 20, seal_after=0.05)
+    spool.open()
+    exporter = ClickHouseExporter(spool, broken, Metrics(), backoff_initial=30)  # type: ignore[arg-type]
+    spool.append(tenant, b"")
+    spool.seal()
+    exporter.start()
+    try:
+        while broken.attempts < 1:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert exporter.stop(drain_timeout=10) is False
+        assert broken.attempts == 2 and time.monotonic() - started < 5
+    finally:
+        spool.close()
 
 
 class _HeldIngest(Ingest):
