@@ -32,6 +32,8 @@ JSON = "application/json"
 _ID_FIELDS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
 _EXTENSION_KEY = re.compile(r"\[[a-zA-Z0-9._]*\]$")  # as json_format tells an extension's name
 _MAY_BRACKET = re.compile(rb'"\[|\\u005[bB]')  # a string starting with "[", or a "[" escaped
+_MAY_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_MESSAGE = 1024
 """Characters of an error message sent back: the parser's messages quote the offending
 value whole, and OTLP says a server MUST limit its response body."""
@@ -50,8 +52,10 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
         raise InvalidData(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise InvalidData("an OTLP/JSON request must be a JSON object with resourceSpans")
+    if _MAY_SURROGATE.search(body):  # cheap tests that keep the walks off other bodies
+        doc = _without_lone_surrogates(doc)
     _hex_ids_to_base64(doc)
-    if _MAY_BRACKET.search(body):  # a cheap test that keeps the walk off other bodies
+    if _MAY_BRACKET.search(body):
         _drop_extension_keys(doc)
     try:
         return json_format.ParseDict(doc, ExportTraceServiceRequest(), ignore_unknown_fields=True)
@@ -62,6 +66,21 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
         # raises again: a 400, never the retry an unexpected error gets. (A lone UTF-16
         # surrogate escape in a key or an enum's name makes upb raise SystemError.)
         raise InvalidData(f"the body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from exc
+
+
+def _without_lone_surrogates(obj: Any) -> Any:
+    """``obj`` with every unpaired UTF-16 surrogate in its strings and keys replaced by
+    U+FFFD, as the OpenTelemetry Collector's JSON reader does. JavaScript's exporters
+    send them (an attribute cut by UTF-16 units halves an emoji, and JSON.stringify
+    escapes the half); protobuf cannot hold one, and the whole request was refused.
+    After ``json.loads`` a surrogate left in a string has no pair."""
+    if isinstance(obj, str):
+        return _SURROGATE.sub("\ufffd", obj)
+    if isinstance(obj, list):
+        return [_without_lone_surrogates(v) for v in obj]
+    if isinstance(obj, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in obj.items()}
+    return obj
 
 
 def _drop_extension_keys(obj: Any) -> None:

@@ -284,13 +284,16 @@ def test_protobuf_bodies_that_are_not_canonical_are_stored_as_protobuf_reads_the
                            (t2.hex(), "tenant field last")], key=lambda r: r[1])
 
 
-def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_400_not_a_retry(
+def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_replaced(
         store: Store, tmp_path: Path, tenant: str) -> None:
     """A key written as an extension name (``"[x.y]"``) is an unknown field, which OTLP
     says to ignore: it was a 400 for the whole request. A lone surrogate escape in a key
     or an enum's name made the parser raise SystemError, answered 503 + Retry-After: a
-    retry of a body that can never be read. An error's message quoted a bad value whole
-    (a 400 twice the request's size)."""
+    retry of a body that can never be read; then a 400 for the whole request, also where
+    JavaScript's exporters put one (an attribute value cut by UTF-16 units halves an
+    emoji). It becomes U+FFFD, as the OpenTelemetry Collector reads it: an unknown key
+    or enum name is ignored, a value is stored with the replacement. An error's message
+    quoted a bad value whole (a 400 twice the request's size)."""
     doc = json.loads(json.dumps(SPEC_EXAMPLE))
     doc["[vendor.top]"] = 1
     the_span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
@@ -305,6 +308,10 @@ def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_400_not_a_retry
     surrogate_kind["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = "\ud800"
     surrogate_key = json.loads(json.dumps(SPEC_EXAMPLE))
     surrogate_key["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["x\ud800"] = 1
+    surrogate_value = json.loads(json.dumps(SPEC_EXAMPLE))
+    surrogate_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "eee19b7ec3c1b176"
+    surrogate_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][0]["value"] = {
+        "stringValue": "truncated \ud83d"}
     surrogate_quoted = json.loads(json.dumps(SPEC_EXAMPLE))  # the parser's message quotes it: a 500 then
     surrogate_quoted["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][3]["value"] = {
         "doubleValue": "\ud800 not a number"}
@@ -314,13 +321,18 @@ def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_400_not_a_retry
         assert _json_post(c, doc).status_code == 200
         r = httpx.post(c.http_url, content=escaped_body, headers={"content-type": "application/json", **c.headers()})
         assert r.status_code == 200, r.text
-        for bad in (surrogate_kind, surrogate_key, surrogate_quoted):
-            r = _json_post(c, bad)
-            assert r.status_code == 400 and "Retry-After" not in r.headers, r.text
+        for replaced in (surrogate_kind, surrogate_key, surrogate_value):
+            r = _json_post(c, replaced)
+            assert r.status_code == 200, r.text
+        r = _json_post(c, surrogate_quoted)  # not a number, whatever the replacement
+        assert r.status_code == 400 and "Retry-After" not in r.headers, r.text
         r = _json_post(c, huge_value)
         assert r.status_code == 400 and len(r.content) < 4096 and r.json()["message"].endswith("…")
         c.wait_drained()
-    assert _count(store, tenant) == 2
+    assert _count(store, tenant) == 5
+    values = store.client.query("SELECT DISTINCT SpanAttributes['my.span.attr'] FROM otel_traces WHERE Tenant = "
+                                "{t:String}", parameters={"t": tenant}).result_rows
+    assert ("truncated \ufffd",) in values
 
 
 def test_json_with_a_non_hex_id_is_400(store: Store, tmp_path: Path, tenant: str) -> None:
