@@ -91,9 +91,15 @@ def go_json_string(s: str) -> str:
     return '"' + _JSON_SPECIAL.sub(lambda m: _JSON_ESCAPES.get(m.group(0), f"\\u{ord(m.group(0)):04x}"), s) + '"'
 
 
+_KNOWN_KINDS = frozenset({"string_value", "bool_value", "int_value", "double_value", "bytes_value", "array_value",
+                          "kvlist_value"})
+"""The value kinds pdata's Value knows; any other (the Profiles signal's string-table
+index, ``string_value_strindex``, now in AnyValue's oneof) it reads as empty."""
+
+
 def _json(v: AnyValue) -> str:
     kind = v.WhichOneof("value")
-    if kind is None:
+    if kind not in _KNOWN_KINDS:
         return "null"
     if kind == "string_value":
         return go_json_string(v.string_value)
@@ -122,7 +128,7 @@ def _kvlist_json(values: Iterable[KeyValue]) -> str:
 def as_string(v: AnyValue) -> str:
     """pdata ``Value.AsString()``."""
     kind = v.WhichOneof("value")
-    if kind is None:
+    if kind not in _KNOWN_KINDS:
         return ""
     if kind == "string_value":
         return v.string_value

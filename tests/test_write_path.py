@@ -62,6 +62,7 @@ GOLDEN: list[tuple[Any, str]] = [
     ([[[[1]]]], "[[[[1]]]]"),
     (AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key="a", value=value(1)),
                                                 KeyValue(key="a", value=value(2))])), '{"a":2}'),
+    (AnyValue(string_value_strindex=3), ""),  # the Profiles signal's kind: empty to pdata (it was "{}")
 ]
 FAST = GOLDEN[:25]
 EXACT = GOLDEN[25:]
@@ -99,6 +100,15 @@ def test_exact_path_takes_what_sql_cannot_render(store: Store, tenant: str, sent
     rows = store.client.query("SELECT SpanName, SpanAttributes FROM otel_traces WHERE Tenant = {t:String} ORDER BY SpanName",
                               parameters={"t": tenant}).result_rows
     assert rows == [("plain", {"n": "1"}), ("s", {"v": expected})]
+
+
+def test_a_value_kind_pdata_does_not_know_is_empty_inside_arrays_too() -> None:
+    """The exact path rendered AnyValue's string_value_strindex (Profiles') as a map,
+    "{}", where the fast path stores what pdata does, null in an array: a span's stored
+    value depended on the batch it came in."""
+    unknown = AnyValue(string_value_strindex=3)
+    assert otlp_rows.as_string(value([unknown, 1])) == "[null,1]"
+    assert otlp_rows.as_string(value({"k": unknown})) == '{"k":null}'
 
 
 def _random_double(rng: random.Random) -> float:
