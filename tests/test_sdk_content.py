@@ -196,6 +196,11 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("http://localhost:8080?email=ada@example.com", None),  # a port and a query: no password
         ("http://registry:4873/@scope/pkg", None),  # a port and a path
         ("ftp://anonymous@host/f", None),
+        ("postgresql://app:Xy#9k?Lm@db:5432/app", "postgresql://app:[REDACTED]@db:5432/app"),  # as libpq takes it
+        ('{"cache":"redis://default:pw@cache:6379","owner":"ops@example.com"}',  # compact JSON: the quote ends it
+         '{"cache":"redis://default:[REDACTED]@cache:6379","owner":"ops@example.com"}'),
+        ('{"endpoint":"http://localhost:8080","owner":"ada@example.com"}', None),
+        ("http://[::1]:5173/@vite/client", None),  # an IPv6 host, a port and a path
     ]:
         assert policy.value(url) == (scrubbed or url), url
 
