@@ -224,10 +224,15 @@ class _MarkerSender:
         if self._synchronous or self._closed:
             self._export_now()
             return True
+        if not self._pending and not self._exporting.locked():  # nothing to wait for (a flush with 0 s)
+            return True
         done = threading.Event()
         with self._lock:
             self._flushes.append(done)
         self._wake.set()
+        if self._closed:  # shut down meanwhile: the thread may have left without seeing it
+            self._export_now()
+            return True
         return done.wait(timeout_s)
 
     def _export_now(self) -> None:
@@ -255,6 +260,10 @@ class _MarkerSender:
         if not self._synchronous:
             self._thread.join(timeout=5)
         self._export_now()
+        with self._lock:  # flushes the thread left unanswered: what they waited for is sent
+            asked, self._flushes = self._flushes, []
+        for done in asked:
+            done.set()
         if self._owns_exporter:
             self._exporter.shutdown()
 

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, Sam
 from opentelemetry.trace import SpanKind
 
 from spanhouse import sdk
-from spanhouse.sdk import _runtime, _usage
+from spanhouse.sdk import _processor, _runtime, _usage
 from spanhouse.sdk._content import ContentPolicy
 from spanhouse.sdk._processor import SpanhouseSpanProcessor
 from spanhouse.sdk.testing import CapturedSpans, capture_spans
@@ -420,6 +420,27 @@ def test_flush_keeps_to_its_timeout_while_a_marker_export_hangs(sender_busy: boo
         finally:
             markers.release.set()
     assert [s.name for s in markers.get_finished_spans()] == ["invoke_workflow <lambda>"]  # sent once released
+
+
+def test_a_flush_overlapping_the_senders_shutdown_or_with_nothing_to_send_is_answered_at_once() -> None:
+    """A flush waiting on the marker thread when the sender shut down (configure()
+    replacing the pipeline) was never answered: its whole timeout, then False, though
+    every marker was sent. A flush of 0 ms with nothing pending said False."""
+    markers = _Stuck()
+    sender = _processor._MarkerSender(markers, owns_exporter=True, synchronous=False)
+    assert sender.flush(0) is True
+    sender.send(ReadableSpan(name="marker"))
+    assert markers.exporting.wait(10)  # the thread is exporting
+    answer: list[bool] = []
+    waiting = threading.Thread(target=lambda: answer.append(sender.flush(8)))
+    waiting.start()
+    time.sleep(0.2)  # the flush waits on the thread
+    markers.release.set()
+    started = time.monotonic()
+    sender.shutdown()
+    waiting.join()
+    assert answer == [True] and time.monotonic() - started < 4
+    assert [s.name for s in markers.get_finished_spans()] == ["marker"]
 
 
 def test_another_traces_span_inside_an_unrecorded_execution_has_its_id(spans: CapturedSpans) -> None:
