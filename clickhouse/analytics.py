@@ -94,8 +94,9 @@ DEFAULT_THRESHOLDS_S = (1.0, 5.0, 30.0, 120.0)
 
 QUANTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99}  # the levels of tool_stats_* (0004)
 EXACT_BELOW = 10_000
-"""A tool with fewer calls than this in a window has its percentiles (of the window and
-of each bucket of a series) computed exactly from its calls (analytics_tool_exact.sql),
+"""A tool with fewer calls than this in a window (and in the window before, for the
+trend) has its percentiles (of the window and of each bucket of a series) computed
+exactly from its calls (analytics_tool_exact.sql),
 not from the rollups' DDSketch, whose lower-rank answer hid the slowest of few calls (a
 30 s call among ten of 100 ms: p99 100 ms). Busier tools read the sketch: within 1% of
 the value at rank floor(q * (n - 1)), which from a thousand calls on is the exact
@@ -401,10 +402,12 @@ def _tool_stats(client: Reader, params: dict[str, Any], min_calls: int,
     rows = queries.rows(client, "analytics_tool_stats", {
         **params, "min_calls": min_calls, "days_since": days[0], "days_until": days[1],
         "prev_days_since": prev_days[0], "prev_days_until": prev_days[1]}, ANALYTICS, active)
+    # One rule for both windows of a tool, so its p95 trend compares like with like
+    few = [r for r in rows if max(r["calls"], r["prev_calls"]) < EXACT_BELOW]
     for calls, key, since, until in (("calls", "quantiles_ns", params["since"], params["until"]),
                                      ("prev_calls", "prev_quantiles_ns", params["prev_since"], params["since"])):
-        few = [r for r in rows if 0 < r[calls] < EXACT_BELOW]
-        exact = _exact(client, {**params, "since": since, "until": until}, active, [r["tool"] for r in few], 0)
+        tools = [r["tool"] for r in few if r[calls]]
+        exact = _exact(client, {**params, "since": since, "until": until}, active, tools, 0)
         for r in few:
             r[key] = exact.get((r["tool"], since), r[key])
     return rows

@@ -261,3 +261,18 @@ def test_one_slow_call_among_few_shows_in_the_percentiles_and_the_anomalies(stor
     assert (fetch["p50_ms"], fetch["p95_ms"], fetch["p99_ms"]) == (100.0, 16545.0, 27309.0)  # linear, as executions'
     found = analytics.anomalies(store.client, tenant, days=1)["anomalies"]
     assert [(a["tool"], a["value"]) for a in found] == [("lookup", 3025.0)]  # 100 + 0.75 * 3900
+
+
+def test_a_tool_on_both_sides_of_the_exact_threshold_compares_like_with_like(store: Store, tenant: str) -> None:
+    """Each window chose exact or sketch percentiles by its own count: a tool whose every
+    call took 1 s, with 10,000 calls now and 9,999 before, showed a p95 'change' of 7 ms
+    (a sketch's estimate against the exact value)."""
+    now = time.time()
+    w = analytics.window(1, now)
+    calls = [_tool_call("flat", int((w.since + 60 + i * 0.5) * 10**9), 10**9) for i in range(analytics.EXACT_BELOW)]
+    calls += [_tool_call("flat", int((w.prev_since + 60 + i * 0.5) * 10**9), 10**9)
+              for i in range(analytics.EXACT_BELOW - 1)]
+    for i in range(0, len(calls), 5000):
+        write(store, tenant, request(calls[i:i + 5000]))
+    trend = analytics.tools(store.client, tenant, 1, now=now)["tools"][0]["trend"]
+    assert trend["previous_calls"] == analytics.EXACT_BELOW - 1 and trend["p95_change_ms"] == 0, trend
