@@ -520,9 +520,11 @@ def _series(client: Reader, params: dict[str, Any], bucket: str, active: list[st
         calls: dict[str, int] = defaultdict(int)
         for r in rows:
             calls[r["tool"]] += r["calls"]
-        exact = _exact(client, params, active, sorted(t for t, n in calls.items() if n < EXACT_BELOW), bucket_s)
+        few = {t for t, n in calls.items() if n < EXACT_BELOW}
+        exact = _exact(client, params, active, sorted(few), bucket_s)
         for r in rows:
-            r["quantiles_ns"] = exact.get((r["tool"], _unix(r["bucket"])), r["quantiles_ns"])
+            if r["tool"] in few:  # the others' buckets are many: no lookup key made for them
+                r["quantiles_ns"] = exact.get((r["tool"], _unix(r["bucket"])), r["quantiles_ns"])
     return rows
 
 
