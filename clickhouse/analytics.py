@@ -57,9 +57,9 @@ calls; buckets without enough calls are neither scored nor part of a baseline.
   ``MIN_BASELINE`` buckets only warm it up.
 
 The standard deviation is floored (``STD_FLOOR``: 1% of the baseline for latency, the
-sketch's accuracy, and at least 1 ms; 0.02 for the error rate) so a perfectly flat baseline does not turn
-every small change into an infinite score. Buckets with ``|score| >= threshold`` are
-returned, newest first.
+sketch's accuracy, and at least 1 ms; 0.02 for the error rate) so a perfectly flat
+baseline does not turn every small change into an infinite score. Buckets with
+``|score| >= threshold`` are returned, newest first.
 """
 
 from __future__ import annotations
@@ -96,11 +96,10 @@ QUANTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99}  # th
 EXACT_BELOW = 10_000
 """A tool with fewer calls than this in a window (and in the window before, for the
 trend) has its percentiles (of the window and of each bucket of a series) computed
-exactly from its calls (analytics_tool_exact.sql),
-not from the rollups' DDSketch, whose lower-rank answer hid the slowest of few calls (a
-30 s call among ten of 100 ms: p99 100 ms). Busier tools read the sketch: within 1% of
-the value at rank floor(q * (n - 1)), which from a thousand calls on is the exact
-percentile's neighbour."""
+exactly from its calls (analytics_tool_exact.sql), not from the rollups' DDSketch,
+whose lower-rank answer hid the slowest of few calls (a 30 s call among ten of 100 ms:
+p99 100 ms). Busier tools read the sketch: within 1% of the value at rank
+floor(q * (n - 1)), which from a thousand calls on is the exact percentile's neighbour."""
 TIPS_PER_KIND = 3
 TOKEN_SAMPLE = 3  # executions whose spans are read from otel_traces (~6 granules each)
 REPEAT_SAMPLE = 50  # candidate executions looked up in tool_calls (beyond ~20 that scan its TraceIds)

@@ -87,9 +87,8 @@ def tools(who: Reader, ctx: Context, days: Days = 7,
     """Per tool in the window (from the hourly rollup): calls, success and error rate,
     average/max and p50/p90/p95/p99 latency (exact, linear between the nearest calls,
     for tools with fewer than 10,000 calls in the window; else DDSketch, 1% relative
-    accuracy), and the
-    trend against the previous window of the same length (calls, error rate and p95
-    change). Ties are in name order."""
+    accuracy), and the trend against the previous window of the same length (calls,
+    error rate and p95 change). Ties are in name order."""
     return numbers.tools(ctx.store.readers, who.tenant, days, sort, order, min_calls, limit)
 
 
