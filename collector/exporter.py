@@ -57,12 +57,15 @@ class ClickHouseExporter:
         under a running insert could crash the process. Its segment, if the insert
         did not succeed, stays for the next start.
 
-        A store that failed before the stop is tried once more at once (its backoff, up
-        to 30 s, would outlast the drain): a store back by then is drained into; one
-        still failing ends the drain, rather than be waited for."""
+        A store that failed before the stop (and no hurry) is tried once more at once: its
+        backoff, up to 30 s, would outlast the drain. A store back by then is drained
+        into; one still failing ends the drain (that one try, like any insert, is
+        bounded by the client's own timeout)."""
         deadline = time.monotonic() + drain_timeout
         tried = self._attempts
-        self._wake.set()
+        hurried = hurry is not None and hurry.is_set()
+        if not self.healthy and not hurried:
+            self._wake.set()
         while (time.monotonic() < deadline and self._spool.segment_count
                and (self.healthy or self._attempts == tried) and not (hurry is not None and hurry.is_set())):
             time.sleep(0.05)
@@ -94,7 +97,7 @@ class ClickHouseExporter:
                 backoff = self._backoff_initial
             else:
                 self._wake.wait(backoff)
-                self._wake.clear()
+                self._wake.clear()  # a stop's wake-up is used once
                 backoff = min(backoff * 2, self._backoff_max)
 
     def _export(self, segment: Segment) -> bool:

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -43,7 +44,8 @@ from spanhouse.collector.server import Collector
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import gunzip
 from spanhouse.collector.spool import Spool
-from spanhouse.errors import Backpressure, ConfigError, Forbidden, InvalidData, PayloadTooLarge, SpoolFull
+from spanhouse.errors import (Backpressure, ConfigError, Forbidden, InvalidData, PayloadTooLarge, SpoolFull,
+                             StoreUnavailable)
 from tests.collector_harness import EXPORT, FaultyWriter, Running, grpc_export, metric, running_collector
 from tests.otlp import request, span, trace_id
 
@@ -586,6 +588,41 @@ def test_a_stop_tries_a_failed_store_again_at_once_and_drains_into_it(store: Sto
         assert broken.attempts == 2 and time.monotonic() - started < 5
     finally:
         spool.close()
+
+
+class _GoesDown:
+    """A writer that stores its first batch, then fails each one after 0.5 s (a store
+    going down during a drain)."""
+
+    exact_batches = 0
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def write(self, items: list[Any], token: str | None = None) -> None:
+        self.attempts += 1
+        if self.attempts > 1:
+            time.sleep(0.5)
+            raise StoreUnavailable("injected: down during the drain")
+
+
+def test_a_store_failing_during_the_drain_is_tried_no_more(tmp_path: Path) -> None:
+    """The stop's wake-up, meant for a store that had failed before it, was left set for
+    a healthy one: failing during the drain, it was tried once more at once, and the stop
+    waited for that insert too."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=0.05)
+    spool.open()
+    writer = _GoesDown()
+    exporter = ClickHouseExporter(spool, writer, Metrics(), backoff_initial=0.2)  # type: ignore[arg-type]
+    for _ in range(2):
+        spool.append("t", b"x")
+        spool.seal()
+    exporter.start()
+    try:
+        assert exporter.stop(drain_timeout=10) is False
+    finally:
+        spool.close()
+    assert writer.attempts == 2
 
 
 class _HeldIngest(Ingest):
