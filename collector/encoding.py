@@ -32,7 +32,7 @@ JSON = "application/json"
 _ID_FIELDS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
 _EXTENSION_KEY = re.compile(r"\[[a-zA-Z0-9._]*\]$")  # as json_format tells an extension's name
 _MAY_BRACKET = re.compile(rb'"\[|\\u005[bB]')  # a string starting with "[", or a "[" escaped
-_MAY_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate
+_MAY_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")  # a UTF-16 surrogate, escaped or in (CESU) bytes
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_MESSAGE = 1024
 """Characters of an error message sent back: the parser's messages quote the offending
@@ -53,7 +53,7 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
     if not isinstance(doc, dict):
         raise InvalidData("an OTLP/JSON request must be a JSON object with resourceSpans")
     if _MAY_SURROGATE.search(body):  # cheap tests that keep the walks off other bodies
-        doc = _without_lone_surrogates(doc)
+        _replace_lone_surrogates(doc)
     _hex_ids_to_base64(doc)
     if _MAY_BRACKET.search(body):
         _drop_extension_keys(doc)
@@ -68,19 +68,28 @@ def decode(body: bytes, media_type: str) -> ExportTraceServiceRequest:
         raise InvalidData(f"the body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from exc
 
 
-def _without_lone_surrogates(obj: Any) -> Any:
-    """``obj`` with every unpaired UTF-16 surrogate in its strings and keys replaced by
-    U+FFFD, as the OpenTelemetry Collector's JSON reader does. JavaScript's exporters
+def _replace_lone_surrogates(doc: dict[str, Any]) -> None:
+    """Replace every unpaired UTF-16 surrogate in ``doc``'s strings and keys by U+FFFD,
+    in place, as the OpenTelemetry Collector's JSON reader does. JavaScript's exporters
     send them (an attribute cut by UTF-16 units halves an emoji, and JSON.stringify
     escapes the half); protobuf cannot hold one, and the whole request was refused.
-    After ``json.loads`` a surrogate left in a string has no pair."""
-    if isinstance(obj, str):
-        return _SURROGATE.sub("\ufffd", obj)
-    if isinstance(obj, list):
-        return [_without_lone_surrogates(v) for v in obj]
-    if isinstance(obj, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in obj.items()}
-    return obj
+    After ``json.loads`` a surrogate left in a string has no pair. Iterative: the
+    document may nest as deep as the JSON parser allowed."""
+    stack: list[Any] = [doc]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            for key in [k for k in obj if _SURROGATE.search(k)]:
+                obj[_SURROGATE.sub("\ufffd", key)] = obj.pop(key)
+            slots: Any = obj.items()
+        else:
+            slots = enumerate(obj)
+        for slot, value in list(slots):
+            if isinstance(value, str):
+                if _SURROGATE.search(value):
+                    obj[slot] = _SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
 
 
 def _drop_extension_keys(obj: Any) -> None:

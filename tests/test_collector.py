@@ -317,6 +317,11 @@ def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_replaced(
     surrogate_quoted = json.loads(json.dumps(SPEC_EXAMPLE))  # the parser's message quotes it: a 500 then
     surrogate_quoted["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][3]["value"] = {
         "doubleValue": "\ud800 not a number"}
+    deep_unknown = json.loads(json.dumps(SPEC_EXAMPLE))  # the walk recursed: a RecursionError answered 503
+    nested: dict[str, Any] = {"x": "\ud83d"}
+    for _ in range(600):
+        nested = {"x": nested}
+    deep_unknown["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["vendorExtra"] = nested
     huge_value = json.loads(json.dumps(SPEC_EXAMPLE))
     huge_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["startTimeUnixNano"] = "1 " + "9" * 1_000_000
     with running_collector(store, tmp_path, tenant) as c:
@@ -326,12 +331,15 @@ def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_replaced(
         for replaced in (surrogate_kind, surrogate_key, surrogate_value):
             r = _json_post(c, replaced)
             assert r.status_code == 200, r.text
+        r = httpx.post(c.http_url, content=json.dumps(deep_unknown).encode(),
+                       headers={"content-type": "application/json", **c.headers()})
+        assert r.status_code == 200, r.text  # an unknown field, however deep
         r = _json_post(c, surrogate_quoted)  # not a number, whatever the replacement
         assert r.status_code == 400 and "Retry-After" not in r.headers, r.text
         r = _json_post(c, huge_value)
         assert r.status_code == 400 and len(r.content) < 4096 and r.json()["message"].endswith("…")
         c.wait_drained()
-    assert _count(store, tenant) == 5
+    assert _count(store, tenant) == 6
     values = store.client.query("SELECT DISTINCT SpanAttributes['my.span.attr'] FROM otel_traces WHERE Tenant = "
                                 "{t:String}", parameters={"t": tenant}).result_rows
     assert ("truncated \ufffd",) in values
