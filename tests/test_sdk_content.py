@@ -201,6 +201,10 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
          '{"cache":"redis://default:[REDACTED]@cache:6379","owner":"ops@example.com"}'),
         ('{"endpoint":"http://localhost:8080","owner":"ada@example.com"}', None),
         ("http://[::1]:5173/@vite/client", None),  # an IPv6 host, a port and a path
+        ("postgresql://app:it's-s3cret@db:5432/app", "postgresql://app:[REDACTED]@db:5432/app"),
+        ("connecting to mysql://o'brien:hunter2@db:3306/crm", "connecting to mysql://o'brien:[REDACTED]@db:3306/crm"),
+        ('{"dsn": "postgresql://app:Pa\\"ss9@db/app"}', '{"dsn": "postgresql://app:[REDACTED]@db/app"}'),  # \" in JSON
+        ("origins=http://localhost:3000,http://localhost:3001", None),  # ports followed by a comma
     ]:
         assert policy.value(url) == (scrubbed or url), url
 
