@@ -94,9 +94,10 @@ DEFAULT_THRESHOLDS_S = (1.0, 5.0, 30.0, 120.0)
 
 QUANTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99}  # the levels of tool_stats_* (0004)
 EXACT_BELOW = 10_000
-"""A tool with fewer calls than this in a window (and in the window before, for the
-trend) has its percentiles (of the window and of each bucket of a series) computed
-exactly from its calls (analytics_tool_exact.sql), not from the rollups' DDSketch,
+"""A tool with fewer calls than this in a window has its percentiles (of the window
+and of each bucket of a series) computed exactly from its calls
+(analytics_tool_exact.sql; the p95 trend compares the two windows' sketches where only
+one of them is exact), not from the rollups' DDSketch,
 whose lower-rank answer hid the slowest of few calls (a 30 s call among ten of 100 ms:
 p99 100 ms). Busier tools read the sketch: within 1% of the value at rank
 floor(q * (n - 1)), which from a thousand calls on is the exact percentile's neighbour."""
@@ -401,12 +402,12 @@ def _tool_stats(client: Reader, params: dict[str, Any], min_calls: int,
     rows = queries.rows(client, "analytics_tool_stats", {
         **params, "min_calls": min_calls, "days_since": days[0], "days_until": days[1],
         "prev_days_since": prev_days[0], "prev_days_until": prev_days[1]}, ANALYTICS, active)
-    # One rule for both windows of a tool, so its p95 trend compares like with like
-    few = [r for r in rows if max(r["calls"], r["prev_calls"]) < EXACT_BELOW]
+    for r in rows:  # the trend compares like with like: the sketches, where one window is exact and one not
+        r["sketches_ns"] = (r["quantiles_ns"], r["prev_quantiles_ns"])
     for calls, key, since, until in (("calls", "quantiles_ns", params["since"], params["until"]),
                                      ("prev_calls", "prev_quantiles_ns", params["prev_since"], params["since"])):
-        tools = [r["tool"] for r in few if r[calls]]
-        exact = _exact(client, {**params, "since": since, "until": until}, active, tools, 0)
+        few = [r for r in rows if 0 < r[calls] < EXACT_BELOW]
+        exact = _exact(client, {**params, "since": since, "until": until}, active, [r["tool"] for r in few], 0)
         for r in few:
             r[key] = exact.get((r["tool"], since), r[key])
     return rows
@@ -461,6 +462,12 @@ def _tool_item(r: Mapping[str, Any]) -> dict[str, Any]:
     q = _quantiles(r["quantiles_ns"] if calls else [])
     prev_calls, prev_errors = int(r["prev_calls"]), int(r["prev_errors"])
     prev_p95 = _quantiles(r["prev_quantiles_ns"])["p95_ms"] if prev_calls else None
+    p95_change = None
+    if prev_p95 is not None and q["p95_ms"] is not None:
+        now_p95, before_p95 = q["p95_ms"], prev_p95
+        if (calls < EXACT_BELOW) != (prev_calls < EXACT_BELOW):  # one window exact, the other sketched
+            now_p95, before_p95 = (_quantiles(ns)["p95_ms"] for ns in r["sketches_ns"])
+        p95_change = (round(now_p95 - before_p95, 3), _pct(now_p95, before_p95))  # type: ignore[operator]
     error_rate = _ratio(errors, calls)
     prev_rate = _ratio(prev_errors, prev_calls)
     return {
@@ -476,8 +483,8 @@ def _tool_item(r: Mapping[str, Any]) -> dict[str, Any]:
             "previous_error_rate": prev_rate,
             "error_rate_change": None if prev_rate is None or error_rate is None else round(error_rate - prev_rate, 6),
             "previous_p95_ms": prev_p95,
-            "p95_change_ms": None if prev_p95 is None or q["p95_ms"] is None else round(q["p95_ms"] - prev_p95, 3),
-            "p95_change_pct": None if prev_p95 is None or q["p95_ms"] is None else _pct(q["p95_ms"], prev_p95),
+            "p95_change_ms": None if p95_change is None else p95_change[0],
+            "p95_change_pct": None if p95_change is None else p95_change[1],
         },
     }
 

@@ -266,13 +266,22 @@ def test_one_slow_call_among_few_shows_in_the_percentiles_and_the_anomalies(stor
 def test_a_tool_on_both_sides_of_the_exact_threshold_compares_like_with_like(store: Store, tenant: str) -> None:
     """Each window chose exact or sketch percentiles by its own count: a tool whose every
     call took 1 s, with 10,000 calls now and 9,999 before, showed a p95 'change' of 7 ms
-    (a sketch's estimate against the exact value)."""
+    (a sketch's estimate against the exact value). The trend compares the sketches then;
+    each window still shows its own figures (putting both on the sketch hid a 30 s call
+    among ten again)."""
     now = time.time()
     w = analytics.window(1, now)
     calls = [_tool_call("flat", int((w.since + 60 + i * 0.5) * 10**9), 10**9) for i in range(analytics.EXACT_BELOW)]
     calls += [_tool_call("flat", int((w.prev_since + 60 + i * 0.5) * 10**9), 10**9)
               for i in range(analytics.EXACT_BELOW - 1)]
+    calls += [_tool_call("spiky", int((w.since + 60 + i) * 10**9), (30_000 if i == 0 else 100) * 10**6)
+              for i in range(10)]
+    calls += [_tool_call("spiky", int((w.prev_since + 60 + i * 0.5) * 10**9), 100 * 10**6)
+              for i in range(analytics.EXACT_BELOW)]
     for i in range(0, len(calls), 5000):
         write(store, tenant, request(calls[i:i + 5000]))
-    trend = analytics.tools(store.client, tenant, 1, now=now)["tools"][0]["trend"]
+    tools = {t["tool"]: t for t in analytics.tools(store.client, tenant, 1, now=now)["tools"]}
+    trend = tools["flat"]["trend"]
     assert trend["previous_calls"] == analytics.EXACT_BELOW - 1 and trend["p95_change_ms"] == 0, trend
+    assert (tools["spiky"]["p95_ms"], tools["spiky"]["p99_ms"]) == (16545.0, 27309.0)
+    assert tools["spiky"]["trend"]["p95_change_ms"] == 0  # the sketches of both: the lower rank, 100 ms each
