@@ -86,8 +86,9 @@ numbers (Logfire's list, but ``session``: sessions are a spanhouse concept)."""
 _URL_PARTS: Final = (urllib.parse.SplitResult, urllib.parse.ParseResult, urllib.parse.SplitResultBytes,
                      urllib.parse.ParseResultBytes)
 _URL_SECRET: Final = re.compile(
-    r"(://(?!\[)(?:[^/?#\s:@\"\\]|\\.){0,256}:)(?!\d{1,5}(?:[/?#\s\"',;)\]]|$))((?:[^\s\"\\]|\\.){0,256}?)(@)"
-    r"(?=[^@/?#\s\"',;)\]]{0,256}(?:[/?#\s\"',;)\]]|$))"
+    r"(://(?!\[)(?:[^/?#\s:@\"\\]|\\.)*:)(?!\d{1,5}(?:[/?#\s\"',;)\]]|$))"
+    r"((?:(?!://)(?:[^\s\"\\]|\\(?!://)[^@\n]|\\(?=@)))*?)(@)"
+    r"(?=[^@/?#\s\"',;)\]]*(?:[/?#\s\"',;)\]]|$))"
     r"|([?&;])([^=&#\s?;/]{1,64})=([^&#\s]+)")
 """In a string holding a URL: the password of ``scheme://user:password@host`` (the user
 may be empty, as in Redis URLs; ``/``, ``?``, ``#``, ``'`` or ``@`` left unencoded in
@@ -96,8 +97,10 @@ follows, and so is ``\"`` as JSON escapes a quote; ``host:8080/…@…`` and
 ``host:8080?…@…`` are a port, and ``[::1]:…`` an IPv6 host; a bare ``"``, whitespace and
 JSON's delimiters after the host end it, so it never runs into the next value of a
 JSON text), and query parameters ``name=value`` (the name is judged by
-``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs). Users,
-passwords and hosts of up to 256 characters: the search stays linear on long text."""
+``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs). A
+password never runs past the next ``://``, so the stretches searched from two URLs do
+not overlap and the search stays linear on long text, whatever the password's length
+(IAM and OAuth tokens used as passwords run past a kilobyte)."""
 
 
 @functools.lru_cache(maxsize=4096)

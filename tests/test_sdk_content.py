@@ -205,6 +205,8 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("connecting to mysql://o'brien:hunter2@db:3306/crm", "connecting to mysql://o'brien:[REDACTED]@db:3306/crm"),
         ('{"dsn": "postgresql://app:Pa\\"ss9@db/app"}', '{"dsn": "postgresql://app:[REDACTED]@db/app"}'),  # \" in JSON
         ("origins=http://localhost:3000,http://localhost:3001", None),  # ports followed by a comma
+        ("postgresql://app:Xk9#q\\@db:5432/app", "postgresql://app:[REDACTED]@db:5432/app"),  # ends in a backslash
+        (f"postgresql://iam:{'tok%2B' * 200}@db:5432/app", "postgresql://iam:[REDACTED]@db:5432/app"),  # 1,200 chars
     ]:
         assert policy.value(url) == (scrubbed or url), url
 
