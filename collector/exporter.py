@@ -34,6 +34,7 @@ class ClickHouseExporter:
         self._backoff_max = backoff_max
         self._stop = threading.Event()
         self._wake = threading.Event()  # ends a failure's backoff early (stop)
+        self._stopping = threading.Event()  # a stop has begun: a failed insert is not tried again
         self._attempts = 0  # inserts tried, for stop to know one was tried since it began
         self._thread = threading.Thread(target=self._run, name="spanhouse-exporter", daemon=True)
         self.healthy = True
@@ -63,6 +64,7 @@ class ClickHouseExporter:
         bounded by the client's own timeout)."""
         deadline = time.monotonic() + drain_timeout
         tried = self._attempts
+        self._stopping.set()
         hurried = hurry is not None and hurry.is_set()
         if not self.healthy and not hurried:
             self._wake.set()
@@ -95,9 +97,11 @@ class ClickHouseExporter:
                 done = False
             if done:
                 backoff = self._backoff_initial
+            elif self._stopping.is_set():  # failed during the stop: that ends its drain
+                self._stop.wait()
             else:
                 self._wake.wait(backoff)
-                self._wake.clear()  # a stop's wake-up is used once
+                self._wake.clear()
                 backoff = min(backoff * 2, self._backoff_max)
 
     def _export(self, segment: Segment) -> bool:

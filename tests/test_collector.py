@@ -633,6 +633,46 @@ def test_a_store_failing_during_the_drain_is_tried_no_more(tmp_path: Path) -> No
     assert writer.attempts == 2
 
 
+class _SlowlyDown:
+    """A store that takes 0.5 s to fail each insert (a client's timeout)."""
+
+    exact_batches = 0
+
+    def __init__(self) -> None:
+        self.started = self.done = 0
+
+    def write(self, items: list[Any], token: str | None = None) -> None:
+        self.started += 1
+        try:
+            time.sleep(0.5)
+            raise StoreUnavailable("injected: connect timeout")
+        finally:
+            self.done += 1
+
+
+def test_a_stop_during_a_retry_starts_no_further_insert(tmp_path: Path) -> None:
+    """A stop arriving while the exporter retried a down store left its wake-up set:
+    once that insert failed, the thread skipped its backoff and started another, which
+    the stop then waited for."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, seal_after=0.05)
+    spool.open()
+    writer = _SlowlyDown()
+    exporter = ClickHouseExporter(spool, writer, Metrics(), backoff_initial=0.05,  # type: ignore[arg-type]
+                                  backoff_max=0.05)
+    spool.append("t", b"x")
+    spool.seal()
+    exporter.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (writer.done >= 1 and writer.started == writer.done + 1) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until a retry is under way
+        in_flight = writer.started
+        assert exporter.stop(drain_timeout=10) is False
+    finally:
+        spool.close()
+    assert writer.started == in_flight
+
+
 class _HeldIngest(Ingest):
     """An ingest whose exports wait until ``release``: calls pile up in the receiver."""
 
