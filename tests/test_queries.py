@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -263,12 +264,14 @@ def test_one_slow_call_among_few_shows_in_the_percentiles_and_the_anomalies(stor
     assert [(a["tool"], a["value"]) for a in found] == [("lookup", 3025.0)]  # 100 + 0.75 * 3900
 
 
-def test_a_tool_on_both_sides_of_the_exact_threshold_compares_like_with_like(store: Store, tenant: str) -> None:
+def test_a_tool_on_both_sides_of_the_exact_threshold_compares_like_with_like(
+        store: Store, tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each window chose exact or sketch percentiles by its own count: a tool whose every
     call took 1 s, with 10,000 calls now and 9,999 before, showed a p95 'change' of 7 ms
-    (a sketch's estimate against the exact value). The trend compares the sketches then;
-    each window still shows its own figures (putting both on the sketch hid a 30 s call
-    among ten again)."""
+    (a sketch's estimate against the exact value); putting both windows on the sketch
+    hid a 30 s call among ten again; comparing the sketches while showing the exact
+    figure called a 16 s rise no change. A window beside an exact one is exact too up to
+    EXACT_BESIDE calls; past it the change compares the two sketches."""
     now = time.time()
     w = analytics.window(1, now)
     calls = [_tool_call("flat", int((w.since + 60 + i * 0.5) * 10**9), 10**9) for i in range(analytics.EXACT_BELOW)]
@@ -280,8 +283,15 @@ def test_a_tool_on_both_sides_of_the_exact_threshold_compares_like_with_like(sto
               for i in range(analytics.EXACT_BELOW)]
     for i in range(0, len(calls), 5000):
         write(store, tenant, request(calls[i:i + 5000]))
-    tools = {t["tool"]: t for t in analytics.tools(store.client, tenant, 1, now=now)["tools"]}
-    trend = tools["flat"]["trend"]
-    assert trend["previous_calls"] == analytics.EXACT_BELOW - 1 and trend["p95_change_ms"] == 0, trend
-    assert (tools["spiky"]["p95_ms"], tools["spiky"]["p99_ms"]) == (16545.0, 27309.0)
-    assert tools["spiky"]["trend"]["p95_change_ms"] == 0  # the sketches of both: the lower rank, 100 ms each
+
+    def tools() -> dict[str, dict[str, Any]]:
+        return {t["tool"]: t for t in analytics.tools(store.client, tenant, 1, now=now)["tools"]}
+
+    flat, spiky = tools()["flat"], tools()["spiky"]
+    assert (flat["p95_ms"], flat["trend"]["previous_p95_ms"], flat["trend"]["p95_change_ms"]) == (1000.0, 1000.0, 0)
+    assert (spiky["p95_ms"], spiky["p99_ms"]) == (16545.0, 27309.0)
+    assert (spiky["trend"]["previous_p95_ms"], spiky["trend"]["p95_change_ms"]) == (100.0, 16445.0)
+    monkeypatch.setattr(analytics, "EXACT_BESIDE", analytics.EXACT_BELOW)  # a busy window stays on the sketch
+    flat = tools()["flat"]
+    assert flat["p95_ms"] != flat["trend"]["previous_p95_ms"] == 1000.0  # the sketch's now, exact before
+    assert flat["trend"]["p95_change_ms"] == 0  # sketch against sketch
