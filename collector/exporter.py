@@ -34,8 +34,8 @@ class ClickHouseExporter:
         self._backoff_max = backoff_max
         self._stop = threading.Event()
         self._wake = threading.Event()  # ends a failure's backoff early (stop)
-        self._stopping = threading.Event()  # a stop has begun: a failed insert is not tried again
-        self._attempts = 0  # inserts tried, for stop to know one was tried since it began
+        self._stopping = threading.Event()  # a stop has begun: an insert failing after it is not tried again
+        self._parked = threading.Event()  # one has failed: the drain is over
         self._thread = threading.Thread(target=self._run, name="spanhouse-exporter", daemon=True)
         self.healthy = True
         """False while the store refuses inserts (said by /readyz and a gauge)."""
@@ -60,16 +60,14 @@ class ClickHouseExporter:
 
         A store that failed before the stop (and no hurry) is tried once more at once: its
         backoff, up to 30 s, would outlast the drain. A store back by then is drained
-        into; one still failing ends the drain (that one try, like any insert, is
-        bounded by the client's own timeout)."""
+        into; an insert failing once the stop began (that try, or one under way at the
+        stop) ends the drain. Each insert is bounded by the client's own timeout."""
         deadline = time.monotonic() + drain_timeout
-        tried = self._attempts
         self._stopping.set()
-        hurried = hurry is not None and hurry.is_set()
-        if not self.healthy and not hurried:
-            self._wake.set()
-        while (time.monotonic() < deadline and self._spool.segment_count
-               and (self.healthy or self._attempts == tried) and not (hurry is not None and hurry.is_set())):
+        if not (hurry is not None and hurry.is_set()):
+            self._wake.set()  # a failure's backoff ends now: its next try is the stop's
+        while (time.monotonic() < deadline and self._spool.segment_count and not self._parked.is_set()
+               and not (hurry is not None and hurry.is_set())):
             time.sleep(0.05)
         self._stop.set()
         self._wake.set()
@@ -83,10 +81,7 @@ class ClickHouseExporter:
                 segment = self._spool.next_sealed(timeout=0.2)
                 if segment is None:
                     continue
-                try:
-                    done = self._export(segment)
-                finally:
-                    self._attempts += 1
+                done = self._export(segment)
             except Exception:  # noqa: BLE001 - the thread must outlive any one failure
                 # e.g. the disk is full while quarantining or deleting a segment. The
                 # segment stays in the spool and is tried again (its token makes a
@@ -97,7 +92,8 @@ class ClickHouseExporter:
                 done = False
             if done:
                 backoff = self._backoff_initial
-            elif self._stopping.is_set():  # failed during the stop: that ends its drain
+            elif self._stopping.is_set():  # failed once the stop began: that ends its drain
+                self._parked.set()
                 self._stop.wait()
             else:
                 self._wake.wait(backoff)
