@@ -94,17 +94,16 @@ DEFAULT_THRESHOLDS_S = (1.0, 5.0, 30.0, 120.0)
 
 QUANTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99}  # the levels of tool_stats_* (0004)
 EXACT_BELOW = 10_000
-"""A tool with fewer calls than this in a window has its percentiles (of the window
-and of each bucket of a series) computed exactly from its calls
-(analytics_tool_exact.sql; beside such a window, one of up to EXACT_BESIDE calls too,
-and the p95 trend compares the two sketches where only one window is exact), not
-from the rollups' DDSketch,
-whose lower-rank answer hid the slowest of few calls (a 30 s call among ten of 100 ms:
-p99 100 ms). Busier tools read the sketch: within 1% of the value at rank
-floor(q * (n - 1)), which from a thousand calls on is the exact percentile's neighbour."""
+"""A tool with fewer calls than this in a window has its percentiles (of the window and
+of each bucket of a series) computed exactly from its calls (analytics_tool_exact.sql),
+not from the rollups' DDSketch, whose lower-rank answer hid the slowest of few calls (a
+30 s call among ten of 100 ms: p99 100 ms). Busier tools read the sketch: within 1% of
+the value at rank floor(q * (n - 1)), which from a thousand calls on is the exact
+percentile's neighbour. The trend's previous p95 is on the window's basis (see
+``EXACT_BESIDE``), so p95, previous p95 and their change agree."""
 EXACT_BESIDE = 100_000
-"""Up to this many calls, a window is exact too when the other window of its tool's
-trend is (a tool called less now, or more: its p95 change from two exact figures)."""
+"""The previous window of an exact window's trend is read exactly too, up to this many
+calls (a tool called less now); past it, that change compares the two sketches."""
 TIPS_PER_KIND = 3
 TOKEN_SAMPLE = 3  # executions whose spans are read from otel_traces (~6 granules each)
 REPEAT_SAMPLE = 50  # candidate executions looked up in tool_calls (beyond ~20 that scan its TraceIds)
@@ -406,23 +405,19 @@ def _tool_stats(client: Reader, params: dict[str, Any], min_calls: int,
     rows = queries.rows(client, "analytics_tool_stats", {
         **params, "min_calls": min_calls, "days_since": days[0], "days_until": days[1],
         "prev_days_since": prev_days[0], "prev_days_until": prev_days[1]}, ANALYTICS, active)
-    for r in rows:  # the trend compares like with like: the sketches, where one window is exact and one not
+    # The window's own count decides (the same in every caller: performance() reads no
+    # previous window); the previous one follows it, for a trend of like with like.
+    exact_now = [r for r in rows if 0 < r["calls"] < EXACT_BELOW]
+    exact_prev = [r for r in exact_now if 0 < r["prev_calls"] < EXACT_BESIDE]
+    for r in rows:
         r["sketches_ns"] = (r["quantiles_ns"], r["prev_quantiles_ns"])
-    for calls, other, key, since, until in (
-            ("calls", "prev_calls", "quantiles_ns", params["since"], params["until"]),
-            ("prev_calls", "calls", "prev_quantiles_ns", params["prev_since"], params["since"])):
-        few = [r for r in rows if _exact_window(r[calls], r[other])]
+        r["trend_on_sketches"] = r in exact_now and r not in exact_prev
+    for few, key, since, until in ((exact_now, "quantiles_ns", params["since"], params["until"]),
+                                   (exact_prev, "prev_quantiles_ns", params["prev_since"], params["since"])):
         exact = _exact(client, {**params, "since": since, "until": until}, active, [r["tool"] for r in few], 0)
         for r in few:
             r[key] = exact.get((r["tool"], since), r[key])
     return rows
-
-
-def _exact_window(calls: int, other: int) -> bool:
-    """Whether a window of ``calls`` calls has exact percentiles, beside one of
-    ``other``: below EXACT_BELOW, or below EXACT_BESIDE when the other window is exact
-    (so a tool's p95 trend compares two exact figures wherever that is cheap)."""
-    return 0 < calls < EXACT_BELOW or (0 < calls < EXACT_BESIDE and 0 < other < EXACT_BELOW)
 
 
 def _exact(client: Reader, params: Mapping[str, Any], active: Sequence[str], tools: list[str],
@@ -477,7 +472,7 @@ def _tool_item(r: Mapping[str, Any]) -> dict[str, Any]:
     p95_change = None
     if prev_p95 is not None and q["p95_ms"] is not None:
         now_p95, before_p95 = q["p95_ms"], prev_p95
-        if _exact_window(calls, prev_calls) != _exact_window(prev_calls, calls):  # one exact, one sketched
+        if r["trend_on_sketches"]:  # exact now, 100,000 calls or more before
             now_p95, before_p95 = (_quantiles(ns)["p95_ms"] for ns in r["sketches_ns"])
         p95_change = (round(now_p95 - before_p95, 3), _pct(now_p95, before_p95))  # type: ignore[operator]
     error_rate = _ratio(errors, calls)
