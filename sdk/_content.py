@@ -89,7 +89,7 @@ _URL_SECRET: Final = re.compile(
     r"(://(?!\[)(?:[^/?#\s:@\"\\]|\\.)*:)(?!\d{1,5}(?:[/?#\s\"',;)\]]|$))"
     r"((?:(?!://)(?:[^\s\"\\]|\\(?!://)[^@\n]|\\(?=@)))*?)(@)"
     r"(?=[^@/?#\s\"',;)\]]*(?:[/?#\s\"',;)\]]|$))"
-    r"|([?&;])([^=&#\s?;/]{1,64})=([^&#\s]+)")
+    r"|([?&;])([^=&#\s?;/\"']{1,64})=([^&#\s\"']+)")
 """In a string holding a URL: the password of ``scheme://user:password@host`` (the user
 may be empty, as in Redis URLs; ``/``, ``?``, ``#``, ``'`` or ``@`` left unencoded in
 the password, as SQLAlchemy and libpq take them, are taken up to the ``@`` a host
@@ -97,7 +97,8 @@ follows, and so is ``\"`` as JSON escapes a quote; ``host:8080/…@…`` and
 ``host:8080?…@…`` are a port, and ``[::1]:…`` an IPv6 host; a bare ``"``, whitespace and
 JSON's delimiters after the host end it, so it never runs into the next value of a
 JSON text), and query parameters ``name=value`` (the name is judged by
-``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs). A
+``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs; a quote
+ends a value, which otherwise ran over the rest of a compact JSON text). A
 password never runs past the next ``://``, so the stretches searched from two URLs do
 not overlap and the search stays linear on long text, whatever the password's length
 (IAM and OAuth tokens used as passwords run past a kilobyte)."""

@@ -207,6 +207,10 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("origins=http://localhost:3000,http://localhost:3001", None),  # ports followed by a comma
         ("postgresql://app:Xk9#q\\@db:5432/app", "postgresql://app:[REDACTED]@db:5432/app"),  # ends in a backslash
         (f"postgresql://iam:{'tok%2B' * 200}@db:5432/app", "postgresql://iam:[REDACTED]@db:5432/app"),  # 1,200 chars
+        ('{"docs":"https://x.com/a?q=1","db":"redis://:hunter2@cache:6379/0"}',  # a query value ends at its quote
+         '{"docs":"https://x.com/a?q=1","db":"redis://:[REDACTED]@cache:6379/0"}'),
+        ('{"url":"https://x.com/?key=AIzaXYZ","note":"hello world"}',
+         '{"url":"https://x.com/?key=[REDACTED]","note":"hello world"}'),
     ]:
         assert policy.value(url) == (scrubbed or url), url
 
