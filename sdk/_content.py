@@ -89,7 +89,7 @@ _URL_SECRET: Final = re.compile(
     r"(://(?!\[)(?:[^/?#\s:@\"\\]|\\.)*:)(?!\d{1,5}(?:[/?#\s\"',;)\]]|$))"
     r"((?:(?!://)(?:[^\s\"\\]|\\(?!://)[^@\n]|\\(?=@)))*?)(@)"
     r"(?=[^@/?#\s\"',;)\]]*(?:[/?#\s\"',;)\]]|$))"
-    r"|([?&;])([^=&#\s?;/\"']{1,64})=([^&#\s\"']+)")
+    r"|([?&;])([^=&#\s?;/\"']{1,64})=([\"']?(?:[^&#\s\"']|[\"'](?![\s,;:)\]}>&#]|$))+)")
 """In a string holding a URL: the password of ``scheme://user:password@host`` (the user
 may be empty, as in Redis URLs; ``/``, ``?``, ``#``, ``'`` or ``@`` left unencoded in
 the password, as SQLAlchemy and libpq take them, are taken up to the ``@`` a host
@@ -98,7 +98,8 @@ follows, and so is ``\"`` as JSON escapes a quote; ``host:8080/…@…`` and
 JSON's delimiters after the host end it, so it never runs into the next value of a
 JSON text), and query parameters ``name=value`` (the name is judged by
 ``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs; a quote
-ends a value, which otherwise ran over the rest of a compact JSON text). A
+followed by a delimiter ends a value, which otherwise ran over the rest of a compact
+JSON text, and a value may be quoted). A
 password never runs past the next ``://``, so the stretches searched from two URLs do
 not overlap and the search stays linear on long text, whatever the password's length
 (IAM and OAuth tokens used as passwords run past a kilobyte)."""
@@ -122,9 +123,10 @@ def scrub_urls(text: str) -> str:
 def _redact_url_part(m: re.Match[str]) -> str:
     if m.group(1) is not None:
         return f"{m.group(1)}{REDACTED}{m.group(3)}"
-    name = m.group(5)
+    name, value = m.group(5), m.group(6)
     secret = name.lower() in ("key", "sig") or is_secret_key(name)
-    return f"{m.group(4)}{name}={REDACTED}" if secret else m.group(0)
+    opening = value[0] if value[0] in "\"'" else ""  # a quoted value keeps its quotes
+    return f"{m.group(4)}{name}={opening}{REDACTED}" if secret else m.group(0)
 
 
 def truncated(text: str, limit: int) -> str:

@@ -211,6 +211,9 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
          '{"docs":"https://x.com/a?q=1","db":"redis://:[REDACTED]@cache:6379/0"}'),
         ('{"url":"https://x.com/?key=AIzaXYZ","note":"hello world"}',
          '{"url":"https://x.com/?key=[REDACTED]","note":"hello world"}'),
+        ("https://h.io/login?user=bob&password=Pa'ss-w0rd", "https://h.io/login?user=bob&password=[REDACTED]"),
+        ('https://h.io/cb?access_token="tok-9f8e7d6c"', 'https://h.io/cb?access_token="[REDACTED]"'),
+        ("https://h.io/x?api_key='sk-live-9f8e7d6c'&page=2", "https://h.io/x?api_key='[REDACTED]'&page=2"),
     ]:
         assert policy.value(url) == (scrubbed or url), url
 
