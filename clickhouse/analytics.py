@@ -100,7 +100,7 @@ not from the rollups' DDSketch, whose lower-rank answer hid the slowest of few c
 30 s call among ten of 100 ms: p99 100 ms). Busier tools read the sketch: within 1% of
 the value at rank floor(q * (n - 1)), which from a thousand calls on is the exact
 percentile's neighbour. The trend's previous p95 is on the window's basis (see
-``EXACT_BESIDE``), so p95, previous p95 and their change agree."""
+``EXACT_BESIDE``), so p95, previous p95 and their change agree, but past that bound."""
 EXACT_BESIDE = 100_000
 """The previous window of an exact window's trend is read exactly too, up to this many
 calls (a tool called less now); past it, that change compares the two sketches."""
