@@ -409,9 +409,9 @@ def _tool_stats(client: Reader, params: dict[str, Any], min_calls: int,
     # previous window); the previous one follows it, for a trend of like with like.
     exact_now = [r for r in rows if 0 < r["calls"] < EXACT_BELOW]
     exact_prev = [r for r in exact_now if 0 < r["prev_calls"] < EXACT_BESIDE]
-    for r in rows:
-        r["sketches_ns"] = (r["quantiles_ns"], r["prev_quantiles_ns"])
-        r["trend_on_sketches"] = r in exact_now and r not in exact_prev
+    for r in exact_now:
+        if r["prev_calls"] >= EXACT_BESIDE:  # its trend compares these two (_tool_item)
+            r["trend_sketches_ns"] = (r["quantiles_ns"], r["prev_quantiles_ns"])
     for few, key, since, until in ((exact_now, "quantiles_ns", params["since"], params["until"]),
                                    (exact_prev, "prev_quantiles_ns", params["prev_since"], params["since"])):
         exact = _exact(client, {**params, "since": since, "until": until}, active, [r["tool"] for r in few], 0)
@@ -472,8 +472,8 @@ def _tool_item(r: Mapping[str, Any]) -> dict[str, Any]:
     p95_change = None
     if prev_p95 is not None and q["p95_ms"] is not None:
         now_p95, before_p95 = q["p95_ms"], prev_p95
-        if r["trend_on_sketches"]:  # exact now, 100,000 calls or more before
-            now_p95, before_p95 = (_quantiles(ns)["p95_ms"] for ns in r["sketches_ns"])
+        if "trend_sketches_ns" in r:  # exact now, EXACT_BESIDE calls or more before
+            now_p95, before_p95 = (_quantiles(ns)["p95_ms"] for ns in r["trend_sketches_ns"])
         p95_change = (round(now_p95 - before_p95, 3), _pct(now_p95, before_p95))  # type: ignore[operator]
     error_rate = _ratio(errors, calls)
     prev_rate = _ratio(prev_errors, prev_calls)
