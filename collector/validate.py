@@ -61,9 +61,9 @@ class Verdict:
         return f"{self.rejected_count} span(s) rejected: {reasons}" if self.rejected else ""
 
 
-def problem(span: Span, now_ns: int) -> str | None:
+def problem(span: Span, earliest_ns: int, latest_ns: int) -> str | None:
     """The reason code why ``span`` cannot be stored (see ``REASONS``), or None if it
-    can; ``now_ns`` is the collector's clock."""
+    can; ``earliest_ns`` and ``latest_ns`` bound a plausible start (``validate``)."""
     if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
         return "invalid_trace_id"
     if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
@@ -76,7 +76,7 @@ def problem(span: Span, now_ns: int) -> str | None:
         return "end_before_start"
     if span.end_time_unix_nano > _MAX_NANOS or any(e.time_unix_nano > _MAX_NANOS for e in span.events):
         return "timestamp_out_of_range"
-    if not now_ns - MAX_PAST_NANOS <= span.start_time_unix_nano <= now_ns + MAX_AHEAD_NANOS:
+    if not earliest_ns <= span.start_time_unix_nano <= latest_ns:
         return "implausible_start"
     return None
 
@@ -85,10 +85,11 @@ def validate(request: ExportTraceServiceRequest, now_ns: int | None = None) -> V
     """Remove invalid spans from ``request`` in place and say what was removed
     (``now_ns``: the clock to judge start times by, default the system's)."""
     now = time.time_ns() if now_ns is None else now_ns
+    earliest, latest = now - MAX_PAST_NANOS, now + MAX_AHEAD_NANOS  # once per request, not per span
     verdict = Verdict()
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
-            problems = [problem(s, now) for s in ss.spans]
+            problems = [problem(s, earliest, latest) for s in ss.spans]
             bad = [p for p in problems if p is not None]
             verdict.accepted += len(problems) - len(bad)
             if bad:
