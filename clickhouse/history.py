@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spanhouse import SPAN_ID
 from spanhouse.clickhouse import queries
 from spanhouse.clickhouse.pool import Reader, gather
 
@@ -267,7 +268,7 @@ def add_feedback(client: Reader, tenant: str, trace_id: str, name: str, value: f
 def feedback_key(feedback_id: str) -> str:
     """``feedback_id`` as stored: the span id of feedback sent over OTLP (16 hex digits,
     an id the API refuses for its own) is lower-case hex there, as trace ids are."""
-    return feedback_id.lower() if re.fullmatch(r"[0-9a-fA-F]{16}", feedback_id) else feedback_id
+    return feedback_id.lower() if re.fullmatch(SPAN_ID, feedback_id) else feedback_id
 
 
 def feedback_items(client: Reader, tenant: str, feedback_id: str) -> list[dict[str, Any]]:

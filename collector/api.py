@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from spanhouse import FEEDBACK_ID, TRACE_ID, __version__
+from spanhouse import FEEDBACK_ID, SPAN_ID, TRACE_ID, __version__
 from spanhouse.clickhouse import Store, deletion, history
 from spanhouse.collector.asgi import BodyLimit, HeadAsGet
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
@@ -189,7 +189,7 @@ class FeedbackIn(BaseModel):
     def _one_value(self) -> FeedbackIn:
         if (self.rating is None) == (self.value is None):
             raise ValueError("give exactly one of rating (1-5) or value")
-        if self.id is not None and re.fullmatch(r"[0-9a-fA-F]{16}", self.id):
+        if self.id is not None and re.fullmatch(SPAN_ID, self.id):
             # Feedback sent over OTLP (the SDK's) has its span's id, 16 hex digits: replaced by
             # a row of this API's, the span would be lost to the deletion of its execution.
             raise ValueError("an id of 16 hex digits is a feedback span's (sent over OTLP); choose another id")

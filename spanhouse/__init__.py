@@ -17,6 +17,10 @@ TRACE_ID = r"^[0-9a-fA-F]{32}$"
 """How an execution id (its trace id) is written wherever one is taken: the API's paths
 and bodies, and the CLI's arguments, which check it before building a path from it."""
 
+SPAN_ID = r"^[0-9a-fA-F]{16}$"
+"""A span id as hex: also the id of feedback sent over OTLP (its span's), which the API
+keeps apart from its own feedback ids."""
+
 FEEDBACK_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 """A feedback item's id, as the API and the CLI take it: the client's own (Langfuse's
 score ids), the API's (32 hex digits) or, sent over OTLP, its span's (16 hex digits)."""
