@@ -211,8 +211,7 @@ class _MarkerSender:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
-            with self._lock:
-                asked, self._flushes = self._flushes, []
+            asked = self._take_flushes()  # before the export: what they wait for is pending now
             self._export_now()
             for done in asked:
                 done.set()
@@ -234,6 +233,11 @@ class _MarkerSender:
             self._export_now()
             return True
         return done.wait(timeout_s)
+
+    def _take_flushes(self) -> list[threading.Event]:
+        with self._lock:
+            asked, self._flushes = self._flushes, []
+        return asked
 
     def _export_now(self) -> None:
         """Export what is pending, in the calling thread, one export at a time."""
@@ -260,9 +264,7 @@ class _MarkerSender:
         if not self._synchronous:
             self._thread.join(timeout=5)
         self._export_now()
-        with self._lock:  # flushes the thread left unanswered: what they waited for is sent
-            asked, self._flushes = self._flushes, []
-        for done in asked:
+        for done in self._take_flushes():  # those the thread left unanswered: their markers are sent
             done.set()
         if self._owns_exporter:
             self._exporter.shutdown()
