@@ -717,7 +717,8 @@ def test_pages_walk_executions_that_start_within_the_same_microsecond(store: Sto
     assert page.total == 4 and len(seen) == 4 and len(set(seen)) == 4
 
 
-@pytest.mark.parametrize("cursor", ["NQ", "bnVsbA", "WyJ4IiwgMV0", "!!", "WzEsIDJd", "Wy0xLCAiYSJd"])
+@pytest.mark.parametrize("cursor", ["NQ", "bnVsbA", "WyJ4IiwgMV0", "!!", "WzEsIDJd", "Wy0xLCAiYSJd",
+                                    "WzEsIlx1ZDgwMCJd"])  # [1,"\ud800"]: a lone surrogate was a 500
 def test_a_cursor_that_is_not_ours_is_a_422(dataset: tuple[Running, dict[str, Any]], cursor: str) -> None:
     c, _ = dataset
     r = httpx.get(c.api_url + "/api/v1/executions", params={"cursor": cursor}, headers=c.headers())
@@ -904,8 +905,10 @@ def test_a_reconnecting_stream_resumes_after_its_last_event(store: Store, tmp_pa
         write(store, tenant, gap_req)
         resumed, _ = _first_event(c.api_url, {**c.headers(), "Last-Event-ID": event_id})
         assert resumed["trace_id"] == gap_id
-        # not ours, past every date (was a 500), or in the year 9999 (waited for nothing)
-        for bad in ("nonsense", history.encode_cursor(2**62, "x"), history.encode_cursor(253402300799000, "x")):
+        # not ours, past every date (was a 500), in the year 9999 (waited for nothing), or with a
+        # lone surrogate for a trace id (could not be bound: the stream was cut at each reconnect)
+        for bad in ("nonsense", history.encode_cursor(2**62, "ab" * 16),
+                    history.encode_cursor(253402300799000, "ab" * 16), history.encode_cursor(1, "\ud800")):
             r = httpx.get(c.api_url + "/api/v1/executions/stream", headers={**c.headers(), "Last-Event-ID": bad})
             assert r.status_code == 422 and "Last-Event-ID" in r.text
 
