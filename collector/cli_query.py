@@ -138,7 +138,34 @@ def _list(args: argparse.Namespace) -> int:
     return _emit(args, page, render)
 
 
-def _tree(node: dict[str, Any], into: Tree) -> None:
+_LABEL_COLUMNS = 40
+"""Columns kept for a span's label beside the tree's guides (4 columns a level)."""
+
+
+def _tree(node: dict[str, Any], into: Tree, levels: int) -> None:
+    """Add ``node`` and, down to ``levels`` levels, its subtree. Below that its
+    descendants are listed flat, in tree order, under a note: rich prints nothing of a
+    node whose guides fill the console's width, so a deep tree lost its lower spans
+    without a sign (a chain of 40 showed 19 on an 80-column terminal)."""
+    branch = _span(node, into)
+    if levels > 1:
+        for child in node["children"]:
+            _tree(child, branch, levels - 1)
+        return
+    below, pending = [], list(reversed(node["children"]))
+    while pending:
+        child = pending.pop()
+        below.append(child)
+        pending.extend(reversed(child["children"]))
+    if len(below) > len(node["children"]):
+        branch.add(f"[dim]{len(below)} spans below, listed flat: deeper levels do not fit in "
+                   f"{_console.width} columns (--json has the tree)[/dim]")
+    for child in below:
+        _span(child, branch)
+
+
+def _span(node: dict[str, Any], into: Tree) -> Tree:
+    """One span's line and details (tool arguments and result, model usage)."""
     label = f"{escape(node['name'])}  [dim]{node['duration_ms']:.1f} ms[/dim]"
     if node["status"] == "error":
         label += f"  [red]error[/red] {escape(node.get('status_message') or '')}"
@@ -150,8 +177,7 @@ def _tree(node: dict[str, Any], into: Tree) -> None:
     if usage:  # what a model call cost, which the tree otherwise left to --json
         branch.add(f"[dim]usage[/dim] {usage['input_tokens']} input tokens, {usage['output_tokens']} output tokens, "
                    f"{usage['cost_usd']} USD")
-    for child in node["children"]:
-        _tree(child, branch)
+    return branch
 
 
 def _trace_id(text: str) -> str:
@@ -168,8 +194,9 @@ def _show(args: argparse.Namespace) -> int:
     def render(data: dict[str, Any]) -> None:
         show({k: v for k, v in data.items() if k not in ("spans_tree", "feedback")}, title=data["trace_id"])
         root = Tree("spans")
+        levels = max(1, (_console.width - _LABEL_COLUMNS) // 4)
         for node in data["spans_tree"]:
-            _tree(node, root)
+            _tree(node, root, levels)
         _console.print(root)
         table(data["feedback"], title="feedback")
 

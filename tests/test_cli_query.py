@@ -67,6 +67,23 @@ def test_executions_show_prints_the_span_tree(served: tuple[Running, str], capsy
     assert "usage 420 input tokens, 35 output tokens, 0.0014 USD" in text  # the model call's
 
 
+@pytest.mark.parametrize("width", [80, 240])  # a terminal's, and piped output's
+def test_executions_show_prints_every_span_of_a_deep_tree(store: Store, tenant: str, tmp_path: Path, width: int,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A chain of 70 spans: rich prints nothing of a node whose tree guides fill the
+    width, so the lower spans were left out without a sign (19 of 40 at 80 columns)."""
+    t, ids = trace_id(), [span_id() for _ in range(70)]
+    write(store, tenant, request([span(f"step-{i}", t, sid=sid, parent=ids[i - 1] if i else b"")
+                                  for i, sid in enumerate(ids)]))
+    monkeypatch.setattr(cli_query, "_console", cli_query.Console(width=width))
+    with running_collector(store, tmp_path, tenant) as c:
+        text = _run(c, capsys, "executions", "show", t.hex())
+    assert all(f"step-{i} " in text for i in range(70))
+    levels = (width - 40) // 4
+    assert f"{70 - levels} spans below, listed flat" in text and f"{width} columns" in text
+
+
 def test_export_writes_a_file(served: tuple[Running, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     c, tid = served
     out = tmp_path / "x.csv"
