@@ -30,8 +30,8 @@ default batch settings 32 MiB / 1 s, ``SPANHOUSE_LOG_LEVEL=WARNING``) and data d
    ``execution_rollup`` in the closed store: each must match the acknowledged spans;
 3. overload: ``--overload-clients`` processes (default 16), half gRPC and half HTTP, send
    as fast as they can for ``--overload-seconds`` into a collector with ``--spool-max-bytes`` set to
-   ``--overload-spool-max-bytes``, cycling over the payloads (so spans repeat; nothing
-   is verified there); the collector's VmRSS is sampled every 0.5 s from
+   ``--overload-spool-max-bytes``, cycling over the payloads (so spans repeat; each pass
+   after the first marked as new requests, see ``_cycle_mark``; nothing is verified there); the collector's VmRSS is sampled every 0.5 s from
    ``/proc/<pid>/status`` (and VmHWM read at the end). RssAnon is shown next to it:
    VmRSS also counts the resident pages of the mapped chdb library (a few hundred MB).
    More clients than in the end-to-end runs because each has one request in flight and
@@ -466,6 +466,17 @@ class ClientJob:
     rpc_timeout: float = 60.0
 
 
+def _cycle_mark(cycle: int) -> bytes:
+    """Bytes that make the overload's ``cycle``-th pass over the payloads new requests (an
+    empty ``ResourceSpans`` with schema_url ``cycle-N``): the collector acknowledges a
+    request identical to a recent one without storing it again (``--dedup-window``)."""
+    if cycle == 0:
+        return b""
+    url = f"cycle-{cycle}".encode()
+    inner = b"\x1a" + bytes([len(url)]) + url  # ResourceSpans.schema_url = 3
+    return b"\x0a" + bytes([len(inner)]) + inner  # ExportTraceServiceRequest.resource_spans = 1
+
+
 @dataclass
 class ClientResult:
     index: int
@@ -503,7 +514,7 @@ def client_main(job: ClientJob, claim: Any, stop: Event, barrier: Barrier, resul
             if job.limit is not None and i >= job.limit:
                 break
             start, length = offsets[i % total]
-            payload = data[start:start + length]
+            payload = data[start:start + length] + _cycle_mark(i // total)
             while time.monotonic() < deadline:
                 answer = sender.send(payload)
                 if answer.ok:

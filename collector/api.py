@@ -33,6 +33,7 @@ from spanhouse.clickhouse import Store, deletion, history
 from spanhouse.collector.asgi import BodyLimit, HeadAsGet
 from spanhouse.collector.auth import KeyRing, Principal, key_from_headers
 from spanhouse.collector.metrics import CONTENT_TYPE, Metrics
+from spanhouse.collector.resends import RecentRequests
 from spanhouse.errors import AuthError, Forbidden, StoreUnavailable
 from spanhouse.text import utf8_safe
 
@@ -60,6 +61,9 @@ class ApiContext:
 
     store: Store
     keys: KeyRing
+    recent: RecentRequests = field(default_factory=lambda: RecentRequests(0))
+    """The requests ingest acknowledged lately: a deletion forgets its tenant's, so the
+    same spans sent again are stored again."""
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the collector stops: open event streams end instead of holding the
     shutdown for its whole timeout (and being cancelled with tracebacks)."""
@@ -294,7 +298,9 @@ def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pat
     trace_id = trace_id.lower()
     if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
         raise HTTPException(404, f"no execution {trace_id}")
-    return deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id], ctx.store.writer.paused, ctx.stopping)
+    return _deleted(ctx, who.tenant,
+                    deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id], ctx.store.writer.paused,
+                                           ctx.stopping))
 
 
 @executions.delete("/executions")
@@ -309,7 +315,14 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
     ids = history.matching_ids(ctx.store.readers, who.tenant, values)
     if dry_run:
         return {"executions": len(ids)}
-    return deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused, ctx.stopping)
+    return _deleted(ctx, who.tenant,
+                    deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused, ctx.stopping))
+
+
+def _deleted(ctx: ApiContext, tenant: str, removed: dict[str, int]) -> dict[str, int]:
+    """``removed``, once ingest forgot the tenant's recent requests (see ``ApiContext.recent``)."""
+    ctx.recent.forget(tenant)
+    return removed
 
 
 @executions.post("/feedback", status_code=201, responses={
@@ -353,7 +366,7 @@ def delete_feedback(who: Admin, ctx: Context, feedback_id: FeedbackKey) -> dict[
                                        ctx.store.writer.paused)
     if removed is None:
         raise HTTPException(404, f"no feedback {feedback_id}")
-    return removed
+    return _deleted(ctx, who.tenant, removed)
 
 
 @executions.get("/export", response_class=StreamingResponse, responses={200: {"content": {

@@ -49,6 +49,7 @@ class Settings:
     spool_dir: Path | None = None
     spool_max_bytes: int = 1 << 30
     max_request_bytes: int = 64 << 20
+    dedup_window: float = 300.0
     batch_bytes: int = 32 << 20
     batch_delay: float = 1.0
     allow_unauthenticated: bool = False
@@ -73,6 +74,8 @@ class Settings:
             raise ConfigError("--batch-bytes must be at least 64KiB")
         if not 1024 <= self.max_request_bytes < 1 << 31:  # gRPC's limit is a signed 32-bit int
             raise ConfigError("--max-request-bytes must be from 1KiB to just under 2GiB (gRPC's largest message)")
+        if not 0 <= self.dedup_window <= 3600:
+            raise ConfigError("--dedup-window must be between 0 (off) and 3600 seconds")
         if self.forward_max_bytes < 1 << 16:
             raise ConfigError("--forward-max-bytes must be at least 64KiB")
         if not 0 < self.shutdown_timeout <= 3600:
@@ -126,6 +129,8 @@ _HELP = {
                  "./spanhouse-spool with a server DSN)",
     "spool_max_bytes": "spool bound; when full, clients are told to retry later (e.g. 1GiB)",
     "max_request_bytes": "largest accepted request after decompression (e.g. 64MiB)",
+    "dedup_window": "seconds for which a client's resend of an acknowledged request (its answer was lost) is "
+                    "acknowledged again without storing its spans twice; 0 stores every request",
     "batch_bytes": "insert into ClickHouse once this much is spooled (one insert per batch; e.g. 32MiB)",
     "batch_delay": "or once the oldest spooled request is this many seconds old",
     "allow_unauthenticated": "allow a non-loopback --host without API keys",

@@ -6,7 +6,9 @@ A receiver authenticates the caller, asks ``Ingest.admit`` whether the spool has
 request's bytes in ``Ingest.hold()``: how much all receivers hold at once is bounded,
 so memory is too, however many clients send at once. Invalid spans are dropped and
 reported as a partial success; the rest is appended to the spool, and only when the
-spool has fsync'd it does ``export`` return — that return is the acknowledgement.
+spool has fsync'd it does ``export`` return — that return is the acknowledgement. A
+resend of a request acknowledged within the dedup window is acknowledged again without
+being spooled again (``resends``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from spanhouse.collector import encoding
 from spanhouse.collector.auth import Principal
 from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.resends import RecentRequests
 from spanhouse.collector.spool import Spool
 from spanhouse.collector.validate import REASONS, validate
 from spanhouse.errors import Backpressure
@@ -49,11 +52,15 @@ class Ingest:
     they arrive, decompressed, until answered. Past it a request is asked to retry
     (503 / UNAVAILABLE with RetryInfo), like a full spool. With twice the largest
     request allowed, one request (compressed and decompressed) always fits alone.
+    ``recent``: the requests acknowledged lately, whose resends are acknowledged again
+    and not stored again (default: none remembered, every request stored).
     """
 
-    def __init__(self, spool: Spool, metrics: Metrics, max_held_bytes: int = 128 << 20) -> None:
+    def __init__(self, spool: Spool, metrics: Metrics, max_held_bytes: int = 128 << 20,
+                 recent: RecentRequests | None = None) -> None:
         self._spool = spool
         self._metrics = metrics
+        self.recent = recent or RecentRequests(0)
         self._max_held = max_held_bytes
         self._held = 0
         self._lock = threading.Lock()
@@ -105,7 +112,17 @@ class Ingest:
         principal.require("ingest")
         verdict = validate(request)
         if verdict.accepted:
-            self._spool.append(principal.tenant, _payload(request, raw if not verdict.rejected else None))
+            payload = _payload(request, raw if not verdict.rejected else None)
+            key = self.recent.key(principal.tenant, payload)
+            if not self.recent.begin(key):
+                self._metrics.resends.inc()
+            else:
+                stored = False
+                try:
+                    self._spool.append(principal.tenant, payload)
+                    stored = True
+                finally:
+                    self.recent.end(key, principal.tenant, stored)
         # Counted once answered: a request the spool refused is sent again, and was
         # counted as received on every try, its spans neither accepted nor rejected.
         self._metrics.spans_received.inc(verdict.accepted + verdict.rejected_count)

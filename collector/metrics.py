@@ -26,6 +26,9 @@ class Metrics:
                                       "spanhouse_backpressure_events_total instead)", registry=r)
         self.spans_accepted = Counter("spanhouse_spans_accepted", "Spans acknowledged (durable in the spool)",
                                       registry=r)
+        self.resends = Counter("spanhouse_resends", "Requests identical to one acknowledged within "
+                               "--dedup-window (a client's resend after a lost answer): acknowledged again, "
+                               "not stored again (their spans count as accepted)", registry=r)
         self.spans_rejected = Counter("spanhouse_spans_rejected", "Spans rejected, by reason", ["reason"],
                                       registry=r)
         self.backpressure = Counter("spanhouse_backpressure_events", "Requests asked to retry: the spool was full, "

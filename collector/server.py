@@ -30,6 +30,7 @@ from spanhouse.collector.config import Settings
 from spanhouse.collector.exporter import ClickHouseExporter
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
+from spanhouse.collector.resends import RecentRequests
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import HttpReceiver
 from spanhouse.collector.forward import Forwarder, forwarders
@@ -130,7 +131,8 @@ class Collector:
         self._exporter.start()
         for forwarder in self._forwarders:
             forwarder.start()
-        ingest = Ingest(self._spool, self.metrics, max_held_bytes=2 * s.max_request_bytes)
+        recent = RecentRequests(s.dedup_window)
+        ingest = Ingest(self._spool, self.metrics, max_held_bytes=2 * s.max_request_bytes, recent=recent)
         socks: list[socket.socket] = []
         try:
             for port in (s.http_port, s.api_port, s.sql_port):
@@ -155,7 +157,7 @@ class Collector:
         # this point could not free it for the corrected settings.
         self._grpc.start()
         http = HttpReceiver(ingest, self._keys, self.metrics, s.max_request_bytes)
-        self._api_context = ApiContext(self._store, self._keys)
+        self._api_context = ApiContext(self._store, self._keys, ingest.recent)
         api = create_app(self._api_context, self.metrics, self._readiness)
         # Its own connections: read-only settings must never reach the sessions that ingest or serve the API.
         dsn = self.store.dsn

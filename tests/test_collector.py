@@ -192,7 +192,8 @@ def test_partial_success_rejects_invalid_spans_and_stores_the_rest(store: Store,
         assert partial.rejected_spans == 5
         assert "1 with an invalid trace id" in partial.error_message and "1 without a name" in partial.error_message
         assert "1 with a timestamp after 2106-02-07 06:28:15 UTC" in partial.error_message
-        r = httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
+        again = request([span("good", trace_id()), *bad]).SerializeToString()  # not a resend: new spans
+        r = httpx.post(c.http_url, content=again, headers={"content-type": "application/x-protobuf", **c.headers()})
         assert r.status_code == 200
         assert ExportTraceServiceResponse.FromString(r.content).partial_success.rejected_spans == 5
         c.wait_drained()
@@ -308,8 +309,10 @@ def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_replaced(
     assert b'"\\u005bescaped]"' in escaped_body and b'"[' not in escaped_body
     surrogate_kind = json.loads(json.dumps(SPEC_EXAMPLE))
     surrogate_kind["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = "\ud800"
+    surrogate_kind["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "eee19b7ec3c1b177"
     surrogate_key = json.loads(json.dumps(SPEC_EXAMPLE))
     surrogate_key["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["x\ud800"] = 1
+    surrogate_key["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "eee19b7ec3c1b178"
     surrogate_value = json.loads(json.dumps(SPEC_EXAMPLE))
     surrogate_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "eee19b7ec3c1b176"
     surrogate_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][0]["value"] = {
@@ -322,6 +325,7 @@ def test_json_bracketed_keys_are_ignored_and_lone_surrogates_are_replaced(
     for _ in range(600):
         nested = {"x": nested}
     deep_unknown["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["vendorExtra"] = nested
+    deep_unknown["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "eee19b7ec3c1b179"
     huge_value = json.loads(json.dumps(SPEC_EXAMPLE))
     huge_value["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["startTimeUnixNano"] = "1 " + "9" * 1_000_000
     with running_collector(store, tmp_path, tenant) as c:
@@ -490,7 +494,10 @@ def test_non_loopback_without_keys_refuses_to_start() -> None:
 
 def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(store: Store, tmp_path: Path,
                                                                              tenant: str) -> None:
-    body = request([span(f"s{i}", trace_id(), attributes={"pad": "p" * 3000}) for i in range(20)]).SerializeToString()
+    def new_body() -> bytes:
+        return request([span(f"s{i}", trace_id(), attributes={"pad": "p" * 3000}) for i in range(20)]).SerializeToString()
+
+    body = new_body()
     faulty = FaultyWriter(store.writer)
     broken = dataclasses.replace(store, writer=faulty)  # type: ignore[arg-type]
     with running_collector(broken, tmp_path, tenant, spool_max_bytes=1 << 20) as c:
@@ -501,6 +508,7 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
             if r.status_code != 200:
                 break
             acked += 1
+            body = new_body()
         assert 0 < acked < 200
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         # a full spool refuses before decoding: even a body that is not OTLP is asked to come back
@@ -519,7 +527,7 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
         faulty.heal()
         c.wait_drained(timeout=60)
         assert httpx.get(c.api_url + "/readyz").status_code == 200
-        assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200
+        assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200  # the one refused
         c.wait_drained()
         metrics = httpx.get(c.api_url + "/metrics").text
     assert _count(store, tenant) == (acked + 1) * 20
@@ -547,6 +555,7 @@ def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: St
         ready = httpx.get(c.api_url + "/readyz")
         assert ready.status_code == 200 and "ClickHouse is refusing inserts" in ready.json()["reason"]
         assert "spanhouse_store_healthy 0.0" in httpx.get(c.api_url + "/metrics").text
+        body = request([span(f"t{i}", trace_id()) for i in range(5)]).SerializeToString()
         assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200
         faulty.heal()
         c.wait_drained(timeout=60)
@@ -826,6 +835,7 @@ def test_an_ipv6_loopback_host_listens_on_every_transport(store: Store, tmp_path
         body = request([span("v6", trace_id())]).SerializeToString()
         hdrs = {"content-type": "application/x-protobuf", **c.headers()}
         assert httpx.post(f"http://[::1]:{c.addresses.http_port}/v1/traces", content=body, headers=hdrs).status_code == 200
+        body = request([span("v6 over gRPC", trace_id())]).SerializeToString()
         assert grpc_export(f"[::1]:{c.addresses.grpc_port}", body, c.key)[0] is grpc.StatusCode.OK
         c.wait_drained()
     assert _count(store, tenant) == 2
