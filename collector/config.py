@@ -56,6 +56,8 @@ class Settings:
     retention_days: int | None = None
     forward_otlp: tuple[str, ...] = ()
     forward_max_bytes: int = 256 << 20
+    forward_compression: str = "none"
+    forward_ca_file: Path | None = None
     shutdown_timeout: float = 15.0
     log_level: str = "info"
 
@@ -138,6 +140,10 @@ _HELP = {
                     "http(s)://host:port/v1/traces, optionally ;header=value ({tenant} in a value: each "
                     "request's tenant; values percent-decoded, a comma as %%2C)",
     "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
+    "forward_compression": "none or gzip: how forwarded requests are sent (gzip at zlib's fastest level; "
+                           "every OTLP receiver takes it)",
+    "forward_ca_file": "PEM file of CA certificates trusted, besides the public roots, by https:// and grpcs:// "
+                       "forwarding destinations (a private CA)",
     "retention_days": "drop data older than this many days (default: keep everything)",
     "shutdown_timeout": "seconds from SIGTERM to exit: requests under way finish, then the spool drains into the store",
     "log_level": "what is logged to stderr: debug, info, warning, error or critical (Python's level names)",

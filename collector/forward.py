@@ -1,7 +1,7 @@
 """OTLP forwarding: every accepted request also goes to other OTLP backends.
 
-Each destination (``--forward-otlp URL``, repeatable; ``grpc://host:port`` or
-``http(s)://host:port/v1/traces``, optional ``;header=value`` parts, where ``{tenant}``
+Each destination (``--forward-otlp URL``, repeatable; ``grpc://host:port``,
+``grpcs://host:port`` (TLS) or ``http(s)://host:port/v1/traces``, optional ``;header=value`` parts, where ``{tenant}``
 in a value is the tenant of each request: the destination sees one stream otherwise,
 every tenant's spans together; values are percent-decoded, as in
 ``OTEL_EXPORTER_OTLP_HEADERS``, so '%2C' is a comma and '%3B' a semicolon) has its own
@@ -29,12 +29,14 @@ A slow or dead destination never slows ingest: its backlog is bounded by
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import ssl
 import threading
 import time
 from collections import Counter
@@ -44,6 +46,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import certifi
 import grpc
 import httpx
 from google.protobuf.message import DecodeError
@@ -78,6 +81,54 @@ _IDENTITY_FILE = "destination.json"  # its label (logs) and its URL and header n
 TENANT = "{tenant}"  # in a header value: the tenant of the request being sent
 
 
+SCHEMES = ("grpc", "grpcs", "http", "https")
+COMPRESSIONS = ("none", "gzip")
+_GZIP_LEVEL = 1
+"""zlib's fastest: forwarding shares the machine with ingest; level 6 took several times
+the CPU for a few percent smaller OTLP bodies."""
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How every destination is sent to (``--forward-compression``, ``--forward-ca-file``):
+    not part of a destination's identity, so changing them keeps its backlog."""
+
+    compression: str = "none"
+    ca_certificates: bytes | None = None  # PEM, trusted besides the public roots
+
+    @classmethod
+    def load(cls, compression: str, ca_file: Path | None) -> Transport:
+        """``ConfigError`` for a compression not in ``COMPRESSIONS`` or a CA file that
+        cannot be read or holds no PEM certificate (checked at start: a TLS failure at
+        each send says less, and late)."""
+        if compression not in COMPRESSIONS:
+            raise ConfigError(f"--forward-compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
+        if ca_file is None:
+            return cls(compression)
+        try:
+            pem = ca_file.read_bytes()
+            ssl.create_default_context(cadata=pem.decode("ascii"))
+        except (OSError, UnicodeError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"--forward-ca-file {ca_file}: not a readable PEM file of CA certificates "
+                              f"({type(exc).__name__}: {exc})") from None
+        return cls(compression, pem)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For https destinations: the public roots httpx uses (certifi's), and the CA file's."""
+        context = ssl.create_default_context(cafile=certifi.where())
+        if self.ca_certificates:
+            context.load_verify_locations(cadata=self.ca_certificates.decode("ascii"))
+        return context
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        """For grpcs destinations: gRPC's own roots, or with a CA file the same public
+        roots as https (certifi's: giving gRPC roots replaces its own) and the file's."""
+        if not self.ca_certificates:
+            return grpc.ssl_channel_credentials()
+        return grpc.ssl_channel_credentials(root_certificates=Path(certifi.where()).read_bytes() + b"\n" +
+                                            self.ca_certificates)
+
+
 @dataclass(frozen=True)
 class Destination:
     """Where to forward, and with which headers."""
@@ -85,6 +136,7 @@ class Destination:
     url: str
     headers: tuple[tuple[str, str], ...] = ()
     ordinal: int = 1  # the second, third... destination with this URL (other headers)
+    transport: Transport = Transport()
 
     @classmethod
     def parse(cls, spec: str) -> Destination:
@@ -99,12 +151,12 @@ class Destination:
         try:
             split = urlsplit(url)
             shown = _label(url)  # reads the port: ValueError if it is no number or out of range
-            valid = split.scheme in ("grpc", "http", "https") and _usable_host(url, split.scheme, split.hostname or "")
+            valid = split.scheme in SCHEMES and _usable_host(url, split.scheme, split.hostname or "")
         except ValueError:  # a port that is no number or out of range, a malformed IPv6 address
             valid, shown = False, "a URL that cannot be parsed"
         if not valid:
-            raise ConfigError(f"--forward-otlp {shown}: use grpc://host:port or http(s)://host:port/v1/traces, "
-                              "optionally followed by ;header=value")
+            raise ConfigError(f"--forward-otlp {shown}: use grpc://host:port, grpcs://host:port (TLS) or "
+                              "http(s)://host:port/v1/traces, optionally followed by ;header=value")
         headers = []
         for part in parts:
             name, sep, value = (x.strip() for x in part.partition("="))
@@ -149,7 +201,7 @@ def _usable_host(url: str, scheme: str, host: str) -> bool:
     name it cannot decode, would fail every send, or kill the forwarder's client); for
     gRPC an ASCII name or address, all its resolver takes (write such a name in
     punycode, ``xn--...``)."""
-    if scheme == "grpc":
+    if scheme.startswith("grpc"):
         return bool(_HOST.fullmatch(host))
     try:
         parsed = httpx.URL(url)
@@ -178,8 +230,13 @@ class Sender:
         self.failure = ""
         self.refused = False
         parts = urlsplit(destination.url)
-        if parts.scheme == "grpc":
-            self._channel: grpc.Channel | None = grpc.insecure_channel(parts.netloc)
+        transport = destination.transport
+        self._gzip = transport.compression == "gzip"
+        if parts.scheme.startswith("grpc"):
+            compression = grpc.Compression.Gzip if self._gzip else None
+            self._channel: grpc.Channel | None = (
+                grpc.secure_channel(parts.netloc, transport.grpc_credentials(), compression=compression)
+                if parts.scheme == "grpcs" else grpc.insecure_channel(parts.netloc, compression=compression))
             self._call = self._channel.unary_unary(_EXPORT)
             self._http: httpx.Client | None = None
         else:
@@ -188,7 +245,9 @@ class Sender:
             # A 307/308 (an endpoint that moved) is followed with the same POST, as the
             # OTel Collector's Go client does; a 301/302/303 would turn it into a GET.
             self._http = httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", timeout=10.0,
-                                      follow_redirects=True, headers={"content-type": "application/x-protobuf"})
+                                      follow_redirects=True, verify=transport.ssl_context(),
+                                      headers={"content-type": "application/x-protobuf",
+                                               **({"content-encoding": "gzip"} if self._gzip else {})})
             self._path = f"{path}?{parts.query}" if parts.query else path
 
     def send(self, payload: bytes, tenant: str, *, merged: int = 0) -> bool:
@@ -198,8 +257,9 @@ class Sender:
         self.retry_after, self.failure, self.refused = 0.0, "", False
         headers = self._d.headers_for(tenant)
         if self._http is not None:
+            body = gzip.compress(payload, _GZIP_LEVEL, mtime=0) if self._gzip else payload
             try:
-                response = self._http.post(self._path, content=payload, headers=dict(headers))
+                response = self._http.post(self._path, content=body, headers=dict(headers))
             except (httpx.HTTPError, UnicodeError) as exc:  # UnicodeError: IDNA, were a name to get past parse
                 # A connection's message (refused, reset, a certificate) says what to fix; a
                 # request's own (a header value, the URL) may quote a secret.
@@ -561,7 +621,8 @@ def _discard(segment: Path) -> None:
     segment.with_suffix(".pos").unlink(missing_ok=True)
 
 
-def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics: Metrics) -> list[Forwarder]:
+def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics: Metrics,
+               transport: Transport = Transport()) -> list[Forwarder]:
     """One forwarder per ``--forward-otlp`` value, each in ``<spool>/forward/<key>``.
     Every value is checked before any directory is made: a start refused for a typo in
     the second value must not leave the first one's directory looking settled."""
@@ -572,7 +633,7 @@ def forwarders(specs: tuple[str, ...], spool_dir: Path, max_bytes: int, metrics:
         if d.key in destinations:  # two threads would share one backlog, each sending part of it
             raise ConfigError(f"--forward-otlp {d.label} is given twice (with the same headers)")
         same_url[d.label] += 1
-        destinations[d.key] = replace(d, ordinal=same_url[d.label])
+        destinations[d.key] = replace(d, ordinal=same_url[d.label], transport=transport)
     made = {key: Forwarder(d, spool_dir / "forward" / key, max_bytes, metrics) for key, d in destinations.items()}
     _leftovers(spool_dir / "forward", made, metrics)
     for forwarder in made.values():

@@ -33,7 +33,7 @@ from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.resends import RecentRequests
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import HttpReceiver
-from spanhouse.collector.forward import Forwarder, forwarders
+from spanhouse.collector.forward import Forwarder, Transport, forwarders
 from spanhouse.collector.spool import Segment, Spool
 from spanhouse.collector.sql_http import SqlEndpoint
 from spanhouse.errors import ConfigError
@@ -122,7 +122,8 @@ class Collector:
             # as the SDK's store exporter, leave the tables' TTLs alone.)
             if s.retention_days is None and (kept := remove_retention(self._store.client)):
                 log.info("retention is unset: data is kept again in %s", ", ".join(kept))
-        self._forwarders = forwarders(s.forward_otlp, s.resolved_spool_dir, s.forward_max_bytes, self.metrics)
+        self._forwarders = forwarders(s.forward_otlp, s.resolved_spool_dir, s.forward_max_bytes, self.metrics,
+                                      Transport.load(s.forward_compression, s.forward_ca_file))
         report = self._spool.open()
         if report.segments:
             log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",
