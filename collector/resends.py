@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 
 MAX_REMEMBERED = 65_536
-"""Acknowledged requests remembered at most (~178 bytes each, 11 MiB in all). The
+"""Acknowledged requests remembered at most (~220 bytes each, 14 MiB in all). The
 OpenTelemetry Collector's exporters resend after 5, 10, 20, 30 s ... for up to 5
 minutes (the default window); the SDKs' exporters within their 10 s timeout. At the
 largest rate one collector takes here (~500 requests of 100 spans a second) this keeps
