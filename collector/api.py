@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
@@ -298,9 +298,8 @@ def delete_execution(who: Admin, ctx: Context, trace_id: Annotated[str, Path(pat
     trace_id = trace_id.lower()
     if not history.execution_exists(ctx.store.readers, who.tenant, trace_id):
         raise HTTPException(404, f"no execution {trace_id}")
-    return _deleted(ctx, who.tenant,
-                    deletion.delete_traces(ctx.store.readers, who.tenant, [trace_id], ctx.store.writer.paused,
-                                           ctx.stopping))
+    return _delete(ctx, who.tenant, lambda: deletion.delete_traces(
+        ctx.store.readers, who.tenant, [trace_id], ctx.store.writer.paused, ctx.stopping))
 
 
 @executions.delete("/executions")
@@ -315,13 +314,26 @@ def delete_executions(who: Admin, ctx: Context, filters: Filters,
     ids = history.matching_ids(ctx.store.readers, who.tenant, values)
     if dry_run:
         return {"executions": len(ids)}
-    return _deleted(ctx, who.tenant,
-                    deletion.delete_traces(ctx.store.readers, who.tenant, ids, ctx.store.writer.paused, ctx.stopping))
+    return _delete(ctx, who.tenant, lambda: deletion.delete_traces(
+        ctx.store.readers, who.tenant, ids, ctx.store.writer.paused, ctx.stopping))
 
 
-def _deleted(ctx: ApiContext, tenant: str, removed: dict[str, int]) -> dict[str, int]:
-    """``removed``, once ingest forgot the tenant's recent requests (see ``ApiContext.recent``)."""
-    ctx.recent.forget(tenant)
+Removed = TypeVar("Removed", bound="dict[str, int] | None")
+
+
+def _delete(ctx: ApiContext, tenant: str, run: Callable[[], Removed]) -> Removed:
+    """``run()``'s answer (what a deletion removed). Once it removed spans, or failed (it
+    may have removed some first), ingest forgets the tenant's recent requests (see
+    ``ApiContext.recent``), so spans deleted and sent again are stored again. A key does
+    not say which traces its request held: resends of the tenant's other requests within
+    the window are then stored again too (at-least-once, as without the window)."""
+    try:
+        removed = run()
+    except BaseException:
+        ctx.recent.forget(tenant)
+        raise
+    if removed and removed.get("spans"):
+        ctx.recent.forget(tenant)
     return removed
 
 
@@ -362,11 +374,11 @@ def get_feedback(who: Reader, ctx: Context, feedback_id: FeedbackKey) -> dict[st
 def delete_feedback(who: Admin, ctx: Context, feedback_id: FeedbackKey) -> dict[str, int]:
     """Remove one feedback item (and, sent over OTLP, its span); says how many items and
     spans went. Its execution stays."""
-    removed = deletion.delete_feedback(ctx.store.readers, who.tenant, history.feedback_key(feedback_id),
-                                       ctx.store.writer.paused)
+    removed = _delete(ctx, who.tenant, lambda: deletion.delete_feedback(
+        ctx.store.readers, who.tenant, history.feedback_key(feedback_id), ctx.store.writer.paused))
     if removed is None:
         raise HTTPException(404, f"no feedback {feedback_id}")
-    return _deleted(ctx, who.tenant, removed)
+    return removed
 
 
 @executions.get("/export", response_class=StreamingResponse, responses={200: {"content": {

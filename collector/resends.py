@@ -10,8 +10,9 @@ they sent first, and a request whose spooled payload and tenant hash like one
 acknowledged within the window is acknowledged again without being stored again.
 
 Kept in memory: after a restart the first resend is stored (at-least-once, as before).
-A deletion through the API forgets its tenant's requests (``forget``): spans deleted and
-then sent again are stored again.
+A deletion through the API that removed spans forgets its tenant's requests (``forget``):
+spans deleted and then sent again are stored again (and so, within the window, is a
+resend of another of the tenant's requests: a key does not say which traces it held).
 """
 
 from __future__ import annotations

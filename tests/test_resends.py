@@ -10,7 +10,7 @@ import grpc
 import httpx
 import pytest
 
-from spanhouse.clickhouse import Store
+from spanhouse.clickhouse import Store, deletion
 from spanhouse.collector.auth import Principal, add_key
 from spanhouse.collector.config import Settings
 from spanhouse.collector.ingest import Ingest
@@ -157,6 +157,38 @@ def test_spans_deleted_and_sent_again_are_stored_again(store: Store, tmp_path: P
         c.wait_drained()
         assert metric(c.api_url, "spanhouse_resends_total") == 1  # the other tenant's
     assert (_count(store, tenant), _count(store, other)) == (1, 1)
+
+
+def test_a_deletion_that_fails_part_way_forgets_and_one_removing_nothing_does_not(
+        store: Store, tmp_path: Path, tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deletion that failed after its DELETE statements ran (a rollup's rebuild, the
+    collector stopping between chunks) skipped the forgetting: a retried DELETE is a 404,
+    and the same spans sent again were acknowledged and stored nowhere. A bulk delete
+    that matched nothing forgot the tenant's requests: their resends were stored twice."""
+    gone, kept = trace_id(), trace_id()
+    body_gone = request([span("invoke_agent a", gone), span("tool", gone)]).SerializeToString()
+    body_kept = request([span("invoke_agent b", kept)]).SerializeToString()
+    with running_collector(store, tmp_path, tenant, scopes="ingest,read,admin") as c:
+        for body in (body_gone, body_kept):
+            assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
+        c.wait_drained()
+        r = httpx.delete(f"{c.api_url}/api/v1/executions", params={"before": "1990-01-01T00:00:00"},
+                         headers=c.headers())
+        assert r.status_code == 200 and r.json() == {"executions": 0, "spans": 0}
+        assert grpc_export(c.grpc_target, body_kept, c.key)[0] is grpc.StatusCode.OK  # still a resend
+        assert metric(c.api_url, "spanhouse_resends_total") == 1
+
+        def rebuild_fails(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("injected: ClickHouse failed rebuilding a rollup")
+
+        with monkeypatch.context() as m:
+            m.setattr(deletion, "_recompute", rebuild_fails)
+            assert httpx.delete(f"{c.api_url}/api/v1/executions/{gone.hex()}", headers=c.headers()).status_code == 500
+        assert _count(store, tenant) == 1  # the spans went before the rebuild failed
+        assert grpc_export(c.grpc_target, body_gone, c.key)[0] is grpc.StatusCode.OK
+        c.wait_drained()
+        assert metric(c.api_url, "spanhouse_resends_total") == 1
+    assert _count(store, tenant) == 3
 
 
 @pytest.mark.parametrize("window", [-1, 3601])
