@@ -136,9 +136,9 @@ _HELP = {
     "batch_bytes": "insert into ClickHouse once this much is spooled (one insert per batch; e.g. 32MiB)",
     "batch_delay": "or once the oldest spooled request is this many seconds old",
     "allow_unauthenticated": "allow a non-loopback --host without API keys",
-    "forward_otlp": "also send every accepted request to this OTLP endpoint (repeatable): grpc://host:port or "
-                    "http(s)://host:port/v1/traces, optionally ;header=value ({tenant} in a value: each "
-                    "request's tenant; values percent-decoded, a comma as %%2C)",
+    "forward_otlp": "also send every accepted request to this OTLP endpoint (repeatable): grpc://host:port, "
+                    "grpcs://host:port (TLS) or http(s)://host:port/v1/traces, optionally ;header=value "
+                    "({tenant} in a value: each request's tenant; values percent-decoded, a comma as %%2C)",
     "forward_max_bytes": "per forwarding destination: backlog bound, past which its oldest data is dropped and counted",
     "forward_compression": "none or gzip: how forwarded requests are sent (gzip at zlib's fastest level; "
                            "every OTLP receiver takes it)",

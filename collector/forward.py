@@ -94,39 +94,41 @@ class Transport:
     not part of a destination's identity, so changing them keeps its backlog."""
 
     compression: str = "none"
-    ca_certificates: bytes | None = None  # PEM, trusted besides the public roots
+    ca_file: Path | None = None  # PEM, trusted besides the public roots
 
     @classmethod
     def load(cls, compression: str, ca_file: Path | None) -> Transport:
         """``ConfigError`` for a compression not in ``COMPRESSIONS`` or a CA file that
         cannot be read or holds no PEM certificate (checked at start: a TLS failure at
-        each send says less, and late)."""
+        each send says less, and late). Read by path, as OpenSSL reads it: a bundle's
+        comments between certificates may be in any encoding."""
         if compression not in COMPRESSIONS:
             raise ConfigError(f"--forward-compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
-        if ca_file is None:
-            return cls(compression)
-        try:
-            pem = ca_file.read_bytes()
-            ssl.create_default_context(cadata=pem.decode("ascii"))
-        except (OSError, UnicodeError, ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"--forward-ca-file {ca_file}: not a readable PEM file of CA certificates "
-                              f"({type(exc).__name__}: {exc})") from None
-        return cls(compression, pem)
+        if ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"--forward-ca-file {ca_file}: not a readable PEM file of CA certificates "
+                                  f"({type(exc).__name__}: {exc})") from None
+        return cls(compression, ca_file)
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """For https destinations: the public roots httpx uses (certifi's), and the CA file's."""
-        context = ssl.create_default_context(cafile=certifi.where())
-        if self.ca_certificates:
-            context.load_verify_locations(cadata=self.ca_certificates.decode("ascii"))
+    def verify(self) -> ssl.SSLContext | bool:
+        """For https destinations: httpx's own choice of roots (certifi's, or those of
+        ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), and the CA file's."""
+        if self.ca_file is None:
+            return True
+        context = httpx.create_ssl_context()
+        context.load_verify_locations(cafile=self.ca_file)
         return context
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
-        """For grpcs destinations: gRPC's own roots, or with a CA file the same public
-        roots as https (certifi's: giving gRPC roots replaces its own) and the file's."""
-        if not self.ca_certificates:
+        """For grpcs destinations: gRPC's own roots (or ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``'s),
+        or with a CA file certifi's public roots and the file's (roots given to gRPC
+        replace its own)."""
+        if self.ca_file is None:
             return grpc.ssl_channel_credentials()
         return grpc.ssl_channel_credentials(root_certificates=Path(certifi.where()).read_bytes() + b"\n" +
-                                            self.ca_certificates)
+                                            self.ca_file.read_bytes())
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ class Sender:
             # A 307/308 (an endpoint that moved) is followed with the same POST, as the
             # OTel Collector's Go client does; a 301/302/303 would turn it into a GET.
             self._http = httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", timeout=10.0,
-                                      follow_redirects=True, verify=transport.ssl_context(),
+                                      follow_redirects=True, verify=transport.verify(),
                                       headers={"content-type": "application/x-protobuf",
                                                **({"content-encoding": "gzip"} if self._gzip else {})})
             self._path = f"{path}?{parts.query}" if parts.query else path

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from spanhouse.collector.forward import Destination, Sender, Transport
@@ -101,14 +102,35 @@ def test_a_grpcs_destination_is_sent_over_tls_checked_against_the_ca_file() -> N
     assert got == [b"\x0a\x00"]
 
 
-def test_an_https_destination_trusts_the_ca_file_besides_the_public_roots() -> None:
+def test_an_https_destination_trusts_the_ca_file_besides_the_public_roots(monkeypatch: pytest.MonkeyPatch) -> None:
     with _http_destination(tls=True) as url:
         assert _send(url, Transport.load("none", CERT)).failure == ""
         refused = _send(url, Transport())
+        # without a CA file httpx chooses, and takes SSL_CERT_FILE (a container's usual
+        # way to trust a private CA) as before the file existed: a fixed context ignored it
+        monkeypatch.setenv("SSL_CERT_FILE", str(CERT))
+        assert _send(url, Transport()).failure == ""
     assert "CERTIFICATE_VERIFY_FAILED" in refused.failure
-    assert len(_Recording.got) == 1
+    assert len(_Recording.got) == 2
+    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # certifi's roots then (a directory loads lazily)
+        monkeypatch.delenv(variable, raising=False)
     # the public roots stay trusted with a CA file: its context holds both
-    assert len(Transport.load("none", CERT).ssl_context().get_ca_certs()) > len(Transport().ssl_context().get_ca_certs()) > 1
+    with_file = Transport.load("none", CERT).verify()
+    assert isinstance(with_file, ssl.SSLContext) and Transport().verify() is True
+    assert len(with_file.get_ca_certs()) == len(httpx.create_ssl_context().get_ca_certs()) + 1 > 100
+
+
+def test_a_ca_bundle_with_comments_in_utf8_is_taken(tmp_path: Path) -> None:
+    """Bundles label each certificate with its issuer, in UTF-8 where the name needs it
+    (p11-kit's, distributions'): the file was decoded as ASCII and refused."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes("# Főtanúsítvány: the test CA\n".encode() + CERT.read_bytes())
+    transport = Transport.load("none", bundle)
+    with _grpc_destination(tls=True) as (port, got):
+        assert _send(f"grpcs://127.0.0.1:{port}", transport).failure == ""
+    with _http_destination(tls=True) as url:
+        assert _send(url, transport).failure == ""
+    assert len(got) == 1 and len(_Recording.got) == 1
 
 
 def test_gzip_compresses_what_is_forwarded_over_both_transports() -> None:
