@@ -717,6 +717,24 @@ def test_pages_walk_executions_that_start_within_the_same_microsecond(store: Sto
     assert page.total == 4 and len(seen) == 4 and len(set(seen)) == 4
 
 
+def test_a_cursor_past_an_execution_another_writer_stored_without_a_trace_id_pages_on(store: Store,
+                                                                                     tenant: str) -> None:
+    """The OpenTelemetry Collector's exporter stores an all-zero trace id as ''; a cursor
+    naming it (the API's own next_cursor) was refused as not one of ours, and paging
+    stopped there."""
+    now = time.time_ns()
+    store.client.command(
+        "INSERT INTO otel_traces (Tenant, Timestamp, TraceId, SpanId, ParentSpanId, SpanName, ServiceName, Duration,"
+        " StatusCode) VALUES ({t:String}, fromUnixTimestamp64Nano({a:Int64}), '', 'aaaaaaaaaaaaaaaa', '', "
+        "'zero trace id', 'svc', 1000, 'Ok'), ({t:String}, fromUnixTimestamp64Nano({b:Int64}), {x:String}, "
+        "'bbbbbbbbbbbbbbbb', '', 'ordinary', 'svc', 1000, 'Ok')",
+        parameters={"t": tenant, "a": now, "b": now - 10**9, "x": "ab" * 16})
+    first = history.list_executions(store.client, tenant, {}, 1)
+    assert [i["trace_id"] for i in first.items] == [""]
+    second = history.list_executions(store.client, tenant, {}, 1, first.next_cursor)
+    assert [i["name"] for i in second.items] == ["ordinary"]
+
+
 @pytest.mark.parametrize("cursor", ["NQ", "bnVsbA", "WyJ4IiwgMV0", "!!", "WzEsIDJd", "Wy0xLCAiYSJd",
                                     "WzEsIlx1ZDgwMCJd"])  # [1,"\ud800"]: a lone surrogate was a 500
 def test_a_cursor_that_is_not_ours_is_a_422(dataset: tuple[Running, dict[str, Any]], cursor: str) -> None:
