@@ -122,10 +122,12 @@ def test_an_https_destination_trusts_the_ca_file_besides_the_public_roots(monkey
 
 def test_a_ca_bundle_with_comments_in_utf8_is_taken(tmp_path: Path) -> None:
     """Bundles label each certificate with its issuer, in UTF-8 where the name needs it
-    (p11-kit's, distributions'): the file was decoded as ASCII and refused."""
+    (p11-kit's, distributions'): the file was decoded as ASCII and refused. It is read
+    once, at start: a file replaced or removed later changes nothing."""
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes("# Főtanúsítvány: the test CA\n".encode() + CERT.read_bytes())
     transport = Transport.load("none", bundle)
+    bundle.unlink()
     with _grpc_destination(tls=True) as (port, got):
         assert _send(f"grpcs://127.0.0.1:{port}", transport).failure == ""
     with _http_destination(tls=True) as url:
