@@ -40,7 +40,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -87,7 +87,6 @@ _GZIP_LEVEL = 1
 """zlib's fastest: forwarding shares the machine with ingest. On 3 MiB of the ingest
 benchmark's agent spans, level 1 took 14.5 ms (194 MB/s) for 24% of the size, the
 default level 6 49.4 ms (57 MB/s) for 18%."""
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----")
 
 
 @dataclass(frozen=True)
@@ -96,45 +95,42 @@ class Transport:
     not part of a destination's identity, so changing them keeps its backlog."""
 
     compression: str = "none"
-    ca_certificates: str = ""  # PEM certificates (and nothing else), trusted besides the public roots
+    ca_pem: bytes = b""  # the CA file as read at start, given to gRPC beside certifi's roots
+    ca_context: ssl.SSLContext | None = field(default=None, compare=False)  # https: httpx's roots and the file's
 
     @classmethod
     def load(cls, compression: str, ca_file: Path | None) -> Transport:
-        """``ConfigError`` for a compression not in ``COMPRESSIONS`` or a CA file that
-        cannot be read or holds no PEM certificate (checked at start: a TLS failure at
-        each send says less, and late). The file is read once: its certificates are
-        kept, the text around them (a bundle's comments, in any encoding) is not."""
+        """``ConfigError`` for a compression not in ``COMPRESSIONS`` or a CA file OpenSSL
+        cannot read (checked at start: a TLS failure at each send says less, and late).
+        The file is read once, by OpenSSL as it is (comments in any encoding, TRUSTED
+        CERTIFICATE blocks; a damaged block refuses the file): replaced or removed later,
+        it changes nothing."""
         if compression not in COMPRESSIONS:
             raise ConfigError(f"--forward-compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
         if ca_file is None:
             return cls(compression)
         try:
-            pem = "\n".join(m.decode("ascii") for m in _PEM_CERTIFICATE.findall(ca_file.read_bytes()))
-            if not pem:
-                raise ValueError("no -----BEGIN CERTIFICATE----- block in it")
-            ssl.create_default_context(cadata=pem)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"--forward-ca-file {ca_file}: not a readable PEM file of CA certificates "
+            pem = ca_file.read_bytes()
+            context = httpx.create_ssl_context()
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--forward-ca-file {ca_file}: OpenSSL cannot read it as PEM CA certificates "
                               f"({type(exc).__name__}: {exc})") from None
-        return cls(compression, pem)
+        return cls(compression, pem, context)
 
     def verify(self) -> ssl.SSLContext | bool:
         """For https destinations: httpx's own choice of roots (certifi's, or those of
-        ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), and the CA file's."""
-        if not self.ca_certificates:
-            return True
-        context = httpx.create_ssl_context()
-        context.load_verify_locations(cadata=self.ca_certificates)
-        return context
+        ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), with a CA file the same and the file's."""
+        return self.ca_context or True
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
         """For grpcs destinations: gRPC's own roots (or ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``'s),
         or with a CA file certifi's public roots and the file's (roots given to gRPC
         replace its own)."""
-        if not self.ca_certificates:
+        if not self.ca_pem:
             return grpc.ssl_channel_credentials()
         return grpc.ssl_channel_credentials(root_certificates=Path(certifi.where()).read_bytes() + b"\n" +
-                                            self.ca_certificates.encode())
+                                            self.ca_pem)
 
 
 @dataclass(frozen=True)

@@ -158,5 +158,22 @@ def test_a_bad_compression_or_ca_file_is_refused_at_start(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="--forward-ca-file .*missing.pem"):
         Transport.load("none", tmp_path / "missing.pem")
     (tmp_path / "key-only.pem").write_bytes(KEY.read_bytes())  # a key, not a certificate
-    with pytest.raises(ConfigError, match="not a readable PEM file of CA certificates"):
+    with pytest.raises(ConfigError, match="OpenSSL cannot read it as PEM CA certificates"):
         Transport.load("none", tmp_path / "key-only.pem")
+    # a damaged block beside a good one: refused at start, not at every send (the block
+    # left out could be the CA needed)
+    good = CERT.read_bytes().splitlines(keepends=True)
+    (tmp_path / "cut.pem").write_bytes(b"".join(good[:len(good) // 2] + good))  # a block without its end
+    with pytest.raises(ConfigError, match="cut.pem"):
+        Transport.load("none", tmp_path / "cut.pem")
+
+
+def test_a_trust_bundle_of_trusted_certificate_blocks_is_taken() -> None:
+    """OpenSSL's trust format (``x509 -trustout``; Fedora's ca-bundle.trust.crt), which
+    OpenSSL and gRPC read, was refused when only CERTIFICATE blocks were looked for."""
+    transport = Transport.load("none", TLS / "trusted.pem")
+    with _grpc_destination(tls=True) as (port, got):
+        assert _send(f"grpcs://127.0.0.1:{port}", transport).failure == ""
+    with _http_destination(tls=True) as url:
+        assert _send(url, transport).failure == ""
+    assert len(got) == 1 and len(_Recording.got) == 1
