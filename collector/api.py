@@ -322,8 +322,9 @@ Removed = TypeVar("Removed", bound="dict[str, int] | None")
 
 
 def _delete(ctx: ApiContext, tenant: str, run: Callable[[], Removed]) -> Removed:
-    """``run()``'s answer (what a deletion removed). Once it removed spans, or failed (it
-    may have removed some first), ingest forgets the tenant's recent requests (see
+    """``run()``'s answer (what a deletion removed). Once it removed an execution or
+    spans (an execution still running has only its start marker, which ``spans`` does
+    not count), or failed (it may have removed some first), ingest forgets the tenant's recent requests (see
     ``ApiContext.recent``), so spans deleted and sent again are stored again. A key does
     not say which traces its request held: resends of the tenant's other requests within
     the window are then stored again too (at-least-once, as without the window)."""
@@ -332,7 +333,7 @@ def _delete(ctx: ApiContext, tenant: str, run: Callable[[], Removed]) -> Removed
     except BaseException:
         ctx.recent.forget(tenant)
         raise
-    if removed and removed.get("spans"):
+    if removed and (removed.get("executions") or removed.get("spans")):
         ctx.recent.forget(tenant)
     return removed
 

@@ -191,6 +191,25 @@ def test_a_deletion_that_fails_part_way_forgets_and_one_removing_nothing_does_no
     assert _count(store, tenant) == 3
 
 
+def test_a_running_execution_deleted_and_sent_again_is_stored_again(store: Store, tmp_path: Path,
+                                                                      tenant: str) -> None:
+    """An execution still running has only its start marker stored; its deletion counts
+    no span (markers are not shown as spans), so nothing was forgotten and the marker
+    sent again was acknowledged and stored nowhere."""
+    t = trace_id()
+    body = request([span("invoke_agent x", t, attributes={"spanhouse.execution.state": "running"})]).SerializeToString()
+    with running_collector(store, tmp_path, tenant, scopes="ingest,read,admin") as c:
+        assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
+        c.wait_drained()
+        r = httpx.delete(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers())
+        assert r.status_code == 200 and r.json() == {"executions": 1, "spans": 0}
+        assert _count(store, tenant) == 0
+        assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
+        c.wait_drained()
+        assert httpx.get(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers()).status_code == 200
+    assert _count(store, tenant) == 1
+
+
 @pytest.mark.parametrize("window", [-1, 3601])
 def test_a_dedup_window_out_of_range_is_refused(window: float) -> None:
     with pytest.raises(ConfigError, match="--dedup-window"):
