@@ -136,6 +136,21 @@ def truncated(text: str, limit: int) -> str:
     return f"{text[:limit]}…[truncated {len(text) - limit} of {len(text)} chars]"
 
 
+_SCRUB_MARGIN: Final = 8192
+"""Characters past the cut that are scrubbed with the kept ones: a URL secret found by
+what follows it (a password by the ``@`` after it) and starting before the cut is then
+found unless it is longer than this."""
+
+
+def scrubbed(text: str, limit: int) -> str:
+    """``text`` with its URLs' secrets redacted, cut to ``limit`` characters (``truncated``'s
+    marker counting the text as given). Only what is kept, and a margin, is scrubbed: the
+    whole of a 5.7 MB API response took 276 ms to record 16 KB of it."""
+    if len(text) <= limit + _SCRUB_MARGIN:
+        return truncated(scrub_urls(text), limit)
+    return f"{scrub_urls(text[:limit + _SCRUB_MARGIN])[:limit]}…[truncated {len(text) - limit} of {len(text)} chars]"
+
+
 class ContentPolicy:
     """How captured values are turned into attribute strings."""
 
@@ -222,8 +237,7 @@ class ContentPolicy:
         """
         t = type(v)
         if t is str:
-            v = scrub_urls(v)
-            return v if len(v) <= self.max_length else truncated(v, self.max_length)
+            return scrubbed(v, self.max_length)
         if t is int or t is bool or v is None:
             return v
         if t is float:
@@ -239,7 +253,7 @@ class ContentPolicy:
         if isinstance(v, enum.Enum):
             return self._walk(v.value, depth + 1, budget)
         if isinstance(v, str):  # subclasses of the JSON scalars, as their plain values
-            return truncated(scrub_urls(str(v)), self.max_length)
+            return scrubbed(str(v), self.max_length)
         if isinstance(v, int):
             return int(v)
         if isinstance(v, float):
@@ -273,7 +287,7 @@ class ContentPolicy:
                 if isinstance(fields, Mapping):
                     return self._mapping({name: getattr(v, name, None) for name in fields}, depth, budget)
                 return f"<{t.__qualname__} (not captured)>"
-        return truncated(scrub_urls(_repr(v)), self.max_length)  # httpx.URL, pydantic's HttpUrl: a URL in it
+        return scrubbed(_repr(v), self.max_length)  # httpx.URL, pydantic's HttpUrl: a URL in it
 
     def _sequence(self, items: Any, depth: int, budget: list[int]) -> list[Any]:
         out: list[Any] = []
@@ -327,7 +341,7 @@ _encode: Final = _c_encoder()
 
 def _bytes_text(data: bytes, limit: int) -> str:
     try:
-        return truncated(scrub_urls(data.decode("utf-8")), limit)
+        return scrubbed(data.decode("utf-8"), limit)
     except UnicodeDecodeError:
         head = data[: limit * 3 // 4]  # base64 grows by 4/3: encode only what can be kept
         text = "base64:" + base64.b64encode(head).decode("ascii")

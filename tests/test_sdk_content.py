@@ -218,6 +218,19 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         assert policy.value(url) == (scrubbed or url), url
 
 
+def test_a_long_text_is_scrubbed_where_it_is_kept_and_counted_whole() -> None:
+    """A 5.7 MB API response was scrubbed whole (276 ms) to keep 16 KB of it; only the
+    kept part and a margin are now. A password cut by the limit is still found by the
+    '@' after it, and the marker counts the text as given."""
+    policy = ContentPolicy(1000)
+    text = "x" * 980 + "postgres://ada:" + "p" * 300 + "@db/app " + "y" * 5_000_000
+    kept = policy.value(text)
+    assert kept.startswith("x" * 980 + "postgres://ada:[REDA…")  # cut at 1,000 once redacted
+    assert kept.endswith(f"…[truncated {len(text) - 1000} of {len(text)} chars]") and "pp" not in kept
+    assert policy.value("x" * 900 + "https://h.io/?key=SECRETVALUE") == (
+        "x" * 900 + "https://h.io/?key=[REDACTED]")  # short enough: scrubbed whole, as before
+
+
 def test_url_objects_are_scrubbed_as_their_text() -> None:
     """A URL held as an object (httpx.URL, pydantic's HttpUrl, urllib's SplitResult) was
     recorded by its repr or its fields, where the string check never looked."""
