@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import inspect
 import json
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -661,6 +663,32 @@ def test_async_generator_protocol_and_early_close(spans: CapturedSpans) -> None:
     span = spans.by_name("invoke_agent stream")
     assert span.status.status_code is StatusCode.UNSET
     assert span.attributes["spanhouse.output"] == "[0,2,12]"  # type: ignore[index]
+
+
+def test_a_generator_of_large_items_keeps_only_what_can_be_captured(spans: CapturedSpans) -> None:
+    """Items were measured by their own size (a dict of a 5 MB buffer: 184 bytes), so a
+    generator streaming sixty batches held all 300 MB until it ended. Past the first item
+    of a size the captured value cannot hold, the items are left to the consumer."""
+    class Batch:
+        def __init__(self, i: int) -> None:
+            self.number, self.rows = i, bytearray(1 << 20)
+
+    taken: list[weakref.ref[Batch]] = []
+    alive: list[int] = []
+
+    @sdk.tool
+    def batches() -> Iterator[Batch]:
+        for i in range(8):
+            yield Batch(i)
+        gc.collect()  # before the generator ends: what its span still holds
+        alive.extend(batch.number for r in taken if (batch := r()) is not None)
+
+    for b in batches():
+        taken.append(weakref.ref(b))
+        del b  # the consumer lets go of each batch
+    assert alive == [0, 7]  # the first, kept for the result; the last, the wrapper's until its next step
+    result = spans.by_name("execute_tool batches").attributes["gen_ai.tool.call.result"]  # type: ignore[index]
+    assert "[truncated 7 more items]" in result
 
 
 def test_generator_spans_open_at_first_item_and_cover_the_iteration(spans: CapturedSpans) -> None:
