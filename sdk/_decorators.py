@@ -229,13 +229,14 @@ class ActiveCall:
 
     def fail(self, exc: BaseException) -> None:
         """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR
-        (but not for a consumer closing a generator, or ``sys.exit()`` with status 0). The
-        span ends whatever happens while recording (an exception whose ``__str__``
-        raises), and the caller gets ``exc`` itself."""
+        for an ``Exception`` or ``sys.exit()`` with a failing status. Not for the other
+        ``BaseException``s, as OpenTelemetry's ``use_span`` has it: a task cancelled
+        (the loser of a race of tools, ``asyncio.wait_for``'s timeout), Ctrl-C, a consumer
+        closing a generator; they counted as failed tool calls. The span ends whatever
+        happens while recording (an exception whose ``__str__`` raises), and the caller
+        gets ``exc`` itself."""
         try:
-            if isinstance(exc, GeneratorExit):  # the consumer stopped iterating: not a failure
-                return
-            if isinstance(exc, SystemExit) and exc.code in (None, 0):  # sys.exit() of a run that went well
+            if not isinstance(exc, Exception) and not (isinstance(exc, SystemExit) and exc.code not in (None, 0)):
                 return
             span = self.span
             if span.is_recording():

@@ -201,6 +201,35 @@ def test_sys_exit_fails_a_run_only_with_a_failing_status(spans: CapturedSpans, c
     assert ("error.type" in (span.attributes or {})) is failed
 
 
+def test_a_cancelled_or_interrupted_call_is_not_a_failure(spans: CapturedSpans) -> None:
+    """The loser of a race of tools (asyncio.wait FIRST_COMPLETED, then cancel) and a tool
+    cut by Ctrl-C were failed tool calls (status ERROR, CancelledError's exception event)
+    in every tool statistic; OpenTelemetry's own use_span records only Exceptions."""
+    @sdk.tool
+    async def search(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "found"
+
+    @sdk.tool
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    async def race() -> None:
+        fast, slow = asyncio.ensure_future(search(0)), asyncio.ensure_future(search(10))
+        await asyncio.wait([fast, slow], return_when=asyncio.FIRST_COMPLETED)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+
+    asyncio.run(race())
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert len(spans.spans()) == 3
+    for span in spans.spans():
+        assert span.status.status_code is StatusCode.UNSET and not span.events
+        assert "error.type" not in (span.attributes or {})
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dec", ["execution", "tool"])
 def test_exceptions_are_recorded_and_propagate_unchanged(spans: CapturedSpans, dec: str, kind: str) -> None:
