@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -20,6 +21,11 @@ from spanhouse.collector.spool import Spool
 from spanhouse.errors import ConfigError, SpoolFull
 from tests.collector_harness import grpc_export, metric, running_collector
 from tests.otlp import request, span, trace_id
+
+
+def _delete(url: str, **kwargs: Any) -> httpx.Response:
+    """A deletion through the API: mutations on the session's shared store take seconds."""
+    return httpx.delete(url, timeout=60, **kwargs)
 
 
 def _count(store: Store, tenant: str) -> int:
@@ -150,7 +156,7 @@ def test_spans_deleted_and_sent_again_are_stored_again(store: Store, tmp_path: P
         for key in (c.key, other_key):
             assert grpc_export(c.grpc_target, body, key)[0] is grpc.StatusCode.OK
         c.wait_drained()
-        r = httpx.delete(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers())
+        r = _delete(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers())
         assert r.status_code == 200 and r.json()["spans"] == 1
         for key in (c.key, other_key):
             assert grpc_export(c.grpc_target, body, key)[0] is grpc.StatusCode.OK
@@ -172,7 +178,7 @@ def test_a_deletion_that_fails_part_way_forgets_and_one_removing_nothing_does_no
         for body in (body_gone, body_kept):
             assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
         c.wait_drained()
-        r = httpx.delete(f"{c.api_url}/api/v1/executions", params={"before": "1990-01-01T00:00:00"},
+        r = _delete(f"{c.api_url}/api/v1/executions", params={"before": "1990-01-01T00:00:00"},
                          headers=c.headers())
         assert r.status_code == 200 and r.json() == {"executions": 0, "spans": 0}
         assert grpc_export(c.grpc_target, body_kept, c.key)[0] is grpc.StatusCode.OK  # still a resend
@@ -183,7 +189,7 @@ def test_a_deletion_that_fails_part_way_forgets_and_one_removing_nothing_does_no
 
         with monkeypatch.context() as m:
             m.setattr(deletion, "_recompute", rebuild_fails)
-            assert httpx.delete(f"{c.api_url}/api/v1/executions/{gone.hex()}", headers=c.headers()).status_code == 500
+            assert _delete(f"{c.api_url}/api/v1/executions/{gone.hex()}", headers=c.headers()).status_code == 500
         assert _count(store, tenant) == 1  # the spans went before the rebuild failed
         assert grpc_export(c.grpc_target, body_gone, c.key)[0] is grpc.StatusCode.OK
         c.wait_drained()
@@ -201,7 +207,7 @@ def test_a_running_execution_deleted_and_sent_again_is_stored_again(store: Store
     with running_collector(store, tmp_path, tenant, scopes="ingest,read,admin") as c:
         assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
         c.wait_drained()
-        r = httpx.delete(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers())
+        r = _delete(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers())
         assert r.status_code == 200 and r.json() == {"executions": 1, "spans": 0}
         assert _count(store, tenant) == 0
         assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
