@@ -137,18 +137,38 @@ def truncated(text: str, limit: int) -> str:
 
 
 _SCRUB_MARGIN: Final = 8192
-"""Characters past the cut that are scrubbed with the kept ones: a URL secret found by
-what follows it (a password by the ``@`` after it) and starting before the cut is then
-found unless it is longer than this."""
+"""Characters past the cut searched with the kept ones: a URL secret found by what
+follows it (a password by the ``@`` after it) and starting before the cut is then found
+unless it is longer than this."""
 
 
 def scrubbed(text: str, limit: int) -> str:
-    """``text`` with its URLs' secrets redacted, cut to ``limit`` characters (``truncated``'s
-    marker counting the text as given). Only what is kept, and a margin, is scrubbed: the
-    whole of a 5.7 MB API response took 276 ms to record 16 KB of it."""
-    if len(text) <= limit + _SCRUB_MARGIN:
-        return truncated(scrub_urls(text), limit)
-    return f"{scrub_urls(text[:limit + _SCRUB_MARGIN])[:limit]}…[truncated {len(text) - limit} of {len(text)} chars]"
+    """``text`` with its URLs' secrets redacted, cut to about ``limit`` characters
+    (``truncated``'s marker counting the text as given). Only the start of the text is
+    searched, ``limit`` and a margin: the whole of a 5.7 MB API response took 276 ms to
+    record 16 KB of it. The redacted text is kept up to ``limit`` characters, but none
+    of the original's past ``limit`` + half the margin: cutting the redacted window
+    instead let its end, where a password's ``@`` lay past the window, move up into what
+    is kept, unredacted."""
+    if len(text) <= limit:
+        return scrub_urls(text)
+    window = text[:limit + _SCRUB_MARGIN]
+    cap = min(len(text), limit + _SCRUB_MARGIN // 2)  # every character kept has half the margin searched after it
+    kept: list[str] = []
+    size = at = 0  # characters kept; how far the original is consumed
+    for m in _URL_SECRET.finditer(window) if "://" in window else ():
+        if m.start() >= cap or size + m.start() - at >= limit:
+            break
+        redacted = _redact_url_part(m)
+        kept += (window[at:m.start()], redacted)
+        size += m.start() - at + len(redacted)
+        at = m.end()
+    rest = window[at:min(cap, at + max(0, limit - size))]
+    kept.append(rest)
+    at += len(rest)
+    if at >= len(text):
+        return "".join(kept)
+    return f"{''.join(kept)}…[truncated {len(text) - at} of {len(text)} chars]"
 
 
 class ContentPolicy:

@@ -220,15 +220,21 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
 
 def test_a_long_text_is_scrubbed_where_it_is_kept_and_counted_whole() -> None:
     """A 5.7 MB API response was scrubbed whole (276 ms) to keep 16 KB of it; only the
-    kept part and a margin are now. A password cut by the limit is still found by the
-    '@' after it, and the marker counts the text as given."""
+    start is now. A password cut by the limit is still found by the '@' after it; the
+    marker counts the text as given; text far past the limit never moves up into what
+    is kept when redactions shorten it (a password there, whose '@' lay past the part
+    searched, showed unredacted)."""
     policy = ContentPolicy(1000)
     text = "x" * 980 + "postgres://ada:" + "p" * 300 + "@db/app " + "y" * 5_000_000
     kept = policy.value(text)
-    assert kept.startswith("x" * 980 + "postgres://ada:[REDA…")  # cut at 1,000 once redacted
-    assert kept.endswith(f"…[truncated {len(text) - 1000} of {len(text)} chars]") and "pp" not in kept
+    consumed = 980 + len("postgres://ada:") + 300 + 1
+    assert kept == "x" * 980 + f"postgres://ada:[REDACTED]@…[truncated {len(text) - consumed} of {len(text)} chars]"
     assert policy.value("x" * 900 + "https://h.io/?key=SECRETVALUE") == (
         "x" * 900 + "https://h.io/?key=[REDACTED]")  # short enough: scrubbed whole, as before
+    tokens = " ".join(f"https://b.s3.amazonaws.com/o{i}?X-Amz-Security-Token={'T' * 2100}" for i in range(4)) + " "
+    late = "postgres://ada:hunter2"  # ends where the searched part ends: its '@' is past it
+    shifted = tokens + "z" * (1000 + 8192 - len(tokens) - len(late)) + late + "@db/app " + "y" * 100_000
+    assert "hunter2" not in policy.value(shifted) and "Token=[REDACTED]" in policy.value(shifted)
 
 
 def test_url_objects_are_scrubbed_as_their_text() -> None:
