@@ -35,12 +35,15 @@ parent's decision would record its children anyway.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import functools
+import gc
 import inspect
 import itertools
 import sys
 import traceback
+import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, ParamSpec, TypeVar, overload
@@ -290,34 +293,54 @@ class ActiveCall:
 _SIZE_STEPS: Final = 256
 """Objects ``_size_of`` looks at inside one item before it calls the item large."""
 
+_SCALARS: Final = (int, float, bool, type(None))
+_NOT_HELD: Final = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                    types.CodeType)
+"""What an object refers to without holding it as data: its class, code, functions."""
+
 
 def _size_of(item: Any, *, unknown: int) -> int:
-    """About how much of the captured value ``item`` could take: its length for text, its
-    size with what it holds otherwise (containers, an object's attributes, looked at up
-    to ``_SIZE_STEPS`` objects; past that, or past ``unknown``, it is ``unknown``: a dict
-    holding a 5 MB buffer measured 184 bytes by its own size, and a generator yielding
-    sixty of them held all 300 MB until it ended). ``unknown`` too when the size cannot
-    be told (a proxy whose ``__sizeof__`` raises, which broke the consumer's iteration:
-    capture must never break the call)."""
+    """About how much of the captured value ``item`` could take, and how much it holds:
+    text and buffers by their length, numbers a few characters, containers and objects
+    (slotted, dataclasses, models, deques) by what they refer to, found with
+    ``gc.get_referents``, which runs none of their code (a Mock's ``__sizeof__`` and
+    attributes make new mocks, recorded in its calls), objects whose type sizes them in
+    C (arrays) by ``sys.getsizeof``. Looked at up to ``_SIZE_STEPS`` objects; past that,
+    or past ``unknown``, it is ``unknown``: a dict holding a 5 MB buffer measured 184
+    bytes by its own size, and a generator yielding sixty of them held all 300 MB until
+    it ended. ``unknown`` too when the size cannot be told: capture must never break
+    the call."""
     total, pending = 0, [item]
     try:
         for _ in range(_SIZE_STEPS):
             if not pending or total >= unknown:
                 return total
             x = pending.pop()
-            if isinstance(x, (str, bytes, bytearray)):
+            t = type(x)
+            if t is str or t is bytes or t is bytearray:
                 total += len(x)
-                continue
-            total += sys.getsizeof(x)
-            if isinstance(x, dict):
-                pending.extend(itertools.islice(itertools.chain.from_iterable(x.items()), _SIZE_STEPS))
-            elif isinstance(x, (list, tuple, set, frozenset)):
-                pending.extend(itertools.islice(x, _SIZE_STEPS))
-            elif isinstance(getattr(x, "__dict__", None), dict):
-                pending.extend(itertools.islice(vars(x).values(), _SIZE_STEPS))
+            elif t is memoryview:
+                total += x.nbytes
+            elif isinstance(x, _SCALARS):
+                total += 8
+            elif not isinstance(x, _NOT_HELD):
+                total += 2 + (sys.getsizeof(x) if _sized_in_c(t) else 0)
+                pending.extend(itertools.islice(gc.get_referents(x), _SIZE_STEPS))
         return total if not pending else unknown
     except Exception:  # noqa: BLE001
         return unknown
+
+
+@functools.lru_cache(maxsize=256)
+def _sized_in_c(t: type) -> bool:
+    """Whether ``t`` (not a builtin container, whose items are counted one by one) has a
+    ``__sizeof__`` of its own written in C: a numpy array's counts its data. Looked up
+    without running descriptors (a Mock's class makes a mock when asked)."""
+    if t in (dict, list, tuple, set, frozenset, collections.deque):
+        return False
+    sizeof = inspect.getattr_static(t, "__sizeof__", None)
+    return sizeof is not object.__dict__["__sizeof__"] and \
+        isinstance(sizeof, (types.MethodDescriptorType, types.WrapperDescriptorType))
 
 
 def _message(exc: BaseException) -> str:

@@ -480,9 +480,23 @@ def test_an_item_whose_size_cannot_be_told_does_not_break_the_iteration(spans: C
         yield "after"
 
     assert len(list(items())) == 2
-    # its size unknown, it counts as filling the captured value: nothing more is held
+    # a __sizeof__ written in Python is not asked (nor a Mock's, which makes mocks): the
+    # item is measured by what it refers to
     result = spans.spans()[0].attributes[RESULT]
-    assert json.loads(result) == ["<Unsized>", "[truncated 1 more items]"]  # type: ignore[arg-type]
+    assert json.loads(result) == ["<Unsized>", "after"]  # type: ignore[arg-type]
+
+
+def test_a_yielded_mock_is_measured_without_being_called(spans: CapturedSpans) -> None:
+    """Measuring a yielded MagicMock asked its __sizeof__ and walked its attributes: each
+    made a new child mock, recorded in the test's own mock_calls (256 of them)."""
+    item = unittest.mock.MagicMock()
+
+    @sdk.tool
+    def items() -> Iterator[object]:
+        yield item
+
+    assert list(items()) == [item]
+    assert item.mock_calls == []
 
 
 def test_a_huge_value_is_walked_only_as_far_as_it_can_be_shown() -> None:

@@ -6,6 +6,7 @@ the disabled mode."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import gc
@@ -696,11 +697,15 @@ def test_async_generator_protocol_and_early_close(spans: CapturedSpans) -> None:
 
 def test_a_generator_of_large_items_keeps_only_what_can_be_captured(spans: CapturedSpans) -> None:
     """Items were measured by their own size (a dict of a 5 MB buffer: 184 bytes), so a
-    generator streaming sixty batches held all 300 MB until it ended. Past the first item
-    of a size the captured value cannot hold, the items are left to the consumer."""
+    generator streaming sixty batches held all 300 MB until it ended; then by what their
+    dicts and lists held, which missed slotted objects, deques and memoryviews. Past the
+    first item of a size the captured value cannot hold, the items are left to the
+    consumer."""
     class Batch:
-        def __init__(self, i: int) -> None:
-            self.number, self.rows = i, bytearray(1 << 20)
+        __slots__ = ("number", "rows", "__weakref__")  # slotted: no __dict__ to look into
+
+        def __init__(self, number: int, rows: collections.deque[memoryview]) -> None:
+            self.number, self.rows = number, rows
 
     taken: list[weakref.ref[Batch]] = []
     alive: list[int] = []
@@ -708,7 +713,7 @@ def test_a_generator_of_large_items_keeps_only_what_can_be_captured(spans: Captu
     @sdk.tool
     def batches() -> Iterator[Batch]:
         for i in range(8):
-            yield Batch(i)
+            yield Batch(i, collections.deque([memoryview(bytearray(1 << 20))]))
         gc.collect()  # before the generator ends: what its span still holds
         alive.extend(batch.number for r in taken if (batch := r()) is not None)
 
