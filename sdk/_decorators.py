@@ -57,7 +57,7 @@ from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
 from spanhouse.sdk._content import RETURN_KEY, logger
 from spanhouse.sdk._feedback import NOT_RECORDED
-from spanhouse.sdk._usage import record_response_usage
+from spanhouse.sdk._usage import StreamUsage, record_response_usage
 from spanhouse.text import utf8_safe
 
 P = ParamSpec("P")
@@ -172,7 +172,7 @@ class ActiveCall:
         span: the OpenTelemetry span, for anything the SDK does not wrap.
     """
 
-    __slots__ = ("_content", "_context", "_item_count", "_items", "_kept", "_spec", "_token", "span")
+    __slots__ = ("_content", "_context", "_item_count", "_items", "_kept", "_spec", "_stream", "_token", "span")
 
     def __init__(self, spec: _Spec, rt: _runtime.Runtime, attributes: dict[str, Any], captured: str | None, *,
                  attach: bool, capture: bool) -> None:
@@ -196,6 +196,7 @@ class ActiveCall:
         self._items: list[Any] | None = None
         self._item_count = 0
         self._kept = 0
+        self._stream = StreamUsage() if spec.reads_usage and self.span.is_recording() else None
 
     @classmethod
     def unrecorded(cls, spec: _Spec) -> ActiveCall:
@@ -209,13 +210,16 @@ class ActiveCall:
         call._items = None
         call._item_count = 0
         call._kept = 0
+        call._stream = None
         return call
 
     def set_result(self, value: Any) -> None:
         """Record ``value`` as the result/output (when content capture is on); for a model
-        call, also the usage it reports."""
+        call, also the usage it reports (a generator's: what its items reported)."""
         if self._content is not None:
             self.span.set_attribute(self._spec.output_key, self._content.value(value, RETURN_KEY))
+        if self._stream is not None and self._stream.record(self.span):
+            return
         if self._spec.reads_usage and value is not None:
             record_response_usage(self.span, value)
 
@@ -271,7 +275,13 @@ class ActiveCall:
         """Keep a yielded item for the result, up to what could fit in the captured value:
         as many items as it has characters at most, and items of about that many bytes
         (their length for text, their own size otherwise): a generator streaming large
-        chunks must not have them all held until it ends."""
+        chunks must not have them all held until it ends. A model call's items are also
+        looked at for the usage a stream reports (``StreamUsage``)."""
+        if self._stream is not None:
+            try:
+                self._stream.see(item)
+            except Exception:  # noqa: BLE001 - an odd chunk: capture must never break the stream
+                logger.debug("spanhouse could not read usage off a streamed item", exc_info=True)
         if self._content is None:
             return
         if self._items is None:

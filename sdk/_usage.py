@@ -220,8 +220,10 @@ def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: i
                                min(existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs, _MAX_TOKENS))
         if model:
             span.set_attribute(sc.RESPONSE_MODEL, model)
-        if cost_usd is None:
-            cost_usd = cost_of(model or existing.get(sc.REQUEST_MODEL), inputs, outputs, *cached)
+        if cost_usd is None:  # the model that answered, else the one asked for: a gateway's name for a model
+            # ("openai/gpt-4o", a Bedrock inference profile) has no price where the requested one has
+            cost_usd = next((cost for named in (model, existing.get(sc.REQUEST_MODEL))
+                             if named and (cost := cost_of(named, inputs, outputs, *cached)) is not None), None)
         if cost_usd is not None:
             span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
 
@@ -240,23 +242,26 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
     ``prompt_tokens`` holds the cache's reads whatever else the usage says (LiteLLM's
     usage for a Claude call has Anthropic's cache fields too: counted twice before),
     and its writes when ``prompt_tokens_details.cache_creation_tokens`` says so.
-    Gemini's ``usage_metadata`` is read by ``_gemini_usage``.
+    Bedrock's Converse API (``inputTokens``, ``cacheReadInputTokens``...) counts as
+    Anthropic does. Gemini's and LangChain's ``usage_metadata`` is read by
+    ``_usage_metadata``.
     """
     usage = _field(response, "usage")
     if usage is None:
-        _gemini_usage(span, response)
+        _usage_metadata(span, response)
         return
-    inputs = _field(usage, "input_tokens", "prompt_tokens")
-    outputs = _field(usage, "output_tokens", "completion_tokens")
+    inputs = _field(usage, "input_tokens", "prompt_tokens", "inputTokens")
+    outputs = _field(usage, "output_tokens", "completion_tokens", "outputTokens")
     if not isinstance(inputs, int) and not isinstance(outputs, int):
         return
-    apart = (_count(_field(usage, "cache_read_input_tokens")), _count(_field(usage, "cache_creation_input_tokens")))
+    apart = (_count(_field(usage, "cache_read_input_tokens", "cacheReadInputTokens")),
+             _count(_field(usage, "cache_creation_input_tokens", "cacheWriteInputTokens")))
     if not isinstance(inputs, int):
         inputs, cached = None, (0, 0)
     else:
         details = _field(usage, "prompt_tokens_details", "input_tokens_details")
         included = 0 if details is None else _count(_field(details, "cached_tokens"))
-        if isinstance(_field(usage, "input_tokens"), int):  # Anthropic's: the cache's tokens are apart
+        if _field(usage, "prompt_tokens") is None:  # Anthropic's, Bedrock's: the cache's tokens are apart
             inputs += sum(apart)
             cached = (apart[0] + min(included, max(inputs, 0)), apart[1])
         else:  # prompt_tokens (OpenAI's, LiteLLM's for any provider): the cache's reads are in it,
@@ -270,15 +275,27 @@ def record_response_usage(span: trace.Span, response: Any) -> None:
                     model if isinstance(model, str) and model else None, None, cached)
 
 
-def _gemini_usage(span: trace.Span, response: Any) -> None:
+def _usage_metadata(span: trace.Span, response: Any) -> None:
     """Record the usage of a Gemini response (google-genai's ``GenerateContentResponse``,
     or its REST JSON as a dict), if it reports any: ``usage_metadata`` counts the input
     as ``prompt_token_count`` (cached content included: ``cached_content_token_count``,
     priced as cache reads) plus ``tool_use_prompt_token_count``, and the output as
     ``candidates_token_count`` plus ``thoughts_token_count`` (billed as output); the
-    model that answered is ``model_version``."""
+    model that answered is ``model_version``. A LangChain message's ``usage_metadata``
+    has ``input_tokens`` (the cache's included, ``input_token_details.cache_read`` and
+    ``cache_creation``) and ``output_tokens``; its model is in ``response_metadata``."""
     meta = _field(response, "usage_metadata", "usageMetadata")
     if meta is None:
+        return
+    if isinstance(_field(meta, "input_tokens"), int) or isinstance(_field(meta, "output_tokens"), int):
+        details = _field(meta, "input_token_details")
+        inputs, outputs = _field(meta, "input_tokens"), _field(meta, "output_tokens")
+        read = min(_count(_field(details, "cache_read")), _count(inputs))
+        cached = (read, min(_count(_field(details, "cache_creation")), _count(inputs) - read))
+        model = _field(_field(response, "response_metadata"), "model_name", "model")
+        record_usage_on(span, inputs if isinstance(inputs, int) else None,
+                        outputs if isinstance(outputs, int) else None,
+                        model if isinstance(model, str) and model else None, None, cached)
         return
     prompt = _field(meta, "prompt_token_count", "promptTokenCount")
     candidates = _field(meta, "candidates_token_count", "candidatesTokenCount")
@@ -292,12 +309,58 @@ def _gemini_usage(span: trace.Span, response: Any) -> None:
                     model if isinstance(model, str) and model else None, None, (cached, 0))
 
 
+class StreamUsage:
+    """The usage a streamed model response reports in its chunks, recorded once when the
+    stream ends (``@llm`` on a generator): an OpenAI chat chunk's ``usage`` (the last
+    one's, with ``stream_options={"include_usage": True}``), the Responses API's
+    ``response.completed`` event, Gemini's and LiteLLM's last chunk with usage, and
+    Anthropic's ``message_start`` (input, cache, model) with the last ``message_delta``
+    (output so far). Streamed calls had no tokens and no cost: the stream's items were
+    read as one response."""
+
+    __slots__ = ("_anthropic", "_last")
+
+    def __init__(self) -> None:
+        self._last: Any = None
+        self._anthropic: dict[str, Any] | None = None
+
+    def see(self, item: Any) -> None:
+        """Look at one streamed item."""
+        kind = _field(item, "type")
+        if kind == "message_start":
+            message = _field(item, "message")
+            usage = _field(message, "usage")
+            if usage is not None:
+                self._anthropic = {"model": _field(message, "model"), "usage": {
+                    name: _field(usage, name) for name in (
+                        "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")}}
+        elif kind == "message_delta":
+            outputs = _field(_field(item, "usage"), "output_tokens")
+            if self._anthropic is not None and isinstance(outputs, int):
+                self._anthropic["usage"]["output_tokens"] = outputs
+        else:
+            if kind == "response.completed":
+                item = _field(item, "response")
+            if _field(item, "usage") is not None or _field(item, "usage_metadata", "usageMetadata") is not None:
+                self._last = item
+
+    def record(self, span: trace.Span) -> bool:
+        """Record what the stream reported on ``span``; False if it reported nothing."""
+        response = self._anthropic if self._anthropic is not None else self._last
+        if response is None:
+            return False
+        record_response_usage(span, response)
+        return True
+
+
 def _count(value: Any) -> int:
     """A token count a response reports, or 0 when it reports none (or nonsense)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _field(obj: Any, *names: str) -> Any:
+    if obj is None:
+        return None
     for name in names:
         value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
         if value is not None:

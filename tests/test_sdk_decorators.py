@@ -879,6 +879,69 @@ def test_gemini_usage_metadata_is_read_with_thinking_as_output_and_cache_reads_p
     assert got["spanhouse.cost_usd"] == pytest.approx((2_500 * 0.30 + 8_000 * 0.075 + 340 * 2.50) / 1e6)
 
 
+def test_a_streamed_model_call_records_the_usage_its_chunks_report(spans: CapturedSpans) -> None:
+    """An @llm generator's items were read as one response (a list, no usage): every
+    streamed call had no tokens and no cost. OpenAI's last chunk carries the usage
+    (stream_options include_usage); Anthropic's message_start the input and cache, its
+    message_delta the output so far."""
+    def chunk(usage: Any = None) -> SimpleNamespace:
+        return SimpleNamespace(model="gpt-4o-mini-2024-07-18", choices=[], usage=usage)
+
+    @sdk.llm(model="gpt-4o-mini", capture_content=False)
+    def openai_stream() -> Iterator[SimpleNamespace]:
+        yield chunk()
+        yield chunk()
+        yield chunk(SimpleNamespace(prompt_tokens=1000, completion_tokens=2, prompt_tokens_details=None))
+
+    @sdk.llm(model="claude-sonnet-4-5")
+    async def anthropic_stream() -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "message_start", "message": {"model": "claude-sonnet-4-5-20250929", "usage": {
+            "input_tokens": 100, "output_tokens": 1, "cache_read_input_tokens": 5000,
+            "cache_creation_input_tokens": 0}}}
+        yield {"type": "content_block_delta", "delta": {"text": "hi"}}
+        yield {"type": "message_delta", "usage": {"output_tokens": 40}}
+
+    assert len(list(openai_stream())) == 3
+
+    async def consume() -> None:
+        assert len([e async for e in anthropic_stream()]) == 3
+
+    asyncio.run(consume())
+    got = spans.by_name("chat gpt-4o-mini").attributes or {}
+    assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == (1000, 2)
+    assert got["spanhouse.cost_usd"] == pytest.approx((1000 * 0.15 + 2 * 0.6) / 1e6)
+    got = spans.by_name("chat claude-sonnet-4-5").attributes or {}
+    assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == (5100, 40)
+    assert got["spanhouse.cost_usd"] == pytest.approx((100 * 3 + 5000 * 0.3 + 40 * 15) / 1e6)
+
+
+@pytest.mark.parametrize(("response", "tokens", "cost"), [
+    # Bedrock's Converse API: camelCase, the cache's tokens apart as Anthropic's (model: the requested one)
+    ({"usage": {"inputTokens": 1000, "outputTokens": 100, "cacheReadInputTokens": 5000, "cacheWriteInputTokens": 0}},
+     (6000, 100), (1000 * 3 + 5000 * 0.3 + 100 * 15) / 1e6),
+    # LangChain's AIMessage: usage_metadata, the cache's reads inside input_tokens
+    (SimpleNamespace(usage_metadata={"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100,
+                                     "input_token_details": {"cache_read": 800}},
+                     response_metadata={"model_name": "claude-sonnet-4-5-20250929"}),
+     (1000, 100), (200 * 3 + 800 * 0.3 + 100 * 15) / 1e6),
+    # a gateway's name for the model (OpenRouter's "anthropic/..."): no price of its own, the requested one's
+    ({"model": "anthropic/claude-sonnet-4.5", "usage": {"prompt_tokens": 1000, "completion_tokens": 100}},
+     (1000, 100), (1000 * 3 + 100 * 15) / 1e6),
+])
+def test_bedrock_langchain_and_gateway_responses_have_usage_and_cost(spans: CapturedSpans, response: Any,
+                                                                     tokens: tuple[int, int], cost: float) -> None:
+    """Bedrock's and LangChain's usage were dropped without a sign; a response naming the
+    model as a gateway does had tokens but no cost though the requested model is priced."""
+    @sdk.llm(model="claude-sonnet-4-5")
+    def call() -> Any:
+        return response
+
+    call()
+    got = spans.by_name("chat claude-sonnet-4-5").attributes or {}
+    assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == tokens
+    assert got["spanhouse.cost_usd"] == pytest.approx(cost)
+
+
 @pytest.mark.parametrize("call", [
     lambda: sdk.record_usage(cost_usd=10**400), lambda: sdk.record_usage(input_tokens=2**63),
     lambda: sdk.register_price("m", input_per_million=10**400, output_per_million=1),
