@@ -160,6 +160,8 @@ def scrubbed(text: str, limit: int) -> str:
         if m.start() >= cap or size + m.start() - at >= limit:
             break
         redacted = _redact_url_part(m)
+        if redacted == m.group(0):  # nothing secret (a parameter named q): plain text, kept up to the limit
+            continue
         kept += (window[at:m.start()], redacted)
         size += m.start() - at + len(redacted)
         at = m.end()
