@@ -304,6 +304,7 @@ _SIZE_STEPS: Final = 256
 """Objects ``_size_of`` looks at inside one item before it calls the item large."""
 
 _SCALARS: Final = (int, float, bool, type(None))
+_CONTAINERS: Final = (dict, list, tuple, set, frozenset, collections.deque)
 _NOT_HELD: Final = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                     types.CodeType)
 """What an object refers to without holding it as data: its class, code, functions."""
@@ -311,46 +312,61 @@ _NOT_HELD: Final = (type, types.ModuleType, types.FunctionType, types.BuiltinFun
 
 def _size_of(item: Any, *, unknown: int) -> int:
     """About how much of the captured value ``item`` could take, and how much it holds:
-    text and buffers by their length, numbers a few characters, containers and objects
-    (slotted, dataclasses, models, deques) by what they refer to, found with
-    ``gc.get_referents``, which runs none of their code (a Mock's ``__sizeof__`` and
-    attributes make new mocks, recorded in its calls), objects whose type sizes them in
-    C (arrays) by ``sys.getsizeof``. Looked at up to ``_SIZE_STEPS`` objects; past that,
-    or past ``unknown``, it is ``unknown``: a dict holding a 5 MB buffer measured 184
-    bytes by its own size, and a generator yielding sixty of them held all 300 MB until
-    it ended. ``unknown`` too when the size cannot be told: capture must never break
-    the call."""
+    text and buffers by their length, numbers a few characters, containers by their
+    items, other objects (slotted, dataclasses, models) by what ``gc.get_referents``
+    finds, which runs none of their code (a Mock's ``__sizeof__`` and attributes make
+    new mocks, recorded in its calls), and by what their type says in C: its own
+    ``__sizeof__`` (a numpy array's data) or ``nbytes`` (a view's). Looked at up to
+    ``_SIZE_STEPS`` objects; past that, or past ``unknown``, it is ``unknown``: a dict
+    holding a 5 MB buffer measured 184 bytes by its own size, and a generator yielding
+    sixty of them held all 300 MB until it ended. ``unknown`` too when the size cannot
+    be told: capture must never break the call."""
     total, pending = 0, [item]
     try:
         for _ in range(_SIZE_STEPS):
             if not pending or total >= unknown:
                 return total
             x = pending.pop()
-            t = type(x)
-            if t is str or t is bytes or t is bytearray:
+            if isinstance(x, (str, bytes, bytearray)):
                 total += len(x)
-            elif t is memoryview:
+            elif isinstance(x, memoryview):
                 total += x.nbytes
             elif isinstance(x, _SCALARS):
                 total += 8
+            elif isinstance(x, dict):  # lazily: gc.get_referents would copy a huge one's items first
+                total += 2
+                pending.extend(itertools.islice(itertools.chain.from_iterable(x.items()), _SIZE_STEPS))
+            elif isinstance(x, _CONTAINERS):
+                total += 2
+                pending.extend(itertools.islice(x, _SIZE_STEPS))
             elif not isinstance(x, _NOT_HELD):
-                total += 2 + (sys.getsizeof(x) if _sized_in_c(t) else 0)
+                total += 2 + _c_size(x)
                 pending.extend(itertools.islice(gc.get_referents(x), _SIZE_STEPS))
         return total if not pending else unknown
     except Exception:  # noqa: BLE001
         return unknown
 
 
+def _c_size(x: Any) -> int:
+    """The bytes ``x``'s type reports in C: ``nbytes`` (a numpy array or view, a tensor),
+    else a ``__sizeof__`` of its own (an owning array's data); 0 when it reports none."""
+    nbytes, sizeof = _c_sizers(type(x))
+    if nbytes is not None:
+        value = nbytes.__get__(x, type(x))
+        return value if isinstance(value, int) else 0
+    return sys.getsizeof(x) if sizeof else 0
+
+
 @functools.lru_cache(maxsize=256)
-def _sized_in_c(t: type) -> bool:
-    """Whether ``t`` (not a builtin container, whose items are counted one by one) has a
-    ``__sizeof__`` of its own written in C: a numpy array's counts its data. Looked up
-    without running descriptors (a Mock's class makes a mock when asked)."""
-    if t in (dict, list, tuple, set, frozenset, collections.deque):
-        return False
+def _c_sizers(t: type) -> tuple[Any, bool]:
+    """``t``'s ``nbytes`` when it is a C descriptor, and whether ``t`` has a ``__sizeof__``
+    of its own written in C. Looked up without running descriptors (a Mock's class makes
+    a mock when asked)."""
+    nbytes = inspect.getattr_static(t, "nbytes", None)
     sizeof = inspect.getattr_static(t, "__sizeof__", None)
-    return sizeof is not object.__dict__["__sizeof__"] and \
-        isinstance(sizeof, (types.MethodDescriptorType, types.WrapperDescriptorType))
+    return (nbytes if isinstance(nbytes, (types.GetSetDescriptorType, types.MemberDescriptorType)) else None,
+            sizeof is not object.__dict__["__sizeof__"] and
+            isinstance(sizeof, (types.MethodDescriptorType, types.WrapperDescriptorType)))
 
 
 def _message(exc: BaseException) -> str:
