@@ -218,10 +218,19 @@ class ActiveCall:
         call, also the usage it reports (a generator's: what its items reported)."""
         if self._content is not None:
             self.span.set_attribute(self._spec.output_key, self._content.value(value, RETURN_KEY))
+        if not self._spec.reads_usage or self._recorded_usage():
+            return
         if self._stream is not None and self._stream.record(self.span):
             return
-        if self._spec.reads_usage and value is not None:
+        if value is not None:
             record_response_usage(self.span, value)
+
+    def _recorded_usage(self) -> bool:
+        """Whether ``record_usage()`` was called inside (as the ``llm`` decorator says to do
+        when the function returns no response): then the response's or stream's own
+        report is not added to it, which counted the call twice."""
+        attributes = getattr(self.span, "attributes", None) or {}
+        return sc.USAGE_INPUT_TOKENS in attributes or sc.USAGE_OUTPUT_TOKENS in attributes
 
     def succeed(self, result: Any) -> None:
         """End the span after a normal return of ``result``. Recording the result never
@@ -246,6 +255,8 @@ class ActiveCall:
             if not isinstance(exc, Exception) and not (isinstance(exc, SystemExit) and exc.code not in (None, 0)):
                 return
             span = self.span
+            if self._stream is not None and not self._recorded_usage():  # a stream cut part-way was billed
+                self._stream.record(span)
             if span.is_recording():
                 error_type = qualified_name(type(exc))
                 message = _message(exc)
@@ -830,8 +841,10 @@ def llm(func: Any = None, /, *, model: str | None = None, provider: str | None =
 
     If the function returns a response that reports usage (``response.usage`` with
     ``input_tokens``/``output_tokens`` or ``prompt_tokens``/``completion_tokens``, as the
-    Anthropic and OpenAI clients' responses do), it is recorded with its cost; otherwise
-    call ``record_usage()`` inside.
+    Anthropic and OpenAI clients' responses do; Gemini's, Bedrock's and LangChain's
+    shapes), or is a generator whose items (a stream's chunks or events) report it, it
+    is recorded with its cost; otherwise call ``record_usage()`` inside, which then
+    replaces what the response reports.
 
     Args:
         model: ``gen_ai.request.model``, also the price-table key; without it the span is

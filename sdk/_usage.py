@@ -220,12 +220,29 @@ def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: i
                                min(existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs, _MAX_TOKENS))
         if model:
             span.set_attribute(sc.RESPONSE_MODEL, model)
-        if cost_usd is None:  # the model that answered, else the one asked for: a gateway's name for a model
-            # ("openai/gpt-4o", a Bedrock inference profile) has no price where the requested one has
-            cost_usd = next((cost for named in (model, existing.get(sc.REQUEST_MODEL))
+        if cost_usd is None:  # the model that answered (as a gateway names it: "openai/gpt-4o-mini", a Bedrock
+            # inference profile), else the one asked for
+            asked = existing.get(sc.REQUEST_MODEL)
+            cost_usd = next((cost for named in (model, _unprefixed(model), asked, _unprefixed(asked))
                              if named and (cost := cost_of(named, inputs, outputs, *cached)) is not None), None)
         if cost_usd is not None:
             span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
+
+
+_GATEWAY_PREFIXES: Final = ("us", "eu", "apac", "global", "anthropic", "amazon", "meta", "mistral", "cohere", "ai21")
+"""The dotted prefixes of Bedrock's model ids and cross-region inference profiles."""
+
+
+def _unprefixed(model: str | None) -> str | None:
+    """``model`` without a gateway's provider (OpenRouter's ``openai/gpt-4o-mini``) or
+    Bedrock's prefixes (``us.anthropic.claude-sonnet-4-5-20250929-v1:0``), or None when
+    it has none."""
+    if not model:
+        return None
+    name = model.rsplit("/", 1)[-1]
+    while "." in name and name.split(".", 1)[0] in _GATEWAY_PREFIXES:
+        name = name.split(".", 1)[1]
+    return name if name != model else None
 
 
 def record_response_usage(span: trace.Span, response: Any) -> None:
@@ -309,20 +326,30 @@ def _usage_metadata(span: trace.Span, response: Any) -> None:
                     model if isinstance(model, str) and model else None, None, (cached, 0))
 
 
+_ANTHROPIC_USAGE: Final = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+_RESPONSE_ENDS: Final = ("response.completed", "response.incomplete", "response.failed")
+"""The Responses API's last stream event, which carries the response and its usage (an
+incomplete one, cut by ``max_output_tokens``, is billed too)."""
+
+
 class StreamUsage:
     """The usage a streamed model response reports in its chunks, recorded once when the
-    stream ends (``@llm`` on a generator): an OpenAI chat chunk's ``usage`` (the last
-    one's, with ``stream_options={"include_usage": True}``), the Responses API's
-    ``response.completed`` event, Gemini's and LiteLLM's last chunk with usage, and
-    Anthropic's ``message_start`` (input, cache, model) with the last ``message_delta``
-    (output so far). Streamed calls had no tokens and no cost: the stream's items were
-    read as one response."""
+    stream ends (``@llm`` on a generator; also when it fails part-way, its tokens were
+    billed): an OpenAI chat chunk's ``usage`` (the last one's, with
+    ``stream_options={"include_usage": True}``), the Responses API's last event,
+    Gemini's and LiteLLM's last chunk with usage (cumulative), LangChain's message
+    chunks' ``usage_metadata`` (each chunk's own: summed), and Anthropic's
+    ``message_start`` (input, cache, model) updated by each ``message_delta`` (the
+    counts so far). One model response per stream: a generator that streams two records
+    the last one's (OpenAI, Gemini) or their sum (LangChain). Streamed calls had no
+    tokens and no cost: the stream's items were read as one response."""
 
-    __slots__ = ("_anthropic", "_last")
+    __slots__ = ("_anthropic", "_langchain", "_last")
 
     def __init__(self) -> None:
         self._last: Any = None
         self._anthropic: dict[str, Any] | None = None
+        self._langchain: dict[str, Any] | None = None
 
     def see(self, item: Any) -> None:
         """Look at one streamed item."""
@@ -331,22 +358,39 @@ class StreamUsage:
             message = _field(item, "message")
             usage = _field(message, "usage")
             if usage is not None:
-                self._anthropic = {"model": _field(message, "model"), "usage": {
-                    name: _field(usage, name) for name in (
-                        "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")}}
+                self._anthropic = {"model": _field(message, "model"),
+                                   "usage": {name: _field(usage, name) for name in _ANTHROPIC_USAGE}}
         elif kind == "message_delta":
-            outputs = _field(_field(item, "usage"), "output_tokens")
-            if self._anthropic is not None and isinstance(outputs, int):
-                self._anthropic["usage"]["output_tokens"] = outputs
+            usage = _field(item, "usage")
+            if self._anthropic is not None and usage is not None:
+                for name in _ANTHROPIC_USAGE:  # cumulative; input and cache there too with server tools
+                    if isinstance(count := _field(usage, name), int):
+                        self._anthropic["usage"][name] = count
         else:
-            if kind == "response.completed":
+            if kind in _RESPONSE_ENDS:
                 item = _field(item, "response")
-            if _field(item, "usage") is not None or _field(item, "usage_metadata", "usageMetadata") is not None:
+            meta = _field(item, "usage_metadata")
+            if isinstance(_field(meta, "input_tokens"), int) or isinstance(_field(meta, "output_tokens"), int):
+                self._add_langchain(item, meta)
+            elif _field(item, "usage") is not None or _field(item, "usage_metadata", "usageMetadata") is not None:
                 self._last = item
+
+    def _add_langchain(self, chunk: Any, meta: Any) -> None:
+        if self._langchain is None:
+            self._langchain = {"usage_metadata": {"input_tokens": 0, "output_tokens": 0, "input_token_details": {
+                "cache_read": 0, "cache_creation": 0}}, "response_metadata": None}
+        total = self._langchain["usage_metadata"]
+        total["input_tokens"] += _count(_field(meta, "input_tokens"))
+        total["output_tokens"] += _count(_field(meta, "output_tokens"))
+        details = _field(meta, "input_token_details")
+        for name in ("cache_read", "cache_creation"):
+            total["input_token_details"][name] += _count(_field(details, name))
+        if _field(_field(chunk, "response_metadata"), "model_name", "model") is not None:
+            self._langchain["response_metadata"] = _field(chunk, "response_metadata")
 
     def record(self, span: trace.Span) -> bool:
         """Record what the stream reported on ``span``; False if it reported nothing."""
-        response = self._anthropic if self._anthropic is not None else self._last
+        response = next((r for r in (self._anthropic, self._langchain, self._last) if r is not None), None)
         if response is None:
             return False
         record_response_usage(span, response)

@@ -933,6 +933,60 @@ def test_a_streamed_model_call_records_the_usage_its_chunks_report(spans: Captur
     assert got["spanhouse.cost_usd"] == pytest.approx((100 * 3 + 5000 * 0.3 + 40 * 15) / 1e6)
 
 
+def test_stream_usage_is_counted_once_whatever_the_stream_does(spans: CapturedSpans) -> None:
+    """A review of the stream usage: record_usage() inside (as @llm's docstring says to
+    do) was counted again with the chunks' report; a stream failing part-way recorded
+    nothing of the tokens already billed; Anthropic's cumulative input in message_delta
+    (server tools) and LangChain's per-chunk usage (to be summed) were misread; the
+    Responses API's response.incomplete was ignored; a Bedrock model id had no price."""
+    def start(model: str = "claude-sonnet-4-5-20250929") -> dict[str, Any]:
+        return {"type": "message_start", "message": {"model": model, "usage": {"input_tokens": 1000,
+                                                                               "output_tokens": 1}}}
+
+    @sdk.llm(model="claude-sonnet-4-5")
+    def told() -> Iterator[dict[str, Any]]:
+        yield start()
+        yield {"type": "message_delta", "usage": {"output_tokens": 50}}
+        sdk.record_usage(input_tokens=1000, output_tokens=50)
+
+    @sdk.llm(model="claude-sonnet-4-5")
+    def cut() -> Iterator[dict[str, Any]]:
+        yield start()
+        raise ConnectionError("stream reset")
+
+    @sdk.llm(model="claude-sonnet-4-5")
+    def server_tools() -> Iterator[dict[str, Any]]:
+        yield start()
+        yield {"type": "message_delta", "usage": {"input_tokens": 5000, "output_tokens": 50}}
+
+    @sdk.llm(model="claude-sonnet-4-5")
+    def langchain() -> Iterator[SimpleNamespace]:
+        yield SimpleNamespace(usage_metadata={"input_tokens": 1000, "output_tokens": 0},
+                              response_metadata={"model_name": "claude-sonnet-4-5-20250929"})
+        yield SimpleNamespace(usage_metadata={"input_tokens": 0, "output_tokens": 50}, response_metadata={})
+
+    @sdk.llm(model="gpt-4o")
+    def incomplete() -> Iterator[SimpleNamespace]:
+        yield SimpleNamespace(type="response.incomplete", response=SimpleNamespace(
+            model="gpt-4o-2024-08-06", usage=SimpleNamespace(input_tokens=1000, output_tokens=50)))
+
+    @sdk.llm(model="us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+    def bedrock() -> dict[str, Any]:
+        return {"usage": {"inputTokens": 1000, "outputTokens": 50}}
+
+    for stream in (told, server_tools, langchain, incomplete):
+        list(stream())
+    with pytest.raises(ConnectionError):
+        list(cut())
+    bedrock()
+    got = [(s.attributes or {}) for s in spans.spans()]
+    tokens = [(a.get("gen_ai.usage.input_tokens"), a.get("gen_ai.usage.output_tokens")) for a in got]
+    assert tokens == [(1000, 50), (5000, 50), (1000, 50), (1000, 50), (1000, 1), (1000, 50)]
+    sonnet = (1000 * 3 + 50 * 15) / 1e6
+    assert [a.get("spanhouse.cost_usd") for a in got] == pytest.approx(
+        [sonnet, (5000 * 3 + 50 * 15) / 1e6, sonnet, (1000 * 2.5 + 50 * 10) / 1e6, (1000 * 3 + 15) / 1e6, sonnet])
+
+
 @pytest.mark.parametrize(("response", "tokens", "cost"), [
     # Bedrock's Converse API: camelCase, the cache's tokens apart as Anthropic's (model: the requested one)
     ({"usage": {"inputTokens": 1000, "outputTokens": 100, "cacheReadInputTokens": 5000, "cacheWriteInputTokens": 0}},
