@@ -323,39 +323,49 @@ _NOT_HELD: Final = (type, types.ModuleType, types.FunctionType, types.BuiltinFun
 
 def _size_of(item: Any, *, unknown: int) -> int:
     """About how much of the captured value ``item`` could take, and how much it holds:
-    text and buffers by their length, numbers a few characters, containers by their
-    items, other objects (slotted, dataclasses, models) by what ``gc.get_referents``
-    finds, which runs none of their code (a Mock's ``__sizeof__`` and attributes make
-    new mocks, recorded in its calls), and by what their type says in C: its own
-    ``__sizeof__`` (a numpy array's data) or ``nbytes`` (a view's). Looked at up to
-    ``_SIZE_STEPS`` objects; past that, or past ``unknown``, it is ``unknown``: a dict
-    holding a 5 MB buffer measured 184 bytes by its own size, and a generator yielding
-    sixty of them held all 300 MB until it ended. ``unknown`` too when the size cannot
-    be told: capture must never break the call."""
+    text and buffers by their length, numbers a few characters, containers and other
+    objects (slotted, dataclasses, models, a list subclass's attributes) by what
+    ``gc.get_referents`` finds, and what their type says in C: its own ``__sizeof__``
+    (a numpy array's data) or ``nbytes`` (a view's). No code of theirs runs: types are
+    told by ``type()``, not ``isinstance`` (a ``Mock(spec=dict)`` claims to be a dict,
+    and its ``items()`` is a call recorded in the test's ``mock_calls``), lengths by the
+    builtin's own method. Looked at up to ``_SIZE_STEPS`` objects; past that, or past
+    ``unknown`` (a container of more items, whose referents would be copied whole), it is
+    ``unknown``: a dict holding a 5 MB buffer measured 184 bytes by its own size, and a
+    generator yielding sixty of them held all 300 MB until it ended. ``unknown`` too when
+    the size cannot be told: capture must never break the call."""
     total, pending = 0, [item]
     try:
         for _ in range(_SIZE_STEPS):
             if not pending or total >= unknown:
                 return total
             x = pending.pop()
-            if isinstance(x, (str, bytes, bytearray)):
-                total += len(x)
-            elif isinstance(x, memoryview):
-                total += x.nbytes
-            elif isinstance(x, _SCALARS):
+            t = type(x)
+            if issubclass(t, _SCALARS):
                 total += 8
-            elif isinstance(x, dict):  # lazily: gc.get_referents would copy a huge one's items first
-                total += 2
-                pending.extend(itertools.islice(itertools.chain.from_iterable(x.items()), _SIZE_STEPS))
-            elif isinstance(x, _CONTAINERS):
-                total += 2
-                pending.extend(itertools.islice(x, _SIZE_STEPS))
-            elif not isinstance(x, _NOT_HELD):
-                total += 2 + _c_size(x)
+            elif issubclass(t, _NOT_HELD):
+                continue
+            elif (base := _builtin_base(t)) is not None and base in _TEXT:
+                total += base.__len__(x)
+            elif t is memoryview:
+                total += x.nbytes
+            else:
+                if base is not None and base.__len__(x) > _SIZE_STEPS:
+                    return unknown
+                total += 2 + (0 if base is not None else _c_size(x))
                 pending.extend(itertools.islice(gc.get_referents(x), _SIZE_STEPS))
         return total if not pending else unknown
     except Exception:  # noqa: BLE001
         return unknown
+
+
+_TEXT: Final = (str, bytes, bytearray)
+
+
+@functools.lru_cache(maxsize=256)
+def _builtin_base(t: type) -> type | None:
+    """The builtin text or container type ``t`` is or derives from, else None."""
+    return next((base for base in (*_TEXT, *_CONTAINERS) if issubclass(t, base)), None)
 
 
 def _c_size(x: Any) -> int:
@@ -375,7 +385,7 @@ def _c_sizers(t: type) -> tuple[Any, bool]:
     a mock when asked)."""
     nbytes = inspect.getattr_static(t, "nbytes", None)
     sizeof = inspect.getattr_static(t, "__sizeof__", None)
-    return (nbytes if isinstance(nbytes, (types.GetSetDescriptorType, types.MemberDescriptorType)) else None,
+    return (nbytes if isinstance(nbytes, types.GetSetDescriptorType) else None,  # not a Python slot named so
             sizeof is not object.__dict__["__sizeof__"] and
             isinstance(sizeof, (types.MethodDescriptorType, types.WrapperDescriptorType)))
 

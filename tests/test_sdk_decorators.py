@@ -12,6 +12,7 @@ import functools
 import gc
 import inspect
 import json
+import unittest.mock
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import SimpleNamespace
@@ -732,9 +733,27 @@ def test_items_are_measured_as_their_data_whatever_their_container() -> None:
     from spanhouse.sdk._decorators import _size_of
 
     chunk = {"id": "c1", "delta": {"content": "hello"}, "index": 0}
-    sizes = {_size_of(kind(chunk), unknown=10**9) for kind in (dict, collections.OrderedDict,
-                                                                 lambda c: collections.defaultdict(int, c))}
-    assert len(sizes) == 1 and sizes.pop() < 100
+    sizes = [_size_of(kind(chunk), unknown=10**9) for kind in (dict, collections.OrderedDict,
+                                                                 lambda c: collections.defaultdict(int, c))]
+    assert max(sizes) < 2 * min(sizes) < 100
+
+    class Page(list):  # a subclass's attributes count too
+        pass
+
+    page = Page([1])
+    page.raw = bytearray(5 << 20)  # type: ignore[attr-defined]
+    assert _size_of(page, unknown=10**9) >= 5 << 20
+
+    class Progress:
+        __slots__ = ("nbytes", "text")  # a Python slot named nbytes is no C size
+
+        def __init__(self) -> None:
+            self.nbytes, self.text = 5_000_000_000, "hi"
+
+    assert _size_of(Progress(), unknown=10**9) < 100
+    spec = unittest.mock.Mock(spec=dict)  # claims to be a dict: its items() would be a recorded call
+    _size_of(spec, unknown=10**9)
+    assert spec.mock_calls == []
 
     class Blob(bytes):
         pass
