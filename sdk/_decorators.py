@@ -230,7 +230,7 @@ class ActiveCall:
         when the function returns no response): then the response's or stream's own
         report is not added to it, which counted the call twice."""
         attributes = getattr(self.span, "attributes", None) or {}
-        return sc.USAGE_INPUT_TOKENS in attributes or sc.USAGE_OUTPUT_TOKENS in attributes
+        return any(key in attributes for key in (sc.USAGE_INPUT_TOKENS, sc.USAGE_OUTPUT_TOKENS, sc.COST_USD))
 
     def succeed(self, result: Any) -> None:
         """End the span after a normal return of ``result``. Recording the result never

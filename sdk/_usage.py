@@ -242,6 +242,8 @@ def _unprefixed(model: str | None) -> str | None:
     name = model.rsplit("/", 1)[-1]
     while "." in name and name.split(".", 1)[0] in _GATEWAY_PREFIXES:
         name = name.split(".", 1)[1]
+    if name.startswith("claude") and name != model:  # OpenRouter's claude-opus-4.5 is Anthropic's claude-opus-4-5
+        name = name.replace(".", "-")
     return name if name != model else None
 
 
@@ -376,10 +378,16 @@ class StreamUsage:
                 self._last = item
 
     def _add_langchain(self, chunk: Any, meta: Any) -> None:
+        """Add a LangChain chunk's usage, unless the item is the message the chunks add up
+        to (yielded after them): its usage is their sum."""
         if self._langchain is None:
             self._langchain = {"usage_metadata": {"input_tokens": 0, "output_tokens": 0, "input_token_details": {
                 "cache_read": 0, "cache_creation": 0}}, "response_metadata": None}
         total = self._langchain["usage_metadata"]
+        if (total["input_tokens"] or total["output_tokens"]) and \
+                (_count(_field(meta, "input_tokens")), _count(_field(meta, "output_tokens"))) == \
+                (total["input_tokens"], total["output_tokens"]):
+            return
         total["input_tokens"] += _count(_field(meta, "input_tokens"))
         total["output_tokens"] += _count(_field(meta, "output_tokens"))
         details = _field(meta, "input_token_details")

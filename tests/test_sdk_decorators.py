@@ -1006,6 +1006,35 @@ def test_stream_usage_is_counted_once_whatever_the_stream_does(spans: CapturedSp
         [sonnet, (5000 * 3 + 50 * 15) / 1e6, sonnet, (1000 * 2.5 + 50 * 10) / 1e6, (1000 * 3 + 15) / 1e6, sonnet])
 
 
+def test_a_cost_given_a_gateways_dotted_claude_name_and_a_final_langchain_message(spans: CapturedSpans) -> None:
+    """A review of 10a86f3: record_usage(cost_usd=...) alone was added to the response's
+    cost; OpenRouter's anthropic/claude-opus-4.5 was priced as claude-opus-4 ($15, not
+    $5); the message a LangChain stream's chunks add up to, yielded after them, was
+    counted on top of them."""
+    @sdk.llm(model="gpt-4o")
+    def priced_by_hand() -> dict[str, Any]:
+        sdk.record_usage(cost_usd=0.5)
+        return {"model": "gpt-4o", "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
+
+    @sdk.llm(model="claude-opus-4-5")
+    def routed() -> dict[str, Any]:
+        return {"model": "anthropic/claude-opus-4.5", "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
+
+    @sdk.llm(model="gpt-4o")
+    def langchain() -> Iterator[SimpleNamespace]:
+        yield SimpleNamespace(usage_metadata={"input_tokens": 10, "output_tokens": 1})
+        yield SimpleNamespace(usage_metadata={"input_tokens": 0, "output_tokens": 5})
+        yield SimpleNamespace(usage_metadata={"input_tokens": 10, "output_tokens": 6})  # the chunks' sum
+
+    priced_by_hand()
+    routed()
+    list(langchain())
+    by_hand, by_route, summed = (s.attributes or {} for s in spans.spans())
+    assert by_hand["spanhouse.cost_usd"] == 0.5 and "gen_ai.usage.input_tokens" not in by_hand
+    assert by_route["spanhouse.cost_usd"] == pytest.approx(5.0)
+    assert (summed["gen_ai.usage.input_tokens"], summed["gen_ai.usage.output_tokens"]) == (10, 6)
+
+
 @pytest.mark.parametrize(("response", "tokens", "cost"), [
     # Bedrock's Converse API: camelCase, the cache's tokens apart as Anthropic's (model: the requested one)
     ({"usage": {"inputTokens": 1000, "outputTokens": 100, "cacheReadInputTokens": 5000, "cacheWriteInputTokens": 0}},
