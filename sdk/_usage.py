@@ -378,16 +378,13 @@ class StreamUsage:
                 self._last = item
 
     def _add_langchain(self, chunk: Any, meta: Any) -> None:
-        """Add a LangChain chunk's usage, unless the item is the message the chunks add up
-        to (yielded after them): its usage is their sum."""
-        if self._langchain is None:
+        """Add a LangChain message chunk's usage (``AIMessageChunk``: each its own); a whole
+        message (``AIMessage``, such as the one its chunks add up to, yielded after them)
+        reports the response's usage and replaces what the chunks added."""
+        if self._langchain is None or not type(chunk).__name__.endswith("Chunk"):
             self._langchain = {"usage_metadata": {"input_tokens": 0, "output_tokens": 0, "input_token_details": {
                 "cache_read": 0, "cache_creation": 0}}, "response_metadata": None}
         total = self._langchain["usage_metadata"]
-        if (total["input_tokens"] or total["output_tokens"]) and \
-                (_count(_field(meta, "input_tokens")), _count(_field(meta, "output_tokens"))) == \
-                (total["input_tokens"], total["output_tokens"]):
-            return
         total["input_tokens"] += _count(_field(meta, "input_tokens"))
         total["output_tokens"] += _count(_field(meta, "output_tokens"))
         details = _field(meta, "input_token_details")

@@ -978,11 +978,14 @@ def test_stream_usage_is_counted_once_whatever_the_stream_does(spans: CapturedSp
         yield start()
         yield {"type": "message_delta", "usage": {"input_tokens": 5000, "output_tokens": 50}}
 
+    class AIMessageChunk(SimpleNamespace):
+        pass
+
     @sdk.llm(model="claude-sonnet-4-5")
     def langchain() -> Iterator[SimpleNamespace]:
-        yield SimpleNamespace(usage_metadata={"input_tokens": 1000, "output_tokens": 0},
-                              response_metadata={"model_name": "claude-sonnet-4-5-20250929"})
-        yield SimpleNamespace(usage_metadata={"input_tokens": 0, "output_tokens": 50}, response_metadata={})
+        yield AIMessageChunk(usage_metadata={"input_tokens": 1000, "output_tokens": 0},
+                             response_metadata={"model_name": "claude-sonnet-4-5-20250929"})
+        yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 50}, response_metadata={})
 
     @sdk.llm(model="gpt-4o")
     def incomplete() -> Iterator[SimpleNamespace]:
@@ -1020,16 +1023,29 @@ def test_a_cost_given_a_gateways_dotted_claude_name_and_a_final_langchain_messag
     def routed() -> dict[str, Any]:
         return {"model": "anthropic/claude-opus-4.5", "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
 
+    class AIMessageChunk(SimpleNamespace):  # LangChain's names: each chunk its own usage
+        pass
+
+    class AIMessage(SimpleNamespace):  # a whole message: the response's usage
+        pass
+
     @sdk.llm(model="gpt-4o")
     def langchain() -> Iterator[SimpleNamespace]:
-        yield SimpleNamespace(usage_metadata={"input_tokens": 10, "output_tokens": 1})
-        yield SimpleNamespace(usage_metadata={"input_tokens": 0, "output_tokens": 5})
-        yield SimpleNamespace(usage_metadata={"input_tokens": 10, "output_tokens": 6})  # the chunks' sum
+        yield AIMessageChunk(usage_metadata={"input_tokens": 10, "output_tokens": 1})
+        yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 5})
+        yield AIMessage(usage_metadata={"input_tokens": 10, "output_tokens": 6})  # the chunks' sum
+
+    @sdk.llm(model="gpt-4o")
+    def equal_chunks() -> Iterator[SimpleNamespace]:  # two chunks alike are two chunks
+        yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 5})
+        yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 5})
 
     priced_by_hand()
     routed()
     list(langchain())
-    by_hand, by_route, summed = (s.attributes or {} for s in spans.spans())
+    list(equal_chunks())
+    by_hand, by_route, summed, alike = (s.attributes or {} for s in spans.spans())
+    assert alike["gen_ai.usage.output_tokens"] == 10
     assert by_hand["spanhouse.cost_usd"] == 0.5 and "gen_ai.usage.input_tokens" not in by_hand
     assert by_route["spanhouse.cost_usd"] == pytest.approx(5.0)
     assert (summed["gen_ai.usage.input_tokens"], summed["gen_ai.usage.output_tokens"]) == (10, 6)
