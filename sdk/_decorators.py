@@ -252,11 +252,11 @@ class ActiveCall:
         happens while recording (an exception whose ``__str__`` raises), and the caller
         gets ``exc`` itself."""
         try:
-            if not isinstance(exc, Exception) and not (isinstance(exc, SystemExit) and exc.code not in (None, 0)):
-                return
             span = self.span
             if self._stream is not None and not self._recorded_usage():  # a stream cut part-way was billed
-                self._stream.record(span)
+                self._stream.record(span)  # (cancelled too)
+            if not isinstance(exc, Exception) and not (isinstance(exc, SystemExit) and exc.code not in (None, 0)):
+                return
             if span.is_recording():
                 error_type = qualified_name(type(exc))
                 message = _message(exc)

@@ -996,17 +996,28 @@ def test_stream_usage_is_counted_once_whatever_the_stream_does(spans: CapturedSp
     def bedrock() -> dict[str, Any]:
         return {"usage": {"inputTokens": 1000, "outputTokens": 50}}
 
+    @sdk.llm(model="claude-sonnet-4-5")
+    async def cancelled() -> AsyncIterator[dict[str, Any]]:
+        yield start()
+        raise asyncio.CancelledError
+
+    async def consume() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            [e async for e in cancelled()]
+
     for stream in (told, server_tools, langchain, incomplete):
         list(stream())
     with pytest.raises(ConnectionError):
         list(cut())
+    asyncio.run(consume())
     bedrock()
     got = [(s.attributes or {}) for s in spans.spans()]
     tokens = [(a.get("gen_ai.usage.input_tokens"), a.get("gen_ai.usage.output_tokens")) for a in got]
-    assert tokens == [(1000, 50), (5000, 50), (1000, 50), (1000, 50), (1000, 1), (1000, 50)]
+    assert tokens == [(1000, 50), (5000, 50), (1000, 50), (1000, 50), (1000, 1), (1000, 1), (1000, 50)]
     sonnet = (1000 * 3 + 50 * 15) / 1e6
     assert [a.get("spanhouse.cost_usd") for a in got] == pytest.approx(
-        [sonnet, (5000 * 3 + 50 * 15) / 1e6, sonnet, (1000 * 2.5 + 50 * 10) / 1e6, (1000 * 3 + 15) / 1e6, sonnet])
+        [sonnet, (5000 * 3 + 50 * 15) / 1e6, sonnet, (1000 * 2.5 + 50 * 10) / 1e6, (1000 * 3 + 15) / 1e6,
+         (1000 * 3 + 15) / 1e6, sonnet])
 
 
 def test_a_cost_given_a_gateways_dotted_claude_name_and_a_final_langchain_message(spans: CapturedSpans) -> None:
