@@ -341,10 +341,12 @@ def _size_of(item: Any, *, unknown: int) -> int:
                 return total
             x = pending.pop()
             t = type(x)
+            if issubclass(t, _NOT_HELD):
+                continue
+            if t not in _SCALARS and t not in _TEXT and issubclass(t, (*_SCALARS, *_TEXT)):
+                pending.extend(itertools.islice(gc.get_referents(x), _SIZE_STEPS))  # a subclass's attributes
             if issubclass(t, _SCALARS):
                 total += 8
-            elif issubclass(t, _NOT_HELD):
-                continue
             elif (base := _builtin_base(t)) is not None and base in _TEXT:
                 total += base.__len__(x)
             elif t is memoryview:

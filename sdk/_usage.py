@@ -220,10 +220,11 @@ def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: i
                                min(existing.get(sc.USAGE_OUTPUT_TOKENS, 0) + outputs, _MAX_TOKENS))
         if model:
             span.set_attribute(sc.RESPONSE_MODEL, model)
-        if cost_usd is None:  # the model that answered (as a gateway names it: "openai/gpt-4o-mini", a Bedrock
-            # inference profile), else the one asked for
+        if cost_usd is None and (input_tokens is not None or output_tokens is not None):
+            # the model that answered (as a gateway names it: "openai/gpt-4o-mini", a Bedrock inference
+            # profile), else the one asked for; a model alone is no usage (its cost of 0 was taken for one)
             asked = existing.get(sc.REQUEST_MODEL)
-            cost_usd = next((cost for named in (model, _unprefixed(model), asked, _unprefixed(asked))
+            cost_usd = next((cost for named in (_unprefixed(model), model, _unprefixed(asked), asked)
                              if named and (cost := cost_of(named, inputs, outputs, *cached)) is not None), None)
         if cost_usd is not None:
             span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
@@ -235,14 +236,16 @@ _GATEWAY_PREFIXES: Final = ("us", "eu", "apac", "global", "anthropic", "amazon",
 
 def _unprefixed(model: str | None) -> str | None:
     """``model`` without a gateway's provider (OpenRouter's ``openai/gpt-4o-mini``) or
-    Bedrock's prefixes (``us.anthropic.claude-sonnet-4-5-20250929-v1:0``), or None when
-    it has none."""
+    Bedrock's prefixes (``us.anthropic.claude-sonnet-4-5-20250929-v1:0``), a Claude
+    name's dots as dashes (OpenRouter's ``claude-opus-4.5`` is Anthropic's
+    ``claude-opus-4-5``: by prefix it was priced as ``claude-opus-4``, 3x), or None when
+    that changes nothing."""
     if not model:
         return None
     name = model.rsplit("/", 1)[-1]
     while "." in name and name.split(".", 1)[0] in _GATEWAY_PREFIXES:
         name = name.split(".", 1)[1]
-    if name.startswith("claude") and name != model:  # OpenRouter's claude-opus-4.5 is Anthropic's claude-opus-4-5
+    if name.startswith("claude"):
         name = name.replace(".", "-")
     return name if name != model else None
 
@@ -346,12 +349,13 @@ class StreamUsage:
     the last one's (OpenAI, Gemini) or their sum (LangChain). Streamed calls had no
     tokens and no cost: the stream's items were read as one response."""
 
-    __slots__ = ("_anthropic", "_langchain", "_last")
+    __slots__ = ("_anthropic", "_langchain", "_langchain_chunks", "_last")
 
     def __init__(self) -> None:
         self._last: Any = None
         self._anthropic: dict[str, Any] | None = None
-        self._langchain: dict[str, Any] | None = None
+        self._langchain: dict[str, Any] | None = None  # whole messages' usage, summed
+        self._langchain_chunks: dict[str, Any] | None = None  # the chunks' since the last whole message
 
     def see(self, item: Any) -> None:
         """Look at one streamed item."""
@@ -377,29 +381,44 @@ class StreamUsage:
             elif _field(item, "usage") is not None or _field(item, "usage_metadata", "usageMetadata") is not None:
                 self._last = item
 
-    def _add_langchain(self, chunk: Any, meta: Any) -> None:
-        """Add a LangChain message chunk's usage (``AIMessageChunk``: each its own); a whole
-        message (``AIMessage``, such as the one its chunks add up to, yielded after them)
-        reports the response's usage and replaces what the chunks added."""
-        if self._langchain is None or not type(chunk).__name__.endswith("Chunk"):
-            self._langchain = {"usage_metadata": {"input_tokens": 0, "output_tokens": 0, "input_token_details": {
-                "cache_read": 0, "cache_creation": 0}}, "response_metadata": None}
-        total = self._langchain["usage_metadata"]
-        total["input_tokens"] += _count(_field(meta, "input_tokens"))
-        total["output_tokens"] += _count(_field(meta, "output_tokens"))
-        details = _field(meta, "input_token_details")
-        for name in ("cache_read", "cache_creation"):
-            total["input_token_details"][name] += _count(_field(details, name))
-        if _field(_field(chunk, "response_metadata"), "model_name", "model") is not None:
-            self._langchain["response_metadata"] = _field(chunk, "response_metadata")
+    def _add_langchain(self, item: Any, meta: Any) -> None:
+        """Add a LangChain item's usage: a chunk's (``AIMessageChunk``) to the chunks since
+        the last whole message; a whole message's (``AIMessage``, such as the one its
+        chunks add up to, yielded after them) to the messages' sum, in place of those
+        chunks'."""
+        if type(item).__name__.endswith("Chunk"):
+            self._langchain_chunks = _plus(self._langchain_chunks, item, meta)
+        else:
+            self._langchain = _plus(self._langchain, item, meta)
+            self._langchain_chunks = None
 
     def record(self, span: trace.Span) -> bool:
         """Record what the stream reported on ``span``; False if it reported nothing."""
-        response = next((r for r in (self._anthropic, self._langchain, self._last) if r is not None), None)
+        langchain = self._langchain
+        if self._langchain_chunks is not None:
+            meta = self._langchain_chunks["usage_metadata"]
+            langchain = _plus(langchain, self._langchain_chunks, meta)
+        response = next((r for r in (self._anthropic, langchain, self._last) if r is not None), None)
         if response is None:
             return False
         record_response_usage(span, response)
         return True
+
+
+def _plus(total: dict[str, Any] | None, item: Any, meta: Any) -> dict[str, Any]:
+    """``total`` (a LangChain message's shape, as a dict) with ``meta``'s usage added, and
+    ``item``'s model when it names one."""
+    details = _field(meta, "input_token_details")
+    old = total["usage_metadata"] if total is not None else {}
+    old_details = old.get("input_token_details", {})
+    model_of = _field(_field(item, "response_metadata"), "model_name", "model")
+    return {"usage_metadata": {
+        "input_tokens": old.get("input_tokens", 0) + _count(_field(meta, "input_tokens")),
+        "output_tokens": old.get("output_tokens", 0) + _count(_field(meta, "output_tokens")),
+        "input_token_details": {name: old_details.get(name, 0) + _count(_field(details, name))
+                                for name in ("cache_read", "cache_creation")}},
+        "response_metadata": {"model_name": model_of} if model_of is not None else
+        (total or {}).get("response_metadata")}
 
 
 def _count(value: Any) -> int:

@@ -759,6 +759,9 @@ def test_items_are_measured_as_their_data_whatever_their_container() -> None:
         pass
 
     assert _size_of(Blob(5 << 20), unknown=10**9) >= 5 << 20
+    tagged = Blob(b"id")
+    tagged.raw = bytearray(5 << 20)  # type: ignore[attr-defined]  # a text subclass's attributes count too
+    assert _size_of(tagged, unknown=10**9) >= 5 << 20
     assert _size_of(collections.deque([memoryview(bytearray(1 << 20))]), unknown=10**9) >= 1 << 20
 
 
@@ -1050,6 +1053,30 @@ def test_a_cost_given_a_gateways_dotted_claude_name_and_a_final_langchain_messag
     def equal_chunks() -> Iterator[SimpleNamespace]:  # two chunks alike are two chunks
         yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 5})
         yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 5})
+
+    @sdk.llm(model="gpt-4o")
+    def model_named_only() -> dict[str, Any]:  # a model alone is no usage: the response's stays
+        sdk.record_usage(model="gpt-4o-2024-08-06")
+        return {"model": "gpt-4o", "usage": {"prompt_tokens": 1000, "completion_tokens": 100}}
+
+    @sdk.llm(model="gpt-4o")
+    def two_langchain_calls() -> Iterator[SimpleNamespace]:  # each a chunk, then its whole message
+        for n in (100, 200):
+            yield AIMessageChunk(usage_metadata={"input_tokens": n, "output_tokens": n // 10})
+            yield AIMessage(usage_metadata={"input_tokens": n, "output_tokens": n // 10})
+
+    @sdk.llm(model="claude-opus-4.5")  # OpenRouter's dotted name, asked for directly
+    def dotted() -> dict[str, Any]:
+        return {"usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
+
+    model_named_only()
+    list(two_langchain_calls())
+    dotted()
+    named_only, two_calls, dotted_cost = (s.attributes or {} for s in spans.spans())
+    assert named_only["spanhouse.cost_usd"] == pytest.approx((1000 * 2.5 + 100 * 10) / 1e6)
+    assert (two_calls["gen_ai.usage.input_tokens"], two_calls["gen_ai.usage.output_tokens"]) == (300, 30)
+    assert dotted_cost["spanhouse.cost_usd"] == pytest.approx(5.0)
+    spans.clear()
 
     priced_by_hand()
     routed()
