@@ -11,7 +11,8 @@ import grpc
 import httpx
 import pytest
 
-from spanhouse.clickhouse import Store, deletion
+from spanhouse.clickhouse import Store
+from spanhouse.collector import api
 from spanhouse.collector.auth import Principal, add_key
 from spanhouse.collector.config import Settings
 from spanhouse.collector.ingest import Ingest
@@ -165,55 +166,44 @@ def test_spans_deleted_and_sent_again_are_stored_again(store: Store, tmp_path: P
     assert (_count(store, tenant), _count(store, other)) == (1, 1)
 
 
-def test_a_deletion_that_fails_part_way_forgets_and_one_removing_nothing_does_not(
-        store: Store, tmp_path: Path, tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deletion that failed after its DELETE statements ran (a rollup's rebuild, the
-    collector stopping between chunks) skipped the forgetting: a retried DELETE is a 404,
-    and the same spans sent again were acknowledged and stored nowhere. A bulk delete
-    that matched nothing forgot the tenant's requests: their resends were stored twice."""
-    gone, kept = trace_id(), trace_id()
-    body_gone = request([span("invoke_agent a", gone), span("tool", gone)]).SerializeToString()
-    body_kept = request([span("invoke_agent b", kept)]).SerializeToString()
-    with running_collector(store, tmp_path, tenant, scopes="ingest,read,admin") as c:
-        for body in (body_gone, body_kept):
-            assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
-        c.wait_drained()
-        r = _delete(f"{c.api_url}/api/v1/executions", params={"before": "1990-01-01T00:00:00"},
-                         headers=c.headers())
-        assert r.status_code == 200 and r.json() == {"executions": 0, "spans": 0}
-        assert grpc_export(c.grpc_target, body_kept, c.key)[0] is grpc.StatusCode.OK  # still a resend
-        assert metric(c.api_url, "spanhouse_resends_total") == 1
+@pytest.mark.parametrize(("outcome", "forgets"), [
+    ({"executions": 1, "spans": 2}, True),
+    # an execution still running has only its start marker, which the span count leaves
+    # out: forgot nothing, and the marker sent again was acknowledged and stored nowhere
+    ({"executions": 1, "spans": 0}, True),
+    ({"feedback": 1, "spans": 1}, True),  # feedback sent over OTLP: its span went
+    # a bulk delete that matched nothing, an API feedback item (no span): forgot all the
+    # tenant's requests, whose resends were then stored twice
+    ({"executions": 0, "spans": 0}, False), ({"feedback": 1, "spans": 0}, False), (None, False),
+    # failed after its DELETE statements ran (a rollup's rebuild, a stop between chunks):
+    # skipped the forgetting, and a retried DELETE is a 404
+    (RuntimeError("injected: ClickHouse failed rebuilding a rollup"), True),
+])
+def test_a_deletion_forgets_once_it_removed_something_or_failed(outcome: object, forgets: bool) -> None:
+    """The rule every deletion endpoint applies (``api._delete``); the whole path, a
+    deletion through the API and the same bytes sent again, is the test above (each
+    deletion on the session's store takes ~25 s in the full suite)."""
+    recent = RecentRequests(300)
+    key = recent.key("t", b"payload")
+    assert recent.begin(key)
+    recent.end(key, "t", acknowledged=True)
+    other = recent.key("u", b"payload")
+    assert recent.begin(other)
+    recent.end(other, "u", acknowledged=True)
+    ctx = api.ApiContext(None, None, recent)  # type: ignore[arg-type]  # _delete reads only ctx.recent
 
-        def rebuild_fails(*args: object, **kwargs: object) -> None:
-            raise RuntimeError("injected: ClickHouse failed rebuilding a rollup")
+    def run() -> object:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        with monkeypatch.context() as m:
-            m.setattr(deletion, "_recompute", rebuild_fails)
-            assert _delete(f"{c.api_url}/api/v1/executions/{gone.hex()}", headers=c.headers()).status_code == 500
-        assert _count(store, tenant) == 1  # the spans went before the rebuild failed
-        assert grpc_export(c.grpc_target, body_gone, c.key)[0] is grpc.StatusCode.OK
-        c.wait_drained()
-        assert metric(c.api_url, "spanhouse_resends_total") == 1
-    assert _count(store, tenant) == 3
-
-
-def test_a_running_execution_deleted_and_sent_again_is_stored_again(store: Store, tmp_path: Path,
-                                                                      tenant: str) -> None:
-    """An execution still running has only its start marker stored; its deletion counts
-    no span (markers are not shown as spans), so nothing was forgotten and the marker
-    sent again was acknowledged and stored nowhere."""
-    t = trace_id()
-    body = request([span("invoke_agent x", t, attributes={"spanhouse.execution.state": "running"})]).SerializeToString()
-    with running_collector(store, tmp_path, tenant, scopes="ingest,read,admin") as c:
-        assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
-        c.wait_drained()
-        r = _delete(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers())
-        assert r.status_code == 200 and r.json() == {"executions": 1, "spans": 0}
-        assert _count(store, tenant) == 0
-        assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.OK
-        c.wait_drained()
-        assert httpx.get(f"{c.api_url}/api/v1/executions/{t.hex()}", headers=c.headers()).status_code == 200
-    assert _count(store, tenant) == 1
+    if isinstance(outcome, Exception):
+        with pytest.raises(RuntimeError):
+            api._delete(ctx, "t", run)
+    else:
+        assert api._delete(ctx, "t", run) == outcome
+    assert recent.begin(key) is forgets
+    assert not recent.begin(other)  # another tenant's requests stay remembered
 
 
 @pytest.mark.parametrize("window", [-1, 3601])
