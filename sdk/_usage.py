@@ -224,7 +224,11 @@ def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: i
             # the model that answered (as a gateway names it: "openai/gpt-4o-mini", a Bedrock inference
             # profile), else the one asked for; a model alone is no usage (its cost of 0 was taken for one)
             asked = existing.get(sc.REQUEST_MODEL)
-            cost_usd = next((cost for named in (_unprefixed(model), model, _unprefixed(asked), asked)
+            names = [n for n in (model, _unprefixed(model), asked, _unprefixed(asked)) if n]
+            # an entry of the name's own first (one registered for a gateway's name), then by prefix
+            # with the gateway's prefixes gone (claude-opus-4.5 is not claude-opus-4)
+            names = [n for n in names if n in PRICES] + [_unprefixed(model), model, _unprefixed(asked), asked]
+            cost_usd = next((cost for named in names
                              if named and (cost := cost_of(named, inputs, outputs, *cached)) is not None), None)
         if cost_usd is not None:
             span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
@@ -382,15 +386,20 @@ class StreamUsage:
                 self._last = item
 
     def _add_langchain(self, item: Any, meta: Any) -> None:
-        """Add a LangChain item's usage: a chunk's (``AIMessageChunk``) to the chunks since
-        the last whole message; a whole message's (``AIMessage``, such as the one its
-        chunks add up to, yielded after them) to the messages' sum, in place of those
-        chunks'."""
-        if type(item).__name__.endswith("Chunk"):
-            self._langchain_chunks = _plus(self._langchain_chunks, item, meta)
-        else:
+        """Add a LangChain item's usage. What the chunks since the last whole message add
+        up to, yielded after them (their ``AIMessage``, or the chunk their ``+`` makes),
+        replaces them; any other chunk (``AIMessageChunk``) adds to them, any other whole
+        message to the messages' sum (another call's: the chunks before it stay)."""
+        pending = self._langchain_chunks
+        chunk = type(item).__name__.endswith("Chunk")
+        if pending is not None and pending["count"] >= (2 if chunk else 1) and \
+                _tokens(meta) == _tokens(pending["usage_metadata"]):  # their sum: counted once
             self._langchain = _plus(self._langchain, item, meta)
             self._langchain_chunks = None
+        elif chunk:
+            self._langchain_chunks = {**_plus(pending, item, meta), "count": (pending or {}).get("count", 0) + 1}
+        else:
+            self._langchain = _plus(self._langchain, item, meta)
 
     def record(self, span: trace.Span) -> bool:
         """Record what the stream reported on ``span``; False if it reported nothing."""
@@ -403,6 +412,10 @@ class StreamUsage:
             return False
         record_response_usage(span, response)
         return True
+
+
+def _tokens(meta: Any) -> tuple[int, int]:
+    return _count(_field(meta, "input_tokens")), _count(_field(meta, "output_tokens"))
 
 
 def _plus(total: dict[str, Any] | None, item: Any, meta: Any) -> dict[str, Any]:

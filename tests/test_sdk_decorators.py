@@ -1069,13 +1069,41 @@ def test_a_cost_given_a_gateways_dotted_claude_name_and_a_final_langchain_messag
     def dotted() -> dict[str, Any]:
         return {"usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
 
+    @sdk.llm(model="gpt-4o")
+    def chunks_then_invoke() -> Iterator[SimpleNamespace]:  # call 1 streamed, call 2 invoked whole
+        yield AIMessageChunk(usage_metadata={"input_tokens": 100, "output_tokens": 0})
+        yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 10})
+        yield AIMessage(usage_metadata={"input_tokens": 200, "output_tokens": 20})
+
+    @sdk.llm(model="gpt-4o")
+    def chunks_then_their_sum() -> Iterator[SimpleNamespace]:  # the chunks' `+`: a chunk too
+        yield AIMessageChunk(usage_metadata={"input_tokens": 100, "output_tokens": 0})
+        yield AIMessageChunk(usage_metadata={"input_tokens": 0, "output_tokens": 10})
+        yield AIMessageChunk(usage_metadata={"input_tokens": 100, "output_tokens": 10})
+
+    @sdk.llm(model="openrouter/openai/gpt-4o")  # a price registered for the gateway's own name wins
+    def registered() -> dict[str, Any]:
+        return {"usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
+
     model_named_only()
     list(two_langchain_calls())
     dotted()
-    named_only, two_calls, dotted_cost = (s.attributes or {} for s in spans.spans())
+    list(chunks_then_invoke())
+    list(chunks_then_their_sum())
+    saved = dict(sdk.PRICES)
+    try:
+        sdk.register_price("openrouter/openai/gpt-4o", input_per_million=100, output_per_million=100)
+        registered()
+    finally:
+        sdk.PRICES.clear()
+        sdk.PRICES.update(saved)
+    named_only, two_calls, dotted_cost, then_invoke, then_sum, by_registry = (s.attributes or {} for s in spans.spans())
     assert named_only["spanhouse.cost_usd"] == pytest.approx((1000 * 2.5 + 100 * 10) / 1e6)
     assert (two_calls["gen_ai.usage.input_tokens"], two_calls["gen_ai.usage.output_tokens"]) == (300, 30)
     assert dotted_cost["spanhouse.cost_usd"] == pytest.approx(5.0)
+    assert (then_invoke["gen_ai.usage.input_tokens"], then_invoke["gen_ai.usage.output_tokens"]) == (300, 30)
+    assert (then_sum["gen_ai.usage.input_tokens"], then_sum["gen_ai.usage.output_tokens"]) == (100, 10)
+    assert by_registry["spanhouse.cost_usd"] == pytest.approx(100.0)
     spans.clear()
 
     priced_by_hand()
