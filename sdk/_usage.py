@@ -223,13 +223,7 @@ def record_usage_on(span: trace.Span, input_tokens: int | None, output_tokens: i
         if cost_usd is None and (input_tokens is not None or output_tokens is not None):
             # the model that answered (as a gateway names it: "openai/gpt-4o-mini", a Bedrock inference
             # profile), else the one asked for; a model alone is no usage (its cost of 0 was taken for one)
-            asked = existing.get(sc.REQUEST_MODEL)
-            names = [n for n in (model, _unprefixed(model), asked, _unprefixed(asked)) if n]
-            # an entry of the name's own first (one registered for a gateway's name), then by prefix
-            # with the gateway's prefixes gone (claude-opus-4.5 is not claude-opus-4)
-            names = [n for n in names if n in PRICES] + [_unprefixed(model), model, _unprefixed(asked), asked]
-            cost_usd = next((cost for named in names
-                             if named and (cost := cost_of(named, inputs, outputs, *cached)) is not None), None)
+            cost_usd = cost_of(_priced_name(model, existing.get(sc.REQUEST_MODEL)), inputs, outputs, *cached)
         if cost_usd is not None:
             span.set_attribute(sc.COST_USD, existing.get(sc.COST_USD, 0.0) + float(cost_usd))
 
@@ -252,6 +246,17 @@ def _unprefixed(model: str | None) -> str | None:
     if name.startswith("claude"):
         name = name.replace(".", "-")
     return name if name != model else None
+
+
+def _priced_name(*models: str | None) -> str | None:
+    """Which of ``models`` (the one that answered, the one asked for) prices a call: the
+    first with an entry of its own, as given or without a gateway's prefixes (one
+    registered for ``openrouter/openai/gpt-4o``), else the first priced by prefix, its
+    gateway's prefixes gone first (``claude-opus-4.5`` is not ``claude-opus-4``)."""
+    exact = [name for model in models for name in (model, _unprefixed(model)) if name]
+    shortened = [name for model in models for name in (_unprefixed(model), model) if name]
+    return next((name for name in exact if name in PRICES), None) or \
+        next((name for name in shortened if _price_key(name) is not None), None)
 
 
 def record_response_usage(span: trace.Span, response: Any) -> None:
@@ -353,13 +358,14 @@ class StreamUsage:
     the last one's (OpenAI, Gemini) or their sum (LangChain). Streamed calls had no
     tokens and no cost: the stream's items were read as one response."""
 
-    __slots__ = ("_anthropic", "_langchain", "_langchain_chunks", "_last")
+    __slots__ = ("_anthropic", "_chunk_count", "_langchain", "_langchain_chunks", "_last")
 
     def __init__(self) -> None:
         self._last: Any = None
         self._anthropic: dict[str, Any] | None = None
         self._langchain: dict[str, Any] | None = None  # whole messages' usage, summed
         self._langchain_chunks: dict[str, Any] | None = None  # the chunks' since the last whole message
+        self._chunk_count = 0  # how many
 
     def see(self, item: Any) -> None:
         """Look at one streamed item."""
@@ -392,12 +398,13 @@ class StreamUsage:
         message to the messages' sum (another call's: the chunks before it stay)."""
         pending = self._langchain_chunks
         chunk = type(item).__name__.endswith("Chunk")
-        if pending is not None and pending["count"] >= (2 if chunk else 1) and \
+        if pending is not None and self._chunk_count >= (2 if chunk else 1) and \
                 _tokens(meta) == _tokens(pending["usage_metadata"]):  # their sum: counted once
             self._langchain = _plus(self._langchain, item, meta)
-            self._langchain_chunks = None
+            self._langchain_chunks, self._chunk_count = None, 0
         elif chunk:
-            self._langchain_chunks = {**_plus(pending, item, meta), "count": (pending or {}).get("count", 0) + 1}
+            self._langchain_chunks = _plus(pending, item, meta)
+            self._chunk_count += 1
         else:
             self._langchain = _plus(self._langchain, item, meta)
 
