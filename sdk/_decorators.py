@@ -315,6 +315,7 @@ _SIZE_STEPS: Final = 256
 """Objects ``_size_of`` looks at inside one item before it calls the item large."""
 
 _SCALARS: Final = (int, float, bool, type(None))
+_TEXT: Final = (str, bytes, bytearray)
 _CONTAINERS: Final = (dict, list, tuple, set, frozenset, collections.deque)
 _NOT_HELD: Final = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                     types.CodeType)
@@ -359,9 +360,6 @@ def _size_of(item: Any, *, unknown: int) -> int:
         return total if not pending else unknown
     except Exception:  # noqa: BLE001
         return unknown
-
-
-_TEXT: Final = (str, bytes, bytearray)
 
 
 @functools.lru_cache(maxsize=256)
