@@ -243,6 +243,19 @@ class ActiveCall:
         finally:
             self.end()
 
+    def returned(self, result: Any) -> Any:
+        """End the span after a normal return of ``result``, and give what the caller gets:
+        ``result``, or for a model call that returns its stream unread, the stream behind
+        a proxy that ends the span once it has been read (``stream_proxy``)."""
+        if self._stream is not None:
+            # Loaded by the first model call: wrapt (its proxy) takes ~20 ms to import.
+            from spanhouse.sdk._returned_stream import stream_proxy
+            if (proxy := stream_proxy(result, self)) is not None:
+                self.leave()
+                return proxy
+        self.succeed(result)
+        return result
+
     def fail(self, exc: BaseException) -> None:
         """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR
         for an ``Exception`` or ``sys.exit()`` with a failing status. Not for the other
@@ -271,6 +284,10 @@ class ActiveCall:
     def end(self) -> None:
         """End the span (and make it no longer current)."""
         self.span.end()
+        self.leave()
+
+    def leave(self) -> None:
+        """Make the span no longer current, open or not."""
         if self._token is not None:
             context_api.detach(self._token)
             self._token = None
@@ -483,8 +500,7 @@ def _function_wrapper(func: Callable[P, R], spec: _Spec) -> Callable[P, R]:
         except BaseException as exc:
             call.fail(exc)
             raise
-        call.succeed(result)
-        return result
+        return call.returned(result)
 
     return wrapper
 
@@ -500,8 +516,7 @@ def _coroutine_wrapper(func: Callable[P, Any], spec: _Spec) -> Callable[P, Any]:
         except BaseException as exc:
             call.fail(exc)
             raise
-        call.succeed(result)
-        return result
+        return call.returned(result)
 
     return wrapper
 
@@ -854,7 +869,9 @@ def llm(func: Any = None, /, *, model: str | None = None, provider: str | None =
     Anthropic and OpenAI clients' responses do; Gemini's, Bedrock's and LangChain's
     shapes), or is a generator whose items (a stream's chunks or events) report it, it
     is recorded with its cost; otherwise call ``record_usage()`` inside, which then
-    replaces what the response reports.
+    replaces what the response reports. A function that returns its stream unread
+    (``return client.chat.completions.create(stream=True)``) keeps its span open until
+    the caller has read, closed or dropped the stream (see ``_returned_stream``).
 
     Args:
         model: ``gen_ai.request.model``, also the price-table key; without it the span is

@@ -1,0 +1,196 @@
+"""An ``@llm`` function that returns its stream unread (``return client.chat.completions.create(stream=True)``)
+recorded no tokens and no cost, and its span ended before a token was streamed. The real
+OpenAI client streams from a server on 127.0.0.1 answering as OpenAI's API does (SSE
+chunks, the usage in a last chunk when ``stream_options.include_usage`` is asked for)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from unittest.mock import MagicMock
+
+import openai
+import pytest
+from opentelemetry.trace import StatusCode
+
+from spanhouse import sdk
+from spanhouse.sdk.testing import CapturedSpans, capture_spans
+
+MODEL = "gpt-4o-mini"
+WORDS = ["Hello", " from", " the", " stream"]
+USAGE = {"prompt_tokens": 1000, "completion_tokens": 4, "total_tokens": 1004}
+COST = (1000 * 0.15 + 4 * 0.6) / 1e6  # gpt-4o-mini's list price per million tokens
+
+
+def _chunk(delta: dict[str, Any], usage: dict[str, int] | None = None, finish: str | None = None) -> bytes:
+    choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": f"{MODEL}-2024-07-18",
+            "choices": choices, "usage": usage}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class _ChatCompletions(BaseHTTPRequestHandler):
+    """POST /v1/chat/completions with stream=True, as OpenAI answers it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        events = [_chunk({"role": "assistant", "content": ""})]
+        events += [_chunk({"content": word}) for word in WORDS]
+        events.append(_chunk({}, finish="stop"))
+        if request.get("stream_options", {}).get("include_usage"):
+            events.append(_chunk({}, usage=USAGE))
+        events.append(b"data: [DONE]\n\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        try:
+            for event in events:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):  # a client that closed its stream early
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatCompletions)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def spans() -> Iterator[CapturedSpans]:
+    with capture_spans(capture_content=False) as captured:
+        yield captured
+
+
+def _ended(spans: CapturedSpans) -> list[str]:
+    return [span.name for span in spans.spans()]
+
+
+def test_a_returned_stream_keeps_the_span_open_until_read_and_records_its_usage(
+        spans: CapturedSpans, base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0)
+
+    @sdk.llm(model=MODEL, provider="openai")
+    def ask(question: str) -> openai.Stream[Any]:
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}],
+                                              stream=True, stream_options={"include_usage": True})
+
+    stream = ask("hi")
+    assert isinstance(stream, openai.Stream)  # the caller's code sees the client's own type
+    assert stream.response.status_code == 200
+    assert _ended(spans) == []  # open while the stream is unread
+    before_reading = time.time_ns()
+    with stream:
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "".join(WORDS)
+    span = spans.by_name(f"chat {MODEL}")
+    got = span.attributes or {}
+    assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == (1000, 4)
+    assert got["spanhouse.cost_usd"] == pytest.approx(COST)
+    assert got["gen_ai.response.model"] == f"{MODEL}-2024-07-18"
+    assert span.status.status_code is not StatusCode.ERROR
+    assert span.end_time is not None and span.end_time >= before_reading  # it covers the streaming
+
+
+def test_an_async_returned_stream_records_its_usage_at_its_end(spans: CapturedSpans, base_url: str) -> None:
+    async def run() -> str:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0)
+
+        @sdk.llm(model=MODEL)
+        async def ask() -> openai.AsyncStream[Any]:
+            return await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                        stream=True, stream_options={"include_usage": True})
+
+        stream = await ask()
+        assert isinstance(stream, openai.AsyncStream)
+        assert _ended(spans) == []
+        async with stream:
+            parts = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+        await client.close()
+        return "".join(parts)
+
+    assert asyncio.run(run()) == "".join(WORDS)
+    got = spans.by_name(f"chat {MODEL}").attributes or {}
+    assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == (1000, 4)
+    assert got["spanhouse.cost_usd"] == pytest.approx(COST)
+
+
+def test_a_returned_stream_closed_early_or_dropped_ends_its_span(spans: CapturedSpans, base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0)
+
+    @sdk.llm(model=MODEL)
+    def ask() -> openai.Stream[Any]:
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                              stream=True, stream_options={"include_usage": True})
+
+    stream = ask()
+    next(stream)
+    stream.close()
+    assert _ended(spans) == [f"chat {MODEL}"]
+    spans.clear()
+
+    ask()  # dropped unread
+    gc.collect()
+    assert _ended(spans) == [f"chat {MODEL}"]
+    assert spans.spans()[0].status.status_code is not StatusCode.ERROR
+
+
+def test_a_returned_stream_failing_part_way_fails_its_call_with_the_usage_so_far(spans: CapturedSpans) -> None:
+    def anthropic_events() -> Iterator[dict[str, Any]]:
+        yield {"type": "message_start", "message": {"model": "claude-sonnet-4-5-20250929",
+                                                    "usage": {"input_tokens": 1000, "output_tokens": 1}}}
+        raise ConnectionError("stream reset")
+
+    @sdk.llm(model="claude-sonnet-4-5")
+    def ask() -> Iterator[dict[str, Any]]:
+        return anthropic_events()
+
+    stream = ask()
+    with pytest.raises(ConnectionError):
+        list(stream)
+    span = spans.by_name("chat claude-sonnet-4-5")
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["gen_ai.usage.input_tokens"] == 1000
+
+
+def test_what_is_not_a_stream_ends_the_span_at_return(spans: CapturedSpans) -> None:
+    """A response model iterable over its fields, a mock answering every magic method, and
+    the result of a tool (not a model call) are returned as they are."""
+    response = {"model": MODEL, "usage": USAGE}
+
+    @sdk.llm(model=MODEL)
+    def ask() -> Any:
+        return response
+
+    @sdk.llm(model=MODEL)
+    def mocked() -> Any:
+        return MagicMock()
+
+    @sdk.tool
+    def numbers() -> Iterator[int]:
+        return iter([1, 2])
+
+    assert ask() is response
+    assert isinstance(mocked(), MagicMock)
+    assert type(numbers()).__name__ == "list_iterator"
+    assert sorted(_ended(spans)) == sorted([f"chat {MODEL}", f"chat {MODEL}", "execute_tool numbers"])
