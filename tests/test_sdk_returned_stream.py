@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
 
@@ -194,3 +198,118 @@ def test_what_is_not_a_stream_ends_the_span_at_return(spans: CapturedSpans) -> N
     assert isinstance(mocked(), MagicMock)
     assert type(numbers()).__name__ == "list_iterator"
     assert sorted(_ended(spans)) == sorted([f"chat {MODEL}", f"chat {MODEL}", "execute_tool numbers"])
+
+
+ANTHROPIC_START = {"type": "message_start", "message": {"model": "claude-sonnet-4-5-20250929",
+                                                        "usage": {"input_tokens": 1000, "output_tokens": 1}}}
+ANTHROPIC_DELTA = {"type": "message_delta", "usage": {"output_tokens": 50}}
+
+
+def test_a_stream_read_both_ways_or_driven_by_send_and_throw_ends_its_span(spans: CapturedSpans) -> None:
+    """A review found a stream iterable both ways (LiteLLM's) given the async proxy, whose
+    inherited __iter__ handed a `for` loop the raw stream (no chunk seen, the span open
+    until collected), and a returned generator's send() and throw() passing the proxy by
+    (its end and its failure ended nothing)."""
+    class BothWays:  # litellm's CustomStreamWrapper: __next__ and __anext__, each iterator itself
+        def __init__(self) -> None:
+            self._events = iter([ANTHROPIC_START, ANTHROPIC_DELTA])
+
+        def __iter__(self) -> BothWays:
+            return self
+
+        def __aiter__(self) -> BothWays:
+            return self
+
+        def __next__(self) -> dict[str, Any]:
+            return next(self._events)
+
+        async def __anext__(self) -> dict[str, Any]:
+            return next(self._events, None) or self._stop()
+
+        def _stop(self) -> Any:
+            raise StopAsyncIteration
+
+    def events() -> Iterator[dict[str, Any]]:
+        yield ANTHROPIC_START
+        yield ANTHROPIC_DELTA
+
+    @sdk.llm(model="claude-sonnet-4-5")
+    def ask(stream: Any) -> Any:
+        return stream
+
+    assert len(list(ask(BothWays()))) == 2
+    assert [(span.attributes or {})["gen_ai.usage.output_tokens"] for span in spans.spans()] == [50]
+    spans.clear()
+
+    driven = ask(events())
+    driven.send(None)
+    driven.send("more")
+    with pytest.raises(StopIteration):
+        driven.send("more")
+    assert [(span.attributes or {})["gen_ai.usage.output_tokens"] for span in spans.spans()] == [50]
+    spans.clear()
+
+    failed = ask(events())
+    next(failed)
+    with pytest.raises(ConnectionError):
+        failed.throw(ConnectionError("stream reset"))
+    assert [span.status.status_code for span in spans.spans()] == [StatusCode.ERROR]
+
+
+def test_a_returned_stream_gains_no_way_of_being_read_or_closed(spans: CapturedSpans) -> None:
+    """The first proxy had close(), __iter__ and a context manager's methods whatever the
+    stream had: a WSGI server closing what has close() called a map object's missing one,
+    and httpx took an async stream given as a request body for a sync one (Iterable)."""
+    @sdk.llm(model=MODEL)
+    def ask(stream: Any) -> Any:
+        return stream
+
+    async def events() -> Any:
+        yield {"model": MODEL, "usage": USAGE}
+
+    mapped = ask(map(dict, [{"model": MODEL, "usage": USAGE}]))
+    assert not hasattr(mapped, "close")
+    with pytest.raises(TypeError):
+        with mapped:
+            pass
+    streamed = ask(events())
+    assert not isinstance(streamed, Iterable) and isinstance(streamed, AsyncIterable)
+    assert not hasattr(streamed, "close") and hasattr(streamed, "aclose")
+    asyncio.run(streamed.aclose())
+    list(mapped)
+    assert len(spans.spans()) == 2
+
+
+EXIT_SCRIPT = """
+import tempfile
+scratch = tempfile.TemporaryDirectory()  # a weakref.finalize made before the SDK's provider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from spanhouse import sdk
+
+class Print(SpanExporter):
+    def export(self, spans):
+        for span in spans:
+            if span.name.startswith("chat"):
+                print("exported", span.name, flush=True)
+        return SpanExportResult.SUCCESS
+
+sdk.configure(exporter=Print(), service_name="exit-test")
+
+@sdk.llm(model="gpt-4o-mini")
+def ask():
+    return iter([{"model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}])
+
+stream = ask()  # still unread at exit
+"""
+
+
+def test_a_stream_unread_at_exit_is_exported(tmp_path: Path) -> None:
+    """A review found weakref.finalize's exit hook, registered at the first finalizer anyone
+    made (here a TemporaryDirectory's, before configure()), running after the tracer
+    provider's shutdown: the span of a stream still open at exit was lost."""
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OTEL_SDK_DISABLED": "false"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["exported chat gpt-4o-mini"]
