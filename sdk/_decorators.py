@@ -250,7 +250,12 @@ class ActiveCall:
         if self._stream is not None:
             # Loaded by the first model call: wrapt (its proxy) takes ~20 ms to import.
             from spanhouse.sdk._returned_stream import stream_proxy
-            if (proxy := stream_proxy(result, self)) is not None:
+            try:
+                proxy = stream_proxy(result, self)
+            except Exception:  # noqa: BLE001 - an odd result (an unhashable type): returned as it is
+                logger.debug("spanhouse could not watch the stream %s returned", self._spec.name, exc_info=True)
+                proxy = None
+            if proxy is not None:
                 self.leave()
                 return proxy
         self.succeed(result)
@@ -595,7 +600,7 @@ def _set_all(changes: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
         var.set(value)
 
 
-class _InContext:
+class InContext:
     """Await ``awaitable`` with its code running in the steps' context: what asyncio does
     for a task's coroutine, here for one step of an async generator (see ``_Steps``)."""
 
@@ -672,13 +677,13 @@ def _async_generator_wrapper(func: Callable[P, AsyncGen], spec: _Spec) -> Callab
         thrown: BaseException | None = None
         try:
             while True:
-                item = await _InContext(steps, agen.asend(sent) if thrown is None else agen.athrow(thrown))
+                item = await InContext(steps, agen.asend(sent) if thrown is None else agen.athrow(thrown))
                 sent = thrown = None
                 call.collect(item)
                 try:
                     sent = yield item
                 except GeneratorExit:
-                    await _InContext(steps, agen.aclose())
+                    await InContext(steps, agen.aclose())
                     raise
                 except BaseException as exc:  # consumer's athrow(): pass it into the generator
                     thrown = exc

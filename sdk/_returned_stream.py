@@ -32,9 +32,11 @@ import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import wrapt
+
+from spanhouse.sdk._decorators import InContext, _Steps
 
 if TYPE_CHECKING:
     from spanhouse.sdk._decorators import ActiveCall
@@ -50,9 +52,13 @@ def stream_proxy(value: Any, call: ActiveCall) -> Any | None:
     return None if proxy_class is None else proxy_class(value, call)
 
 
-class _Ending:
-    """Ends one returned stream's call exactly once, whoever comes first: the reader
-    (its end, a failure, a close), the garbage collector, or the interpreter's exit.
+class _Reading:
+    """One returned stream's call while it is read: the context the stream's own code
+    runs in, the call's span current as in a decorated generator (``ActiveCall.steps``:
+    a tool or ``record_usage()`` inside a returned generator belonged to the caller's
+    span), and the call's end, exactly once, whoever comes first: the reader (its end, a
+    failure, a close), the garbage collector, or the interpreter's exit. Both are let go
+    of then: a caller keeping a finished stream kept what the call had captured.
 
     At exit, ``weakref.finalize`` would run only after the tracer provider's shutdown
     when anything (a ``TemporaryDirectory``) made the first finalizer before the
@@ -60,34 +66,58 @@ class _Ending:
     ended by spanhouse's own exit hook instead, registered with the first of them (after
     the provider that records them), so it runs before the provider's shutdown."""
 
-    __slots__ = ("__weakref__", "_call", "_finalizer")
+    __slots__ = ("__weakref__", "_call", "_finalizer", "_steps")
 
     def __init__(self, proxy: object, call: ActiveCall) -> None:
-        self._call = call
+        self._call: ActiveCall | None = call
+        self._steps: _Steps | None = call.steps()
         self._finalizer = weakref.finalize(proxy, self._succeed)  # refers to this, not to the proxy
         self._finalizer.atexit = False
         _open.add(self)
         _exit_hook()
 
-    def _succeed(self) -> None:
-        _open.discard(self)
-        self._call.succeed(self._call.yielded())
+    def run(self, step: Callable[..., Any], *args: Any) -> Any:
+        """One step of the stream's own code, in the call's context while it is open."""
+        steps = self._steps
+        return step(*args) if steps is None else steps.run(step, *args)
+
+    def awaited(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
+        """``awaitable`` to be awaited in the call's context while it is open."""
+        steps = self._steps
+        return awaitable if steps is None else InContext(steps, awaitable)
+
+    def collect(self, item: Any) -> None:
+        """An item read: looked at for usage and kept for the output (``ActiveCall.collect``)."""
+        call = self._call
+        if call is not None:
+            call.collect(item)
 
     def succeed(self) -> None:
         """The stream was read to its end, closed or left: a success, with the items read."""
         self._finalizer()
 
-    def stop(self, exc: BaseException, end: type[BaseException]) -> None:
-        """The stream raised ``exc``: its ``end`` (StopIteration...) is a success, any
-        other a failure of the call (``ActiveCall.fail`` tells a cancellation apart)."""
+    def stop(self, exc: BaseException, end: type[BaseException] | tuple[()] = ()) -> None:
+        """The stream raised ``exc``: its ``end`` (StopIteration...) is a success, an
+        ``Exception`` a failure of the call. Anything else (a read cancelled by a
+        per-chunk timeout, Ctrl-C) leaves it open: the stream may go on being read, and
+        a close, the garbage collector or the exit ends it."""
         if isinstance(exc, end):
             self.succeed()
-        elif self._finalizer.detach() is not None:
-            _open.discard(self)
-            self._call.fail(exc)
+        elif isinstance(exc, Exception) and self._finalizer.detach() is not None:
+            if (call := self._release()) is not None:
+                call.fail(exc)
+
+    def _succeed(self) -> None:
+        if (call := self._release()) is not None:
+            call.succeed(call.yielded())
+
+    def _release(self) -> ActiveCall | None:
+        _open.discard(self)
+        call, self._call, self._steps = self._call, None, None
+        return call
 
 
-_open: set[_Ending] = set()
+_open: set[_Reading] = set()
 """The returned streams whose calls have not ended, ended at exit."""
 
 
@@ -97,48 +127,56 @@ def _exit_hook() -> None:
 
 
 def _end_open_streams() -> None:
-    for ending in list(_open):
-        ending.succeed()
+    for reading in list(_open):
+        reading.succeed()
 
 
 class _Watched(wrapt.ObjectProxy):  # type: ignore[misc]
-    """What every proxy holds: the call, ended once (``_Ending``), and each item read
-    looked at (``ActiveCall.collect``)."""
+    """What every proxy holds: the call being read (``_Reading``)."""
 
     def __init__(self, wrapped: Any, call: ActiveCall) -> None:
         super().__init__(wrapped)
-        self._self_call = call
-        self._self_ending = _Ending(self, call)
+        self._self_reading = _Reading(self, call)
 
     def _self_step(self, end: type[BaseException], step: Callable[..., Any], *args: Any) -> Any:
+        reading = self._self_reading
         try:
-            item = step(*args)
+            item = reading.run(step, *args)
         except BaseException as exc:
-            self._self_ending.stop(exc, end)
+            reading.stop(exc, end)
             raise
-        self._self_call.collect(item)
+        reading.collect(item)
         return item
 
     async def _self_astep(self, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        reading = self._self_reading
         try:
-            item = await step(*args)
+            item = await reading.awaited(step(*args))
         except BaseException as exc:
-            self._self_ending.stop(exc, StopAsyncIteration)
+            reading.stop(exc, StopAsyncIteration)
             raise
-        self._self_call.collect(item)
+        reading.collect(item)
         return item
 
     def _self_closed(self, close: Callable[[], Any]) -> Any:
+        reading = self._self_reading
         try:
-            return close()
-        finally:
-            self._self_ending.succeed()
+            result = reading.run(close)
+        except BaseException as exc:
+            reading.stop(exc)
+            raise
+        reading.succeed()
+        return result
 
     async def _self_aclosed(self, close: Callable[[], Awaitable[Any]]) -> Any:
+        reading = self._self_reading
         try:
-            return await close()
-        finally:
-            self._self_ending.succeed()
+            result = await reading.awaited(close())
+        except BaseException as exc:
+            reading.stop(exc)
+            raise
+        reading.succeed()
+        return result
 
 
 class _Next(_Watched):
@@ -225,11 +263,20 @@ def _proxy_class(kind: type) -> type[_Watched] | None:
     ) if present]
     if not pieces or pieces[0] not in (_Next, _ANext):
         return None
-    # What the stream cannot do the proxy cannot either: wrapt's ObjectProxy has an
-    # __iter__ (an async stream would look iterable) and a context manager's methods.
-    namespace: dict[str, Any] = {}
-    if not has("__iter__"):
-        namespace["__iter__"] = None
-    if _With not in pieces:
-        namespace["__enter__"] = namespace["__exit__"] = None
-    return type(f"Returned{kind.__name__}", tuple(pieces), namespace)
+    proxy_class = type(f"Returned{kind.__name__}", tuple(pieces), {})
+    # What the stream cannot do the proxy cannot either: wrapt's ObjectProxy has every
+    # operator's and protocol's method (an async stream looked iterable, a generator
+    # Sized, a sync stream an async context manager).
+    for name in _PROXY_SPECIALS:
+        if not hasattr(kind, name) and getattr(proxy_class, name, None) is getattr(wrapt.ObjectProxy, name, None):
+            setattr(proxy_class, name, None)
+    return proxy_class
+
+
+_PROXY_SPECIALS: Final = frozenset(
+    name for proxy_class in wrapt.ObjectProxy.__mro__ for name in vars(proxy_class)
+    if name.startswith("__") and name.endswith("__") and not hasattr(object, name)
+) - {"__getattr__", "__wrapped__", "__bool__", "__copy__", "__deepcopy__", "__annotations__", "__class_getitem__",
+     "__mro_entries__", "__object_proxy__", "__self_dict__", "__self_setattr__"}
+"""ObjectProxy's special methods an object may lack (its own workings and ``__bool__``,
+true for any object, apart)."""

@@ -13,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterable, Iterable, Iterator
+import weakref
+from collections.abc import AsyncIterable, Container, Iterable, Iterator, Sized
+from contextlib import AbstractAsyncContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,12 @@ def test_a_returned_stream_closed_early_or_dropped_ends_its_span(spans: Captured
     assert _ended(spans) == [f"chat {MODEL}"]
     spans.clear()
 
+    stream = ask()
+    with stream:
+        next(stream)
+    assert _ended(spans) == [f"chat {MODEL}"]
+    spans.clear()
+
     ask()  # dropped unread
     gc.collect()
     assert _ended(spans) == [f"chat {MODEL}"]
@@ -186,16 +194,18 @@ def test_what_is_not_a_stream_ends_the_span_at_return(spans: CapturedSpans) -> N
     def ask() -> Any:
         return response
 
+    mock = MagicMock()
+
     @sdk.llm(model=MODEL)
     def mocked() -> Any:
-        return MagicMock()
+        return mock
 
     @sdk.tool
     def numbers() -> Iterator[int]:
         return iter([1, 2])
 
     assert ask() is response
-    assert isinstance(mocked(), MagicMock)
+    assert mocked() is mock
     assert type(numbers()).__name__ == "list_iterator"
     assert sorted(_ended(spans)) == sorted([f"chat {MODEL}", f"chat {MODEL}", "execute_tool numbers"])
 
@@ -272,12 +282,13 @@ def test_a_returned_stream_gains_no_way_of_being_read_or_closed(spans: CapturedS
     with pytest.raises(TypeError):
         with mapped:
             pass
+    assert not isinstance(ask(iter([])), Sized | Container | AbstractAsyncContextManager)
     streamed = ask(events())
     assert not isinstance(streamed, Iterable) and isinstance(streamed, AsyncIterable)
     assert not hasattr(streamed, "close") and hasattr(streamed, "aclose")
     asyncio.run(streamed.aclose())
     list(mapped)
-    assert len(spans.spans()) == 2
+    assert len(spans.spans()) == 3
 
 
 EXIT_SCRIPT = """
@@ -313,3 +324,107 @@ def test_a_stream_unread_at_exit_is_exported(tmp_path: Path) -> None:
                           env={**os.environ, "OTEL_SDK_DISABLED": "false"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["exported chat gpt-4o-mini"]
+
+
+def test_a_returned_generator_runs_in_its_call_and_lets_go_of_it_once_ended(spans: CapturedSpans) -> None:
+    """A second review: a returned generator's code ran in the caller's context (a tool it
+    called was the caller's child, its record_usage() landed on the caller's span); a
+    finished stream the caller kept held what the call had kept of its items; a close
+    that raised was a success; an unhashable stream type made the call raise."""
+    class Chunk:
+        pass
+
+    kept: list[weakref.ref[Chunk]] = []
+
+    @sdk.tool
+    def lookup() -> str:
+        return "found"
+
+    def chunks() -> Iterator[Chunk]:
+        lookup()
+        sdk.record_usage(input_tokens=10, output_tokens=2)
+        chunk = Chunk()
+        kept.append(weakref.ref(chunk))
+        yield chunk
+
+    @sdk.llm(model=MODEL)
+    def ask() -> Iterator[Chunk]:
+        return chunks()
+
+    @sdk.agent
+    def agent() -> Iterator[Chunk]:
+        return ask()
+
+    with capture_spans(capture_content=True) as captured:
+        stream = agent()
+        assert len(list(stream)) == 1
+        gc.collect()
+        assert kept[0]() is None  # the finished stream, still kept, holds no item
+        llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool lookup")
+    assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+    assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 10
+
+    def failing_cleanup() -> Iterator[int]:
+        try:
+            yield 1
+        finally:
+            raise ConnectionError("cleanup failed")
+
+    class Meta(type):
+        def __eq__(cls, other: object) -> bool:
+            return cls is other
+        __hash__ = None  # type: ignore[assignment]
+
+    class Unhashable(metaclass=Meta):
+        def __iter__(self) -> Unhashable:
+            return self
+
+        def __next__(self) -> int:
+            raise StopIteration
+
+    @sdk.llm(model=MODEL)
+    def returned(stream: Any) -> Any:
+        return stream
+
+    closing = returned(failing_cleanup())
+    next(closing)
+    with pytest.raises(ConnectionError):
+        closing.close()
+    assert [span.status.status_code for span in spans.spans()] == [StatusCode.ERROR]
+    odd = Unhashable()
+    assert returned(odd) is odd
+    assert len(spans.spans()) == 2
+
+
+def test_a_read_cut_by_a_per_chunk_timeout_leaves_the_stream_open(spans: CapturedSpans) -> None:
+    """A per-chunk timeout (wait_for on each __anext__) cancels a read the stream
+    survives: the first one ended the span, and the usage read after it was lost."""
+    class Queued:
+        def __init__(self) -> None:
+            self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def __aiter__(self) -> Queued:
+            return self
+
+        async def __anext__(self) -> dict[str, Any]:
+            chunk = await self.queue.get()
+            if not chunk:
+                raise StopAsyncIteration
+            return chunk
+
+    @sdk.llm(model=MODEL)
+    async def ask(stream: Queued) -> Any:
+        return stream
+
+    async def run() -> None:
+        source = Queued()
+        stream = await ask(source)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(stream.__anext__(), 0.01)
+        assert _ended(spans) == []
+        source.queue.put_nowait({"model": MODEL, "usage": USAGE})
+        source.queue.put_nowait({})
+        assert [chunk async for chunk in stream] == [{"model": MODEL, "usage": USAGE}]
+
+    asyncio.run(run())
+    assert [(span.attributes or {})["gen_ai.usage.input_tokens"] for span in spans.spans()] == [1000]
