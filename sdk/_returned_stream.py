@@ -29,6 +29,7 @@ import atexit
 import functools
 import inspect
 import sys
+import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -66,20 +67,32 @@ class _Reading:
     ended by spanhouse's own exit hook instead, registered with the first of them (after
     the provider that records them), so it runs before the provider's shutdown."""
 
-    __slots__ = ("__weakref__", "_call", "_finalizer", "_steps")
+    __slots__ = ("__weakref__", "_call", "_finalizer", "_running", "_steps")
 
     def __init__(self, proxy: object, call: ActiveCall) -> None:
         self._call: ActiveCall | None = call
         self._steps: _Steps | None = call.steps()
+        self._running = threading.Lock()  # held while a step runs in the steps' context
         self._finalizer = weakref.finalize(proxy, self._succeed)  # refers to this, not to the proxy
         self._finalizer.atexit = False
         _open.add(self)
         _exit_hook()
 
     def run(self, step: Callable[..., Any], *args: Any) -> Any:
-        """One step of the stream's own code, in the call's context while it is open."""
+        """One step of the stream's own code, in the call's context while it is open.
+        A context runs one step at a time: a step while another runs (a close from
+        another thread, the usual way to cancel a stream, or a second reader) runs in
+        a copy of it, as the raw stream would let it (entered twice, the context
+        refused it, and the close did not happen)."""
         steps = self._steps
-        return step(*args) if steps is None else steps.run(step, *args)
+        if steps is None:
+            return step(*args)
+        if not self._running.acquire(blocking=False):
+            return steps.context.copy().run(step, *args)
+        try:
+            return steps.run(step, *args)
+        finally:
+            self._running.release()
 
     def awaited(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
         """``awaitable`` to be awaited in the call's context while it is open."""
@@ -268,7 +281,8 @@ def _proxy_class(kind: type) -> type[_Watched] | None:
     # operator's and protocol's method (an async stream looked iterable, a generator
     # Sized, a sync stream an async context manager).
     for name in _PROXY_SPECIALS:
-        if not hasattr(kind, name) and getattr(proxy_class, name, None) is getattr(wrapt.ObjectProxy, name, None):
+        # (None: blanked, where the stream is another call's proxy)
+        if getattr(kind, name, None) is None and getattr(proxy_class, name, None) is getattr(wrapt.ObjectProxy, name, None):
             setattr(proxy_class, name, None)
     return proxy_class
 

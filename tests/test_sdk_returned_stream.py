@@ -6,15 +6,17 @@ chunks, the usage in a last chunk when ``stream_options.include_usage`` is asked
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, Container, Iterable, Iterator, Sized
+from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator, Sized
 from contextlib import AbstractAsyncContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -428,3 +430,118 @@ def test_a_read_cut_by_a_per_chunk_timeout_leaves_the_stream_open(spans: Capture
 
     asyncio.run(run())
     assert [(span.attributes or {})["gen_ai.usage.input_tokens"] for span in spans.spans()] == [1000]
+
+
+def test_a_returned_async_generator_runs_in_its_call_and_sees_the_callers_variables(spans: CapturedSpans) -> None:
+    """A third review: nothing tested the async steps' context, nor that a ContextVar the
+    caller sets between reads reaches the stream's code, as in a plain generator."""
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+    seen: list[str] = []
+
+    @sdk.tool
+    async def lookup() -> str:
+        return "found"
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        await lookup()
+        sdk.record_usage(input_tokens=10, output_tokens=2)
+        yield {"n": 1}
+        seen.append(request_id.get())
+        yield {"n": 2}
+
+    @sdk.llm(model=MODEL)
+    async def ask() -> AsyncIterator[dict[str, Any]]:
+        return chunks()
+
+    async def run() -> None:
+        stream = await ask()
+        await stream.__anext__()
+        request_id.set("r-42")
+        await stream.__anext__()
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+
+    asyncio.run(run())
+    llm_span, tool_span = spans.by_name(f"chat {MODEL}"), spans.by_name("execute_tool lookup")
+    assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+    assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 10
+    assert seen == ["r-42"]
+
+
+def test_an_async_stream_closed_or_left_early_ends_its_span(spans: CapturedSpans, base_url: str) -> None:
+    async def run() -> None:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0)
+
+        @sdk.llm(model=MODEL)
+        async def ask() -> openai.AsyncStream[Any]:
+            return await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                        stream=True)
+
+        stream = await ask()
+        await stream.__anext__()
+        await stream.close()
+        assert len(spans.spans()) == 1
+        async with await ask() as stream:
+            async for _ in stream:
+                break
+        assert len(spans.spans()) == 2
+        await client.close()
+
+    asyncio.run(run())
+
+
+def test_a_stream_closed_from_another_thread_while_read_is_closed(spans: CapturedSpans) -> None:
+    """Every step entered one context, which cannot be entered twice at once: a close()
+    from another thread (a stop button) while the reader waited raised RuntimeError,
+    did not close the stream, and failed the call."""
+    class Waiting:
+        def __init__(self) -> None:
+            self.items: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+        def __iter__(self) -> Waiting:
+            return self
+
+        def __next__(self) -> dict[str, Any]:
+            item = self.items.get(timeout=30)
+            if item is None:
+                raise StopIteration
+            return item
+
+        def close(self) -> None:
+            self.items.put(None)
+
+    @sdk.llm(model=MODEL)
+    def ask() -> Any:
+        return Waiting()
+
+    stream = ask()
+    reader = threading.Thread(target=lambda: list(stream))
+    reader.start()
+    time.sleep(0.1)  # the reader waits inside the stream's __next__
+    stream.close()
+    reader.join(30)
+    assert not reader.is_alive()
+    assert [span.status.status_code for span in spans.spans()] == [StatusCode.UNSET]
+
+
+def test_an_llm_returning_another_llms_stream_answers_as_the_stream(spans: CapturedSpans) -> None:
+    """The third review: the outer proxy, built from the inner proxy's class, took its
+    blanked methods for the stream's own (an async stream became Iterable again)."""
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        yield {"model": MODEL, "usage": USAGE}
+
+    @sdk.llm(model=MODEL)
+    def inner(stream: Any) -> Any:
+        return stream
+
+    @sdk.llm(model=MODEL)
+    def outer(stream: Any) -> Any:
+        return inner(stream)
+
+    synchronous = outer(iter([{"model": MODEL, "usage": USAGE}]))
+    assert not isinstance(synchronous, Sized | Container | AbstractAsyncContextManager)
+    asynchronous = outer(events())
+    assert not isinstance(asynchronous, Iterable)
+    list(synchronous)
+    asyncio.run(asynchronous.aclose())
+    assert len(spans.spans()) == 4
