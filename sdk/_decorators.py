@@ -64,6 +64,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
+_GENERATORS: Final = (types.GeneratorType, types.AsyncGeneratorType)
 _ROOT: Final = context_api.Context()  # a context with no span: start_span(context=_ROOT) makes a root
 _ids = RandomIdGenerator()
 _INPUT_KEY: Final = "input"
@@ -245,13 +246,16 @@ class ActiveCall:
 
     def returned(self, result: Any) -> Any:
         """End the span after a normal return of ``result``, and give what the caller gets:
-        ``result``, or for a model call that returns its stream unread, the stream behind
-        a proxy that ends the span once it has been read (``stream_proxy``)."""
-        if self._stream is not None:
-            # Loaded by the first model call: wrapt (its proxy) takes ~20 ms to import.
+        ``result``, or a stream returned unread behind a proxy that ends the span once it
+        has been read (``stream_proxy``): for a model call any iterator (its usage is in
+        the chunks), for the other decorators a generator, which is where the work
+        happens (as Langfuse's ``@observe`` has it: a tool returning ``(r for r in
+        ...)``, an execution returning the generator a web framework streams)."""
+        if self._stream is not None or (isinstance(result, _GENERATORS) and self.span.is_recording()):
+            # Loaded by the first such return: wrapt (its proxy) takes ~20 ms to import.
             from spanhouse.sdk._returned_stream import stream_proxy
             try:
-                proxy = stream_proxy(result, self)
+                proxy = stream_proxy(result, self, any_iterator=self._stream is not None)
             except Exception:  # noqa: BLE001 - an odd result (an unhashable type): returned as it is
                 logger.debug("spanhouse could not watch the stream %s returned", self._spec.name, exc_info=True)
                 proxy = None

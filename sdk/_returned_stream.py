@@ -1,15 +1,18 @@
-"""A model call that returns its stream unread: ``return client.chat.completions.create(stream=True)``.
+"""A decorated function that returns its stream unread: ``return client.chat.completions.create(stream=True)``.
 
-The decorated function returns before a token is streamed, so its span could hold no
-usage and no cost, and its duration was the time to the response's headers. As
-Langfuse's ``@observe`` does for a returned generator, the stream is handed back behind
-a transparent proxy (``wrapt.ObjectProxy``: ``isinstance(stream, openai.Stream)``,
+The function returns before a token is streamed, so its span could hold no usage and no
+cost, and its duration was the time to the response's headers. As Langfuse's
+``@observe`` does for a returned generator, the stream is handed back behind a
+transparent proxy (``wrapt.ObjectProxy``: ``isinstance(stream, openai.Stream)``,
 ``stream.response`` and the rest still answer as the stream's own) that keeps the span
 open while the caller reads it and ends it, with the usage its chunks reported
 (``StreamUsage``), when the stream is read to its end, fails, is closed (``close()``,
 ``aclose()``, the end of a ``with`` block) or is dropped unfinished (garbage collected,
 or at interpreter exit). Closing early or dropping it is a success with what was read,
-as for a decorated generator closed by its consumer.
+as for a decorated generator closed by its consumer. A model call's stream is any
+iterator; for the other decorators only a generator is one (a tool returning
+``(r for r in rows)``, an execution returning what a web framework streams): other
+iterators they return are results like any other.
 
 A stream is what iteration steps through itself: an object whose type has ``__next__``
 (OpenAI's and Anthropic's ``Stream``, a generator, any iterator) or ``__anext__``
@@ -30,6 +33,7 @@ import functools
 import inspect
 import sys
 import threading
+import types
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -43,9 +47,11 @@ if TYPE_CHECKING:
     from spanhouse.sdk._decorators import ActiveCall
 
 
-def stream_proxy(value: Any, call: ActiveCall) -> Any | None:
+def stream_proxy(value: Any, call: ActiveCall, *, any_iterator: bool) -> Any | None:
     """``value`` behind a proxy that ends ``call`` when it has been read, or None when
-    ``value`` is not a stream."""
+    ``value`` is not a stream (``any_iterator`` false: not a generator)."""
+    if not any_iterator and not isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
+        return None
     mock = sys.modules.get("unittest.mock")
     if mock is not None and isinstance(value, mock.NonCallableMock):
         return None

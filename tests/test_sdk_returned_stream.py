@@ -545,3 +545,35 @@ def test_an_llm_returning_another_llms_stream_answers_as_the_stream(spans: Captu
     list(synchronous)
     asyncio.run(asynchronous.aclose())
     assert len(spans.spans()) == 4
+
+
+def test_a_generator_returned_by_any_decorator_is_covered_by_its_span() -> None:
+    """As Langfuse's @observe does: a tool returning a generator ended its span before the
+    work (and the model calls made while it is read were the caller's); an execution
+    returning the generator a web framework streams ended before its answer was sent."""
+    @sdk.llm(model=MODEL)
+    def summarize(row: int) -> dict[str, Any]:
+        return {"model": MODEL, "usage": USAGE}
+
+    @sdk.tool
+    def search(query: str) -> Iterator[int]:
+        return (summarize(row) and row for row in range(3))
+
+    @sdk.execution
+    def handle() -> AsyncIterator[str]:
+        async def answer() -> AsyncIterator[str]:
+            for row in search("q"):
+                yield str(row)
+        return answer()
+
+    async def serve() -> list[str]:
+        return [part async for part in handle()]
+
+    with capture_spans(capture_content=True) as captured:
+        assert asyncio.run(serve()) == ["0", "1", "2"]
+        execution, tool = captured.by_name("invoke_workflow handle"), captured.by_name("execute_tool search")
+        calls = [span for span in captured.spans() if span.name == f"chat {MODEL}"]
+    assert len(calls) == 3 and all(c.parent is not None and c.parent.span_id == tool.context.span_id for c in calls)
+    assert tool.parent is not None and tool.parent.span_id == execution.context.span_id
+    assert json.loads((tool.attributes or {})["gen_ai.tool.call.result"]) == [0, 1, 2]
+    assert execution.end_time is not None and tool.end_time is not None and execution.end_time >= tool.end_time
