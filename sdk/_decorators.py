@@ -250,8 +250,10 @@ class ActiveCall:
         has been read (``stream_proxy``): for a model call any iterator (its usage is in
         the chunks), for the other decorators a generator, which is where the work
         happens (as Langfuse's ``@observe`` has it: a tool returning ``(r for r in
-        ...)``, an execution returning the generator a web framework streams)."""
-        if self._stream is not None or (isinstance(result, _GENERATORS) and self.span.is_recording()):
+        ...)``, an execution returning the generator a web framework streams), recording
+        or not: unrecorded, its code still runs in the call's context (an execution's
+        ``record=False``, its id for ``current_execution_id()``)."""
+        if self._stream is not None or isinstance(result, _GENERATORS):
             # Loaded by the first such return: wrapt (its proxy) takes ~20 ms to import.
             from spanhouse.sdk._returned_stream import stream_proxy
             try:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 def stream_proxy(value: Any, call: ActiveCall, *, any_iterator: bool) -> Any | None:
     """``value`` behind a proxy that ends ``call`` when it has been read, or None when
     ``value`` is not a stream (``any_iterator`` false: not a generator)."""
-    if not any_iterator and not isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
+    if not any_iterator and not isinstance(value, _GENERATORS):
         return None
     mock = sys.modules.get("unittest.mock")
     if mock is not None and isinstance(value, mock.NonCallableMock):
@@ -73,37 +73,57 @@ class _Reading:
     ended by spanhouse's own exit hook instead, registered with the first of them (after
     the provider that records them), so it runs before the provider's shutdown."""
 
-    __slots__ = ("__weakref__", "_call", "_finalizer", "_running", "_steps")
+    __slots__ = ("__weakref__", "_busy", "_call", "_finalizer", "_generator", "_running", "_steps")
 
-    def __init__(self, proxy: object, call: ActiveCall) -> None:
+    def __init__(self, proxy: object, stream: Any, call: ActiveCall) -> None:
         self._call: ActiveCall | None = call
         self._steps: _Steps | None = call.steps()
+        self._generator = isinstance(stream, _GENERATORS)
         self._running = threading.Lock()  # held while a step runs in the steps' context
+        self._busy = False  # an async step is being awaited
         self._finalizer = weakref.finalize(proxy, self._succeed)  # refers to this, not to the proxy
         self._finalizer.atexit = False
         _open.add(self)
         _exit_hook()
 
-    def run(self, step: Callable[..., Any], *args: Any) -> Any:
-        """One step of the stream's own code, in the call's context while it is open.
+    def run(self, end: type[BaseException] | tuple[()], step: Callable[..., Any], *args: Any) -> Any:
+        """One step of the stream's own code, in the call's context while it is open;
+        ``end`` ends the call as a success, another exception as ``stop`` says.
+
         A context runs one step at a time: a step while another runs (a close from
         another thread, the usual way to cancel a stream, or a second reader) runs in
         a copy of it, as the raw stream would let it (entered twice, the context
-        refused it, and the close did not happen)."""
+        refused it, and the close did not happen), and only its ``end`` is the call's: a
+        generator refusing it ("already executing") goes on being read."""
         steps = self._steps
         if steps is None:
             return step(*args)
-        if not self._running.acquire(blocking=False):
-            return steps.context.copy().run(step, *args)
+        own = self._running.acquire(blocking=False)
         try:
-            return steps.run(step, *args)
+            return steps.run(step, *args) if own else steps.context.copy().run(step, *args)
+        except BaseException as exc:
+            self._stopped(exc, end, own=own)
+            raise
         finally:
-            self._running.release()
+            if own:
+                self._running.release()
 
-    def awaited(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
-        """``awaitable`` to be awaited in the call's context while it is open."""
+    async def awaited(self, end: type[BaseException] | tuple[()], awaitable: Awaitable[Any]) -> Any:
+        """``run`` for an async step: ``awaitable`` awaited in the call's context; one
+        awaited while another is (an ``aclose()`` from another task) in the caller's."""
         steps = self._steps
-        return awaitable if steps is None else InContext(steps, awaitable)
+        own = steps is not None and not self._busy
+        if own:
+            self._busy = True
+        try:
+            return await (InContext(steps, awaitable) if own and steps is not None else awaitable)
+        except BaseException as exc:
+            if steps is not None:
+                self._stopped(exc, end, own=own)
+            raise
+        finally:
+            if own:
+                self._busy = False
 
     def collect(self, item: Any) -> None:
         """An item read: looked at for usage and kept for the output (``ActiveCall.collect``)."""
@@ -115,14 +135,17 @@ class _Reading:
         """The stream was read to its end, closed or left: a success, with the items read."""
         self._finalizer()
 
-    def stop(self, exc: BaseException, end: type[BaseException] | tuple[()] = ()) -> None:
-        """The stream raised ``exc``: its ``end`` (StopIteration...) is a success, an
-        ``Exception`` a failure of the call. Anything else (a read cancelled by a
-        per-chunk timeout, Ctrl-C) leaves it open: the stream may go on being read, and
-        a close, the garbage collector or the exit ends it."""
+    def _stopped(self, exc: BaseException, end: type[BaseException] | tuple[()], *, own: bool) -> None:
+        """A step raised ``exc``: ``end`` (StopIteration...) is a success; an
+        ``Exception`` fails the call, and so does any other exception out of a generator,
+        which it finishes (``ActiveCall.fail`` says which are errors: a failing
+        ``sys.exit()``, not Ctrl-C or a cancellation). Out of another stream, those leave
+        it open (a read cut by a per-chunk timeout: the stream goes on being read, and a
+        close, the garbage collector or the exit ends it); out of a step that ran beside
+        another, only its end counts."""
         if isinstance(exc, end):
             self.succeed()
-        elif isinstance(exc, Exception) and self._finalizer.detach() is not None:
+        elif own and (self._generator or isinstance(exc, Exception)) and self._finalizer.detach() is not None:
             if (call := self._release()) is not None:
                 call.fail(exc)
 
@@ -135,6 +158,8 @@ class _Reading:
         call, self._call, self._steps = self._call, None, None
         return call
 
+
+_GENERATORS: Final = (types.GeneratorType, types.AsyncGeneratorType)
 
 _open: set[_Reading] = set()
 """The returned streams whose calls have not ended, ended at exit."""
@@ -155,46 +180,26 @@ class _Watched(wrapt.ObjectProxy):  # type: ignore[misc]
 
     def __init__(self, wrapped: Any, call: ActiveCall) -> None:
         super().__init__(wrapped)
-        self._self_reading = _Reading(self, call)
+        self._self_reading = _Reading(self, wrapped, call)
 
     def _self_step(self, end: type[BaseException], step: Callable[..., Any], *args: Any) -> Any:
-        reading = self._self_reading
-        try:
-            item = reading.run(step, *args)
-        except BaseException as exc:
-            reading.stop(exc, end)
-            raise
-        reading.collect(item)
+        item = self._self_reading.run(end, step, *args)
+        self._self_reading.collect(item)
         return item
 
     async def _self_astep(self, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        reading = self._self_reading
-        try:
-            item = await reading.awaited(step(*args))
-        except BaseException as exc:
-            reading.stop(exc, StopAsyncIteration)
-            raise
-        reading.collect(item)
+        item = await self._self_reading.awaited(StopAsyncIteration, step(*args))
+        self._self_reading.collect(item)
         return item
 
     def _self_closed(self, close: Callable[[], Any]) -> Any:
-        reading = self._self_reading
-        try:
-            result = reading.run(close)
-        except BaseException as exc:
-            reading.stop(exc)
-            raise
-        reading.succeed()
+        result = self._self_reading.run((), close)
+        self._self_reading.succeed()
         return result
 
     async def _self_aclosed(self, close: Callable[[], Awaitable[Any]]) -> Any:
-        reading = self._self_reading
-        try:
-            result = await reading.awaited(close())
-        except BaseException as exc:
-            reading.stop(exc)
-            raise
-        reading.succeed()
+        result = await self._self_reading.awaited((), close())
+        self._self_reading.succeed()
         return result
 
 

@@ -577,3 +577,62 @@ def test_a_generator_returned_by_any_decorator_is_covered_by_its_span() -> None:
     assert tool.parent is not None and tool.parent.span_id == execution.context.span_id
     assert json.loads((tool.attributes or {})["gen_ai.tool.call.result"]) == [0, 1, 2]
     assert execution.end_time is not None and tool.end_time is not None and execution.end_time >= tool.end_time
+
+
+def test_a_returned_generator_ends_as_a_generator_function_would(spans: CapturedSpans) -> None:
+    """A fourth review: an unrecorded execution's returned generator ran in the caller's
+    context (its tools recorded as roots); a close the running generator refused
+    ("already executing", from another thread) failed the call and lost what was read
+    after it; a sys.exit() out of it left the span open, to end at collection as a
+    success."""
+    @sdk.tool
+    def lookup(i: int) -> int:
+        return i
+
+    @sdk.execution(record=False)
+    def unrecorded() -> Iterator[int]:
+        return (lookup(i) for i in range(2))
+
+    assert list(unrecorded()) == [0, 1]
+    assert spans.spans() == []
+
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow() -> Iterator[int]:
+        yield 0
+        inside.set()
+        go_on.wait(30)
+        yield 1
+
+    @sdk.tool
+    def stream() -> Iterator[int]:
+        return slow()
+
+    read: list[int] = []
+    with capture_spans(capture_content=True) as captured:
+        returned = stream()
+        reader = threading.Thread(target=lambda: read.extend(returned))
+        reader.start()
+        assert inside.wait(30)
+        with pytest.raises(ValueError, match="already executing"):
+            returned.close()
+        go_on.set()
+        reader.join(30)
+        span = captured.by_name("execute_tool stream")
+    assert read == [0, 1]
+    assert span.status.status_code is StatusCode.UNSET
+    assert json.loads((span.attributes or {})["gen_ai.tool.call.result"]) == [0, 1]
+
+    def exits() -> Iterator[int]:
+        yield 0
+        sys.exit(3)
+
+    @sdk.tool
+    def leaving() -> Iterator[int]:
+        return exits()
+
+    kept = leaving()
+    with pytest.raises(SystemExit):
+        list(kept)
+    assert [(span.status.status_code, (span.attributes or {}).get("error.type")) for span in spans.spans()] == [
+        (StatusCode.ERROR, "SystemExit")]
