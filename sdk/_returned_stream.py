@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import wrapt
 
+from spanhouse.sdk._content import logger
 from spanhouse.sdk._decorators import InContext, _Steps
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ def stream_proxy(value: Any, call: ActiveCall, *, any_iterator: bool) -> Any | N
     ``value`` is not a stream (``any_iterator`` false: not a generator)."""
     if not any_iterator and not isinstance(value, _GENERATORS):
         return None
+    if isinstance(value, types.GeneratorType) and value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE:
+        return None  # a @types.coroutine's generator is awaited: a proxy could not be
     mock = sys.modules.get("unittest.mock")
     if mock is not None and isinstance(value, mock.NonCallableMock):
         return None
@@ -67,24 +70,34 @@ class _Reading:
     failure, a close), the garbage collector, or the interpreter's exit. Both are let go
     of then: a caller keeping a finished stream kept what the call had captured.
 
+    Dropped unfinished (``for row in rows(): break``), a generator is closed in the
+    call's context before the call ends, as a decorated generator function's is: its
+    ``finally`` and the blocks it held open across a yield ran in the caller's,
+    after the call had ended. (An async generator is left to its event loop's
+    finalizer, which closes it in the loop's context.)
+
     At exit, ``weakref.finalize`` would run only after the tracer provider's shutdown
     when anything (a ``TemporaryDirectory``) made the first finalizer before the
-    provider was configured, and the span was never exported: the open streams are
-    ended by spanhouse's own exit hook instead, registered with the first of them (after
-    the provider that records them), so it runs before the provider's shutdown."""
+    provider was configured, and the span was never exported: a recorded stream still
+    open is ended by spanhouse's own exit hook instead, registered again whenever one
+    opens while none is (after any provider made before it, so it runs before their
+    shutdown). An unrecorded call has nothing to export and is not held there."""
 
     __slots__ = ("__weakref__", "_busy", "_call", "_finalizer", "_generator", "_running", "_steps")
 
     def __init__(self, proxy: object, stream: Any, call: ActiveCall) -> None:
         self._call: ActiveCall | None = call
         self._steps: _Steps | None = call.steps()
-        self._generator = isinstance(stream, _GENERATORS)
+        self._generator = stream if isinstance(stream, _GENERATORS) else None
         self._running = threading.Lock()  # held while a step runs in the steps' context
         self._busy = False  # an async step is being awaited
         self._finalizer = weakref.finalize(proxy, self._succeed)  # refers to this, not to the proxy
         self._finalizer.atexit = False
-        _open.add(self)
-        _exit_hook()
+        if call.span.is_recording():
+            if not _open:
+                atexit.unregister(_end_open_streams)
+                atexit.register(_end_open_streams)
+            _open.add(self)
 
     def run(self, end: type[BaseException] | tuple[()], step: Callable[..., Any], *args: Any) -> Any:
         """One step of the stream's own code, in the call's context while it is open;
@@ -136,38 +149,51 @@ class _Reading:
         self._finalizer()
 
     def _stopped(self, exc: BaseException, end: type[BaseException] | tuple[()], *, own: bool) -> None:
-        """A step raised ``exc``: ``end`` (StopIteration...) is a success; an
-        ``Exception`` fails the call, and so does any other exception out of a generator,
-        which it finishes (``ActiveCall.fail`` says which are errors: a failing
-        ``sys.exit()``, not Ctrl-C or a cancellation). Out of another stream, those leave
-        it open (a read cut by a per-chunk timeout: the stream goes on being read, and a
-        close, the garbage collector or the exit ends it); out of a step that ran beside
-        another, only its end counts."""
+        """A step raised ``exc``: ``end`` (StopIteration...) is a success; out of a
+        generator it has finished, any exception fails the call (``ActiveCall.fail``
+        says which are errors: a failing ``sys.exit()``, not Ctrl-C or a cancellation);
+        out of another stream, an ``Exception`` does, and anything else leaves it open (a
+        read cut by a per-chunk timeout: the stream goes on being read, and a close, the
+        garbage collector or the exit ends it); out of a step that ran beside another,
+        only its end counts."""
+        generator = self._generator
         if isinstance(exc, end):
             self.succeed()
-        elif own and (self._generator or isinstance(exc, Exception)) and self._finalizer.detach() is not None:
+        elif own and (isinstance(exc, Exception) if generator is None else _finished(generator)) \
+                and self._finalizer.detach() is not None:
             if (call := self._release()) is not None:
                 call.fail(exc)
 
     def _succeed(self) -> None:
+        generator, steps = self._generator, self._steps
+        if isinstance(generator, types.GeneratorType) and steps is not None and not _finished(generator) \
+                and self._running.acquire(blocking=False):
+            try:
+                steps.run(generator.close)
+            except Exception:  # noqa: BLE001 - its cleanup failing: the caller has long moved on
+                logger.debug("spanhouse: a dropped generator failed to close", exc_info=True)
+            finally:
+                self._running.release()
         if (call := self._release()) is not None:
             call.succeed(call.yielded())
 
     def _release(self) -> ActiveCall | None:
         _open.discard(self)
-        call, self._call, self._steps = self._call, None, None
+        call, self._call, self._steps, self._generator = self._call, None, None, None
         return call
+
+
+def _finished(generator: types.GeneratorType[Any, Any, Any] | types.AsyncGeneratorType[Any, Any]) -> bool:
+    """Whether ``generator`` has ended: an exception out of a step that it refused
+    without running (a value sent before it started) leaves it as it was."""
+    frame = generator.gi_frame if isinstance(generator, types.GeneratorType) else generator.ag_frame
+    return frame is None
 
 
 _GENERATORS: Final = (types.GeneratorType, types.AsyncGeneratorType)
 
 _open: set[_Reading] = set()
 """The returned streams whose calls have not ended, ended at exit."""
-
-
-@functools.cache
-def _exit_hook() -> None:
-    atexit.register(_end_open_streams)
 
 
 def _end_open_streams() -> None:

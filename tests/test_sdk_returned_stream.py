@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator, Sized
 from contextlib import AbstractAsyncContextManager
@@ -306,6 +307,12 @@ class Print(SpanExporter):
                 print("exported", span.name, flush=True)
         return SpanExportResult.SUCCESS
 
+@sdk.tool
+def rows():
+    return (i for i in range(2))
+
+assert list(rows()) == [0, 1]  # a generator returned before configure(): its exit hook came first
+
 sdk.configure(exporter=Print(), service_name="exit-test")
 
 @sdk.llm(model="gpt-4o-mini")
@@ -319,7 +326,8 @@ stream = ask()  # still unread at exit
 def test_a_stream_unread_at_exit_is_exported(tmp_path: Path) -> None:
     """A review found weakref.finalize's exit hook, registered at the first finalizer anyone
     made (here a TemporaryDirectory's, before configure()), running after the tracer
-    provider's shutdown: the span of a stream still open at exit was lost."""
+    provider's shutdown: the span of a stream still open at exit was lost. The next
+    found spanhouse's own hook placed as early by a generator returned before configure()."""
     script = tmp_path / "exit.py"
     script.write_text(EXIT_SCRIPT)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
@@ -636,3 +644,52 @@ def test_a_returned_generator_ends_as_a_generator_function_would(spans: Captured
         list(kept)
     assert [(span.status.status_code, (span.attributes or {}).get("error.type")) for span in spans.spans()] == [
         (StatusCode.ERROR, "SystemExit")]
+
+
+def test_a_returned_generator_dropped_or_refusing_a_step_stays_in_its_call(spans: CapturedSpans) -> None:
+    """A fifth review: a returned generator dropped unfinished was closed after its call
+    had ended, in the caller's context (its cleanup's tool a child of the caller); a
+    value sent before it started (refused, the generator still unstarted) ended the
+    call; a @types.coroutine's generator could no longer be awaited."""
+    @sdk.tool
+    def cleanup() -> None:
+        pass
+
+    def rows() -> Iterator[int]:
+        try:
+            yield 0
+            yield 1
+        finally:
+            cleanup()
+
+    @sdk.tool
+    def returns_rows() -> Iterator[int]:
+        return rows()
+
+    for _ in returns_rows():
+        break
+    gc.collect()
+    outer, inner = spans.by_name("execute_tool returns_rows"), spans.by_name("execute_tool cleanup")
+    assert inner.parent is not None and inner.parent.span_id == outer.context.span_id
+    spans.clear()
+
+    unstarted = returns_rows()
+    with pytest.raises(TypeError):
+        unstarted.send("too early")
+    assert spans.spans() == []
+    assert list(unstarted) == [0, 1]
+    assert [span.status.status_code for span in spans.spans()] == [StatusCode.UNSET, StatusCode.UNSET]
+
+    @types.coroutine
+    def later() -> Iterator[None]:
+        yield None
+
+    @sdk.tool
+    def scheduled() -> Any:
+        return later()
+
+    async def run() -> None:
+        await asyncio.sleep(0)
+        await scheduled()
+
+    asyncio.run(run())
