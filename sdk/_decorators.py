@@ -22,7 +22,8 @@ Generators: the span opens at the first ``next()`` and closes when the generator
 exhausted, closed or raises, so it covers the whole iteration; the span is the current
 span only while the generator's own code runs, never in the consumer between items. As
 in a plain generator, ContextVars the consumer sets between items are seen inside; those
-the generator sets stay inside (``_Steps``).
+the generator sets stay inside (``_Steps``). A generator a decorated function returns
+is stepped by the same loop (``ActiveCall.returned``).
 
 Executions are roots. ``@execution`` always starts a new trace (an execution *is* a
 trace), linked to whatever span was current, so an execution started inside, say, an
@@ -44,6 +45,7 @@ import itertools
 import sys
 import traceback
 import types
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, ParamSpec, TypeVar, overload
@@ -64,7 +66,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
-_GENERATORS: Final = (types.GeneratorType, types.AsyncGeneratorType)
 _ROOT: Final = context_api.Context()  # a context with no span: start_span(context=_ROOT) makes a root
 _ids = RandomIdGenerator()
 _INPUT_KEY: Final = "input"
@@ -246,18 +247,25 @@ class ActiveCall:
 
     def returned(self, result: Any) -> Any:
         """End the span after a normal return of ``result``, and give what the caller gets:
-        ``result``, or a stream returned unread behind a proxy that ends the span once it
-        has been read (``stream_proxy``): for a model call any iterator (its usage is in
-        the chunks), for the other decorators a generator, which is where the work
-        happens (as Langfuse's ``@observe`` has it: a tool returning ``(r for r in
-        ...)``, an execution returning the generator a web framework streams), recording
-        or not: unrecorded, its code still runs in the call's context (an execution's
-        ``record=False``, its id for ``current_execution_id()``)."""
-        if self._stream is not None or isinstance(result, _GENERATORS):
+        ``result``, or a stream returned unread, to end the span once it has been read.
+
+        A generator (any decorator's: a tool returning ``(r for r in rows)``, an
+        execution returning the generator a web framework streams, as Langfuse's
+        ``@observe`` has it) is handed back stepped by the loop of a decorated generator
+        function (``_generator_driver``), recording or not: unrecorded, its code still
+        runs in the call's context (an execution's ``record=False``, its id). A model
+        call's other iterators (``client.chat.completions.create(stream=True)``: its
+        usage is in the chunks) come back behind a transparent proxy (``stream_proxy``).
+        """
+        if isinstance(result, types.GeneratorType) and not result.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE:
+            return self._driven(result, _generator_driver)  # (a @types.coroutine's is awaited: returned as it is)
+        if isinstance(result, types.AsyncGeneratorType):
+            return self._driven(result, _async_generator_driver)
+        if self._stream is not None:
             # Loaded by the first such return: wrapt (its proxy) takes ~20 ms to import.
             from spanhouse.sdk._returned_stream import stream_proxy
             try:
-                proxy = stream_proxy(result, self, any_iterator=self._stream is not None)
+                proxy = stream_proxy(result, self)
             except Exception:  # noqa: BLE001 - an odd result (an unhashable type): returned as it is
                 logger.debug("spanhouse could not watch the stream %s returned", self._spec.name, exc_info=True)
                 proxy = None
@@ -266,6 +274,23 @@ class ActiveCall:
                 return proxy
         self.succeed(result)
         return result
+
+    def _driven(self, generator: Any, driver: Callable[[Callable[[], tuple[Any, ActiveCall]]], Callable[[], Any]]
+                ) -> Any:
+        """``generator`` stepped by ``driver``'s loop in this call, which ends with it.
+        Never started (closed or dropped unread), the loop never runs: the call then
+        ends when the stepping generator is collected (its span was left open)."""
+        def start() -> tuple[Any, ActiveCall]:
+            unstarted.detach()  # the loop ends the call now; a finished generator kept holds nothing
+            return generator, self
+
+        self.leave()
+        stepping = driver(start)()
+        unstarted = weakref.finalize(stepping, self._end_unstarted)  # refers to the call, not to the generator
+        return stepping
+
+    def _end_unstarted(self) -> None:
+        self.succeed(self.yielded())
 
     def fail(self, exc: BaseException) -> None:
         """End the span after ``exc`` escaped: an exception event, ``error.type``, status ERROR
@@ -636,13 +661,16 @@ Gen = Generator[Any, Any, Any]
 AsyncGen = AsyncGenerator[Any, Any]
 
 
-def _generator_wrapper(func: Callable[P, Gen], spec: _Spec) -> Callable[P, Gen]:
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Gen:
-        if _runtime.current.disabled:
-            return (yield from func(*args, **kwargs))
-        gen = func(*args, **kwargs)
-        call = spec.call(args, kwargs, attach=False)
+def _generator_driver(start: Callable[..., tuple[Gen, ActiveCall | None]]) -> Callable[..., Gen]:
+    """A generator function that steps the generator ``start`` returns with the call it
+    returns (None: the SDK is disabled, and it only delegates), in the call's context,
+    keeping what it yields and ending the call when the generator ends: the one loop
+    behind a decorated generator function and a generator a decorated function returns
+    (``ActiveCall.returned``). ``start`` runs at the first step."""
+    def drive(*args: Any, **kwargs: Any) -> Gen:
+        gen, call = start(*args, **kwargs)
+        if call is None:
+            return (yield from gen)
         steps = call.steps()
         sent: Any = None
         thrown: BaseException | None = None
@@ -668,16 +696,14 @@ def _generator_wrapper(func: Callable[P, Gen], spec: _Spec) -> Callable[P, Gen]:
             call.fail(exc)
             raise
 
-    return wrapper
+    return drive
 
 
-def _async_generator_wrapper(func: Callable[P, AsyncGen], spec: _Spec) -> Callable[P, AsyncGen]:
-    @functools.wraps(func)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGen:
-        agen = func(*args, **kwargs)
-        # No ``yield from`` for async generators: when disabled, the same loop runs with a
-        # call that records nothing.
-        call = ActiveCall.unrecorded(spec) if _runtime.current.disabled else spec.call(args, kwargs, attach=False)
+def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -> Callable[..., AsyncGen]:
+    """``_generator_driver`` for async generators (no ``yield from`` for them: a disabled
+    SDK's call is one that records nothing)."""
+    async def drive(*args: Any, **kwargs: Any) -> AsyncGen:
+        agen, call = start(*args, **kwargs)
         steps = call.steps()
         sent: Any = None
         thrown: BaseException | None = None
@@ -701,7 +727,26 @@ def _async_generator_wrapper(func: Callable[P, AsyncGen], spec: _Spec) -> Callab
             call.fail(exc)
             raise
 
-    return wrapper
+    return drive
+
+
+def _generator_wrapper(func: Callable[P, Gen], spec: _Spec) -> Callable[P, Gen]:
+    def start(*args: Any, **kwargs: Any) -> tuple[Gen, ActiveCall | None]:
+        if _runtime.current.disabled:
+            return func(*args, **kwargs), None
+        gen = func(*args, **kwargs)
+        return gen, spec.call(args, kwargs, attach=False)
+
+    return functools.wraps(func)(_generator_driver(start))
+
+
+def _async_generator_wrapper(func: Callable[P, AsyncGen], spec: _Spec) -> Callable[P, AsyncGen]:
+    def start(*args: Any, **kwargs: Any) -> tuple[AsyncGen, ActiveCall]:
+        agen = func(*args, **kwargs)
+        return agen, ActiveCall.unrecorded(spec) if _runtime.current.disabled else spec.call(args, kwargs,
+                                                                                             attach=False)
+
+    return functools.wraps(func)(_async_generator_driver(start))
 
 
 def _name_of(func: Callable[..., Any]) -> str:

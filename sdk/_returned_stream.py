@@ -1,24 +1,22 @@
-"""A decorated function that returns its stream unread: ``return client.chat.completions.create(stream=True)``.
+"""A model call that returns its client's stream unread: ``return client.chat.completions.create(stream=True)``.
 
 The function returns before a token is streamed, so its span could hold no usage and no
-cost, and its duration was the time to the response's headers. As Langfuse's
-``@observe`` does for a returned generator, the stream is handed back behind a
-transparent proxy (``wrapt.ObjectProxy``: ``isinstance(stream, openai.Stream)``,
+cost, and its duration was the time to the response's headers. The stream is handed back
+behind a transparent proxy (``wrapt.ObjectProxy``: ``isinstance(stream, openai.Stream)``,
 ``stream.response`` and the rest still answer as the stream's own) that keeps the span
 open while the caller reads it and ends it, with the usage its chunks reported
 (``StreamUsage``), when the stream is read to its end, fails, is closed (``close()``,
 ``aclose()``, the end of a ``with`` block) or is dropped unfinished (garbage collected,
 or at interpreter exit). Closing early or dropping it is a success with what was read,
-as for a decorated generator closed by its consumer. A model call's stream is any
-iterator; for the other decorators only a generator is one (a tool returning
-``(r for r in rows)``, an execution returning what a web framework streams): other
-iterators they return are results like any other.
+as for a decorated generator closed by its consumer. (A returned generator, any
+decorator's, is stepped by a decorated generator function's loop instead:
+``ActiveCall.returned``.)
 
 A stream is what iteration steps through itself: an object whose type has ``__next__``
-(OpenAI's and Anthropic's ``Stream``, a generator, any iterator) or ``__anext__``
-(their ``AsyncStream``, an async generator), or both (LiteLLM's stream). A response
-model iterable over its fields (pydantic's ``__iter__``) is not one, nor is a
-``unittest.mock`` object, which answers to every magic method.
+(OpenAI's and Anthropic's ``Stream``, any iterator) or ``__anext__`` (their
+``AsyncStream``), or both (LiteLLM's stream). A response model iterable over its fields
+(pydantic's ``__iter__``) is not one, nor is a ``unittest.mock`` object, which answers
+to every magic method.
 
 The proxy has the stream's own ways of being read and ended and no others: its class is
 made for the stream's type from the pieces below (``_proxy_class``), so a ``map`` object
@@ -33,7 +31,6 @@ import functools
 import inspect
 import sys
 import threading
-import types
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -41,20 +38,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import wrapt
 
-from spanhouse.sdk._content import logger
 from spanhouse.sdk._decorators import InContext, _Steps
 
 if TYPE_CHECKING:
     from spanhouse.sdk._decorators import ActiveCall
 
 
-def stream_proxy(value: Any, call: ActiveCall, *, any_iterator: bool) -> Any | None:
+def stream_proxy(value: Any, call: ActiveCall) -> Any | None:
     """``value`` behind a proxy that ends ``call`` when it has been read, or None when
-    ``value`` is not a stream (``any_iterator`` false: not a generator)."""
-    if not any_iterator and not isinstance(value, _GENERATORS):
-        return None
-    if isinstance(value, types.GeneratorType) and value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE:
-        return None  # a @types.coroutine's generator is awaited: a proxy could not be
+    ``value`` is not a stream."""
     mock = sys.modules.get("unittest.mock")
     if mock is not None and isinstance(value, mock.NonCallableMock):
         return None
@@ -70,33 +62,25 @@ class _Reading:
     failure, a close), the garbage collector, or the interpreter's exit. Both are let go
     of then: a caller keeping a finished stream kept what the call had captured.
 
-    Dropped unfinished (``for row in rows(): break``), a generator is closed in the
-    call's context before the call ends, as a decorated generator function's is: its
-    ``finally`` and the blocks it held open across a yield ran in the caller's,
-    after the call had ended. (An async generator is left to its event loop's
-    finalizer, which closes it in the loop's context.)
-
     At exit, ``weakref.finalize`` would run only after the tracer provider's shutdown
     when anything (a ``TemporaryDirectory``) made the first finalizer before the
     provider was configured, and the span was never exported: a recorded stream still
-    open is ended by spanhouse's own exit hook instead, registered again whenever one
-    opens while none is (after any provider made before it, so it runs before their
-    shutdown). An unrecorded call has nothing to export and is not held there."""
+    open is ended by spanhouse's own exit hook instead, registered again as each one
+    opens (after any provider made before it, so it runs before their shutdown). An
+    unrecorded call has nothing to export and is not held there."""
 
-    __slots__ = ("__weakref__", "_busy", "_call", "_finalizer", "_generator", "_running", "_steps")
+    __slots__ = ("__weakref__", "_busy", "_call", "_finalizer", "_running", "_steps")
 
-    def __init__(self, proxy: object, stream: Any, call: ActiveCall) -> None:
+    def __init__(self, proxy: object, call: ActiveCall) -> None:
         self._call: ActiveCall | None = call
         self._steps: _Steps | None = call.steps()
-        self._generator = stream if isinstance(stream, _GENERATORS) else None
         self._running = threading.Lock()  # held while a step runs in the steps' context
         self._busy = False  # an async step is being awaited
         self._finalizer = weakref.finalize(proxy, self._succeed)  # refers to this, not to the proxy
         self._finalizer.atexit = False
         if call.span.is_recording():
-            if not _open:
-                atexit.unregister(_end_open_streams)
-                atexit.register(_end_open_streams)
+            atexit.unregister(_end_open_streams)  # to run before the shutdown of every provider made so far
+            atexit.register(_end_open_streams)
             _open.add(self)
 
     def run(self, end: type[BaseException] | tuple[()], step: Callable[..., Any], *args: Any) -> Any:
@@ -106,8 +90,8 @@ class _Reading:
         A context runs one step at a time: a step while another runs (a close from
         another thread, the usual way to cancel a stream, or a second reader) runs in
         a copy of it, as the raw stream would let it (entered twice, the context
-        refused it, and the close did not happen), and only its ``end`` is the call's: a
-        generator refusing it ("already executing") goes on being read."""
+        refused it, and the close did not happen), and only its ``end`` is the call's:
+        a stream refusing it goes on being read."""
         steps = self._steps
         if steps is None:
             return step(*args)
@@ -149,48 +133,26 @@ class _Reading:
         self._finalizer()
 
     def _stopped(self, exc: BaseException, end: type[BaseException] | tuple[()], *, own: bool) -> None:
-        """A step raised ``exc``: ``end`` (StopIteration...) is a success; out of a
-        generator it has finished, any exception fails the call (``ActiveCall.fail``
-        says which are errors: a failing ``sys.exit()``, not Ctrl-C or a cancellation);
-        out of another stream, an ``Exception`` does, and anything else leaves it open (a
-        read cut by a per-chunk timeout: the stream goes on being read, and a close, the
-        garbage collector or the exit ends it); out of a step that ran beside another,
+        """A step raised ``exc``: ``end`` (StopIteration...) is a success, an
+        ``Exception`` a failure of the call. Anything else (a read cut by a per-chunk
+        timeout, Ctrl-C) leaves it open: the stream goes on being read, and a close, the
+        garbage collector or the exit ends it. Out of a step that ran beside another,
         only its end counts."""
-        generator = self._generator
         if isinstance(exc, end):
             self.succeed()
-        elif own and (isinstance(exc, Exception) if generator is None else _finished(generator)) \
-                and self._finalizer.detach() is not None:
+        elif own and isinstance(exc, Exception) and self._finalizer.detach() is not None:
             if (call := self._release()) is not None:
                 call.fail(exc)
 
     def _succeed(self) -> None:
-        generator, steps = self._generator, self._steps
-        if isinstance(generator, types.GeneratorType) and steps is not None and not _finished(generator) \
-                and self._running.acquire(blocking=False):
-            try:
-                steps.run(generator.close)
-            except Exception:  # noqa: BLE001 - its cleanup failing: the caller has long moved on
-                logger.debug("spanhouse: a dropped generator failed to close", exc_info=True)
-            finally:
-                self._running.release()
         if (call := self._release()) is not None:
             call.succeed(call.yielded())
 
     def _release(self) -> ActiveCall | None:
         _open.discard(self)
-        call, self._call, self._steps, self._generator = self._call, None, None, None
+        call, self._call, self._steps = self._call, None, None
         return call
 
-
-def _finished(generator: types.GeneratorType[Any, Any, Any] | types.AsyncGeneratorType[Any, Any]) -> bool:
-    """Whether ``generator`` has ended: an exception out of a step that it refused
-    without running (a value sent before it started) leaves it as it was."""
-    frame = generator.gi_frame if isinstance(generator, types.GeneratorType) else generator.ag_frame
-    return frame is None
-
-
-_GENERATORS: Final = (types.GeneratorType, types.AsyncGeneratorType)
 
 _open: set[_Reading] = set()
 """The returned streams whose calls have not ended, ended at exit."""
@@ -206,7 +168,7 @@ class _Watched(wrapt.ObjectProxy):  # type: ignore[misc]
 
     def __init__(self, wrapped: Any, call: ActiveCall) -> None:
         super().__init__(wrapped)
-        self._self_reading = _Reading(self, wrapped, call)
+        self._self_reading = _Reading(self, call)
 
     def _self_step(self, end: type[BaseException], step: Callable[..., Any], *args: Any) -> Any:
         item = self._self_reading.run(end, step, *args)
@@ -237,7 +199,7 @@ class _Next(_Watched):
         return self._self_step(StopIteration, self.__wrapped__.__next__)
 
 
-class _Send(_Watched):  # a generator's
+class _Send(_Watched):  # a generator-like object's (Cython's)
     def send(self, value: Any) -> Any:
         return self._self_step(StopIteration, self.__wrapped__.send, value)
 
@@ -268,7 +230,7 @@ class _ANext(_Watched):
         return await self._self_astep(self.__wrapped__.__anext__)
 
 
-class _ASend(_Watched):  # an async generator's
+class _ASend(_Watched):  # an async-generator-like object's
     async def asend(self, value: Any) -> Any:
         return await self._self_astep(self.__wrapped__.asend, value)
 

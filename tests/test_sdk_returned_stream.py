@@ -290,6 +290,8 @@ def test_a_returned_stream_gains_no_way_of_being_read_or_closed(spans: CapturedS
     assert not isinstance(streamed, Iterable) and isinstance(streamed, AsyncIterable)
     assert not hasattr(streamed, "close") and hasattr(streamed, "aclose")
     asyncio.run(streamed.aclose())
+    del streamed  # closed unstarted, it ends when collected
+    gc.collect()
     list(mapped)
     assert len(spans.spans()) == 3
 
@@ -551,7 +553,8 @@ def test_an_llm_returning_another_llms_stream_answers_as_the_stream(spans: Captu
     asynchronous = outer(events())
     assert not isinstance(asynchronous, Iterable)
     list(synchronous)
-    asyncio.run(asynchronous.aclose())
+    del asynchronous  # never started: ended when collected
+    gc.collect()
     assert len(spans.spans()) == 4
 
 
@@ -693,3 +696,42 @@ def test_a_returned_generator_dropped_or_refusing_a_step_stays_in_its_call(spans
         await scheduled()
 
     asyncio.run(run())
+
+
+def test_an_async_generator_returned_and_dropped_unfinished_closes_inside_its_call(spans: CapturedSpans) -> None:
+    """Behind the proxy, a returned async generator dropped unfinished was closed by the
+    event loop in the loop's context, after its call had ended: a block it held across
+    a yield failed to detach its context, and its finally's tool was the caller's
+    child. Stepped as a decorated generator function's, the loop closes the stepping
+    generator, which closes it inside the call."""
+    @sdk.tool
+    def cleanup() -> None:
+        pass
+
+    async def rows() -> AsyncIterator[int]:
+        try:
+            with sdk.tool_call("inner"):
+                yield 1
+                yield 2
+        finally:
+            cleanup()
+
+    @sdk.tool
+    async def returns_rows() -> AsyncIterator[int]:
+        return rows()
+
+    @sdk.agent
+    async def caller() -> None:
+        returned = await returns_rows()
+        async for _ in returned:
+            break
+        del returned
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(caller())
+    outer = spans.by_name("execute_tool returns_rows")
+    for name in ("execute_tool inner", "execute_tool cleanup"):
+        span = spans.by_name(name)
+        assert span.parent is not None and span.parent.span_id != spans.by_name("invoke_agent caller").context.span_id
+        assert span.end_time is not None and outer.end_time is not None and span.end_time <= outer.end_time
