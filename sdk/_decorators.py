@@ -275,18 +275,26 @@ class ActiveCall:
         self.succeed(result)
         return result
 
-    def _driven(self, generator: Any, driver: Callable[[Callable[[], tuple[Any, ActiveCall]]], Callable[[], Any]]
-                ) -> Any:
+    def _driven(self, generator: Any, driver: Callable[..., Callable[[], Any]]) -> Any:
         """``generator`` stepped by ``driver``'s loop in this call, which ends with it.
-        Never started (closed or dropped unread), the loop never runs: the call then
-        ends when the stepping generator is collected (its span was left open)."""
+
+        A generator is handed back primed (see ``_generator_driver``): closed, thrown
+        into or dropped before its first step, it ends the call then. An async one
+        cannot be stepped here: one never started ends its call when it is collected
+        (its span was left open), not at its ``aclose()``, and not at exit."""
+        self.leave()
+        if driver is _generator_driver:
+            stepping = _generator_driver(lambda: (generator, self), primed=True)()
+            next(stepping)
+            return stepping
+
         def start() -> tuple[Any, ActiveCall]:
             unstarted.detach()  # the loop ends the call now; a finished generator kept holds nothing
             return generator, self
 
-        self.leave()
         stepping = driver(start)()
         unstarted = weakref.finalize(stepping, self._end_unstarted)  # refers to the call, not to the generator
+        unstarted.atexit = False
         return stepping
 
     def _end_unstarted(self) -> None:
@@ -661,12 +669,19 @@ Gen = Generator[Any, Any, Any]
 AsyncGen = AsyncGenerator[Any, Any]
 
 
-def _generator_driver(start: Callable[..., tuple[Gen, ActiveCall | None]]) -> Callable[..., Gen]:
+def _generator_driver(start: Callable[..., tuple[Gen, ActiveCall | None]], *, primed: bool = False
+                      ) -> Callable[..., Gen]:
     """A generator function that steps the generator ``start`` returns with the call it
     returns (None: the SDK is disabled, and it only delegates), in the call's context,
     keeping what it yields and ending the call when the generator ends: the one loop
     behind a decorated generator function and a generator a decorated function returns
-    (``ActiveCall.returned``). ``start`` runs at the first step."""
+    (``ActiveCall.returned``). ``start`` runs at the first step.
+
+    ``primed``: the first step yields ``_PRIMED`` before stepping the generator (the
+    returned generator's call is open already): advanced past it at once, the stepping
+    generator then ends the call when it is closed, thrown into or collected before its
+    first real step, as the generator it steps would end there (unstarted, Python runs
+    none of its code then)."""
     def drive(*args: Any, **kwargs: Any) -> Gen:
         gen, call = start(*args, **kwargs)
         if call is None:
@@ -674,11 +689,15 @@ def _generator_driver(start: Callable[..., tuple[Gen, ActiveCall | None]]) -> Ca
         steps = call.steps()
         sent: Any = None
         thrown: BaseException | None = None
+        item: Any = _PRIMED
+        stepping = not primed
         try:
             while True:
-                item = steps.run(gen.send, sent) if thrown is None else steps.run(gen.throw, thrown)
-                sent = thrown = None
-                call.collect(item)
+                if stepping:
+                    item = steps.run(gen.send, sent) if thrown is None else steps.run(gen.throw, thrown)
+                    sent = thrown = None
+                    call.collect(item)
+                stepping = True
                 try:
                     sent = yield item
                 except GeneratorExit:
@@ -699,19 +718,33 @@ def _generator_driver(start: Callable[..., tuple[Gen, ActiveCall | None]]) -> Ca
     return drive
 
 
+_PRIMED: Final = object()
+"""What a primed ``_generator_driver`` yields first, to ``ActiveCall._driven`` only."""
+
+
 def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -> Callable[..., AsyncGen]:
     """``_generator_driver`` for async generators (no ``yield from`` for them: a disabled
     SDK's call is one that records nothing)."""
     async def drive(*args: Any, **kwargs: Any) -> AsyncGen:
         agen, call = start(*args, **kwargs)
         steps = call.steps()
-        sent: Any = None
-        thrown: BaseException | None = None
+        sent: Any
+        thrown: BaseException | None
         try:
+            # The event loop would know the generator from its first step and close it
+            # itself, outside the call, when the loop ends (shutdown_asyncgens) or when it
+            # is collected in a cycle with this one; it knows this one only, which closes
+            # the generator inside the call.
+            hooks = sys.get_asyncgen_hooks()
+            sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+            try:
+                first = agen.asend(None)
+            finally:
+                sys.set_asyncgen_hooks(*hooks)
+            item = await InContext(steps, first)
             while True:
-                item = await InContext(steps, agen.asend(sent) if thrown is None else agen.athrow(thrown))
-                sent = thrown = None
                 call.collect(item)
+                sent, thrown = None, None
                 try:
                     sent = yield item
                 except GeneratorExit:
@@ -719,6 +752,7 @@ def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -
                     raise
                 except BaseException as exc:  # consumer's athrow(): pass it into the generator
                     thrown = exc
+                item = await InContext(steps, agen.asend(sent) if thrown is None else agen.athrow(thrown))
         except (StopAsyncIteration, GeneratorExit) as end:  # exhausted, or closed early by the consumer
             call.succeed(call.yielded())
             if isinstance(end, GeneratorExit):

@@ -26,6 +26,7 @@ from unittest.mock import MagicMock
 
 import openai
 import pytest
+from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
 from spanhouse import sdk
@@ -652,8 +653,7 @@ def test_a_returned_generator_ends_as_a_generator_function_would(spans: Captured
 def test_a_returned_generator_dropped_or_refusing_a_step_stays_in_its_call(spans: CapturedSpans) -> None:
     """A fifth review: a returned generator dropped unfinished was closed after its call
     had ended, in the caller's context (its cleanup's tool a child of the caller); a
-    value sent before it started (refused, the generator still unstarted) ended the
-    call; a @types.coroutine's generator could no longer be awaited."""
+    @types.coroutine's generator could no longer be awaited."""
     @sdk.tool
     def cleanup() -> None:
         pass
@@ -676,12 +676,20 @@ def test_a_returned_generator_dropped_or_refusing_a_step_stays_in_its_call(spans
     assert inner.parent is not None and inner.parent.span_id == outer.context.span_id
     spans.clear()
 
-    unstarted = returns_rows()
-    with pytest.raises(TypeError):
-        unstarted.send("too early")
-    assert spans.spans() == []
-    assert list(unstarted) == [0, 1]
-    assert [span.status.status_code for span in spans.spans()] == [StatusCode.UNSET, StatusCode.UNSET]
+    # Closed, thrown into or dropped before its first step, a returned generator ends its
+    # call then (a seventh review: closed, it ended only when collected; thrown into, as a
+    # success). A value sent before the first step, which Python refuses and a generator
+    # survives, now fails the call and finishes the one handed back (it was stepped once).
+    closed = returns_rows()
+    closed.close()
+    assert [span.name for span in spans.spans()] == ["execute_tool returns_rows"]
+    spans.clear()
+    with pytest.raises(ValueError):
+        returns_rows().throw(ValueError("no rows wanted"))
+    assert [span.status.status_code for span in spans.spans()] == [StatusCode.ERROR]
+    spans.clear()
+    returns_rows()
+    assert [span.status.status_code for span in spans.spans()] == [StatusCode.UNSET]
 
     @types.coroutine
     def later() -> Iterator[None]:
@@ -735,3 +743,33 @@ def test_an_async_generator_returned_and_dropped_unfinished_closes_inside_its_ca
         span = spans.by_name(name)
         assert span.parent is not None and span.parent.span_id != spans.by_name("invoke_agent caller").context.span_id
         assert span.end_time is not None and outer.end_time is not None and span.end_time <= outer.end_time
+
+
+def test_an_async_generator_left_open_when_its_loop_ends_is_closed_inside_its_call(spans: CapturedSpans) -> None:
+    """A seventh review: asyncio.run's shutdown_asyncgens closed every async generator the
+    loop knew, the returned one too, in no particular order: its finally ran outside the
+    call most of the time. The loop knows the stepping generator only now."""
+    seen: list[str | None] = []
+
+    async def rows() -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            seen.append(getattr(trace.get_current_span(), "name", None))
+
+    @sdk.tool
+    async def returns_rows() -> AsyncIterator[int]:
+        return rows()
+
+    kept: list[Any] = []
+
+    async def main() -> None:
+        stream = await returns_rows()
+        await stream.__anext__()
+        kept.append(stream)  # still open when asyncio.run ends
+
+    for _ in range(3):
+        asyncio.run(main())
+    assert seen == ["execute_tool returns_rows"] * 3
+    assert len(spans.spans()) == 3
