@@ -732,11 +732,12 @@ def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -
         thrown: BaseException | None
         try:
             # The event loop would know the generator from its first step and close it
-            # itself, outside the call, when the loop ends (shutdown_asyncgens) or when it
-            # is collected in a cycle with this one; it knows this one only, which closes
-            # the generator inside the call.
+            # itself, outside the call, when the loop ends (shutdown_asyncgens); it knows
+            # this one only, which closes the generator inside the call. (The loop's
+            # finalizer stays: collected in a cycle before this one, the generator is
+            # closed by it, outside the call, rather than left with its finally cut.)
             hooks = sys.get_asyncgen_hooks()
-            sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+            sys.set_asyncgen_hooks(firstiter=None, finalizer=hooks.finalizer)
             try:
                 first = agen.asend(None)
             finally:
@@ -748,7 +749,8 @@ def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -
                 try:
                     sent = yield item
                 except GeneratorExit:
-                    await InContext(steps, agen.aclose())
+                    if not agen.ag_running:  # (the loop may be closing it already: a cycle, the loop's end)
+                        await InContext(steps, agen.aclose())
                     raise
                 except BaseException as exc:  # consumer's athrow(): pass it into the generator
                     thrown = exc

@@ -773,3 +773,36 @@ def test_an_async_generator_left_open_when_its_loop_ends_is_closed_inside_its_ca
         asyncio.run(main())
     assert seen == ["execute_tool returns_rows"] * 3
     assert len(spans.spans()) == 3
+
+
+def test_a_decorated_async_generator_collected_in_a_cycle_finishes_its_cleanup(spans: CapturedSpans) -> None:
+    """An eighth review: stepped with the loop's hooks both off, a generator collected in
+    a cycle with its holder was closed without the loop's finalizer, and its finally
+    stopped at its first await (a connection never closed)."""
+    log: list[str] = []
+
+    class Reader:
+        stream: Any
+
+        @sdk.tool
+        async def rows(self) -> AsyncIterator[int]:
+            holder = self  # the generator's frame refers to its holder: a cycle
+            try:
+                yield 1
+                yield 2
+            finally:
+                await asyncio.sleep(0)
+                log.append(f"closed by {type(holder).__name__}")
+
+    async def main() -> None:
+        reader = Reader()
+        reader.stream = reader.rows()
+        await reader.stream.__anext__()
+        del reader
+        gc.collect()
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert log == ["closed by Reader"]
+    assert len(spans.spans()) == 1
