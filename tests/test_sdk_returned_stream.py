@@ -806,3 +806,147 @@ def test_a_decorated_async_generator_collected_in_a_cycle_finishes_its_cleanup(s
     asyncio.run(main())
     assert log == ["closed by Reader"]
     assert len(spans.spans()) == 1
+
+
+class _Chunks:
+    """A client's stream as a class (not a generator, which is stepped another way):
+    ``__next__`` runs the stream's code, ``fail_at`` raises part-way, ``send``/``throw``
+    make it generator-like (Cython's generators)."""
+
+    def __init__(self, items: list[Any], *, fail_at: int | None = None, step: Any = None) -> None:
+        self.items, self.fail_at, self.step, self.read = list(items), fail_at, step, 0
+
+    def __iter__(self) -> _Chunks:
+        return self
+
+    def __next__(self) -> Any:
+        if self.step is not None:
+            self.step()
+        if self.read == self.fail_at:
+            raise ConnectionError("stream reset")
+        if not self.items:
+            raise StopIteration
+        self.read += 1
+        return self.items.pop(0)  # what was read is the reader's only
+
+    def send(self, value: Any) -> Any:
+        return self.__next__()
+
+    def throw(self, exc: BaseException) -> Any:
+        raise exc
+
+    def close(self) -> None:
+        self.items.clear()
+
+
+class _AsyncChunks:
+    def __init__(self, items: list[Any], step: Any = None) -> None:
+        self.items, self.step, self.closed = list(items), step, False
+
+    def __aiter__(self) -> _AsyncChunks:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.step is not None:
+            await self.step()
+        if not self.items or self.closed:
+            raise StopAsyncIteration
+        return self.items.pop(0)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_a_client_stream_behind_the_proxy_is_read_in_its_call_and_ended_once() -> None:
+    """A ninth review: the tests of the proxy's failure, context, release, send/throw and
+    aclose used generators, which are no longer proxied; a client stream (a class, as
+    OpenAI's) had none of them tested."""
+    @sdk.tool
+    def lookup() -> str:
+        return "found"
+
+    @sdk.tool
+    async def alookup() -> str:
+        return "found"
+
+    class Chunk:
+        pass
+
+    kept: list[weakref.ref[Chunk]] = []
+
+    def chunk() -> Chunk:
+        item = Chunk()
+        kept.append(weakref.ref(item))
+        return item
+
+    @sdk.llm(model=MODEL)
+    def ask(stream: Any) -> Any:
+        return stream
+
+    @sdk.llm(model=MODEL)
+    async def aask(stream: Any) -> Any:
+        return stream
+
+    with capture_spans(capture_content=True) as captured:
+        calls = 0
+
+        def step() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                lookup()
+
+        finished = ask(_Chunks([chunk(), {"model": MODEL, "usage": USAGE}], step=step))  # (no other reference)
+        assert len(list(finished)) == 2
+        gc.collect()
+        assert kept[0]() is None  # the finished stream, still kept, holds no item
+        llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool lookup")
+        assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+        assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 1000
+        captured.clear()
+
+        with pytest.raises(ConnectionError):
+            list(ask(_Chunks([{"n": 1}], fail_at=1)))
+        assert [span.status.status_code for span in captured.spans()] == [StatusCode.ERROR]
+        captured.clear()
+
+        driven = ask(_Chunks([{"n": 1}, {"model": MODEL, "usage": USAGE}]))
+        driven.send(None)
+        driven.send("more")
+        with pytest.raises(StopIteration):
+            driven.send("more")
+        assert [(s.attributes or {})["gen_ai.usage.input_tokens"] for s in captured.spans()] == [1000]
+        captured.clear()
+
+        thrown = ask(_Chunks([{"n": 1}]))
+        with pytest.raises(ValueError):
+            thrown.throw(ValueError("no more"))
+        assert [span.status.status_code for span in captured.spans()] == [StatusCode.ERROR]
+        captured.clear()
+
+        async def run() -> None:
+            async def astep() -> None:
+                if not captured.spans():
+                    await alookup()
+
+            stream = await aask(_AsyncChunks([{"n": 1}, {"n": 2}], step=astep))
+            await stream.__anext__()
+            await stream.aclose()
+            assert [span.name for span in captured.spans()] == ["execute_tool alookup", f"chat {MODEL}"]
+
+        asyncio.run(run())
+        llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool alookup")
+        assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+
+    class Manager:  # openai's ChatCompletionStreamManager: a context manager, not an iterator
+        def __enter__(self) -> Manager:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    manager = Manager()
+    assert ask(manager) is manager
