@@ -27,6 +27,7 @@ from unittest.mock import MagicMock
 import openai
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from spanhouse import sdk
@@ -90,6 +91,10 @@ def base_url() -> Iterator[str]:
 def spans() -> Iterator[CapturedSpans]:
     with capture_spans(capture_content=False) as captured:
         yield captured
+
+
+def _is_child(span: ReadableSpan, parent: ReadableSpan) -> bool:
+    return span.parent is not None and span.parent.span_id == parent.context.span_id
 
 
 def _ended(spans: CapturedSpans) -> list[str]:
@@ -374,7 +379,7 @@ def test_a_returned_generator_runs_in_its_call_and_lets_go_of_it_once_ended(span
         gc.collect()
         assert kept[0]() is None  # the finished stream, still kept, holds no item
         llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool lookup")
-    assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+    assert _is_child(tool_span, llm_span)
     assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 10
 
     def failing_cleanup() -> Iterator[int]:
@@ -474,7 +479,7 @@ def test_a_returned_async_generator_runs_in_its_call_and_sees_the_callers_variab
 
     asyncio.run(run())
     llm_span, tool_span = spans.by_name(f"chat {MODEL}"), spans.by_name("execute_tool lookup")
-    assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+    assert _is_child(tool_span, llm_span)
     assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 10
     assert seen == ["r-42"]
 
@@ -585,8 +590,8 @@ def test_a_generator_returned_by_any_decorator_is_covered_by_its_span() -> None:
         assert asyncio.run(serve()) == ["0", "1", "2"]
         execution, tool = captured.by_name("invoke_workflow handle"), captured.by_name("execute_tool search")
         calls = [span for span in captured.spans() if span.name == f"chat {MODEL}"]
-    assert len(calls) == 3 and all(c.parent is not None and c.parent.span_id == tool.context.span_id for c in calls)
-    assert tool.parent is not None and tool.parent.span_id == execution.context.span_id
+    assert len(calls) == 3 and all(_is_child(c, tool) for c in calls)
+    assert _is_child(tool, execution)
     assert json.loads((tool.attributes or {})["gen_ai.tool.call.result"]) == [0, 1, 2]
     assert execution.end_time is not None and tool.end_time is not None and execution.end_time >= tool.end_time
 
@@ -673,7 +678,7 @@ def test_a_returned_generator_dropped_or_refusing_a_step_stays_in_its_call(spans
         break
     gc.collect()
     outer, inner = spans.by_name("execute_tool returns_rows"), spans.by_name("execute_tool cleanup")
-    assert inner.parent is not None and inner.parent.span_id == outer.context.span_id
+    assert _is_child(inner, outer)
     spans.clear()
 
     # Closed, thrown into or dropped before its first step, a returned generator ends its
@@ -901,7 +906,7 @@ def test_a_client_stream_behind_the_proxy_is_read_in_its_call_and_ended_once() -
         gc.collect()
         assert kept[0]() is None  # the finished stream, still kept, holds no item
         llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool lookup")
-        assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+        assert _is_child(tool_span, llm_span)
         assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 1000
         captured.clear()
 
@@ -936,7 +941,7 @@ def test_a_client_stream_behind_the_proxy_is_read_in_its_call_and_ended_once() -
 
         asyncio.run(run())
         llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool alookup")
-        assert tool_span.parent is not None and tool_span.parent.span_id == llm_span.context.span_id
+        assert _is_child(tool_span, llm_span)
 
     class Manager:  # openai's ChatCompletionStreamManager: a context manager, not an iterator
         def __enter__(self) -> Manager:
