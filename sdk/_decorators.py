@@ -258,9 +258,14 @@ class ActiveCall:
         usage is in the chunks) come back behind a transparent proxy (``stream_proxy``).
         """
         if isinstance(result, types.GeneratorType) and not result.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE:
-            return self._driven(result, _generator_driver)  # (a @types.coroutine's is awaited: returned as it is)
+            # Primed (see _generator_driver): closed, thrown into or dropped before its
+            # first step, it ends the call then. (A @types.coroutine's is awaited: as it is.)
+            self.leave()
+            stepping = _generator_driver(lambda: (result, self), primed=True)()
+            next(stepping)
+            return stepping
         if isinstance(result, types.AsyncGeneratorType):
-            return self._driven(result, _async_generator_driver)
+            return self._stepped_async(result)
         if self._stream is not None:
             # Loaded by the first such return: wrapt (its proxy) takes ~20 ms to import.
             from spanhouse.sdk._returned_stream import stream_proxy
@@ -275,24 +280,17 @@ class ActiveCall:
         self.succeed(result)
         return result
 
-    def _driven(self, generator: Any, driver: Callable[..., Callable[[], Any]]) -> Any:
-        """``generator`` stepped by ``driver``'s loop in this call, which ends with it.
-
-        A generator is handed back primed (see ``_generator_driver``): closed, thrown
-        into or dropped before its first step, it ends the call then. An async one
-        cannot be stepped here: one never started ends its call when it is collected
-        (its span was left open), not at its ``aclose()``, and not at exit."""
-        self.leave()
-        if driver is _generator_driver:
-            stepping = _generator_driver(lambda: (generator, self), primed=True)()
-            next(stepping)
-            return stepping
-
-        def start() -> tuple[Any, ActiveCall]:
+    def _stepped_async(self, agen: AsyncGen) -> AsyncGen:
+        """``agen`` stepped by ``_async_generator_driver``'s loop in this call, which ends
+        with it. It cannot be primed here (a step is awaited): one never started ends
+        its call when it is collected (its span was left open), not at its
+        ``aclose()``, and not at exit."""
+        def start() -> tuple[AsyncGen, ActiveCall]:
             unstarted.detach()  # the loop ends the call now; a finished generator kept holds nothing
-            return generator, self
+            return agen, self
 
-        stepping = driver(start)()
+        self.leave()
+        stepping = _async_generator_driver(start)()
         unstarted = weakref.finalize(stepping, self._end_unstarted)  # refers to the call, not to the generator
         unstarted.atexit = False
         return stepping

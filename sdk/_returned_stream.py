@@ -57,8 +57,8 @@ def stream_proxy(value: Any, call: ActiveCall) -> Any | None:
 class _Reading:
     """One returned stream's call while it is read: the context the stream's own code
     runs in, the call's span current as in a decorated generator (``ActiveCall.steps``:
-    a tool or ``record_usage()`` inside a returned generator belonged to the caller's
-    span), and the call's end, exactly once, whoever comes first: the reader (its end, a
+    what the stream's code records belongs to the call, not to the caller), and the
+    call's end, exactly once, whoever comes first: the reader (its end, a
     failure, a close), the garbage collector, or the interpreter's exit. Both are let go
     of then: a caller keeping a finished stream kept what the call had captured.
 
