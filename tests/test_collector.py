@@ -755,7 +755,10 @@ def test_a_large_json_request_does_not_stall_the_other_http_clients(tmp_path: Pa
     finally:
         assert serve.terminate() == 0
     assert took > 1.5 and waits, f"the large request took {took:.1f} s: too quick to show a stall"
-    assert max(waits) < took / 3, f"an export and a health check waited {max(waits):.1f} s of {took:.1f} s"
+    # One C-level json.loads of the body holds the GIL for its length (0.7 s on a quiet
+    # machine, 1.7 s of 4.9 once in a loaded suite run): a wait that long is the GIL, not
+    # a stalled loop, which held every request for the whole decode.
+    assert max(waits) < took / 2, f"an export and a health check waited {max(waits):.1f} s of {took:.1f} s"
 
 
 def test_a_client_that_hangs_up_mid_body_is_no_error(store: Store, tmp_path: Path, tenant: str,
