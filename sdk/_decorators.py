@@ -717,7 +717,7 @@ def _generator_driver(start: Callable[..., tuple[Gen, ActiveCall | None]], *, pr
 
 
 _PRIMED: Final = object()
-"""What a primed ``_generator_driver`` yields first, to ``ActiveCall._driven`` only."""
+"""What a primed ``_generator_driver`` yields first, to ``ActiveCall.returned`` only."""
 
 
 def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -> Callable[..., AsyncGen]:
@@ -735,7 +735,7 @@ def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -
             # finalizer stays: collected in a cycle before this one, the generator is
             # closed by it, outside the call, rather than left with its finally cut.)
             hooks = sys.get_asyncgen_hooks()
-            sys.set_asyncgen_hooks(firstiter=None, finalizer=hooks.finalizer)
+            sys.set_asyncgen_hooks(firstiter=None, finalizer=_finalizer_beside(hooks.finalizer))
             try:
                 first = agen.asend(None)
             finally:
@@ -762,6 +762,28 @@ def _async_generator_driver(start: Callable[..., tuple[AsyncGen, ActiveCall]]) -
             raise
 
     return drive
+
+
+def _finalizer_beside(finalizer: Callable[[Any], object] | None) -> Callable[[Any], object] | None:
+    """The loop's finalizer for a generator a stepping generator holds, which may be
+    closing it when the loop's task for it runs (both collected in a cycle: asyncio then
+    logged "aclose(): asynchronous generator is already running" each time): asyncio's
+    hook, with the close skipped when the generator is running by then. Another loop's
+    (trio's) is kept as it is."""
+    asyncio = sys.modules.get("asyncio")
+    loop = getattr(finalizer, "__self__", None)
+    if asyncio is None or not isinstance(loop, asyncio.AbstractEventLoop):
+        return finalizer
+
+    def finalize(agen: AsyncGen) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.create_task, _aclose_unless_running(agen))
+    return finalize
+
+
+async def _aclose_unless_running(agen: AsyncGen) -> None:
+    if not agen.ag_running:  # type: ignore[attr-defined]
+        await agen.aclose()
 
 
 def _generator_wrapper(func: Callable[P, Gen], spec: _Spec) -> Callable[P, Gen]:
