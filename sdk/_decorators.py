@@ -768,16 +768,16 @@ def _finalizer_beside(finalizer: Callable[[Any], object] | None) -> Callable[[An
     """The loop's finalizer for a generator a stepping generator holds, which may be
     closing it when the loop's task for it runs (both collected in a cycle: asyncio then
     logged "aclose(): asynchronous generator is already running" each time): asyncio's
-    hook, with the close skipped when the generator is running by then. Another loop's
-    (trio's) is kept as it is."""
+    own hook, with the close skipped when the generator is running by then. Any other
+    (a loop's override of it, uvloop's, trio's) is kept as it is."""
     asyncio = sys.modules.get("asyncio")
-    loop = getattr(finalizer, "__self__", None)
-    if asyncio is None or not isinstance(loop, asyncio.AbstractEventLoop):
+    if asyncio is None or getattr(finalizer, "__func__", None) is not asyncio.BaseEventLoop._asyncgen_finalizer_hook:
         return finalizer
+    loop = finalizer.__self__  # type: ignore[union-attr]
 
     def finalize(agen: AsyncGen) -> None:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(loop.create_task, _aclose_unless_running(agen))
+        if not loop.is_closed():  # the close is made when it runs: a loop closed first drops nothing unawaited
+            loop.call_soon_threadsafe(lambda: loop.create_task(_aclose_unless_running(agen)))
     return finalize
 
 
