@@ -38,6 +38,9 @@ MODEL = "gpt-4o-mini"
 WORDS = ["Hello", " from", " the", " stream"]
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 4, "total_tokens": 1004}
 COST = (1000 * 0.15 + 4 * 0.6) / 1e6  # gpt-4o-mini's list price per million tokens
+CHAT: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                        "stream_options": {"include_usage": True}}
+"""A streamed chat completion asking for its usage, as the OpenAI client is called."""
 
 
 def _chunk(delta: dict[str, Any], usage: dict[str, int] | None = None, finish: str | None = None) -> bytes:
@@ -134,8 +137,7 @@ def test_an_async_returned_stream_records_its_usage_at_its_end(spans: CapturedSp
 
         @sdk.llm(model=MODEL)
         async def ask() -> openai.AsyncStream[Any]:
-            return await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                                        stream=True, stream_options={"include_usage": True})
+            return await client.chat.completions.create(**CHAT)
 
         stream = await ask()
         assert isinstance(stream, openai.AsyncStream)
@@ -156,8 +158,7 @@ def test_a_returned_stream_closed_early_or_dropped_ends_its_span(spans: Captured
 
     @sdk.llm(model=MODEL)
     def ask() -> openai.Stream[Any]:
-        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                              stream=True, stream_options={"include_usage": True})
+        return client.chat.completions.create(**CHAT)
 
     stream = ask()
     next(stream)
@@ -491,8 +492,7 @@ def test_an_async_stream_closed_or_left_early_ends_its_span(spans: CapturedSpans
 
         @sdk.llm(model=MODEL)
         async def ask() -> openai.AsyncStream[Any]:
-            return await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                                        stream=True)
+            return await client.chat.completions.create(**CHAT)
 
         stream = await ask()
         await stream.__anext__()
