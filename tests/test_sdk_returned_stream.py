@@ -18,7 +18,7 @@ import time
 import types
 import warnings
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator, Sized
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Container, Iterable, Iterator, Sized
 from contextlib import AbstractAsyncContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,6 +97,36 @@ def spans() -> Iterator[CapturedSpans]:
         yield captured
 
 
+def _async_asker(base_url: str) -> tuple[openai.AsyncOpenAI, Callable[[], Awaitable[openai.AsyncStream[Any]]]]:
+    """The real async client, and an @llm function returning its stream unread."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0)
+
+    @sdk.llm(model=MODEL)
+    async def ask() -> openai.AsyncStream[Any]:
+        return await client.chat.completions.create(**CHAT)
+    return client, ask
+
+
+def _sent_to_its_end(stream: Any) -> None:
+    """Read a two-item stream with send(), as ``yield from`` or a coroutine-style driver does."""
+    stream.send(None)
+    stream.send("more")
+    with pytest.raises(StopIteration):
+        stream.send("more")
+
+
+def _read_in_its_call(stream: Any, items: int, kept: list[weakref.ref[Any]], captured: CapturedSpans) -> ReadableSpan:
+    """Read ``stream`` to its end and keep it: it holds no item read (the first made, in
+    ``kept``), and the tool its code called (``lookup``) is the model call's child. The
+    model call's span."""
+    assert len(list(stream)) == items
+    gc.collect()
+    assert kept[0]() is None
+    llm_span = captured.by_name(f"chat {MODEL}")
+    assert _is_child(captured.by_name("execute_tool lookup"), llm_span)
+    return llm_span
+
+
 def _is_child(span: ReadableSpan, parent: ReadableSpan) -> bool:
     return span.parent is not None and span.parent.span_id == parent.context.span_id
 
@@ -133,11 +163,7 @@ def test_a_returned_stream_keeps_the_span_open_until_read_and_records_its_usage(
 
 def test_an_async_returned_stream_records_its_usage_at_its_end(spans: CapturedSpans, base_url: str) -> None:
     async def run() -> str:
-        client = openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0)
-
-        @sdk.llm(model=MODEL)
-        async def ask() -> openai.AsyncStream[Any]:
-            return await client.chat.completions.create(**CHAT)
+        client, ask = _async_asker(base_url)
 
         stream = await ask()
         assert isinstance(stream, openai.AsyncStream)
@@ -262,11 +288,7 @@ def test_a_stream_read_both_ways_or_driven_by_send_and_throw_ends_its_span(spans
     assert [(span.attributes or {})["gen_ai.usage.output_tokens"] for span in spans.spans()] == [50]
     spans.clear()
 
-    driven = ask(events())
-    driven.send(None)
-    driven.send("more")
-    with pytest.raises(StopIteration):
-        driven.send("more")
+    _sent_to_its_end(ask(events()))
     assert [(span.attributes or {})["gen_ai.usage.output_tokens"] for span in spans.spans()] == [50]
     spans.clear()
 
@@ -376,12 +398,7 @@ def test_a_returned_generator_runs_in_its_call_and_lets_go_of_it_once_ended(span
         return ask()
 
     with capture_spans(capture_content=True) as captured:
-        stream = agent()
-        assert len(list(stream)) == 1
-        gc.collect()
-        assert kept[0]() is None  # the finished stream, still kept, holds no item
-        llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool lookup")
-    assert _is_child(tool_span, llm_span)
+        llm_span = _read_in_its_call(agent(), 1, kept, captured)
     assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 10
 
     def failing_cleanup() -> Iterator[int]:
@@ -488,11 +505,7 @@ def test_a_returned_async_generator_runs_in_its_call_and_sees_the_callers_variab
 
 def test_an_async_stream_closed_or_left_early_ends_its_span(spans: CapturedSpans, base_url: str) -> None:
     async def run() -> None:
-        client = openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0)
-
-        @sdk.llm(model=MODEL)
-        async def ask() -> openai.AsyncStream[Any]:
-            return await client.chat.completions.create(**CHAT)
+        client, ask = _async_asker(base_url)
 
         stream = await ask()
         await stream.__anext__()
@@ -908,11 +921,7 @@ def test_a_client_stream_behind_the_proxy_is_read_in_its_call_and_ended_once() -
                 lookup()
 
         finished = ask(_Chunks([chunk(), {"model": MODEL, "usage": USAGE}], step=step))  # (no other reference)
-        assert len(list(finished)) == 2
-        gc.collect()
-        assert kept[0]() is None  # the finished stream, still kept, holds no item
-        llm_span, tool_span = captured.by_name(f"chat {MODEL}"), captured.by_name("execute_tool lookup")
-        assert _is_child(tool_span, llm_span)
+        llm_span = _read_in_its_call(finished, 2, kept, captured)
         assert (llm_span.attributes or {})["gen_ai.usage.input_tokens"] == 1000
         captured.clear()
 
@@ -921,11 +930,7 @@ def test_a_client_stream_behind_the_proxy_is_read_in_its_call_and_ended_once() -
         assert [span.status.status_code for span in captured.spans()] == [StatusCode.ERROR]
         captured.clear()
 
-        driven = ask(_Chunks([{"n": 1}, {"model": MODEL, "usage": USAGE}]))
-        driven.send(None)
-        driven.send("more")
-        with pytest.raises(StopIteration):
-            driven.send("more")
+        _sent_to_its_end(ask(_Chunks([{"n": 1}, {"model": MODEL, "usage": USAGE}])))
         assert [(s.attributes or {})["gen_ai.usage.input_tokens"] for s in captured.spans()] == [1000]
         captured.clear()
 
