@@ -23,7 +23,7 @@ from spanhouse.clickhouse.deletion import delete_traces
 from spanhouse.clickhouse.sqlfiles import split_statements
 from spanhouse.collector import cli
 from spanhouse.errors import ConfigError, MigrationError, StoreUnavailable
-from tests.collector_harness import ServeProcess, count_in_store, in_child
+from tests.collector_harness import ServeProcess, count_in_store, in_child, on_a_store_of_its_own
 from tests.conftest import write
 from tests.otlp import request, span, trace_id
 
@@ -336,9 +336,13 @@ def test_a_signal_ends_a_start_waiting_for_the_migration_lock(tmp_path: Path) ->
     assert held == ["1"]  # the other migrator's lock is left alone
 
 
-def test_tool_rollups_read_by_time_after_a_deletion_count_what_remains(store: Store, tenant: str) -> None:
+def test_tool_rollups_read_by_time_after_a_deletion_count_what_remains(tmp_path: Path) -> None:
     """Deletion recomputes a tool's hour: the rows it deletes must not stay in the
     time-ordered projections (0008), which window reads use, next to the recomputed ones."""
+    on_a_store_of_its_own(_tool_rollups_after_a_deletion, tmp_path)
+
+
+def _tool_rollups_after_a_deletion(store: Store, tenant: str) -> None:
     start = 1_763_500_000_000_000_000
     gone, kept = trace_id(), trace_id()
     write(store, tenant, request([span("execute_tool x", t, start=start + i, attributes={
@@ -374,7 +378,11 @@ class _WriteWhileDeleting:
         return result
 
 
-def test_a_tool_call_written_while_a_deletion_rebuilds_its_hour_counts_once(store: Store, tenant: str) -> None:
+def test_a_tool_call_written_while_a_deletion_rebuilds_its_hour_counts_once(tmp_path: Path) -> None:
+    on_a_store_of_its_own(_a_tool_call_written_while_its_hour_is_rebuilt, tmp_path)
+
+
+def _a_tool_call_written_while_its_hour_is_rebuilt(store: Store, tenant: str) -> None:
     hour = 1_700_002_800_000_000_000  # 2023-11-14 23:00 UTC, a whole hour
     tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
     gone, kept, late = trace_id(), trace_id(), trace_id()
@@ -393,10 +401,14 @@ def test_a_tool_call_written_while_a_deletion_rebuilds_its_hour_counts_once(stor
 
 
 
-def test_a_span_of_a_trace_arriving_while_it_is_deleted_is_stored_whole(store: Store, tenant: str) -> None:
+def test_a_span_of_a_trace_arriving_while_it_is_deleted_is_stored_whole(tmp_path: Path) -> None:
     """A running execution deleted while it still sends spans: one landing between two of
     the deletion's statements stayed in otel_traces and lost its tool_calls row, and its
     tool call, in an hour the deletion had not found affected, stayed in the tool stats."""
+    on_a_store_of_its_own(_a_span_landing_during_its_deletion, tmp_path)
+
+
+def _a_span_landing_during_its_deletion(store: Store, tenant: str) -> None:
     hour = 1_700_002_800_000_000_000  # 2023-11-14 23:00 UTC
     tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
     running = trace_id()
