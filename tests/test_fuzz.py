@@ -19,7 +19,7 @@ from tests.collector_harness import Running, grpc_export, running_collector
 from tests.otlp import request, span, trace_id
 from tests.test_collector import SPEC_EXAMPLE
 
-EXAMPLES = int(os.environ.get("SPANHOUSE_FUZZ_EXAMPLES", "700"))
+EXAMPLES = int(os.environ.get("SPANHOUSE_FUZZ_EXAMPLES", "2000"))
 SEED_BODY = request([
     span("seed", trace_id(), attributes={"s": "v", "i": 1, "d": 0.5, "b": True, "a": ["x", 2], "m": {"k": [1]}},
          events=[(1_700_000_000_000_000_001, "e", {"k": "v"})], error="boom"),
