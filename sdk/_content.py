@@ -45,7 +45,7 @@ import re
 import sys
 import types
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence, Set, ValuesView
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set, ValuesView
 from typing import Any, Final
 
 from spanhouse.text import utf8_safe
@@ -89,20 +89,26 @@ _URL_SECRET: Final = re.compile(
     r"(://(?!\[)(?:[^/?#\s:@\"\\]|\\.)*:)(?!\d{1,5}(?:[/?#\s\"',;)\]]|$))"
     r"((?:(?!://)(?:[^\s\"\\]|\\(?!://)[^@\n]|\\(?=@)))*?)(@)"
     r"(?=[^@/?#\s\"',;)\]]*(?:[/?#\s\"',;)\]]|$))"
-    r"|([?&;])([^=&#\s?;/\"']{1,64})=([\"']?(?:[^&#\s\"']|[\"'](?![\s,;:)\]}>&#]|$))+)")
+    r"|([?&;])([^=&#\s?;/\"']{1,64})=")
 """In a string holding a URL: the password of ``scheme://user:password@host`` (the user
 may be empty, as in Redis URLs; ``/``, ``?``, ``#``, ``'`` or ``@`` left unencoded in
 the password, as SQLAlchemy and libpq take them, are taken up to the ``@`` a host
 follows, and so is ``\"`` as JSON escapes a quote; ``host:8080/…@…`` and
 ``host:8080?…@…`` are a port, and ``[::1]:…`` an IPv6 host; a bare ``"``, whitespace and
 JSON's delimiters after the host end it, so it never runs into the next value of a
-JSON text), and query parameters ``name=value`` (the name is judged by
-``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs; a quote
-followed by a delimiter ends a value, which otherwise ran over the rest of a compact
-JSON text, and a value may be quoted). A
-password never runs past the next ``://``, so the stretches searched from two URLs do
-not overlap and the search stays linear on long text, whatever the password's length
-(IAM and OAuth tokens used as passwords run past a kilobyte)."""
+JSON text), and the start of a query parameter ``name=`` (the name is judged by
+``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs), whose value
+``_PARAM_VALUE`` takes only when the name is a secret's: the value of any other is
+searched too, for a parameter after a ``;`` (``?q=1;token=…``) or a URL passed in it
+(``?next=https://u:pw@db/x``, ``?redirect=/a?api_key=…``). A password never runs past
+the next ``://``, so the stretches searched from two URLs do not overlap and the search
+stays linear on long text, whatever the password's length (IAM and OAuth tokens used
+as passwords run past a kilobyte)."""
+
+_PARAM_VALUE: Final = re.compile(r"[\"']?(?:[^&#\s\"']|[\"'](?![\s,;:)\]}>&#]|$))+")
+"""A secret parameter's value: up to the next ``&``, ``#`` or whitespace; a quote
+followed by a delimiter ends it (it otherwise ran over the rest of a compact JSON text),
+and it may be quoted."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -115,18 +121,37 @@ def scrub_urls(text: str) -> str:
     """``text`` with the secrets of the URLs it holds redacted (``_URL_SECRET``): a tool
     fetching ``https://maps.example.com/geocode?address=…&key=AIza…`` is called with its
     key in a string, where no key names it."""
-    if "://" not in text:
+    if "://" not in text:  # most captured strings: no generator made for them
         return text
-    return _URL_SECRET.sub(_redact_url_part, text)
+    kept: list[str] = []
+    at = 0
+    for start, end, redacted in _url_secrets(text):
+        kept += (text[at:start], redacted)
+        at = end
+    kept.append(text[at:])
+    return "".join(kept)
 
 
-def _redact_url_part(m: re.Match[str]) -> str:
-    if m.group(1) is not None:
-        return f"{m.group(1)}{REDACTED}{m.group(3)}"
-    name, value = m.group(5), m.group(6)
-    secret = name.lower() in ("key", "sig") or is_secret_key(name)
-    opening = value[0] if value[0] in "\"'" else ""  # a quoted value keeps its quotes
-    return f"{m.group(4)}{name}={opening}{REDACTED}" if secret else m.group(0)
+def _url_secrets(text: str) -> Iterator[tuple[int, int, str]]:
+    """Where ``text``'s URLs hold secrets, in order and apart: (start, end, what replaces
+    ``text[start:end]``). Only a secret parameter's value is skipped: the search goes on
+    inside any other's."""
+    if "://" not in text:
+        return
+    at = 0  # where the search goes on: past a secret, or past a parameter's name
+    while (m := _URL_SECRET.search(text, at)) is not None:
+        at = m.end()
+        if m.group(1) is not None:
+            yield m.start(), at, f"{m.group(1)}{REDACTED}{m.group(3)}"
+            continue
+        name = m.group(5)
+        if not (name.lower() in ("key", "sig") or is_secret_key(name)):
+            continue  # its value is searched on: each character once, whatever the parameters
+        value = _PARAM_VALUE.match(text, at)
+        if value is not None:
+            opening = value.group(0)[0] if value.group(0)[0] in "\"'" else ""  # a quoted value keeps its quotes
+            yield m.start(), value.end(), f"{m.group(4)}{name}={opening}{REDACTED}"
+            at = value.end()
 
 
 def truncated(text: str, limit: int) -> str:
@@ -156,15 +181,12 @@ def scrubbed(text: str, limit: int) -> str:
     cap = min(len(text), limit + _SCRUB_MARGIN // 2)  # every character kept has half the margin searched after it
     kept: list[str] = []
     size = at = 0  # characters kept; how far the original is consumed
-    for m in _URL_SECRET.finditer(window) if "://" in window else ():
-        if m.start() >= cap or size + m.start() - at >= limit:
+    for start, end, redacted in _url_secrets(window):
+        if start >= cap or size + start - at >= limit:
             break
-        redacted = _redact_url_part(m)
-        if redacted == m.group(0):  # nothing secret (a parameter named q): plain text, kept up to the limit
-            continue
-        kept += (window[at:m.start()], redacted)
-        size += m.start() - at + len(redacted)
-        at = m.end()
+        kept += (window[at:start], redacted)
+        size += start - at + len(redacted)
+        at = end
     rest = window[at:min(cap, at + max(0, limit - size))]
     kept.append(rest)
     at += len(rest)

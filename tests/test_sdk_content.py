@@ -214,6 +214,10 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("https://h.io/login?user=bob&password=Pa'ss-w0rd", "https://h.io/login?user=bob&password=[REDACTED]"),
         ('https://h.io/cb?access_token="tok-9f8e7d6c"', 'https://h.io/cb?access_token="[REDACTED]"'),
         ("https://h.io/x?api_key='sk-live-9f8e7d6c'&page=2", "https://h.io/x?api_key='[REDACTED]'&page=2"),
+        # the value of a parameter that is no secret was taken whole, what it held unsearched
+        ("https://h.io/a?q=1;token=abc&b=2", "https://h.io/a?q=1;token=[REDACTED]&b=2"),
+        ("https://app.io/login?next=https://u:pw@db/x", "https://app.io/login?next=https://u:[REDACTED]@db/x"),
+        ("https://app.io/?redirect=/cb?api_key=zz&page=2", "https://app.io/?redirect=/cb?api_key=[REDACTED]&page=2"),
     ]:
         assert policy.value(url) == (scrubbed or url), url
 
