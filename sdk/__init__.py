@@ -40,10 +40,11 @@ from spanhouse.sdk._feedback import current_execution_id, feedback
 from spanhouse.sdk._processor import SpanhouseSpanProcessor
 from spanhouse.sdk._session import session
 from spanhouse.sdk._setup import configure, flush, shutdown
-from spanhouse.sdk._usage import CACHED_INPUT_PRICES, PRICES, record_usage, register_price
+from spanhouse.sdk._usage import CACHED_INPUT_PRICES, LONG_CONTEXT_PRICES, PRICES, record_usage, register_price
 
 __all__ = [
     "CACHED_INPUT_PRICES",
+    "LONG_CONTEXT_PRICES",
     "PRICES",
     "ActiveCall",
     "SpanhouseSpanProcessor",

@@ -98,6 +98,17 @@ CACHED_INPUT_PRICES: dict[str, float] = {
 """PRICES key → USD per million cached input tokens (prompt-cache reads). Looked up by the
 key PRICES matched, so a model without an entry here pays its full input price for them."""
 
+LONG_CONTEXT_PRICES: dict[str, tuple[int, float, float, float]] = {
+    # PRICES key: (input tokens past which a call is priced at these, then USD per 1M input,
+    # output and cached input tokens), as published in 2025. The whole call takes them, not
+    # only its tokens past the threshold; the input counted includes the cache's tokens.
+    "gemini-2.5-pro": (200_000, 2.50, 15.00, 0.625),
+    "claude-sonnet-4": (200_000, 6.00, 22.50, 0.60),  # Sonnet 4 and 4.5 with the 1M-token context window
+}
+"""PRICES key → the price of a call whose input is past a threshold (a long-context tier).
+Looked up by the key PRICES matched; ``register_price`` drops the tier of a model it
+prices again (its new tier cannot be guessed): set one here."""
+
 _PER: Final = 1_000_000
 _MAX_TOKENS: Final = 2**63 - 1  # an OTLP int attribute is an int64: the exporter drops larger ones
 ANTHROPIC_CACHE_READ_PRICE: Final = 0.1
@@ -127,7 +138,8 @@ def register_price(model: str, *, input_per_million: float, output_per_million: 
     """Set the price of ``model`` (or of every model whose name starts with it);
     ``cached_input_per_million`` is its prompt-cache read price (when not given, one it
     has moves with the input price, keeping its discount; a model without one pays its
-    input price, a Claude model a tenth of it).
+    input price, a Claude model a tenth of it). A long-context tier the model had
+    (``LONG_CONTEXT_PRICES``) is dropped: the new price applies to every call.
 
     Raises:
         ValueError: the name is empty or a price is negative or not finite.
@@ -146,6 +158,7 @@ def register_price(model: str, *, input_per_million: float, output_per_million: 
             CACHED_INPUT_PRICES[model] *= float(input_per_million) / old_input
         else:
             del CACHED_INPUT_PRICES[model]
+    LONG_CONTEXT_PRICES.pop(model, None)
     PRICES[model] = (float(input_per_million), float(output_per_million))
 
 
@@ -168,13 +181,17 @@ def cost_of(model: str | None, input_tokens: int, output_tokens: int, cache_read
     ``input_tokens`` includes the cache's tokens: reads are priced from
     ``CACHED_INPUT_PRICES`` (for a model not there, a Claude model's at
     ``ANTHROPIC_CACHE_READ_PRICE`` and any other's at the input price), writes (which
-    only Anthropic reports) at ``CACHE_WRITE_PRICE`` times the input price."""
+    only Anthropic reports) at ``CACHE_WRITE_PRICE`` times the input price; a call whose
+    input is past its model's long-context threshold at ``LONG_CONTEXT_PRICES``."""
     key = _price_key(model) if model else None
     if key is None:
         return None
     price_in, price_out = PRICES[key]
     price_read = CACHED_INPUT_PRICES.get(
         key, price_in * (ANTHROPIC_CACHE_READ_PRICE if "claude" in key.lower() else 1.0))
+    tier = LONG_CONTEXT_PRICES.get(key)
+    if tier is not None and input_tokens > tier[0]:
+        _, price_in, price_out, price_read = tier
     uncached = input_tokens - cache_read_tokens - cache_write_tokens
     inputs = uncached * price_in + cache_read_tokens * price_read + cache_write_tokens * CACHE_WRITE_PRICE * price_in
     return (inputs + output_tokens * price_out) / _PER

@@ -17,7 +17,7 @@ def test_all_is_pinned() -> None:
         "configure", "flush", "shutdown",
         "execution", "workflow", "agent", "tool", "llm",
         "execution_span", "agent_span", "tool_call", "llm_call", "ActiveCall",
-        "record_usage", "PRICES", "CACHED_INPUT_PRICES", "register_price",
+        "record_usage", "PRICES", "CACHED_INPUT_PRICES", "LONG_CONTEXT_PRICES", "register_price",
         "session", "current_execution_id", "feedback",
         "SpanhouseSpanProcessor",
     ])

@@ -216,6 +216,32 @@ def test_cache_reads_are_priced_by_the_entry_the_model_matched() -> None:
             table.update(was)  # type: ignore[arg-type]
 
 
+def test_a_call_past_a_long_context_threshold_is_priced_at_its_tier() -> None:
+    """Gemini 2.5 Pro and Claude Sonnet 4/4.5 (1M-token window) charge a whole call more
+    when its input, the cache's tokens included, passes 200k tokens: such calls were costed
+    at the lower price (Sonnet's 2x input, 1.5x output). A price registered again drops
+    the tier."""
+    saved, saved_tiers = dict(_usage.PRICES), dict(_usage.LONG_CONTEXT_PRICES)
+    try:
+        assert _usage.cost_of("gemini-2.5-pro", 200_000, 1_000_000) == pytest.approx(0.25 + 10.0)
+        assert _usage.cost_of("gemini-2.5-pro", 200_001, 1_000_000) == pytest.approx(200_001 * 2.5 / 1e6 + 15.0)
+        assert _usage.cost_of("gemini-2.5-pro-preview-06-05", 400_000, 0,
+                              cache_read_tokens=200_000) == pytest.approx(0.2 * 2.5 + 0.2 * 0.625)
+        assert _usage.cost_of("claude-sonnet-4-5-20250929", 500_000, 100_000, cache_read_tokens=100_000,
+                              cache_write_tokens=100_000) == pytest.approx(
+            0.3 * 6.0 + 0.1 * 0.6 + 0.1 * 1.25 * 6.0 + 0.1 * 22.5)
+        assert _usage.cost_of("claude-sonnet-4-5", 150_000, 0,
+                              cache_read_tokens=100_000) == pytest.approx(0.05 * 3.0 + 0.1 * 0.3)
+        assert _usage.cost_of("gemini-2.5-flash", 1_000_000, 0) == pytest.approx(0.3)  # flat: no tier
+        assert _usage.cost_of("claude-opus-4-1", 1_000_000, 0) == pytest.approx(15.0)
+        sdk.register_price("gemini-2.5-pro", input_per_million=1.0, output_per_million=2.0)
+        assert _usage.cost_of("gemini-2.5-pro", 1_000_000, 1_000_000) == pytest.approx(3.0)
+    finally:
+        for table, was in ((_usage.PRICES, saved), (_usage.LONG_CONTEXT_PRICES, saved_tiers)):
+            table.clear()
+            table.update(was)  # type: ignore[arg-type]
+
+
 def test_record_usage_validates_and_is_a_noop_outside_spans(spans: CapturedSpans) -> None:
     sdk.record_usage(input_tokens=5)  # no current span: nothing happens
     for bad in ({"input_tokens": -1}, {"output_tokens": 1.5}, {"input_tokens": True}, {"cost_usd": -0.1},
