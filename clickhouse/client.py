@@ -27,6 +27,14 @@ DEFAULT_DSN = "chdb://./spanhouse-data"
 
 SERVER_SCHEMES: Final = ("http", "https", "clickhouse", "clickhouses")
 
+_EMBEDDED_SETTINGS: Final = {"use_partition_pruning": 0, "optimize_mutations_with_partition_pruning": 0}
+"""The embedded engine takes the time zone of the process that opens it, and a row's
+partition (``toDate``, ``toYYYYMM`` of its time) is computed in that zone when it is
+written: a process in another zone pruned partitions by its own dates, skipping parts
+holding what it read or deleted (an execution's detail showed no spans whenever the two
+zones' dates differed). Each part's min-max index of the time itself, which no zone
+changes, still prunes as tightly. A server has one zone, so its clients keep pruning."""
+
 _HOW: Final = "use chdb:///path for the embedded store or http(s)://user:pass@host:8123/db for a ClickHouse server"
 
 
@@ -115,13 +123,15 @@ def connect(dsn: str | None = None, *, timeout: float | None = None) -> Client:
     target = store_dsn(dsn)
     path = embedded_path(target)
     bounds: dict[str, int] = {}
+    settings: dict[str, int] = {}
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
+        settings = _EMBEDDED_SETTINGS
     elif timeout is not None and math.isfinite(timeout):  # an endless retry waits as long as the driver does
         seconds = max(1, math.ceil(timeout))  # clickhouse-connect takes whole seconds, and 0 as no wait at all
         bounds = {"connect_timeout": seconds, "send_receive_timeout": seconds}
     try:
-        return clickhouse_connect.get_client(dsn=target, **bounds)
+        return clickhouse_connect.get_client(dsn=target, settings=settings, **bounds)
     except Exception as exc:  # clickhouse-connect and chdb raise several unrelated types
         if path is None:
             hint = "is the server running and the DSN's host, port and credentials right?"

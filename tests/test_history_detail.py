@@ -132,6 +132,38 @@ def test_deleted_spans_are_gone_from_the_trace_ordered_projection(tmp_path: Path
     assert in_child(_DELETED_FROM_THE_PROJECTION, tmp_path / "store", str(T0)) == ["10", "[(0,)]", "['late step']"]
 
 
+_WRITE_THEN_READ = """
+import sys
+from spanhouse.clickhouse import history, open_store
+from tests.conftest import write
+from tests.otlp import request, span, trace_id
+store = open_store(sys.argv[1])
+if sys.argv[2] == "write":
+    t = trace_id()
+    tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+    evening = 1_700_000_000_000_000_000  # 2023-11-14 22:13 UTC, 2023-11-15 07:13 in Tokyo
+    write(store, "acme", request([span("invoke_agent planner", t, start=evening, duration_ns=10**9),
+                                  span("execute_tool search", t, start=evening + 10**8, attributes=tool)]))
+    print(t.hex())
+else:
+    found = history.get_execution(store.client, "acme", sys.argv[3])
+    print(found["spans"], [node["name"] for node in found["spans_tree"]])
+    print(store.client.command("SELECT count() FROM tool_calls WHERE Timestamp BETWEEN "
+                               "'2023-11-14 22:13:00' AND '2023-11-14 22:14:00'"))
+store.close()
+"""
+
+
+def test_a_store_written_in_one_time_zone_is_read_whole_in_another(tmp_path: Path) -> None:
+    """The embedded engine computes a row's day partition in the zone of the process
+    writing it and pruned a read's partitions by the reading process's dates: an
+    execution written in Tokyo and shown by a collector on UTC had no spans."""
+    data = tmp_path / "store"
+    [written] = in_child(_WRITE_THEN_READ, data, "write", tz="Asia/Tokyo")
+    assert in_child(_WRITE_THEN_READ, data, "read", written, tz="UTC") == [
+        "2 ['invoke_agent planner', 'execute_tool search']", "1"]
+
+
 def test_tool_calls_of_every_convention_show_their_arguments_and_result(store: Store, tenant: str) -> None:
     t, root = trace_id(), span_id()
     write(store, tenant, request([
