@@ -150,8 +150,8 @@ class ExecutionFilters(BaseModel):
                                                       "years 1900-2261)")
     until: Timestamp | None = Field(None, description="start time < (ISO 8601, UTC without an offset; years "
                                                       "1900-2261; after since)")
-    min_duration: float | None = Field(None, ge=0, description="milliseconds")
-    max_duration: float | None = Field(None, ge=0, description="milliseconds")
+    min_duration: float | None = Field(None, ge=0, description="milliseconds; leaves out running executions")
+    max_duration: float | None = Field(None, ge=0, description="milliseconds; leaves out running executions")
     min_cost: float | None = Field(None, ge=0, description="USD")
     tool: str | None = Field(None, min_length=1, max_length=256, description="called this tool")
     has_errors: bool | None = Field(None, description="any failed span")

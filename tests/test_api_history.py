@@ -107,7 +107,8 @@ def _names(resp: httpx.Response, ids: dict[str, str]) -> list[str]:
     ({"since": "2025-11-18T21:08:40Z"}, ["running", "e", "d", "c"]),
     ({"until": "2025-11-18T21:08:40Z"}, ["b", "a"]),
     ({"min_duration": 5000}, ["e", "b"]),
-    ({"max_duration": 500}, ["running", "c"]),
+    ({"max_duration": 500}, ["c"]),  # a running one has no duration yet: its 0 matched every max_duration
+    ({"min_duration": 0}, ["e", "d", "c", "b", "a"]),
     ({"min_cost": 1}, ["c"]),
     ({"min_cost": 0}, ["running", "e", "d", "c", "b", "a"]),  # a running one (no rollup yet) costs 0 so far
     ({"tool": "search"}, ["b", "a"]),

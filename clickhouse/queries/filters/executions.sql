@@ -17,10 +17,11 @@ e.StartTime >= {since:DateTime64(9)}
 -- until
 e.StartTime < {until:DateTime64(9)}
 -- min_duration
--- in listed units (duration_ms): a listed duration given back as a bound matches itself
-e.DurationNs / 1e6 >= {min_duration_ms:Float64}
+-- in listed units (duration_ms): a listed duration given back as a bound matches itself;
+-- a running execution has no duration yet (its 0 would pass every max_duration)
+e.Status != 'running' AND e.DurationNs / 1e6 >= {min_duration_ms:Float64}
 -- max_duration
-e.DurationNs / 1e6 <= {max_duration_ms:Float64}
+e.Status != 'running' AND e.DurationNs / 1e6 <= {max_duration_ms:Float64}
 -- q
 positionCaseInsensitiveUTF8(e.Input, {q:String}) > 0
     OR positionCaseInsensitiveUTF8(e.Output, {q:String}) > 0
