@@ -386,7 +386,7 @@ def delete_feedback(who: Admin, ctx: Context, feedback_id: FeedbackKey) -> dict[
     "text/csv": {}, "application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}})
 def export(who: Reader, ctx: Context, filters: Filters,
            format: Annotated[Literal["csv", "json", "parquet"], Query()] = "json") -> StreamingResponse:
-    """Stream executions with rollup numbers as CSV, JSON lines or Parquet."""
+    """Stream executions with the fields the list gives as CSV, JSON lines or Parquet."""
     media = {"csv": "text/csv", "json": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}[format]
     body = history.export_executions(ctx.store.readers, who.tenant, filters.values(), format)
     return StreamingResponse(body, media_type=media,

@@ -400,6 +400,11 @@ def test_export_streams_filtered_executions(dataset: tuple[Running, dict[str, st
     elif fmt == "json":
         rows = [json.loads(line) for line in r.text.splitlines()]
         assert [row["trace_id"] for row in rows] == [ids["e"], ids["b"]]
+        # every field the list gives, with its value (error_spans and tools were left out); the
+        # export's start_time keeps the stored nanoseconds
+        listed = _get(c, "/api/v1/executions", service="svc-b").json()["items"]
+        assert [(k, row.get(k)) for row, item in zip(rows, listed) for k in item
+                if k != "start_time" and row.get(k) != item[k]] == []
     else:
         assert r.content[:4] == b"PAR1" and r.content[-4:] == b"PAR1"
 
