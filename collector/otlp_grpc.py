@@ -93,4 +93,4 @@ class GrpcReceiver:
         details = encoding.status(result.grpc_code.value[0], str(exc), result.retry_after,
                                   bad_request=result.grpc_code is grpc.StatusCode.INVALID_ARGUMENT)
         context.set_trailing_metadata((("grpc-status-details-bin", details.SerializeToString()),))
-        context.abort(result.grpc_code, str(exc))
+        context.abort(result.grpc_code, details.message)  # as cut and made valid UTF-8 there: they must agree

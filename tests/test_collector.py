@@ -245,6 +245,22 @@ def test_undecodable_body_is_400_with_a_status_in_the_request_encoding(store: St
         assert status_pb2.Status.FromString(details).details[0].Is(error_details_pb2.BadRequest.DESCRIPTOR)
 
 
+def test_a_grpc_error_names_the_same_message_in_its_status_and_its_details(
+        store: Store, tmp_path: Path, tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The google.rpc.Status in the trailers cut a message to 1,024 characters while the
+    call's own status kept all of it, and gRPC's status library refuses a call whose
+    two messages differ (``rpc_status.from_call``: ValueError)."""
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the spool's disk said: " + "x" * 3_000)
+
+    monkeypatch.setattr(Ingest, "export", fails)
+    with running_collector(store, tmp_path, tenant) as c:
+        code, _, err = grpc_export(c.grpc_target, request([span("s", trace_id())]).SerializeToString(), c.key)
+    assert code is grpc.StatusCode.UNAVAILABLE
+    details = status_pb2.Status.FromString(dict(err.trailing_metadata())["grpc-status-details-bin"])
+    assert details.message == err.details() and details.message.startswith("the spool's disk said: xxx")
+
+
 def test_json_nested_too_deep_is_400_not_a_retry(store: Store, tmp_path: Path, tenant: str) -> None:
     with running_collector(store, tmp_path, tenant) as c:
         r = httpx.post(c.http_url, content=b"[" * 100_000, headers={"content-type": "application/json", **c.headers()})
