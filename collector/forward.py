@@ -248,11 +248,24 @@ class Sender:
             path = parts.path if parts.path not in ("", "/") else "/v1/traces"
             # A 307/308 (an endpoint that moved) is followed with the same POST, as the
             # OTel Collector's Go client does; a 301/302/303 would turn it into a GET.
-            self._http = httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", timeout=10.0,
+            self._home = httpx.URL(f"{parts.scheme}://{parts.netloc}")
+            self._http = httpx.Client(base_url=self._home, timeout=10.0,
                                       follow_redirects=True, verify=transport.verify(),
+                                      event_hooks={"request": [self._headers_stay_home]},
                                       headers={"content-type": "application/x-protobuf",
                                                **({"content-encoding": "gzip"} if self._gzip else {})})
             self._path = f"{path}?{parts.query}" if parts.query else path
+
+    def _headers_stay_home(self, request: httpx.Request) -> None:
+        """A redirect away from the destination's origin is sent without its headers:
+        httpx drops only Authorization there, and a credential in a header of another
+        name (x-honeycomb-team, dd-api-key) went to whatever host it was redirected to.
+        Like httpx, a move of the same host from http to https keeps them."""
+        url, home = request.url, self._home
+        upgrade = (home.scheme, url.scheme) == ("http", "https") and home.port in (None, 80) and url.port in (None, 443)
+        if url.host != home.host or ((url.scheme, url.port) != (home.scheme, home.port) and not upgrade):
+            for name, _ in self._d.headers:
+                request.headers.pop(name, None)
 
     def send(self, payload: bytes, tenant: str, *, merged: int = 0) -> bool:
         """Send one request. A ``merged`` one (that many requests as one) is counted as

@@ -423,6 +423,44 @@ def test_an_http_destination_gets_its_query_its_redirect_and_each_requests_tenan
     assert metrics.registry.get_sample_value("spanhouse_forward_sent_total", {"destination": destination.label}) == 2
 
 
+class _MovedAway(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with a 308 to ``to``, another origin."""
+
+    to = ""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(308)
+        self.send_header("location", self.to)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_redirect_to_another_origin_gets_none_of_the_destinations_headers() -> None:
+    """httpx drops only Authorization on a redirect away from the origin, so a credential
+    in a header of another name (Honeycomb's x-honeycomb-team, Datadog's dd-api-key) went
+    to whatever host the destination redirected to."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    home = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MovedAway)
+    for server in (other, home):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recording.got = []
+    _MovedAway.to = f"http://127.0.0.1:{other.server_address[1]}/otel/v1/traces"
+    sender = Sender(Destination.parse(f"http://127.0.0.1:{home.server_address[1]}/v1/traces"
+                                      ";x-honeycomb-team=s3cret;x-scope-orgid={tenant}"), Metrics())
+    try:
+        assert sender.send(b"a", "acme") is True
+    finally:
+        sender.close()
+        for server in (other, home):
+            server.shutdown()
+    [(path, headers)] = _Recording.got
+    assert path == "/otel/v1/traces" and "x-honeycomb-team" not in headers and "x-scope-orgid" not in headers
+
+
 def test_one_url_with_two_header_sets_is_two_destinations_and_twice_the_same_is_refused(tmp_path: Path) -> None:
     """Keyed by URL alone, two destinations (say two X-Scope-OrgIDs of one backend)
     shared one backlog: each thread sent part of it and deleted it for the other."""
