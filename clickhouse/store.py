@@ -101,7 +101,15 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
         connect(dsn, timeout=timeout).close()
     client = connect(dsn)
     try:
-        migrate(client, cluster=cluster, exclusive=embedded_path(dsn) is not None, stopping=stopping)
+        embedded = embedded_path(dsn) is not None
+        if migrate(client, cluster=cluster, exclusive=embedded, stopping=stopping) and embedded:
+            # The engine that created or replaced views holds them otherwise than one
+            # loading them from disk, and a view's insert deduplication ids differ between
+            # the two: a batch inserted here and replayed from the spool by the next
+            # process (after a crash) was stored once in otel_traces but twice in every
+            # view's table. Opened again, this process holds them as every later one does.
+            client.close()
+            client = connect(dsn)
         if retention_days is not None:
             apply_retention(client, retention_days, cluster=cluster)
         writer_client = connect(dsn, timeout=timeout)

@@ -321,6 +321,35 @@ def test_a_replayed_batch_over_more_than_a_thousand_days_is_stored_once(tmp_path
     assert in_child(script, tmp_path) == ["1100 1100"]
 
 
+_WRITE_ONE_BATCH = """
+import sys
+from spanhouse.clickhouse import IngestItem, open_store
+from tests.otlp import request, span
+s = open_store(sys.argv[1])
+t, root = bytes.fromhex("ab" * 16), bytes.fromhex("cd" * 8)
+tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+batch = request([span("invoke_agent planner", t, sid=root, attributes={"gen_ai.operation.name": "invoke_agent"}),
+                 span("execute_tool search", t, parent=root, sid=bytes.fromhex("ef" * 8), attributes=tool,
+                      error="timed out")])
+s.writer.write([IngestItem("t", batch.SerializeToString())], token="spool-000000000001")
+print([s.client.command(f"SELECT {n} FROM {table} WHERE Tenant = 't'") for table, n in (
+    ("otel_traces", "count()"), ("tool_calls", "count()"), ("tool_stats_1m", "sum(Calls)"),
+    ("tool_stats_1d", "sum(Calls)"), ("error_patterns", "sum(Count)"), ("execution_rollup", "sum(Spans)"),
+    ("execution_tool_calls", "count()"), ("executions", "count()"))])
+s.close()
+"""
+
+
+def test_a_batch_replayed_by_the_next_process_is_counted_once_in_every_table(tmp_path: Path) -> None:
+    """The engine that created the views (a new store's first process, or one that ran a
+    migration) gave their inserts other deduplication ids than an engine loading them:
+    a batch inserted there and replayed from the spool by the next process (after a
+    crash) was stored once in otel_traces and twice in every view's table."""
+    once = str([2, 1, 1, 1, 1, 2, 1, 1])
+    assert in_child(_WRITE_ONE_BATCH, tmp_path) == [once]  # creates the store, then writes
+    assert in_child(_WRITE_ONE_BATCH, tmp_path) == [once]  # the replay: the same batch, the same token
+
+
 def test_retried_batch_changes_no_derived_count(store: Store, tenant: str) -> None:
     t = trace_id()
     reqs = [request([span("execute_tool x", t, attributes={"gen_ai.operation.name": "execute_tool"}, error="e 1"),
