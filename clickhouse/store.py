@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
-from spanhouse.clickhouse import sqlfiles
-from spanhouse.clickhouse.client import connect, embedded_path, resolve_dsn
+from spanhouse.clickhouse import queries, sqlfiles
+from spanhouse.clickhouse.client import allow_partition_pruning, connect, embedded_path, resolve_dsn
 from spanhouse.clickhouse.migrations import apply_retention, migrate
 from spanhouse.clickhouse.pool import ClientPool
 from spanhouse.clickhouse.writer import Writer
@@ -42,6 +42,9 @@ class Store:
     client: Client
     readers: ClientPool
     writer: Writer
+    prunes_partitions: bool = True
+    """Whether this store's clients let the engine prune partitions by their keys
+    (``connect``): a server, or an embedded store only ever opened in this zone."""
 
     def close_pool(self, pool: ClientPool) -> bool:
         """Close ``pool`` (this store's readers, or another pool on its engine) and wait up
@@ -110,9 +113,12 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
             # view's table. Opened again, this process holds them as every later one does.
             client.close()
             client = connect(dsn)
+        prunes = not embedded or _one_zone(client)
+        if prunes and embedded:
+            allow_partition_pruning(client)
         if retention_days is not None:
             apply_retention(client, retention_days, cluster=cluster)
-        writer_client = connect(dsn, timeout=timeout)
+        writer_client = connect(dsn, timeout=timeout, prune_partitions=prunes)
         try:
             writer = Writer(writer_client, embedded_path(dsn))
         except BaseException:
@@ -121,4 +127,14 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
     except BaseException:
         client.close()  # for the embedded engine: else the data directory stays held by this process
         raise
-    return Store(dsn, client, ClientPool(lambda: connect(dsn, timeout=timeout), READERS), writer)
+    return Store(dsn, client, ClientPool(lambda: connect(dsn, timeout=timeout, prune_partitions=prunes), READERS),
+                 writer, prunes)
+
+
+def _one_zone(client: Client) -> bool:
+    """Record this process's time zone as one the embedded store was opened in (before
+    it writes); whether it is the only one recorded (0021): partitions are then computed
+    and pruned in the same zone."""
+    zone = queries.rows(client, "server_timezone", {})[0]["timezone"]
+    client.insert("spanhouse_zones", [[zone]], column_names=["Zone"])
+    return [row["zone"] for row in queries.rows(client, "store_zones", {})] == [zone]

@@ -163,8 +163,8 @@ class Collector:
         self._api_context = ApiContext(self._store, self._keys, ingest.recent)
         api = create_app(self._api_context, self.metrics, self._readiness)
         # Its own connections: read-only settings must never reach the sessions that ingest or serve the API.
-        dsn = self.store.dsn
-        self._sql_clients = ClientPool(lambda: connect(dsn), READERS)
+        dsn, prunes = self.store.dsn, self.store.prunes_partitions
+        self._sql_clients = ClientPool(lambda: connect(dsn, prune_partitions=prunes), READERS)
         sql = SqlEndpoint(self._sql_clients, self._keys)
         self._serve_asgi([(http.app, http_sock), (api, api_sock), (sql.app, sql_sock)])
         return Addresses(s.host, self._grpc.port, http_sock.getsockname()[1], api_sock.getsockname()[1],

@@ -146,10 +146,11 @@ if sys.argv[2] == "write":
                                   span("execute_tool search", t, start=evening + 10**8, attributes=tool)]))
     print(t.hex())
 else:
-    found = history.get_execution(store.client, "acme", sys.argv[3])
+    found = history.get_execution(store.readers, "acme", sys.argv[3])
     print(found["spans"], [node["name"] for node in found["spans_tree"]])
     print(store.client.command("SELECT count() FROM tool_calls WHERE Timestamp BETWEEN "
-                               "'2023-11-14 22:13:00' AND '2023-11-14 22:14:00'"))
+                               "toDateTime64('2023-11-14 22:13:00', 9, 'UTC') AND toDateTime64('2023-11-14 22:14:00', 9, 'UTC')"))
+print(store.prunes_partitions)
 store.close()
 """
 
@@ -157,11 +158,33 @@ store.close()
 def test_a_store_written_in_one_time_zone_is_read_whole_in_another(tmp_path: Path) -> None:
     """The embedded engine computes a row's day partition in the zone of the process
     writing it and pruned a read's partitions by the reading process's dates: an
-    execution written in Tokyo and shown by a collector on UTC had no spans."""
+    execution written in Tokyo and shown by a collector on UTC had no spans. A store
+    only ever opened in one zone keeps that pruning (a fifth of a detail's time)."""
     data = tmp_path / "store"
-    [written] = in_child(_WRITE_THEN_READ, data, "write", tz="Asia/Tokyo")
-    assert in_child(_WRITE_THEN_READ, data, "read", written, tz="UTC") == [
-        "2 ['invoke_agent planner', 'execute_tool search']", "1"]
+    written, prunes = in_child(_WRITE_THEN_READ, data, "write", tz="Asia/Tokyo")
+    assert prunes == "True"
+    assert in_child(_WRITE_THEN_READ, data, "read", written, tz="Asia/Tokyo")[-1] == "True"
+    whole = ["2 ['invoke_agent planner', 'execute_tool search']", "1", "False"]
+    assert in_child(_WRITE_THEN_READ, data, "read", written, tz="UTC") == whole
+    assert in_child(_WRITE_THEN_READ, data, "read", written, tz="Asia/Tokyo") == whole  # two zones wrote it now
+
+
+def test_a_store_holding_spans_before_its_zones_were_recorded_is_read_without_pruning(tmp_path: Path) -> None:
+    """Which zones wrote a store that held spans before migration 0021 is unknown."""
+    old = ("import sys\n"
+           "from spanhouse.clickhouse import IngestItem, Writer, connect, embedded_path, migrations\n"
+           "from tests.otlp import request, span, trace_id\n"
+           "known = migrations.schema_files\n"
+           "migrations.schema_files = lambda: [m for m in known() if m.version < 21]\n"
+           "client = connect(sys.argv[1])\n"
+           "migrations.migrate(client, exclusive=True)\n"
+           "writer = Writer(connect(sys.argv[1]), embedded_path(sys.argv[1]))\n"
+           "writer.write([IngestItem('acme', request([span('s', trace_id())]).SerializeToString())])\n"
+           "writer.close(); client.close()\n")
+    opened = ("import sys\nfrom spanhouse.clickhouse import open_store\ns = open_store(sys.argv[1])\n"
+              "print(s.prunes_partitions)\ns.close()\n")
+    in_child(old, tmp_path / "old")
+    assert in_child(opened, tmp_path / "old") == ["False"] and in_child(opened, tmp_path / "new") == ["True"]
 
 
 def test_tool_calls_of_every_convention_show_their_arguments_and_result(store: Store, tenant: str) -> None:
