@@ -317,7 +317,23 @@ def _otlp_factory(settings: _config.Settings) -> Callable[[], SpanExporter]:
 
 
 def _register_exit_hook() -> None:
+    """Flush at the interpreter's exit, and at the exit of a multiprocessing worker forked
+    from this process: it ends with ``os._exit`` after multiprocessing's own finalizers,
+    so no atexit hook runs there and its spans were lost without a word (the README's
+    advice, a collector's endpoint, did not help; an embedded store's refusal was never
+    said)."""
     global _exit_hook_registered
     if not _exit_hook_registered:
+        import multiprocessing.util  # here, not at import: 5 ms that a process never configured need not pay
+
         atexit.register(flush)
+        multiprocessing.util.register_after_fork(flush, _flush_at_worker_exit)
         _exit_hook_registered = True
+
+
+def _flush_at_worker_exit(flush_spans: Callable[[], bool]) -> None:
+    """In a worker multiprocessing forked (after it cleared the finalizers it inherited):
+    flush when the worker ends."""
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, flush_spans, exitpriority=0)
