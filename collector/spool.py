@@ -118,7 +118,9 @@ def _header(tenant: bytes, payload: bytes) -> bytes:
 
 def _intact(data: bytes) -> Iterator[tuple[int, int, int]]:
     """(start of tenant, tenant length, payload length) of each record in ``data``, in
-    order, up to the first that is incomplete or fails its magic or CRC."""
+    order, up to the first that is incomplete, fails its magic or CRC, or names a tenant
+    that is no UTF-8 (no spool writes one: a foreign file's, whose decoding failed out
+    of the exporter, which retried the segment for ever and drained none behind it)."""
     view = memoryview(data)
     offset = 0
     while offset + _HEADER.size <= len(data):
@@ -126,6 +128,10 @@ def _intact(data: bytes) -> Iterator[tuple[int, int, int]]:
         start = offset + _HEADER.size
         end = start + tenant_len + payload_len
         if magic != _MAGIC or end > len(data) or zlib.crc32(view[offset + _CRC_START:end]) != crc:
+            return
+        try:
+            str(view[start:start + tenant_len], "utf-8")
+        except UnicodeDecodeError:
             return
         yield start, tenant_len, payload_len
         offset = end

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from spanhouse.collector.spool import Record, RecoveryReport, Segment, Spool
+from spanhouse.collector.spool import Record, RecoveryReport, Segment, Spool, _header
 from spanhouse.errors import Backpressure, ConfigError, InvalidData, SpoolFull
 
 MB = 1 << 20
@@ -310,6 +310,8 @@ TORN_TAILS: dict[str, Callable[[bytes], bytes]] = {
     "flipped payload byte": lambda record: record[:-1] + bytes([record[-1] ^ 0x01]),
     "flipped header byte": lambda record: record[:5] + bytes([record[5] ^ 0x80]) + record[6:],
     "trailing garbage": lambda record: b"\x00\xffgarbage" * 7,
+    # a foreign file's record, checksum right, tenant no UTF-8: it stopped the exporter for good
+    "tenant not utf-8": lambda record: _header(b"\xff\xfe", b"payload") + b"\xff\xfepayload",
 }
 
 
