@@ -517,7 +517,7 @@ class Forwarder:
                         self._sending = None
                 if done:
                     backoff = 0.2
-                    if warned_at is not None:
+                    if warned_at is not None and not sender.failure:  # a send succeeded, not a segment gone
                         log.info("forwarding to %s works again", self.destination.label)
                         warned_at = None
                     continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import http.server
+import logging
 import os
 import shutil
 import socket
@@ -309,6 +310,31 @@ def test_the_bound_never_drops_the_segment_being_sent(tmp_path: Path) -> None:
     # the segment in flight is not recorded as finished: after a restart it is sent
     restarted = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 25_000, Metrics())
     assert first.path.name in {p.name for p in restarted._segments()}
+
+
+def test_a_segment_dropped_before_its_send_is_no_sign_the_destination_works_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The bound may drop the oldest segment between its listing and its read: that
+    was taken for a send that succeeded, and "works again" was logged for a destination
+    where nothing listens."""
+    forwarder = Forwarder(Destination.parse("http://127.0.0.1:1/v1/traces"), tmp_path / "fwd", 1 << 20, Metrics())
+    [segment] = _segments(tmp_path, 1, 100)
+    forwarder.adopt(segment)
+    linked = tmp_path / "fwd" / segment.path.name
+    listings = iter([[linked], [tmp_path / "fwd" / "000000000099-gone.seg"]])
+
+    def listed() -> list[Path]:
+        try:
+            return next(listings)
+        except StopIteration:
+            forwarder.request_stop()
+            return []
+
+    forwarder._segments = listed  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="spanhouse.collector.forward"):
+        forwarder._run()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("fails" in m for m in said) and not any("works again" in m for m in said), said
 
 
 class _Throttling(http.server.BaseHTTPRequestHandler):
