@@ -133,8 +133,11 @@ def open_store(dsn: str | None = None, *, retention_days: int | None = None,
 
 def _one_zone(client: Client) -> bool:
     """Record this process's time zone as one the embedded store was opened in (before
-    it writes); whether it is the only one recorded (0021): partitions are then computed
-    and pruned in the same zone."""
+    it writes; once per zone, not a part per opening); whether it is the only one
+    recorded (0021): partitions are then computed and pruned in the same zone."""
     zone = queries.rows(client, "server_timezone", {})[0]["timezone"]
-    client.insert("spanhouse_zones", [[zone]], column_names=["Zone"])
-    return [row["zone"] for row in queries.rows(client, "store_zones", {})] == [zone]
+    zones = [row["zone"] for row in queries.rows(client, "store_zones", {})]
+    if zone not in zones:
+        client.insert("spanhouse_zones", [[zone]], column_names=["Zone"])
+        zones.append(zone)
+    return zones == [zone]
