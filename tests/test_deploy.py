@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
+import pytest
 import yaml
 
 from spanhouse.collector import cli, config
@@ -18,6 +19,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
+
+
+def _interpolated(value: object, environ: dict[str, str]) -> str:
+    """``value`` as compose reads it from the file: ``${NAME}``, ``${NAME:-default}``, and
+    ``${NAME:?message}``, which stops compose with the message when NAME is unset or empty."""
+    def one(m: re.Match[str]) -> str:
+        name, kind, rest = m.groups()
+        if environ.get(name):
+            return environ[name]
+        if kind == "?":
+            raise LookupError(rest)
+        return rest if kind == "-" else ""
+    return _VARIABLE.sub(one, str(value))
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -49,12 +66,30 @@ def test_collector_command_and_environment_match_the_cli() -> None:
     known = {config.env_name(f) for f in config.Settings.__dataclass_fields__} | {"SPANHOUSE_API_KEYS"}
     for var in collector["environment"]:
         assert var in known, f"{var} is not a setting the collector reads"
-    settings = config.from_args(args, {k: str(v) for k, v in collector["environment"].items()})
+    environ = {k: _interpolated(v, {"SPANHOUSE_API_KEY": "s3cret-of-the-user"})
+               for k, v in collector["environment"].items()}
+    settings = config.from_args(args, environ)
     assert settings.host == "0.0.0.0" and settings.dsn.startswith("http://")
     assert settings.api_keys is None  # keys come from SPANHOUSE_API_KEYS: the auth module reads it
     from spanhouse.collector.auth import KeyRing
-    ring = KeyRing.load(None, environ={k: str(v) for k, v in collector["environment"].items()})
+    ring = KeyRing.load(None, environ=environ)
     assert ring.enabled
+    assert ring.authenticate("s3cret-of-the-user").tenant == "default"
+
+
+def test_the_collector_on_every_interface_takes_no_key_but_the_users() -> None:
+    """The file held an admin key (``sh_demo_change_me``) for a collector listening on every
+    interface of the host: anyone reading the repository could read, export and delete
+    what a deployment that kept it stored. Compose now stops without a key of the user's
+    own, and Grafana (admin/admin unless set) is published on the host's loopback only."""
+    services = _compose()["services"]
+    keys = services["collector"]["environment"]["SPANHOUSE_API_KEYS"]
+    with pytest.raises(LookupError, match="SPANHOUSE_API_KEY"):
+        _interpolated(keys, {})
+    with pytest.raises(LookupError):
+        _interpolated(keys, {"SPANHOUSE_API_KEY": ""})
+    assert "=" not in _VARIABLE.sub("", keys).split("=default:", 1)[0], "a key written in the file"
+    assert all(port.startswith("127.0.0.1:") for port in services["grafana"]["ports"])
 
 
 def test_the_collectors_named_volumes_belong_to_its_user() -> None:
