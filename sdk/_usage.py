@@ -91,9 +91,9 @@ CACHED_INPUT_PRICES: dict[str, float] = {
     "claude-haiku-4-5": 0.10,
     "claude-opus-4": 1.50,
     "claude-opus-4-5": 0.50,
-    "gemini-2.5-pro": 0.31,
-    "gemini-2.5-flash": 0.075,
-    "gemini-2.5-flash-lite": 0.025,
+    "gemini-2.5-pro": 0.125,  # Gemini 2.5's cache reads are a tenth of the input price
+    "gemini-2.5-flash": 0.03,
+    "gemini-2.5-flash-lite": 0.01,
 }
 """PRICES key → USD per million cached input tokens (prompt-cache reads). Looked up by the
 key PRICES matched, so a model without an entry here pays its full input price for them."""
@@ -102,7 +102,7 @@ LONG_CONTEXT_PRICES: dict[str, tuple[int, float, float, float]] = {
     # PRICES key: (input tokens past which a call is priced at these, then USD per 1M input,
     # output and cached input tokens), as published in 2025. The whole call takes them, not
     # only its tokens past the threshold; the input counted includes the cache's tokens.
-    "gemini-2.5-pro": (200_000, 2.50, 15.00, 0.625),
+    "gemini-2.5-pro": (200_000, 2.50, 15.00, 0.25),
     "claude-sonnet-4": (200_000, 6.00, 22.50, 0.60),  # Sonnet 4 and 4.5 with the 1M-token context window
 }
 """PRICES key → the price of a call whose input is past a threshold (a long-context tier).
@@ -266,14 +266,24 @@ def _unprefixed(model: str | None) -> str | None:
 
 
 def _priced_name(*models: str | None) -> str | None:
-    """Which of ``models`` (the one that answered, the one asked for) prices a call: the
-    first with an entry of its own, as given or without a gateway's prefixes (one
-    registered for ``openrouter/openai/gpt-4o``), else the first priced by prefix, its
-    gateway's prefixes gone first (``claude-opus-4.5`` is not ``claude-opus-4``)."""
-    exact = [name for model in models for name in (model, _unprefixed(model)) if name]
-    shortened = [name for model in models for name in (_unprefixed(model), model) if name]
-    return next((name for name in exact if name in PRICES), None) or \
-        next((name for name in shortened if _price_key(name) is not None), None)
+    """Which of ``models`` (the one that answered, then the one asked for) prices a call:
+    the first that has a price. A model's own entry comes first, as given or without a
+    gateway's prefixes (one registered for ``openrouter/openai/gpt-4o``), then the entry
+    its name starts with, its gateway's prefixes gone first (``claude-opus-4.5`` is not
+    ``claude-opus-4``). The asked-for model's own entry does not outrank the answering
+    model's prefix: ``gpt-4o`` asked and ``gpt-4o-mini-2024-07-18`` answering (a router's
+    fallback, a dated snapshot) was priced as gpt-4o, 16x too high."""
+    for model in models:
+        if not model:
+            continue
+        bare = _unprefixed(model)
+        for name in (model, bare):
+            if name and name in PRICES:
+                return name
+        for name in (bare, model):
+            if name and _price_key(name) is not None:
+                return name
+    return None
 
 
 def record_response_usage(span: trace.Span, response: Any) -> None:

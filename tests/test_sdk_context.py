@@ -226,7 +226,7 @@ def test_a_call_past_a_long_context_threshold_is_priced_at_its_tier() -> None:
         assert _usage.cost_of("gemini-2.5-pro", 200_000, 1_000_000) == pytest.approx(0.25 + 10.0)
         assert _usage.cost_of("gemini-2.5-pro", 200_001, 1_000_000) == pytest.approx(200_001 * 2.5 / 1e6 + 15.0)
         assert _usage.cost_of("gemini-2.5-pro-preview-06-05", 400_000, 0,
-                              cache_read_tokens=200_000) == pytest.approx(0.2 * 2.5 + 0.2 * 0.625)
+                              cache_read_tokens=200_000) == pytest.approx(0.2 * 2.5 + 0.2 * 0.25)
         assert _usage.cost_of("claude-sonnet-4-5-20250929", 500_000, 100_000, cache_read_tokens=100_000,
                               cache_write_tokens=100_000) == pytest.approx(
             0.3 * 6.0 + 0.1 * 0.6 + 0.1 * 1.25 * 6.0 + 0.1 * 22.5)

@@ -916,7 +916,7 @@ def test_gemini_usage_metadata_is_read_with_thinking_as_output_and_cache_reads_p
     got = spans.by_name("chat gemini-2.5-flash").attributes or {}
     assert got["gen_ai.usage.input_tokens"] == 10_500 and got["gen_ai.usage.output_tokens"] == 340
     assert got["gen_ai.response.model"] == "gemini-2.5-flash"
-    assert got["spanhouse.cost_usd"] == pytest.approx((2_500 * 0.30 + 8_000 * 0.075 + 340 * 2.50) / 1e6)
+    assert got["spanhouse.cost_usd"] == pytest.approx((2_500 * 0.30 + 8_000 * 0.03 + 340 * 2.50) / 1e6)
 
 
 def test_a_streamed_model_call_records_the_usage_its_chunks_report(spans: CapturedSpans) -> None:
@@ -1142,6 +1142,28 @@ def test_bedrock_langchain_and_gateway_responses_have_usage_and_cost(spans: Capt
     got = spans.by_name("chat claude-sonnet-4-5").attributes or {}
     assert (got["gen_ai.usage.input_tokens"], got["gen_ai.usage.output_tokens"]) == tokens
     assert got["spanhouse.cost_usd"] == pytest.approx(cost)
+
+
+def test_the_model_that_answered_prices_the_call_over_the_one_asked_for(spans: CapturedSpans) -> None:
+    """The asked-for model's own entry outranked the answering model's prefix: gpt-4o
+    asked, gpt-4o-mini-2024-07-18 answering (a router's fallback) was priced 16x too high."""
+    @sdk.llm(model="gpt-4o")
+    def routed() -> dict[str, Any]:
+        return {"model": "gpt-4o-mini-2024-07-18", "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
+
+    @sdk.llm(model="gpt-4.1")
+    def by_hand() -> None:
+        sdk.record_usage(input_tokens=1_000_000, output_tokens=0, model="gpt-4.1-nano-2025-04-14")
+
+    @sdk.llm(model="gpt-4o")
+    def unknown_answer() -> dict[str, Any]:  # no price for what answered: the asked-for model's
+        return {"model": "house-model-7", "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
+
+    routed()
+    by_hand()
+    unknown_answer()
+    costs = [(s.attributes or {})["spanhouse.cost_usd"] for s in spans.spans()]
+    assert costs == [pytest.approx(0.15), pytest.approx(0.10), pytest.approx(2.50)]
 
 
 @pytest.mark.parametrize("call", [
