@@ -64,9 +64,9 @@ key) whose key does not already look secret; what it returns is recorded instead
 ``value``. If it raises, the value is recorded as ``[REDACTED]``: failing closed."""
 
 SECRET_KEY_PATTERN: Final = re.compile(
-    r"passw(or)?d|passphrase|pwd|secret"
+    r"passw(or)?d|passphrase|(?<![a-z])pass(code)?(?![a-z])|pwd|secret"
     r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
-    r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?)|izer)"
+    r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?|details?|budget)|izer)"
     r"|api[._ -]?key|auth(?!ors?\b)"
     r"|(access|refresh|api|id|session|oauth|bearer|personal)[._ -]?tokens"
     r"|credential|(private|access|session|encryption|signing|hmac|master|ssh|subscription|license)[._ -]?key"
@@ -74,10 +74,11 @@ SECRET_KEY_PATTERN: Final = re.compile(
     r"|social[._ -]?security",
     re.IGNORECASE,
 )
-"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, secret, token
+"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a ``pass`` or
+``passcode`` of its own (``DB_PASS``, not ``bypass``), secret, token
 (but not the token *data* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``,
-``token_ids``, ``token_logprobs``, a tokenizer's ``eos_token`` and the like, nor
-``tokenizer``; plural credentials such as ``refresh_tokens`` or ``api_tokens`` are
+``token_ids``, ``token_logprobs``, ``input_token_details`` (LangChain's usage),
+``token_budget``, a tokenizer's ``eos_token`` and the like, nor ``tokenizer``; plural credentials such as ``refresh_tokens`` or ``api_tokens`` are
 secret), api_key, authorization, credentials, private, access, session, encryption,
 signing, HMAC, master, SSH, subscription (Azure's ``Ocp-Apim-Subscription-Key``) and
 license keys, cookies, JWTs, signatures, CSRF tokens, card numbers and social security

@@ -162,7 +162,7 @@ def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans
                                  "cookie", "session_key", "jwt", "bearer", "signature", "passphrase",
                                  "encryption_key", "hmac_key", "Ocp-Apim-Subscription-Key", "ssh_key", "csrf_token",
                                  "X-XSRF-TOKEN", "credit_card", "card_number", "cvv", "ssn", "user_ssn", "SSN",
-                                 "social_security_number"])
+                                 "social_security_number", "pass", "DB_PASS", "smtp-pass", "passcode"])
 def test_secret_looking_keys(key: str) -> None:
     assert is_secret_key(key)
 
@@ -171,7 +171,8 @@ def test_secret_looking_keys(key: str) -> None:
                                  "tokens", "output_tokens", "completion_tokens", "total_tokens", "max_new_tokens",
                                  "author", "token_ids", "prompt_token_ids", "token_logprobs", "eos_token_id",
                                  "pad_token_id", "bos_token", "mask_token", "sort_key", "monkey", "lesson",
-                                 "authors", "user", "query", "session_id", "name"])
+                                 "authors", "user", "query", "session_id", "name", "input_token_details",
+                                 "output_token_details", "token_budget", "bypass", "passenger", "compass"])
 def test_ordinary_keys(key: str) -> None:
     assert not is_secret_key(key)
 
