@@ -57,7 +57,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
-from spanhouse.sdk._content import RETURN_KEY, logger
+from spanhouse.sdk._content import RETURN_KEY, is_secret_key, logger, scrub_error_text, secret_arguments
 from spanhouse.sdk._feedback import NOT_RECORDED
 from spanhouse.sdk._usage import StreamUsage, record_response_usage
 from spanhouse.text import utf8_safe
@@ -88,6 +88,7 @@ class _Spec:
         "reads_usage",
         "record",
         "root",
+        "secret_positions",
         "skip_first",
         "varargs",
     )
@@ -108,6 +109,7 @@ class _Spec:
         self.call_id_index: int | None = None
         self.params: tuple[str, ...] = ()
         self.varargs: str | None = None
+        self.secret_positions: tuple[int, ...] = ()  # of the positional parameters whose names look secret
         self.skip_first = False
 
     def bind_signature(self, func: Callable[..., Any]) -> None:
@@ -120,6 +122,7 @@ class _Spec:
         self.skip_first = bool(positional) and positional[0] in ("self", "cls")
         self.params = tuple(positional[1:] if self.skip_first else positional)
         self.varargs = next((p.name for p in parameters if p.kind is p.VAR_POSITIONAL), None)
+        self.secret_positions = tuple(i for i, name in enumerate(self.params) if is_secret_key(name))
         if self.call_id_arg is not None:
             if self.call_id_arg not in {p.name for p in parameters}:
                 raise ValueError(f"call_id_arg {self.call_id_arg!r} is not a parameter of {func.__qualname__}")
@@ -141,7 +144,8 @@ class _Spec:
         capture = rt.capture_content if self.capture is None else self.capture
         captured = rt.content.arguments(self.params, self.varargs, args, kwargs) \
             if capture and self._will_record() else None
-        return ActiveCall(self, rt, attributes, captured, attach=attach, capture=capture)
+        secrets = secret_arguments(self.secret_positions, args, kwargs) if self.secret_positions or kwargs else ()
+        return ActiveCall(self, rt, attributes, captured, attach=attach, capture=capture, secrets=secrets)
 
     def block(self, value: Any, *, as_arguments: bool) -> ActiveCall:
         """Start the span of a ``with`` block; ``value`` is its input (``_NOTHING``: none)."""
@@ -174,11 +178,13 @@ class ActiveCall:
         span: the OpenTelemetry span, for anything the SDK does not wrap.
     """
 
-    __slots__ = ("_content", "_context", "_item_count", "_items", "_kept", "_spec", "_stream", "_token", "span")
+    __slots__ = ("_content", "_context", "_item_count", "_items", "_kept", "_secrets", "_spec", "_stream", "_token",
+                 "span")
 
     def __init__(self, spec: _Spec, rt: _runtime.Runtime, attributes: dict[str, Any], captured: str | None, *,
-                 attach: bool, capture: bool) -> None:
+                 attach: bool, capture: bool, secrets: tuple[str, ...] = ()) -> None:
         self._spec = spec
+        self._secrets = secrets  # redacted from an error's text (see scrub_error_text)
         if captured is not None:
             attributes = {**attributes, spec.input_key: captured}
         if not spec.root:
@@ -205,6 +211,7 @@ class ActiveCall:
         """A call that records nothing (the SDK is disabled), for code that needs a call object."""
         call = cls.__new__(cls)
         call._spec = spec
+        call._secrets = ()
         call.span = trace.INVALID_SPAN
         call._content = None
         call._context = context_api.get_current()
@@ -314,10 +321,10 @@ class ActiveCall:
                 return
             if span.is_recording():
                 error_type = qualified_name(type(exc))
-                message = _message(exc)
+                message = scrub_error_text(_message(exc), self._secrets)
                 span.set_attribute(sc.ERROR_TYPE, error_type)
                 span.set_status(Status(StatusCode.ERROR, utf8_safe(message) or error_type))
-                span.add_event("exception", _exception_event(exc, error_type, message))
+                span.add_event("exception", _exception_event(exc, error_type, message, self._secrets))
         except Exception:  # noqa: BLE001
             logger.debug("spanhouse could not record an exception of %s", self._spec.name, exc_info=True)
         finally:
@@ -457,15 +464,16 @@ def _message(exc: BaseException) -> str:
         return ""
 
 
-def _exception_event(exc: BaseException, error_type: str, message: str) -> dict[str, str]:
+def _exception_event(exc: BaseException, error_type: str, message: str, secrets: tuple[str, ...]) -> dict[str, str]:
     """The attributes of the exception event, as ``Span.record_exception`` writes them
-    (type, message, stack trace, escaped), with the text made UTF-8-safe: the OTLP
+    (type, message, stack trace, escaped), the stack trace's secrets redacted as the
+    message's were (``scrub_error_text``), with the text made UTF-8-safe: the OTLP
     encoder drops an attribute UTF-8 cannot carry, and a message naming a non-UTF-8
     file, or a chained exception's, would lose the message or the whole stack trace.
     Written here rather than by ``record_exception``, which formats the stack trace
     itself (twice the work to repair it) and loses the event if ``str(exc)`` raises."""
     return {sc.EXCEPTION_TYPE: error_type, sc.EXCEPTION_MESSAGE: utf8_safe(message),
-            sc.EXCEPTION_STACKTRACE: utf8_safe("".join(traceback.format_exception(exc))),
+            sc.EXCEPTION_STACKTRACE: utf8_safe(scrub_error_text("".join(traceback.format_exception(exc)), secrets)),
             sc.EXCEPTION_ESCAPED: "True"}
 
 

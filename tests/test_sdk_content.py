@@ -86,6 +86,18 @@ def test_values_become_json() -> None:
     assert policy.value(None) == "null" and policy.value(3) == "3"
 
 
+def test_bytes_utf8_cannot_read_holding_a_urls_secret_are_text_with_it_redacted() -> None:
+    """Such bytes were recorded as base64 and never searched: a request line's api_key=
+    or a connection string with one Latin-1 byte in its password came back decoded."""
+    policy = ContentPolicy(1000)
+    request = b"GET /v1/q?api_key=SECRETBYTES HTTP/1.1\r\nHost: x\r\n\r\n\x1f\x8b\x08"
+    dsn = b"postgresql://app:p\xe4ss-SECRET@db.internal/orders"
+    assert policy.value(request) == "GET /v1/q?api_key=[REDACTED] HTTP/1.1\r\nHost: x\r\n\r\n\x1f\\x8b\x08"
+    assert policy.value(dsn) == f"postgresql://app:{REDACTED}@db.internal/orders"
+    assert policy.value(b"\xff\x00" * 600).startswith("base64:/wD/")  # binary without a URL: base64, cut
+    assert json.loads(policy.value({"body": request}))["body"].startswith("GET /v1/q?api_key=[REDACTED] ")
+
+
 def test_deep_nesting_is_cut_with_a_marker() -> None:
     value: Any = "bottom"
     for _ in range(12):
@@ -219,6 +231,12 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("https://h.io/a?q=1;token=abc&b=2", "https://h.io/a?q=1;token=[REDACTED]&b=2"),
         ("https://app.io/login?next=https://u:pw@db/x", "https://app.io/login?next=https://u:[REDACTED]@db/x"),
         ("https://app.io/?redirect=/cb?api_key=zz&page=2", "https://app.io/?redirect=/cb?api_key=[REDACTED]&page=2"),
+        # a relative URL (no scheme to look for) and an OAuth implicit flow's fragment were not searched
+        ("/v1/geocode?address=x&key=SECRET2", "/v1/geocode?address=x&key=[REDACTED]"),
+        ("GET /v1/q?api_key=SECRET3 HTTP/1.1", "GET /v1/q?api_key=[REDACTED] HTTP/1.1"),
+        ("https://app.io/cb#access_token=SECRET1&token_type=bearer",
+         "https://app.io/cb#access_token=[REDACTED]&token_type=bearer"),
+        ("Is it raining? key=value pairs? a?b", None),  # questions in a prompt are no query
     ]:
         assert policy.value(url) == (scrubbed or url), url
 

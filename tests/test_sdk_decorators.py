@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from spanhouse import sdk
+from spanhouse.sdk._content import REDACTED
 from spanhouse.sdk._session import current_attributes
 from spanhouse.sdk.testing import CapturedSpans, capture_spans
 
@@ -295,6 +296,47 @@ def test_a_chained_exception_naming_a_non_utf8_file_keeps_the_stack_trace(spans:
     assert event["exception.escaped"] == "True"
     assert "OSError: cannot open cache-\\udcfe.db" in event["exception.stacktrace"]
     assert "RuntimeError: cache unavailable" in event["exception.stacktrace"]
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_an_errors_text_has_the_secrets_its_call_redacted_redacted_too(spans: CapturedSpans, capture: bool) -> None:
+    """A review stored a connection string's password, a URL's key= and a refused API key
+    in the failed call's status, exception message and stack trace, while the same span's
+    arguments had them redacted. The secret-named arguments' values and the URLs' secrets
+    are redacted there now, whether content is captured or not; other text is kept."""
+    @sdk.tool(capture_content=capture)
+    def connect(dsn: str) -> None:
+        raise ConnectionError(f"could not connect to {dsn}")
+
+    @sdk.tool(capture_content=capture)
+    def call_api(query: str, api_key: str) -> None:
+        raise PermissionError(f"invalid API key: {api_key} for {query}")
+
+    @sdk.tool(capture_content=capture)
+    def fetch(url: str, *, password: bytes) -> None:
+        try:
+            raise OSError(f"401 Unauthorized for url: {url} (user a, {password.decode()})")
+        except OSError as exc:
+            raise RuntimeError("fetch failed") from exc
+
+    with pytest.raises(ConnectionError):
+        connect("postgresql://app:SECRETPW-1@db.internal:5432/orders")
+    with pytest.raises(PermissionError):
+        call_api("weather in Paris", "sk-SECRETKEY-2")
+    with pytest.raises(PermissionError):
+        call_api("weather in Oslo", api_key="sk-SECRETKEY-3")
+    with pytest.raises(RuntimeError):
+        fetch("https://maps.example.com/geo?address=x&key=SECRETEXC-4", password=b"hunter2-SECRET-5")
+    recorded = [s for s in spans.spans() if s.name.startswith("execute_tool")]
+    assert len(recorded) == 4
+    for span in recorded:
+        texts = [span.status.description or "", *(str(v) for e in span.events for v in (e.attributes or {}).values())]
+        texts += [str(v) for v in (span.attributes or {}).values()]
+        assert not any("SECRET" in text for text in texts), texts
+        assert REDACTED in (span.status.description or "") or span.name.endswith("fetch")
+        assert REDACTED in str((span.events[0].attributes or {})["exception.stacktrace"])
+    assert recorded[0].status.description == f"could not connect to postgresql://app:{REDACTED}@db.internal:5432/orders"
+    assert recorded[2].status.description == f"invalid API key: {REDACTED} for weather in Oslo"
 
 
 def test_names_given_by_the_user_are_sent_in_text_utf8_can_carry(spans: CapturedSpans) -> None:
