@@ -66,7 +66,9 @@ URL for traces only, used exactly as given (no path appended). Wins over
 OTEL_EXPORTER_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 """.. envvar:: OTEL_EXPORTER_OTLP_PROTOCOL
 
-``grpc`` (default) or ``http/protobuf``. Argument: ``protocol``.
+``grpc`` (default) or ``http/protobuf``; ``http/json`` (optional in the specification, and
+OpenTelemetry Python's exporters have none) is sent as ``http/protobuf`` to the same
+endpoint, with a warning: its endpoint is an HTTP one. Argument: ``protocol``.
 """
 
 OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
@@ -220,6 +222,9 @@ def _protocol(arg: str | None) -> Protocol:
         if raw:
             if raw in PROTOCOLS:
                 return raw
+            if raw == "http/json":  # sent as gRPC, it went to an HTTP endpoint (4318) and failed
+                logger.warning("%s=http/json is not supported; sending http/protobuf to the same endpoint", name)
+                return "http/protobuf"
             logger.warning("%s=%r is not supported (use %s); ignored", name, raw, " or ".join(PROTOCOLS))
     return DEFAULT_PROTOCOL
 

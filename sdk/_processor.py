@@ -139,14 +139,17 @@ class _Pipeline:
 
 def batch_processor(exporter: SpanExporter, *, bulk: bool) -> BatchSpanProcessor:
     """OpenTelemetry's BatchSpanProcessor, its ``OTEL_BSP_*`` sizes read leniently: a batch
-    larger than the queue, which it refuses with a ValueError out of ``configure()``, gets a
-    queue to fit. ``bulk``: each batch is one ClickHouse insert (~0.1 s fixed), so batches
-    of 20k spans and a queue of four of them unless the variables say otherwise: with
-    OpenTelemetry's 512 and 2048 such an exporter dropped spans past a few thousand a
-    second (2,561 of 3,002 in a burst), where the OTLP path stored them all."""
+    larger than the queue, which it refuses with a ValueError out of ``configure()``, is cut
+    to a queue the variables set (the application's bound on the spans it holds), and
+    otherwise gets a default queue that fits it. ``bulk``: each batch is one ClickHouse
+    insert (~0.1 s fixed), so batches of 20k spans and a queue of four of them unless the
+    variables say otherwise: with OpenTelemetry's 512 and 2048 such an exporter dropped
+    spans past a few thousand a second (2,561 of 3,002 in a burst), where the OTLP path
+    stored them all."""
     batch = env_positive_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 20_000 if bulk else 512)
-    queue = env_positive_int("OTEL_BSP_MAX_QUEUE_SIZE", 4 * batch if bulk else 2048)
-    return BatchSpanProcessor(exporter, max_queue_size=max(queue, batch), max_export_batch_size=batch)
+    default_queue = 4 * batch if bulk else max(2048, batch)
+    queue = env_positive_int("OTEL_BSP_MAX_QUEUE_SIZE", default_queue)
+    return BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=min(batch, queue))
 
 
 def is_execution(span: ReadableSpan) -> bool:

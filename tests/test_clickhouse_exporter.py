@@ -222,11 +222,24 @@ def test_a_burst_through_configure_dsn_is_stored_whole(tmp_path: Path) -> None:
 def test_batch_sizes_from_the_environment_never_stop_the_application(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from spanhouse.sdk._processor import batch_processor
 
-    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20000")  # past OpenTelemetry's 2048 queue
-    processor = batch_processor(InMemorySpanExporter(), bulk=False)
-    processor.shutdown()
+    def sizes(bulk: bool) -> tuple[int, int]:
+        processor = batch_processor(InMemorySpanExporter(), bulk=bulk)
+        processor.shutdown()
+        batching = processor._batch_processor  # noqa: SLF001 - OpenTelemetry keeps them there
+        return batching._max_queue_size, batching._max_export_batch_size  # noqa: SLF001
+
+    assert sizes(bulk=False) == (2048, 512) and sizes(bulk=True) == (80_000, 20_000)
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20000")  # past OpenTelemetry's 2048 queue: one to fit
+    assert sizes(bulk=False) == (20_000, 20_000)
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
-    batch_processor(InMemorySpanExporter(), bulk=True).shutdown()
+    assert sizes(bulk=True) == (80_000, 20_000)
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+    # a queue the application sets bounds what it holds: the batch is cut to it (a review
+    # saw 100 raised to 512, and 1,000 to 20,000 with a store's exporter)
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100")
+    assert sizes(bulk=False) == (100, 100)
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "1000")
+    assert sizes(bulk=True) == (1000, 1000)
 
 
 def test_a_driver_error_outside_the_projects_own_fails_the_export_without_raising(

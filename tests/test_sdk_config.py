@@ -120,7 +120,7 @@ def test_arguments_win_over_environment(clean_env: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("name", "value"), [
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/thrift"),
     ("OTEL_SDK_DISABLED", "maybe"), ("SPANHOUSE_CAPTURE_CONTENT", "sometimes"), ("SPANHOUSE_MAX_VALUE_LENGTH", "-5"),
     ("SPANHOUSE_MAX_VALUE_LENGTH", "lots")])
 def test_bad_environment_values_log_and_fall_back(clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
@@ -145,9 +145,20 @@ def test_an_empty_spanhouse_boolean_is_unset(clean_env: pytest.MonkeyPatch) -> N
 
 
 def test_an_unsupported_traces_protocol_falls_back_to_the_general_one(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/thrift")
     clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     assert _config.resolve().protocol == "http/protobuf"
+
+
+def test_http_json_is_sent_as_http_protobuf_to_its_endpoint(clean_env: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """http/json fell back to gRPC, sent to the HTTP endpoint the variable came with."""
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with caplog.at_level(logging.WARNING, logger="spanhouse.sdk"):
+        settings = _config.resolve()
+    assert (settings.protocol, settings.endpoint) == ("http/protobuf", "http://collector:4318/v1/traces")
+    assert "http/json is not supported" in caplog.text
 
 
 @pytest.mark.parametrize("kwargs", [
