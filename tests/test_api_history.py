@@ -808,6 +808,55 @@ def test_deleting_an_execution_keeps_feedback_about_another_sent_in_the_same_tra
     assert kept is not None and [f["comment"] for f in kept["feedback"]] == ["about the one kept"]
 
 
+def test_feedback_goes_with_the_span_that_carried_it_whichever_trace_is_deleted(store: Store, tenant: str) -> None:
+    """A review deleted the trace holding a feedback span (an execution a judge rated
+    another from, the SDK's feedback trace by its id): the span went, its rating stayed
+    in the rated execution's detail and statistics. And deleting the rated execution
+    took a failed feedback span from another trace while error_patterns kept counting
+    it: that trace's service and day were not rebuilt."""
+    rated_id, rated = _execution(0)
+    judge_id, _ = _execution(1, service="svc-judge")
+    judge_root = span_id()
+    sdk_trace = trace_id()
+
+    def feedback(trace: bytes, comment: str, **kw: Any) -> Any:
+        return span("spanhouse.feedback", trace, start=T0 + 10**9, attributes={
+            "spanhouse.feedback.execution_id": rated_id, "spanhouse.feedback.value": "1",
+            "spanhouse.feedback.comment": comment}, **kw)
+
+    def comments() -> list[str]:
+        shown = history.get_execution(store.client, tenant, rated_id)
+        return sorted(f["comment"] for f in shown["feedback"]) if shown is not None else []
+
+    def failed_feedback_counted() -> int:
+        return int(store.client.command(
+            "SELECT sum(Count) FROM error_patterns WHERE Tenant = {t:String} AND ToolName = 'spanhouse.feedback'",
+            parameters={"t": tenant}))
+
+    judge_trace = bytes.fromhex(judge_id)
+    write(store, tenant, rated, request([span("invoke_agent judge", judge_trace, sid=judge_root, start=T0)]),
+          request([feedback(judge_trace, "by the judge", parent=judge_root)], service="svc-judge"),
+          request([feedback(sdk_trace, "by the sdk")]))
+    assert comments() == ["by the judge", "by the sdk"]
+    deletion.delete_traces(store.client, tenant, [judge_id])
+    assert comments() == ["by the sdk"]
+    deletion.delete_traces(store.client, tenant, [sdk_trace.hex()])
+    assert comments() == []
+    assert history.feedback_items(store.client, tenant, rated_id) == []
+
+    other_id, other = _execution(2, service="svc-other")
+    other_root = span_id()
+    other_trace = bytes.fromhex(other_id)
+    write(store, tenant, other, request([span("invoke_agent host", other_trace, sid=other_root, start=T0),
+                                          feedback(other_trace, "angry", parent=other_root, error="judge failed")],
+                                         service="svc-other"))
+    assert failed_feedback_counted() == 1
+    deletion.delete_traces(store.client, tenant, [rated_id])  # its failed rating, in svc-other's trace, goes
+    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = {t:String} AND SpanName = "
+                                "'spanhouse.feedback'", parameters={"t": tenant}) == 0
+    assert failed_feedback_counted() == 0
+
+
 def test_deleting_feedback_sent_over_otlp_removes_its_span_and_what_counted_it(store: Store, tenant: str) -> None:
     """Feedback sent over OTLP is a span: deleting the item removes it from otel_traces
     (a trace of its own, as the SDK sends, also from the trace-time lookup), and a

@@ -5,6 +5,13 @@
 -- are among trace_ids already.
 DELETE FROM otel_traces WHERE Tenant = {tenant:String} AND SpanName = 'spanhouse.feedback'
     AND SpanId IN {{include:feedback_span_ids}};
+-- Feedback carried by a span of these traces goes with its span, whichever execution it
+-- rates (a judge's rating sent from its own execution's trace; the SDK's feedback trace
+-- deleted by its id): the span went and its rating stayed, in the rated execution's detail.
+DELETE FROM feedback WHERE Tenant = {tenant:String} AND Source = 'otlp'
+    AND FeedbackId IN (SELECT SpanId FROM otel_traces
+                       WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)}
+                         AND SpanName = 'spanhouse.feedback');
 DELETE FROM otel_traces WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
 DELETE FROM otel_traces_trace_id_ts WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
 DELETE FROM tool_calls WHERE Tenant = {tenant:String} AND TraceId IN {trace_ids:Array(String)};
