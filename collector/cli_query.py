@@ -206,6 +206,10 @@ def _show(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.trace_id:
+        given = [f"--{name.replace('_', '-')}" for name in _filter_values(args)] + (["--before"] if args.before else [])
+        if given:  # ignored, they deleted the execution whatever they said (the API refuses them too)
+            raise ConfigError(f"a trace id deletes that execution alone: drop {', '.join(given)}, or the id for "
+                              "a bulk delete")
         return _emit(args, client.delete(f"/api/v1/executions/{args.trace_id}"))
     if not args.before:
         raise ConfigError("give a trace id, or --before (and filters) for a bulk delete")

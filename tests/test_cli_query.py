@@ -217,6 +217,10 @@ def test_delete_by_id(served: tuple[Running, str], capsys: pytest.CaptureFixture
     extra = request([span("invoke_agent doomed", trace_id())])
     write(store, "cli-query", extra)
     doomed = extra.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+    # filters beside an id were ignored and the execution deleted whatever they said
+    for extra_args in (["--service", "no-such-service"], ["--before", "2000-01-01T00:00:00"]):
+        assert cli.main(["executions", "delete", doomed, *extra_args, "--url", c.api_url, "--api-key", c.key]) == 2
+        assert f"drop {extra_args[0]}" in capsys.readouterr().err
     body = json.loads(_run(c, capsys, "executions", "delete", doomed, "--json"))
     assert body == {"executions": 1, "spans": 1}
     # the counts are read before the change: that it happened shows here
