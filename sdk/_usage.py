@@ -45,6 +45,11 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-realtime-preview": (5.00, 20.00),  # text tokens (audio ones cost more)
     "gpt-4o-mini-realtime-preview": (0.60, 2.40),
     "gpt-5-pro": (15.00, 120.00),
+    # speech models, whose names start with gpt-4o's and gpt-4o-mini's: priced by their
+    # main tokens (transcription: audio in, text out; speech: text in, audio out)
+    "gpt-4o-transcribe": (6.00, 10.00),
+    "gpt-4o-mini-transcribe": (3.00, 5.00),
+    "gpt-4o-mini-tts": (0.60, 12.00),
     "o3-deep-research": (10.00, 40.00),
     "o4-mini-deep-research": (2.00, 8.00),
     "claude-3-5-haiku": (0.80, 4.00),

@@ -169,6 +169,10 @@ def test_price_table_is_extendable_and_prefix_matched() -> None:
         assert _usage.price_of("gpt-4o-realtime-preview-2024-12-17") == (5.0, 20.0)
         assert _usage.price_of("gpt-4o-mini-realtime-preview-2024-12-17") == (0.6, 2.4)
         assert _usage.price_of("gpt-4o-2024-05-13") == (5.0, 15.0)  # the first gpt-4o, not today's
+        # speech models took gpt-4o-mini's text price (audio costs 20x more)
+        assert _usage.price_of("gpt-4o-mini-transcribe-2025-03-20") == (3.0, 5.0)
+        assert _usage.price_of("gpt-4o-transcribe") == (6.0, 10.0)
+        assert _usage.price_of("gpt-4o-mini-tts") == (0.6, 12.0)
         assert _usage.cost_of("unknown", 1, 1) is None and _usage.cost_of(None, 1, 1) is None
         sdk.PRICES["gpt-4o"] = (0.0, 0.0)  # the table itself is public
         assert _usage.cost_of("gpt-4o", 10, 10) == 0.0
