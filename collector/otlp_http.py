@@ -115,6 +115,7 @@ class HttpReceiver:
                 f"415 unsupported media type, supported: [{encoding.JSON}, {encoding.PROTOBUF}]", 415)
         try:
             principal = self._keys.authenticate(key_from_headers(request.headers.get))
+            principal.require("ingest")  # before the body: a key that may not send holds no request bytes
             coding = content_coding(request)
             with self._ingest.hold() as held:
                 sent = await read_body(request, self._limit, held)

@@ -419,6 +419,13 @@ def test_missing_unknown_and_underprivileged_keys(store: Store, tmp_path: Path, 
         r = httpx.post(c.http_url, content=body, headers={"content-type": "application/x-protobuf", **c.headers()})
         assert r.status_code == 403
         assert grpc_export(c.grpc_target, body, c.key)[0] is grpc.StatusCode.PERMISSION_DENIED
+        # refused before its body is read: a read key's upload was read (and gunzipped) whole
+        # first, holding part of the request-bytes bound every client shares
+        import socket
+        with socket.create_connection(("127.0.0.1", c.addresses.http_port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                         + f"Authorization: Bearer {c.key}\r\nContent-Length: 1000000\r\n\r\n".encode())
+            assert sock.recv(64).startswith(b"HTTP/1.1 403 ")  # answered with 999,999 bytes unsent
 
 
 def test_admission_checks_the_key_scope_before_the_spool(tmp_path: Path) -> None:
