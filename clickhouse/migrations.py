@@ -166,6 +166,22 @@ def applied(client: Client) -> dict[int, tuple[str, str]]:
     return {int(v): (name, checksum) for v, name, checksum in rows}
 
 
+_INGEST_TABLE_VERSION = 2
+"""The migration that creates ``otlp_ingest``, the table the writer inserts into."""
+
+
+def behind_but_writable(client: Client) -> list[str]:
+    """The schema files a store has not applied yet, when it has the tables the writer
+    inserts into (else none: a new store takes nothing before its migrations). The
+    bookkeeping table is created first, as ``migrate`` does (idempotent)."""
+    known = schema_files()
+    _run(client, known[0], None)
+    done = applied(client)
+    if _INGEST_TABLE_VERSION not in done:
+        return []
+    return [m.name for m in known if m.version not in done]
+
+
 LOCK_WAIT_S = 600.0
 """How long a migrator waits for another one: the backfills of a large store take minutes."""
 

@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 
-from spanhouse.clickhouse import IngestItem, Writer
+from spanhouse.clickhouse import IngestItem, Writer, connect, embedded_path
+from spanhouse.clickhouse.migrations import behind_but_writable
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
@@ -126,3 +127,38 @@ class ClickHouseExporter:
             log.info("ClickHouse inserts work again")
         self.healthy = True
         return True
+
+
+def drain_before_migrating(dsn: str, spool: Spool, metrics: Metrics, timeout: float,
+                           hurry: threading.Event | None = None) -> None:
+    """Insert the spool's segments into a store whose schema is behind this version's,
+    before it is migrated.
+
+    A segment left by a crash may already be stored (the process died during its insert
+    or before deleting it): its replay is then a no-op, each table recognising the
+    segment's token. But a migration that fills a table anew from the stored spans (as
+    0010, 0016 and 0020 did) counts the segment in that table and drops the table's
+    record of it, so a replay after the migration counted it twice there. Replayed
+    first, into the views the segment was (perhaps) written through, it is recognised
+    everywhere, and the migration then counts it once. What does not drain within
+    ``timeout`` (a store unreachable, a stop asked through ``hurry``) is replayed after
+    the migration, as before."""
+    client = connect(dsn)
+    try:
+        behind = behind_but_writable(client)
+    finally:
+        client.close()
+    if not behind:
+        return
+    log.info("spool: replaying %d segment(s) into the store before migrating it (%s)",
+             spool.segment_count, ", ".join(behind))
+    writer = Writer(connect(dsn), embedded_path(dsn))
+    try:
+        exporter = ClickHouseExporter(spool, writer, metrics)
+        exporter.start()
+        if not exporter.stop(timeout, hurry):
+            log.warning("spool: %d segment(s) not replayed before the migration; replayed after it",
+                        spool.segment_count)
+    finally:
+        writer.close()
+

@@ -232,3 +232,54 @@ def test_a_signal_during_start_up_prints_no_listening_line(tmp_path: Path) -> No
             break
     out, _ = proc.proc.communicate(timeout=90)
     assert proc.proc.returncode == 0 and "listening" not in out, out
+
+
+_STORED_BY_AN_OLDER_VERSION = """
+import sys
+from pathlib import Path
+from spanhouse.clickhouse import IngestItem, Writer, connect, embedded_path, migrations
+from spanhouse.collector.spool import Spool
+from tests.otlp import request, span, trace_id
+known = migrations.schema_files
+migrations.schema_files = lambda: [m for m in known() if m.version < 10]  # before 0010, 0016 and 0020
+client = connect(sys.argv[1])
+migrations.migrate(client, exclusive=True)
+tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+spool = Spool(Path(sys.argv[2]), max_bytes=1 << 30, seal_after=60.0)
+spool.lock()
+spool.open()
+for n in range(3):
+    spool.append("default", request([span(f"call-{n}-{j}", trace_id(), attributes=tool,
+                                          error="timed out" if j % 3 == 0 else None)
+                                     for j in range(30)]).SerializeToString())
+spool.seal()
+segment = spool.next_sealed(timeout=5)
+writer = Writer(connect(sys.argv[1]), embedded_path(sys.argv[1]))
+# stored, and the process gone before it deleted the segment (a crash mid-insert or right after it)
+writer.write([IngestItem(r.tenant, r.payload) for r in segment.records()], token=f"spool-{segment.name}")
+writer.close()
+spool.close()
+client.close()
+"""
+
+
+def test_a_segment_an_older_version_stored_is_counted_once_after_the_upgrade(tmp_path: Path) -> None:
+    """A review upgraded stores whose last segment the old collector had stored but not
+    deleted: the replay skipped otel_traces, tool_calls and tool_stats_1m, but migrations
+    that fill a table anew (0010's execution_tool_calls, 0016's hourly and daily tool
+    rollups, 0020's error_patterns) had counted the batch already and lost its
+    deduplication record, so they counted it again. The collector now drains the spool
+    into the store's old schema before migrating it."""
+    data, spool = tmp_path / "data", tmp_path / "spool"
+    run_child(_STORED_BY_AN_OLDER_VERSION, f"chdb://{data}", str(spool))
+    proc = ServeProcess(data, "--spool-dir", str(spool))
+    proc.start()
+    _wait_drained(proc.api_url)
+    assert proc.terminate() == 0
+    counts = count_in_store(data, """
+        SELECT (SELECT count() FROM otel_traces), (SELECT count() FROM tool_calls),
+               (SELECT sum(Calls) FROM tool_stats_1m), (SELECT sum(Calls) FROM tool_stats_1h),
+               (SELECT sum(Calls) FROM tool_stats_1h_by_time), (SELECT sum(Calls) FROM tool_stats_1d),
+               (SELECT sum(Calls) FROM execution_tool_calls),
+               (SELECT sum(Count) FROM error_patterns), (SELECT countIf(StatusCode = 'Error') FROM otel_traces)""")
+    assert counts == [[90] * 7 + [30, 30]]
