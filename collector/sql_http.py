@@ -42,6 +42,8 @@ _PROTOCOL_PARAMS = {"query", "database", "default_format", "query_id", "session_
                     "session_check", "user", "password", "quota_key", "compress", "decompress", "buffer_size",
                     "wait_end_of_query", "client_protocol_version", "role"}
 _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
+_CHECK_LIMITS = {k: sql_guard.LIMITS[k] for k in ("max_result_rows", "max_result_bytes")}
+"""The result limits of the guard's own EXPLAIN AST: the endpoint's, whatever the client lowered."""
 _CODE = re.compile(r"Code: (\d+)\.")
 _STATUS = {164: 403, 497: 403, 516: 401, 60: 404, 81: 404, 62: 400, 115: 400, 47: 400, 36: 400, 43: 400, 6: 400,
            27: 400, 26: 400, 41: 400, 72: 400, 42: 400, 46: 404, 456: 400, 457: 400, 73: 400, 50: 400}
@@ -192,7 +194,10 @@ class SqlEndpoint:
         is the one statement the engine formatted from ``sql``, with the parameters it uses."""
         statement = queries.rows(self._clients, "sql_statement", {"sql": sql})[0]["statement"]
         query_params = sql_guard.parameters(statement, query_params)
-        ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None, settings=settings,
+        # the client's result limits are its answer's, not the check's: under max_result_rows=5
+        # a one-row SELECT was refused for the rows of its AST
+        ast = self._clients.raw_query(f"EXPLAIN AST {statement}", parameters=query_params or None,
+                                     settings={**settings, **_CHECK_LIMITS},
                                      fmt="TabSeparatedRaw").decode("utf-8", "replace")
         reason = sql_guard.refusal(statement, ast)
         if reason is not None:

@@ -356,6 +356,10 @@ def test_settings_are_a_harmless_few_under_the_endpoints_limits(admin: Running) 
     r = httpx.post(admin.sql_url, params={"max_result_bytes": "100000"}, auth=auth,
                    content="SELECT repeat(toString(number), 100) FROM numbers(10000)")
     assert r.status_code != 200 and "max bytes: 97.66 KiB" in r.text
+    # lowered limits are the answer's, not the check's (its EXPLAIN AST counted against them)
+    r = httpx.post(admin.sql_url, params={"max_result_rows": "1", "max_result_bytes": "100"}, auth=auth,
+                   content="SELECT 1")
+    assert r.status_code == 200 and r.text == "1\n"
     # nor through a SETTINGS clause, which would override them for the query
     r = httpx.post(admin.sql_url, content="SELECT number FROM numbers(2000000) SETTINGS max_result_rows = 0",
                    auth=auth)
