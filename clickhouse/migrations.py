@@ -170,14 +170,14 @@ _INGEST_TABLE_VERSION = 2
 """The migration that creates ``otlp_ingest``, the table the writer inserts into."""
 
 
-def behind_but_writable(client: Client) -> list[str]:
-    """The schema files a store has not applied yet, when it has the tables the writer
-    inserts into (else none: a new store takes nothing before its migrations). The
-    bookkeeping table is created first, as ``migrate`` does (idempotent)."""
+def behind_with_spans(client: Client) -> list[str]:
+    """The schema files a store has not applied yet, when it holds spans (else none: a
+    store without the writer's tables, or without a span, has stored no spool segment).
+    The bookkeeping table is created first, as ``migrate`` does (idempotent)."""
     known = schema_files()
     _run(client, known[0], None)
     done = applied(client)
-    if _INGEST_TABLE_VERSION not in done:
+    if _INGEST_TABLE_VERSION not in done or not client.query(sqlfiles.query("store_has_spans")).result_rows[0][0]:
         return []
     return [m.name for m in known if m.version not in done]
 

@@ -15,7 +15,7 @@ import threading
 import time
 
 from spanhouse.clickhouse import IngestItem, Writer, connect, embedded_path
-from spanhouse.clickhouse.migrations import behind_but_writable
+from spanhouse.clickhouse.migrations import behind_with_spans
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
@@ -82,7 +82,7 @@ class ClickHouseExporter:
                 segment = self._spool.next_sealed(timeout=0.2)
                 if segment is None:
                     continue
-                done = self._export(segment)
+                done = self.export(segment)
             except Exception:  # noqa: BLE001 - the thread must outlive any one failure
                 # e.g. the disk is full while quarantining or deleting a segment. The
                 # segment stays in the spool and is tried again (its token makes a
@@ -101,8 +101,9 @@ class ClickHouseExporter:
                 self._wake.clear()
                 backoff = min(backoff * 2, self._backoff_max)
 
-    def _export(self, segment: Segment) -> bool:
-        """Insert one segment; False if it should be retried later."""
+    def export(self, segment: Segment) -> bool:
+        """Insert one segment (deleted once stored, quarantined if refused); False if it
+        should be retried later."""
         started = time.perf_counter()
         exact_before = self._writer.exact_batches
         try:
@@ -129,36 +130,34 @@ class ClickHouseExporter:
         return True
 
 
-def drain_before_migrating(dsn: str, spool: Spool, metrics: Metrics, timeout: float,
-                           hurry: threading.Event | None = None) -> None:
-    """Insert the spool's segments into a store whose schema is behind this version's,
-    before it is migrated.
+def replay_before_migrating(dsn: str, spool: Spool, metrics: Metrics) -> None:
+    """Insert the spool's oldest segment into a store whose schema is behind this
+    version's, before it is migrated.
 
-    A segment left by a crash may already be stored (the process died during its insert
-    or before deleting it): its replay is then a no-op, each table recognising the
-    segment's token. But a migration that fills a table anew from the stored spans (as
-    0010, 0016 and 0020 did) counts the segment in that table and drops the table's
-    record of it, so a replay after the migration counted it twice there. Replayed
-    first, into the views the segment was (perhaps) written through, it is recognised
-    everywhere, and the migration then counts it once. What does not drain within
-    ``timeout`` (a store unreachable, a stop asked through ``hurry``) is replayed after
-    the migration, as before."""
+    The exporter inserts one segment at a time, oldest first, and deletes it once
+    stored: a crash can leave at most that one stored (the process died during its
+    insert or before deleting it), and its replay is then a no-op, each table
+    recognising the segment's token. But a migration that fills a table anew from the
+    stored spans (0010, 0016 and 0020 did) counts the segment in that table and drops
+    the table's record of it, so a replay after the migration counted it twice there.
+    Replayed first, through the views it was (perhaps) written through, it is recognised
+    everywhere, and the migration counts it once. Only that one: the others were never
+    stored, and stored now they would take the old schema's reading of spans that the
+    migrations correct (a review's drain of every segment stored a comment-only rating
+    as 0). A store holding no span has stored no segment: nothing is replayed. A
+    failure leaves the segment for the exporter, after the migration, as before."""
     client = connect(dsn)
     try:
-        behind = behind_but_writable(client)
+        behind = behind_with_spans(client)
     finally:
         client.close()
-    if not behind:
+    segment = spool.next_sealed(timeout=0.0) if behind else None
+    if segment is None:
         return
-    log.info("spool: replaying %d segment(s) into the store before migrating it (%s)",
-             spool.segment_count, ", ".join(behind))
+    log.info("spool: replaying segment %s into the store before migrating it (%s): a crash may have stored it",
+             segment.name, ", ".join(behind))
     writer = Writer(connect(dsn), embedded_path(dsn))
     try:
-        exporter = ClickHouseExporter(spool, writer, metrics)
-        exporter.start()
-        if not exporter.stop(timeout, hurry):
-            log.warning("spool: %d segment(s) not replayed before the migration; replayed after it",
-                        spool.segment_count)
+        ClickHouseExporter(spool, writer, metrics).export(segment)
     finally:
         writer.close()
-

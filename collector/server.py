@@ -27,7 +27,7 @@ from spanhouse.clickhouse.store import READERS
 from spanhouse.collector.api import ApiContext, create_app
 from spanhouse.collector.auth import KeyRing
 from spanhouse.collector.config import Settings
-from spanhouse.collector.exporter import ClickHouseExporter, drain_before_migrating
+from spanhouse.collector.exporter import ClickHouseExporter, replay_before_migrating
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.resends import RecentRequests
@@ -39,10 +39,6 @@ from spanhouse.collector.sql_http import SqlEndpoint
 from spanhouse.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-_DRAIN_BEFORE_MIGRATING_S = 600.0
-"""How long a start replays the spool into a store whose schema is behind before it
-migrates anyway: a full spool of 1 GiB is ~30 inserts of a few seconds at most."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +124,8 @@ class Collector:
             log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",
                      report.segments, report.records, report.torn_bytes)
         if self._store is None:
-            if report.segments:  # into the schema they may have been written through (see drain_before_migrating)
-                drain_before_migrating(s.dsn, self._spool, self.metrics, _DRAIN_BEFORE_MIGRATING_S, self._stop_asked)
+            if report.segments:  # into the schema it may have been written through (see replay_before_migrating)
+                replay_before_migrating(s.dsn, self._spool, self.metrics)
             self._store = open_store(s.dsn, retention_days=s.retention_days, stopping=self._stop_asked)
             # The collector owns the retention setting, so unset means keep everything: a
             # TTL left by an earlier --retention-days goes. (Other openers of a store, such

@@ -258,6 +258,11 @@ writer = Writer(connect(sys.argv[1]), embedded_path(sys.argv[1]))
 # stored, and the process gone before it deleted the segment (a crash mid-insert or right after it)
 writer.write([IngestItem(r.tenant, r.payload) for r in segment.records()], token=f"spool-{segment.name}")
 writer.close()
+# a later segment, never stored: a tool call whose OK status is final, which 0018 reads as no
+# failure (the old schema as one, for good: stored rows are not read again)
+spool.append("default", request([span("call-ok", trace_id(), attributes={**tool, "error.type": "HTTP 404"},
+                                      status_code=1)]).SerializeToString())
+spool.seal()
 spool.close()
 client.close()
 """
@@ -268,8 +273,10 @@ def test_a_segment_an_older_version_stored_is_counted_once_after_the_upgrade(tmp
     deleted: the replay skipped otel_traces, tool_calls and tool_stats_1m, but migrations
     that fill a table anew (0010's execution_tool_calls, 0016's hourly and daily tool
     rollups, 0020's error_patterns) had counted the batch already and lost its
-    deduplication record, so they counted it again. The collector now drains the spool
-    into the store's old schema before migrating it."""
+    deduplication record, so they counted it again. The collector now replays the oldest
+    segment, the only one a crash can leave stored, into the store's old schema before
+    migrating it; the others after, read as this version reads spans (a second review
+    saw a first fix, replaying every segment first, store an OK tool call as failed)."""
     data, spool = tmp_path / "data", tmp_path / "spool"
     run_child(_STORED_BY_AN_OLDER_VERSION, f"chdb://{data}", str(spool))
     proc = ServeProcess(data, "--spool-dir", str(spool))
@@ -281,5 +288,6 @@ def test_a_segment_an_older_version_stored_is_counted_once_after_the_upgrade(tmp
                (SELECT sum(Calls) FROM tool_stats_1m), (SELECT sum(Calls) FROM tool_stats_1h),
                (SELECT sum(Calls) FROM tool_stats_1h_by_time), (SELECT sum(Calls) FROM tool_stats_1d),
                (SELECT sum(Calls) FROM execution_tool_calls),
-               (SELECT sum(Count) FROM error_patterns), (SELECT countIf(StatusCode = 'Error') FROM otel_traces)""")
-    assert counts == [[90] * 7 + [30, 30]]
+               (SELECT sum(Count) FROM error_patterns), (SELECT countIf(StatusCode = 'Error') FROM otel_traces),
+               (SELECT sum(IsError) FROM tool_calls)""")
+    assert counts == [[91] * 7 + [30, 30, 30]]
