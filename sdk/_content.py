@@ -64,7 +64,8 @@ key) whose key does not already look secret; what it returns is recorded instead
 ``value``. If it raises, the value is recorded as ``[REDACTED]``: failing closed."""
 
 SECRET_KEY_PATTERN: Final = re.compile(
-    r"passw(or)?d|passphrase|(?<![a-z])pass(code)?(?![a-z])|pwd|secret"
+    r"passw(or)?d|passphrase|(?<![a-z])(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])pass(code)?$"
+    r"|pwd|secret"
     r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
     r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?|details?|budget)|izer)"
     r"|api[._ -]?key|auth(?!ors?\b)"
@@ -74,8 +75,9 @@ SECRET_KEY_PATTERN: Final = re.compile(
     r"|social[._ -]?security",
     re.IGNORECASE,
 )
-"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a ``pass`` or
-``passcode`` of its own (``DB_PASS``, not ``bypass``), secret, token
+"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a key ending in
+a ``pass`` or ``passcode`` of its own (``DB_PASS``; not ``bypass``, ``first_pass``,
+``is_pass``, nor the evals' ``pass@1`` and ``pass_rate``), secret, token
 (but not the token *data* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``,
 ``token_ids``, ``token_logprobs``, ``input_token_details`` (LangChain's usage),
 ``token_budget``, a tokenizer's ``eos_token`` and the like, nor ``tokenizer``; plural credentials such as ``refresh_tokens`` or ``api_tokens`` are
@@ -119,22 +121,25 @@ def is_secret_key(key: str) -> bool:
     return SECRET_KEY_PATTERN.search(key) is not None
 
 
-_QUERY: Final = re.compile(r"\?[^\s=?#&;/\"']{1,64}=")
-"""A query's first parameter (``?api_key=``), where a relative URL (``/v1/geo?key=…``,
-an HTTP request line) starts its query."""
+_QUERY: Final = re.compile(r"[?#][^\s=?#&;/\"']{1,64}[=&]")
+"""A query's or fragment's first parameter (``?api_key=``, ``?verbose&``,
+``#access_token=``), where a relative URL (``/v1/geo?key=…``, an HTTP request line,
+an OAuth callback's path) starts its parameters."""
 
 
 def _may_hold_url(text: str) -> bool:
     """Whether ``text`` may hold a URL's secret: it names a scheme (``://``) or has a
-    ``?`` starting a query. Found by looking at each ``?`` (a question in a prompt
-    is one look), not by the whole pattern: a 10k-character prompt took 360 µs there."""
+    ``?`` or ``#`` starting parameters. Found by looking at each ``?`` and ``#`` (a
+    question in a prompt is one look), not by the whole pattern: a 10k-character
+    prompt took 360 µs there."""
     if "://" in text:
         return True
-    at = text.find("?")
-    while at != -1:
-        if _QUERY.match(text, at):
-            return True
-        at = text.find("?", at + 1)
+    for mark in "?#":
+        at = text.find(mark)
+        while at != -1:
+            if _QUERY.match(text, at):
+                return True
+            at = text.find(mark, at + 1)
     return False
 
 
@@ -165,6 +170,24 @@ def scrub_error_text(text: str, secrets: Sequence[str] = ()) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     return text
+
+
+_ERROR_SECRETS: Final[collections.deque[str]] = collections.deque(maxlen=64)
+"""The secret-named argument values that the errors of failed calls held, latest last."""
+
+
+def error_secrets(own: Sequence[str], text: str) -> tuple[str, ...]:
+    """What to redact from a failed call's error ``text`` (its message and stack trace):
+    ``own``, the values of the call's secret-named arguments, and those that errors of
+    calls failed before held (up to 64), which ``text`` holds too. An error leaving a
+    decorated call goes on through the calls around it, whose spans record it again: a
+    tool's refused API key was redacted on the tool's span and stored in clear on its
+    execution's. Those ``text`` holds are remembered for them."""
+    for secret in own:
+        if secret in text and secret not in _ERROR_SECRETS:
+            _ERROR_SECRETS.append(secret)
+    earlier = [secret for secret in tuple(_ERROR_SECRETS) if secret in text]
+    return tuple(sorted({*own, *earlier}, key=len, reverse=True))
 
 
 def secret_arguments(secret_positions: Sequence[int], args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, ...]:
@@ -446,7 +469,9 @@ def _bytes_text(data: bytes, limit: int) -> str:
         return scrubbed(data.decode("utf-8"), limit)
     except UnicodeDecodeError:
         pass
-    if next(_url_secrets(data[:limit + _SCRUB_MARGIN].decode("latin-1")), None) is not None:
+    # searched as UTF-8 with the odd bytes escaped: as Latin-1, the second byte of a UTF-8
+    # "à" (0xa0) was a no-break space, which ends a password, and hid it
+    if next(_url_secrets(data[:limit + _SCRUB_MARGIN].decode("utf-8", "surrogateescape")), None) is not None:
         return scrubbed(data.decode("utf-8", "backslashreplace"), limit)
     head = data[: limit * 3 // 4]  # base64 grows by 4/3: encode only what can be kept
     text = "base64:" + base64.b64encode(head).decode("ascii")

@@ -57,7 +57,8 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
-from spanhouse.sdk._content import RETURN_KEY, is_secret_key, logger, scrub_error_text, secret_arguments
+from spanhouse.sdk._content import (RETURN_KEY, error_secrets, is_secret_key, logger, scrub_error_text,
+                                    secret_arguments)
 from spanhouse.sdk._feedback import NOT_RECORDED
 from spanhouse.sdk._usage import StreamUsage, record_response_usage
 from spanhouse.text import utf8_safe
@@ -321,10 +322,12 @@ class ActiveCall:
                 return
             if span.is_recording():
                 error_type = qualified_name(type(exc))
-                message = scrub_error_text(_message(exc), self._secrets)
+                message, stack = _message(exc), "".join(traceback.format_exception(exc))
+                secrets = error_secrets(self._secrets, f"{message}\n{stack}")
+                message = scrub_error_text(message, secrets)
                 span.set_attribute(sc.ERROR_TYPE, error_type)
                 span.set_status(Status(StatusCode.ERROR, utf8_safe(message) or error_type))
-                span.add_event("exception", _exception_event(exc, error_type, message, self._secrets))
+                span.add_event("exception", _exception_event(error_type, message, scrub_error_text(stack, secrets)))
         except Exception:  # noqa: BLE001
             logger.debug("spanhouse could not record an exception of %s", self._spec.name, exc_info=True)
         finally:
@@ -464,17 +467,16 @@ def _message(exc: BaseException) -> str:
         return ""
 
 
-def _exception_event(exc: BaseException, error_type: str, message: str, secrets: tuple[str, ...]) -> dict[str, str]:
+def _exception_event(error_type: str, message: str, stack: str) -> dict[str, str]:
     """The attributes of the exception event, as ``Span.record_exception`` writes them
-    (type, message, stack trace, escaped), the stack trace's secrets redacted as the
-    message's were (``scrub_error_text``), with the text made UTF-8-safe: the OTLP
-    encoder drops an attribute UTF-8 cannot carry, and a message naming a non-UTF-8
-    file, or a chained exception's, would lose the message or the whole stack trace.
-    Written here rather than by ``record_exception``, which formats the stack trace
-    itself (twice the work to repair it) and loses the event if ``str(exc)`` raises."""
+    (type, message, stack trace, escaped; the latter two scrubbed by the caller), with
+    the text made UTF-8-safe: the OTLP encoder drops an attribute UTF-8 cannot carry,
+    and a message naming a non-UTF-8 file, or a chained exception's, would lose the
+    message or the whole stack trace. Written here rather than by ``record_exception``,
+    which formats the stack trace itself (twice the work to repair and scrub it) and
+    loses the event if ``str(exc)`` raises."""
     return {sc.EXCEPTION_TYPE: error_type, sc.EXCEPTION_MESSAGE: utf8_safe(message),
-            sc.EXCEPTION_STACKTRACE: utf8_safe(scrub_error_text("".join(traceback.format_exception(exc)), secrets)),
-            sc.EXCEPTION_ESCAPED: "True"}
+            sc.EXCEPTION_STACKTRACE: utf8_safe(stack), sc.EXCEPTION_ESCAPED: "True"}
 
 
 def qualified_name(cls: type) -> str:

@@ -92,6 +92,8 @@ def test_bytes_utf8_cannot_read_holding_a_urls_secret_are_text_with_it_redacted(
     policy = ContentPolicy(1000)
     request = b"GET /v1/q?api_key=SECRETBYTES HTTP/1.1\r\nHost: x\r\n\r\n\x1f\x8b\x08"
     dsn = b"postgresql://app:p\xe4ss-SECRET@db.internal/orders"
+    accented = "postgresql://app:voilà-SECRET@db/x ".encode() + b"\xff"  # UTF-8 but for one byte
+    assert policy.value(accented) == f"postgresql://app:{REDACTED}@db/x \\xff"
     assert policy.value(request) == "GET /v1/q?api_key=[REDACTED] HTTP/1.1\r\nHost: x\r\n\r\n\x1f\\x8b\x08"
     assert policy.value(dsn) == f"postgresql://app:{REDACTED}@db.internal/orders"
     assert policy.value(b"\xff\x00" * 600).startswith("base64:/wD/")  # binary without a URL: base64, cut
@@ -184,7 +186,9 @@ def test_secret_looking_keys(key: str) -> None:
                                  "author", "token_ids", "prompt_token_ids", "token_logprobs", "eos_token_id",
                                  "pad_token_id", "bos_token", "mask_token", "sort_key", "monkey", "lesson",
                                  "authors", "user", "query", "session_id", "name", "input_token_details",
-                                 "output_token_details", "token_budget", "bypass", "passenger", "compass"])
+                                 "output_token_details", "token_budget", "bypass", "passenger", "compass",
+                                 "pass@1", "pass@k", "pass_rate", "pass_at_1", "first_pass", "is_pass",
+                                 "pass_threshold"])
 def test_ordinary_keys(key: str) -> None:
     assert not is_secret_key(key)
 
@@ -237,6 +241,10 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("https://app.io/cb#access_token=SECRET1&token_type=bearer",
          "https://app.io/cb#access_token=[REDACTED]&token_type=bearer"),
         ("Is it raining? key=value pairs? a?b", None),  # questions in a prompt are no query
+        ("GET /v1/items?verbose&api_key=SECRET6 HTTP/1.1", "GET /v1/items?verbose&api_key=[REDACTED] HTTP/1.1"),
+        ("/oauth/callback#access_token=SECRET7&token_type=bearer",
+         "/oauth/callback#access_token=[REDACTED]&token_type=bearer"),
+        ("# Heading #python #1", None),
     ]:
         assert policy.value(url) == (scrubbed or url), url
 

@@ -338,6 +338,20 @@ def test_an_errors_text_has_the_secrets_its_call_redacted_redacted_too(spans: Ca
     assert recorded[0].status.description == f"could not connect to postgresql://app:{REDACTED}@db.internal:5432/orders"
     assert recorded[2].status.description == f"invalid API key: {REDACTED} for weather in Oslo"
 
+    # the error goes on through the calls around it, whose spans recorded the key in clear
+    @sdk.execution(capture_content=capture)
+    def agent() -> None:
+        call_api("weather in Rome", api_key="sk-SECRETKEY-6")
+
+    spans.clear()
+    with pytest.raises(PermissionError):
+        agent()
+    assert len(spans.spans()) == 2
+    for span in spans.spans():
+        texts = [span.status.description or "", *(str(v) for e in span.events for v in (e.attributes or {}).values())]
+        assert not any("SECRET" in text for text in texts), (span.name, texts)
+        assert span.status.description == f"invalid API key: {REDACTED} for weather in Rome"
+
 
 def test_names_given_by_the_user_are_sent_in_text_utf8_can_carry(spans: CapturedSpans) -> None:
     """A tool or execution named after a non-UTF-8 file: the OTLP encoder raised on the
