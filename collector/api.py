@@ -278,6 +278,8 @@ async def stream_executions(who: Reader, ctx: Context, request: Request,
             next_poll = time.monotonic() + poll
             while time.monotonic() < next_poll and not ctx.stopping.is_set():
                 await asyncio.sleep(0.2)
+        if ctx.stopping.is_set():  # said, as a store gone is: the client can tell it from an answer's end
+            yield b": the collector is stopping; reconnect with Last-Event-ID\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

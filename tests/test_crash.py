@@ -165,12 +165,16 @@ def test_open_event_streams_do_not_hold_the_shutdown(tmp_path: Path) -> None:
     proc = ServeProcess(tmp_path / "data", "--shutdown-timeout", "10")
     ports = proc.start()
     connected = threading.Event()
+    heard: list[list[str]] = []
 
     def listen() -> None:
+        lines: list[str] = []
+        heard.append(lines)
         try:
             with httpx.stream("GET", f"http://127.0.0.1:{ports['api_port']}/api/v1/executions/stream",
                               timeout=60) as r:
                 for line in r.iter_lines():
+                    lines.append(line)
                     connected.set()
         except httpx.HTTPError:
             pass
@@ -185,6 +189,9 @@ def test_open_event_streams_do_not_hold_the_shutdown(tmp_path: Path) -> None:
     assert proc.proc is not None and proc.proc.stderr is not None and "ERROR" not in proc.proc.stderr.read()
     for t in listeners:
         t.join(timeout=10)
+    # each ends with a word, as for a store gone (a review saw them end silently, like an answer's end)
+    assert [[line for line in lines if line] for lines in heard] == [
+        [": connected", ": the collector is stopping; reconnect with Last-Event-ID"]] * 3
 
 
 def _trickling_request(http_port: int) -> socket.socket:
