@@ -64,7 +64,8 @@ key) whose key does not already look secret; what it returns is recorded instead
 ``value``. If it raises, the value is recorded as ``[REDACTED]``: failing closed."""
 
 SECRET_KEY_PATTERN: Final = re.compile(
-    r"passw(or)?d|passphrase|(?<![a-z])(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])pass(code)?$"
+    r"passw(or)?d|passphrase|(?<![a-z])(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])pass(code)?"
+    r"(?![a-z]|@|[._ -](rate|at|threshold|count|fail|k)(?![a-z]))"
     r"|pwd|secret"
     r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
     r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?|details?|budget)|izer)"
@@ -75,9 +76,10 @@ SECRET_KEY_PATTERN: Final = re.compile(
     r"|social[._ -]?security",
     re.IGNORECASE,
 )
-"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a key ending in
-a ``pass`` or ``passcode`` of its own (``DB_PASS``; not ``bypass``, ``first_pass``,
-``is_pass``, nor the evals' ``pass@1`` and ``pass_rate``), secret, token
+"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a ``pass`` or
+``passcode`` of its own (``DB_PASS``, ``pass1``, ``pass_word``; not ``bypass``,
+``first_pass``, ``is_pass``, nor the evals' ``pass@1``, ``pass_at_1``, ``pass_rate``),
+secret, token
 (but not the token *data* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``,
 ``token_ids``, ``token_logprobs``, ``input_token_details`` (LangChain's usage),
 ``token_budget``, a tokenizer's ``eos_token`` and the like, nor ``tokenizer``; plural credentials such as ``refresh_tokens`` or ``api_tokens`` are
@@ -137,10 +139,18 @@ def _may_hold_url(text: str) -> bool:
     for mark in "?#":
         at = text.find(mark)
         while at != -1:
-            if _QUERY.match(text, at):
+            if _QUERY.match(text, at) and (mark == "?" or "/" in _word_before(text, at)):
                 return True
             at = text.find(mark, at + 1)
     return False
+
+
+def _word_before(text: str, at: int) -> str:
+    """The characters before ``at`` back to a space, quote or bracket: a ``#`` starts a
+    fragment's parameters after a path (``/cb#access_token=``), not in code (a
+    JavaScript class's ``#key=0``, ``this.#token=t``) or a Markdown link (``(#x=y)``)."""
+    start = max(text.rfind(c, 0, at) for c in " \t\n\"'([{<")
+    return text[start + 1:at]
 
 
 def scrub_urls(text: str) -> str:
@@ -172,22 +182,41 @@ def scrub_error_text(text: str, secrets: Sequence[str] = ()) -> str:
     return text
 
 
-_ERROR_SECRETS: Final[collections.deque[str]] = collections.deque(maxlen=64)
-"""The secret-named argument values that the errors of failed calls held, latest last."""
+_SECRETS_ATTRIBUTE: Final = "_spanhouse_secrets"
+_CHAIN_LIMIT: Final = 1000
 
 
-def error_secrets(own: Sequence[str], text: str) -> tuple[str, ...]:
-    """What to redact from a failed call's error ``text`` (its message and stack trace):
-    ``own``, the values of the call's secret-named arguments, and those that errors of
-    calls failed before held (up to 64), which ``text`` holds too. An error leaving a
+def error_secrets(exc: BaseException, own: Sequence[str], text: str) -> tuple[str, ...]:
+    """What to redact from the ``text`` (message and stack trace) of ``exc``, which a
+    failed call records: ``own``, the values of the call's secret-named arguments, and
+    those that calls the error left before found in it, kept on the error or on those it
+    holds (its cause and context, an exception group's members). An error leaving a
     decorated call goes on through the calls around it, whose spans record it again: a
     tool's refused API key was redacted on the tool's span and stored in clear on its
-    execution's. Those ``text`` holds are remembered for them."""
-    for secret in own:
-        if secret in text and secret not in _ERROR_SECRETS:
-            _ERROR_SECRETS.append(secret)
-    earlier = [secret for secret in tuple(_ERROR_SECRETS) if secret in text]
-    return tuple(sorted({*own, *earlier}, key=len, reverse=True))
+    execution's. The values ``text`` holds are kept on ``exc`` for them (an attribute;
+    only values its own text shows, so nothing travels with it that it did not hold; an
+    exception that takes no attribute is redacted by its own call only)."""
+    found = set(own)
+    pending, seen = [exc], set()
+    while pending and len(seen) < _CHAIN_LIMIT:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        kept = getattr(error, _SECRETS_ATTRIBUTE, ())
+        if isinstance(kept, tuple):
+            found.update(s for s in kept if isinstance(s, str))
+        pending += [e for e in (error.__cause__, error.__context__) if e is not None]
+        members = getattr(error, "exceptions", ())  # an ExceptionGroup's
+        if isinstance(members, tuple):
+            pending += [e for e in members if isinstance(e, BaseException)]
+    shown = tuple(sorted((s for s in found if s in text), key=len, reverse=True))
+    if shown:
+        try:
+            setattr(exc, _SECRETS_ATTRIBUTE, shown)
+        except Exception:  # noqa: BLE001 - __slots__, a frozen dataclass: its own call redacted it
+            pass
+    return shown
 
 
 def secret_arguments(secret_positions: Sequence[int], args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, ...]:

@@ -320,10 +320,12 @@ class ActiveCall:
                 self._stream.record(span)  # (cancelled too)
             if not isinstance(exc, Exception) and not (isinstance(exc, SystemExit) and exc.code not in (None, 0)):
                 return
-            if span.is_recording():
+            recording = span.is_recording()
+            if recording or self._secrets:  # unrecorded, a call still tells the calls around it its secrets
                 error_type = qualified_name(type(exc))
                 message, stack = _message(exc), "".join(traceback.format_exception(exc))
-                secrets = error_secrets(self._secrets, f"{message}\n{stack}")
+                secrets = error_secrets(exc, self._secrets, f"{message}\n{stack}")
+            if recording:
                 message = scrub_error_text(message, secrets)
                 span.set_attribute(sc.ERROR_TYPE, error_type)
                 span.set_status(Status(StatusCode.ERROR, utf8_safe(message) or error_type))

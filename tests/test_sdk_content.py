@@ -176,7 +176,9 @@ def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans
                                  "cookie", "session_key", "jwt", "bearer", "signature", "passphrase",
                                  "encryption_key", "hmac_key", "Ocp-Apim-Subscription-Key", "ssh_key", "csrf_token",
                                  "X-XSRF-TOKEN", "credit_card", "card_number", "cvv", "ssn", "user_ssn", "SSN",
-                                 "social_security_number", "pass", "DB_PASS", "smtp-pass", "passcode"])
+                                 "social_security_number", "pass", "DB_PASS", "smtp-pass", "passcode", "pass1",
+                                 "pass2", "pass_word", "pass_phrase", "db_pass_1", "PASS_B64", "smtp_pass_enc",
+                                 "passcode_2"])
 def test_secret_looking_keys(key: str) -> None:
     assert is_secret_key(key)
 
@@ -245,6 +247,9 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("/oauth/callback#access_token=SECRET7&token_type=bearer",
          "/oauth/callback#access_token=[REDACTED]&token_type=bearer"),
         ("# Heading #python #1", None),
+        ("class Cache{#key=0;get(){return this.#key}} // see ?", None),  # code, not a fragment
+        ("this.#token=t;this.#secret=s", None),
+        ("Issue #12&13: [docs](#api_key=usage)", None),
     ]:
         assert policy.value(url) == (scrubbed or url), url
 

@@ -343,14 +343,46 @@ def test_an_errors_text_has_the_secrets_its_call_redacted_redacted_too(spans: Ca
     def agent() -> None:
         call_api("weather in Rome", api_key="sk-SECRETKEY-6")
 
+    @sdk.execution(record=False)
+    def unrecorded() -> None:  # its tool's span records nothing: the secret still travels with the error
+        call_api("weather in Lima", api_key="sk-SECRETKEY-7")
+
+    @sdk.execution(capture_content=capture)
+    def batch() -> None:
+        try:
+            unrecorded()
+        except PermissionError as exc:
+            raise RuntimeError("the batch failed") from exc
+
     spans.clear()
     with pytest.raises(PermissionError):
         agent()
-    assert len(spans.spans()) == 2
+    with pytest.raises(RuntimeError):
+        batch()
+    assert [s.name for s in spans.spans()] == ["execute_tool call_api", "invoke_workflow agent",
+                                               "invoke_workflow batch"]
     for span in spans.spans():
         texts = [span.status.description or "", *(str(v) for e in span.events for v in (e.attributes or {}).values())]
         assert not any("SECRET" in text for text in texts), (span.name, texts)
-        assert span.status.description == f"invalid API key: {REDACTED} for weather in Rome"
+        assert REDACTED in str((span.events[0].attributes or {})["exception.stacktrace"])
+    assert spans.spans()[1].status.description == f"invalid API key: {REDACTED} for weather in Rome"
+
+    # a value redacted from one error is not redacted from another that does not come from it
+    @sdk.tool(capture_content=capture)
+    def login(user: str, auth_method: str) -> None:
+        raise PermissionError(f"{user} may not log in by {auth_method}")
+
+    @sdk.tool(capture_content=capture)
+    def set_password(length: int) -> None:
+        raise ValueError(f"password must be at least 12 characters, not {length}")
+
+    spans.clear()
+    with pytest.raises(PermissionError):
+        login("bob", auth_method="password")
+    with pytest.raises(ValueError):
+        set_password(8)
+    assert [s.status.description for s in spans.spans()] == [
+        f"bob may not log in by {REDACTED}", "password must be at least 12 characters, not 8"]
 
 
 def test_names_given_by_the_user_are_sent_in_text_utf8_can_carry(spans: CapturedSpans) -> None:
