@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 from spanhouse.clickhouse import IngestItem, Writer, connect, embedded_path
 from spanhouse.clickhouse.migrations import behind_with_spans
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import Segment, Spool
+from spanhouse.collector.spool import Segment, Spool, sync_dir
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,13 @@ class ClickHouseExporter:
         return True
 
 
-def replay_before_migrating(dsn: str, spool: Spool, metrics: Metrics) -> None:
+_REPLAYED = "replayed-before-migrating"
+"""In the spool's directory from a replay before migrating until the migration ends."""
+_REPLAY_ATTEMPTS = 5
+
+
+def replay_before_migrating(dsn: str, spool: Spool, spool_dir: Path, metrics: Metrics,
+                            stopping: threading.Event | None = None) -> None:
     """Insert the spool's oldest segment into a store whose schema is behind this
     version's, before it is migrated.
 
@@ -143,9 +150,16 @@ def replay_before_migrating(dsn: str, spool: Spool, metrics: Metrics) -> None:
     Replayed first, through the views it was (perhaps) written through, it is recognised
     everywhere, and the migration counts it once. Only that one: the others were never
     stored, and stored now they would take the old schema's reading of spans that the
-    migrations correct (a review's drain of every segment stored a comment-only rating
-    as 0). A store holding no span has stored no segment: nothing is replayed. A
-    failure leaves the segment for the exporter, after the migration, as before."""
+    migrations correct (a review's drain of every segment counted an OK tool call as
+    failed for good). A store holding no span has stored no segment: nothing is
+    replayed. Nor after a replay whose migration was cut off (a mark in the spool's
+    directory says so until ``migrated``): the oldest segment then was never stored.
+    A store failing five times, a second apart, leaves the segment for the exporter,
+    after the migration, as before."""
+    mark = spool_dir / _REPLAYED
+    if mark.exists():
+        log.info("spool: the last start replayed its oldest segment and did not finish migrating; not again")
+        return
     client = connect(dsn)
     try:
         behind = behind_with_spans(client)
@@ -158,6 +172,18 @@ def replay_before_migrating(dsn: str, spool: Spool, metrics: Metrics) -> None:
              segment.name, ", ".join(behind))
     writer = Writer(connect(dsn), embedded_path(dsn))
     try:
-        ClickHouseExporter(spool, writer, metrics).export(segment)
+        exporter = ClickHouseExporter(spool, writer, metrics)
+        for attempt in range(_REPLAY_ATTEMPTS):
+            if exporter.export(segment):
+                mark.touch()
+                sync_dir(spool_dir)  # the mark must outlive a crash during the migration
+                return
+            if attempt + 1 < _REPLAY_ATTEMPTS and stopping is not None and stopping.wait(1.0):
+                return
     finally:
         writer.close()
+
+
+def migrated(spool_dir: Path) -> None:
+    """The store's migration has ended: the next start may replay before migrating again."""
+    (spool_dir / _REPLAYED).unlink(missing_ok=True)

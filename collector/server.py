@@ -27,7 +27,7 @@ from spanhouse.clickhouse.store import READERS
 from spanhouse.collector.api import ApiContext, create_app
 from spanhouse.collector.auth import KeyRing
 from spanhouse.collector.config import Settings
-from spanhouse.collector.exporter import ClickHouseExporter, replay_before_migrating
+from spanhouse.collector.exporter import ClickHouseExporter, migrated, replay_before_migrating
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.resends import RecentRequests
@@ -125,8 +125,9 @@ class Collector:
                      report.segments, report.records, report.torn_bytes)
         if self._store is None:
             if report.segments:  # into the schema it may have been written through (see replay_before_migrating)
-                replay_before_migrating(s.dsn, self._spool, self.metrics)
+                replay_before_migrating(s.dsn, self._spool, s.resolved_spool_dir, self.metrics, self._stop_asked)
             self._store = open_store(s.dsn, retention_days=s.retention_days, stopping=self._stop_asked)
+            migrated(s.resolved_spool_dir)
             # The collector owns the retention setting, so unset means keep everything: a
             # TTL left by an earlier --retention-days goes. (Other openers of a store, such
             # as the SDK's store exporter, leave the tables' TTLs alone.)

@@ -298,3 +298,20 @@ def test_a_segment_an_older_version_stored_is_counted_once_after_the_upgrade(tmp
                (SELECT sum(Count) FROM error_patterns), (SELECT countIf(StatusCode = 'Error') FROM otel_traces),
                (SELECT sum(IsError) FROM tool_calls)""")
     assert counts == [[91] * 7 + [30, 30, 30]]
+
+
+def test_a_start_after_a_replay_whose_migration_was_cut_off_replays_nothing_before_migrating(tmp_path: Path) -> None:
+    """A second review killed the collector during the migration after its replay: the
+    next start took the next segment, never stored, for the one a crash may have stored,
+    and stored it with the old schema's reading (an OK tool call counted as failed)."""
+    data, spool = tmp_path / "data", tmp_path / "spool"
+    run_child(_STORED_BY_AN_OLDER_VERSION, f"chdb://{data}", str(spool))
+    # what the first start left: its replay done (the oldest segment deleted), the mark, no migration
+    min(spool.glob("*.seg")).unlink()
+    (spool / "replayed-before-migrating").touch()
+    proc = ServeProcess(data, "--spool-dir", str(spool))
+    proc.start()
+    _wait_drained(proc.api_url)
+    assert proc.terminate() == 0
+    assert count_in_store(data, "SELECT count(), sum(IsError) FROM tool_calls") == [[91, 30]]
+    assert not (spool / "replayed-before-migrating").exists()  # migrated: the next upgrade may replay again
