@@ -84,6 +84,10 @@ class ClickHouseSpanExporter(SpanExporter):
         while True:
             try:
                 with self._lock:
+                    if self._shutdown:  # meanwhile (configure() moved to another store): reopened, the
+                        # store stayed open for good and the next one could not open beside it
+                        return self._give_up(len(spans), "the exporter was shut down while the store was failing",
+                                             unreachable=False)
                     if self._store is None:
                         self._store = open_store(self._dsn, retention_days=self._retention_days,
                                                  timeout=self._retry_timeout)

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from spanhouse.clickhouse import Store
+from spanhouse.errors import StoreUnavailable
 from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
 from tests.collector_harness import count_in_store, run_child, running_collector
 from tests.test_write_path import _DERIVED
@@ -219,6 +220,32 @@ def test_a_burst_through_configure_dsn_is_stored_whole(tmp_path: Path) -> None:
     assert count_in_store(data, "SELECT count() FROM otel_traces WHERE SpanName = 'execute_tool step'") == [[3000]]
 
 
+def test_a_process_ending_while_its_first_batch_opens_a_new_store_keeps_the_batch(tmp_path: Path) -> None:
+    """chdb's engine handles are closed at exit by weakref.finalize's exit hook, which the
+    first finalizer registers: registered when the store opened, after the SDK's flush,
+    it ran first, under the migrations of the store the first batch was opening, and the
+    batch (20,000 spans in a review) was dropped. The migrations are slowed here so that
+    the process ends while they run."""
+    data = tmp_path / "store"
+    script = (
+        "import threading, time\n"
+        "from spanhouse.clickhouse import store\n"
+        "real, migrating = store.migrate, threading.Event()\n"
+        "store.migrate = lambda *a, **k: (migrating.set(), time.sleep(2), real(*a, **k))[2]\n"
+        "from spanhouse import sdk\n"
+        f"sdk.configure(dsn='chdb://{data}')\n"
+        "@sdk.tool\n"
+        "def step(i):\n"
+        "    return i\n"
+        "for i in range(20000):\n"  # a full batch: exported at once, opening the store
+        "    step(i)\n"
+        "assert migrating.wait(60)\n"  # then the process ends, no flush(), while the store is migrated
+    )
+    done = run_child(script)
+    assert "drops them" not in done.stderr, done.stderr
+    assert count_in_store(data, "SELECT count() FROM otel_traces") == [[20000]]
+
+
 def test_batch_sizes_from_the_environment_never_stop_the_application(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from spanhouse.sdk._processor import batch_processor
 
@@ -293,6 +320,41 @@ def test_an_insert_failing_for_no_known_reason_is_retried_on_the_same_store(
     exporter.shutdown()
     assert len(opened) == 1
     assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = 'exporter-incomplete'") == len(spans)
+
+
+def test_an_export_retrying_through_its_exporters_shutdown_does_not_open_the_store_again(
+        store: Store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """configure() switching stores shut the old exporter down while an export of it was
+    retrying a failure: the retry opened the old store again, for good, and the new one
+    could not open beside it (a review lost every span after the switch)."""
+    from spanhouse.sdk import clickhouse_exporter
+
+    opened: list[Store] = []
+    failed = threading.Event()
+    real_open = clickhouse_exporter.open_store
+
+    def opening(*args: Any, **kwargs: Any) -> Store:
+        s = real_open(*args, **kwargs)
+        opened.append(s)
+
+        def unavailable(*_: Any, **__: Any) -> None:
+            failed.set()
+            time.sleep(0.3)  # the shutdown lands while this export is failing
+            raise StoreUnavailable("injected: the store is restarting")
+
+        s.writer.write = unavailable  # type: ignore[method-assign]
+        return s
+
+    monkeypatch.setattr(clickhouse_exporter, "open_store", opening)
+    exporter = ClickHouseSpanExporter(store.dsn, tenant="exporter-shut", retry_timeout=5)
+    results: list[SpanExportResult] = []
+    exporting = threading.Thread(target=lambda: results.append(exporter.export(_agent_spans())))
+    exporting.start()
+    assert failed.wait(10)
+    exporter.shutdown()
+    exporting.join(10)
+    assert results == [SpanExportResult.FAILURE]
+    assert len(opened) == 1 and exporter._store is None  # noqa: SLF001
 
 
 def test_spans_with_text_utf8_cannot_carry_are_stored_with_their_batch(store: Store) -> None:
