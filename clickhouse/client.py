@@ -129,7 +129,12 @@ def connect(dsn: str | None = None, *, timeout: float | None = None, prune_parti
     bounds: dict[str, int] = {}
     settings: dict[str, int] = {}
     if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # it escaped as a bare FileNotFoundError/PermissionError, told as unreachable
+            raise StoreUnavailable(f"cannot create the data directory {path} of ClickHouse store {redacted(dsn)!r}: "
+                                   f"{exc.strerror or exc}; give it a directory this process may create "
+                                   "(chdb:///path)") from exc
         settings = {} if prune_partitions else _UNPRUNED
     elif timeout is not None and math.isfinite(timeout):  # an endless retry waits as long as the driver does
         seconds = max(1, math.ceil(timeout))  # clickhouse-connect takes whole seconds, and 0 as no wait at all

@@ -77,6 +77,14 @@ def test_unwritable_data_directory_is_told_as_such(tmp_path: Path) -> None:
     assert "another process" not in out[0] and "one embedded store" not in out[0]
 
 
+def test_a_data_directory_that_cannot_be_created_is_told_as_such(tmp_path: Path) -> None:
+    """Its creation raised a bare FileNotFoundError or NotADirectoryError, which the SDK's
+    exporter told as a store held by another process."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StoreUnavailable, match="cannot create the data directory .*a-file/store"):
+        connect(f"chdb://{tmp_path / 'a-file' / 'store'}")
+
+
 @contextmanager
 def _unwritable(directory: Path) -> Iterator[None]:
     """``directory`` made unwritable for this user: by its mode, or for root (whom modes do
