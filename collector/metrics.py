@@ -23,7 +23,8 @@ class Metrics:
                                 "uncounted)", ["transport", "outcome"], registry=r)
         self.spans_received = Counter("spanhouse_spans_received", "Spans in decoded export requests that were "
                                       "answered: accepted plus rejected (a request asked to retry counts in "
-                                      "spanhouse_backpressure_events_total instead)", registry=r)
+                                      "spanhouse_backpressure_events_total instead; one larger than the spool "
+                                      "can ever hold, answered 413, in spanhouse_requests_total only)", registry=r)
         self.spans_accepted = Counter("spanhouse_spans_accepted", "Spans acknowledged (durable in the spool)",
                                       registry=r)
         self.resends = Counter("spanhouse_resends", "Requests identical to one acknowledged within "
