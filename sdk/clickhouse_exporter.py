@@ -60,6 +60,7 @@ class ClickHouseSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._shutdown = False
         self._failing = False
+        self._dropped = 0  # spans given up in the current failing stretch
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Insert ``spans`` as one batch; FAILURE (logged) if the store stays unavailable.
@@ -111,14 +112,18 @@ class ClickHouseSpanExporter(SpanExporter):
                 logger.debug("the store's driver raised", exc_info=True)
                 return self._give_up(len(spans), f"{type(exc).__name__}: {exc}", unreachable=True)
             if self._failing:
-                logger.info("spanhouse stores spans in %s again", redacted(self._dsn))
-            self._failing = False
+                logger.warning("spanhouse stores spans in %s again; %d spans were dropped meanwhile",
+                               redacted(self._dsn), self._dropped)
+            self._failing, self._dropped = False, 0
             return SpanExportResult.SUCCESS
 
     def _give_up(self, spans: int, why: str, *, unreachable: bool) -> SpanExportResult:
-        """Fail the export of ``spans`` spans, saying why once per failing stretch. The
+        """Fail the export of ``spans`` spans, saying why once per failing stretch (its
+        end, or the exporter's shutdown, says how many were dropped in all: a review saw
+        'could not store 5 spans' and 12 more dropped without a word). The
         reachability hint only when the store could not be reached: another error (a
         schema that cannot be migrated, data the store refuses) says what to do itself."""
+        self._dropped += spans
         if not self._failing:
             hint = (" Check that the store is reachable (and, for an embedded store, that no other process "
                     "holds it open)." if unreachable else "")
@@ -147,6 +152,9 @@ class ClickHouseSpanExporter(SpanExporter):
                 self._shutdown = True
                 if self._store is not None:
                     self._store.close()
+                if self._failing and self._dropped:
+                    logger.error("spanhouse dropped %d spans in all for %s since the store began failing",
+                                 self._dropped, redacted(self._dsn))
 
 
 def _encoded(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
