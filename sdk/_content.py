@@ -64,8 +64,9 @@ key) whose key does not already look secret; what it returns is recorded instead
 ``value``. If it raises, the value is recorded as ``[REDACTED]``: failing closed."""
 
 SECRET_KEY_PATTERN: Final = re.compile(
-    r"passw(or)?d|passphrase|(?<![a-z])(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])pass(code)?"
-    r"(?![a-z]|@|[._ -](rate|at|threshold|count|fail|k)(?![a-z]))"
+    r"passw(or)?d|passphrase"
+    r"|(?<!by)(?<!com)(?<!sur)(?<!tres)(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])"
+    r"pass(code|[._ -]?(word|phrase))?([._ -]?\d+)?$"
     r"|pwd|secret"
     r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
     r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?|details?|budget)|izer)"
@@ -76,10 +77,11 @@ SECRET_KEY_PATTERN: Final = re.compile(
     r"|social[._ -]?security",
     re.IGNORECASE,
 )
-"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a ``pass`` or
-``passcode`` of its own (``DB_PASS``, ``pass1``, ``pass_word``; not ``bypass``,
-``first_pass``, ``is_pass``, nor the evals' ``pass@1``, ``pass_at_1``, ``pass_rate``),
-secret, token
+"""Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a key ending in
+``pass`` or ``passcode``, perhaps numbered (``DB_PASS``, ``dbpass``, ``pass1``,
+``pass_word``; not ``bypass``, ``compass``, ``first_pass``, ``is_pass``, nor ``pass``
+followed by another word: ``pass_fds``, ``pass_through``, the evals' ``pass@1`` and
+``pass_rate``), secret, token
 (but not the token *data* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``,
 ``token_ids``, ``token_logprobs``, ``input_token_details`` (LangChain's usage),
 ``token_budget``, a tokenizer's ``eos_token`` and the like, nor ``tokenizer``; plural credentials such as ``refresh_tokens`` or ``api_tokens`` are
@@ -94,7 +96,7 @@ _URL_SECRET: Final = re.compile(
     r"(://(?!\[)(?:[^/?#\s:@\"\\]|\\.)*:)(?!\d{1,5}(?:[/?#\s\"',;)\]]|$))"
     r"((?:(?!://)(?:[^\s\"\\]|\\(?!://)[^@\n]|\\(?=@)))*?)(@)"
     r"(?=[^@/?#\s\"',;)\]]*(?:[/?#\s\"',;)\]]|$))"
-    r"|([?&;#])([^=&#\s?;/\"']{1,64})=")
+    r"|([?&;]|(?<![.{(;])#)([^=&#\s?;/\"']{1,64})=")
 """In a string holding a URL: the password of ``scheme://user:password@host`` (the user
 may be empty, as in Redis URLs; ``/``, ``?``, ``#``, ``'`` or ``@`` left unencoded in
 the password, as SQLAlchemy and libpq take them, are taken up to the ``@`` a host
@@ -102,7 +104,8 @@ follows, and so is ``\"`` as JSON escapes a quote; ``host:8080/…@…`` and
 ``host:8080?…@…`` are a port, and ``[::1]:…`` an IPv6 host; a bare ``"``, whitespace and
 JSON's delimiters after the host end it, so it never runs into the next value of a
 JSON text), and the start of a query or fragment parameter ``name=`` (after ``?``,
-``&``, ``;`` or ``#``: an OAuth implicit flow's ``#access_token=``; the name is judged by
+``&``, ``;`` or ``#``: an OAuth implicit flow's ``#access_token=``, but not a ``#`` that
+follows one of ``_NOT_A_FRAGMENT``, as in code; the name is judged by
 ``is_secret_key``, or is ``key`` or ``sig``: Google's API keys, signed URLs), whose value
 ``_PARAM_VALUE`` takes only when the name is a secret's: the value of any other is
 searched too, for a parameter after a ``;`` (``?q=1;token=…``) or a URL passed in it
@@ -139,18 +142,15 @@ def _may_hold_url(text: str) -> bool:
     for mark in "?#":
         at = text.find(mark)
         while at != -1:
-            if _QUERY.match(text, at) and (mark == "?" or "/" in _word_before(text, at)):
+            if _QUERY.match(text, at) and (mark == "?" or at == 0 or text[at - 1] not in _NOT_A_FRAGMENT):
                 return True
             at = text.find(mark, at + 1)
     return False
 
 
-def _word_before(text: str, at: int) -> str:
-    """The characters before ``at`` back to a space, quote or bracket: a ``#`` starts a
-    fragment's parameters after a path (``/cb#access_token=``), not in code (a
-    JavaScript class's ``#key=0``, ``this.#token=t``) or a Markdown link (``(#x=y)``)."""
-    start = max(text.rfind(c, 0, at) for c in " \t\n\"'([{<")
-    return text[start + 1:at]
+_NOT_A_FRAGMENT: Final = ".{(;"
+"""What a ``#`` follows in code, not in a URL: a JavaScript private field (``this.#token=t``,
+``{#key=0``), a Markdown link's anchor (``(#x=y)``)."""
 
 
 def scrub_urls(text: str) -> str:
@@ -183,40 +183,63 @@ def scrub_error_text(text: str, secrets: Sequence[str] = ()) -> str:
 
 
 _SECRETS_ATTRIBUTE: Final = "_spanhouse_secrets"
-_CHAIN_LIMIT: Final = 1000
+_CHAIN_LIMIT: Final = 100_000
+"""Errors walked in one chain: past it, a group of 30 errors of 40 retries each (1,231)
+showed keys in clear with 1,000. A few ms; the stack trace formatted already cost more."""
 
 
 def error_secrets(exc: BaseException, own: Sequence[str], text: str) -> tuple[str, ...]:
     """What to redact from the ``text`` (message and stack trace) of ``exc``, which a
     failed call records: ``own``, the values of the call's secret-named arguments, and
-    those that calls the error left before found in it, kept on the error or on those it
-    holds (its cause and context, an exception group's members). An error leaving a
-    decorated call goes on through the calls around it, whose spans record it again: a
-    tool's refused API key was redacted on the tool's span and stored in clear on its
-    execution's. The values ``text`` holds are kept on ``exc`` for them (an attribute;
-    only values its own text shows, so nothing travels with it that it did not hold; an
-    exception that takes no attribute is redacted by its own call only)."""
+    those that calls the error left before found in it, kept on the errors it is made of
+    (itself, its cause and context, an exception group's members, and theirs). An error
+    leaving a decorated call goes on through the calls around it, whose spans record it
+    again: a tool's refused API key was redacted on the tool's span and stored in clear
+    on its execution's. Each of ``own`` is kept (an attribute) on every error of the
+    chain whose own message shows it, so nothing travels with an error, pickled without
+    its chain, that its message did not show; an exception that takes no attribute is
+    redacted by its own call only."""
+    chain = _chain(exc)
     found = set(own)
-    pending, seen = [exc], set()
-    while pending and len(seen) < _CHAIN_LIMIT:
-        error = pending.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
+    for error in chain:
         kept = getattr(error, _SECRETS_ATTRIBUTE, ())
         if isinstance(kept, tuple):
             found.update(s for s in kept if isinstance(s, str))
-        pending += [e for e in (error.__cause__, error.__context__) if e is not None]
+    for error in chain if own else ():
+        message = error_message(error)
+        if mine := [s for s in own if s in message]:
+            kept = getattr(error, _SECRETS_ATTRIBUTE, ())
+            try:
+                setattr(error, _SECRETS_ATTRIBUTE, tuple({*kept, *mine}) if isinstance(kept, tuple) else tuple(mine))
+            except Exception:  # noqa: BLE001 - __slots__, a frozen dataclass: its own call redacted it
+                pass
+    return tuple(sorted((s for s in found if s in text), key=len, reverse=True))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it holds, nearest first (a group's members in their order,
+    as a traceback prints the first of them), at most ``_CHAIN_LIMIT``."""
+    chain: list[BaseException] = []
+    pending, seen = collections.deque([exc]), set()
+    while pending and len(chain) < _CHAIN_LIMIT:
+        error = pending.popleft()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        chain.append(error)
         members = getattr(error, "exceptions", ())  # an ExceptionGroup's
         if isinstance(members, tuple):
             pending += [e for e in members if isinstance(e, BaseException)]
-    shown = tuple(sorted((s for s in found if s in text), key=len, reverse=True))
-    if shown:
-        try:
-            setattr(exc, _SECRETS_ATTRIBUTE, shown)
-        except Exception:  # noqa: BLE001 - __slots__, a frozen dataclass: its own call redacted it
-            pass
-    return shown
+        pending += [e for e in (error.__cause__, error.__context__) if e is not None]
+    return chain
+
+
+def error_message(error: BaseException) -> str:
+    """``str(error)``, or nothing if that raises."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 def secret_arguments(secret_positions: Sequence[int], args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, ...]:

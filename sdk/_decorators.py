@@ -57,8 +57,8 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 from spanhouse.sdk import _runtime
 from spanhouse.sdk import _semconv as sc
-from spanhouse.sdk._content import (RETURN_KEY, error_secrets, is_secret_key, logger, scrub_error_text,
-                                    secret_arguments)
+from spanhouse.sdk._content import (RETURN_KEY, error_message, error_secrets, is_secret_key, logger,
+                                    scrub_error_text, secret_arguments)
 from spanhouse.sdk._feedback import NOT_RECORDED
 from spanhouse.sdk._usage import StreamUsage, record_response_usage
 from spanhouse.text import utf8_safe
@@ -323,7 +323,7 @@ class ActiveCall:
             recording = span.is_recording()
             if recording or self._secrets:  # unrecorded, a call still tells the calls around it its secrets
                 error_type = qualified_name(type(exc))
-                message, stack = _message(exc), "".join(traceback.format_exception(exc))
+                message, stack = error_message(exc), "".join(traceback.format_exception(exc))
                 secrets = error_secrets(exc, self._secrets, f"{message}\n{stack}")
             if recording:
                 message = scrub_error_text(message, secrets)
@@ -459,14 +459,6 @@ def _c_sizers(t: type) -> tuple[Any, bool]:
     return (nbytes if isinstance(nbytes, types.GetSetDescriptorType) else None,  # not a Python slot named so
             sizeof is not object.__dict__["__sizeof__"] and
             isinstance(sizeof, (types.MethodDescriptorType, types.WrapperDescriptorType)))
-
-
-def _message(exc: BaseException) -> str:
-    """``str(exc)``, or nothing if that raises."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001
-        return ""
 
 
 def _exception_event(error_type: str, message: str, stack: str) -> dict[str, str]:

