@@ -120,8 +120,9 @@ def connect(dsn: str | None = None, *, timeout: float | None = None, prune_parti
     answers. ``prune_partitions``: on the embedded engine, let it prune partitions by
     their keys, safe only where every process that opened the store ran in this one's
     time zone (``Store.prunes_partitions`` says; a server has one zone and always does).
-    Raises ``ConfigError`` for a DSN that names no store (see ``store_dsn``) and
-    ``StoreUnavailable`` when the store cannot be opened or reached.
+    Raises ``ConfigError`` for a DSN that names no store (see ``store_dsn``) or a data
+    directory that cannot be created, and ``StoreUnavailable`` when the store cannot be
+    opened or reached.
     """
     dsn = resolve_dsn(dsn)
     target = store_dsn(dsn)
@@ -131,10 +132,11 @@ def connect(dsn: str | None = None, *, timeout: float | None = None, prune_parti
     if path is not None:
         try:
             path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # it escaped as a bare FileNotFoundError/PermissionError, told as unreachable
-            raise StoreUnavailable(f"cannot create the data directory {path} of ClickHouse store {redacted(dsn)!r}: "
-                                   f"{exc.strerror or exc}; give it a directory this process may create "
-                                   "(chdb:///path)") from exc
+        except OSError as exc:  # it escaped as a bare FileNotFoundError/PermissionError, told as unreachable;
+            # not StoreUnavailable either, which the SDK's exporter retries for 10 s at every flush
+            raise ConfigError(f"cannot create the data directory {path} of ClickHouse store {redacted(dsn)!r}: "
+                              f"{exc.strerror or exc}; give it a directory this process may create "
+                              "(chdb:///path)") from exc
         settings = {} if prune_partitions else _UNPRUNED
     elif timeout is not None and math.isfinite(timeout):  # an endless retry waits as long as the driver does
         seconds = max(1, math.ceil(timeout))  # clickhouse-connect takes whole seconds, and 0 as no wait at all

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,12 +78,24 @@ def test_unwritable_data_directory_is_told_as_such(tmp_path: Path) -> None:
     assert "another process" not in out[0] and "one embedded store" not in out[0]
 
 
-def test_a_data_directory_that_cannot_be_created_is_told_as_such(tmp_path: Path) -> None:
+def test_a_data_directory_that_cannot_be_created_is_told_as_such_at_once(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     """Its creation raised a bare FileNotFoundError or NotADirectoryError, which the SDK's
-    exporter told as a store held by another process."""
+    exporter told as a store held by another process; then, as StoreUnavailable, it was
+    retried for its 10 s at every export. A setting to change, not an outage."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from spanhouse.sdk.clickhouse_exporter import ClickHouseSpanExporter
+    from tests.test_clickhouse_exporter import _agent_spans
+
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(StoreUnavailable, match="cannot create the data directory .*a-file/store"):
-        connect(f"chdb://{tmp_path / 'a-file' / 'store'}")
+    dsn = f"chdb://{tmp_path / 'a-file' / 'store'}"
+    with pytest.raises(ConfigError, match="cannot create the data directory .*a-file/store"):
+        connect(dsn)
+    started = time.monotonic()
+    assert ClickHouseSpanExporter(dsn).export(_agent_spans()) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 2
+    assert "cannot create the data directory" in caplog.text and "holds it open" not in caplog.text
 
 
 @contextmanager
