@@ -18,7 +18,7 @@ from pathlib import Path
 from spanhouse.clickhouse import IngestItem, Writer, connect, embedded_path
 from spanhouse.clickhouse.migrations import behind_with_spans
 from spanhouse.collector.metrics import Metrics
-from spanhouse.collector.spool import Segment, Spool, sync_dir
+from spanhouse.collector.spool import Segment, Spool, write_atomic
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ class ClickHouseExporter:
 
 
 _REPLAYED = "replayed-before-migrating"
-"""In the spool's directory from a replay before migrating until the migration ends."""
+"""In the spool's directory from a replay before migrating until the migration ends: the
+names of the segments left then, none of which was stored."""
 _REPLAY_ATTEMPTS = 5
 
 
@@ -152,20 +153,24 @@ def replay_before_migrating(dsn: str, spool: Spool, spool_dir: Path, metrics: Me
     stored, and stored now they would take the old schema's reading of spans that the
     migrations correct (a review's drain of every segment counted an OK tool call as
     failed for good). A store holding no span has stored no segment: nothing is
-    replayed. Nor after a replay whose migration was cut off (a mark in the spool's
-    directory says so until ``migrated``): the oldest segment then was never stored.
-    A store failing five times, a second apart, leaves the segment for the exporter,
-    after the migration, as before."""
+    replayed. Nor after a replay whose migration was cut off, when the oldest segment
+    is one that was left then (a mark in the spool's directory names them until
+    ``migrated``): it was never stored. A segment written since (a previous version run
+    again meanwhile) may have been, and is replayed. A store failing five times, a
+    second apart, leaves the segment for the exporter, after the migration, as before."""
     mark = spool_dir / _REPLAYED
-    if mark.exists():
-        log.info("spool: the last start replayed its oldest segment and did not finish migrating; not again")
+    left = set(mark.read_text().split()) if mark.exists() else set()
+    oldest = spool.next_sealed(timeout=0.0)
+    if oldest is not None and oldest.name in left:
+        log.info("spool: segment %s was left by a replay whose migration did not end; never stored, not replayed",
+                 oldest.name)
         return
     client = connect(dsn)
     try:
         behind = behind_with_spans(client)
     finally:
         client.close()
-    segment = spool.next_sealed(timeout=0.0) if behind else None
+    segment = oldest if behind else None
     if segment is None:
         return
     log.info("spool: replaying segment %s into the store before migrating it (%s): a crash may have stored it",
@@ -174,9 +179,8 @@ def replay_before_migrating(dsn: str, spool: Spool, spool_dir: Path, metrics: Me
     try:
         exporter = ClickHouseExporter(spool, writer, metrics)
         for attempt in range(_REPLAY_ATTEMPTS):
-            if exporter.export(segment):
-                mark.touch()
-                sync_dir(spool_dir)  # the mark must outlive a crash during the migration
+            if exporter.export(segment):  # the mark must outlive a crash during the migration
+                write_atomic(mark, "\n".join(spool.sealed_names()))
                 return
             if attempt + 1 < _REPLAY_ATTEMPTS and stopping is not None and stopping.wait(1.0):
                 return

@@ -343,6 +343,11 @@ class Spool:
                 self._ready.wait(remaining)
             return self._sealed[0] if self._sealed and self._accepting else None
 
+    def sealed_names(self) -> list[str]:
+        """The names of the sealed segments not yet deleted or quarantined, oldest first."""
+        with self._lock:
+            return [segment.name for segment in self._sealed]
+
     def delete(self, segment: Segment) -> None:
         """Remove a segment whose insert succeeded and free its bytes; again is a no-op."""
         segment.path.unlink(missing_ok=True)

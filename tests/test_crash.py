@@ -306,12 +306,29 @@ def test_a_start_after_a_replay_whose_migration_was_cut_off_replays_nothing_befo
     and stored it with the old schema's reading (an OK tool call counted as failed)."""
     data, spool = tmp_path / "data", tmp_path / "spool"
     run_child(_STORED_BY_AN_OLDER_VERSION, f"chdb://{data}", str(spool))
-    # what the first start left: its replay done (the oldest segment deleted), the mark, no migration
+    # what the first start left: its replay done (the oldest segment deleted), the mark naming
+    # the segments left, no migration
     min(spool.glob("*.seg")).unlink()
-    (spool / "replayed-before-migrating").touch()
+    (spool / "replayed-before-migrating").write_text("\n".join(p.stem for p in spool.glob("*.seg")))
     proc = ServeProcess(data, "--spool-dir", str(spool))
     proc.start()
     _wait_drained(proc.api_url)
     assert proc.terminate() == 0
     assert count_in_store(data, "SELECT count(), sum(IsError) FROM tool_calls") == [[91, 30]]
     assert not (spool / "replayed-before-migrating").exists()  # migrated: the next upgrade may replay again
+
+
+def test_a_mark_left_by_an_earlier_replay_does_not_stop_the_replay_of_a_segment_written_since(tmp_path: Path) -> None:
+    """A third review: after a replay whose migration failed, the previous version run
+    again (a rollback) stored and crashed; the upgrade's next start found the mark and
+    replayed nothing, and the segment was counted twice (181 calls of 91). The mark names
+    the segments it left: one written since is replayed."""
+    data, spool = tmp_path / "data", tmp_path / "spool"
+    run_child(_STORED_BY_AN_OLDER_VERSION, f"chdb://{data}", str(spool))
+    (spool / "replayed-before-migrating").write_text("000000000000-segment-of-long-ago")
+    proc = ServeProcess(data, "--spool-dir", str(spool))
+    proc.start()
+    _wait_drained(proc.api_url)
+    assert proc.terminate() == 0
+    assert count_in_store(data, "SELECT (SELECT sum(Calls) FROM tool_stats_1h), (SELECT sum(Count) FROM error_patterns)"
+                          ) == [[91, 30]]
