@@ -150,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpanhouseError as exc:
         print(f"spanhouse: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (an export's partial file is gone by now)
+        print("spanhouse: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `spanhouse ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from string import Formatter
@@ -65,24 +67,34 @@ def _filter_values(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in _FILTERS if getattr(args, name, None) is not None}
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters shown as ``\\xNN``: span and tool names come
+    from the traced code, and an escape sequence in one reached the operator's terminal
+    (colours, a window title, an unterminated sequence swallowing the lines after it)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):  # small amounts (costs) keep their significant digits
         return f"{value:.6g}" if abs(value) < 1 else f"{value:,.3f}".rstrip("0").rstrip(".")
     if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return "" if value is None else str(value)
+        return json.dumps(value)  # escapes control characters itself
+    return "" if value is None else printable(str(value))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None) -> None:
     """Print dict rows as a table: ``columns``, or every key any row has, in the order
     they first appear (the tips of one list are of kinds with different figures)."""
     if not rows:
-        _console.print(f"[dim]{escape(title) + ': ' if title else ''}nothing found[/dim]")
+        _console.print(f"[dim]{escape(printable(title)) + ': ' if title else ''}nothing found[/dim]")
         return
     rows = [_flat(r) for r in rows]
     cols = columns or list(dict.fromkeys(k for r in rows for k, v in r.items()
                                          if not isinstance(v, (dict, list)) or k == "tools"))
-    t = Table(title=None if title is None else Text(title))
+    t = Table(title=None if title is None else Text(printable(title)))
     for c in cols:
         first = next((r[c] for r in rows if r.get(c) is not None), None)
         t.add_column(c, overflow="fold", justify="right" if isinstance(first, (int, float)) else "left")
@@ -166,13 +178,13 @@ def _tree(node: dict[str, Any], into: Tree, levels: int) -> None:
 
 def _span(node: dict[str, Any], into: Tree) -> Tree:
     """One span's line and details (tool arguments and result, model usage)."""
-    label = f"{escape(node['name'])}  [dim]{node['duration_ms']:.1f} ms[/dim]"
+    label = f"{escape(printable(node['name']))}  [dim]{node['duration_ms']:.1f} ms[/dim]"
     if node["status"] == "error":
-        label += f"  [red]error[/red] {escape(node.get('status_message') or '')}"
+        label += f"  [red]error[/red] {escape(printable(node.get('status_message') or ''))}"
     branch = into.add(label)
     for part in ("arguments", "result"):  # a failed call has no result: no "result None" line
         if (node.get("tool") or {}).get(part) is not None:
-            branch.add(f"[dim]{part}[/dim] {escape(str(node['tool'][part]))}")
+            branch.add(f"[dim]{part}[/dim] {escape(printable(str(node['tool'][part])))}")
     usage = node.get("usage")
     if usage:  # what a model call cost, which the tree otherwise left to --json
         branch.add(f"[dim]usage[/dim] {usage['input_tokens']} input tokens, {usage['output_tokens']} output tokens, "
@@ -232,6 +244,18 @@ def _feedback_id(text: str) -> str:
     return text
 
 
+def _finite(text: str) -> float:
+    """A finite number as an argument: 'nan' and 'inf' are floats to Python, and JSON has
+    no such number (the request was never sent: a traceback)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def _feedback_add(args: argparse.Namespace) -> int:
     body = {"execution_id": args.execution_id, "name": args.name, "comment": args.comment, "user_id": args.user_id,
             "id": args.id, **({"rating": args.rating} if args.rating is not None else {"value": args.value})}
@@ -246,20 +270,34 @@ def _export(args: argparse.Namespace) -> int:
     if args.output == "-":
         _copy(chunks, sys.stdout.buffer, None)
         return 0
-    target = Path(args.output)
+    target = Path(args.output).resolve()  # a symlink's file is replaced, not the link
     if target.is_dir():
-        raise ConfigError(f"--output {target} is a directory; name a file in it")
-    partial = target.with_name(f".{target.name}.partial")
+        raise ConfigError(f"--output {args.output or '.'} is a directory; name a file in it")
+    if target.exists() and not target.is_file():  # /dev/null, a FIFO: written to, never replaced
+        try:
+            with open(target, "wb") as out:
+                _copy(chunks, out, f"export {args.format}")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the export to {target}: {exc.strerror or exc}") from exc
+        return 0
+    partial: Path | None = None
     try:
-        with open(partial, "wb") as out:
+        with tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name}.", suffix=".partial",
+                                         delete=False) as out:  # its own name: two exports to one file
+            partial = Path(out.name)
             _copy(chunks, out, f"export {args.format}")
+        umask = os.umask(0)
+        os.umask(umask)  # a new file's mode as open() would give it, not the temporary file's 0600
+        partial.chmod(target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask)
         partial.replace(target)
     except OSError as exc:  # not the collector's errors: the file's, said as the user's to mend
         with contextlib.suppress(OSError):  # there may be no such folder to remove it from
-            partial.unlink(missing_ok=True)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the export to {target}: {exc.strerror or exc}") from exc
     except BaseException:
-        partial.unlink(missing_ok=True)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         raise
     return 0
 
@@ -355,7 +393,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add.add_argument("execution_id", type=_trace_id)
     value = add.add_mutually_exclusive_group(required=True)
     value.add_argument("--rating", type=int)
-    value.add_argument("--value", type=float)
+    value.add_argument("--value", type=_finite)
     add.add_argument("--name", help="default user_rating")
     add.add_argument("--comment")
     add.add_argument("--user-id")

@@ -6,6 +6,8 @@ import argparse
 import http.server
 import io
 import json
+import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -113,6 +115,50 @@ def test_export_to_a_path_it_cannot_write_is_a_message(served: tuple[Running, st
     with pytest.raises(SystemExit):
         cli.main(["export", "--json", *connect])
     assert "unrecognized arguments: --json" in capsys.readouterr().err
+
+
+def test_export_writes_into_devices_fifos_and_symlinked_files_without_replacing_them(
+        served: tuple[Running, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The export was written beside the target and renamed over it, whatever it was: a
+    review's `-o /dev/full` (as root) became a regular file, a FIFO's reader got nothing,
+    a symlink was replaced by a file."""
+    c, tid = served
+    connect = ["--url", c.api_url, "--api-key", c.key]
+    fifo = tmp_path / "fifo"  # as a device (not written here: run as root on the old code, it replaced it)
+    os.mkfifo(fifo)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()))
+    reader.start()
+    assert cli.main(["export", "--format", "csv", "--output", str(fifo), *connect]) == 0
+    reader.join(30)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and tid.encode() in read[0]
+    (tmp_path / "real.csv").write_text("old")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    assert cli.main(["export", "--format", "csv", "--output", str(tmp_path / "link.csv"), *connect]) == 0
+    assert (tmp_path / "link.csv").is_symlink() and tid in (tmp_path / "real.csv").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.csv", "real.csv"]  # no partial left
+
+
+def test_control_characters_in_names_reach_the_terminal_escaped(served: tuple[Running, str],
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                store: Store) -> None:
+    """Span and tool names come from the traced code: an escape sequence in one reached
+    the operator's terminal (colours, a window title, lines swallowed)."""
+    write(store, "cli-query", request([span("execute_tool odd", trace_id(), start=time.time_ns(), attributes={
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "evil\x1b]0;pwned\x07\x1b[31mred"})]))
+    text = _run(served[0], capsys, "tools")
+    assert "\x1b]0;pwned" not in text and "\x07" not in text and "\x1b[31mred" not in text
+    assert "\\x1b" in text and "\\x07" in text  # shown escaped (the narrow column folds the name)
+
+
+def test_a_feedback_value_that_is_no_finite_number_is_a_usage_error(served: tuple[Running, str],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """'nan' and 'inf' are floats to Python: the request could not be encoded (a traceback)."""
+    c, tid = served
+    for value in ("nan", "inf", "Infinity"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["feedback", "add", tid, "--value", value, "--url", c.api_url, "--api-key", c.key])
+        assert exited.value.code == 2 and "is not a finite number" in capsys.readouterr().err
 
 
 def test_sql_runs_read_only_queries(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
