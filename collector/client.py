@@ -74,13 +74,20 @@ class ApiClient:
     def stream(self, path: str, **params: Any) -> Iterator[bytes]:
         """Chunks of a streamed response (export)."""
         clean = {k: v for k, v in params.items() if v is not None}
+        received: int | None = None  # bytes of the answer, once it began
         try:
             with self._http.stream("GET", path, params=clean) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise ApiError(f"{resp.status_code}: {_message(resp)}")
-                yield from resp.iter_bytes()
+                received = 0
+                for chunk in resp.iter_bytes():
+                    received += len(chunk)
+                    yield chunk
         except httpx.TransportError as exc:
+            if received is not None:  # it answered: told as no collector, the user looked for the wrong fault
+                raise StoreUnavailable(f"the collector's answer at {self._http.base_url} broke off after {received} "
+                                       f"bytes: {exc}; it is incomplete, run it again") from exc
             raise StoreUnavailable(f"no collector answers at {self._http.base_url}: {exc}") from exc
 
     def sql(self, query: str, fmt: str) -> str:

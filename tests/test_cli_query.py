@@ -213,6 +213,25 @@ def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys
             web.shutdown()
     assert "is --url the collector's API" in capsys.readouterr().err
 
+    class Cut(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - an export whose answer breaks off
+            self.send_response(200)
+            self.send_header("content-length", "1000")
+            self.end_headers()
+            self.wfile.write(b'"trace_id"\n')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cut) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            assert cli.main(["export", "--url", f"http://127.0.0.1:{web.server_address[1]}"]) == 2
+        finally:
+            web.shutdown()
+    err = capsys.readouterr().err  # it answered: "no collector answers" sent the user after the wrong fault
+    assert "answer at http://127.0.0.1" in err and "broke off after 11 bytes" in err and "no collector" not in err
+
 
 @pytest.mark.parametrize("command", ["show", "delete"])
 def test_an_id_that_is_no_trace_id_is_refused_before_any_request(served: tuple[Running, str], command: str) -> None:
