@@ -195,42 +195,32 @@ def test_errors_are_one_line_with_what_to_do(served: tuple[Running, str], capsys
     assert cli.main(["sql", "SELECT 1", "--sql-url", "http://127.0.0.1:abc"]) == 2
     assert "--sql-url 'http://127.0.0.1:abc' is not a URL" in capsys.readouterr().err
 
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the handler's name
-            self.send_response(200)
-            self.send_header("content-type", "text/html")
-            self.end_headers()
-            self.wfile.write(b"<html>Grafana</html>")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) as web:
-        threading.Thread(target=web.serve_forever, daemon=True).start()
-        try:
-            assert cli.main(["stats", "--url", f"http://127.0.0.1:{web.server_address[1]}"]) == 2
-        finally:
-            web.shutdown()
+    # another web server (Grafana's port, say), and an export's answer breaking off
+    assert cli.main(["stats", "--url", _other_server({"content-type": "text/html"}, b"<html>Grafana</html>")]) == 2
     assert "is --url the collector's API" in capsys.readouterr().err
-
-    class Cut(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - an export whose answer breaks off
-            self.send_response(200)
-            self.send_header("content-length", "1000")
-            self.end_headers()
-            self.wfile.write(b'"trace_id"\n')
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cut) as web:
-        threading.Thread(target=web.serve_forever, daemon=True).start()
-        try:
-            assert cli.main(["export", "--url", f"http://127.0.0.1:{web.server_address[1]}"]) == 2
-        finally:
-            web.shutdown()
+    assert cli.main(["export", "--url", _other_server({"content-length": "1000"}, b'"trace_id"\n')]) == 2
     err = capsys.readouterr().err  # it answered: "no collector answers" sent the user after the wrong fault
     assert "answer at http://127.0.0.1" in err and "broke off after 11 bytes" in err and "no collector" not in err
+
+
+def _other_server(headers: dict[str, str], body: bytes) -> str:
+    """The URL of a web server answering every GET once with ``headers`` and ``body``
+    (a ``content-length`` past the body breaks the answer off), for the one request a
+    command sends; it stops after answering."""
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the handler's name
+            self.send_response(200)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=lambda: (web.handle_request(), web.server_close()), daemon=True).start()
+    return f"http://127.0.0.1:{web.server_address[1]}"
 
 
 @pytest.mark.parametrize("command", ["show", "delete"])
