@@ -15,9 +15,11 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from string import Formatter
 from typing import Any, BinaryIO
@@ -270,6 +272,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.output == "-":
         _copy(chunks, sys.stdout.buffer, None)
         return 0
+    if not args.output:
+        raise ConfigError("--output is empty: name a file, or - for standard output")
     target = Path(args.output).resolve()  # a symlink's file is replaced, not the link
     if target.is_dir():
         raise ConfigError(f"--output {args.output or '.'} is a directory; name a file in it")
@@ -282,7 +286,7 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     partial: Path | None = None
     try:
-        with tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name}.", suffix=".partial",
+        with _sigterm_exits(), tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name}.", suffix=".partial",
                                          delete=False) as out:  # its own name: two exports to one file
             partial = Path(out.name)
             _copy(chunks, out, f"export {args.format}")
@@ -300,6 +304,20 @@ def _export(args: argparse.Namespace) -> int:
             partial.unlink(missing_ok=True)
         raise
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM ends the block by ``SystemExit`` (143), so that what it wrote is cleaned up:
+    killed by the signal's default action, an export left its temporary file behind."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _copy(chunks: Iterable[bytes], out: BinaryIO, progress: str | None) -> None:

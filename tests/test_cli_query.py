@@ -161,6 +161,47 @@ def test_a_feedback_value_that_is_no_finite_number_is_a_usage_error(served: tupl
         assert exited.value.code == 2 and "is not a finite number" in capsys.readouterr().err
 
 
+def test_an_export_stopped_by_sigterm_leaves_no_temporary_file(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM's default action killed the CLI mid-export and left `.x.csv.*.partial`
+    beside the target (Ctrl-C removed it); and `-o ''` was called a directory."""
+    import signal
+    import subprocess
+    import sys
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - an export that starts, then waits
+            self.send_response(200)
+            self.send_header("content-length", "100000")
+            self.end_headers()
+            self.wfile.write(b'"trace_id"\n')
+            self.wfile.flush()
+            time.sleep(30)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow) as web:
+        web.daemon_threads = True
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        proc = subprocess.Popen([sys.executable, "-m", "spanhouse.collector.cli", "export", "--url",
+                                 f"http://127.0.0.1:{web.server_address[1]}", "--output", str(tmp_path / "x.csv")],
+                                stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while not list(tmp_path.glob(".x.csv.*.partial")):  # writing: the answer has begun
+                assert time.monotonic() < deadline and proc.poll() is None, "the export did not start"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 128 + signal.SIGTERM
+        finally:
+            proc.kill()
+            web.shutdown()
+    assert list(tmp_path.iterdir()) == []
+    assert cli.main(["export", "--output", ""]) == 2
+    assert "--output is empty" in capsys.readouterr().err
+
+
 def test_sql_runs_read_only_queries(served: tuple[Running, str], capsys: pytest.CaptureFixture[str]) -> None:
     c, _ = served
     text = _run(c, capsys, "sql", "SELECT ToolName, calls, errors FROM v_tool_stats WHERE Tenant = 'cli-query'")
