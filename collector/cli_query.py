@@ -265,9 +265,8 @@ def _feedback_add(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """Write the export to ``--output`` (or stdout). A file is written beside it and renamed
-    over it only once the export is complete: a refused or broken export leaves an
-    existing file as it was."""
+    """Write the export to ``--output`` (or stdout): a regular file whole or not at all
+    (``_replace_whole``), a device or FIFO as it comes (never replaced by a file)."""
     chunks = _client(args).stream("/api/v1/export", format=args.format, **_filter_values(args))
     if args.output == "-":
         _copy(chunks, sys.stdout.buffer, None)
@@ -276,34 +275,38 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError("--output is empty: name a file, or - for standard output")
     target = Path(args.output).resolve()  # a symlink's file is replaced, not the link
     if target.is_dir():
-        raise ConfigError(f"--output {args.output or '.'} is a directory; name a file in it")
-    if target.exists() and not target.is_file():  # /dev/null, a FIFO: written to, never replaced
-        try:
+        raise ConfigError(f"--output {args.output} is a directory; name a file in it")
+    try:
+        if target.exists() and not target.is_file():  # /dev/null, a FIFO
             with open(target, "wb") as out:
                 _copy(chunks, out, f"export {args.format}")
-        except OSError as exc:
-            raise ConfigError(f"cannot write the export to {target}: {exc.strerror or exc}") from exc
-        return 0
+        else:
+            _replace_whole(target, chunks, f"export {args.format}")
+    except OSError as exc:  # not the collector's errors: the file's, said as the user's to mend
+        raise ConfigError(f"cannot write the export to {target}: {exc.strerror or exc}") from exc
+    return 0
+
+
+def _replace_whole(target: Path, chunks: Iterable[bytes], progress: str) -> None:
+    """Write ``chunks`` to a temporary file of its own beside ``target`` (two exports to
+    one path shared one before) and rename it over ``target`` once complete, with the
+    mode a new file would have (not the temporary file's 0600): a refused, broken or
+    interrupted export (Ctrl-C, SIGTERM) leaves an existing file as it was."""
     partial: Path | None = None
     try:
-        with _sigterm_exits(), tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name}.", suffix=".partial",
-                                         delete=False) as out:  # its own name: two exports to one file
+        with _sigterm_exits(), tempfile.NamedTemporaryFile(
+                "wb", dir=target.parent, prefix=f".{target.name}.", suffix=".partial", delete=False) as out:
             partial = Path(out.name)
-            _copy(chunks, out, f"export {args.format}")
+            _copy(chunks, out, progress)
         umask = os.umask(0)
-        os.umask(umask)  # a new file's mode as open() would give it, not the temporary file's 0600
+        os.umask(umask)
         partial.chmod(target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask)
         partial.replace(target)
-    except OSError as exc:  # not the collector's errors: the file's, said as the user's to mend
-        with contextlib.suppress(OSError):  # there may be no such folder to remove it from
-            if partial is not None:
-                partial.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write the export to {target}: {exc.strerror or exc}") from exc
     except BaseException:
         if partial is not None:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
         raise
-    return 0
 
 
 @contextlib.contextmanager
