@@ -316,13 +316,6 @@ def _otlp_factory(settings: _config.Settings) -> Callable[[], SpanExporter]:
     return lambda: HttpExporter(endpoint=settings.endpoint, headers=headers)
 
 
-class _Anchor:
-    """An object that lives as long as the module: what the finalizer above watches."""
-
-
-_exit_hook_registered_first: Final = _Anchor()
-
-
 def _register_exit_hook() -> None:
     """Flush at the interpreter's exit, and at the exit of a multiprocessing worker forked
     from this process: it ends with ``os._exit`` after multiprocessing's own finalizers,
@@ -337,7 +330,7 @@ def _register_exit_hook() -> None:
         # by the first finalizer made: made now, it runs after the flush (exit hooks run last
         # registered first). Made by chdb once the store opened, it ran first, and a process
         # ending while its first batch opened a new store dropped the batch (20,000 spans).
-        weakref.finalize(_exit_hook_registered_first, lambda: None).atexit = False
+        weakref.finalize(_register_exit_hook, lambda: None).atexit = False  # on a function that lives on
         atexit.register(flush)
         multiprocessing.util.register_after_fork(flush, _flush_at_worker_exit)
         _exit_hook_registered = True
