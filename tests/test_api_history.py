@@ -857,6 +857,42 @@ def test_feedback_goes_with_the_span_that_carried_it_whichever_trace_is_deleted(
     assert failed_feedback_counted() == 0
 
 
+def test_a_feedback_span_id_sent_again_in_another_trace_rates_its_own_execution_in_deletion(
+        store: Store, tenant: str) -> None:
+    """A client with deterministic span ids sends two feedback spans with one id, in two
+    traces, about two executions. Deleting one execution took the other's feedback span
+    (matched by span id alone); deleting the trace carrying one span took the other's
+    rating (its feedback row has the same id)."""
+    x_id, x = _execution(0)
+    y_id, y = _execution(1)
+    z_id, z = _execution(2)
+    shared = span_id()
+
+    def feedback(execution: str, comment: str) -> Any:
+        return span("spanhouse.feedback", trace_id(), sid=shared, start=T0 + 10**9, attributes={
+            "spanhouse.feedback.execution_id": execution, "spanhouse.feedback.value": "1",
+            "spanhouse.feedback.comment": comment})
+
+    def comments(execution: str) -> list[str]:
+        shown = history.get_execution(store.client, tenant, execution)
+        return [f["comment"] for f in shown["feedback"]] if shown is not None else []
+
+    def feedback_spans() -> list[str]:
+        return sorted(c for (c,) in store.client.query(
+            "SELECT SpanAttributes['spanhouse.feedback.comment'] FROM otel_traces WHERE Tenant = {t:String} "
+            "AND SpanName = 'spanhouse.feedback'", parameters={"t": tenant}).result_rows)
+
+    about_z = feedback(z_id, "about z")
+    write(store, tenant, x, y, z, request([feedback(x_id, "about x")]), request([feedback(y_id, "about y")]),
+          request([about_z]))
+    deletion.delete_traces(store.client, tenant, [x_id])
+    assert feedback_spans() == ["about y", "about z"]
+    assert comments(y_id) == ["about y"] and comments(z_id) == ["about z"]
+    deletion.delete_traces(store.client, tenant, [about_z.trace_id.hex()])  # the trace carrying z's rating
+    assert comments(z_id) == [] and comments(y_id) == ["about y"]
+    assert feedback_spans() == ["about y"]
+
+
 def test_deleting_feedback_sent_over_otlp_removes_its_span_and_what_counted_it(store: Store, tenant: str) -> None:
     """Feedback sent over OTLP is a span: deleting the item removes it from otel_traces
     (a trace of its own, as the SDK sends, also from the trace-time lookup), and a
