@@ -67,25 +67,25 @@ class Settings:
         for name in ("grpc_port", "http_port", "api_port", "sql_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
-                raise ConfigError(f"--{name.replace('_', '-')} {port} is not a TCP port (0-65535; 0 picks a free one)")
+                raise ConfigError(f"{_named(name)}: {port} is not a TCP port (0-65535; 0 picks a free one)")
         if self.spool_max_bytes < 1 << 20:
-            raise ConfigError("--spool-max-bytes must be at least 1MiB")
+            raise ConfigError(f"{_named('spool_max_bytes')} must be at least 1MiB")
         if not 0 < self.batch_delay <= 60:
-            raise ConfigError("--batch-delay must be between 0 and 60 seconds")
+            raise ConfigError(f"{_named('batch_delay')} must be between 0 and 60 seconds")
         if self.batch_bytes < 1 << 16:
-            raise ConfigError("--batch-bytes must be at least 64KiB")
+            raise ConfigError(f"{_named('batch_bytes')} must be at least 64KiB")
         if not 1024 <= self.max_request_bytes < 1 << 31:  # gRPC's limit is a signed 32-bit int
-            raise ConfigError("--max-request-bytes must be from 1KiB to just under 2GiB (gRPC's largest message)")
+            raise ConfigError(f"{_named('max_request_bytes')} must be from 1KiB to just under 2GiB (gRPC's largest message)")
         if not 0 <= self.dedup_window <= 3600:
-            raise ConfigError("--dedup-window must be between 0 (off) and 3600 seconds")
+            raise ConfigError(f"{_named('dedup_window')} must be between 0 (off) and 3600 seconds")
         if self.forward_max_bytes < 1 << 16:
-            raise ConfigError("--forward-max-bytes must be at least 64KiB")
+            raise ConfigError(f"{_named('forward_max_bytes')} must be at least 64KiB")
         if not 0 < self.shutdown_timeout <= 3600:
-            raise ConfigError("--shutdown-timeout must be between 0 and 3600 seconds")
+            raise ConfigError(f"{_named('shutdown_timeout')} must be between 0 and 3600 seconds")
         if self.log_level.lower() not in LOG_LEVELS:
-            raise ConfigError(f"--log-level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+            raise ConfigError(f"{_named('log_level')}: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         if self.retention_days is not None and not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
-            raise ConfigError(f"--retention-days must be from 1 to {MAX_RETENTION_DAYS} (leave it unset to keep "
+            raise ConfigError(f"{_named('retention_days')} must be from 1 to {MAX_RETENTION_DAYS} (leave it unset to keep "
                               "everything)")
         inline_keys = (os.environ if environ is None else environ).get(INLINE_KEYS_ENV, "").strip()
         if self.api_keys is None and not inline_keys and not self.allow_unauthenticated and not is_loopback(self.host):
@@ -157,6 +157,12 @@ def env_name(field: str) -> str:
     return _ENV_OVERRIDES.get(field, f"SPANHOUSE_{field.upper()}")
 
 
+def _named(field: str) -> str:
+    """A setting as a message names it: its flag and its variable, since either may
+    have set it (an error named only the flag when the variable held the bad value)."""
+    return f"--{field.replace('_', '-')} (env {env_name(field)})"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting; defaults stay None so that the environment can fill in."""
     for f in fields(Settings):
@@ -192,7 +198,7 @@ def _convert(name: str, kind: Any, raw: str | bool | list[str]) -> Any:
         if "int" in kind:
             return int(raw)
     except ValueError:
-        raise ConfigError(f"{env_name(name)} / --{name.replace('_', '-')}: {raw!r} is not a valid value") from None
+        raise ConfigError(f"{_named(name)}: {raw!r} is not a valid value") from None
     return raw
 
 

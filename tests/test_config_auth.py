@@ -42,6 +42,16 @@ def test_bad_settings_say_what_to_do(argv: list[str], match: str) -> None:
         _settings(argv, {})
 
 
+@pytest.mark.parametrize("variable,value", [
+    ("SPANHOUSE_HTTP_PORT", "99999"), ("SPANHOUSE_BATCH_DELAY", "100"), ("SPANHOUSE_SPOOL_MAX_BYTES", "1k"),
+    ("SPANHOUSE_RETENTION_DAYS", "0"), ("SPANHOUSE_LOG_LEVEL", "verbose"), ("SPANHOUSE_DEDUP_WINDOW", "x"),
+])
+def test_a_bad_value_from_the_environment_names_its_variable(variable: str, value: str) -> None:
+    """A value out of range named the flag alone, which the user had not passed."""
+    with pytest.raises(ConfigError, match=f"\\(env {variable}\\)"):
+        _settings([], {variable: value})
+
+
 def test_a_boolean_typo_is_an_error_not_false() -> None:
     assert _settings([], {"SPANHOUSE_ALLOW_UNAUTHENTICATED": "yes"}).allow_unauthenticated is True
     with pytest.raises(ConfigError, match="'ture' is not a valid value"):
@@ -143,7 +153,7 @@ def test_a_bad_log_level_in_the_environment_is_a_clear_error_not_a_traceback(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPANHOUSE_LOG_LEVEL", "verbose")
     assert cli.main(["serve", "--dsn", "chdb:///nonexistent/never-opened"]) == 2
-    assert "--log-level 'verbose' is not one of" in capsys.readouterr().err
+    assert "--log-level (env SPANHOUSE_LOG_LEVEL): 'verbose' is not one of" in capsys.readouterr().err
 
 
 def test_keys_add_after_a_last_line_without_newline_keeps_both_keys(tmp_path: Path) -> None:
