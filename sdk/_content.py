@@ -66,7 +66,7 @@ key) whose key does not already look secret; what it returns is recorded instead
 SECRET_KEY_PATTERN: Final = re.compile(
     r"passw(or)?d|passphrase"
     r"|(?<!by)(?<!com)(?<!sur)(?<!tres)(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])"
-    r"pass(code|[._ -]?(word|phrase))?([._ -]?\d+)?$"
+    r"pass([._ -]?(code|word|phrase|key|hash(ed)?|enc(rypted)?|b64|base64|value|v?\d+))*$"
     r"|pwd|secret"
     r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
     r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?|details?|budget)|izer)"
@@ -78,8 +78,9 @@ SECRET_KEY_PATTERN: Final = re.compile(
     re.IGNORECASE,
 )
 """Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a key ending in
-``pass`` or ``passcode``, perhaps numbered (``DB_PASS``, ``dbpass``, ``pass1``,
-``pass_word``; not ``bypass``, ``compass``, ``first_pass``, ``is_pass``, nor ``pass``
+``pass``, or in ``pass`` and words that say what of it is kept (``passcode``,
+``pass_code``, ``pass_key``, ``pass_hash``, ``vault_pass_b64``, ``pass_value``),
+perhaps numbered (``DB_PASS``, ``dbpass``, ``pass1``, ``pass_v2``, ``pass_word``; not ``bypass``, ``compass``, ``first_pass``, ``is_pass``, nor ``pass``
 followed by another word: ``pass_fds``, ``pass_through``, the evals' ``pass@1`` and
 ``pass_rate``), secret, token
 (but not the token *data* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``,

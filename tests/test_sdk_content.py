@@ -178,7 +178,9 @@ def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans
                                  "X-XSRF-TOKEN", "credit_card", "card_number", "cvv", "ssn", "user_ssn", "SSN",
                                  "social_security_number", "pass", "DB_PASS", "smtp-pass", "passcode", "pass1",
                                  "pass2", "pass_word", "pass_phrase", "db_pass_1", "passcode_2", "dbpass", "DBPASS",
-                                 "smtppass", "rootpass", "adminpass", "userpass", "mysqlpass"])
+                                 "smtppass", "rootpass", "adminpass", "userpass", "mysqlpass", "pass_code", "pass_key",
+                                 "PASS_KEY", "vault_pass_b64", "pass_hash", "pass_enc", "pass_v2", "pass_value",
+                                 "passkey", "pass_hashed"])
 def test_secret_looking_keys(key: str) -> None:
     assert is_secret_key(key)
 
