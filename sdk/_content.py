@@ -196,25 +196,44 @@ def error_secrets(exc: BaseException, own: Sequence[str], text: str) -> tuple[st
     (itself, its cause and context, an exception group's members, and theirs). An error
     leaving a decorated call goes on through the calls around it, whose spans record it
     again: a tool's refused API key was redacted on the tool's span and stored in clear
-    on its execution's. Each of ``own`` is kept (an attribute) on every error of the
-    chain whose own message shows it, so nothing travels with an error, pickled without
-    its chain, that its message did not show; an exception that takes no attribute is
-    redacted by its own call only."""
+    on its execution's. Each value known is kept (an attribute) on every error of the
+    chain whose own message or notes show it, so nothing travels with an error, pickled
+    without its chain, that its text did not show (a wrapper whose message repeats it
+    carries it). An error that takes no attribute (``__slots__``, a frozen dataclass)
+    has its values kept on ``exc`` instead, which the calls around go on with."""
     chain = _chain(exc)
     found = set(own)
     for error in chain:
         kept = getattr(error, _SECRETS_ATTRIBUTE, ())
         if isinstance(kept, tuple):
             found.update(s for s in kept if isinstance(s, str))
-    for error in chain if own else ():
-        message = error_message(error)
-        if mine := [s for s in own if s in message]:
-            kept = getattr(error, _SECRETS_ATTRIBUTE, ())
-            try:
-                setattr(error, _SECRETS_ATTRIBUTE, tuple({*kept, *mine}) if isinstance(kept, tuple) else tuple(mine))
-            except Exception:  # noqa: BLE001 - __slots__, a frozen dataclass: its own call redacted it
-                pass
+    refused: list[str] = []
+    for error in chain if found else ():
+        shown = _shown(error)
+        if (mine := [s for s in found if s in shown]) and not _keep(error, mine):
+            refused += mine
+    if refused:
+        _keep(exc, refused)
     return tuple(sorted((s for s in found if s in text), key=len, reverse=True))
+
+
+def _shown(error: BaseException) -> str:
+    """The text a traceback prints of ``error`` itself: its message and its notes."""
+    lines = [error_message(error)]
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        lines += [n for n in notes if isinstance(n, str)]
+    return "\n".join(lines)
+
+
+def _keep(error: BaseException, secrets: Sequence[str]) -> bool:
+    """Add ``secrets`` to those kept on ``error``; False if it takes no attribute."""
+    kept = getattr(error, _SECRETS_ATTRIBUTE, ())
+    try:
+        setattr(error, _SECRETS_ATTRIBUTE, tuple({*kept, *secrets}) if isinstance(kept, tuple) else tuple(secrets))
+    except Exception:  # noqa: BLE001 - __slots__, a frozen dataclass
+        return False
+    return True
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

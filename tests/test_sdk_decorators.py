@@ -435,6 +435,65 @@ def test_the_secrets_of_a_group_of_errors_are_redacted_and_not_pickled_with_what
     assert b"SECRET" not in pickle.dumps(raised.value)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="add_note came with Python 3.11")
+def test_a_secret_shown_by_a_note_a_frozen_error_or_a_wrapper_pickled_is_redacted_around_its_tool(
+        spans: CapturedSpans) -> None:
+    """A third review: a key kept only on the errors whose message showed it was stored
+    in clear on the execution around the tool when a note showed it, when the error
+    showing it took no attribute (a frozen dataclass) and the tool wrapped it, and when
+    a call around the tool repeated it in its own error, which reached the execution
+    pickled (without its chain)."""
+    import dataclasses
+    import pickle
+
+    @dataclasses.dataclass(frozen=True)
+    class ApiError(Exception):
+        detail: str
+
+        def __str__(self) -> str:
+            return self.detail
+
+    @sdk.tool
+    def noted(api_key: str) -> None:
+        error = PermissionError("refused")
+        error.add_note(f"while using key {api_key}")
+        raise error
+
+    @sdk.tool
+    def frozen(api_key: str) -> None:
+        try:
+            raise ApiError(f"key {api_key} refused")
+        except ApiError as exc:
+            raise RuntimeError("tool failed") from exc
+
+    @sdk.tool
+    def middle() -> None:
+        try:
+            noted("sk-live-0003-SECRET")
+        except PermissionError as exc:
+            raise RuntimeError(f"middle failed: {exc} {exc.__notes__}") from exc
+
+    @sdk.execution
+    def run(case: int) -> None:
+        if case == 1:
+            noted("sk-live-0001-SECRET")
+        elif case == 2:
+            frozen("sk-live-0002-SECRET")
+        try:
+            middle()
+        except RuntimeError as exc:
+            raise pickle.loads(pickle.dumps(exc)) from None
+
+    for case, raised in ((1, PermissionError), (2, RuntimeError), (3, RuntimeError)):
+        with pytest.raises(raised):
+            run(case)
+    executions = [s for s in spans.spans() if s.name == "invoke_workflow run"]
+    assert len(executions) == 3
+    for span in spans.spans():
+        texts = [span.status.description or "", *(str(v) for e in span.events for v in (e.attributes or {}).values())]
+        assert not any("SECRET" in text for text in texts), (span.name, texts)
+
+
 def test_names_given_by_the_user_are_sent_in_text_utf8_can_carry(spans: CapturedSpans) -> None:
     """A tool or execution named after a non-UTF-8 file: the OTLP encoder raised on the
     span name (OpenTelemetry's exporter then lost the span's whole batch) and dropped
