@@ -273,7 +273,10 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise ConfigError("--output is empty: name a file, or - for standard output")
-    target = Path(args.output).resolve()  # a symlink's file is replaced, not the link
+    try:
+        target = Path(args.output).resolve()  # a symlink's file is replaced, not the link
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13
+        raise ConfigError(f"cannot write the export to {args.output}: {exc}") from exc
     if target.is_dir():
         raise ConfigError(f"--output {args.output} is a directory; name a file in it")
     try:
@@ -293,20 +296,22 @@ def _replace_whole(target: Path, chunks: Iterable[bytes], progress: str) -> None
     mode a new file would have (not the temporary file's 0600): a refused, broken or
     interrupted export (Ctrl-C, SIGTERM) leaves an existing file as it was."""
     partial: Path | None = None
-    try:
-        with _sigterm_exits(), tempfile.NamedTemporaryFile(
-                "wb", dir=target.parent, prefix=f".{target.name}.", suffix=".partial", delete=False) as out:
-            partial = Path(out.name)
-            _copy(chunks, out, progress)
-        umask = os.umask(0)
-        os.umask(umask)
-        partial.chmod(target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask)
-        partial.replace(target)
-    except BaseException:
-        if partial is not None:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-        raise
+    with _sigterm_exits():  # to the rename: a SIGTERM between the copy and it left the file
+        try:
+            # the name cut so that the temporary one stays within a file name's 255 bytes
+            with tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name[:200]}.",
+                                             suffix=".partial", delete=False) as out:
+                partial = Path(out.name)
+                _copy(chunks, out, progress)
+            umask = os.umask(0)
+            os.umask(umask)
+            partial.chmod(target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask)
+            partial.replace(target)
+        except BaseException:
+            if partial is not None:
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
+            raise
 
 
 @contextlib.contextmanager
