@@ -170,16 +170,23 @@ _INGEST_TABLE_VERSION = 2
 """The migration that creates ``otlp_ingest``, the table the writer inserts into."""
 
 
-def behind_with_spans(client: Client) -> list[str]:
-    """The schema files a store has not applied yet, when it holds spans (else none: a
-    store without the writer's tables, or without a span, has stored no spool segment).
-    The bookkeeping table is created first, as ``migrate`` does (idempotent)."""
+def behind_with_spans(client: Client) -> tuple[list[str], int]:
+    """The schema files a store has not applied yet, and the spans it holds; no files
+    when it holds none (a store without the writer's tables, or without a span, has
+    stored no spool segment). The bookkeeping table is created first, as ``migrate``
+    does (idempotent)."""
     known = schema_files()
     _run(client, known[0], None)
     done = applied(client)
-    if _INGEST_TABLE_VERSION not in done or not client.query(sqlfiles.query("store_has_spans")).result_rows[0][0]:
-        return []
-    return [m.name for m in known if m.version not in done]
+    if _INGEST_TABLE_VERSION not in done:
+        return [], 0
+    spans = stored_spans(client)
+    return ([m.name for m in known if m.version not in done] if spans else []), spans
+
+
+def stored_spans(client: Client) -> int:
+    """The spans in ``otel_traces``, of every tenant (from the parts' row counts)."""
+    return int(client.query(sqlfiles.query("store_span_count")).result_rows[0][0])
 
 
 LOCK_WAIT_S = 600.0

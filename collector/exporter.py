@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from spanhouse.clickhouse import IngestItem, Writer, connect, embedded_path
-from spanhouse.clickhouse.migrations import behind_with_spans
+from spanhouse.clickhouse.migrations import behind_with_spans, stored_spans
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool, write_atomic
 from spanhouse.errors import InvalidData, StoreUnavailable, WriteError
@@ -133,7 +133,8 @@ class ClickHouseExporter:
 
 _REPLAYED = "replayed-before-migrating"
 """In the spool's directory from a replay before migrating until the migration ends: the
-names of the segments left then, none of which was stored."""
+spans the store held then (a first line ``spans <n>``) and the names of the segments left
+then, none of which was stored."""
 _REPLAY_ATTEMPTS = 5
 
 
@@ -155,37 +156,41 @@ def replay_before_migrating(dsn: str, spool: Spool, spool_dir: Path, metrics: Me
     failed for good). A store holding no span has stored no segment: nothing is
     replayed. Nor after a replay whose migration was cut off, when the oldest segment
     is one that was left then (a mark in the spool's directory names them until
-    ``migrated``): it was never stored. A segment written since (a previous version run
-    again meanwhile) may have been, and is replayed. A store failing five times, a
-    second apart, leaves the segment for the exporter, after the migration, as before."""
-    mark = spool_dir / _REPLAYED
-    left = set(mark.read_text().split()) if mark.exists() else set()
+    ``migrated``) and the store holds the spans it held then: it was never stored. A
+    segment written since, or a store that took spans since (a previous version run
+    again meanwhile may have stored the oldest and died), is replayed. A store failing
+    five times, a second apart, leaves the segment for the exporter, after the
+    migration, as before."""
     oldest = spool.next_sealed(timeout=0.0)
-    if oldest is not None and oldest.name in left:
-        log.info("spool: segment %s was left by a replay whose migration did not end; never stored, not replayed",
-                 oldest.name)
+    if oldest is None:
         return
+    mark = spool_dir / _REPLAYED
+    lines = mark.read_text().split("\n") if mark.exists() else []
+    spans_then = int(lines[0].split()[1]) if lines and lines[0].startswith("spans ") else None
     client = connect(dsn)
     try:
-        behind = behind_with_spans(client)
+        behind, spans = behind_with_spans(client)
+        if not behind:
+            return
+        if oldest.name in lines and spans_then == spans:
+            log.info("spool: segment %s was left by a replay whose migration did not end, and nothing was stored "
+                     "since; not replayed", oldest.name)
+            return
+        log.info("spool: replaying segment %s into the store before migrating it (%s): a crash may have stored it",
+                 oldest.name, ", ".join(behind))
+        writer = Writer(connect(dsn), embedded_path(dsn))
+        try:
+            exporter = ClickHouseExporter(spool, writer, metrics)
+            for attempt in range(_REPLAY_ATTEMPTS):
+                if exporter.export(oldest):  # the mark must outlive a crash during the migration
+                    write_atomic(mark, "\n".join([f"spans {stored_spans(client)}", *spool.sealed_names()]))
+                    return
+                if attempt + 1 < _REPLAY_ATTEMPTS and stopping is not None and stopping.wait(1.0):
+                    return
+        finally:
+            writer.close()
     finally:
         client.close()
-    segment = oldest if behind else None
-    if segment is None:
-        return
-    log.info("spool: replaying segment %s into the store before migrating it (%s): a crash may have stored it",
-             segment.name, ", ".join(behind))
-    writer = Writer(connect(dsn), embedded_path(dsn))
-    try:
-        exporter = ClickHouseExporter(spool, writer, metrics)
-        for attempt in range(_REPLAY_ATTEMPTS):
-            if exporter.export(segment):  # the mark must outlive a crash during the migration
-                write_atomic(mark, "\n".join(spool.sealed_names()))
-                return
-            if attempt + 1 < _REPLAY_ATTEMPTS and stopping is not None and stopping.wait(1.0):
-                return
-    finally:
-        writer.close()
 
 
 def migrated(spool_dir: Path) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.collector_harness import ServeProcess, count_in_store, grpc_export, metric, run_child
 from tests.otlp import request, span, trace_id
@@ -309,7 +310,7 @@ def test_a_start_after_a_replay_whose_migration_was_cut_off_replays_nothing_befo
     # what the first start left: its replay done (the oldest segment deleted), the mark naming
     # the segments left, no migration
     min(spool.glob("*.seg")).unlink()
-    (spool / "replayed-before-migrating").write_text("\n".join(p.stem for p in spool.glob("*.seg")))
+    (spool / "replayed-before-migrating").write_text("\n".join(["spans 90", *(p.stem for p in spool.glob("*.seg"))]))
     proc = ServeProcess(data, "--spool-dir", str(spool))
     proc.start()
     _wait_drained(proc.api_url)
@@ -318,14 +319,20 @@ def test_a_start_after_a_replay_whose_migration_was_cut_off_replays_nothing_befo
     assert not (spool / "replayed-before-migrating").exists()  # migrated: the next upgrade may replay again
 
 
-def test_a_mark_left_by_an_earlier_replay_does_not_stop_the_replay_of_a_segment_written_since(tmp_path: Path) -> None:
+@pytest.mark.parametrize("since", ["segment", "spans"])
+def test_a_mark_left_by_an_earlier_replay_does_not_stop_the_replay_of_a_segment_stored_since(
+        tmp_path: Path, since: str) -> None:
     """A third review: after a replay whose migration failed, the previous version run
     again (a rollback) stored and crashed; the upgrade's next start found the mark and
     replayed nothing, and the segment was counted twice (181 calls of 91). The mark names
-    the segments it left: one written since is replayed."""
+    the segments it left: one written since is replayed. A fourth: the rollback stored
+    the oldest segment the mark names (the previous version knows no mark) and died;
+    the mark says the spans the store held, and a store that took spans since replays."""
     data, spool = tmp_path / "data", tmp_path / "spool"
     run_child(_STORED_BY_AN_OLDER_VERSION, f"chdb://{data}", str(spool))
-    (spool / "replayed-before-migrating").write_text("000000000000-segment-of-long-ago")
+    left = sorted(p.stem for p in spool.glob("*.seg"))  # both: the rollback's store of the oldest came after the mark
+    (spool / "replayed-before-migrating").write_text(
+        "spans 40\n000000000000-segment-of-long-ago" if since == "segment" else "\n".join(["spans 40", *left]))
     proc = ServeProcess(data, "--spool-dir", str(spool))
     proc.start()
     _wait_drained(proc.api_url)
