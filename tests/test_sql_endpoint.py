@@ -321,6 +321,11 @@ def test_a_time_zone_that_names_a_file_is_refused_and_answers_stay_within_the_by
                         ({"session_timezone": "file:/dev/ptmx"}, "SELECT 1")):
         r = httpx.post(admin.sql_url, params=params, content=sql, auth=auth, timeout=20)
         assert r.status_code == 403 and "file" in r.text, r.text[:200]
+    # a name holding 'file:' is no time zone: a dashboard's tool 'user_profile:get' was refused
+    for params, sql in (({}, "SELECT $sh$user_profile:get$sh$ = 'user_profile:get'"),
+                        ({"param_tool": "profile:api"}, "SELECT {tool:String} = 'profile:api'")):
+        r = httpx.post(admin.sql_url, params=params, content=sql, auth=auth, timeout=20)
+        assert r.status_code == 200 and r.text == "1\n", r.text[:200]
     r = httpx.post(admin.sql_url, params={"max_result_bytes": "1000000"}, auth=auth, timeout=60,
                    content="SELECT repeat('x', 1000) AS a FROM numbers(10000)")
     assert r.status_code == 500 and "TOO_MANY_ROWS_OR_BYTES" in r.text and len(r.content) < 1000
