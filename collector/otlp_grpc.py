@@ -20,15 +20,13 @@ import logging
 from concurrent import futures
 
 import grpc
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from spanhouse.collector import encoding
 from spanhouse.collector.auth import KeyRing, key_from_headers
 from spanhouse.collector.errors import OUTCOMES, outcome
 from spanhouse.collector.ingest import Ingest
 from spanhouse.collector.metrics import Metrics
-from spanhouse.errors import InvalidData, SpanhouseError
+from spanhouse.errors import SpanhouseError
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +73,8 @@ class GrpcReceiver:
             with self._ingest.hold() as held:
                 held.take(len(body))  # already received: what it bounds is the decoding
                 self._ingest.admit(principal, len(body))
-                try:
-                    request = ExportTraceServiceRequest.FromString(body)
-                except DecodeError as exc:
-                    raise InvalidData(f"the message is not a valid OTLP ExportTraceServiceRequest: {exc}") from exc
-                reply = self._ingest.export(request, principal, raw=body)
+                request, raw = encoding.decode(body, encoding.PROTOBUF)
+                reply = self._ingest.export(request, principal, raw=raw)
         except Exception as exc:  # every failure is answered through the one error map
             self._abort(context, exc)
         self._metrics.requests.labels(transport="grpc", outcome="ok").inc()

@@ -139,8 +139,8 @@ class HttpReceiver:
             body = gunzip(sent, self._limit)
             held.take(len(body))
         self._ingest.admit(principal, len(body))
-        message = encoding.decode(body, kind)
-        return self._ingest.export(message, principal, body if kind == encoding.PROTOBUF else None)
+        message, raw = encoding.decode(body, kind)
+        return self._ingest.export(message, principal, raw)
 
     def _error(self, exc: Exception, kind: str) -> Response:
         result = outcome(exc)

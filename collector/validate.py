@@ -2,7 +2,8 @@
 
 OTLP lets a server reject individual spans and store the rest (partial success). A
 span is rejected when its trace id is not 16 bytes or all zero, its span id is not 8
-bytes or all zero, its parent id is neither empty nor 8 bytes, its name is empty, it
+bytes or all zero, its parent id is neither empty nor 8 bytes, a link's ids are
+neither empty nor 16 and 8 bytes, its name is empty, it
 ends before it starts, or it ends after 2106-02-07 06:28:15 UTC: spans hold times to
 2262 (DateTime64(9)), but the rollups count them by DateTime, which ends there (past it,
 toDateTime wraps round: retention deleted such a trace at once from the span tables
@@ -32,6 +33,7 @@ REASONS = {
     "invalid_trace_id": "with an invalid trace id (must be 16 bytes, not all zero)",
     "invalid_span_id": "with an invalid span id (must be 8 bytes, not all zero)",
     "invalid_parent_span_id": "with an invalid parent span id (must be empty or 8 bytes)",
+    "invalid_link": "with a link whose trace id is not 16 bytes or span id not 8 bytes (or empty)",
     "empty_name": "without a name",
     "end_before_start": "ending before they start",
     "timestamp_out_of_range": "with a timestamp after 2106-02-07 06:28:15 UTC (beyond ClickHouse's DateTime)",
@@ -70,6 +72,8 @@ def problem(span: Span, earliest_ns: int, latest_ns: int) -> str | None:
         return "invalid_span_id"
     if span.parent_span_id and len(span.parent_span_id) != 8:
         return "invalid_parent_span_id"
+    if any(_bad_link(link.trace_id, link.span_id) for link in span.links):
+        return "invalid_link"
     if not span.name:
         return "empty_name"
     if span.end_time_unix_nano < span.start_time_unix_nano:
@@ -79,6 +83,12 @@ def problem(span: Span, earliest_ns: int, latest_ns: int) -> str | None:
     if not earliest_ns <= span.start_time_unix_nano <= latest_ns:
         return "implausible_start"
     return None
+
+
+def _bad_link(trace: bytes, span: bytes) -> bool:
+    """A link's ids are OTLP's (16 and 8 bytes) or empty, as the OpenTelemetry
+    Collector takes them (an empty one: a link to a context the sender did not have)."""
+    return len(trace) not in (0, 16) or len(span) not in (0, 8)
 
 
 def validate(request: ExportTraceServiceRequest, now_ns: int | None = None) -> Verdict:

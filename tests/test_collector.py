@@ -202,6 +202,56 @@ def test_partial_success_rejects_invalid_spans_and_stores_the_rest(store: Store,
     assert 'spanhouse_spans_rejected_total{reason="empty_name"} 2.0' in metrics
 
 
+def test_text_that_is_not_utf8_is_mended_and_the_spans_beside_it_stored(store: Store, tmp_path: Path,
+                                                                           tenant: str) -> None:
+    """Protobuf refuses a string field that is not UTF-8, so a review's request of one
+    valid span and one named b"bad\\xff\\xfename" was refused whole (400, not retried):
+    every span of a batch a C++ SDK or a forwarding collector sent was lost. The text is
+    mended (U+FFFD), as the OpenTelemetry Collector, which does not check, would pass it on."""
+    def body(transport: str) -> bytes:
+        spans = [span(f"neighbour over {transport}", trace_id()),
+                 span("placeholder", trace_id(), attributes={"note": "placeholder"})]
+        return request(spans).SerializeToString().replace(b"placeholder", b"bad\xff\xfename\xe2\x28")
+
+    with running_collector(store, tmp_path, tenant) as c:
+        code, reply, _ = grpc_export(c.grpc_target, body("grpc"), c.key)
+        assert code is grpc.StatusCode.OK and reply == b""
+        r = httpx.post(c.http_url, content=body("http"), headers={"content-type": "application/x-protobuf",
+                                                                  **c.headers()})
+        assert r.status_code == 200 and r.content == b""
+        c.wait_drained()
+    rows = store.client.query("SELECT SpanName, SpanAttributes['note'] FROM otel_traces WHERE Tenant = {t:String} "
+                              "ORDER BY SpanName", parameters={"t": tenant}).result_rows
+    mended = "bad\ufffd\ufffdname\ufffd("
+    assert rows == [(mended, mended), (mended, mended), ("neighbour over grpc", ""), ("neighbour over http", "")]
+
+
+def test_json_ids_with_spaces_and_a_field_spelt_twice_are_400_and_bad_link_ids_rejected(
+        store: Store, tmp_path: Path, tenant: str) -> None:
+    """A review's OTLP/JSON: ids with spaces in them were taken (bytes.fromhex skips
+    them); resourceSpans and resource_spans in one body acknowledged both and stored the
+    last (the first's spans lost); a link's ids of any length were stored."""
+    spaced = json.loads(json.dumps(SPEC_EXAMPLE))
+    first = spaced["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    first["traceId"] = " ".join(first["traceId"][i:i + 2] for i in range(0, 32, 2))
+    twice = json.loads(json.dumps(SPEC_EXAMPLE))
+    twice["resource_spans"] = twice["resourceSpans"]
+    links = json.loads(json.dumps(SPEC_EXAMPLE))
+    linked = links["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    linked.append({**linked[0], "spanId": "1111111111111111", "links": [{"traceId": "abcdef", "spanId": "01"}]})
+    linked.append({**linked[0], "spanId": "2222222222222222", "links": [{"traceId": "", "spanId": ""}]})
+    with running_collector(store, tmp_path, tenant) as c:
+        r = _json_post(c, spaced)
+        assert r.status_code == 400 and "traceId" in r.json()["message"]
+        r = _json_post(c, twice)
+        assert r.status_code == 400 and "resourceSpans and resource_spans" in r.json()["message"]
+        r = _json_post(c, links)
+        assert r.status_code == 200 and r.json()["partialSuccess"]["rejectedSpans"] == "1"
+        assert "1 with a link whose trace id" in r.json()["partialSuccess"]["errorMessage"]
+        c.wait_drained()
+    assert _count(store, tenant) == len(linked) - 1
+
+
 def test_spans_starting_at_implausible_times_are_rejected_with_the_reason() -> None:
     """A request spread over more days than migration 0019's deduplication window (a
     span per day since 1971: a broken clock, seconds sent as nanoseconds) was stored
