@@ -84,6 +84,10 @@ TENANT = "{tenant}"  # in a header value: the tenant of the request being sent
 SCHEMES = ("grpc", "grpcs", "http", "https")
 COMPRESSIONS = ("none", "gzip")
 _GZIP_LEVEL = 1
+_HTTP_DEADLINE = 10.0
+"""Seconds an HTTP destination has for a request, its answer read: gRPC's deadline too."""
+_MAX_ANSWER = 1 << 20
+"""Bytes of a destination's answer read: a partial success is far shorter."""
 """zlib's fastest: forwarding shares the machine with ingest. On 3 MiB of the ingest
 benchmark's agent spans, level 1 took 14.5 ms (194 MB/s) for 24% of the size, the
 default level 6 49.4 ms (57 MB/s) for 18%."""
@@ -156,6 +160,8 @@ class Destination:
             split = urlsplit(url)
             shown = _label(url)  # reads the port: ValueError if it is no number or out of range
             valid = split.scheme in SCHEMES and _usable_host(url, split.scheme, split.hostname or "")
+            if split.scheme.startswith("grpc"):  # its target is host:port, nothing else: gRPC took 443, or
+                valid = valid and split.port is not None and "@" not in split.netloc  # the user as the host
         except ValueError:  # a port that is no number or out of range, a malformed IPv6 address
             valid, shown = False, "a URL that cannot be parsed"
         if not valid:
@@ -276,7 +282,7 @@ class Sender:
         if self._http is not None:
             body = gzip.compress(payload, _GZIP_LEVEL, mtime=0) if self._gzip else payload
             try:
-                response = self._http.post(self._path, content=body, headers=dict(headers))
+                response, answer_body = self._post(body, headers)
             except (httpx.HTTPError, UnicodeError) as exc:  # UnicodeError: IDNA, were a name to get past parse
                 # A connection's message (refused, reset, a certificate) says what to fix; a
                 # request's own (a header value, the URL) may quote a secret.
@@ -286,22 +292,22 @@ class Sender:
                 return False
             status = response.status_code
             if 200 <= status < 300:
-                self._partial_success(response.content)
-                self._metrics.forward_sent.labels(destination=self._d.label).inc(merged or 1)
+                self._taken(answer_body, merged)
                 return True
             retry, answer = status in _RETRYABLE_HTTP, f"HTTP {status}"
             self.retry_after = _retry_after_header(response.headers.get("retry-after"))
         else:
             try:
-                self._partial_success(self._call(payload, metadata=headers, timeout=10.0))
-                self._metrics.forward_sent.labels(destination=self._d.label).inc(merged or 1)
-                return True
+                reply = self._call(payload, metadata=headers, timeout=10.0)
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
                 delay = _retry_info(err)
                 retry = code in _RETRYABLE_GRPC or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None)
                 answer = code.name
                 self.retry_after = delay or 0.0
+            else:
+                self._taken(reply, merged)
+                return True
         if retry:
             self.failure = answer
             return False
@@ -311,15 +317,36 @@ class Sender:
             log.error("%s refused a forwarded request for good (%s); it is dropped", self._d.label, answer)
         return True
 
-    def _partial_success(self, body: bytes) -> None:
-        """Count and log the spans a destination took the request without (the OTel
-        Collector logs them too); the request is not sent again."""
+    def _post(self, body: bytes, headers: tuple[tuple[str, str], ...]) -> tuple[httpx.Response, bytes]:
+        """POST ``body``; the response and (up to ``_MAX_ANSWER`` bytes of) its body, read
+        within ``_HTTP_DEADLINE`` in all: httpx's timeout bounds each read, and a
+        destination sending a byte of its answer every few seconds held the forwarder
+        (and everything behind the request) for good."""
+        deadline = time.monotonic() + _HTTP_DEADLINE
+        assert self._http is not None
+        with self._http.stream("POST", self._path, content=body, headers=dict(headers)) as response:
+            answer = bytearray()
+            for chunk in response.iter_bytes():
+                answer += chunk
+                if len(answer) > _MAX_ANSWER:  # no partial success is that long: what it says is not read
+                    return response, b""
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"the answer took over {_HTTP_DEADLINE:.0f} s", request=response.request)
+        return response, bytes(answer)
+
+    def _taken(self, body: bytes, merged: int) -> None:
+        """The destination took the request (``merged`` requests, or one): count it, then
+        count and log the spans it says it took the request without (the OTel Collector
+        logs them too). The request is not sent again, whatever its answer holds: a
+        negative count (an int64 a buggy destination sent) made the counter raise after
+        the request was taken, and it was sent again for ever."""
+        self._metrics.forward_sent.labels(destination=self._d.label).inc(merged or 1)
         try:
             partial = ExportTraceServiceResponse.FromString(body).partial_success
         except DecodeError:  # a destination that answers 2xx with something else: it took the request
             return
         if partial.rejected_spans or partial.error_message:
-            self._metrics.forward_rejected_spans.labels(destination=self._d.label).inc(partial.rejected_spans)
+            self._metrics.forward_rejected_spans.labels(destination=self._d.label).inc(max(partial.rejected_spans, 0))
             log.warning("%s rejected %d spans of a forwarded request: %s", self._d.label, partial.rejected_spans,
                         partial.error_message or "(no message)")
 

@@ -4,6 +4,7 @@ exactly once. A dead destination with a small bound drops (and counts), never bl
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import http.server
@@ -25,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from spanhouse.collector import forward
 from spanhouse.collector.forward import Destination, Forwarder, Sender, forwarders
 from spanhouse.collector.metrics import Metrics
 from spanhouse.collector.spool import Segment, Spool, intact_records
@@ -342,9 +344,10 @@ class _Throttling(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
         self.rfile.read(int(self.headers["content-length"]))
-        if self.path == "/partial":
+        if self.path in ("/partial", "/negative"):  # a negative count: an int64 a buggy destination sends
             body = ExportTraceServiceResponse(partial_success=ExportTracePartialSuccess(
-                rejected_spans=2, error_message="span rejected: bad attr")).SerializeToString()
+                rejected_spans=2 if self.path == "/partial" else -1,
+                error_message="span rejected: bad attr")).SerializeToString()
             self.send_response(200)
         else:
             body = b""
@@ -370,13 +373,51 @@ def test_a_destinations_retry_after_and_partial_success_are_heeded() -> None:
             assert sender.retry_after == pytest.approx(wait, abs=2), path
             sender.close()
         destination = Destination.parse(f"http://127.0.0.1:{port}/partial")
-        sender = Sender(destination, metrics)
-        assert sender.send(b"request", "t") is True  # taken, and not sent again
-        sender.close()
+        negative = Destination.parse(f"http://127.0.0.1:{port}/negative")
+        for d in (destination, negative):
+            sender = Sender(d, metrics)
+            assert sender.send(b"request", "t") is True  # taken, and not sent again (a negative count raised)
+            sender.close()
     finally:
         server.shutdown()
     assert metrics.registry.get_sample_value("spanhouse_forward_rejected_spans_total",
                                              {"destination": destination.label}) == 2
+    assert metrics.registry.get_sample_value("spanhouse_forward_sent_total", {"destination": negative.label}) == 1
+
+
+class _Dripping(http.server.BaseHTTPRequestHandler):
+    """Answers 200 and then a byte of its body every second."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-length", "60")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(60):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(1.0)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_answer_sent_a_byte_at_a_time_is_a_timeout_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx's timeout bounds each read: a review's destination sending its answer a byte
+    every 3 s held the forwarder, and every request behind it, for good."""
+    monkeypatch.setattr(forward, "_HTTP_DEADLINE", 2.0)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sender = Sender(Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/v1/traces"), Metrics())
+    started = time.monotonic()
+    try:
+        assert sender.send(b"request", "t") is False and "ReadTimeout" in sender.failure
+        assert time.monotonic() - started < 6
+    finally:
+        sender.close()
+        server.shutdown()
 
 
 def test_a_grpc_retry_info_delay_is_heeded() -> None:
@@ -874,6 +915,9 @@ def test_a_start_refused_on_a_spool_in_use_leaves_its_forward_backlogs_alone(tmp
                                   # raised there), and one gRPC's resolver cannot read (retried for ever)
                                   "http://\u2603.example/v1/traces", "http://xn--n3h.example/v1/traces",
                                   "grpc://b\u00fccher.example:4317",
+                                  # a gRPC target is host:port: without a port gRPC took 443, a user stayed
+                                  # in the target's host; both started and failed every send (a review)
+                                  "grpc://127.0.0.1", "grpc://user:GRPC-SECRET@127.0.0.1:4317",
                                   "https://bob:URL-PW@api.example.com/v1/traces?k=Q-SECRET;x-api-key=TOKEN;x y=z"])
 def test_a_malformed_destination_is_a_config_error_quoting_no_secret(spec: str) -> None:
     """A port typo or a malformed IPv6 address was a traceback (ValueError), a host with
@@ -881,7 +925,7 @@ def test_a_malformed_destination_is_a_config_error_quoting_no_secret(spec: str) 
     included, into the log."""
     with pytest.raises(ConfigError, match="--forward-otlp") as refused:
         Destination.parse(spec)
-    assert not any(secret in str(refused.value) for secret in ("URL-PW", "Q-SECRET", "TOKEN"))
+    assert not any(secret in str(refused.value) for secret in ("URL-PW", "Q-SECRET", "TOKEN", "GRPC-SECRET"))
 
 
 def test_a_destination_with_an_internationalized_host_name_is_taken() -> None:
