@@ -45,7 +45,7 @@ class ClickHouseExporter:
         metrics.spool_bytes.set_function(lambda: spool.bytes)
         metrics.spool_segments.set_function(lambda: spool.segment_count)
         metrics.store_healthy.set_function(lambda: float(self.healthy))
-        for kind in ("failed", "unavailable", "rejected"):  # from the start: rate() misses a new series' first event
+        for kind in ("failed", "unavailable", "rejected", "lost"):  # from the start: rate() misses a new series' first event
             metrics.insert_errors.labels(kind=kind)
 
     def start(self) -> None:
@@ -108,7 +108,18 @@ class ClickHouseExporter:
         started = time.perf_counter()
         exact_before = self._writer.exact_batches
         try:
-            items = [IngestItem(r.tenant, r.payload) for r in segment.records()]
+            records = segment.records()
+        except FileNotFoundError:
+            # Removed by hand (or its directory with it): retried, it held back every
+            # segment after it, and /readyz blamed the store, until a restart.
+            self._metrics.insert_errors.labels(kind="lost").inc()
+            self._spool.lost(segment)
+            log.error("spool segment %s is gone from %s (removed by something else): its %d bytes of "
+                      "acknowledged spans are lost; the segments after it go on", segment.name,
+                      segment.path.parent, segment.size)
+            return True
+        try:
+            items = [IngestItem(r.tenant, r.payload) for r in records]
             self._writer.write(items, token=f"spool-{segment.name}")
         except StoreUnavailable as exc:
             self._metrics.insert_errors.labels(kind="unavailable").inc()

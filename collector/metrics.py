@@ -43,7 +43,8 @@ class Metrics:
                                    "them (data waits in the spool)", registry=r)
         self.insert_batches = Counter("spanhouse_insert_batches", "Spool segments inserted into ClickHouse",
                                       registry=r)
-        self.insert_errors = Counter("spanhouse_insert_errors", "Failed inserts, by kind", ["kind"], registry=r)
+        self.insert_errors = Counter("spanhouse_insert_errors", "Failed inserts, by kind (lost: a spool segment "
+                                     "whose file something else removed)", ["kind"], registry=r)
         self.insert_seconds = Histogram("spanhouse_insert_seconds", "Insert latency per spool segment",
                                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.forward_sent = Counter("spanhouse_forward_sent", "Requests forwarded, by destination (as clients "

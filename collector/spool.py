@@ -356,6 +356,10 @@ class Spool:
         # deduplication token absorbs, but bytes held for nothing.
         self._sync_dir(self._dir)
 
+    def lost(self, segment: Segment) -> None:
+        """Forget a segment whose file is gone (removed by something else)."""
+        self._forget(segment)
+
     def quarantine(self, segment: Segment, reason: str) -> Path:
         """Move a segment ClickHouse rejects for good to ``quarantine/`` (with a
         ``.reason`` file next to it) where it is kept and no longer counted; its new path."""

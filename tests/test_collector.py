@@ -608,6 +608,30 @@ def test_store_outage_fills_the_spool_then_backpressure_then_everything_lands(st
     assert re.search(r'^spanhouse_insert_errors_total\{kind="unavailable"\} [1-9]', metrics, re.M)
 
 
+def test_a_segment_removed_by_something_else_is_counted_lost_and_the_rest_drains(store: Store, tmp_path: Path,
+                                                                                 tenant: str) -> None:
+    """A spool review removed the oldest segment while the store was down: once back, the
+    exporter retried the missing file for ever, nothing behind it drained (the spool
+    filled, every client got 503) and /readyz blamed the store."""
+    faulty = FaultyWriter(store.writer)
+    broken = dataclasses.replace(store, writer=faulty)  # type: ignore[arg-type]
+    with running_collector(broken, tmp_path, tenant) as c:
+        hdrs = {"content-type": "application/x-protobuf", **c.headers()}
+        for n in range(3):
+            body = request([span(f"s{n}-{i}", trace_id()) for i in range(10)]).SerializeToString()
+            assert httpx.post(c.http_url, content=body, headers=hdrs).status_code == 200
+            assert c.collector._spool is not None
+            c.collector._spool.seal()  # a segment of its own
+        assert len(list((tmp_path / "spool").glob("*.seg"))) == 3
+        min((tmp_path / "spool").glob("*.seg")).unlink()
+        faulty.heal()
+        c.wait_drained(timeout=30)
+        assert httpx.get(c.api_url + "/readyz").status_code == 200
+        metrics = httpx.get(c.api_url + "/metrics").text
+    assert _count(store, tenant) == 20
+    assert re.search(r'^spanhouse_insert_errors_total\{kind="lost"\} 1\.0$', metrics, re.M)
+
+
 def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: Store, tmp_path: Path,
                                                                        tenant: str) -> None:
     """A failure that is neither the store's nor the data's (here the disk, while the
