@@ -86,9 +86,12 @@ class ClickHouseSpanExporter(SpanExporter):
             try:
                 with self._lock:
                     if self._shutdown:  # meanwhile (configure() moved to another store): reopened, the
-                        # store stayed open for good and the next one could not open beside it
-                        return self._give_up(len(spans), "the exporter was shut down while the store was failing",
-                                             unreachable=False)
+                        # store stayed open for good and the next one could not open beside it. Said
+                        # whatever the stretch said: shutdown() may have told its total already.
+                        self._dropped += len(spans)
+                        logger.error("spanhouse drops %d spans for %s: the exporter was shut down while the "
+                                     "store was failing", len(spans), redacted(self._dsn))
+                        return SpanExportResult.FAILURE
                     if self._store is None:
                         self._store = open_store(self._dsn, retention_days=self._retention_days,
                                                  timeout=self._retry_timeout)

@@ -326,10 +326,11 @@ def test_an_insert_failing_for_no_known_reason_is_retried_on_the_same_store(
 
 
 def test_an_export_retrying_through_its_exporters_shutdown_does_not_open_the_store_again(
-        store: Store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        store: Store, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
     """configure() switching stores shut the old exporter down while an export of it was
     retrying a failure: the retry opened the old store again, for good, and the new one
-    could not open beside it (a review lost every span after the switch)."""
+    could not open beside it (a review lost every span after the switch). The batch it
+    gives up is said even in a failing stretch, whose total shutdown() may have told."""
     from spanhouse.sdk import clickhouse_exporter
 
     opened: list[Store] = []
@@ -350,6 +351,7 @@ def test_an_export_retrying_through_its_exporters_shutdown_does_not_open_the_sto
 
     monkeypatch.setattr(clickhouse_exporter, "open_store", opening)
     exporter = ClickHouseSpanExporter(store.dsn, tenant="exporter-shut", retry_timeout=5)
+    exporter._failing = True  # noqa: SLF001 - a stretch already failing, as after an earlier batch given up
     results: list[SpanExportResult] = []
     exporting = threading.Thread(target=lambda: results.append(exporter.export(_agent_spans())))
     exporting.start()
@@ -358,6 +360,8 @@ def test_an_export_retrying_through_its_exporters_shutdown_does_not_open_the_sto
     exporting.join(10)
     assert results == [SpanExportResult.FAILURE]
     assert len(opened) == 1 and exporter._store is None  # noqa: SLF001
+    assert any(f"drops {len(_agent_spans())} spans for" in r.getMessage() and "shut down" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_spans_with_text_utf8_cannot_carry_are_stored_with_their_batch(store: Store) -> None:
