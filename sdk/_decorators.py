@@ -491,8 +491,10 @@ def _instrument(func: Any, make_spec: Callable[[Callable[..., Any]], _Spec]) -> 
     if _runtime.current.disabled:  # decided before decorating: no wrapper at all, zero cost per call
         return func
     # A callable object is the kind of its __call__ (an `async def __call__` is a coroutine
-    # function, which inspect does not see in the object itself)
-    kind = func if inspect.isroutine(func) or isinstance(func, functools.partial) else getattr(func, "__call__", func)
+    # function, which inspect does not see in the object itself). A class is not: calling
+    # it makes an instance, whatever its instances' __call__ is.
+    kind = (func if inspect.isroutine(func) or isinstance(func, (functools.partial, type))
+            else getattr(func, "__call__", func))
     if inspect.isasyncgenfunction(kind):
         wrapper = _async_generator_wrapper(func, spec)
     elif inspect.iscoroutinefunction(kind):

@@ -681,6 +681,26 @@ def test_a_callable_object_with_an_async_call_is_timed_over_its_await(spans: Cap
     assert span.end_time - span.start_time >= 50_000_000  # type: ignore[operator]
 
 
+def test_a_decorated_class_makes_instances_whatever_its_instances_call_is(spans: CapturedSpans) -> None:
+    """A review decorated classes whose __call__ is async or a generator: the class got the
+    coroutine (generator) wrapper, and calling it gave a coroutine, not an instance."""
+    @sdk.tool
+    class AsyncTool:
+        async def __call__(self) -> str:
+            return "called"
+
+    @sdk.tool
+    class GenTool:
+        def __call__(self) -> Iterator[int]:
+            yield 1
+
+    assert not inspect.iscoroutinefunction(AsyncTool)
+    made = AsyncTool()
+    assert isinstance(made, AsyncTool.__wrapped__) and asyncio.run(made()) == "called"
+    assert list(GenTool()()) == [1]
+    assert [s.name for s in spans.spans()] == ["execute_tool AsyncTool", "execute_tool GenTool"]
+
+
 def test_generator_protocol_send_throw_close(spans: CapturedSpans) -> None:
     @sdk.tool
     def accumulate() -> Iterator[int]:
