@@ -144,7 +144,7 @@ class _Spec:
                 attributes = {**attributes, sc.TOOL_CALL_ID: str(call_id)}
         capture = rt.capture_content if self.capture is None else self.capture
         captured = rt.content.arguments(self.params, self.varargs, args, kwargs) \
-            if capture and self._will_record() else None
+            if capture and self._will_record(rt) else None
         secrets = secret_arguments(self.secret_positions, args, kwargs) if self.secret_positions or kwargs else ()
         return ActiveCall(self, rt, attributes, captured, attach=attach, capture=capture, secrets=secrets)
 
@@ -155,21 +155,22 @@ class _Spec:
             return ActiveCall.unrecorded(self)
         capture = rt.capture_content if self.capture is None else self.capture
         captured = None
-        if capture and value is not _NOTHING and self._will_record():
+        if capture and value is not _NOTHING and self._will_record(rt):
             captured = rt.content.mapping(value) if as_arguments else rt.content.value(value, _INPUT_KEY)
         return ActiveCall(self, rt, self.attributes, captured, attach=True, capture=capture)
 
-    def _will_record(self) -> bool:
-        """Whether the span about to start can record: not inside an unrecorded execution.
+    def _will_record(self, rt: _runtime.Runtime) -> bool:
+        """Whether the span about to start can record: not inside an unrecorded execution,
+        nor without a parent before any TracerProvider is set (``Runtime.records``).
 
         The input is serialised before the span starts (so that an execution's running
         marker, built as it starts, carries it), hence this look-ahead; it is skipped where
         the span would drop it anyway.
         """
         if self.root:
-            return self.record
+            return self.record and rt.records()
         parent = trace.get_current_span().get_span_context()
-        return not parent.is_valid or parent.trace_flags.sampled
+        return parent.trace_flags.sampled if parent.is_valid else rt.records()
 
 
 class ActiveCall:

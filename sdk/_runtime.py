@@ -41,6 +41,15 @@ class Runtime:
         self.capture_content = capture_content
         self.content = content
 
+    def records(self) -> bool:
+        """Whether a span this tracer starts without a parent can record: not before any
+        TracerProvider is set (the proxy tracer of an unconfigured process, in a library
+        whose application never set OpenTelemetry up, makes spans that drop everything,
+        and their arguments were serialised on every call for nothing)."""
+        if isinstance(self.tracer, trace.ProxyTracer):  # follows the global provider, once one is set
+            return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+        return not isinstance(self.tracer, trace.NoOpTracer)
+
 
 def from_environment() -> Runtime:
     """The snapshot an unconfigured process uses."""
