@@ -81,6 +81,17 @@ def _split(dsn: str) -> SplitResult:
     return parts
 
 
+def store_identity(dsn: str) -> str:
+    """The store ``dsn`` reaches, whatever credentials or options it passes: an embedded
+    store's data directory, a server's scheme, host, port and database path."""
+    path = embedded_path(dsn)
+    if path is not None:
+        return f"chdb://{path}"
+    parts = _split(dsn)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+    return urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path.rstrip("/"), "", ""))
+
+
 def embedded_path(dsn: str) -> Path | None:
     """The data directory of a ``chdb://`` DSN as an absolute path, or None for a server.
 

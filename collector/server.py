@@ -17,10 +17,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from spanhouse.clickhouse import Store, connect, open_store
+from spanhouse.clickhouse.client import store_identity
 from spanhouse.clickhouse.migrations import remove_retention
 from spanhouse.clickhouse.pool import ClientPool
 from spanhouse.clickhouse.store import READERS
@@ -34,7 +36,7 @@ from spanhouse.collector.resends import RecentRequests
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import HttpReceiver
 from spanhouse.collector.forward import Forwarder, Transport, forwarders
-from spanhouse.collector.spool import Segment, Spool
+from spanhouse.collector.spool import Segment, Spool, write_atomic
 from spanhouse.collector.sql_http import SqlEndpoint
 from spanhouse.errors import ConfigError
 
@@ -120,6 +122,7 @@ class Collector:
         self._forwarders = forwarders(s.forward_otlp, s.resolved_spool_dir, s.forward_max_bytes, self.metrics,
                                       Transport.load(s.forward_compression, s.forward_ca_file))
         report = self._spool.open()
+        _bind_to_store(s.resolved_spool_dir, store_identity(s.dsn), report.segments)
         if report.segments:
             log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",
                      report.segments, report.records, report.torn_bytes)
@@ -253,3 +256,22 @@ class Collector:
         if self._store is not None and self._own_store:
             self._store.close()
         return drained
+
+
+_STORE_FILE = "store"
+"""In the spool's directory: the store (``store_identity``) its segments are for."""
+
+
+def _bind_to_store(spool_dir: Path, store: str, segments: int) -> None:
+    """Refuse to start on a spool holding ``segments`` acknowledged for another store
+    than ``store`` (a spool review restarted with another ``--dsn`` on the same spool
+    directory, the default for every server: the first store's spans went to the second
+    without a word); else say the spool is this store's."""
+    path = spool_dir / _STORE_FILE
+    bound = path.read_text().strip() if path.exists() else ""
+    if segments and bound and bound != store:
+        raise ConfigError(f"the spool in {spool_dir} holds {segments} segment(s) acknowledged for the store "
+                          f"{bound}, not {store}: start with that store's --dsn to store them first, or give "
+                          "this one a --spool-dir of its own")
+    if bound != store:
+        write_atomic(path, store)

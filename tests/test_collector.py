@@ -997,6 +997,35 @@ def test_a_start_that_fails_lets_go_of_the_spool(store: Store, tmp_path: Path) -
     assert again.stop()
 
 
+def test_a_spool_holding_another_stores_segments_refuses_to_start(store: Store, tmp_path: Path) -> None:
+    """A spool review acknowledged spans for one store, stopped with them spooled, and
+    started with another --dsn on the same spool directory (the default for every server
+    DSN): they went to the second store without a word. The start is refused, saying
+    which store they are for; that store's start drains them, and then the spool is free."""
+    spool_dir = tmp_path / "spool"
+    settings = Settings(dsn=store.dsn, grpc_port=0, http_port=0, api_port=0, sql_port=0, spool_dir=spool_dir)
+    first = Collector(settings, store=store)
+    first.start()
+    assert first.stop()
+    spool = Spool(spool_dir, max_bytes=1 << 30, seal_after=60.0)
+    spool.lock()
+    spool.open()
+    spool.append("t-spool-bound", request([span("for the first store", trace_id())]).SerializeToString())
+    spool.seal()
+    spool.close()
+    other = dataclasses.replace(settings, dsn=f"chdb://{tmp_path / 'other-store'}")
+    with pytest.raises(ConfigError, match=f"1 segment.* acknowledged for the store chdb://{store.dsn[len('chdb://'):]}"):
+        Collector(other).start()
+    again = Collector(settings, store=store)
+    again.start()
+    assert again.stop()
+    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = 't-spool-bound'") == 1
+    assert (spool_dir / "store").read_text() == store.dsn
+    with pytest.raises(StoreUnavailable):  # (this process holds an embedded store already) but not refused
+        Collector(other).start()  # for the spool: nothing is left in it for the first store
+    assert (spool_dir / "store").read_text() == f"chdb://{tmp_path / 'other-store'}"
+
+
 @contextlib.contextmanager
 def _a_taken_port_and_a_free_one() -> Iterator[tuple[int, int]]:
     """A loopback port held (listening) while the block runs, and one free to bind."""
