@@ -66,7 +66,7 @@ key) whose key does not already look secret; what it returns is recorded instead
 SECRET_KEY_PATTERN: Final = re.compile(
     r"passw(or)?d|passphrase"
     r"|(?<!by)(?<!com)(?<!sur)(?<!tres)(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])"
-    r"pass([._ -]?(code|word|phrase|key|hash(ed)?|enc(rypted)?|b64|base64|value|v?\d+))*$"
+    r"pass([._ -]?(code|word|phrase|key|hash(ed)?|enc(rypted)?|b64|base64|value))*([._ -]?v?\d+)?$"
     r"|pwd|secret"
     r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
     r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?|details?|budget)|izer)"
@@ -184,6 +184,18 @@ def scrub_error_text(text: str, secrets: Sequence[str] = ()) -> str:
 
 
 _SECRETS_ATTRIBUTE: Final = "_spanhouse_secrets"
+_HELD_ATTRIBUTE: Final = "_spanhouse_held_secrets"
+
+
+class _Held(tuple):  # type: ignore[type-arg]
+    """Secrets an error carries for another of its chain that could not (a frozen
+    error): pickled or copied, it is empty, since the error's own text does not show
+    them (a process pool or a task queue's result backend would have had them in clear)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[_Held], tuple[()]]:
+        return _Held, ()
 _CHAIN_LIMIT: Final = 100_000
 """Errors walked in one chain: past it, a group of 30 errors of 40 retries each (1,231)
 showed keys in clear with 1,000. A few ms; the stack trace formatted already cost more."""
@@ -200,20 +212,22 @@ def error_secrets(exc: BaseException, own: Sequence[str], text: str) -> tuple[st
     chain whose own message or notes show it, so nothing travels with an error, pickled
     without its chain, that its text did not show (a wrapper whose message repeats it
     carries it). An error that takes no attribute (``__slots__``, a frozen dataclass)
-    has its values kept on ``exc`` instead, which the calls around go on with."""
+    has its values kept on ``exc`` instead, which the calls around go on with, but not
+    in its pickle (``_Held``); raised itself, it is redacted by its own call only."""
     chain = _chain(exc)
     found = set(own)
     for error in chain:
-        kept = getattr(error, _SECRETS_ATTRIBUTE, ())
-        if isinstance(kept, tuple):
-            found.update(s for s in kept if isinstance(s, str))
+        for attribute in (_SECRETS_ATTRIBUTE, _HELD_ATTRIBUTE):
+            kept = getattr(error, attribute, ())
+            if isinstance(kept, tuple):
+                found.update(s for s in kept if isinstance(s, str))
     refused: list[str] = []
     for error in chain if found else ():
         shown = _shown(error)
-        if (mine := [s for s in found if s in shown]) and not _keep(error, mine):
+        if (mine := [s for s in found if s in shown]) and not _keep(error, _SECRETS_ATTRIBUTE, mine):
             refused += mine
     if refused:
-        _keep(exc, refused)
+        _keep(exc, _HELD_ATTRIBUTE, refused)
     return tuple(sorted((s for s in found if s in text), key=len, reverse=True))
 
 
@@ -226,11 +240,13 @@ def _shown(error: BaseException) -> str:
     return "\n".join(lines)
 
 
-def _keep(error: BaseException, secrets: Sequence[str]) -> bool:
-    """Add ``secrets`` to those kept on ``error``; False if it takes no attribute."""
-    kept = getattr(error, _SECRETS_ATTRIBUTE, ())
+def _keep(error: BaseException, attribute: str, secrets: Sequence[str]) -> bool:
+    """Add ``secrets`` to those kept on ``error`` as ``attribute``; False if it takes no
+    attribute."""
+    kept = getattr(error, attribute, ())
+    merged = {*kept, *secrets} if isinstance(kept, tuple) else set(secrets)
     try:
-        setattr(error, _SECRETS_ATTRIBUTE, tuple({*kept, *secrets}) if isinstance(kept, tuple) else tuple(secrets))
+        setattr(error, attribute, _Held(merged) if attribute == _HELD_ATTRIBUTE else tuple(merged))
     except Exception:  # noqa: BLE001 - __slots__, a frozen dataclass
         return False
     return True

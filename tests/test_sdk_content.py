@@ -10,6 +10,7 @@ import datetime
 import enum
 import json
 import logging
+import signal
 import time
 import types
 import urllib.parse
@@ -25,7 +26,7 @@ import pydantic
 import pytest
 
 from spanhouse import sdk
-from spanhouse.sdk._content import REDACTED, ContentPolicy, is_secret_key
+from spanhouse.sdk._content import REDACTED, ContentPolicy, is_secret_key, scrub_urls
 from spanhouse.sdk.testing import CapturedSpans, capture_spans
 
 ARGS = "gen_ai.tool.call.arguments"
@@ -183,6 +184,23 @@ def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans
                                  "passkey", "pass_hashed"])
 def test_secret_looking_keys(key: str) -> None:
     assert is_secret_key(key)
+
+
+def test_a_long_name_of_pass_and_digits_is_read_at_once() -> None:
+    """A diff review: "pass" + 24 digits + a letter took 3 s (exponential: each digit could
+    end one repetition or go on with the next), where any argument name, mapping key or
+    URL parameter of recorded text is checked."""
+    def too_slow(*_: object) -> None:
+        raise TimeoutError("the secret-key pattern backtracks")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(5)
+    try:
+        assert not is_secret_key("pass" + "1" * 60 + "x")
+        assert scrub_urls("https://a.example/?pass" + "1" * 60 + "x=value").endswith("=value")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("key", ["max_tokens", "input_tokens", "tokens_used", "token_count", "token_type", "tokenizer",
