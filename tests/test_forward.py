@@ -403,9 +403,10 @@ class _Dripping(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_an_answer_sent_a_byte_at_a_time_is_a_timeout_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_answer_sent_a_byte_at_a_time_is_read_no_longer_than_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     """httpx's timeout bounds each read: a review's destination sending its answer a byte
-    every 3 s held the forwarder, and every request behind it, for good."""
+    every 3 s held the forwarder, and every request behind it, for good. Its status came:
+    the request was taken (a first fix failed it at the deadline, and sent it again)."""
     monkeypatch.setattr(forward, "_HTTP_DEADLINE", 2.0)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
     server.daemon_threads = True
@@ -413,7 +414,7 @@ def test_an_answer_sent_a_byte_at_a_time_is_a_timeout_after_the_deadline(monkeyp
     sender = Sender(Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/v1/traces"), Metrics())
     started = time.monotonic()
     try:
-        assert sender.send(b"request", "t") is False and "ReadTimeout" in sender.failure
+        assert sender.send(b"request", "t") is True
         assert time.monotonic() - started < 6
     finally:
         sender.close()
