@@ -299,7 +299,8 @@ def _replace_whole(target: Path, chunks: Iterable[bytes], progress: str) -> None
     with _sigterm_exits():  # to the rename: a SIGTERM between the copy and it left the file
         try:
             # the name cut so that the temporary one stays within a file name's 255 bytes
-            with tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name[:200]}.",
+            prefix = os.fsdecode(os.fsencode(target.name)[:200])
+            with tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{prefix}.",
                                              suffix=".partial", delete=False) as out:
                 partial = Path(out.name)
                 _copy(chunks, out, progress)
