@@ -102,9 +102,10 @@ def embedded_path(dsn: str) -> Path | None:
     if parts.scheme != "chdb":
         return None
     raw = (parts.netloc + parts.path) if parts.netloc else parts.path
-    if not raw:
+    path = Path(raw).expanduser().resolve() if raw else None
+    if path is None or path == Path(path.anchor):  # chdb:/// : the engine's files across the root directory
         raise ConfigError(f"DSN {dsn!r} names no data directory; use chdb:///abs/path or chdb://./relative")
-    return Path(raw).expanduser().resolve()
+    return path
 
 
 def store_dsn(dsn: str) -> str:

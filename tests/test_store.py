@@ -36,8 +36,9 @@ def test_embedded_paths_resolve_absolute_and_relative(monkeypatch: pytest.Monkey
     assert embedded_path("chdb://rel") == tmp_path / "rel"
     assert embedded_path("chdb://backup:old") == tmp_path / "backup:old"  # a path, not a host and port
     assert embedded_path("http://localhost:8123/db") is None
-    with pytest.raises(ConfigError, match="names no data directory"):
-        embedded_path("chdb://")
+    for root in ("chdb://", "chdb:///", "chdb:////", "chdb:///.."):  # the root directory is no data directory
+        with pytest.raises(ConfigError, match="names no data directory"):
+            embedded_path(root)
 
 
 def test_dsn_comes_from_argument_then_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
