@@ -108,17 +108,17 @@ class ClickHouseExporter:
         started = time.perf_counter()
         exact_before = self._writer.exact_batches
         try:
-            records = segment.records()
-        except FileNotFoundError:
-            # Removed by hand (or its directory with it): retried, it held back every
-            # segment after it, and /readyz blamed the store, until a restart.
-            self._metrics.insert_errors.labels(kind="lost").inc()
-            self._spool.lost(segment)
-            log.error("spool segment %s is gone from %s (removed by something else): its %d bytes of "
-                      "acknowledged spans are lost; the segments after it go on", segment.name,
-                      segment.path.parent, segment.size)
-            return True
-        try:
+            try:
+                records = segment.records()  # InvalidData if it rotted on disk: quarantined below
+            except FileNotFoundError:
+                # Removed by hand (or its directory with it): retried, it held back every
+                # segment after it, and /readyz blamed the store, until a restart.
+                self._metrics.insert_errors.labels(kind="lost").inc()
+                self._spool.lost(segment)
+                log.error("spool segment %s is gone from %s (removed by something else): its %d bytes of "
+                          "acknowledged spans are lost; the segments after it go on", segment.name,
+                          segment.path.parent, segment.size)
+                return True
             items = [IngestItem(r.tenant, r.payload) for r in records]
             self._writer.write(items, token=f"spool-{segment.name}")
         except StoreUnavailable as exc:
