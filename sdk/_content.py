@@ -66,7 +66,7 @@ key) whose key does not already look secret; what it returns is recorded instead
 SECRET_KEY_PATTERN: Final = re.compile(
     r"passw(or)?d|passphrase"
     r"|(?<!by)(?<!com)(?<!sur)(?<!tres)(?<!first[._ -])(?<!is[._ -])(?<!has[._ -])(?<!did[._ -])"
-    r"pass([._ -]?(code|word|phrase|key|hash(ed)?|enc(rypted)?|b64|base64|value))*([._ -]?v?\d+)?$"
+    r"pass([._ -]?(code|word|phrase|key|hash(ed)?|enc(rypted)?|b64|base64|value|v?\d+(?!\d)))*$"
     r"|pwd|secret"
     r"|(?<!bos[._ -])(?<!eos[._ -])(?<!pad[._ -])(?<!unk[._ -])(?<!sep[._ -])(?<!cls[._ -])(?<!mask[._ -])"
     r"token(?!s|_?(count|limit|usage|type|ids?\b|logprobs?|details?|budget)|izer)"

@@ -181,7 +181,8 @@ def test_a_lone_secret_pair_is_redacted_as_argument_return_value_and_entry(spans
                                  "pass2", "pass_word", "pass_phrase", "db_pass_1", "passcode_2", "dbpass", "DBPASS",
                                  "smtppass", "rootpass", "adminpass", "userpass", "mysqlpass", "pass_code", "pass_key",
                                  "PASS_KEY", "vault_pass_b64", "pass_hash", "pass_enc", "pass_v2", "pass_value",
-                                 "passkey", "pass_hashed"])
+                                 "passkey", "pass_hashed", "pass2_hash", "db_pass_v2_enc", "SMTP_PASS_1_B64",
+                                 "vault_pass2_key", "admin_pass_2_hash"])
 def test_secret_looking_keys(key: str) -> None:
     assert is_secret_key(key)
 
