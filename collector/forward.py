@@ -319,8 +319,9 @@ class Sender:
 
     def _post(self, body: bytes, headers: tuple[tuple[str, str], ...]) -> tuple[httpx.Response, bytes]:
         """POST ``body``; the response and its body, what of it came within
-        ``_HTTP_DEADLINE`` of its status (up to ``_MAX_ANSWER`` bytes). The status says
-        whether the request was taken, and a partial success is short: httpx's timeout
+        ``_HTTP_DEADLINE`` of its status (up to ``_MAX_ANSWER`` bytes; nothing if reading
+        it failed). The status says whether the request was taken (a 200 whose body broke
+        off was failed, and sent again), and a partial success is short: httpx's timeout
         bounds each read, and a destination sending a byte of its body every few seconds
         held the forwarder (and everything behind the request) for good. (Its status
         line and headers are bounded by each read's timeout only: README, limits.)"""
@@ -328,10 +329,13 @@ class Sender:
         with self._http.stream("POST", self._path, content=body, headers=dict(headers)) as response:
             deadline = time.monotonic() + _HTTP_DEADLINE
             answer = bytearray()
-            for chunk in response.iter_bytes():
-                answer += chunk
-                if len(answer) > _MAX_ANSWER or time.monotonic() > deadline:  # the rest is not read
-                    return response, b""
+            try:
+                for chunk in response.iter_bytes():
+                    answer += chunk
+                    if len(answer) > _MAX_ANSWER or time.monotonic() > deadline:  # the rest is not read
+                        return response, b""
+            except httpx.HTTPError:  # the body cut, stalled or not the gzip it said: the status came
+                return response, b""
         return response, bytes(answer)
 
     def _taken(self, body: bytes, merged: int) -> None:

@@ -386,14 +386,23 @@ def test_a_destinations_retry_after_and_partial_success_are_heeded() -> None:
 
 
 class _Dripping(http.server.BaseHTTPRequestHandler):
-    """Answers 200 and then a byte of its body every second."""
+    """Answers 200 and then a byte of its body every second (/drip), or 10 bytes of 100
+    and hangs up (/cut), or a body that is not the gzip it says (/gzip)."""
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
         self.rfile.read(int(self.headers["content-length"]))
         self.send_response(200)
-        self.send_header("content-length", "60")
+        if self.path == "/gzip":
+            self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", "100" if self.path == "/cut" else "60")
         self.end_headers()
         with contextlib.suppress(OSError):
+            if self.path == "/cut":
+                self.wfile.write(b"x" * 10)
+                return
+            if self.path == "/gzip":
+                self.wfile.write(b"y" * 60)
+                return
             for _ in range(60):
                 self.wfile.write(b"x")
                 self.wfile.flush()
@@ -411,13 +420,14 @@ def test_an_answer_sent_a_byte_at_a_time_is_read_no_longer_than_the_deadline(mon
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    sender = Sender(Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/v1/traces"), Metrics())
-    started = time.monotonic()
     try:
-        assert sender.send(b"request", "t") is True
-        assert time.monotonic() - started < 6
+        for path in ("drip", "cut", "gzip"):  # a 200 whose body broke off was failed and sent again
+            sender = Sender(Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/{path}"), Metrics())
+            started = time.monotonic()
+            assert sender.send(b"request", "t") is True, path
+            assert time.monotonic() - started < 6
+            sender.close()
     finally:
-        sender.close()
         server.shutdown()
 
 
