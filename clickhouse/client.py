@@ -12,7 +12,7 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Final
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -82,14 +82,20 @@ def _split(dsn: str) -> SplitResult:
 
 
 def store_identity(dsn: str) -> str:
-    """The store ``dsn`` reaches, whatever credentials or options it passes: an embedded
-    store's data directory, a server's scheme, host, port and database path."""
+    """The store ``dsn`` reaches, whatever credentials or options it passes, as
+    clickhouse-connect reads it: an embedded store's data directory; a server's
+    interface, host, port and database (the scheme does not choose the interface: the
+    port does, and stands for its default when left out)."""
     path = embedded_path(dsn)
     if path is not None:
         return f"chdb://{path}"
     parts = _split(dsn)
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
-    return urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path.rstrip("/"), "", ""))
+    tls = parts.port in (443, 8443)
+    port = parts.port or (8443 if tls else 8123)
+    host = (parts.hostname or "localhost").lower()
+    host = f"[{host}]" if ":" in host else host
+    database = unquote(parts.path[1:].split("/")[0]) or "default"
+    return f"{'https' if tls else 'http'}://{host}:{port}/{database}"
 
 
 def embedded_path(dsn: str) -> Path | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import uvicorn
 
 from spanhouse.clickhouse import Store, connect, open_store
-from spanhouse.clickhouse.client import store_identity
+from spanhouse.clickhouse.client import embedded_path, store_identity
 from spanhouse.clickhouse.migrations import remove_retention
 from spanhouse.clickhouse.pool import ClientPool
 from spanhouse.clickhouse.store import READERS
@@ -36,7 +36,7 @@ from spanhouse.collector.resends import RecentRequests
 from spanhouse.collector.otlp_grpc import GrpcReceiver
 from spanhouse.collector.otlp_http import HttpReceiver
 from spanhouse.collector.forward import Forwarder, Transport, forwarders
-from spanhouse.collector.spool import Segment, Spool, write_atomic
+from spanhouse.collector.spool import Segment, Spool, holds_segments, write_atomic
 from spanhouse.collector.sql_http import SqlEndpoint
 from spanhouse.errors import ConfigError
 
@@ -119,10 +119,11 @@ class Collector:
         self._spool = Spool(s.resolved_spool_dir, max_bytes=s.spool_max_bytes, segment_bytes=s.batch_bytes,
                             seal_after=s.batch_delay, on_seal=self._forward)
         self._spool.lock()
+        bound = _SpoolStore(s.resolved_spool_dir, s.dsn)
+        bound.refuse_another()  # before anything in the spool's directory changes
         self._forwarders = forwarders(s.forward_otlp, s.resolved_spool_dir, s.forward_max_bytes, self.metrics,
                                       Transport.load(s.forward_compression, s.forward_ca_file))
         report = self._spool.open()
-        _bind_to_store(s.resolved_spool_dir, store_identity(s.dsn), report.segments)
         if report.segments:
             log.info("spool: replaying %d segment(s) with %d request(s); %d torn byte(s) cut",
                      report.segments, report.records, report.torn_bytes)
@@ -136,6 +137,7 @@ class Collector:
             # as the SDK's store exporter, leave the tables' TTLs alone.)
             if s.retention_days is None and (kept := remove_retention(self._store.client)):
                 log.info("retention is unset: data is kept again in %s", ", ".join(kept))
+        bound.record()  # the store opened: a mistyped --dsn's failed start named none
         self._exporter = ClickHouseExporter(self._spool, self._store.writer, self.metrics)
         self._exporter.start()
         for forwarder in self._forwarders:
@@ -262,16 +264,29 @@ _STORE_FILE = "store"
 """In the spool's directory: the store (``store_identity``) its segments are for."""
 
 
-def _bind_to_store(spool_dir: Path, store: str, segments: int) -> None:
-    """Refuse to start on a spool holding ``segments`` acknowledged for another store
-    than ``store`` (a spool review restarted with another ``--dsn`` on the same spool
-    directory, the default for every server: the first store's spans went to the second
-    without a word); else say the spool is this store's."""
-    path = spool_dir / _STORE_FILE
-    bound = path.read_text().strip() if path.exists() else ""
-    if segments and bound and bound != store:
-        raise ConfigError(f"the spool in {spool_dir} holds {segments} segment(s) acknowledged for the store "
-                          f"{bound}, not {store}: start with that store's --dsn to store them first, or give "
-                          "this one a --spool-dir of its own")
-    if bound != store:
-        write_atomic(path, store)
+class _SpoolStore:
+    """The store a spool's segments are for. A spool review acknowledged spans for one
+    store, stopped with them spooled and started with another ``--dsn`` on the same spool
+    directory (the default for every server DSN): they went to the second store without
+    a word. A spool inside an embedded store's data directory (its default) moves with
+    the store and needs no such record."""
+
+    def __init__(self, spool_dir: Path, dsn: str) -> None:
+        self._path = spool_dir / _STORE_FILE
+        self._store = store_identity(dsn)
+        data_dir = embedded_path(dsn)
+        self._inside = data_dir is not None and spool_dir.resolve().is_relative_to(data_dir)
+        self._spool_dir = spool_dir
+
+    def refuse_another(self) -> None:
+        """``ConfigError`` if the spool holds segments recorded for another store."""
+        bound = self._path.read_text().strip() if self._path.exists() and not self._inside else ""
+        if bound and bound != self._store and holds_segments(self._spool_dir):
+            raise ConfigError(f"the spool in {self._spool_dir} holds segments acknowledged for the store {bound}, "
+                              f"not {self._store}: start with that store's --dsn to store them first, or give this "
+                              f"one a --spool-dir of its own (if it is that store moved, delete {self._path})")
+
+    def record(self) -> None:
+        """Record the store (once it opened: a failed start with a mistyped DSN named none)."""
+        if not self._inside and (not self._path.exists() or self._path.read_text().strip() != self._store):
+            write_atomic(self._path, self._store)

@@ -161,6 +161,11 @@ def sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def holds_segments(directory: Path) -> bool:
+    """Whether a spool's ``directory`` holds a segment (read without opening the spool)."""
+    return any(directory.glob(f"*{_SUFFIX}"))
+
+
 def write_atomic(path: Path, text: str, sync: bool = True) -> None:
     """Replace ``path``'s content by ``text`` so that a crash leaves the old or the new
     content, never a mix (a temporary file renamed over it; synced unless ``sync`` is off)."""

@@ -1006,29 +1006,45 @@ def test_a_spool_holding_another_stores_segments_refuses_to_start(store: Store, 
     """A spool review acknowledged spans for one store, stopped with them spooled, and
     started with another --dsn on the same spool directory (the default for every server
     DSN): they went to the second store without a word. The start is refused, saying
-    which store they are for; that store's start drains them, and then the spool is free."""
+    which store they are for, and that store's start drains them. A start that failed
+    (a mistyped DSN) records no store; a spool inside an embedded store's data directory
+    moves with it (a diff review's moved store was refused)."""
+    def spooled(spool_dir: Path, name: str) -> None:
+        spool = Spool(spool_dir, max_bytes=1 << 30, seal_after=60.0)
+        spool.lock()
+        spool.open()
+        spool.append("t-spool-bound", request([span(name, trace_id())]).SerializeToString())
+        spool.seal()
+        spool.close()
+
+    def count() -> int:
+        return int(store.client.command("SELECT count() FROM otel_traces WHERE Tenant = 't-spool-bound'"))
+
     spool_dir = tmp_path / "spool"
     settings = Settings(dsn=store.dsn, grpc_port=0, http_port=0, api_port=0, sql_port=0, spool_dir=spool_dir)
     first = Collector(settings, store=store)
     first.start()
     assert first.stop()
-    spool = Spool(spool_dir, max_bytes=1 << 30, seal_after=60.0)
-    spool.lock()
-    spool.open()
-    spool.append("t-spool-bound", request([span("for the first store", trace_id())]).SerializeToString())
-    spool.seal()
-    spool.close()
+    spooled(spool_dir, "for the first store")
     other = dataclasses.replace(settings, dsn=f"chdb://{tmp_path / 'other-store'}")
-    with pytest.raises(ConfigError, match=f"1 segment.* acknowledged for the store chdb://{store.dsn[len('chdb://'):]}"):
+    with pytest.raises(ConfigError, match=f"holds segments acknowledged for the store {store.dsn}, not"):
         Collector(other).start()
+    (spool_dir / "store").unlink()  # as after an upgrade: no record yet
+    with pytest.raises(StoreUnavailable):  # (this process holds an embedded store already: a failed start)
+        Collector(other).start()
+    assert not (spool_dir / "store").exists()
     again = Collector(settings, store=store)
     again.start()
     assert again.stop()
-    assert store.client.command("SELECT count() FROM otel_traces WHERE Tenant = 't-spool-bound'") == 1
-    assert (spool_dir / "store").read_text() == store.dsn
-    with pytest.raises(StoreUnavailable):  # (this process holds an embedded store already) but not refused
-        Collector(other).start()  # for the spool: nothing is left in it for the first store
-    assert (spool_dir / "store").read_text() == f"chdb://{tmp_path / 'other-store'}"
+    assert count() == 1 and (spool_dir / "store").read_text() == store.dsn
+
+    inside = Path(store.dsn[len("chdb://"):]) / "spool-of-a-moved-store"
+    spooled(inside, "in a store moved")
+    (inside / "store").write_text("chdb:///where/the/store/was")
+    moved = Collector(dataclasses.replace(settings, spool_dir=inside), store=store)
+    moved.start()
+    assert moved.stop()
+    assert count() == 2
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from spanhouse.clickhouse import IngestItem, Store, connect, embedded_path, migrate, queries, resolve_dsn, sqlfiles
+from spanhouse.clickhouse.client import store_identity
 from spanhouse.clickhouse import migrations as migrate_module
 from spanhouse.clickhouse.deletion import delete_traces
 from spanhouse.clickhouse.sqlfiles import split_statements
@@ -36,6 +37,12 @@ def test_embedded_paths_resolve_absolute_and_relative(monkeypatch: pytest.Monkey
     assert embedded_path("chdb://rel") == tmp_path / "rel"
     assert embedded_path("chdb://backup:old") == tmp_path / "backup:old"  # a path, not a host and port
     assert embedded_path("http://localhost:8123/db") is None
+    # a store as clickhouse-connect reaches it, however its DSN spells it (a spool records it)
+    assert store_identity("chdb://./rel/dir") == f"chdb://{tmp_path / 'rel' / 'dir'}"
+    assert {store_identity(d) for d in ("http://ch.example:8123/spans", "http://CH.example/spans/",
+                                        "clickhouse://u:pw@ch.example:8123/spans", "http://ch.example/%73pans/x")
+            } == {"http://ch.example:8123/spans"}
+    assert store_identity("https://ch.example:8443") == "https://ch.example:8443/default"
     for root in ("chdb://", "chdb:///", "chdb:////", "chdb:///.."):  # the root directory is no data directory
         with pytest.raises(ConfigError, match="names no data directory"):
             embedded_path(root)
