@@ -88,6 +88,7 @@ _HTTP_DEADLINE = 10.0
 """Seconds an HTTP destination has to send its answer's body once its status came."""
 _MAX_ANSWER = 1 << 20
 """Bytes of a destination's answer read: a partial success is far shorter."""
+_MAX_REDIRECTS = 5
 """zlib's fastest: forwarding shares the machine with ingest. On 3 MiB of the ingest
 benchmark's agent spans, level 1 took 14.5 ms (194 MB/s) for 24% of the size, the
 default level 6 49.4 ms (57 MB/s) for 18%."""
@@ -227,6 +228,26 @@ def _label(url: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port or ''}{parts.path}"
 
 
+def _answer(response: httpx.Response) -> bytes:
+    """What of ``response``'s body came within ``_HTTP_DEADLINE`` of its status (up to
+    ``_MAX_ANSWER`` bytes; nothing if reading it failed). The status says whether the
+    request was taken (a 200 whose body broke off was failed, and sent again), and a
+    partial success is short: httpx's timeout bounds each read, and a destination
+    sending a byte of its body every few seconds held the forwarder (and everything
+    behind the request) for good. (Its status line and headers are bounded by each
+    read's timeout only: README, limits.)"""
+    deadline = time.monotonic() + _HTTP_DEADLINE
+    answer = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            answer += chunk
+            if len(answer) > _MAX_ANSWER or time.monotonic() > deadline:  # the rest is not read
+                return b""
+    except httpx.HTTPError:  # the body cut, stalled or not the gzip it said: the status came
+        return b""
+    return bytes(answer)
+
+
 class Sender:
     """One OTLP client: True when the destination took the request (counted as sent) or
     refused it for good (counted as rejected), False when it should be retried, not
@@ -252,11 +273,9 @@ class Sender:
         else:
             self._channel = None
             path = parts.path if parts.path not in ("", "/") else "/v1/traces"
-            # A 307/308 (an endpoint that moved) is followed with the same POST, as the
-            # OTel Collector's Go client does; a 301/302/303 would turn it into a GET.
+            # Redirects are followed by _post (307/308 only).
             self._home = httpx.URL(f"{parts.scheme}://{parts.netloc}")
-            self._http = httpx.Client(base_url=self._home, timeout=10.0,
-                                      follow_redirects=True, verify=transport.verify(),
+            self._http = httpx.Client(base_url=self._home, timeout=10.0, verify=transport.verify(),
                                       event_hooks={"request": [self._headers_stay_home]},
                                       headers={"content-type": "application/x-protobuf",
                                                **({"content-encoding": "gzip"} if self._gzip else {})})
@@ -318,25 +337,23 @@ class Sender:
         return True
 
     def _post(self, body: bytes, headers: tuple[tuple[str, str], ...]) -> tuple[httpx.Response, bytes]:
-        """POST ``body``; the response and its body, what of it came within
-        ``_HTTP_DEADLINE`` of its status (up to ``_MAX_ANSWER`` bytes; nothing if reading
-        it failed). The status says whether the request was taken (a 200 whose body broke
-        off was failed, and sent again), and a partial success is short: httpx's timeout
-        bounds each read, and a destination sending a byte of its body every few seconds
-        held the forwarder (and everything behind the request) for good. (Its status
-        line and headers are bounded by each read's timeout only: README, limits.)"""
+        """POST ``body``, following a 307/308 (an endpoint that moved) with the same POST
+        as the OTel Collector's Go client does, up to ``_MAX_REDIRECTS`` times (a
+        301/302/303 would turn it into a GET: its status is the answer); the answer and
+        its body (``_answer``). A redirect's own body is not read: httpx read it whole,
+        with no deadline and no bound (a review's 200 MiB one, or one a byte at a time)."""
         assert self._http is not None
-        with self._http.stream("POST", self._path, content=body, headers=dict(headers)) as response:
-            deadline = time.monotonic() + _HTTP_DEADLINE
-            answer = bytearray()
+        request = self._http.build_request("POST", self._path, content=body, headers=dict(headers))
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._http.send(request, stream=True)
             try:
-                for chunk in response.iter_bytes():
-                    answer += chunk
-                    if len(answer) > _MAX_ANSWER or time.monotonic() > deadline:  # the rest is not read
-                        return response, b""
-            except httpx.HTTPError:  # the body cut, stalled or not the gzip it said: the status came
-                return response, b""
-        return response, bytes(answer)
+                moved = response.next_request
+                if moved is None or response.status_code not in (307, 308):
+                    return response, _answer(response)
+            finally:
+                response.close()
+            request = moved
+        raise httpx.TooManyRedirects(f"more than {_MAX_REDIRECTS} redirects", request=request)
 
     def _taken(self, body: bytes, merged: int) -> None:
         """The destination took the request (``merged`` requests, or one): count it, then

@@ -387,10 +387,22 @@ def test_a_destinations_retry_after_and_partial_success_are_heeded() -> None:
 
 class _Dripping(http.server.BaseHTTPRequestHandler):
     """Answers 200 and then a byte of its body every second (/drip), or 10 bytes of 100
-    and hangs up (/cut), or a body that is not the gzip it says (/gzip)."""
+    and hangs up (/cut), or a body that is not the gzip it says (/gzip); or 307 to /ok
+    with a body of its own a byte a second (/moved)."""
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
         self.rfile.read(int(self.headers["content-length"]))
+        if self.path in ("/moved", "/ok"):  # a redirect whose own body comes a byte a second
+            self.send_response(307 if self.path == "/moved" else 200)
+            self.send_header("location", "/ok")
+            self.send_header("content-length", "60" if self.path == "/moved" else "0")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(60 if self.path == "/moved" else 0):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(1.0)
+            return
         self.send_response(200)
         if self.path == "/gzip":
             self.send_header("content-encoding", "gzip")
@@ -421,7 +433,8 @@ def test_an_answer_sent_a_byte_at_a_time_is_read_no_longer_than_the_deadline(mon
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        for path in ("drip", "cut", "gzip"):  # a 200 whose body broke off was failed and sent again
+        # a 200 whose body broke off was failed and sent again; a redirect's body was read whole, unbounded
+        for path in ("drip", "cut", "gzip", "moved"):
             sender = Sender(Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/{path}"), Metrics())
             started = time.monotonic()
             assert sender.send(b"request", "t") is True, path
