@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import time
@@ -268,19 +269,19 @@ class _SpoolStore:
     """The store a spool's segments are for. A spool review acknowledged spans for one
     store, stopped with them spooled and started with another ``--dsn`` on the same spool
     directory (the default for every server DSN): they went to the second store without
-    a word. A spool inside an embedded store's data directory (its default) moves with
-    the store and needs no such record."""
+    a word. A spool inside an embedded store's data directory (its default) records the
+    store by where it is from the spool (``chdb:..``), so that it moves with the store."""
 
     def __init__(self, spool_dir: Path, dsn: str) -> None:
-        self._path = spool_dir / _STORE_FILE
-        self._store = store_identity(dsn)
-        data_dir = embedded_path(dsn)
-        self._inside = data_dir is not None and spool_dir.resolve().is_relative_to(data_dir)
         self._spool_dir = spool_dir
+        self._path = spool_dir / _STORE_FILE
+        data_dir, here = embedded_path(dsn), spool_dir.resolve()
+        self._store = (f"chdb:{os.path.relpath(data_dir, here)}" if data_dir is not None and here.is_relative_to(data_dir)
+                       else store_identity(dsn))
 
     def refuse_another(self) -> None:
         """``ConfigError`` if the spool holds segments recorded for another store."""
-        bound = self._path.read_text().strip() if self._path.exists() and not self._inside else ""
+        bound = self._recorded()
         if bound and bound != self._store and holds_segments(self._spool_dir):
             raise ConfigError(f"the spool in {self._spool_dir} holds segments acknowledged for the store {bound}, "
                               f"not {self._store}: start with that store's --dsn to store them first, or give this "
@@ -288,5 +289,12 @@ class _SpoolStore:
 
     def record(self) -> None:
         """Record the store (once it opened: a failed start with a mistyped DSN named none)."""
-        if not self._inside and (not self._path.exists() or self._path.read_text().strip() != self._store):
+        if self._recorded() != self._store:
             write_atomic(self._path, self._store)
+
+    def _recorded(self) -> str:
+        try:
+            return self._path.read_text().strip() if self._path.exists() else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {self._path}, the store the spool's segments are for ({exc}): "
+                              "mend or delete it") from exc

@@ -1008,7 +1008,7 @@ def test_a_spool_holding_another_stores_segments_refuses_to_start(store: Store, 
     DSN): they went to the second store without a word. The start is refused, saying
     which store they are for, and that store's start drains them. A start that failed
     (a mistyped DSN) records no store; a spool inside an embedded store's data directory
-    moves with it (a diff review's moved store was refused)."""
+    records it by where it is, and moves with it (a diff review's moved store was refused)."""
     def spooled(spool_dir: Path, name: str) -> None:
         spool = Spool(spool_dir, max_bytes=1 << 30, seal_after=60.0)
         spool.lock()
@@ -1040,11 +1040,18 @@ def test_a_spool_holding_another_stores_segments_refuses_to_start(store: Store, 
 
     inside = Path(store.dsn[len("chdb://"):]) / "spool-of-a-moved-store"
     spooled(inside, "in a store moved")
-    (inside / "store").write_text("chdb:///where/the/store/was")
+    (inside / "store").write_text("chdb:..")  # as it records itself: the store around it, wherever that is
     moved = Collector(dataclasses.replace(settings, spool_dir=inside), store=store)
     moved.start()
     assert moved.stop()
     assert count() == 2
+    spooled(inside, "for a server")  # a spool inside a data directory is checked too (a first fix did not)
+    (inside / "store").write_text("http://ch.example:8123/default")
+    with pytest.raises(ConfigError, match="acknowledged for the store http://ch.example:8123/default, not chdb:.."):
+        Collector(dataclasses.replace(settings, spool_dir=inside), store=store).start()
+    (inside / "store").write_bytes(b"\xff\xfe")  # a record that cannot be read says so (it was a traceback)
+    with pytest.raises(ConfigError, match="cannot read .*store"):
+        Collector(dataclasses.replace(settings, spool_dir=inside), store=store).start()
 
 
 @contextlib.contextmanager
