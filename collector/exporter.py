@@ -119,6 +119,8 @@ class ClickHouseExporter:
                           "acknowledged spans are lost; the segments after it go on", segment.name,
                           segment.path.parent, segment.size)
                 return True
+            except OSError as exc:  # unreadable (EIO, EACCES): retried, it held back every segment after it
+                raise InvalidData(f"spool segment {segment.name} cannot be read: {exc}") from exc
             items = [IngestItem(r.tenant, r.payload) for r in records]
             self._writer.write(items, token=f"spool-{segment.name}")
         except StoreUnavailable as exc:

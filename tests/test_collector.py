@@ -637,6 +637,41 @@ def test_a_segment_removed_by_something_else_is_counted_lost_and_the_rest_drains
     assert (tmp_path / "spool" / "quarantine" / rotted.name).exists()
 
 
+def test_a_segment_that_cannot_be_read_is_quarantined_and_the_rest_drains(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review made the oldest segment unreadable (EACCES; EIO alike): it was retried for
+    ever as the store's failure, holding back every segment after it."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30, seal_after=60.0)
+    spool.lock()
+    spool.open()
+    for i in range(3):
+        spool.append("t", request([span(f"s{i}", trace_id())]).SerializeToString())
+        spool.seal()
+    unreadable = min((tmp_path / "spool").glob("*.seg"))
+    opened = Path.open
+
+    def refusing(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refusing)
+    written: list[str | None] = []
+
+    class Recording:
+        exact_batches = 0
+
+        def write(self, items: list[Any], token: str | None = None) -> None:
+            written.append(token)
+
+    exporter = ClickHouseExporter(spool, Recording(), Metrics())  # type: ignore[arg-type]
+    while (segment := spool.next_sealed(timeout=0.0)) is not None:
+        assert exporter.export(segment)
+    assert len(written) == 2 and exporter.healthy
+    assert (tmp_path / "spool" / "quarantine" / unreadable.name).exists()
+    spool.close()
+
+
 def test_exporter_outlives_an_unexpected_failure_and_keeps_the_segment(store: Store, tmp_path: Path,
                                                                        tenant: str) -> None:
     """A failure that is neither the store's nor the data's (here the disk, while the
