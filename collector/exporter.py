@@ -10,6 +10,7 @@ content is quarantined (kept on disk, logged, counted), never dropped.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -119,8 +120,14 @@ class ClickHouseExporter:
                           "acknowledged spans are lost; the segments after it go on", segment.name,
                           segment.path.parent, segment.size)
                 return True
-            except OSError as exc:  # unreadable (EIO, EACCES): retried, it held back every segment after it
-                raise InvalidData(f"spool segment {segment.name} cannot be read: {exc}") from exc
+            except OSError as exc:
+                if exc.errno not in _UNREADABLE:
+                    raise  # what may pass (EMFILE, ENOMEM, EIO...): tried again after a backoff
+                # retried, it held back every segment after it, and /readyz blamed the store
+                self._metrics.insert_errors.labels(kind="rejected").inc()
+                kept = self._spool.quarantine(segment, f"cannot be read: {exc}")
+                log.error("spool segment %s cannot be read (%s); kept as %s", segment.name, exc, kept)
+                return True
             items = [IngestItem(r.tenant, r.payload) for r in records]
             self._writer.write(items, token=f"spool-{segment.name}")
         except StoreUnavailable as exc:
@@ -143,6 +150,10 @@ class ClickHouseExporter:
         self.healthy = True
         return True
 
+
+_UNREADABLE = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR})
+"""Why a spool segment cannot be read for good: it is quarantined (any other read error
+is tried again)."""
 
 _REPLAYED = "replayed-before-migrating"
 """In the spool's directory from a replay before migrating until the migration ends: the

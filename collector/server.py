@@ -278,11 +278,12 @@ class _SpoolStore:
         data_dir, here = embedded_path(dsn), spool_dir.resolve()
         self._store = (f"chdb:{os.path.relpath(data_dir, here)}" if data_dir is not None and here.is_relative_to(data_dir)
                        else store_identity(dsn))
+        self._same = {self._store, store_identity(dsn)}  # an inside spool recorded absolutely by an earlier start
 
     def refuse_another(self) -> None:
         """``ConfigError`` if the spool holds segments recorded for another store."""
         bound = self._recorded()
-        if bound and bound != self._store and holds_segments(self._spool_dir):
+        if bound and bound not in self._same and holds_segments(self._spool_dir):
             raise ConfigError(f"the spool in {self._spool_dir} holds segments acknowledged for the store {bound}, "
                               f"not {self._store}: start with that store's --dsn to store them first, or give this "
                               f"one a --spool-dir of its own (if it is that store moved, delete {self._path})")
