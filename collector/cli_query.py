@@ -277,6 +277,8 @@ def _export(args: argparse.Namespace) -> int:
         target = Path(args.output).resolve()  # a symlink's file is replaced, not the link
     except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13
         raise ConfigError(f"cannot write the export to {args.output}: {exc}") from exc
+    if target.is_symlink():  # still a link once resolved: a loop (Python 3.13 resolves it without a word)
+        raise ConfigError(f"cannot write the export to {args.output}: a symlink loop")
     if target.is_dir():
         raise ConfigError(f"--output {args.output} is a directory; name a file in it")
     try:

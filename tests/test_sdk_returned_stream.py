@@ -456,7 +456,7 @@ def test_a_read_cut_by_a_per_chunk_timeout_leaves_the_stream_open(spans: Capture
     async def run() -> None:
         source = Queued()
         stream = await ask(source)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # TimeoutError from 3.11, a class of its own before
             await asyncio.wait_for(stream.__anext__(), 0.01)
         assert _ended(spans) == []
         source.queue.put_nowait({"model": MODEL, "usage": USAGE})
