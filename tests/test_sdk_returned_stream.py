@@ -971,12 +971,13 @@ def test_a_client_stream_behind_the_proxy_is_read_in_its_call_and_ended_once() -
 def test_a_loop_closed_with_a_generators_close_queued_warns_of_nothing(spans: CapturedSpans) -> None:
     """An eleventh review: the finalizer of 'already running' made its close coroutine
     at once, so a loop closed with it still queued (collected after the loop stopped,
-    before it closed) warned that a coroutine was never awaited."""
+    before it closed) warned that a coroutine was never awaited. Nothing more than an
+    undecorated generator warns of (on Python 3.13 asyncio's own finalizer does, for
+    the generator the caller holds)."""
     class Holder:
         stream: Any
 
-    @sdk.tool
-    async def rows(holder: Holder) -> AsyncIterator[int]:
+    async def plain(holder: Holder) -> AsyncIterator[int]:
         kept = holder  # a cycle: the holder keeps the generator
         try:
             yield 1
@@ -984,22 +985,25 @@ def test_a_loop_closed_with_a_generators_close_queued_warns_of_nothing(spans: Ca
         finally:
             del kept
 
-    async def main() -> None:
-        holder = Holder()
-        holder.stream = rows(holder)
-        await holder.stream.__anext__()
+    def never_awaited(function: Callable[[Holder], AsyncIterator[int]]) -> list[str]:
+        async def main() -> None:
+            holder = Holder()
+            holder.stream = function(holder)
+            await holder.stream.__anext__()
 
-    loop = asyncio.new_event_loop()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            loop.run_until_complete(main())
-            gc.collect()  # stopped, not closed: the finalizers queue their closes
-            loop.close()
-            gc.collect()
-    finally:
-        if enabled:
-            gc.enable()
-    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+        loop = asyncio.new_event_loop()
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                loop.run_until_complete(main())
+                gc.collect()  # stopped, not closed: the finalizers queue their closes
+                loop.close()
+                gc.collect()
+        finally:
+            if enabled:
+                gc.enable()
+        return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+    assert never_awaited(sdk.tool(name="plain")(plain)) == never_awaited(plain)
