@@ -75,7 +75,8 @@ class Settings:
         if self.batch_bytes < 1 << 16:
             raise ConfigError(f"{_named('batch_bytes')} must be at least 64KiB")
         if not 1024 <= self.max_request_bytes < 1 << 31:  # gRPC's limit is a signed 32-bit int
-            raise ConfigError(f"{_named('max_request_bytes')} must be from 1KiB to just under 2GiB (gRPC's largest message)")
+            raise ConfigError(f"{_named('max_request_bytes')} must be from 1KiB to just under 2GiB "
+                              "(gRPC's largest message)")
         if not 0 <= self.dedup_window <= 3600:
             raise ConfigError(f"{_named('dedup_window')} must be between 0 (off) and 3600 seconds")
         if self.forward_max_bytes < 1 << 16:
@@ -85,8 +86,8 @@ class Settings:
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"{_named('log_level')}: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         if self.retention_days is not None and not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
-            raise ConfigError(f"{_named('retention_days')} must be from 1 to {MAX_RETENTION_DAYS} (leave it unset to keep "
-                              "everything)")
+            raise ConfigError(f"{_named('retention_days')} must be from 1 to {MAX_RETENTION_DAYS} (leave it unset "
+                              "to keep everything)")
         inline_keys = (os.environ if environ is None else environ).get(INLINE_KEYS_ENV, "").strip()
         if self.api_keys is None and not inline_keys and not self.allow_unauthenticated and not is_loopback(self.host):
             raise ConfigError(

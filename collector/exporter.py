@@ -46,7 +46,8 @@ class ClickHouseExporter:
         metrics.spool_bytes.set_function(lambda: spool.bytes)
         metrics.spool_segments.set_function(lambda: spool.segment_count)
         metrics.store_healthy.set_function(lambda: float(self.healthy))
-        for kind in ("failed", "unavailable", "rejected", "lost"):  # from the start: rate() misses a new series' first event
+        # from the start: rate() misses a new series' first event
+        for kind in ("failed", "unavailable", "rejected", "lost"):
             metrics.insert_errors.labels(kind=kind)
 
     def start(self) -> None:

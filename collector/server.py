@@ -276,8 +276,8 @@ class _SpoolStore:
         self._spool_dir = spool_dir
         self._path = spool_dir / _STORE_FILE
         data_dir, here = embedded_path(dsn), spool_dir.resolve()
-        self._store = (f"chdb:{os.path.relpath(data_dir, here)}" if data_dir is not None and here.is_relative_to(data_dir)
-                       else store_identity(dsn))
+        inside = data_dir is not None and here.is_relative_to(data_dir)
+        self._store = f"chdb:{os.path.relpath(data_dir, here)}" if inside else store_identity(dsn)
         self._same = {self._store, store_identity(dsn)}  # an inside spool recorded absolutely by an earlier start
 
     def refuse_another(self) -> None:

@@ -80,7 +80,8 @@ SECRET_KEY_PATTERN: Final = re.compile(
 """Keys whose values are replaced by ``[REDACTED]``: password, passphrase, a key ending in
 ``pass``, or in ``pass`` and words that say what of it is kept (``passcode``,
 ``pass_code``, ``pass_key``, ``pass_hash``, ``vault_pass_b64``, ``pass_value``),
-perhaps numbered (``DB_PASS``, ``dbpass``, ``pass1``, ``pass_v2``, ``pass_word``; not ``bypass``, ``compass``, ``first_pass``, ``is_pass``, nor ``pass``
+perhaps numbered (``DB_PASS``, ``dbpass``, ``pass1``, ``pass_v2``, ``pass2_hash``,
+``pass_word``; not ``bypass``, ``compass``, ``first_pass``, ``is_pass``, nor ``pass``
 followed by another word: ``pass_fds``, ``pass_through``, the evals' ``pass@1`` and
 ``pass_rate``), secret, token
 (but not the token *data* of LLM APIs: ``tokens``, ``max_tokens``, ``token_count``,
