@@ -431,6 +431,11 @@ class Forwarder:
                         metrics.forward_dropped_bytes, metrics.forward_failed_attempts):
             counter.labels(destination=destination.label)
         self._damage_counted: dict[str, int] = {}  # damaged bytes counted as dropped, by segment
+        # The linked segments and their sizes, oldest first, kept as they are linked and
+        # removed: listing and measuring the directory at every seal made each seal cost
+        # as much as the backlog is long (30,000 segments: acknowledgements' p90 1.5 s).
+        self._backlog: dict[Path, int] = {}
+        self._backlog_bytes = 0
         self._dir.mkdir(parents=True, exist_ok=True)
         self._done = _done_in(self._dir)
         # Never through a start's leftovers (``settle``), and nothing of its own: only such
@@ -444,6 +449,8 @@ class Forwarder:
         for path in self._segments():  # finished just before a crash, not yet removed
             if sequence(path.stem) <= self._done:
                 _discard(path)
+            else:
+                self._linked(path, path.stat().st_size)
         with self._lock:  # the backlog on disk, reported (and bounded) from the start, not once data comes
             self._keep_bound()
 
@@ -476,7 +483,9 @@ class Forwarder:
                     if pos.exists():  # copied, not moved: a crash before the segment moves keeps its progress
                         write_atomic(target.with_suffix(".pos"), pos.read_text())
                     os.replace(path, target)
-                    moved += target.stat().st_size
+                    size = target.stat().st_size
+                    self._linked(target, size)
+                    moved += size
             sync_dir(self._dir)
             self._keep_bound()
         return moved
@@ -495,6 +504,8 @@ class Forwarder:
                 if not target.exists():
                     os.link(segment.path, target)
                     sync_dir(self._dir)
+                if target not in self._backlog:
+                    self._linked(target, segment.size)
                 self._keep_bound()
             except OSError as exc:  # e.g. a full disk: this destination misses the segment, ClickHouse does not
                 self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(segment.size)
@@ -505,20 +516,26 @@ class Forwarder:
     def _segments(self) -> list[Path]:
         return _segments_in(self._dir)
 
+    def _linked(self, path: Path, size: int) -> None:
+        """Count a segment in the backlog (the caller holds the lock, or is the constructor)."""
+        self._backlog[path] = size
+        self._backlog_bytes += size
+
     def _keep_bound(self) -> None:
         """Drop the oldest segments past the bound, never the one being sent: it is in
         flight, and dropping it counted bytes that were sent after all. A segment after
         it is removed without recording it finished, which would mark the one in flight
         finished too for a restart. The caller holds the lock."""
-        segments = self._segments()
-        total = sum(p.stat().st_size for p in segments)
+        total = self._backlog_bytes
+        segments = sorted(self._backlog, key=lambda p: p.name) if total > self._max_bytes else []
         droppable = [p for p in segments[:-1] if p != self._sending]  # the newest one always stays
         while total > self._max_bytes and droppable:
             oldest = droppable.pop(0)
-            size = oldest.stat().st_size
+            size = self._backlog[oldest]
             unsent = _unsent_bytes(oldest, size) - self._damage_counted.pop(oldest.name, 0)
             if self._sending is not None and sequence(oldest.stem) > sequence(self._sending.stem):
                 _discard(oldest)
+                self._unlinked(oldest)
             else:
                 self._finished(oldest)
             total -= size
@@ -639,10 +656,13 @@ class Forwarder:
             write_atomic(self._dir / _DONE_FILE, str(seq))
             self._done = seq
         _discard(path)
+        self._unlinked(path)
+
+    def _unlinked(self, path: Path) -> None:
+        self._backlog_bytes -= self._backlog.pop(path, 0)
 
     def _report_backlog(self) -> None:
-        total = sum(p.stat().st_size for p in self._segments())
-        self._metrics.forward_backlog.labels(destination=self.destination.label).set(total)
+        self._metrics.forward_backlog.labels(destination=self.destination.label).set(self._backlog_bytes)
 
 
 def _merge_end(records: list[Record], start: int, limit: int) -> int:

@@ -618,6 +618,27 @@ def test_a_restart_reports_the_backlog_on_disk_at_once(tmp_path: Path) -> None:
                                              {"destination": "grpc://127.0.0.1:9"}) == segment.size
 
 
+def test_a_seal_under_the_bound_does_not_list_the_backlog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: every seal listed and measured the whole backlog (on the spool's flusher,
+    which acknowledgements wait for): with 30,000 segments of a dead destination, the
+    p90 acknowledgement took 1.5 s against 14 ms. The backlog is kept in memory; its
+    gauge and bound stay exact."""
+    metrics = Metrics()
+    forwarder = Forwarder(Destination.parse("grpc://127.0.0.1:9"), tmp_path / "fwd", 1 << 20, metrics)
+    segments = [_backlog(tmp_path, 3) for _ in range(3)]
+    listed: list[Path] = []
+    monkeypatch.setattr(forward, "_segments_in", lambda directory: listed.append(directory) or [])
+    for segment in segments:
+        forwarder.adopt(segment)
+    assert listed == []
+    assert metrics.registry.get_sample_value("spanhouse_forward_backlog_bytes",
+                                             {"destination": "grpc://127.0.0.1:9"}) == sum(s.size for s in segments)
+    first = tmp_path / "fwd" / segments[0].path.name
+    assert forwarder._forward(first, _Destination(fail_at=99)) is True  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("spanhouse_forward_backlog_bytes",
+                                             {"destination": "grpc://127.0.0.1:9"}) == sum(s.size for s in segments[1:])
+
+
 def test_a_destination_whose_headers_changed_takes_its_backlog_over(tmp_path: Path) -> None:
     """Its directory is keyed on URL and headers: a rotated token made a new one, and the
     old backlog stayed on disk for good, unsent and uncounted. A destination no longer
