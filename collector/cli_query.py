@@ -186,12 +186,24 @@ def _span(node: dict[str, Any], into: Tree) -> Tree:
     branch = into.add(label)
     for part in ("arguments", "result"):  # a failed call has no result: no "result None" line
         if (node.get("tool") or {}).get(part) is not None:
-            branch.add(f"[dim]{part}[/dim] {escape(printable(str(node['tool'][part])))}")
+            branch.add(f"[dim]{part}[/dim] {escape(printable(_shortened(str(node['tool'][part]))))}")
     usage = node.get("usage")
     if usage:  # what a model call cost, which the tree otherwise left to --json
         branch.add(f"[dim]usage[/dim] {usage['input_tokens']} input tokens, {usage['output_tokens']} output tokens, "
                    f"{usage['cost_usd']} USD")
     return branch
+
+
+_SHOWN_CHARS = 2000
+"""Characters of a tool's arguments or result the span tree shows: a review's 30 MB
+result took 7 minutes to lay out (the terminal's tree folds every line)."""
+
+
+def _shortened(text: str) -> str:
+    """``text`` cut to ``_SHOWN_CHARS``, saying how much more ``--json`` has."""
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}… ({len(text) - _SHOWN_CHARS:,} more characters: --json shows them)"
 
 
 def _trace_id(text: str) -> str:

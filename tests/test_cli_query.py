@@ -160,6 +160,17 @@ def test_control_characters_in_names_reach_the_terminal_escaped(served: tuple[Ru
     assert "\\x1b" in text and "\\x07" in text  # shown escaped (the narrow column folds the name)
 
 
+def test_a_large_tool_result_is_shown_cut_in_the_span_tree(served: tuple[Running, str],
+                                                          capsys: pytest.CaptureFixture[str], store: Store) -> None:
+    """A review's 30 MB tool result took `executions show` 7 minutes to lay out."""
+    t = trace_id()
+    write(store, "cli-query", request([span("execute_tool fetch", t, start=time.time_ns(), attributes={
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "fetch",
+        "gen_ai.tool.call.result": "r" * 100_000})]))
+    text = _run(served[0], capsys, "executions", "show", t.hex())
+    assert "98,000 more characters: --json shows them" in text and text.count("r") < 10_000
+
+
 def test_a_feedback_value_that_is_no_finite_number_is_a_usage_error(served: tuple[Running, str],
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """'nan' and 'inf' are floats to Python: the request could not be encoded (a traceback)."""
