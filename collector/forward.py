@@ -450,7 +450,7 @@ class Forwarder:
             if sequence(path.stem) <= self._done:
                 _discard(path)
             else:
-                self._linked(path, path.stat().st_size)
+                self._counted(path)
         with self._lock:  # the backlog on disk, reported (and bounded) from the start, not once data comes
             self._keep_bound()
 
@@ -483,9 +483,7 @@ class Forwarder:
                     if pos.exists():  # copied, not moved: a crash before the segment moves keeps its progress
                         write_atomic(target.with_suffix(".pos"), pos.read_text())
                     os.replace(path, target)
-                    size = target.stat().st_size
-                    self._linked(target, size)
-                    moved += size
+                    moved += self._counted(target)
             sync_dir(self._dir)
             self._keep_bound()
         return moved
@@ -501,11 +499,14 @@ class Forwarder:
             if sequence(segment.name) <= self._done:
                 return
             try:
-                if not target.exists():
+                linked = not target.exists()
+                if linked:
                     os.link(segment.path, target)
+                # counted at its size on disk, before anything can fail: a restart's recovery may
+                # have cut a damaged tail from the file the link shares since it was first counted
+                self._counted(target)
+                if linked:
                     sync_dir(self._dir)
-                if target not in self._backlog:
-                    self._linked(target, segment.size)
                 self._keep_bound()
             except OSError as exc:  # e.g. a full disk: this destination misses the segment, ClickHouse does not
                 self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(segment.size)
@@ -516,10 +517,13 @@ class Forwarder:
     def _segments(self) -> list[Path]:
         return _segments_in(self._dir)
 
-    def _linked(self, path: Path, size: int) -> None:
-        """Count a segment in the backlog (the caller holds the lock, or is the constructor)."""
+    def _counted(self, path: Path) -> int:
+        """Count a linked segment in the backlog at its size on disk, again if it was
+        (the caller holds the lock, or is the constructor); its size."""
+        size = path.stat().st_size
+        self._backlog_bytes += size - self._backlog.get(path, 0)
         self._backlog[path] = size
-        self._backlog_bytes += size
+        return size
 
     def _keep_bound(self) -> None:
         """Drop the oldest segments past the bound, never the one being sent: it is in
@@ -532,6 +536,11 @@ class Forwarder:
         while total > self._max_bytes and droppable:
             oldest = droppable.pop(0)
             size = self._backlog[oldest]
+            if not oldest.exists():  # removed by something else: no longer held, and nothing to count
+                _discard(oldest)
+                self._unlinked(oldest)
+                total -= size
+                continue
             unsent = _unsent_bytes(oldest, size) - self._damage_counted.pop(oldest.name, 0)
             if self._sending is not None and sequence(oldest.stem) > sequence(self._sending.stem):
                 _discard(oldest)
@@ -602,8 +611,11 @@ class Forwarder:
         progress = path.with_suffix(".pos")
         try:
             records, _, damaged = intact_records(path.read_bytes())
-        except FileNotFoundError:
-            return True  # dropped by the bound meanwhile
+        except FileNotFoundError:  # dropped by the bound meanwhile, or removed by something else
+            with self._lock:
+                self._unlinked(path)
+            self._report_backlog()
+            return True
         if damaged and path.name not in self._damage_counted:  # counted: a drop is never silent
             self._damage_counted[path.name] = damaged
             self._metrics.forward_dropped_bytes.labels(destination=self.destination.label).inc(damaged)
