@@ -97,9 +97,7 @@ def _mend_utf8(body: bytes) -> ExportTraceServiceRequest | None:
                     value[:] = [v.decode("utf-8", "replace").encode() for v in value]
                 else:
                     setattr(message, field.name, value.decode("utf-8", "replace").encode())
-            elif field.message_type is not None:
-                if field.message_type.GetOptions().map_entry:
-                    continue  # OTLP's trace messages hold no map
+            elif field.message_type is not None:  # (OTLP's trace messages hold no map field)
                 stack.extend(value if _repeated(field) else [value])
     return ExportTraceServiceRequest.FromString(request.SerializeToString())
 

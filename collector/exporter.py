@@ -125,10 +125,7 @@ class ClickHouseExporter:
                 if exc.errno not in _UNREADABLE:
                     raise  # what may pass (EMFILE, ENOMEM, EIO...): tried again after a backoff
                 # retried, it held back every segment after it, and /readyz blamed the store
-                self._metrics.insert_errors.labels(kind="rejected").inc()
-                kept = self._spool.quarantine(segment, f"cannot be read: {exc}")
-                log.error("spool segment %s cannot be read (%s); kept as %s", segment.name, exc, kept)
-                return True
+                return self._quarantine(segment, f"it cannot be read: {exc}")
             items = [IngestItem(r.tenant, r.payload) for r in records]
             self._writer.write(items, token=f"spool-{segment.name}")
         except StoreUnavailable as exc:
@@ -137,11 +134,8 @@ class ClickHouseExporter:
                 log.warning("ClickHouse insert failed, will retry (data stays in the spool): %s", exc)
             self.healthy = False
             return False
-        except (WriteError, InvalidData) as exc:
-            self._metrics.insert_errors.labels(kind="rejected").inc()
-            kept = self._spool.quarantine(segment, str(exc))
-            log.error("ClickHouse rejected spool segment %s; kept as %s: %s", segment.name, kept, exc)
-            return True
+        except (WriteError, InvalidData) as exc:  # refused by ClickHouse, or rotted on disk
+            return self._quarantine(segment, str(exc))
         self._metrics.insert_seconds.observe(time.perf_counter() - started)
         self._metrics.insert_batches.inc()
         self._metrics.exact_path_batches.inc(self._writer.exact_batches - exact_before)
@@ -149,6 +143,14 @@ class ClickHouseExporter:
         if not self.healthy:
             log.info("ClickHouse inserts work again")
         self.healthy = True
+        return True
+
+
+    def _quarantine(self, segment: Segment, reason: str) -> bool:
+        """Set ``segment`` aside for good (kept in the spool's quarantine, counted, logged)."""
+        self._metrics.insert_errors.labels(kind="rejected").inc()
+        kept = self._spool.quarantine(segment, reason)
+        log.error("spool segment %s cannot be stored; kept as %s: %s", segment.name, kept, reason)
         return True
 
 
